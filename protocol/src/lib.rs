@@ -1,0 +1,27 @@
+//! The contract between the shmkline coordinator and its workers.
+//!
+//! * [`shm`]: the only module with `unsafe` code: named POSIX shared memory,
+//!   the per-slot seqlock and the shared futex.
+//! * [`store`]: the candle store laid out in that memory: a writer type for the
+//!   coordinator and a read-only reader type for workers.
+//! * [`names`] and [`candle`]: the validated names and the value types both
+//!   sides agree on.
+//!
+//! Under `--cfg loom` only the seqlock core is compiled, over loom's atomics, so
+//! that `tests/loom_seqlock.rs` model-checks the very code the store runs.
+
+#![cfg_attr(not(loom), deny(missing_docs))]
+
+pub mod shm;
+
+#[cfg(not(loom))]
+pub mod candle;
+#[cfg(not(loom))]
+pub mod names;
+#[cfg(not(loom))]
+pub mod store;
+
+#[cfg(not(loom))]
+pub use candle::{Candle, Interval};
+#[cfg(not(loom))]
+pub use names::{InstanceName, SymbolName};

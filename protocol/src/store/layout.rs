@@ -1,0 +1,259 @@
+//! Where everything lives in the segment, in 8-byte words.
+//!
+//! ```text
+//! header     8 lines of 128 bytes (hot fields each on their own line)
+//!   line 0   magic, layout version, symbol capacity, interval count,
+//!            candles per series, total size, generation, writer pid, created ms
+//!   line 1   interval codes (length in ms), up to 16
+//!   line 2   heartbeat (ms, CLOCK_REALTIME)
+//!   line 3   publish counter: bumped once per batch; its low half is the futex
+//!   line 4   symbol count (append-only directory)
+//! directory  symbol capacity x 32 bytes: length byte + up to 31 name bytes
+//! series     symbol capacity x interval count blocks, each:
+//!   header   64 bytes: head (candles ever appended), last publish that changed it
+//!   slots    candles per series x 64 bytes: seq, open time, o, h, l, c, v, index
+//!   stamps   candles per series x 8 bytes: the publish counter of the batch that
+//!            last wrote the slot (written inside the slot's seqlock window)
+//! ```
+//! Blocks start on 128-byte boundaries. Prices and volume are `f64::to_bits`.
+//! `magic` is written last, with Release, so a reader that sees it sees a
+//! complete header.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::candle::Interval;
+
+/// "SHMKLIN1" in little-endian bytes.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMKLIN1");
+/// Bumped whenever the byte layout changes.
+pub const LAYOUT_VERSION: u64 = 1;
+
+const LINE: usize = 16;
+pub(crate) const HEADER_WORDS: usize = 8 * LINE;
+/// Smallest possible segment: a header alone.
+pub const HEADER_BYTES: usize = HEADER_WORDS * 8;
+
+pub(crate) const H_MAGIC: usize = 0;
+pub(crate) const H_VERSION: usize = 1;
+pub(crate) const H_SYMBOL_CAP: usize = 2;
+pub(crate) const H_INTERVAL_COUNT: usize = 3;
+pub(crate) const H_RING_CAP: usize = 4;
+pub(crate) const H_SIZE: usize = 5;
+pub(crate) const H_GENERATION: usize = 6;
+pub(crate) const H_WRITER_PID: usize = 7;
+pub(crate) const H_CREATED_MS: usize = 8;
+pub(crate) const H_INTERVALS: usize = LINE;
+pub(crate) const H_HEARTBEAT: usize = 2 * LINE;
+pub(crate) const H_PUBLISH: usize = 3 * LINE;
+pub(crate) const H_SYMBOL_COUNT: usize = 4 * LINE;
+
+pub(crate) const DIR_ENTRY_WORDS: usize = 4;
+pub(crate) const SERIES_HEADER_WORDS: usize = 8;
+pub(crate) const S_HEAD: usize = 0;
+pub(crate) const S_LAST_PUBLISH: usize = 1;
+pub(crate) const SLOT_WORDS: usize = 8;
+/// Payload word offsets within a slot (word 0 is the sequence).
+pub(crate) const P_OPEN_TIME: usize = 1;
+pub(crate) const P_INDEX: usize = 7;
+
+/// Largest symbol capacity accepted.
+pub const MAX_SYMBOLS: u32 = 65_536;
+/// Largest number of intervals per symbol.
+pub const MAX_INTERVALS: usize = LINE;
+/// Largest ring accepted (candles per series).
+pub const MAX_CANDLES_PER_SERIES: u32 = 1 << 20;
+/// Largest segment accepted, so a typo in a capacity cannot ask for terabytes.
+pub const MAX_SEGMENT_BYTES: u64 = 64 << 30;
+
+/// The capacities a store is created with; memory is fixed by them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    /// Symbol directory capacity.
+    pub symbols: u32,
+    /// The intervals kept for every symbol, each in its own ring.
+    pub intervals: Vec<Interval>,
+    /// Ring length: candles kept per (symbol, interval).
+    pub candles_per_series: u32,
+}
+
+impl Default for StoreConfig {
+    /// 256 symbols x (1m, 5m, 15m, 1h, 4h, 1d) x 1440 candles: a day of
+    /// minutes per series, about 152 MiB of address space, touched lazily.
+    fn default() -> Self {
+        Self {
+            symbols: 256,
+            intervals: vec![
+                Interval::M1,
+                Interval::M5,
+                Interval::M15,
+                Interval::H1,
+                Interval::H4,
+                Interval::D1,
+            ],
+            candles_per_series: 1440,
+        }
+    }
+}
+
+/// A capacity that cannot be laid out.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LayoutError {
+    /// Symbol capacity out of range.
+    #[error("symbol capacity {0} is out of range: use 1 to {MAX_SYMBOLS}")]
+    Symbols(u64),
+    /// Interval list empty, too long or repeated.
+    #[error("interval list {0}: give 1 to {MAX_INTERVALS} distinct intervals")]
+    Intervals(String),
+    /// Ring length out of range.
+    #[error("candles per series {0} is out of range: use 2 to {MAX_CANDLES_PER_SERIES}")]
+    Candles(u64),
+    /// The total would be too large.
+    #[error(
+        "the segment would need {0} bytes, more than the {MAX_SEGMENT_BYTES}-byte limit: lower a capacity"
+    )]
+    TooLarge(u128),
+}
+
+/// The resolved layout: word offsets for everything in the segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub symbols: usize,
+    pub intervals: Vec<Interval>,
+    pub ring: usize,
+    pub dir_base: usize,
+    pub series_base: usize,
+    pub block_words: usize,
+    pub stamps_offset: usize,
+    pub total_words: usize,
+}
+
+fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+impl Layout {
+    pub(crate) fn new(config: &StoreConfig) -> Result<Self, LayoutError> {
+        Self::from_parts(
+            u64::from(config.symbols),
+            &config.intervals,
+            u64::from(config.candles_per_series),
+        )
+    }
+
+    pub(crate) fn from_parts(
+        symbols: u64,
+        intervals: &[Interval],
+        ring: u64,
+    ) -> Result<Self, LayoutError> {
+        if !(1..=u64::from(MAX_SYMBOLS)).contains(&symbols) {
+            return Err(LayoutError::Symbols(symbols));
+        }
+        let mut sorted = intervals.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        if intervals.is_empty()
+            || intervals.len() > MAX_INTERVALS
+            || sorted.len() != intervals.len()
+        {
+            let list: Vec<&str> = intervals.iter().map(|i| i.as_str()).collect();
+            return Err(LayoutError::Intervals(format!("[{}]", list.join(","))));
+        }
+        if !(2..=u64::from(MAX_CANDLES_PER_SERIES)).contains(&ring) {
+            return Err(LayoutError::Candles(ring));
+        }
+        // Bounded above, so these fit usize and the products below cannot overflow u128.
+        let (symbols, ring) = (symbols as usize, ring as usize);
+        let dir_base = HEADER_WORDS;
+        let series_base = dir_base + round_up(symbols * DIR_ENTRY_WORDS, LINE);
+        let stamps_offset = SERIES_HEADER_WORDS + ring * SLOT_WORDS;
+        let block_words = round_up(stamps_offset + ring, LINE);
+        let total = series_base as u128 + (symbols * intervals.len()) as u128 * block_words as u128;
+        let bytes = total * 8;
+        if bytes > u128::from(MAX_SEGMENT_BYTES) {
+            return Err(LayoutError::TooLarge(bytes));
+        }
+        Ok(Self {
+            symbols,
+            intervals: intervals.to_vec(),
+            ring,
+            dir_base,
+            series_base,
+            block_words,
+            stamps_offset,
+            total_words: total as usize,
+        })
+    }
+
+    pub(crate) fn size_bytes(&self) -> usize {
+        self.total_words * 8
+    }
+
+    pub(crate) fn series_count(&self) -> usize {
+        self.symbols * self.intervals.len()
+    }
+
+    pub(crate) fn interval_index(&self, interval: Interval) -> Option<usize> {
+        self.intervals.iter().position(|&i| i == interval)
+    }
+
+    /// First word of series `series`' block.
+    #[inline]
+    pub(crate) fn series_word(&self, series: usize) -> usize {
+        self.series_base + series * self.block_words
+    }
+
+    /// First word (the sequence) of the slot holding absolute index `index`.
+    #[inline]
+    pub(crate) fn slot_word(&self, series_word: usize, index: u64) -> usize {
+        series_word + SERIES_HEADER_WORDS + (index % self.ring as u64) as usize * SLOT_WORDS
+    }
+
+    /// The stamp word of the slot holding absolute index `index`.
+    #[inline]
+    pub(crate) fn stamp_word(&self, series_word: usize, index: u64) -> usize {
+        series_word + self.stamps_offset + (index % self.ring as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_layout_matches_the_documented_size() {
+        let layout = Layout::new(&StoreConfig::default()).expect("default config is valid");
+        // 256 x 6 series of (64 + 1440 x 72) bytes rounded to 128, plus header and directory.
+        assert_eq!(layout.block_words, 12_976);
+        assert_eq!(layout.size_bytes(), 1024 + 8192 + 1536 * 12_976 * 8);
+        assert_eq!(layout.series_base % LINE, 0);
+        assert_eq!(layout.block_words % LINE, 0);
+    }
+
+    #[test]
+    fn bad_capacities_name_the_field() {
+        let bad = |s, i: &[Interval], r| Layout::from_parts(s, i, r).expect_err("refused");
+        assert!(matches!(
+            bad(0, &[Interval::M1], 10),
+            LayoutError::Symbols(0)
+        ));
+        assert!(matches!(bad(1, &[], 10), LayoutError::Intervals(_)));
+        assert!(matches!(
+            bad(1, &[Interval::M1, Interval::M1], 10),
+            LayoutError::Intervals(_)
+        ));
+        assert!(matches!(
+            bad(1, &[Interval::M1], 1),
+            LayoutError::Candles(1)
+        ));
+        assert!(matches!(
+            bad(65_536, &Interval::ALL, 1 << 20),
+            LayoutError::TooLarge(_)
+        ));
+        assert!(
+            bad(0, &[Interval::M1], 10)
+                .to_string()
+                .contains("use 1 to 65536")
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! The coordinator's side of the store: the only code that writes the segment.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+
+use super::error::{StoreCreateError, WriteError};
+use super::layout::*;
+use super::{SeriesId, SymbolId};
+use crate::candle::{Candle, Interval};
+use crate::names::{InstanceName, SymbolName};
+use crate::shm::mapping::{self, Mapping};
+use crate::shm::{futex, seqlock};
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// A newer open time: a new candle was appended at this absolute index.
+    Appended(u64),
+    /// The same open time as the latest candle: updated in place.
+    Updated(u64),
+}
+
+/// Counters kept by the writer (in its own memory, not the segment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WriterStats {
+    /// Candles appended.
+    pub appended: u64,
+    /// In-progress candles updated in place.
+    pub updated: u64,
+    /// Upserts refused because the open time was older than the latest.
+    pub rejected_stale: u64,
+    /// Upserts refused for non-finite values.
+    pub rejected_invalid: u64,
+    /// Batches published.
+    pub publishes: u64,
+}
+
+/// Owner of a store segment: creates it, writes it, and unlinks it when dropped.
+///
+/// There must be one writer per segment; the engine guarantees it with an
+/// instance lock, and `&mut self` on every write keeps it single-threaded.
+#[derive(Debug)]
+pub struct StoreWriter {
+    mapping: Mapping,
+    name: String,
+    layout: Layout,
+    generation: u64,
+    /// The publish counter value the current batch will be published as.
+    pending: u64,
+    symbols: HashMap<SymbolName, SymbolId>,
+    stats: WriterStats,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl StoreWriter {
+    /// Creates the segment `/shmkline-<instance>` with `config`'s capacities.
+    ///
+    /// Fails with [`StoreCreateError::AlreadyExists`] if the name is taken; the
+    /// caller, holding the instance lock, decides whether it is stale (see
+    /// [`StoreWriter::unlink_stale`]).
+    pub fn create(instance: &InstanceName, config: &StoreConfig) -> Result<Self, StoreCreateError> {
+        let layout = Layout::new(config)?;
+        let name = instance.segment_name();
+        let generation = getrandom::u64().map_err(|e| StoreCreateError::Entropy(e.to_string()))?;
+        let mapping = Mapping::create(&name, layout.size_bytes()).map_err(|(op, source)| {
+            if source == Errno::EEXIST {
+                StoreCreateError::AlreadyExists { name: name.clone() }
+            } else {
+                StoreCreateError::Os {
+                    name: name.clone(),
+                    op,
+                    source,
+                }
+            }
+        })?;
+        let w = mapping.words();
+        let put = |i: usize, v: u64| w[i].store(v, Ordering::Relaxed);
+        put(H_VERSION, LAYOUT_VERSION);
+        put(H_SYMBOL_CAP, layout.symbols as u64);
+        put(H_INTERVAL_COUNT, layout.intervals.len() as u64);
+        put(H_RING_CAP, layout.ring as u64);
+        put(H_SIZE, layout.size_bytes() as u64);
+        put(H_GENERATION, generation);
+        put(H_WRITER_PID, u64::from(std::process::id()));
+        put(H_CREATED_MS, now_ms());
+        for (k, interval) in layout.intervals.iter().enumerate() {
+            put(H_INTERVALS + k, interval.millis());
+        }
+        put(H_HEARTBEAT, now_ms());
+        // Last, with Release: a reader that sees the magic sees the whole header.
+        w[H_MAGIC].store(MAGIC, Ordering::Release);
+        let symbols = HashMap::with_capacity(layout.symbols);
+        Ok(Self {
+            mapping,
+            name,
+            layout,
+            generation,
+            pending: 1,
+            symbols,
+            stats: WriterStats::default(),
+        })
+    }
+
+    /// Removes a segment left behind by a coordinator that died without
+    /// cleaning up. Only call this while holding the instance lock, which proves
+    /// no live coordinator owns it. Returns whether there was one to remove.
+    pub fn unlink_stale(instance: &InstanceName) -> Result<bool, Errno> {
+        match mapping::unlink(&instance.segment_name()) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        self.mapping.words()
+    }
+
+    /// The segment's name (`/shmkline-<instance>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Random number drawn for this segment; a restarted coordinator has a new one.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Segment size in bytes, fixed at creation.
+    pub fn size_bytes(&self) -> usize {
+        self.layout.size_bytes()
+    }
+
+    /// The intervals this store keeps.
+    pub fn intervals(&self) -> &[Interval] {
+        &self.layout.intervals
+    }
+
+    /// Candles kept per series.
+    pub fn candles_per_series(&self) -> usize {
+        self.layout.ring
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> WriterStats {
+        self.stats
+    }
+
+    /// Adds `symbol` to the directory (or returns its id if present). A full
+    /// directory is an error, never a silent drop.
+    pub fn register_symbol(&mut self, symbol: &SymbolName) -> Result<SymbolId, WriteError> {
+        if let Some(&id) = self.symbols.get(symbol) {
+            return Ok(id);
+        }
+        let count = self.symbols.len();
+        if count >= self.layout.symbols {
+            return Err(WriteError::SymbolTableFull {
+                capacity: self.layout.symbols,
+                symbol: symbol.to_string(),
+            });
+        }
+        let mut entry = [0u8; DIR_ENTRY_WORDS * 8];
+        let bytes = symbol.as_str().as_bytes();
+        entry[0] = bytes.len() as u8; // SymbolName guarantees <= 31
+        entry[1..=bytes.len()].copy_from_slice(bytes);
+        let base = self.layout.dir_base + count * DIR_ENTRY_WORDS;
+        let w = self.words();
+        for (k, chunk) in entry.chunks_exact(8).enumerate() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            w[base + k].store(u64::from_le_bytes(word), Ordering::Relaxed);
+        }
+        // Publish the entry: readers load the count with Acquire.
+        w[H_SYMBOL_COUNT].store(count as u64 + 1, Ordering::Release);
+        let id = SymbolId(count as u32);
+        self.symbols.insert(symbol.clone(), id);
+        Ok(id)
+    }
+
+    /// The id of an already registered symbol.
+    pub fn symbol_id(&self, symbol: &SymbolName) -> Option<SymbolId> {
+        self.symbols.get(symbol).copied()
+    }
+
+    /// The ring of `symbol` at `interval`.
+    pub fn series(&self, symbol: SymbolId, interval: Interval) -> Result<SeriesId, WriteError> {
+        if symbol.0 as usize >= self.symbols.len() {
+            return Err(WriteError::UnknownSymbol(symbol.0));
+        }
+        let k =
+            self.layout
+                .interval_index(interval)
+                .ok_or_else(|| WriteError::IntervalNotKept {
+                    interval,
+                    kept: self
+                        .layout
+                        .intervals
+                        .iter()
+                        .map(|i| i.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                })?;
+        Ok(SeriesId(
+            (symbol.0 as usize * self.layout.intervals.len() + k) as u32,
+        ))
+    }
+
+    /// Writes `candle` into `series`: the same open time as the latest candle
+    /// updates it in place, a newer one appends (overwriting the oldest slot
+    /// once the ring is full), an older one is rejected and counted.
+    ///
+    /// Allocation-free and lock-free; readers see the change after [`publish`](Self::publish).
+    pub fn upsert(&mut self, series: SeriesId, candle: &Candle) -> Result<Upsert, WriteError> {
+        if series.0 as usize >= self.layout.series_count() {
+            return Err(WriteError::UnknownSeries(series.0));
+        }
+        if !candle.is_finite() {
+            self.stats.rejected_invalid += 1;
+            return Err(WriteError::NonFinite {
+                open_time: candle.open_time,
+            });
+        }
+        let layout = &self.layout;
+        let w = self.mapping.words();
+        let sw = layout.series_word(series.0 as usize);
+        // Single writer: our own stores, so Relaxed loads see them.
+        let head = w[sw + S_HEAD].load(Ordering::Relaxed);
+        let outcome = if head == 0 {
+            Upsert::Appended(0)
+        } else {
+            let last = head - 1;
+            let latest = w[layout.slot_word(sw, last) + P_OPEN_TIME].load(Ordering::Relaxed) as i64;
+            if candle.open_time == latest {
+                Upsert::Updated(last)
+            } else if candle.open_time > latest {
+                Upsert::Appended(head)
+            } else {
+                self.stats.rejected_stale += 1;
+                return Err(WriteError::Stale {
+                    open_time: candle.open_time,
+                    latest,
+                });
+            }
+        };
+        let index = match outcome {
+            Upsert::Appended(i) | Upsert::Updated(i) => i,
+        };
+        let slot = layout.slot_word(sw, index);
+        let stamp = layout.stamp_word(sw, index);
+        let pending = self.pending;
+        seqlock::write(&w[slot], || {
+            w[slot + 1].store(candle.open_time as u64, Ordering::Relaxed);
+            w[slot + 2].store(candle.open.to_bits(), Ordering::Relaxed);
+            w[slot + 3].store(candle.high.to_bits(), Ordering::Relaxed);
+            w[slot + 4].store(candle.low.to_bits(), Ordering::Relaxed);
+            w[slot + 5].store(candle.close.to_bits(), Ordering::Relaxed);
+            w[slot + 6].store(candle.volume.to_bits(), Ordering::Relaxed);
+            w[slot + P_INDEX].store(index, Ordering::Relaxed);
+            w[stamp].store(pending, Ordering::Relaxed);
+        });
+        if let Upsert::Appended(_) = outcome {
+            // After the slot's final Release: a reader that sees the new head
+            // finds the slot complete (or retries on its seqlock).
+            w[sw + S_HEAD].store(head + 1, Ordering::Release);
+            self.stats.appended += 1;
+        } else {
+            self.stats.updated += 1;
+        }
+        w[sw + S_LAST_PUBLISH].store(pending, Ordering::Release);
+        Ok(outcome)
+    }
+
+    /// Ends a batch: makes the publish counter the batch's number, refreshes
+    /// the heartbeat and wakes every waiting reader (one `FUTEX_WAKE` per batch,
+    /// not per candle). Returns the published counter.
+    pub fn publish(&mut self) -> u64 {
+        let published = self.pending;
+        let w = self.mapping.words();
+        w[H_PUBLISH].store(published, Ordering::Release);
+        w[H_HEARTBEAT].store(now_ms(), Ordering::Relaxed);
+        // The wake can only fail for a bad address, which `words()` rules out;
+        // a reader's wait has a timeout anyway, so a lost wake delays, never hangs.
+        let _ = futex::wake_all(&w[H_PUBLISH]);
+        self.pending += 1;
+        self.stats.publishes += 1;
+        published
+    }
+
+    /// Refreshes the heartbeat without publishing (for idle periods).
+    pub fn heartbeat(&self) {
+        self.words()[H_HEARTBEAT].store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Test support: leaves the slot of `index` in `series` mid-write (odd
+    /// sequence), exactly as a writer killed between its two sequence stores
+    /// would. Used to prove readers give up with `Stalled` instead of spinning.
+    #[doc(hidden)]
+    pub fn simulate_death_mid_write(&mut self, series: SeriesId, index: u64) {
+        let sw = self.layout.series_word(series.0 as usize);
+        let slot = self.layout.slot_word(sw, index);
+        let w = self.mapping.words();
+        let s = w[slot].load(Ordering::Relaxed);
+        w[slot].store(s | 1, Ordering::Release);
+    }
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        // The owner removes the name; workers that still map it keep a valid
+        // (now orphaned) mapping until they unmap it.
+        let _ = mapping::unlink(&self.name);
+    }
+}
