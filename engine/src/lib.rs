@@ -1,1 +1,12 @@
+//! The shmkline coordinator as a library; `src/main.rs` is the thin CLI over it.
+//!
+//! * [`runtime`]: the instance lock (one coordinator per instance) and the
+//!   private runtime directory.
+//! * [`instance`]: a running instance's owned resources, released in order.
+//! * [`bench`]: `shmkline bench ...`, figures with in-run baselines.
+//! * [`hold`]: `shmkline store hold|inspect`, the store from a shell.
 
+pub mod bench;
+pub mod hold;
+pub mod instance;
+pub mod runtime;

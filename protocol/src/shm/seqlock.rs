@@ -101,7 +101,8 @@ pub fn write_with<F: FnOnce()>(variant: Variant, seq: &AtomicU64, store_payload:
 }
 
 /// Makes one read attempt. `load_payload` must load every payload word with
-/// `Ordering::Relaxed` and nothing else (no stores: the mapping may be read-only).
+/// `Ordering::Relaxed` and must not store into the shared segment (it may be
+/// mapped read-only); writing what it loaded into private memory is fine.
 #[inline(always)]
 pub fn read_once<T, F: FnOnce() -> T>(seq: &AtomicU64, load_payload: F) -> Attempt<T> {
     read_once_with(Variant::CORRECT, seq, load_payload)

@@ -9,13 +9,20 @@
 //!   line 3   publish counter: bumped once per batch; its low half is the futex
 //!   line 4   symbol count (append-only directory)
 //! directory  symbol capacity x 32 bytes: length byte + up to 31 name bytes
-//! series     symbol capacity x interval count blocks, each:
-//!   header   64 bytes: head (candles ever appended), last publish that changed it
-//!   slots    candles per series x 64 bytes: seq, open time, o, h, l, c, v, index
-//!   stamps   candles per series x 8 bytes: the publish counter of the batch that
-//!            last wrote the slot (written inside the slot's seqlock window)
+//! headers    one 64-byte header per series (symbol-major, then interval):
+//!            head (candles ever appended), last publish that changed the
+//!            series, ring position of the next append (the writer's own
+//!            bookkeeping, so its hot path needs no 64-bit division)
+//! rings      one ring per series, in groups of 8 candles, each group:
+//!   stamps   8 x 8 bytes: the publish counter of the batch that last wrote
+//!            each slot (written inside that slot's seqlock window)
+//!   slots    8 x 64 bytes: seq, open time, o, h, l, c, v, absolute index
 //! ```
-//! Blocks start on 128-byte boundaries. Prices and volume are `f64::to_bits`.
+//! Headers are packed together and stamps sit next to their slots so that an
+//! upsert or a slice read touches few cache lines and pages: with headers and
+//! stamps at the far ends of each ring, every upsert cost three pages and an
+//! L1 TLB miss. Regions and rings start on 128-byte boundaries; slots are
+//! 64-byte aligned. Prices and volume are `f64::to_bits`.
 //! `magic` is written last, with Release, so a reader that sees it sees a
 //! complete header.
 
@@ -52,7 +59,12 @@ pub(crate) const DIR_ENTRY_WORDS: usize = 4;
 pub(crate) const SERIES_HEADER_WORDS: usize = 8;
 pub(crate) const S_HEAD: usize = 0;
 pub(crate) const S_LAST_PUBLISH: usize = 1;
+pub(crate) const S_NEXT_POS: usize = 2;
 pub(crate) const SLOT_WORDS: usize = 8;
+/// Slots per group (one stamp line serves a group).
+const GROUP_SLOTS: usize = 8;
+/// Words per group: the stamp line, then the slots.
+const GROUP_WORDS: usize = GROUP_SLOTS + GROUP_SLOTS * SLOT_WORDS;
 /// Payload word offsets within a slot (word 0 is the sequence).
 pub(crate) const P_OPEN_TIME: usize = 1;
 pub(crate) const P_INDEX: usize = 7;
@@ -122,9 +134,9 @@ pub(crate) struct Layout {
     pub intervals: Vec<Interval>,
     pub ring: usize,
     pub dir_base: usize,
-    pub series_base: usize,
+    pub headers_base: usize,
+    pub rings_base: usize,
     pub block_words: usize,
-    pub stamps_offset: usize,
     pub total_words: usize,
 }
 
@@ -164,11 +176,12 @@ impl Layout {
         }
         // Bounded above, so these fit usize and the products below cannot overflow u128.
         let (symbols, ring) = (symbols as usize, ring as usize);
+        let series = symbols * intervals.len();
         let dir_base = HEADER_WORDS;
-        let series_base = dir_base + round_up(symbols * DIR_ENTRY_WORDS, LINE);
-        let stamps_offset = SERIES_HEADER_WORDS + ring * SLOT_WORDS;
-        let block_words = round_up(stamps_offset + ring, LINE);
-        let total = series_base as u128 + (symbols * intervals.len()) as u128 * block_words as u128;
+        let headers_base = dir_base + round_up(symbols * DIR_ENTRY_WORDS, LINE);
+        let rings_base = headers_base + round_up(series * SERIES_HEADER_WORDS, LINE);
+        let block_words = round_up(ring.div_ceil(GROUP_SLOTS) * GROUP_WORDS, LINE);
+        let total = rings_base as u128 + series as u128 * block_words as u128;
         let bytes = total * 8;
         if bytes > u128::from(MAX_SEGMENT_BYTES) {
             return Err(LayoutError::TooLarge(bytes));
@@ -178,9 +191,9 @@ impl Layout {
             intervals: intervals.to_vec(),
             ring,
             dir_base,
-            series_base,
+            headers_base,
+            rings_base,
             block_words,
-            stamps_offset,
             total_words: total as usize,
         })
     }
@@ -197,22 +210,51 @@ impl Layout {
         self.intervals.iter().position(|&i| i == interval)
     }
 
-    /// First word of series `series`' block.
+    /// First word of series `series`' header.
     #[inline]
-    pub(crate) fn series_word(&self, series: usize) -> usize {
-        self.series_base + series * self.block_words
+    pub(crate) fn header_word(&self, series: usize) -> usize {
+        self.headers_base + series * SERIES_HEADER_WORDS
     }
 
-    /// First word (the sequence) of the slot holding absolute index `index`.
+    /// First word of series `series`' ring.
     #[inline]
-    pub(crate) fn slot_word(&self, series_word: usize, index: u64) -> usize {
-        series_word + SERIES_HEADER_WORDS + (index % self.ring as u64) as usize * SLOT_WORDS
+    pub(crate) fn ring_word(&self, series: usize) -> usize {
+        self.rings_base + series * self.block_words
     }
 
-    /// The stamp word of the slot holding absolute index `index`.
+    /// The ring position (0..ring) of absolute index `index`. Loops over
+    /// consecutive candles compute this once and step with [`Layout::next_pos`]:
+    /// a 64-bit division per candle costs more than reading the candle.
     #[inline]
-    pub(crate) fn stamp_word(&self, series_word: usize, index: u64) -> usize {
-        series_word + self.stamps_offset + (index % self.ring as u64) as usize
+    pub(crate) fn pos(&self, index: u64) -> usize {
+        (index % self.ring as u64) as usize
+    }
+
+    /// The position after `pos`, wrapping.
+    #[inline]
+    pub(crate) fn next_pos(&self, pos: usize) -> usize {
+        if pos + 1 == self.ring { 0 } else { pos + 1 }
+    }
+
+    /// The position before `pos`, wrapping.
+    #[inline]
+    pub(crate) fn prev_pos(&self, pos: usize) -> usize {
+        if pos == 0 { self.ring - 1 } else { pos - 1 }
+    }
+
+    /// First word (the sequence) of the slot at ring position `pos`.
+    #[inline]
+    pub(crate) fn slot_word(&self, ring_word: usize, pos: usize) -> usize {
+        ring_word
+            + (pos / GROUP_SLOTS) * GROUP_WORDS
+            + GROUP_SLOTS
+            + (pos % GROUP_SLOTS) * SLOT_WORDS
+    }
+
+    /// The stamp word of the slot at ring position `pos`.
+    #[inline]
+    pub(crate) fn stamp_word(&self, ring_word: usize, pos: usize) -> usize {
+        ring_word + (pos / GROUP_SLOTS) * GROUP_WORDS + pos % GROUP_SLOTS
     }
 }
 
@@ -223,11 +265,38 @@ mod tests {
     #[test]
     fn default_layout_matches_the_documented_size() {
         let layout = Layout::new(&StoreConfig::default()).expect("default config is valid");
-        // 256 x 6 series of (64 + 1440 x 72) bytes rounded to 128, plus header and directory.
-        assert_eq!(layout.block_words, 12_976);
-        assert_eq!(layout.size_bytes(), 1024 + 8192 + 1536 * 12_976 * 8);
-        assert_eq!(layout.series_base % LINE, 0);
+        // Header, directory (256 x 32 B), 1536 series headers (64 B each), then
+        // 1536 rings of 180 groups of 8 candles (576 B per group).
+        assert_eq!(layout.block_words, 180 * 72);
+        assert_eq!(
+            layout.size_bytes(),
+            1024 + 8192 + 1536 * 64 + 1536 * 180 * 576
+        );
+        assert_eq!(layout.rings_base % LINE, 0);
         assert_eq!(layout.block_words % LINE, 0);
+    }
+
+    #[test]
+    fn slots_and_stamps_tile_each_ring_without_overlap() {
+        let layout = Layout::from_parts(1, &[Interval::M1], 21).expect("valid");
+        let ring = layout.ring_word(0);
+        let mut used = std::collections::BTreeSet::new();
+        for pos in 0..21 {
+            let slot = layout.slot_word(ring, pos);
+            assert_eq!(slot % SLOT_WORDS, 0, "slot {pos} is 64-byte aligned");
+            for w in slot..slot + SLOT_WORDS {
+                assert!(used.insert(w), "word {w} used twice");
+            }
+            assert!(
+                used.insert(layout.stamp_word(ring, pos)),
+                "stamp {pos} overlaps"
+            );
+        }
+        assert!(
+            used.iter()
+                .all(|&w| w >= ring && w < ring + layout.block_words)
+        );
+        assert!(ring + layout.block_words <= layout.total_words);
     }
 
     #[test]

@@ -90,13 +90,16 @@ pub struct StoreReader {
     retries: AtomicU64,
 }
 
+/// One slot: the sequence word and the seven payload words.
+type Slot = [AtomicU64; SLOT_WORDS];
+
 #[inline(always)]
-fn load_candle(w: &[AtomicU64], slot: usize) -> StoredCandle {
-    let f = |k: usize| f64::from_bits(w[slot + k].load(Ordering::Relaxed));
+fn load_candle(slot: &Slot) -> StoredCandle {
+    let f = |k: usize| f64::from_bits(slot[k].load(Ordering::Relaxed));
     StoredCandle {
-        index: w[slot + P_INDEX].load(Ordering::Relaxed),
+        index: slot[P_INDEX].load(Ordering::Relaxed),
         candle: Candle {
-            open_time: w[slot + P_OPEN_TIME].load(Ordering::Relaxed) as i64,
+            open_time: slot[P_OPEN_TIME].load(Ordering::Relaxed) as i64,
             open: f(2),
             high: f(3),
             low: f(4),
@@ -283,71 +286,108 @@ impl StoreReader {
         ))
     }
 
-    fn series_word(&self, series: SeriesId) -> Result<usize, ReadError> {
+    /// The header word and ring word of `series`.
+    fn series_words(&self, series: SeriesId) -> Result<(usize, usize), ReadError> {
         if series.0 as usize >= self.layout.series_count() {
             return Err(ReadError::UnknownSeries(series.0));
         }
-        Ok(self.layout.series_word(series.0 as usize))
+        let s = series.0 as usize;
+        Ok((self.layout.header_word(s), self.layout.ring_word(s)))
     }
 
-    /// Reads one slot through its seqlock, retrying (spin, then yield) until a
-    /// consistent snapshot or [`STALL_TIMEOUT`].
-    #[inline]
+    /// Reads one slot through its seqlock. The first attempt is inlined into
+    /// the caller's loop (the common, uncontended case); retries are cold.
+    #[inline(always)]
     fn read_consistent<T>(
         &self,
         series: SeriesId,
         index: u64,
-        slot: usize,
+        seq: &AtomicU64,
         load: impl Fn() -> T,
     ) -> Result<T, ReadError> {
-        let seq = &self.words()[slot];
-        let mut failures = 0u32;
+        let attempt = seqlock::read_once(seq, &load);
+        if attempt.accepted {
+            return Ok(attempt.value);
+        }
+        self.retry_read(series, index, seq, load)
+    }
+
+    /// Retries a slot (spin, then yield) until a consistent snapshot or
+    /// [`STALL_TIMEOUT`] after the spinning phase.
+    #[cold]
+    #[inline(never)]
+    fn retry_read<T>(
+        &self,
+        series: SeriesId,
+        index: u64,
+        seq: &AtomicU64,
+        load: impl Fn() -> T,
+    ) -> Result<T, ReadError> {
+        let mut failures = 1u32;
         let mut since: Option<Instant> = None;
         loop {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            if failures < SPIN_ATTEMPTS {
+                spin_loop();
+            } else {
+                let started = *since.get_or_insert_with(Instant::now);
+                let waited = started.elapsed();
+                if waited >= STALL_TIMEOUT {
+                    return Err(ReadError::Stalled {
+                        series: series.0,
+                        index,
+                        seq: seq.load(Ordering::Relaxed),
+                        waited_us: waited.as_micros() as u64,
+                    });
+                }
+                std::thread::yield_now();
+            }
             let attempt = seqlock::read_once(seq, &load);
             if attempt.accepted {
                 return Ok(attempt.value);
             }
-            self.retries.fetch_add(1, Ordering::Relaxed);
-            failures += 1;
-            if failures < SPIN_ATTEMPTS {
-                spin_loop();
-                continue;
-            }
-            let started = *since.get_or_insert_with(Instant::now);
-            let waited = started.elapsed();
-            if waited >= STALL_TIMEOUT {
-                return Err(ReadError::Stalled {
-                    series: series.0,
-                    index,
-                    seq: attempt.seq,
-                    waited_us: waited.as_micros() as u64,
-                });
-            }
-            std::thread::yield_now();
+            failures = failures.saturating_add(1);
         }
     }
 
+    /// The slot at ring position `pos` of the ring starting at word `rw`.
+    #[inline(always)]
+    fn slot(&self, rw: usize, pos: usize) -> &Slot {
+        let start = self.layout.slot_word(rw, pos);
+        // In bounds: `rw` is a validated ring and `pos < ring`. The
+        // fixed-size array lets the compiler drop per-word bounds checks.
+        self.words()[start..start + SLOT_WORDS]
+            .try_into()
+            .expect("a slot is SLOT_WORDS words")
+    }
+
+    #[inline(always)]
     fn read_candle(
         &self,
         series: SeriesId,
-        sw: usize,
+        rw: usize,
         index: u64,
+        pos: usize,
     ) -> Result<StoredCandle, ReadError> {
-        let slot = self.layout.slot_word(sw, index);
-        let w = self.words();
-        self.read_consistent(series, index, slot, || load_candle(w, slot))
+        let slot = self.slot(rw, pos);
+        self.read_consistent(series, index, &slot[0], || load_candle(slot))
+    }
+
+    /// How many candles `series` has ever appended (the next absolute index).
+    pub fn appended(&self, series: SeriesId) -> Result<u64, ReadError> {
+        let (hw, _) = self.series_words(series)?;
+        Ok(self.words()[hw + S_HEAD].load(Ordering::Acquire))
     }
 
     /// The latest candle of `series` (possibly still in progress), if any.
     pub fn latest(&self, series: SeriesId) -> Result<Option<StoredCandle>, ReadError> {
-        let sw = self.series_word(series)?;
+        let (hw, rw) = self.series_words(series)?;
         for _ in 0..LAP_RETRIES {
-            let head = self.words()[sw + S_HEAD].load(Ordering::Acquire);
+            let head = self.words()[hw + S_HEAD].load(Ordering::Acquire);
             if head == 0 {
                 return Ok(None);
             }
-            let c = self.read_candle(series, sw, head - 1)?;
+            let c = self.read_candle(series, rw, head - 1, self.layout.pos(head - 1))?;
             if c.index == head - 1 {
                 return Ok(Some(c));
             }
@@ -366,19 +406,36 @@ impl StoreReader {
         n: usize,
         out: &mut Vec<StoredCandle>,
     ) -> Result<(), ReadError> {
-        let sw = self.series_word(series)?;
+        let (hw, rw) = self.series_words(series)?;
         'attempt: for _ in 0..LAP_RETRIES {
             out.clear();
-            let head = self.words()[sw + S_HEAD].load(Ordering::Acquire);
+            let head = self.words()[hw + S_HEAD].load(Ordering::Acquire);
             let n = (n as u64).min(head).min(self.layout.ring as u64);
             out.reserve(n as usize);
+            let mut pos = self.layout.pos(head - n);
             for index in head - n..head {
-                let c = self.read_candle(series, sw, index)?;
-                if c.index != index {
+                let slot = self.slot(rw, pos);
+                // Load straight into the caller's buffer (private memory) and
+                // take it back if the attempt is rejected: building the candle
+                // in a temporary and copying it costs a store-forwarding stall
+                // per candle, more than the read itself.
+                let attempt = seqlock::read_once(&slot[0], || {
+                    let c = load_candle(slot);
+                    out.push(c);
+                    c.index
+                });
+                let mut read_index = attempt.value;
+                if !attempt.accepted {
+                    out.pop();
+                    let c = self.retry_read(series, index, &slot[0], || load_candle(slot))?;
+                    read_index = c.index;
+                    out.push(c);
+                }
+                if read_index != index {
                     // Overwritten by a later lap of the ring: start again from the new head.
                     continue 'attempt;
                 }
-                out.push(c);
+                pos = self.layout.next_pos(pos);
             }
             return Ok(());
         }
@@ -398,24 +455,26 @@ impl StoreReader {
         publish_counter: u64,
         out: &mut Vec<StoredCandle>,
     ) -> Result<ChangedSince, ReadError> {
-        let sw = self.series_word(series)?;
+        let (hw, rw) = self.series_words(series)?;
         out.clear();
-        if self.words()[sw + S_LAST_PUBLISH].load(Ordering::Acquire) <= publish_counter {
+        if self.words()[hw + S_LAST_PUBLISH].load(Ordering::Acquire) <= publish_counter {
             return Ok(ChangedSince::default());
         }
         let w = self.words();
         'attempt: for _ in 0..LAP_RETRIES {
             out.clear();
-            let head = w[sw + S_HEAD].load(Ordering::Acquire);
+            let head = w[hw + S_HEAD].load(Ordering::Acquire);
             let oldest = head.saturating_sub(self.layout.ring as u64);
             let mut index = head;
+            let mut pos = self.layout.pos(head);
             let mut reached_oldest = true;
             while index > oldest {
                 index -= 1;
-                let slot = self.layout.slot_word(sw, index);
-                let stamp_word = self.layout.stamp_word(sw, index);
-                let (c, stamp) = self.read_consistent(series, index, slot, || {
-                    (load_candle(w, slot), w[stamp_word].load(Ordering::Relaxed))
+                pos = self.layout.prev_pos(pos);
+                let slot = self.slot(rw, pos);
+                let stamp_word = &w[self.layout.stamp_word(rw, pos)];
+                let (c, stamp) = self.read_consistent(series, index, &slot[0], || {
+                    (load_candle(slot), stamp_word.load(Ordering::Relaxed))
                 })?;
                 if c.index != index {
                     continue 'attempt;
@@ -489,10 +548,9 @@ impl StoreReader {
         series: SeriesId,
         index: u64,
     ) -> Result<Attempt<StoredCandle>, ReadError> {
-        let sw = self.series_word(series)?;
-        let slot = self.layout.slot_word(sw, index);
-        let w = self.words();
-        Ok(seqlock::read_once(&w[slot], || load_candle(w, slot)))
+        let (_, rw) = self.series_words(series)?;
+        let slot = self.slot(rw, self.layout.pos(index));
+        Ok(seqlock::read_once(&slot[0], || load_candle(slot)))
     }
 
     /// A snapshot of the header and directory.

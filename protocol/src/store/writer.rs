@@ -230,16 +230,22 @@ impl StoreWriter {
         }
         let layout = &self.layout;
         let w = self.mapping.words();
-        let sw = layout.series_word(series.0 as usize);
+        let hw = layout.header_word(series.0 as usize);
+        let rw = layout.ring_word(series.0 as usize);
         // Single writer: our own stores, so Relaxed loads see them.
-        let head = w[sw + S_HEAD].load(Ordering::Relaxed);
+        let head = w[hw + S_HEAD].load(Ordering::Relaxed);
+        // Where the next append goes; kept by the writer so the hot path needs
+        // no 64-bit division. `min` keeps a wild value from indexing outside
+        // the ring (it cannot happen: only this code writes it).
+        let next_pos = (w[hw + S_NEXT_POS].load(Ordering::Relaxed) as usize).min(layout.ring - 1);
+        let last_pos = layout.prev_pos(next_pos);
         let outcome = if head == 0 {
             Upsert::Appended(0)
         } else {
-            let last = head - 1;
-            let latest = w[layout.slot_word(sw, last) + P_OPEN_TIME].load(Ordering::Relaxed) as i64;
+            let latest =
+                w[layout.slot_word(rw, last_pos) + P_OPEN_TIME].load(Ordering::Relaxed) as i64;
             if candle.open_time == latest {
-                Upsert::Updated(last)
+                Upsert::Updated(head - 1)
             } else if candle.open_time > latest {
                 Upsert::Appended(head)
             } else {
@@ -250,31 +256,33 @@ impl StoreWriter {
                 });
             }
         };
-        let index = match outcome {
-            Upsert::Appended(i) | Upsert::Updated(i) => i,
+        let (index, pos) = match outcome {
+            Upsert::Appended(i) => (i, next_pos),
+            Upsert::Updated(i) => (i, last_pos),
         };
-        let slot = layout.slot_word(sw, index);
-        let stamp = layout.stamp_word(sw, index);
+        let slot = &w[layout.slot_word(rw, pos)..][..SLOT_WORDS];
+        let stamp = &w[layout.stamp_word(rw, pos)];
         let pending = self.pending;
-        seqlock::write(&w[slot], || {
-            w[slot + 1].store(candle.open_time as u64, Ordering::Relaxed);
-            w[slot + 2].store(candle.open.to_bits(), Ordering::Relaxed);
-            w[slot + 3].store(candle.high.to_bits(), Ordering::Relaxed);
-            w[slot + 4].store(candle.low.to_bits(), Ordering::Relaxed);
-            w[slot + 5].store(candle.close.to_bits(), Ordering::Relaxed);
-            w[slot + 6].store(candle.volume.to_bits(), Ordering::Relaxed);
-            w[slot + P_INDEX].store(index, Ordering::Relaxed);
-            w[stamp].store(pending, Ordering::Relaxed);
+        seqlock::write(&slot[0], || {
+            slot[P_OPEN_TIME].store(candle.open_time as u64, Ordering::Relaxed);
+            slot[2].store(candle.open.to_bits(), Ordering::Relaxed);
+            slot[3].store(candle.high.to_bits(), Ordering::Relaxed);
+            slot[4].store(candle.low.to_bits(), Ordering::Relaxed);
+            slot[5].store(candle.close.to_bits(), Ordering::Relaxed);
+            slot[6].store(candle.volume.to_bits(), Ordering::Relaxed);
+            slot[P_INDEX].store(index, Ordering::Relaxed);
+            stamp.store(pending, Ordering::Relaxed);
         });
         if let Upsert::Appended(_) = outcome {
             // After the slot's final Release: a reader that sees the new head
             // finds the slot complete (or retries on its seqlock).
-            w[sw + S_HEAD].store(head + 1, Ordering::Release);
+            w[hw + S_HEAD].store(head + 1, Ordering::Release);
+            w[hw + S_NEXT_POS].store(layout.next_pos(next_pos) as u64, Ordering::Relaxed);
             self.stats.appended += 1;
         } else {
             self.stats.updated += 1;
         }
-        w[sw + S_LAST_PUBLISH].store(pending, Ordering::Release);
+        w[hw + S_LAST_PUBLISH].store(pending, Ordering::Release);
         Ok(outcome)
     }
 
@@ -304,8 +312,8 @@ impl StoreWriter {
     /// would. Used to prove readers give up with `Stalled` instead of spinning.
     #[doc(hidden)]
     pub fn simulate_death_mid_write(&mut self, series: SeriesId, index: u64) {
-        let sw = self.layout.series_word(series.0 as usize);
-        let slot = self.layout.slot_word(sw, index);
+        let rw = self.layout.ring_word(series.0 as usize);
+        let slot = self.layout.slot_word(rw, self.layout.pos(index));
         let w = self.mapping.words();
         let s = w[slot].load(Ordering::Relaxed);
         w[slot].store(s | 1, Ordering::Release);
