@@ -8,15 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use engine::bench::child::{self, WakeMode};
 use engine::bench::{store as store_bench, wake};
 use engine::hold;
-use protocol::store::{OpenError, StoreConfig};
+use protocol::store::StoreConfig;
 use protocol::{InstanceName, Interval, SymbolName};
 use serde::Serialize;
 use tracing_subscriber::EnvFilter;
-
-/// Exit code for a failure (after the message on stderr).
-const EXIT_FAILURE: u8 = 1;
-/// Exit code when the named instance is not running.
-const EXIT_NOT_RUNNING: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -189,6 +184,17 @@ fn emit<T: Serialize>(report: &T, json: bool) -> Result<()> {
                     walk(&key, v, out);
                 }
             }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    // Targets read best as "name  value (limit) met".
+                    if let Some(name) = v.get("name").and_then(|n| n.as_str()) {
+                        let met = if v["met"] == true { "met" } else { "NOT MET" };
+                        out.push((format!("{prefix}: {name}"), format!("{} {met}", v["value"])));
+                    } else {
+                        walk(&format!("{prefix}.{i}"), v, out);
+                    }
+                }
+            }
             other => out.push((prefix.to_owned(), other.to_string())),
         }
     }
@@ -302,14 +308,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if matches!(
-                err.downcast_ref::<OpenError>(),
-                Some(OpenError::NotFound { .. })
-            ) {
-                ExitCode::from(EXIT_NOT_RUNNING)
-            } else {
-                ExitCode::from(EXIT_FAILURE)
-            }
+            ExitCode::from(protocol::exit::code_for(err.as_ref()))
         }
     }
 }

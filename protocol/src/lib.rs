@@ -17,6 +17,8 @@ pub mod shm;
 #[cfg(not(loom))]
 pub mod candle;
 #[cfg(not(loom))]
+pub mod exit;
+#[cfg(not(loom))]
 pub mod names;
 #[cfg(not(loom))]
 pub mod store;

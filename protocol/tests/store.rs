@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use protocol::store::{
-    OpenError, ReadError, StoreConfig, StoreReader, StoreWriter, Upsert, Wait, WriteError,
+    OpenError, ReadError, StoreConfig, StoreReader, StoreWriter, Upsert, UpsertError, Wait,
+    WriteError,
 };
 use protocol::{Candle, InstanceName, Interval, SymbolName};
 
@@ -68,7 +69,7 @@ fn upsert_updates_in_place_appends_and_rejects_older() {
     assert_eq!(w.upsert(s, &candle(120_000, 3.0)), Ok(Upsert::Appended(1)));
     assert_eq!(
         w.upsert(s, &candle(60_000, 9.0)),
-        Err(WriteError::Stale {
+        Err(UpsertError::Stale {
             open_time: 60_000,
             latest: 120_000
         })
@@ -77,7 +78,7 @@ fn upsert_updates_in_place_appends_and_rejects_older() {
     bad.high = f64::NAN;
     assert!(matches!(
         w.upsert(s, &bad),
-        Err(WriteError::NonFinite { .. })
+        Err(UpsertError::NonFinite { .. })
     ));
     w.publish();
     let stats = w.stats();

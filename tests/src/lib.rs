@@ -1,1 +1,205 @@
+//! Harness for cross-process tests: the real `shmkline` and `shmkline-worker`
+//! binaries, a unique instance per test, and cleanup that runs even when a
+//! test fails (everything is released in `Drop`).
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use protocol::InstanceName;
+
+/// Path of a workspace binary (`shmkline`, `shmkline-worker`), built next to
+/// the test executable by `cargo test --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace`; `cargo test --workspace` does it)",
+        path.display()
+    );
+    path
+}
+
+/// A unique instance name with its own runtime directory. Dropping it removes
+/// every shared-memory object the instance may have created and the runtime
+/// directory, so a failed test leaves nothing behind.
+pub struct TestInstance {
+    /// The instance name.
+    pub name: InstanceName,
+    /// Its private runtime base directory (`SHMKLINE_RUNTIME_DIR`).
+    pub runtime_dir: PathBuf,
+}
+
+impl TestInstance {
+    /// A fresh instance; `tag` makes names readable in `/dev/shm` listings.
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let name = InstanceName::new(&format!("t{tag}{}_{n}", std::process::id()))
+            .expect("valid test instance name");
+        let runtime_dir = std::env::temp_dir().join(format!("shmkline-test-{name}"));
+        let _ = std::fs::remove_dir_all(&runtime_dir);
+        Self { name, runtime_dir }
+    }
+
+    /// A command for `binary` with this instance's name and runtime directory.
+    pub fn command(&self, binary: &str) -> Command {
+        let mut cmd = Command::new(bin(binary));
+        cmd.env("SHMKLINE_INSTANCE", self.name.as_str())
+            .env("SHMKLINE_RUNTIME_DIR", &self.runtime_dir)
+            .env("SHMKLINE_LOG", "info")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `shmkline <args>` to completion.
+    pub fn shmkline(&self, args: &[&str]) -> Output {
+        self.command("shmkline")
+            .args(args)
+            .output()
+            .expect("run shmkline")
+    }
+
+    /// Shared-memory objects of this instance that exist now.
+    pub fn shm_entries(&self) -> Vec<String> {
+        let prefix = format!("shmkline-{}", self.name);
+        std::fs::read_dir("/dev/shm")
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n == &prefix || n.starts_with(&format!("{prefix}-")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Asserts the instance left no segment and no runtime files behind.
+    pub fn assert_clean(&self) {
+        assert_eq!(
+            self.shm_entries(),
+            Vec::<String>::new(),
+            "shared-memory objects left behind"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&self.runtime_dir)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            leftovers.is_empty(),
+            "runtime files left behind: {leftovers:?}"
+        );
+    }
+}
+
+impl Drop for TestInstance {
+    fn drop(&mut self) {
+        for entry in self.shm_entries() {
+            let _ = nix::sys::mman::shm_unlink(format!("/{entry}").as_str());
+        }
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+    }
+}
+
+/// A child process that is killed and reaped when dropped.
+pub struct ChildGuard {
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stdout piped.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn child");
+        Self { child: Some(child) }
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child already reaped")
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("child already reaped").id()
+    }
+
+    /// Takes the child's stdout.
+    pub fn stdout(&mut self) -> ChildStdout {
+        self.child().stdout.take().expect("stdout already taken")
+    }
+
+    /// Reads stdout lines until one satisfies `pred`; panics after `timeout`
+    /// or at end of output.
+    pub fn wait_for_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let stdout = self.stdout();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The reader thread ends when the child's stdout closes (the child is
+        // killed at the latest when this guard drops).
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no matching line from child {} ({e})", self.pid()),
+            }
+        }
+    }
+
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal child");
+    }
+
+    /// Waits for the child to exit (at most `timeout`) and returns its status
+    /// and stderr.
+    pub fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child().try_wait().expect("try_wait") {
+                let mut stderr = String::new();
+                if let Some(mut e) = self.child().stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+                }
+                // Reaped by `try_wait`: nothing left for `Drop` to do.
+                self.child = None;
+                return (status, stderr);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child {} did not exit within {timeout:?}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

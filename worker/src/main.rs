@@ -1,1 +1,130 @@
-fn main() {}
+//! `shmkline-worker`: maps an instance's candle store read-only.
+//!
+//! At this stage it attaches, validates the segment and reports it, and can
+//! watch it: every publish prints, as JSON lines on stdout, the candles that
+//! changed in that batch (the `subscribe` of the old screener's accessor). The
+//! coordinator will spawn it and speak the IPC protocol to it (next issue).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use protocol::InstanceName;
+use protocol::store::{StoreReader, Wait};
+use tracing_subscriber::EnvFilter;
+
+/// Faults a test can ask the worker to commit. Test-only: they exist so the
+/// test suite can prove a protection holds.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TestFault {
+    /// Store into the read-only mapping: the kernel must kill the worker with SIGSEGV.
+    WriteSegment,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shmkline-worker",
+    version,
+    about = "Maps a shmkline candle store read-only"
+)]
+struct Cli {
+    /// Instance whose store to map ([A-Za-z0-9_-]{1,32}).
+    #[arg(long, env = "SHMKLINE_INSTANCE", default_value = "default")]
+    instance: InstanceName,
+    /// Watch for this many seconds, printing each batch's changed candles as JSON lines.
+    #[arg(long)]
+    watch: Option<u64>,
+    /// TEST ONLY: commit a deliberate fault after attaching.
+    #[arg(long, value_enum, hide = true)]
+    test_fault: Option<TestFault>,
+}
+
+fn watch(reader: &StoreReader, seconds: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let symbols = reader.symbols();
+    let mut seen = reader.publish_counter();
+    let mut changed = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let now = match reader.wait_for_change(seen, left)? {
+            Wait::Changed(now) => now,
+            Wait::TimedOut => return Ok(()),
+        };
+        // Symbols registered since the last batch are picked up here.
+        let symbols = if reader.symbols().len() != symbols.len() {
+            reader.symbols()
+        } else {
+            symbols.clone()
+        };
+        for symbol in &symbols {
+            let Some(id) = reader.symbol_id(symbol) else {
+                continue;
+            };
+            for &interval in reader.intervals() {
+                let series = reader.series(id, interval)?;
+                let since = reader.changed_since(series, seen, &mut changed)?;
+                if since.possible_gap {
+                    tracing::warn!(%symbol, %interval, "candles changed faster than the ring keeps them: some were missed");
+                }
+                for c in &changed {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "publish": now,
+                            "symbol": symbol,
+                            "interval": interval,
+                            "index": c.index,
+                            "candle": c.candle,
+                        })
+                    );
+                }
+            }
+        }
+        seen = now;
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let reader = StoreReader::open(&cli.instance)?;
+    let info = reader.info();
+    tracing::info!(
+        segment = %info.name,
+        generation = format_args!("{:#018x}", info.generation),
+        writer_pid = info.writer_pid,
+        "mapped the store read-only"
+    );
+    if let Some(TestFault::WriteSegment) = cli.test_fault {
+        protocol::shm::fault::write_to_read_only_store(&reader);
+    }
+    match cli.watch {
+        Some(seconds) => watch(&reader, seconds),
+        None => {
+            println!(
+                "{}",
+                serde_json::to_string(&info).context("encoding the segment info")?
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_env("SHMKLINE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(protocol::exit::code_for(err.as_ref()))
+        }
+    }
+}

@@ -178,7 +178,7 @@ pub fn spin_until_changed(load: impl Fn() -> u64, seen: u64) -> Result<u64> {
         }
         spin_loop();
         n = n.wrapping_add(1);
-        if n % 65_536 == 0 && started.elapsed() > PEER_TIMEOUT {
+        if n.is_multiple_of(65_536) && started.elapsed() > PEER_TIMEOUT {
             bail!("the other process stopped responding");
         }
     }

@@ -49,6 +49,42 @@ impl Percentiles {
     }
 }
 
+/// A figure checked against its target, in the report itself so scripts need
+/// no JSON tooling to tell whether a target was met.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is measured and how it is compared.
+    pub name: &'static str,
+    /// The measured value.
+    pub value: f64,
+    /// The limit it must not exceed (or, for `min` targets, must reach).
+    pub limit: f64,
+    /// Whether the target is met.
+    pub met: bool,
+}
+
+impl Target {
+    /// `value <= limit`.
+    pub fn at_most(name: &'static str, value: f64, limit: f64) -> Self {
+        Self {
+            name,
+            value,
+            limit,
+            met: value <= limit,
+        }
+    }
+
+    /// `value >= limit`.
+    pub fn at_least(name: &'static str, value: f64, limit: f64) -> Self {
+        Self {
+            name,
+            value,
+            limit,
+            met: value >= limit,
+        }
+    }
+}
+
 /// Median of per-round figures.
 pub fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {

@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
-use protocol::store::{ReadError, SeriesId, StoreConfig, StoreReader, StoreWriter};
+use protocol::store::{ReadError, SeriesId, StoreConfig, StoreReader, StoreWriter, StoredCandle};
 use protocol::{Candle, InstanceName, Interval, SymbolName};
 use serde::Serialize;
 
 use super::child::{STRESS_SYMBOL, TornCounts, stress_candle};
-use super::{BenchChild, median, ratio};
+use super::{BenchChild, Target, median, ratio};
 use crate::instance::Instance;
 
 /// Series written round-robin by the upsert benchmark.
@@ -52,6 +52,8 @@ pub struct StoreReport {
     pub read_100_idle_ns: f64,
     /// Seqlock retries per slice, writer idle.
     pub read_100_idle_retries_per_slice: f64,
+    /// ns per 100-candle copy out of plain memory into the same kind of buffer.
+    pub read_100_plain_baseline_ns: f64,
     /// ns per 100-candle slice while a writer thread hammers the same series.
     pub read_100_contended_ns: f64,
     /// Seqlock retries per slice under that contention.
@@ -64,6 +66,8 @@ pub struct StoreReport {
     pub torn_accepted: u64,
     /// Rejected torn reads (must be > 0: proof the race was exercised).
     pub torn_rejected: u64,
+    /// The targets for these figures.
+    pub targets: Vec<Target>,
 }
 
 /// The cross-process torn-read stress result.
@@ -121,7 +125,8 @@ impl PlainRing {
         }
     }
 
-    #[inline(never)]
+    // Inlinable, like `StoreWriter::upsert`, so neither side pays a call the other does not.
+    #[inline]
     fn upsert(&mut self, series: usize, c: &Candle) -> bool {
         let head = self.heads[series];
         let base = series * self.ring * 9;
@@ -156,7 +161,7 @@ fn time_upserts(rounds: usize, mut upsert: impl FnMut(usize, &Candle)) -> f64 {
         let started = Instant::now();
         for op in 0..WRITE_OPS {
             let s = op % WRITE_SERIES;
-            if (op / WRITE_SERIES) % APPEND_EVERY == 0 {
+            if (op / WRITE_SERIES).is_multiple_of(APPEND_EVERY) {
                 open_times[s] += 60_000;
             }
             upsert(s, &op_candle(op, open_times[s]));
@@ -188,6 +193,27 @@ fn time_slices(reader: &StoreReader, series: SeriesId, rounds: usize) -> Result<
     Ok((median(&mut per_slice), retries))
 }
 
+/// The read baseline: the same 100 candles copied out of a plain `Vec` into
+/// the same kind of buffer, with no seqlock and no atomics.
+fn time_plain_slices(reader: &StoreReader, series: SeriesId, rounds: usize) -> Result<f64> {
+    let mut source = Vec::with_capacity(SLICE);
+    reader.last_n(series, SLICE, &mut source)?;
+    let mut out: Vec<StoredCandle> = Vec::with_capacity(SLICE);
+    let mut per_slice = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        for _ in 0..READ_SLICES {
+            out.clear();
+            for c in black_box(&source) {
+                out.push(*c);
+            }
+            black_box(&out);
+        }
+        per_slice.push(started.elapsed().as_nanos() as f64 / READ_SLICES as f64);
+    }
+    Ok(median(&mut per_slice))
+}
+
 /// `shmkline bench store`.
 pub fn run(instance: &InstanceName, opts: &StoreBenchOptions) -> Result<StoreReport> {
     let mut inst = Instance::start(instance, &bench_config())?;
@@ -216,6 +242,7 @@ pub fn run(instance: &InstanceName, opts: &StoreBenchOptions) -> Result<StoreRep
     let reader = StoreReader::open(instance)?;
     let target = series[0];
     let (read_100_idle_ns, idle_retries) = time_slices(&reader, target, opts.rounds)?;
+    let read_100_plain_baseline_ns = time_plain_slices(&reader, target, opts.rounds)?;
 
     // Contended: a writer thread rewrites the in-progress candle of the series
     // being read, and appends every 16th write, until the reader is done.
@@ -225,7 +252,7 @@ pub fn run(instance: &InstanceName, opts: &StoreBenchOptions) -> Result<StoreRep
             let mut open_time = 1 << 40;
             let mut op = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                if op % 16 == 0 {
+                if op.is_multiple_of(16) {
                     open_time += 60_000;
                 }
                 let _ = store.upsert(target, &op_candle(op, open_time));
@@ -242,20 +269,29 @@ pub fn run(instance: &InstanceName, opts: &StoreBenchOptions) -> Result<StoreRep
 
     let stall_detect_us = measure_stall(store, &reader)?;
     let torn = torn_stress(instance, store, opts.readers, opts.torn_millis)?;
+    let upsert_vs_baseline = ratio(upsert_ns, upsert_plain_baseline_ns);
+    let targets = vec![
+        Target::at_most("upsert_vs_baseline <= 2", upsert_vs_baseline, 2.0),
+        Target::at_most("read_100_idle_ns <= 500", read_100_idle_ns, 500.0),
+        Target::at_most("torn_accepted == 0", torn.counts.torn_accepted as f64, 0.0),
+        Target::at_least("torn_rejected > 0", torn.counts.torn_rejected as f64, 1.0),
+    ];
     Ok(StoreReport {
         bench: "store",
         upsert_ns,
         upsert_plain_baseline_ns,
-        upsert_vs_baseline: ratio(upsert_ns, upsert_plain_baseline_ns),
+        upsert_vs_baseline,
         publish_ns,
         read_100_idle_ns,
         read_100_idle_retries_per_slice: idle_retries,
+        read_100_plain_baseline_ns,
         read_100_contended_ns,
         read_100_contended_retries_per_slice: contended_retries,
         stall_detect_us,
         torn_accepted: torn.counts.torn_accepted,
         torn_rejected: torn.counts.torn_rejected,
         torn,
+        targets,
     })
 }
 

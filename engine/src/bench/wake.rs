@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::child::{
     ACK, PING, STAMP, WAKE_SYMBOL, WARMUP, WakeMode, spin_until_changed, wait_scratch,
 };
-use super::{BenchChild, Percentiles, mono_ns, ratio};
+use super::{BenchChild, Percentiles, Target, mono_ns, ratio};
 use crate::instance::Instance;
 
 /// Pause before each blocking-mode write, so the reader is parked in the kernel.
@@ -48,6 +48,8 @@ pub struct WakeReport {
     pub futex_p50_vs_raw: f64,
     /// store_spin p50 / raw_spin p50 (target <= 3).
     pub spin_p50_vs_raw: f64,
+    /// The targets for these figures.
+    pub targets: Vec<Target>,
 }
 
 fn pause(gap: Duration) {
@@ -176,11 +178,17 @@ pub fn run(instance: &InstanceName, samples: usize) -> Result<WakeReport> {
         samples,
         &mut open_time,
     )?;
+    let futex_p50_vs_raw = ratio(store_futex.p50_ns as f64, raw_futex.p50_ns as f64);
+    let spin_p50_vs_raw = ratio(store_spin.p50_ns as f64, raw_spin.p50_ns as f64);
     Ok(WakeReport {
         bench: "wake",
         samples,
-        futex_p50_vs_raw: ratio(store_futex.p50_ns as f64, raw_futex.p50_ns as f64),
-        spin_p50_vs_raw: ratio(store_spin.p50_ns as f64, raw_spin.p50_ns as f64),
+        futex_p50_vs_raw,
+        spin_p50_vs_raw,
+        targets: vec![
+            Target::at_most("futex_p50_vs_raw <= 1.3", futex_p50_vs_raw, 1.3),
+            Target::at_most("spin_p50_vs_raw <= 3", spin_p50_vs_raw, 3.0),
+        ],
         store_futex,
         raw_futex,
         store_spin,

@@ -91,7 +91,10 @@ pub fn write<F: FnOnce()>(seq: &AtomicU64, store_payload: F) {
 pub fn write_with<F: FnOnce()>(variant: Variant, seq: &AtomicU64, store_payload: F) {
     // Single writer: this is our own last store, so Relaxed sees it.
     let s = seq.load(Ordering::Relaxed);
-    debug_assert!(s % 2 == 0, "seqlock writer found its slot odd ({s})");
+    debug_assert!(
+        s.is_multiple_of(2),
+        "seqlock writer found its slot odd ({s})"
+    );
     seq.store(s.wrapping_add(1), Ordering::Relaxed);
     if variant.writer_release_fence {
         fence(Ordering::Release);
@@ -128,6 +131,6 @@ pub fn read_once_with<T, F: FnOnce() -> T>(
     Attempt {
         value,
         seq: s1,
-        accepted: s1 % 2 == 0 && s1 == s2,
+        accepted: s1.is_multiple_of(2) && s1 == s2,
     }
 }

@@ -119,7 +119,7 @@ pub enum OpenError {
     },
 }
 
-/// A write the store refused. Nothing was written.
+/// A symbol registration or series lookup the store refused. Nothing was written.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum WriteError {
     /// The symbol directory is full.
@@ -138,9 +138,6 @@ pub enum WriteError {
     /// The symbol id does not belong to this store.
     #[error("unknown symbol id {0}")]
     UnknownSymbol(u32),
-    /// The series id does not belong to this store.
-    #[error("unknown series id {0}")]
-    UnknownSeries(u32),
     /// The store keeps no ring for this interval.
     #[error("interval {interval} is not kept by this store (it keeps {kept})")]
     IntervalNotKept {
@@ -149,6 +146,15 @@ pub enum WriteError {
         /// The store's intervals.
         kept: String,
     },
+}
+
+/// An upsert the store refused. Nothing was written. Small and `Copy`: it is
+/// returned from the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Error)]
+pub enum UpsertError {
+    /// The series id does not belong to this store.
+    #[error("unknown series id {0}")]
+    UnknownSeries(u32),
     /// Older than the series' latest candle: history is never rewritten.
     #[error("candle at {open_time} is older than the series' latest candle at {latest}: rejected")]
     Stale {

@@ -14,7 +14,7 @@ pub mod layout;
 mod reader;
 mod writer;
 
-pub use error::{OpenError, ReadError, StoreCreateError, WriteError};
+pub use error::{OpenError, ReadError, StoreCreateError, UpsertError, WriteError};
 pub use layout::{LayoutError, StoreConfig};
 pub use reader::{ChangedSince, SegmentInfo, StoreReader, Wait};
 pub use writer::{StoreWriter, Upsert, WriterStats};

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 
-use super::error::{StoreCreateError, WriteError};
+use super::error::{StoreCreateError, UpsertError, WriteError};
 use super::layout::*;
 use super::{SeriesId, SymbolId};
 use crate::candle::{Candle, Interval};
@@ -218,13 +218,14 @@ impl StoreWriter {
     /// once the ring is full), an older one is rejected and counted.
     ///
     /// Allocation-free and lock-free; readers see the change after [`publish`](Self::publish).
-    pub fn upsert(&mut self, series: SeriesId, candle: &Candle) -> Result<Upsert, WriteError> {
+    #[inline]
+    pub fn upsert(&mut self, series: SeriesId, candle: &Candle) -> Result<Upsert, UpsertError> {
         if series.0 as usize >= self.layout.series_count() {
-            return Err(WriteError::UnknownSeries(series.0));
+            return Err(UpsertError::UnknownSeries(series.0));
         }
         if !candle.is_finite() {
             self.stats.rejected_invalid += 1;
-            return Err(WriteError::NonFinite {
+            return Err(UpsertError::NonFinite {
                 open_time: candle.open_time,
             });
         }
@@ -250,7 +251,7 @@ impl StoreWriter {
                 Upsert::Appended(head)
             } else {
                 self.stats.rejected_stale += 1;
-                return Err(WriteError::Stale {
+                return Err(UpsertError::Stale {
                     open_time: candle.open_time,
                     latest,
                 });
