@@ -34,8 +34,9 @@ impl Candle {
     }
 }
 
-/// A candle interval, as Binance names them.
+/// A candle interval, as Binance names them (and serialised by that name: `"1m"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Interval {
     /// 1 minute.
     M1,
@@ -143,6 +144,19 @@ impl Interval {
 impl fmt::Display for Interval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl From<Interval> for &'static str {
+    fn from(i: Interval) -> Self {
+        i.as_str()
+    }
+}
+
+impl TryFrom<String> for Interval {
+    type Error = UnknownInterval;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 

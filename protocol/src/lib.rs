@@ -4,6 +4,9 @@
 //!   the per-slot seqlock and the shared futex.
 //! * [`store`]: the candle store laid out in that memory: a writer type for the
 //!   coordinator and a read-only reader type for workers.
+//! * [`frame`] and [`message`]: the binary IPC protocol between coordinator
+//!   and workers (fixed header, bincode payload).
+//! * [`trader`]: trader specs and their rules, as carried by ADD_TRADER.
 //! * [`names`] and [`candle`]: the validated names and the value types both
 //!   sides agree on.
 //!
@@ -19,9 +22,15 @@ pub mod candle;
 #[cfg(not(loom))]
 pub mod exit;
 #[cfg(not(loom))]
+pub mod frame;
+#[cfg(not(loom))]
+pub mod message;
+#[cfg(not(loom))]
 pub mod names;
 #[cfg(not(loom))]
 pub mod store;
+#[cfg(not(loom))]
+pub mod trader;
 
 #[cfg(not(loom))]
 pub use candle::{Candle, Interval};

@@ -297,3 +297,55 @@ fn creating_twice_fails_and_dropping_the_writer_unlinks() {
         Err(OpenError::NotFound { .. })
     ));
 }
+
+#[test]
+fn closed_flag_and_ranges() {
+    let name = Name::new();
+    let mut w = StoreWriter::create(&name.0, &config(1, 4)).expect("create");
+    let s = series(&mut w, "BTCUSDT", Interval::M1);
+    w.upsert(s, &candle(0, 1.0)).expect("in progress");
+    w.upsert_closed(s, &candle(0, 1.5)).expect("closed");
+    for i in 1..6 {
+        w.upsert(s, &candle(i * 60_000, i as f64)).expect("append");
+    }
+    w.publish();
+    let r = StoreReader::open(&name.0).expect("open");
+    let mut out = Vec::new();
+    r.read_range(s, 3, 6, &mut out).expect("in the ring");
+    assert_eq!(
+        out.iter().map(|c| c.index).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert!(
+        out.iter().all(|c| !c.closed),
+        "written without the closed mark"
+    );
+    assert!(matches!(
+        r.read_range(s, 1, 3, &mut out),
+        Err(ReadError::Gone {
+            index: 1,
+            oldest: 2,
+            ..
+        })
+    ));
+    assert!(matches!(
+        r.read_range(s, 4, 7, &mut out),
+        Err(ReadError::NotYet {
+            end: 7,
+            head: 6,
+            ..
+        })
+    ));
+    r.read_range(s, 5, 5, &mut out).expect("empty range");
+    assert!(out.is_empty());
+    // A closed mark survives the round trip.
+    let name2 = Name::new();
+    let mut w2 = StoreWriter::create(&name2.0, &config(1, 4)).expect("create");
+    let s2 = series(&mut w2, "ETHUSDT", Interval::M1);
+    w2.upsert_closed(s2, &candle(0, 2.0)).expect("closed");
+    w2.publish();
+    let r2 = StoreReader::open(&name2.0).expect("open");
+    let latest = r2.latest(s2).expect("read").expect("a candle");
+    assert!(latest.closed);
+    assert_eq!(latest.candle.close, 2.0);
+}

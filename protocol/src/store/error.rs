@@ -198,6 +198,26 @@ pub enum ReadError {
         /// How long the reader retried.
         waited_us: u64,
     },
+    /// The ring no longer holds a candle that was asked for.
+    #[error("series {series}: candle {index} is gone from the ring (oldest kept: {oldest})")]
+    Gone {
+        /// Series index.
+        series: u32,
+        /// The candle asked for.
+        index: u64,
+        /// The oldest candle the ring still holds.
+        oldest: u64,
+    },
+    /// A candle past the last one appended was asked for.
+    #[error("series {series}: candles up to {end} asked for, only {head} appended")]
+    NotYet {
+        /// Series index.
+        series: u32,
+        /// End of the requested range.
+        end: u64,
+        /// Candles appended so far.
+        head: u64,
+    },
     /// The writer wrapped the ring past the candles being read, repeatedly.
     #[error(
         "series {series}: the writer overwrote the candles being read {attempts} times in a row"

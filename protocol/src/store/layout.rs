@@ -17,6 +17,7 @@
 //!   stamps   8 x 8 bytes: the publish counter of the batch that last wrote
 //!            each slot (written inside that slot's seqlock window)
 //!   slots    8 x 64 bytes: seq, open time, o, h, l, c, v, absolute index
+//!            (top bit: the feed marked the candle closed)
 //! ```
 //! Headers are packed together and stamps sit next to their slots so that an
 //! upsert or a slice read touches few cache lines and pages: with headers and
@@ -34,7 +35,7 @@ use crate::candle::Interval;
 /// "SHMKLIN1" in little-endian bytes.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMKLIN1");
 /// Bumped whenever the byte layout changes.
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 
 const LINE: usize = 16;
 pub(crate) const HEADER_WORDS: usize = 8 * LINE;
@@ -68,6 +69,8 @@ const GROUP_WORDS: usize = GROUP_SLOTS + GROUP_SLOTS * SLOT_WORDS;
 /// Payload word offsets within a slot (word 0 is the sequence).
 pub(crate) const P_OPEN_TIME: usize = 1;
 pub(crate) const P_INDEX: usize = 7;
+/// Top bit of the index word: the feed marked the candle closed (final).
+pub(crate) const CLOSED_BIT: u64 = 1 << 63;
 
 /// Largest symbol capacity accepted.
 pub const MAX_SYMBOLS: u32 = 65_536;

@@ -54,4 +54,7 @@ pub struct StoredCandle {
     pub index: u64,
     /// The candle.
     pub candle: Candle,
+    /// The feed marked it final. A candle followed by a newer one in its
+    /// series is final too, whatever this says.
+    pub closed: bool,
 }

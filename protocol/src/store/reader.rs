@@ -96,8 +96,10 @@ type Slot = [AtomicU64; SLOT_WORDS];
 #[inline(always)]
 fn load_candle(slot: &Slot) -> StoredCandle {
     let f = |k: usize| f64::from_bits(slot[k].load(Ordering::Relaxed));
+    let index = slot[P_INDEX].load(Ordering::Relaxed);
     StoredCandle {
-        index: slot[P_INDEX].load(Ordering::Relaxed),
+        index: index & !CLOSED_BIT,
+        closed: index & CLOSED_BIT != 0,
         candle: Candle {
             open_time: slot[P_OPEN_TIME].load(Ordering::Relaxed) as i64,
             open: f(2),
@@ -406,44 +408,87 @@ impl StoreReader {
         n: usize,
         out: &mut Vec<StoredCandle>,
     ) -> Result<(), ReadError> {
-        let (hw, rw) = self.series_words(series)?;
-        'attempt: for _ in 0..LAP_RETRIES {
-            out.clear();
+        let (hw, _) = self.series_words(series)?;
+        for _ in 0..LAP_RETRIES {
             let head = self.words()[hw + S_HEAD].load(Ordering::Acquire);
             let n = (n as u64).min(head).min(self.layout.ring as u64);
-            out.reserve(n as usize);
-            let mut pos = self.layout.pos(head - n);
-            for index in head - n..head {
-                let slot = self.slot(rw, pos);
-                // Load straight into the caller's buffer (private memory) and
-                // take it back if the attempt is rejected: building the candle
-                // in a temporary and copying it costs a store-forwarding stall
-                // per candle, more than the read itself.
-                let attempt = seqlock::read_once(&slot[0], || {
-                    let c = load_candle(slot);
-                    out.push(c);
-                    c.index
-                });
-                let mut read_index = attempt.value;
-                if !attempt.accepted {
-                    out.pop();
-                    let c = self.retry_read(series, index, &slot[0], || load_candle(slot))?;
-                    read_index = c.index;
-                    out.push(c);
-                }
-                if read_index != index {
-                    // Overwritten by a later lap of the ring: start again from the new head.
-                    continue 'attempt;
-                }
-                pos = self.layout.next_pos(pos);
+            match self.read_range(series, head - n, head, out) {
+                Err(ReadError::Gone { .. }) => continue, // lapped mid-read: from the new head
+                other => return other,
             }
-            return Ok(());
         }
         out.clear();
         Err(ReadError::Lapped {
             series: series.0,
             attempts: LAP_RETRIES,
         })
+    }
+
+    /// The candles of `series` with absolute indices `start..end`, oldest
+    /// first, into `out` (cleared first). Fails with [`ReadError::Gone`] if the
+    /// ring no longer holds `start` (or overwrote it while reading), and with
+    /// [`ReadError::NotYet`] if `end` is past the last appended candle.
+    pub fn read_range(
+        &self,
+        series: SeriesId,
+        start: u64,
+        end: u64,
+        out: &mut Vec<StoredCandle>,
+    ) -> Result<(), ReadError> {
+        let (hw, rw) = self.series_words(series)?;
+        out.clear();
+        let head = self.words()[hw + S_HEAD].load(Ordering::Acquire);
+        if end > head {
+            return Err(ReadError::NotYet {
+                series: series.0,
+                end,
+                head,
+            });
+        }
+        if start >= end {
+            return Ok(());
+        }
+        let oldest = head.saturating_sub(self.layout.ring as u64);
+        if start < oldest {
+            return Err(ReadError::Gone {
+                series: series.0,
+                index: start,
+                oldest,
+            });
+        }
+        out.reserve((end - start) as usize);
+        let mut pos = self.layout.pos(start);
+        for index in start..end {
+            let slot = self.slot(rw, pos);
+            // Load straight into the caller's buffer (private memory) and
+            // take it back if the attempt is rejected: building the candle
+            // in a temporary and copying it costs a store-forwarding stall
+            // per candle, more than the read itself.
+            let attempt = seqlock::read_once(&slot[0], || {
+                let c = load_candle(slot);
+                out.push(c);
+                c.index
+            });
+            let mut read_index = attempt.value;
+            if !attempt.accepted {
+                out.pop();
+                let c = self.retry_read(series, index, &slot[0], || load_candle(slot))?;
+                read_index = c.index;
+                out.push(c);
+            }
+            if read_index != index {
+                // Overwritten by a later lap of the ring while we read.
+                out.clear();
+                let head = self.words()[hw + S_HEAD].load(Ordering::Acquire);
+                return Err(ReadError::Gone {
+                    series: series.0,
+                    index,
+                    oldest: head.saturating_sub(self.layout.ring as u64),
+                });
+            }
+            pos = self.layout.next_pos(pos);
+        }
+        Ok(())
     }
 
     /// The candles of `series` written in batches published after

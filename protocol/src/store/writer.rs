@@ -220,6 +220,28 @@ impl StoreWriter {
     /// Allocation-free and lock-free; readers see the change after [`publish`](Self::publish).
     #[inline]
     pub fn upsert(&mut self, series: SeriesId, candle: &Candle) -> Result<Upsert, UpsertError> {
+        self.write_candle(series, candle, false)
+    }
+
+    /// [`upsert`](Self::upsert) of a candle the feed knows is final (Binance's
+    /// `x: true`, a replayed file, the synthetic feed), so readers need not wait
+    /// for the next candle to treat it as closed.
+    #[inline]
+    pub fn upsert_closed(
+        &mut self,
+        series: SeriesId,
+        candle: &Candle,
+    ) -> Result<Upsert, UpsertError> {
+        self.write_candle(series, candle, true)
+    }
+
+    #[inline(always)]
+    fn write_candle(
+        &mut self,
+        series: SeriesId,
+        candle: &Candle,
+        closed: bool,
+    ) -> Result<Upsert, UpsertError> {
         if series.0 as usize >= self.layout.series_count() {
             return Err(UpsertError::UnknownSeries(series.0));
         }
@@ -271,7 +293,10 @@ impl StoreWriter {
             slot[4].store(candle.low.to_bits(), Ordering::Relaxed);
             slot[5].store(candle.close.to_bits(), Ordering::Relaxed);
             slot[6].store(candle.volume.to_bits(), Ordering::Relaxed);
-            slot[P_INDEX].store(index, Ordering::Relaxed);
+            slot[P_INDEX].store(
+                index | if closed { CLOSED_BIT } else { 0 },
+                Ordering::Relaxed,
+            );
             stamp.store(pending, Ordering::Relaxed);
         });
         if let Upsert::Appended(_) = outcome {

@@ -1,0 +1,207 @@
+//! The messages of the coordinator-worker protocol. Framing is in [`crate::frame`].
+//!
+//! Coordinator -> worker requests (each answered by ACK/NACK or its own
+//! reply, with the same request id): INIT (answered by READY), ADD_TRADER,
+//! REMOVE_TRADER, PING (answered by PONG), CLEANUP (answered by
+//! CLEANUP_COMPLETE). Worker -> coordinator, unsolicited: SIGNAL.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::candle::Interval;
+use crate::trader::TraderSpec;
+
+/// Identifies a request and its answer. The coordinator numbers its requests
+/// per worker from 1; a worker numbers its SIGNALs in their own sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+/// Everything that crosses the channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Map this store and check it is the coordinator's current one.
+    Init(Init),
+    /// INIT done: the store is mapped and its generation matches.
+    Ready(Ready),
+    /// Start evaluating this trader. Idempotent per (id, version).
+    AddTrader(TraderSpec),
+    /// Stop evaluating this trader. Idempotent.
+    RemoveTrader {
+        /// The trader's id.
+        id: String,
+    },
+    /// The request was carried out.
+    Ack,
+    /// The request was refused; nothing changed.
+    Nack {
+        /// Why, for the operator.
+        reason: String,
+    },
+    /// Liveness and statistics probe.
+    Ping,
+    /// Answer to PING.
+    Pong(Pong),
+    /// Release everything and exit.
+    Cleanup,
+    /// Answer to CLEANUP, sent just before the worker exits 0.
+    CleanupComplete(Released),
+    /// A trader's verdict on a closed candle.
+    Signal(Signal),
+}
+
+/// The wire code of each message kind, carried in the frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Kind {
+    /// [`Message::Init`]
+    Init = 1,
+    /// [`Message::Ready`]
+    Ready = 2,
+    /// [`Message::AddTrader`]
+    AddTrader = 3,
+    /// [`Message::RemoveTrader`]
+    RemoveTrader = 4,
+    /// [`Message::Ack`]
+    Ack = 5,
+    /// [`Message::Nack`]
+    Nack = 6,
+    /// [`Message::Ping`]
+    Ping = 7,
+    /// [`Message::Pong`]
+    Pong = 8,
+    /// [`Message::Cleanup`]
+    Cleanup = 9,
+    /// [`Message::CleanupComplete`]
+    CleanupComplete = 10,
+    /// [`Message::Signal`]
+    Signal = 11,
+}
+
+impl Kind {
+    /// The kind with wire code `code`, if any.
+    pub fn from_code(code: u16) -> Option<Kind> {
+        use Kind::*;
+        [
+            Init,
+            Ready,
+            AddTrader,
+            RemoveTrader,
+            Ack,
+            Nack,
+            Ping,
+            Pong,
+            Cleanup,
+            CleanupComplete,
+            Signal,
+        ]
+        .into_iter()
+        .find(|k| *k as u16 == code)
+    }
+
+    /// Upper-case protocol name (`ADD_TRADER`), for logs and knobs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Init => "INIT",
+            Kind::Ready => "READY",
+            Kind::AddTrader => "ADD_TRADER",
+            Kind::RemoveTrader => "REMOVE_TRADER",
+            Kind::Ack => "ACK",
+            Kind::Nack => "NACK",
+            Kind::Ping => "PING",
+            Kind::Pong => "PONG",
+            Kind::Cleanup => "CLEANUP",
+            Kind::CleanupComplete => "CLEANUP_COMPLETE",
+            Kind::Signal => "SIGNAL",
+        }
+    }
+
+    /// The kind named `name` (`ADD_TRADER` or `add_trader`).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        (1..=11)
+            .filter_map(Kind::from_code)
+            .find(|k| k.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl Message {
+    /// This message's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Init(_) => Kind::Init,
+            Message::Ready(_) => Kind::Ready,
+            Message::AddTrader(_) => Kind::AddTrader,
+            Message::RemoveTrader { .. } => Kind::RemoveTrader,
+            Message::Ack => Kind::Ack,
+            Message::Nack { .. } => Kind::Nack,
+            Message::Ping => Kind::Ping,
+            Message::Pong(_) => Kind::Pong,
+            Message::Cleanup => Kind::Cleanup,
+            Message::CleanupComplete(_) => Kind::CleanupComplete,
+            Message::Signal(_) => Kind::Signal,
+        }
+    }
+}
+
+/// INIT's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Init {
+    /// The instance whose store to map.
+    pub instance: String,
+    /// The store's generation the worker must find.
+    pub generation: u64,
+    /// The worker's slot number.
+    pub worker_id: u32,
+}
+
+/// READY's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    /// The worker's slot number.
+    pub worker_id: u32,
+    /// Its process id.
+    pub pid: u32,
+}
+
+/// PONG's body: the worker's statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// Traders held.
+    pub traders: u32,
+    /// The publish counter up to which every trader has evaluated every closed candle.
+    pub last_publish: u64,
+    /// Milliseconds since the worker started.
+    pub uptime_ms: u64,
+    /// Resident set size in bytes.
+    pub rss_bytes: u64,
+    /// SIGNALs sent since start.
+    pub signals: u64,
+}
+
+/// CLEANUP_COMPLETE's body: what the worker released.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// Traders dropped.
+    pub traders: u32,
+    /// Threads stopped and joined.
+    pub threads: u32,
+    /// Per-(trader, series) evaluation cursors dropped.
+    pub cursors: u32,
+}
+
+/// SIGNAL's body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    /// The trader's id.
+    pub trader: String,
+    /// Symbol of the series.
+    pub symbol: String,
+    /// Interval of the series.
+    pub interval: Interval,
+    /// Open time (ms) of the closed candle the verdict is about.
+    pub open_time: i64,
+    /// That candle's close.
+    pub close: f64,
+    /// The trader's labels.
+    pub labels: BTreeMap<String, String>,
+}
