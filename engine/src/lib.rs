@@ -5,8 +5,10 @@
 //! * [`instance`]: a running instance's owned resources, released in order.
 //! * [`bench`]: `shmkline bench ...`, figures with in-run baselines.
 //! * [`hold`]: `shmkline store hold|inspect`, the store from a shell.
+//! * [`run`]: `shmkline run`, the coordinator, and its control socket.
 
 pub mod bench;
 pub mod hold;
 pub mod instance;
+pub mod run;
 pub mod runtime;

@@ -30,6 +30,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: create the store, start the workers, register the traders,
+    /// run the synthetic feed and print every signal as a JSON line on stdout.
+    Run(RunArgs),
+    /// Show a running instance: workers, segment, feed, signals.
+    Status {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the store against baselines taken in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -101,6 +110,44 @@ enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Worker processes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: u32,
+    /// Trader file (JSON: one trader object or an array). Default: the built-in
+    /// set (SMA 10 and 30 crosses, both ways, every symbol, 1m).
+    #[arg(long)]
+    traders: Option<std::path::PathBuf>,
+    /// The feed. Only the built-in deterministic synthetic feed for now.
+    #[arg(long, default_value = "synthetic", value_parser = ["synthetic"])]
+    feed: String,
+    /// Seed of the synthetic feed: same seed, same candles.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Synthetic symbols (SYN000, SYN001, ...).
+    #[arg(long, default_value_t = 4)]
+    symbols: usize,
+    /// Closed candles per symbol, then an orderly exit once every trader has
+    /// evaluated every candle. Default: run until SIGINT/SIGTERM.
+    #[arg(long)]
+    candles: Option<u64>,
+    /// Candles per second per symbol.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Milliseconds the workers get to answer CLEANUP before they are killed.
+    #[arg(long, default_value_t = 1000)]
+    shutdown_timeout: u64,
+    /// Milliseconds between PINGs to each worker.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    ping_interval: u64,
+    /// The worker binary. Default: shmkline-worker next to this executable.
+    #[arg(long, env = "SHMKLINE_WORKER_BIN")]
+    worker_bin: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    capacity: CapacityArgs,
 }
 
 /// Store capacities: memory is fixed by them at start.
@@ -220,8 +267,95 @@ fn check_torn(accepted: u64, rejected: u64) -> Result<()> {
     Ok(())
 }
 
+fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
+    let traders = match &args.traders {
+        Some(path) => engine::run::traders::load(path)?,
+        None => engine::run::traders::defaults(),
+    };
+    let worker_bin = match args.worker_bin {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("shmkline-worker"))
+            .ok_or_else(|| anyhow::anyhow!("cannot locate shmkline-worker: pass --worker-bin"))?,
+    };
+    let opts = engine::run::RunOptions {
+        instance,
+        store: args.capacity.config(),
+        workers: args.workers,
+        worker_bin,
+        traders,
+        seed: args.seed,
+        symbols: args.symbols,
+        candles: args.candles,
+        rate: args.rate,
+        ping_interval: std::time::Duration::from_millis(args.ping_interval),
+        shutdown_timeout: std::time::Duration::from_millis(args.shutdown_timeout),
+    };
+    let faulty = engine::run::run(opts)?;
+    anyhow::ensure!(
+        faulty == 0,
+        "{faulty} worker(s) were faulty during the run and their traders stopped: signals may be missing (see the log)"
+    );
+    Ok(())
+}
+
+fn print_status(status: &serde_json::Value) {
+    let s = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    println!(
+        "instance {} (pid {}), {}, up {} ms",
+        s(&status["instance"]),
+        status["pid"],
+        s(&status["state"]),
+        status["uptime_ms"]
+    );
+    println!(
+        "segment  {} ({} bytes, generation {})",
+        s(&status["segment"]["name"]),
+        status["segment"]["size_bytes"],
+        status["segment"]["generation"]
+    );
+    let feed = &status["feed"];
+    println!(
+        "feed     {} symbols, {} candles each, {} publishes, finished: {}",
+        feed["symbols"], feed["candles_per_symbol"], feed["publishes"], feed["finished"]
+    );
+    println!(
+        "signals  {} emitted, {} duplicates dropped",
+        status["signals"]["emitted"], status["signals"]["duplicates_dropped"]
+    );
+    println!(
+        "{:>3} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
+        "id", "pid", "state", "traders", "rtt_us", "pong_ms", "retries"
+    );
+    for w in status["workers"].as_array().into_iter().flatten() {
+        println!(
+            "{:>3} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
+            s(&w["id"]),
+            s(&w["pid"]),
+            s(&w["state"]),
+            s(&w["traders"]),
+            s(&w["rtt_us"]),
+            s(&w["last_pong_age_ms"]),
+            s(&w["retries"])
+        );
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run(args) => run_main(instance_or_default(cli.instance)?, args),
+        Command::Status { json } => {
+            let instance = instance_or_default(cli.instance)?;
+            let dir = engine::runtime::base_dir().join(instance.as_str());
+            let status = engine::run::control::ask(&dir, "status")?;
+            if json {
+                println!("{status}");
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
         Command::Bench(BenchCommand::Store {
             json,
             rounds,
@@ -300,6 +434,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             EnvFilter::try_from_env("SHMKLINE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -308,6 +443,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            if err
+                .downcast_ref::<engine::run::control::NotRunning>()
+                .is_some()
+            {
+                return ExitCode::from(protocol::exit::NOT_RUNNING);
+            }
             ExitCode::from(protocol::exit::code_for(err.as_ref()))
         }
     }

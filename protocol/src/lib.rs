@@ -18,6 +18,8 @@
 pub mod shm;
 
 #[cfg(not(loom))]
+pub mod bootstrap;
+#[cfg(not(loom))]
 pub mod candle;
 #[cfg(not(loom))]
 pub mod exit;

@@ -1,9 +1,13 @@
 //! `shmkline-worker`: maps an instance's candle store read-only.
 //!
-//! At this stage it attaches, validates the segment and reports it, and can
-//! watch it: every publish prints, as JSON lines on stdout, the candles that
-//! changed in that batch (the `subscribe` of the old screener's accessor). The
-//! coordinator will spawn it and speak the IPC protocol to it (next issue).
+//! Spawned by the coordinator (`--bootstrap`), it speaks the IPC protocol and
+//! runs traders ([`runtime`]). From a shell it attaches, validates the segment
+//! and reports it, or watches it: every publish prints, as JSON lines on
+//! stdout, the candles that changed in that batch.
+
+mod eval;
+mod knobs;
+mod runtime;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -38,6 +42,15 @@ struct Cli {
     /// TEST ONLY: commit a deliberate fault after attaching.
     #[arg(long, value_enum, hide = true)]
     test_fault: Option<TestFault>,
+    /// Set by the coordinator: its one-shot bootstrap server.
+    #[arg(long, requires_all = ["coordinator_pid", "worker_id"])]
+    bootstrap: Option<String>,
+    /// Set by the coordinator: its pid (the worker exits if its parent is another).
+    #[arg(long)]
+    coordinator_pid: Option<i32>,
+    /// Set by the coordinator: this worker's slot.
+    #[arg(long)]
+    worker_id: Option<u32>,
 }
 
 fn watch(reader: &StoreReader, seconds: u64) -> Result<()> {
@@ -89,6 +102,13 @@ fn watch(reader: &StoreReader, seconds: u64) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let (Some(bootstrap), Some(pid), Some(id)) =
+        (&cli.bootstrap, cli.coordinator_pid, cli.worker_id)
+    {
+        let span = tracing::info_span!("worker", id, pid = std::process::id());
+        let _entered = span.enter();
+        return runtime::serve(bootstrap, pid, id);
+    }
     let reader = StoreReader::open(&cli.instance)?;
     let info = reader.info();
     tracing::info!(
@@ -116,6 +136,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             EnvFilter::try_from_env("SHMKLINE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )

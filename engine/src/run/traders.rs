@@ -1,0 +1,195 @@
+//! Trader specs for `shmkline run`: the built-in default set, or a JSON file.
+//!
+//! A file holds one trader object or an array of them:
+//! ```json
+//! [{"id": "btc-up", "symbols": ["SYN000"], "interval": "1m",
+//!   "rule": "crosses_above(close, sma(close, 20))", "cooldown": 3,
+//!   "labels": {"desk": "demo"}}]
+//! ```
+//! `symbols` is a list or `"*"`; `cooldown`, `labels` and `version` are
+//! optional. Every spec is checked before anything starts: an invalid one is
+//! refused with the file, the trader and what to write instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use protocol::Interval;
+use protocol::trader::{Symbols, TraderSpec};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SymbolsEntry {
+    List(Vec<String>),
+    Star(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    id: String,
+    symbols: SymbolsEntry,
+    interval: Interval,
+    rule: String,
+    #[serde(default)]
+    cooldown: u32,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    version: u32,
+}
+
+/// The traders a bare `shmkline run` starts: fast and slow SMA crosses, both
+/// ways, on every symbol.
+pub fn defaults() -> Vec<TraderSpec> {
+    [
+        ("sma10-up", "above", 10),
+        ("sma10-down", "below", 10),
+        ("sma30-up", "above", 30),
+        ("sma30-down", "below", 30),
+    ]
+    .into_iter()
+    .map(|(id, dir, n)| TraderSpec {
+        id: id.into(),
+        version: 0,
+        symbols: Symbols::All,
+        interval: Interval::M1,
+        rule: format!("crosses_{dir}(close, sma(close, {n}))"),
+        cooldown: 0,
+        labels: BTreeMap::new(),
+    })
+    .collect()
+}
+
+/// Reads and checks a trader file.
+pub fn load(path: &Path) -> Result<Vec<TraderSpec>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading trader file {}", path.display()))?;
+    // Syntax first (errors keep their line and column), then each trader on
+    // its own (errors name the trader and the field).
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: line {} column {}: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    let items = match value {
+        serde_json::Value::Array(items) => items,
+        one @ serde_json::Value::Object(_) => vec![one],
+        _ => bail!(
+            "{}: expected a trader object or an array of them",
+            path.display()
+        ),
+    };
+    if items.is_empty() {
+        bail!("{}: no traders in the file", path.display());
+    }
+    let mut entries = Vec::with_capacity(items.len());
+    for (k, item) in items.into_iter().enumerate() {
+        let name = item
+            .get("id")
+            .and_then(|v| v.as_str())
+            .map_or_else(|| format!("#{}", k + 1), |id| id.to_owned());
+        let entry: Entry = serde_json::from_value(item).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: trader {name}: {e} (a trader has id, symbols, interval, rule, and optionally cooldown, labels, version)",
+                path.display()
+            )
+        })?;
+        entries.push(entry);
+    }
+    let mut seen = BTreeSet::new();
+    let mut specs = Vec::with_capacity(entries.len());
+    for e in entries {
+        let symbols = match e.symbols {
+            SymbolsEntry::Star(s) if s == "*" => Symbols::All,
+            SymbolsEntry::Star(s) => bail!(
+                "{}: trader {}: symbols {s:?}: give a list or \"*\"",
+                path.display(),
+                e.id
+            ),
+            SymbolsEntry::List(list) => Symbols::List(list),
+        };
+        let spec = TraderSpec {
+            id: e.id,
+            version: e.version,
+            symbols,
+            interval: e.interval,
+            rule: e.rule,
+            cooldown: e.cooldown,
+            labels: e.labels,
+        };
+        spec.compile()
+            .with_context(|| format!("{}", path.display()))?;
+        if !seen.insert(spec.id.clone()) {
+            bail!(
+                "{}: trader id {} appears twice: ids must be unique",
+                path.display(),
+                spec.id
+            );
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Vec<TraderSpec>> {
+        let path = std::env::temp_dir().join(format!(
+            "shmkline-traders-{}-{}.json",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text)?;
+        let result = load(&path);
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    #[test]
+    fn defaults_compile() {
+        assert!(defaults().iter().all(|s| s.compile().is_ok()));
+    }
+
+    #[test]
+    fn files_one_or_many() {
+        let one = load_text(r#"{"id":"a","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))"}"#)
+            .expect("one trader");
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].symbols, Symbols::All);
+        let many = load_text(
+            r#"[{"id":"a","symbols":["SYN000"],"interval":"1m","rule":"crosses_above(close, sma(close, 5))","cooldown":2},
+               {"id":"b","symbols":"*","interval":"5m","rule":"crosses_below(close, sma(close, 9))","labels":{"k":"v"}}]"#,
+        )
+        .expect("two traders");
+        assert_eq!(many[1].interval, Interval::M5);
+        assert_eq!(many[0].cooldown, 2);
+    }
+
+    #[test]
+    fn bad_files_say_where_and_what() {
+        let err = |t: &str| format!("{:#}", load_text(t).expect_err("refused"));
+        assert!(err("[{\"id\":\"a\"").contains("line 1 column"));
+        assert!(
+            err(r#"{"id":"a","symbols":"*","interval":"2m","rule":"x"}"#)
+                .contains("trader a: unknown interval \"2m\"")
+        );
+        assert!(err(r#"[{"symbols":"*"}]"#).contains("trader #1: missing field `id`"));
+        assert!(
+            err(r#"{"id":"a","symbols":"*","interval":"1m","rule":"rsi(14) < 30"}"#)
+                .contains("crosses_above(close, sma(close, N))")
+        );
+        assert!(err(r#"{"id":"a","symbols":"BTC","interval":"1m","rule":"crosses_above(close, sma(close, 5))"}"#).contains("give a list or"));
+        assert!(err(r#"{"id":"a","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))","colour":1}"#).contains("unknown field"));
+        let dup = r#"[{"id":"a","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))"},
+                      {"id":"a","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))"}]"#;
+        assert!(err(dup).contains("appears twice"));
+        assert!(err("[]").contains("no traders"));
+    }
+}

@@ -1,0 +1,58 @@
+//! TEST-ONLY fault knobs, read from the environment at start. They exist so
+//! the test suite can prove the coordinator's retry and fault handling work;
+//! nothing sets them in normal operation.
+//!
+//! * `SHMKLINE_TEST_DROP=KIND:N[,KIND:N...]`: silently ignore the first N
+//!   frames of each KIND (e.g. `ADD_TRADER:2`), as if they were lost.
+//! * `SHMKLINE_TEST_MALFORMED=1`: after READY, send the coordinator one frame
+//!   that does not decode.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail};
+use protocol::message::Kind;
+
+/// The knobs in force.
+#[derive(Debug, Default)]
+pub struct Knobs {
+    drop: HashMap<Kind, u32>,
+    /// Send one undecodable frame after READY.
+    pub malformed: bool,
+}
+
+impl Knobs {
+    /// Reads the knobs; a malformed knob is an error, not ignored.
+    pub fn from_env() -> Result<Self> {
+        let mut knobs = Knobs::default();
+        if let Ok(spec) = std::env::var("SHMKLINE_TEST_DROP") {
+            for item in spec.split(',').filter(|s| !s.is_empty()) {
+                let (kind, n) = item
+                    .split_once(':')
+                    .with_context(|| format!("SHMKLINE_TEST_DROP item {item:?}: write KIND:N"))?;
+                let Some(kind) = Kind::from_name(kind) else {
+                    bail!("SHMKLINE_TEST_DROP: unknown message kind {kind:?}");
+                };
+                let n: u32 = n
+                    .parse()
+                    .with_context(|| format!("SHMKLINE_TEST_DROP: {n:?} is not a count"))?;
+                knobs.drop.insert(kind, n);
+            }
+        }
+        knobs.malformed = std::env::var("SHMKLINE_TEST_MALFORMED").is_ok_and(|v| v == "1");
+        if !knobs.drop.is_empty() || knobs.malformed {
+            tracing::warn!(?knobs, "TEST-ONLY fault knobs are set");
+        }
+        Ok(knobs)
+    }
+
+    /// Whether to drop this frame (counting it down).
+    pub fn drop_frame(&mut self, kind: Kind) -> bool {
+        match self.drop.get_mut(&kind) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}

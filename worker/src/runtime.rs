@@ -1,0 +1,323 @@
+//! The worker as the coordinator runs it: bootstrap, then serve requests on
+//! the main thread while an evaluation thread runs the traders.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ipc_channel::IpcError;
+use ipc_channel::ipc::{self, IpcBytesSender, IpcSender};
+use nix::sys::prctl;
+use nix::sys::signal::Signal as OsSignal;
+use nix::unistd::{Pid, getppid};
+use protocol::InstanceName;
+use protocol::bootstrap::Bootstrap;
+use protocol::frame;
+use protocol::message::{Init, Message, Pong, Ready, Released, RequestId, Signal};
+use protocol::store::{StoreReader, Wait};
+
+use crate::eval::{Hit, MAX_TRADERS, Trader};
+use crate::knobs::Knobs;
+
+/// How long the evaluation thread sleeps on the publish futex before it
+/// re-checks for new traders and for the stop flag.
+const EVAL_TICK: Duration = Duration::from_millis(20);
+
+/// State shared by the request loop and the evaluation thread.
+#[derive(Default)]
+struct Shared {
+    traders: Mutex<BTreeMap<String, Trader>>,
+    /// Set when the trader table changed, so the next pass runs without a publish.
+    dirty: AtomicBool,
+    stop: AtomicBool,
+    /// Publish counter up to which every trader evaluated every closed candle.
+    last_publish: AtomicU64,
+    signals: AtomicU64,
+    gaps: AtomicU64,
+}
+
+impl Shared {
+    fn traders(&self) -> MutexGuard<'_, BTreeMap<String, Trader>> {
+        // A panic while holding the lock already aborted the evaluation; the
+        // table itself stays consistent (each entry is replaced whole).
+        self.traders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sends frames to the coordinator; shared by both threads.
+#[derive(Clone)]
+struct Outbox(IpcBytesSender);
+
+impl Outbox {
+    fn send(&self, id: RequestId, message: &Message) -> Result<()> {
+        let bytes = frame::encode(id, message)?;
+        self.0.send(&bytes).context("sending to the coordinator")
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * page)
+}
+
+/// Runs until CLEANUP (exit 0) or until the coordinator goes away.
+pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()> {
+    // Die with the coordinator, whatever kills it; then make sure it had not
+    // already died before the line above ran.
+    prctl::set_pdeathsig(OsSignal::SIGKILL).context("setting PR_SET_PDEATHSIG")?;
+    if getppid() != Pid::from_raw(coordinator_pid) {
+        bail!("parent is not the coordinator (pid {coordinator_pid}): it already exited");
+    }
+    let started = Instant::now();
+    let mut knobs = Knobs::from_env()?;
+    let (to_worker, requests) = ipc::bytes_channel().context("creating the request channel")?;
+    let (out, from_worker) = ipc::bytes_channel().context("creating the answer channel")?;
+    let boot = IpcSender::<Bootstrap>::connect(bootstrap.to_owned())
+        .with_context(|| format!("connecting to the coordinator's bootstrap server {bootstrap}"))?;
+    boot.send(Bootstrap::Channels {
+        to_worker,
+        from_worker,
+    })
+    .context("sending the channels to the coordinator")?;
+    drop(boot);
+    let out = Outbox(out);
+    let shared = Arc::new(Shared::default());
+    let mut store: Option<Arc<StoreReader>> = None;
+    let mut eval: Option<JoinHandle<()>> = None;
+
+    loop {
+        let bytes = match requests.recv() {
+            Ok(bytes) => bytes,
+            Err(IpcError::Disconnected) => {
+                tracing::info!("the coordinator closed the channel: exiting");
+                stop(&shared, eval.take());
+                return Ok(());
+            }
+            Err(e) => bail!("receiving a request: {e:?}"),
+        };
+        // Decode at once: received buffers are large, never keep them.
+        let decoded = frame::decode(&bytes);
+        drop(bytes);
+        let (id, message) = match decoded {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable request");
+                out.send(
+                    RequestId(0),
+                    &Message::Nack {
+                        reason: format!("undecodable frame: {e}"),
+                    },
+                )?;
+                continue;
+            }
+        };
+        if knobs.drop_frame(message.kind()) {
+            tracing::warn!(
+                kind = message.kind().name(),
+                id = id.0,
+                "TEST knob: dropping this frame"
+            );
+            continue;
+        }
+        let reply = match message {
+            Message::Init(init) => match init_store(&init, worker_id) {
+                Ok(reader) => {
+                    if store.is_none() {
+                        let reader = Arc::new(reader);
+                        eval = Some(spawn_eval(
+                            Arc::clone(&reader),
+                            Arc::clone(&shared),
+                            out.clone(),
+                        )?);
+                        store = Some(reader);
+                    }
+                    if knobs.malformed {
+                        out.0
+                            .send(b"this is not a frame")
+                            .context("sending the malformed frame")?;
+                    }
+                    Message::Ready(Ready {
+                        worker_id,
+                        pid: std::process::id(),
+                    })
+                }
+                Err(e) => Message::Nack {
+                    reason: format!("{e:#}"),
+                },
+            },
+            Message::AddTrader(spec) => add_trader(&shared, store.as_deref(), spec),
+            Message::RemoveTrader { id: trader } => {
+                shared.traders().remove(&trader);
+                Message::Ack
+            }
+            Message::Ping => Message::Pong(Pong {
+                traders: shared.traders().len() as u32,
+                last_publish: shared.last_publish.load(Ordering::Acquire),
+                uptime_ms: started.elapsed().as_millis() as u64,
+                rss_bytes: rss_bytes(),
+                signals: shared.signals.load(Ordering::Relaxed),
+            }),
+            Message::Cleanup => {
+                let threads = u32::from(eval.is_some());
+                stop(&shared, eval.take());
+                let mut traders = shared.traders();
+                let released = Released {
+                    traders: traders.len() as u32,
+                    threads,
+                    cursors: traders.values().map(|t| t.cursors() as u32).sum(),
+                };
+                traders.clear();
+                drop(traders);
+                drop(store.take());
+                out.send(id, &Message::CleanupComplete(released))?;
+                tracing::info!("cleanup complete: exiting");
+                return Ok(());
+            }
+            other => Message::Nack {
+                reason: format!("{} is not a request a worker serves", other.kind().name()),
+            },
+        };
+        out.send(id, &reply)?;
+    }
+}
+
+fn init_store(init: &Init, worker_id: u32) -> Result<StoreReader> {
+    anyhow::ensure!(
+        init.worker_id == worker_id,
+        "INIT for worker {} sent to worker {worker_id}",
+        init.worker_id
+    );
+    let instance = InstanceName::new(&init.instance)?;
+    let reader = StoreReader::open(&instance)?;
+    anyhow::ensure!(
+        reader.generation() == init.generation,
+        "store {} has generation {:#x}, the coordinator announced {:#x}: stale segment",
+        reader.name(),
+        reader.generation(),
+        init.generation
+    );
+    tracing::info!(segment = reader.name(), "mapped the store read-only");
+    Ok(reader)
+}
+
+fn add_trader(
+    shared: &Shared,
+    store: Option<&StoreReader>,
+    spec: protocol::trader::TraderSpec,
+) -> Message {
+    let Some(store) = store else {
+        return Message::Nack {
+            reason: "ADD_TRADER before INIT".into(),
+        };
+    };
+    let rule = match spec.compile() {
+        Ok(rule) => rule,
+        Err(e) => {
+            return Message::Nack {
+                reason: e.to_string(),
+            };
+        }
+    };
+    if !store.intervals().contains(&spec.interval) {
+        return Message::Nack {
+            reason: format!(
+                "trader {}: interval {} is not kept by the store",
+                spec.id, spec.interval
+            ),
+        };
+    }
+    let mut traders = shared.traders();
+    match traders.get(&spec.id) {
+        // Idempotent: a re-sent ADD_TRADER (a retry whose ACK was lost) is acked again.
+        Some(t) if t.spec.version == spec.version => return Message::Ack,
+        Some(_) => {}
+        None if traders.len() >= MAX_TRADERS => {
+            return Message::Nack {
+                reason: format!("this worker already holds {MAX_TRADERS} traders"),
+            };
+        }
+        None => {}
+    }
+    tracing::info!(trader = %spec.id, version = spec.version, rule = %rule, "trader added");
+    traders.insert(spec.id.clone(), Trader::new(spec, rule));
+    shared.dirty.store(true, Ordering::Release);
+    Message::Ack
+}
+
+fn stop(shared: &Shared, eval: Option<JoinHandle<()>>) {
+    shared.stop.store(true, Ordering::Release);
+    if let Some(handle) = eval {
+        let _ = handle.join();
+    }
+}
+
+fn spawn_eval(
+    reader: Arc<StoreReader>,
+    shared: Arc<Shared>,
+    out: Outbox,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("eval".into())
+        .spawn(move || {
+            if let Err(e) = eval_loop(&reader, &shared, &out) {
+                tracing::error!(error = %format!("{e:#}"), "evaluation stopped");
+            }
+        })
+        .context("starting the evaluation thread")
+}
+
+fn eval_loop(reader: &StoreReader, shared: &Shared, out: &Outbox) -> Result<()> {
+    let mut seen = 0;
+    let mut buf = Vec::new();
+    let mut hits: Vec<Hit> = Vec::new();
+    let mut next_signal = 0u64;
+    while !shared.stop.load(Ordering::Acquire) {
+        let changed = matches!(reader.wait_for_change(seen, EVAL_TICK)?, Wait::Changed(_));
+        let dirty = shared.dirty.swap(false, Ordering::AcqRel);
+        if !changed && !dirty {
+            continue;
+        }
+        // Everything published up to here gets evaluated in this pass.
+        let published = reader.publish_counter();
+        let symbols = reader.symbols();
+        let mut gaps = 0;
+        {
+            let mut traders = shared.traders();
+            for trader in traders.values_mut() {
+                let _span = tracing::debug_span!("trader", id = %trader.spec.id).entered();
+                gaps += trader.evaluate(reader, &symbols, &mut buf, &mut hits)?;
+            }
+        }
+        for hit in hits.drain(..) {
+            next_signal += 1;
+            let signal = Signal {
+                trader: hit.trader,
+                symbol: hit.symbol,
+                interval: hit.interval,
+                open_time: hit.candle.open_time,
+                close: hit.candle.close,
+                labels: hit.labels,
+            };
+            out.send(RequestId(next_signal), &Message::Signal(signal))?;
+            shared.signals.fetch_add(1, Ordering::Relaxed);
+        }
+        shared.gaps.fetch_add(gaps, Ordering::Relaxed);
+        // After the signals: a PONG carrying this counter proves they were sent.
+        shared.last_publish.store(published, Ordering::Release);
+        seen = published;
+    }
+    Ok(())
+}
