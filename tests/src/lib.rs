@@ -203,3 +203,101 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// Signal lines from a run's stdout, without the fields that legitimately
+/// differ between runs (`emitted_at`, `worker`), sorted.
+pub fn normalized_signals(stdout: &[u8]) -> Vec<String> {
+    let mut lines: Vec<String> = String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|line| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(line).expect("every stdout line is a JSON signal");
+            for field in [
+                "trader",
+                "symbol",
+                "interval",
+                "open_time",
+                "close",
+                "emitted_at",
+            ] {
+                assert!(v.get(field).is_some(), "signal line lacks {field}: {line}");
+            }
+            let obj = v.as_object_mut().expect("a JSON object");
+            obj.remove("emitted_at");
+            obj.remove("worker");
+            v.to_string()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Pids of live (not zombie) processes whose command line mentions `needle`.
+pub fn live_processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && process_alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+impl TestInstance {
+    /// `shmkline status --json` of this instance, once it answers (or panics after `timeout`).
+    pub fn status_when(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.shmkline(&["status", "--json"]);
+            if out.status.success() {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).expect("status JSON");
+                if pred(&v) {
+                    return v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status never satisfied the condition; last: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The worker pids `status` lists.
+    pub fn worker_pids(status: &serde_json::Value) -> Vec<u32> {
+        status["workers"]
+            .as_array()
+            .map(|ws| {
+                ws.iter()
+                    .filter_map(|w| w["pid"].as_u64())
+                    .map(|p| p as u32)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

@@ -4,6 +4,9 @@
 //!
 //! * `SHMKLINE_TEST_DROP=KIND:N[,KIND:N...]`: silently ignore the first N
 //!   frames of each KIND (e.g. `ADD_TRADER:2`), as if they were lost.
+//! * `SHMKLINE_TEST_DROP_REPLY=KIND:N[,...]`: carry out the request but do not
+//!   send the first N replies of each KIND (e.g. `ACK:1`), as if the answer
+//!   were lost: the coordinator re-sends, and the worker sees a duplicate.
 //! * `SHMKLINE_TEST_MALFORMED=1`: after READY, send the coordinator one frame
 //!   that does not decode.
 
@@ -16,6 +19,7 @@ use protocol::message::Kind;
 #[derive(Debug, Default)]
 pub struct Knobs {
     drop: HashMap<Kind, u32>,
+    drop_reply: HashMap<Kind, u32>,
     /// Send one undecodable frame after READY.
     pub malformed: bool,
 }
@@ -23,36 +27,55 @@ pub struct Knobs {
 impl Knobs {
     /// Reads the knobs; a malformed knob is an error, not ignored.
     pub fn from_env() -> Result<Self> {
-        let mut knobs = Knobs::default();
-        if let Ok(spec) = std::env::var("SHMKLINE_TEST_DROP") {
-            for item in spec.split(',').filter(|s| !s.is_empty()) {
-                let (kind, n) = item
-                    .split_once(':')
-                    .with_context(|| format!("SHMKLINE_TEST_DROP item {item:?}: write KIND:N"))?;
-                let Some(kind) = Kind::from_name(kind) else {
-                    bail!("SHMKLINE_TEST_DROP: unknown message kind {kind:?}");
-                };
-                let n: u32 = n
-                    .parse()
-                    .with_context(|| format!("SHMKLINE_TEST_DROP: {n:?} is not a count"))?;
-                knobs.drop.insert(kind, n);
-            }
-        }
-        knobs.malformed = std::env::var("SHMKLINE_TEST_MALFORMED").is_ok_and(|v| v == "1");
-        if !knobs.drop.is_empty() || knobs.malformed {
+        let knobs = Knobs {
+            drop: parse("SHMKLINE_TEST_DROP")?,
+            drop_reply: parse("SHMKLINE_TEST_DROP_REPLY")?,
+            malformed: std::env::var("SHMKLINE_TEST_MALFORMED").is_ok_and(|v| v == "1"),
+        };
+        if !knobs.drop.is_empty() || !knobs.drop_reply.is_empty() || knobs.malformed {
             tracing::warn!(?knobs, "TEST-ONLY fault knobs are set");
         }
         Ok(knobs)
     }
 
-    /// Whether to drop this frame (counting it down).
+    /// Whether to drop this incoming frame (counting it down).
     pub fn drop_frame(&mut self, kind: Kind) -> bool {
-        match self.drop.get_mut(&kind) {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
-        }
+        count_down(&mut self.drop, kind)
     }
+
+    /// Whether to drop this outgoing reply (counting it down).
+    pub fn drop_reply(&mut self, kind: Kind) -> bool {
+        count_down(&mut self.drop_reply, kind)
+    }
+}
+
+fn count_down(counts: &mut HashMap<Kind, u32>, kind: Kind) -> bool {
+    match counts.get_mut(&kind) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Parses `KIND:N[,KIND:N...]` from the variable `var`, if set.
+fn parse(var: &str) -> Result<HashMap<Kind, u32>> {
+    let mut counts = HashMap::new();
+    let Ok(spec) = std::env::var(var) else {
+        return Ok(counts);
+    };
+    for item in spec.split(',').filter(|s| !s.is_empty()) {
+        let (kind, n) = item
+            .split_once(':')
+            .with_context(|| format!("{var} item {item:?}: write KIND:N"))?;
+        let Some(kind) = Kind::from_name(kind) else {
+            bail!("{var}: unknown message kind {kind:?}");
+        };
+        let n: u32 = n
+            .parse()
+            .with_context(|| format!("{var}: {n:?} is not a count"))?;
+        counts.insert(kind, n);
+    }
+    Ok(counts)
 }

@@ -190,6 +190,14 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
                 reason: format!("{} is not a request a worker serves", other.kind().name()),
             },
         };
+        if knobs.drop_reply(reply.kind()) {
+            tracing::warn!(
+                kind = reply.kind().name(),
+                id = id.0,
+                "TEST knob: not sending this reply"
+            );
+            continue;
+        }
         out.send(id, &reply)?;
     }
 }

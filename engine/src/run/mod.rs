@@ -282,6 +282,10 @@ impl Coordinator {
                 let worker = &mut self.workers[w];
                 if !matches!(worker.state, WorkerState::Exited | WorkerState::Faulty) {
                     if worker.state == WorkerState::Cleaning {
+                        tracing::warn!(
+                            worker = worker.id,
+                            "channel closed without CLEANUP_COMPLETE"
+                        );
                         worker.state = WorkerState::Exited;
                     } else {
                         let why = "its channel closed (the process died)".to_owned();
@@ -464,14 +468,15 @@ impl Coordinator {
             {
                 tracing::info!(worker = worker.id, pid = worker.pid, %status, "worker exited");
                 worker.child = None;
-                if !matches!(worker.state, WorkerState::Exited | WorkerState::Faulty) {
-                    if worker.state == WorkerState::Cleaning {
-                        worker.state = WorkerState::Exited;
-                    } else {
-                        worker.state = WorkerState::Faulty;
-                        worker.fault = Some(format!("exited unexpectedly ({status})"));
-                        tracing::error!(worker = worker.id, %status, traders = ?worker.traders, "worker died");
-                    }
+                // A cleaning worker stays so until its CLEANUP_COMPLETE (or its
+                // channel's close, which always comes after) is processed.
+                if !matches!(
+                    worker.state,
+                    WorkerState::Exited | WorkerState::Faulty | WorkerState::Cleaning
+                ) {
+                    worker.state = WorkerState::Faulty;
+                    worker.fault = Some(format!("exited unexpectedly ({status})"));
+                    tracing::error!(worker = worker.id, %status, traders = ?worker.traders, "worker died");
                 }
             }
         }
