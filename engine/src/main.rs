@@ -76,6 +76,30 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
         samples: u64,
     },
+    /// PING/PONG round trip through the whole protocol stack vs raw ipc-channel.
+    Ping {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Round trips per measurement (after 200 warm-up ones).
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        samples: u64,
+        /// The worker binary. Default: shmkline-worker next to this executable.
+        #[arg(long, env = "SHMKLINE_WORKER_BIN")]
+        worker_bin: Option<std::path::PathBuf>,
+    },
+    /// Spawn-to-READY and CLEANUP-to-CLEANUP_COMPLETE times.
+    Spawn {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Workers spawned (one after another), then cleaned up.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=256))]
+        workers: u32,
+        /// The worker binary. Default: shmkline-worker next to this executable.
+        #[arg(long, env = "SHMKLINE_WORKER_BIN")]
+        worker_bin: Option<std::path::PathBuf>,
+    },
     /// The cross-process torn-read stress alone.
     Torn {
         /// Print one JSON object instead of a table.
@@ -176,6 +200,10 @@ impl CapacityArgs {
 
 #[derive(Debug, Subcommand)]
 enum ChildCommand {
+    IpcEcho {
+        #[arg(long)]
+        bootstrap: String,
+    },
     Torn {
         #[arg(long)]
         millis: u64,
@@ -267,18 +295,23 @@ fn check_torn(accepted: u64, rejected: u64) -> Result<()> {
     Ok(())
 }
 
+/// The worker binary given, or `shmkline-worker` next to this executable.
+fn worker_bin_or_default(given: Option<std::path::PathBuf>) -> Result<std::path::PathBuf> {
+    match given {
+        Some(path) => Ok(path),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("shmkline-worker"))
+            .ok_or_else(|| anyhow::anyhow!("cannot locate shmkline-worker: pass --worker-bin")),
+    }
+}
+
 fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
     let traders = match &args.traders {
         Some(path) => engine::run::traders::load(path)?,
         None => engine::run::traders::defaults(),
     };
-    let worker_bin = match args.worker_bin {
-        Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .map(|d| d.join("shmkline-worker"))
-            .ok_or_else(|| anyhow::anyhow!("cannot locate shmkline-worker: pass --worker-bin"))?,
-    };
+    let worker_bin = worker_bin_or_default(args.worker_bin)?;
     let opts = engine::run::RunOptions {
         instance,
         store: args.capacity.config(),
@@ -375,6 +408,30 @@ fn run(cli: Cli) -> Result<()> {
             &wake::run(&bench_instance(cli.instance)?, samples as usize)?,
             json,
         ),
+        Command::Bench(BenchCommand::Ping {
+            json,
+            samples,
+            worker_bin,
+        }) => emit(
+            &engine::bench::ipc::run_ping(
+                &bench_instance(cli.instance)?,
+                worker_bin_or_default(worker_bin)?,
+                samples as usize,
+            )?,
+            json,
+        ),
+        Command::Bench(BenchCommand::Spawn {
+            json,
+            workers,
+            worker_bin,
+        }) => emit(
+            &engine::bench::ipc::run_spawn(
+                &bench_instance(cli.instance)?,
+                worker_bin_or_default(worker_bin)?,
+                workers,
+            )?,
+            json,
+        ),
         Command::Bench(BenchCommand::Torn {
             json,
             readers,
@@ -407,6 +464,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::BenchChild(role) => {
             let instance = instance_or_default(cli.instance)?;
             match role {
+                ChildCommand::IpcEcho { bootstrap } => {
+                    println!("{}", engine::bench::ipc::ipc_echo(&bootstrap)?)
+                }
                 ChildCommand::Torn { millis } => {
                     println!(
                         "{}",

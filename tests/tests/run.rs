@@ -312,3 +312,76 @@ fn status_of_an_instance_that_is_not_running_exits_3() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no instance is running there"));
 }
+
+fn open_fds(pid: u32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|target| {
+                    // Socket and pipe inode numbers differ per process: keep the kind.
+                    let t = target.to_string_lossy().into_owned();
+                    t.split_once(":[")
+                        .map_or(t.clone(), |(kind, _)| kind.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn no_descriptor_leaks_into_later_workers() {
+    let inst = TestInstance::new("fds");
+    let run = infinite(&inst, &["--workers", "4"], &[]);
+    let status = inst.status_when(STARTUP, |s| all_ready(s, 4));
+    let pids = TestInstance::worker_pids(&status);
+    let first = open_fds(pids[0]);
+    assert!(!first.is_empty());
+    for &pid in &pids[1..] {
+        // Had a bootstrap or channel fd of an earlier spawn leaked, later
+        // workers would hold more descriptors than the first.
+        assert_eq!(
+            open_fds(pid),
+            first,
+            "worker {pid} holds other descriptors than the first worker"
+        );
+    }
+    run.signal(Signal::SIGTERM);
+    let (st, stderr) = run.wait(Duration::from_secs(10));
+    assert!(st.success(), "{stderr}");
+    inst.assert_clean();
+}
+
+#[test]
+fn a_worker_that_never_connects_does_not_hang_the_coordinator() {
+    let inst = TestInstance::new("noconn");
+    // Exits at once without connecting.
+    let out = finite_run(&inst, &["--worker-bin", "/bin/false"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not connect"), "{stderr}");
+    inst.assert_clean();
+    // Stays alive and silent: the coordinator's accept() is unblocked by itself
+    // after the connect timeout, and the process is killed and reaped.
+    let script =
+        std::env::temp_dir().join(format!("shmkline-silent-worker-{}", std::process::id()));
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").expect("write script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = finite_run(
+        &inst,
+        &["--worker-bin", script.to_str().expect("utf-8")],
+        &[],
+    );
+    let _ = std::fs::remove_file(&script);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not connect within"), "{stderr}");
+    assert!(
+        live_processes_mentioning("shmkline-silent-worker").is_empty(),
+        "the silent worker was killed"
+    );
+    inst.assert_clean();
+}

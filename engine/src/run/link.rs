@@ -1,14 +1,15 @@
-//! One worker's two channel threads.
+//! One worker's channels as the coordinator holds them.
 //!
-//! * The writer thread owns the sender and drains a bounded queue. A send to a
-//!   SIGSTOPped worker blocks once its socket buffer is full (about 278 small
-//!   frames): only this thread blocks, never the coordinator's loop, which sees
-//!   the queue fill up and declares the worker faulty.
+//! * Sends happen on the caller's thread, directly on the socket. A send to a
+//!   SIGSTOPped worker would block once the socket buffer is full (about 278
+//!   small frames, or fewer large ones), so callers must never let more than
+//!   a [`Budget`] of frames go unread: the coordinator tracks what each
+//!   worker has provably read and declares a worker that falls that far
+//!   behind faulty instead of sending.
 //! * The reader thread owns the receiver, decodes each frame at once (received
 //!   buffers are ~212 KB) and forwards it to the coordinator's loop. It ends
 //!   when the worker's end closes, i.e. when the worker exits or is killed.
 
-use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
@@ -16,9 +17,6 @@ use ipc_channel::IpcError;
 use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender};
 use protocol::frame::{self, FrameError};
 use protocol::message::{Message, RequestId};
-
-/// Frames queued to one worker at most.
-pub const QUEUE_BOUND: usize = 64;
 
 /// What a reader thread reports to the coordinator's loop.
 #[derive(Debug)]
@@ -31,42 +29,62 @@ pub enum FromWorker {
     Closed,
 }
 
+/// How much may be sent to a worker and not yet be provably read by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Frames.
+    pub frames: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl Budget {
+    /// 64 frames, and at most half of the kernel's default socket send buffer
+    /// in bytes (counting ~1 KiB of kernel overhead per frame), so a send can
+    /// never find the buffer full.
+    pub fn from_system() -> Self {
+        let sndbuf = std::fs::read_to_string("/proc/sys/net/core/wmem_default")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(212_992);
+        let frames = 64;
+        Self {
+            frames,
+            bytes: (sndbuf / 2).saturating_sub(frames * 1024).max(16 * 1024),
+        }
+    }
+}
+
+impl Budget {
+    /// Whether a frame of `len` bytes may be sent when `sent` frames and bytes
+    /// went out and the worker provably `read` that many; the error says how
+    /// far behind it is.
+    pub fn admits(&self, sent: (u64, u64), read: (u64, u64), len: usize) -> Result<(), String> {
+        let unread = (sent.0.saturating_sub(read.0), sent.1.saturating_sub(read.1));
+        if unread.0 + 1 > self.frames || unread.1 + len as u64 > self.bytes {
+            return Err(format!(
+                "it is not reading its channel ({} frames, {} bytes unread)",
+                unread.0, unread.1
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The coordinator's end of one worker's channels.
 pub struct Link {
-    queue: Option<SyncSender<Vec<u8>>>,
-    writer: Option<JoinHandle<()>>,
+    to_worker: IpcBytesSender,
     reader: Option<JoinHandle<()>>,
 }
 
-/// Why a frame could not be queued.
-#[derive(Debug, PartialEq, Eq)]
-pub enum QueueError {
-    /// The worker is not draining its queue (stopped or hung).
-    Full,
-    /// The writer thread is gone (the worker's end closed).
-    Closed,
-}
-
 impl Link {
-    /// Starts both threads; `deliver` runs on the reader thread for each
-    /// frame and must not block for long (it feeds a bounded channel).
+    /// Starts the reader thread; `deliver` runs on it for each frame.
     pub fn start(
         worker_id: u32,
         to_worker: IpcBytesSender,
         from_worker: IpcBytesReceiver,
         deliver: impl Fn(FromWorker) + Send + 'static,
     ) -> Result<Self> {
-        let (queue, frames) = mpsc::sync_channel::<Vec<u8>>(QUEUE_BOUND);
-        let writer = std::thread::Builder::new()
-            .name(format!("w{worker_id}-send"))
-            .spawn(move || {
-                for bytes in frames {
-                    if to_worker.send(&bytes).is_err() {
-                        break;
-                    }
-                }
-            })
-            .context("starting a writer thread")?;
         let reader = std::thread::Builder::new()
             .name(format!("w{worker_id}-recv"))
             .spawn(move || {
@@ -89,30 +107,55 @@ impl Link {
             })
             .context("starting a reader thread")?;
         Ok(Self {
-            queue: Some(queue),
-            writer: Some(writer),
+            to_worker,
             reader: Some(reader),
         })
     }
 
-    /// Queues a frame without blocking.
-    pub fn send(&self, bytes: Vec<u8>) -> Result<(), QueueError> {
-        let queue = self.queue.as_ref().ok_or(QueueError::Closed)?;
-        queue.try_send(bytes).map_err(|e| match e {
-            TrySendError::Full(_) => QueueError::Full,
-            TrySendError::Disconnected(_) => QueueError::Closed,
-        })
+    /// Sends one frame. Callers keep what is unread within a [`Budget`], so
+    /// this does not block; an error means the worker's end is closed.
+    pub fn send(&self, bytes: &[u8]) -> Result<(), std::io::Error> {
+        self.to_worker.send(bytes)
     }
 
-    /// Stops the writer and joins both threads. Call only once the worker
-    /// process is dead: that is what closes the channels the threads wait on.
+    /// Joins the reader thread. Call only once the worker process is dead:
+    /// that is what closes the channel the thread waits on.
     pub fn join(mut self) {
-        drop(self.queue.take());
-        if let Some(t) = self.writer.take() {
-            let _ = t.join();
-        }
+        drop(self.to_worker);
         if let Some(t) = self.reader.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_bounds_unread_frames_and_bytes() {
+        let budget = Budget {
+            frames: 3,
+            bytes: 1000,
+        };
+        assert!(budget.admits((0, 0), (0, 0), 100).is_ok());
+        assert!(
+            budget.admits((2, 200), (0, 0), 100).is_ok(),
+            "third unread frame fits"
+        );
+        let err = budget
+            .admits((3, 300), (0, 0), 100)
+            .expect_err("a fourth does not");
+        assert!(err.contains("3 frames"), "{err}");
+        assert!(
+            budget.admits((3, 300), (1, 100), 100).is_ok(),
+            "an answer frees room"
+        );
+        assert!(
+            budget.admits((1, 900), (0, 0), 200).is_err(),
+            "bytes count too"
+        );
+        let system = Budget::from_system();
+        assert!(system.frames > 0 && system.bytes >= 16 * 1024);
     }
 }

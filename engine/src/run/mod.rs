@@ -3,8 +3,11 @@
 //! One loop on the main thread owns the store writer and every piece of state;
 //! other threads only feed it events through one bounded channel: each
 //! worker's reader thread (decoded frames), the OS-signal thread and the
-//! control socket. Nothing the loop does blocks on a worker: frames go out
-//! through per-worker bounded queues drained by writer threads.
+//! control socket. Nothing the loop does blocks on a worker: it sends
+//! directly, but never lets more than a [`Budget`] of frames and bytes go
+//! unread by a worker (what a worker has read is proven by its answers), so
+//! the socket buffer can never fill; a worker that falls that far behind is
+//! faulty.
 //!
 //! Requests are numbered per worker and kept until answered; an unanswered
 //! one is re-sent with capped exponential backoff and jitter, and after the
@@ -40,7 +43,7 @@ use crate::instance::Instance;
 use control::{ControlRequest, ControlServer};
 use dedup::Dedup;
 use feed::SymbolStream;
-use link::{FromWorker, Link, QueueError};
+use link::{Budget, FromWorker, Link};
 use spawn::Spawner;
 
 /// Events waiting for the loop, at most.
@@ -122,6 +125,9 @@ struct Pending {
     purpose: Purpose,
     attempts: u32,
     retry_at: Option<Instant>,
+    /// Frame and byte counts sent to the worker up to and including this
+    /// request's first copy: its answer proves the worker read that far.
+    read_mark: (u64, u64),
 }
 
 /// Log2 buckets of round-trip times in microseconds: bucket k holds
@@ -155,6 +161,22 @@ struct Worker {
     malformed: u64,
     signals: u64,
     fault: Option<String>,
+    /// Frames and bytes sent so far.
+    sent: (u64, u64),
+    /// Frames and bytes the worker has provably read.
+    read: (u64, u64),
+}
+
+impl Worker {
+    /// Sends one frame unless that would leave more than `budget` unread.
+    fn transmit(&mut self, bytes: &[u8], budget: Budget) -> Result<(u64, u64), String> {
+        budget.admits(self.sent, self.read, bytes.len())?;
+        let link = self.link.as_ref().ok_or("no channel")?;
+        link.send(bytes)
+            .map_err(|e| format!("its channel is closed ({e})"))?;
+        self.sent = (self.sent.0 + 1, self.sent.1 + bytes.len() as u64);
+        Ok(self.sent)
+    }
 }
 
 #[derive(Serialize)]
@@ -216,10 +238,12 @@ struct Coordinator {
     shutting_down: Option<Instant>,
     sigints: u32,
     stdout: std::io::Stdout,
+    budget: Budget,
 }
 
 impl Coordinator {
     fn send(&mut self, w: usize, message: Message, purpose: Purpose) -> Result<(), String> {
+        let budget = self.budget;
         let worker = &mut self.workers[w];
         if worker.pending.len() >= MAX_OUTSTANDING {
             return Err(format!("{MAX_OUTSTANDING} requests unanswered"));
@@ -227,17 +251,7 @@ impl Coordinator {
         worker.next_id += 1;
         let id = worker.next_id;
         let bytes = frame::encode(RequestId(id), &message).map_err(|e| e.to_string())?;
-        let link = worker.link.as_ref().ok_or("no channel")?;
-        match link.send(bytes.clone()) {
-            Ok(()) => {}
-            Err(QueueError::Full) => {
-                return Err(format!(
-                    "its send queue is full ({} frames): it is not reading",
-                    link::QUEUE_BOUND
-                ));
-            }
-            Err(QueueError::Closed) => return Err("its channel is closed".into()),
-        }
+        let read_mark = worker.transmit(&bytes, budget)?;
         // PINGs are not retried: a missed PING is a health matter, not a lost request.
         let retry_at = match purpose {
             Purpose::Ping(_) => None,
@@ -250,6 +264,7 @@ impl Coordinator {
                 purpose,
                 attempts: 1,
                 retry_at,
+                read_mark,
             },
         );
         Ok(())
@@ -320,6 +335,12 @@ impl Coordinator {
             return;
         };
         let worker = &mut self.workers[w];
+        // The worker reads in order: answering this request means it read
+        // every frame up to the request's first copy.
+        worker.read = (
+            worker.read.0.max(pending.read_mark.0),
+            worker.read.1.max(pending.read_mark.1),
+        );
         match (pending.purpose, message) {
             (Purpose::Init, Message::Ready(ready)) => {
                 worker.state = WorkerState::Ready;
@@ -403,6 +424,7 @@ impl Coordinator {
                 p.retry_at = Some(now + backoff(p.attempts, &mut self.jitter));
                 let bytes = p.bytes.clone();
                 let attempts = p.attempts;
+                let budget = self.budget;
                 let worker = &mut self.workers[w];
                 worker.retries += 1;
                 tracing::warn!(
@@ -411,12 +433,8 @@ impl Coordinator {
                     attempt = attempts,
                     "no answer yet: re-sending"
                 );
-                let sent = worker.link.as_ref().map(|l| l.send(bytes));
-                if !matches!(sent, Some(Ok(()))) {
-                    self.fault(
-                        w,
-                        "could not re-send: its send queue is full or closed".into(),
-                    );
+                if let Err(why) = worker.transmit(&bytes, budget) {
+                    self.fault(w, format!("could not re-send: {why}"));
                     break;
                 }
             }
@@ -704,6 +722,7 @@ pub fn run(opts: RunOptions) -> Result<usize> {
         shutting_down: None,
         sigints: 0,
         stdout: std::io::stdout(),
+        budget: Budget::from_system(),
         opts,
     };
     for k in 0..coord.opts.symbols {
@@ -766,6 +785,8 @@ fn drive(coord: &mut Coordinator, spawner: &Spawner, events: &Receiver<Event>) -
             malformed: 0,
             signals: 0,
             fault: None,
+            sent: (0, 0),
+            read: (0, 0),
         });
         let init = Init {
             instance: coord.opts.instance.to_string(),
