@@ -233,11 +233,18 @@ fn instance_or_default(given: Option<InstanceName>) -> Result<InstanceName> {
     }
 }
 
+/// `--instance`, else `$SHMKLINE_INSTANCE`, else a private `bench-<pid>`
+/// (never `default`, so a benchmark does not collide with a running engine).
 fn bench_instance(given: Option<InstanceName>) -> Result<InstanceName> {
-    Ok(match given {
-        Some(name) => name,
-        None => InstanceName::new(&format!("bench-{}", std::process::id()))?,
-    })
+    match given {
+        Some(name) => Ok(name),
+        None => match std::env::var("SHMKLINE_INSTANCE") {
+            Ok(name) if !name.is_empty() => {
+                InstanceName::new(&name).map_err(|e| anyhow::anyhow!("SHMKLINE_INSTANCE: {e}"))
+            }
+            _ => Ok(InstanceName::new(&format!("bench-{}", std::process::id()))?),
+        },
+    }
 }
 
 /// Prints `report` as one JSON line, or as aligned `key value` lines.

@@ -385,3 +385,34 @@ fn a_worker_that_never_connects_does_not_hang_the_coordinator() {
     );
     inst.assert_clean();
 }
+
+#[test]
+fn a_second_sigint_skips_the_wait() {
+    let inst = TestInstance::new("int2");
+    // A long deadline and a stopped worker: only the second SIGINT can make
+    // the coordinator stop waiting.
+    let run = infinite(
+        &inst,
+        &["--workers", "2", "--shutdown-timeout", "60000"],
+        &[],
+    );
+    let status = inst.status_when(STARTUP, |s| all_ready(s, 2));
+    let pids = TestInstance::worker_pids(&status);
+    kill(Pid::from_raw(pids[0] as i32), Signal::SIGSTOP).expect("SIGSTOP a worker");
+    run.signal(Signal::SIGINT);
+    inst.status_when(STARTUP, |s| s["state"] == "shutting_down");
+    let started = Instant::now();
+    run.signal(Signal::SIGINT);
+    let (st, stderr) = run.wait(Duration::from_secs(30));
+    assert!(st.success(), "{st:?} {stderr}");
+    assert!(stderr.contains("second SIGINT"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "did not wait out the 60 s deadline"
+    );
+    assert!(
+        pids.iter().all(|&p| !process_alive(p)),
+        "every worker killed and reaped"
+    );
+    inst.assert_clean();
+}
