@@ -6,7 +6,9 @@
 //! * [`bench`]: `shmkline bench ...`, figures with in-run baselines.
 //! * [`hold`]: `shmkline store hold|inspect`, the store from a shell.
 //! * [`run`]: `shmkline run`, the coordinator, and its control socket.
+//! * [`backtest`]: the same traders over the same feed in one process: the oracle.
 
+pub mod backtest;
 pub mod bench;
 pub mod hold;
 pub mod instance;

@@ -33,6 +33,9 @@ enum Command {
     /// The main job: create the store, start the workers, register the traders,
     /// run the synthetic feed and print every signal as a JSON line on stdout.
     Run(RunArgs),
+    /// The same traders over the same feed in one process (no workers, no
+    /// shared memory), printing the same signal lines: the oracle for `run`.
+    Backtest(BacktestArgs),
     /// Show a running instance: workers, segment, feed, signals.
     Status {
         /// Print one JSON object.
@@ -172,6 +175,28 @@ struct RunArgs {
     worker_bin: Option<std::path::PathBuf>,
     #[command(flatten)]
     capacity: CapacityArgs,
+}
+
+#[derive(Debug, Args)]
+struct BacktestArgs {
+    /// Trader file, as for `run`. Default: run's built-in set.
+    #[arg(long)]
+    traders: Option<std::path::PathBuf>,
+    /// The feed, as for `run`.
+    #[arg(long, default_value = "synthetic", value_parser = ["synthetic"])]
+    feed: String,
+    /// Synthetic feed seed, as for `run`.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Synthetic symbols, as for `run`.
+    #[arg(long, default_value_t = 4)]
+    symbols: usize,
+    /// Closed candles per symbol (required: a backtest needs an end).
+    #[arg(long)]
+    candles: u64,
+    /// Accepted so `run`'s flags can be reused as they are; a backtest is not paced.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 /// Store capacities: memory is fixed by them at start.
@@ -385,6 +410,21 @@ fn print_status(status: &serde_json::Value) {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run_main(instance_or_default(cli.instance)?, args),
+        Command::Backtest(args) => {
+            let traders = match &args.traders {
+                Some(path) => engine::run::traders::load(path)?,
+                None => engine::run::traders::defaults(),
+            };
+            let opts = engine::backtest::BacktestOptions {
+                traders,
+                seed: args.seed,
+                symbols: args.symbols,
+                candles: args.candles,
+            };
+            let n = engine::backtest::backtest(&opts, &mut std::io::stdout().lock())?;
+            tracing::info!(signals = n, "backtest done");
+            Ok(())
+        }
         Command::Status { json } => {
             let instance = instance_or_default(cli.instance)?;
             let dir = engine::runtime::base_dir().join(instance.as_str());

@@ -416,3 +416,49 @@ fn a_second_sigint_skips_the_wait() {
     );
     inst.assert_clean();
 }
+
+#[test]
+fn run_and_backtest_print_the_same_signals() {
+    let file = std::env::temp_dir().join(format!("shmkline-traders-{}.json", std::process::id()));
+    std::fs::write(
+        &file,
+        r#"[{"id":"up5","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))","labels":{"k":"v"}},
+            {"id":"down7-cool","symbols":["SYN001"],"interval":"1m","rule":"crosses_below(close, sma(close, 7))","cooldown":4},
+            {"id":"up40","symbols":["SYN000","SYN002"],"interval":"1m","rule":"crosses_above(close, sma(close, 40))"}]"#,
+    )
+    .expect("write trader file");
+    let traders = file.to_str().expect("utf-8 path");
+    let inst = TestInstance::new("oracle");
+    let run = finite_run(
+        &inst,
+        &["--workers", "2", "--traders", traders, "--seed", "42"],
+        &[],
+    );
+    assert_ok(&run);
+    let backtest = inst.shmkline(&[
+        "backtest",
+        "--traders",
+        traders,
+        "--seed",
+        "42",
+        "--candles",
+        "150",
+        "--symbols",
+        "3",
+        "--rate",
+        "2000",
+    ]);
+    let _ = std::fs::remove_file(&file);
+    assert_ok(&backtest);
+    let (a, b) = (
+        normalized_signals(&run.stdout),
+        normalized_signals(&backtest.stdout),
+    );
+    assert!(a.len() > 10, "enough signals to compare: {}", a.len());
+    assert!(a.iter().any(|l| l.contains("down7-cool")) && a.iter().any(|l| l.contains("up40")));
+    assert_eq!(
+        a, b,
+        "run with workers and the single-process backtest agree exactly"
+    );
+    inst.assert_clean();
+}

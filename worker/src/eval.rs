@@ -6,47 +6,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use protocol::store::{ReadError, SeriesId, StoreReader, StoredCandle};
-use protocol::trader::{Direction, Rule, Symbols, TraderSpec};
+use protocol::trader::{Rule, Symbols, TraderSpec, signals};
 use protocol::{Candle, Interval};
 
 /// Most traders one worker holds; ADD_TRADER beyond it is refused.
 pub const MAX_TRADERS: usize = 10_000;
-
-/// The raw verdict of `rule` on the last candle of `window` (which must hold
-/// exactly `rule.lookback()` candles, oldest first).
-pub fn verdict(rule: &Rule, window: &[Candle]) -> bool {
-    match *rule {
-        Rule::CloseCrossesSma { direction, period } => {
-            let n = period as usize;
-            if window.len() != n + 1 {
-                return false;
-            }
-            let mean = |w: &[Candle]| w.iter().map(|c| c.close).sum::<f64>() / n as f64;
-            let (prev, now) = (&window[n - 1], &window[n]);
-            let (sma_prev, sma_now) = (mean(&window[..n]), mean(&window[1..]));
-            match direction {
-                Direction::Above => prev.close <= sma_prev && now.close > sma_now,
-                Direction::Below => prev.close >= sma_prev && now.close < sma_now,
-            }
-        }
-    }
-}
-
-/// Whether the trader signals on the last candle of `window`: a raw verdict,
-/// and no raw verdict on any of the `cooldown` candles before it. `window`
-/// holds `lookback + cooldown` candles. Defined over raw verdicts (not over
-/// signals already emitted) so that it stays a pure function of the window.
-pub fn signals(rule: &Rule, cooldown: usize, window: &[Candle]) -> bool {
-    let lookback = rule.lookback();
-    if window.len() != lookback + cooldown {
-        return false;
-    }
-    let last = window.len();
-    if !verdict(rule, &window[last - lookback..]) {
-        return false;
-    }
-    (1..=cooldown).all(|back| !verdict(rule, &window[last - back - lookback..last - back]))
-}
 
 /// A verdict that became a signal.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,63 +139,5 @@ impl Trader {
         }
         self.cursors.insert(symbol.to_owned(), evaluated_to);
         Ok(gaps)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn closes(values: &[f64]) -> Vec<Candle> {
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| Candle {
-                open_time: i as i64 * 60_000,
-                open: c,
-                high: c,
-                low: c,
-                close: c,
-                volume: 1.0,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn cross_above_the_sma() {
-        let rule = Rule::CloseCrossesSma {
-            direction: Direction::Above,
-            period: 3,
-        };
-        // SMA(3) before: (1+1+1)/3 = 1, previous close 1 <= 1; now (1+1+5)/3 = 2.33 < 5.
-        assert!(verdict(&rule, &closes(&[1.0, 1.0, 1.0, 5.0])));
-        assert!(!verdict(&rule, &closes(&[5.0, 5.0, 5.0, 1.0])));
-        assert!(
-            !verdict(&rule, &closes(&[1.0, 5.0])),
-            "wrong window length is no verdict"
-        );
-        let below = Rule::CloseCrossesSma {
-            direction: Direction::Below,
-            period: 3,
-        };
-        assert!(verdict(&below, &closes(&[5.0, 5.0, 5.0, 1.0])));
-    }
-
-    #[test]
-    fn cooldown_suppresses_a_verdict_right_after_another() {
-        let rule = Rule::CloseCrossesSma {
-            direction: Direction::Above,
-            period: 2,
-        };
-        // Raw verdicts: index 3 (1,1 -> 4) and index 5 (3 -> 9).
-        let c = closes(&[1.0, 1.0, 1.0, 4.0, 3.0, 9.0]);
-        assert!(verdict(&rule, &c[1..4]));
-        assert!(verdict(&rule, &c[3..6]));
-        assert!(signals(&rule, 0, &c[3..6]));
-        assert!(signals(&rule, 1, &c[2..6]), "index 4 had no verdict");
-        assert!(
-            !signals(&rule, 2, &c[1..6]),
-            "index 3 had one, within the cooldown of 2"
-        );
     }
 }

@@ -198,6 +198,24 @@ struct WorkerStatus<'a> {
     fault: Option<&'a str>,
 }
 
+/// A signal as printed on stdout: one JSON object per line. `worker` is the
+/// worker that evaluated it (absent in a backtest).
+pub fn signal_json(signal: &Signal, worker: Option<u32>) -> serde_json::Value {
+    let mut line = serde_json::json!({
+        "trader": signal.trader,
+        "symbol": signal.symbol,
+        "interval": signal.interval,
+        "open_time": signal.open_time,
+        "close": signal.close,
+        "labels": signal.labels,
+        "emitted_at": now_ms(),
+    });
+    if let (Some(w), Some(obj)) = (worker, line.as_object_mut()) {
+        obj.insert("worker".into(), w.into());
+    }
+    line
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -384,16 +402,7 @@ impl Coordinator {
             return;
         }
         self.signals_out += 1;
-        let line = serde_json::json!({
-            "trader": signal.trader,
-            "symbol": signal.symbol,
-            "interval": signal.interval,
-            "open_time": signal.open_time,
-            "close": signal.close,
-            "labels": signal.labels,
-            "emitted_at": now_ms(),
-            "worker": self.workers[w].id,
-        });
+        let line = signal_json(&signal, Some(self.workers[w].id));
         let mut out = self.stdout.lock();
         // A closed stdout (the reader of a pipe went away) must not kill the
         // engine mid-run; the signal is logged instead.
