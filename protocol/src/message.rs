@@ -25,7 +25,14 @@ pub enum Message {
     /// INIT done: the store is mapped and its generation matches.
     Ready(Ready),
     /// Start evaluating this trader. Idempotent per (id, version).
-    AddTrader(TraderSpec),
+    AddTrader {
+        /// The trader.
+        spec: TraderSpec,
+        /// Publish counter up to which this trader's candles were already
+        /// evaluated (by a worker that died): evaluation resumes with the
+        /// candles written after it. 0: from the oldest candle in the ring.
+        resume_after: u64,
+    },
     /// Stop evaluating this trader. Idempotent.
     RemoveTrader {
         /// The trader's id.
@@ -130,7 +137,7 @@ impl Message {
         match self {
             Message::Init(_) => Kind::Init,
             Message::Ready(_) => Kind::Ready,
-            Message::AddTrader(_) => Kind::AddTrader,
+            Message::AddTrader { .. } => Kind::AddTrader,
             Message::RemoveTrader { .. } => Kind::RemoveTrader,
             Message::Ack => Kind::Ack,
             Message::Nack { .. } => Kind::Nack,
@@ -168,7 +175,8 @@ pub struct Ready {
 pub struct Pong {
     /// Traders held.
     pub traders: u32,
-    /// The publish counter up to which every trader has evaluated every closed candle.
+    /// The publish counter up to which every trader it holds has evaluated
+    /// every closed candle (the minimum over its traders).
     pub last_publish: u64,
     /// Milliseconds since the worker started.
     pub uptime_ms: u64,
@@ -176,6 +184,8 @@ pub struct Pong {
     pub rss_bytes: u64,
     /// SIGNALs sent since start.
     pub signals: u64,
+    /// Candles that left the ring before they could be evaluated.
+    pub gaps: u64,
 }
 
 /// CLEANUP_COMPLETE's body: what the worker released.

@@ -41,15 +41,18 @@ fn message() -> impl Strategy<Value = Message> {
             labels()
         )
             .prop_map(|(id, version, symbols, interval, rule, cooldown, labels)| {
-                Message::AddTrader(TraderSpec {
-                    id,
-                    version,
-                    symbols: symbols.map_or(Symbols::All, Symbols::List),
-                    interval,
-                    rule,
-                    cooldown,
-                    labels,
-                })
+                Message::AddTrader {
+                    spec: TraderSpec {
+                        id,
+                        version,
+                        symbols: symbols.map_or(Symbols::All, Symbols::List),
+                        interval,
+                        rule,
+                        cooldown,
+                        labels,
+                    },
+                    resume_after: u64::from(version),
+                }
             }),
         ".{0,64}".prop_map(|id| Message::RemoveTrader { id }),
         Just(Message::Ack),
@@ -60,17 +63,21 @@ fn message() -> impl Strategy<Value = Message> {
             any::<u64>(),
             any::<u64>(),
             any::<u64>(),
+            any::<u64>(),
             any::<u64>()
         )
-            .prop_map(|(traders, last_publish, uptime_ms, rss_bytes, signals)| {
-                Message::Pong(Pong {
-                    traders,
-                    last_publish,
-                    uptime_ms,
-                    rss_bytes,
-                    signals,
-                })
-            }),
+            .prop_map(
+                |(traders, last_publish, uptime_ms, rss_bytes, signals, gaps)| {
+                    Message::Pong(Pong {
+                        traders,
+                        last_publish,
+                        uptime_ms,
+                        rss_bytes,
+                        signals,
+                        gaps,
+                    })
+                }
+            ),
         Just(Message::Cleanup),
         (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(traders, threads, cursors)| {
             Message::CleanupComplete(Released {

@@ -110,20 +110,51 @@ impl Drop for TestInstance {
     }
 }
 
-/// A child process that is killed and reaped when dropped.
+/// A child process that is killed and reaped when dropped. Its stderr is
+/// drained from the start (a chatty child must never block on a full pipe);
+/// its stdout is read line by line with [`ChildGuard::wait_for_line`] or
+/// captured whole with [`ChildGuard::capture_stdout`].
 pub struct ChildGuard {
     child: Option<Child>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+fn drain(
+    mut from: impl std::io::Read + Send + 'static,
+    into: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    // The thread ends when the pipe closes (the child and its children exited).
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&buf[..n]);
+        }
+    });
 }
 
 impl ChildGuard {
-    /// Spawns `cmd` with stdout piped.
+    /// Spawns `cmd` with stdout and stderr piped.
     pub fn spawn(cmd: &mut Command) -> Self {
-        let child = cmd
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn child");
-        Self { child: Some(child) }
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(e) = child.stderr.take() {
+            drain(e, std::sync::Arc::clone(&stderr));
+        }
+        Self {
+            child: Some(child),
+            stderr,
+            stdout: std::sync::Arc::default(),
+        }
     }
 
     fn child(&mut self) -> &mut Child {
@@ -138,6 +169,12 @@ impl ChildGuard {
     /// Takes the child's stdout.
     pub fn stdout(&mut self) -> ChildStdout {
         self.child().stdout.take().expect("stdout already taken")
+    }
+
+    /// Reads all of stdout in the background; [`ChildGuard::wait_output`] returns it.
+    pub fn capture_stdout(&mut self) {
+        let out = self.stdout();
+        drain(out, std::sync::Arc::clone(&self.stdout));
     }
 
     /// Reads stdout lines until one satisfies `pred`; panics after `timeout`
@@ -173,17 +210,20 @@ impl ChildGuard {
 
     /// Waits for the child to exit (at most `timeout`) and returns its status
     /// and stderr.
-    pub fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+    pub fn wait(self, timeout: Duration) -> (ExitStatus, String) {
+        let (status, _, stderr) = self.wait_output(timeout);
+        (status, stderr)
+    }
+
+    /// Waits for the child to exit (at most `timeout`) and returns its status,
+    /// the captured stdout and stderr.
+    pub fn wait_output(mut self, timeout: Duration) -> (ExitStatus, Vec<u8>, String) {
         let deadline = Instant::now() + timeout;
-        loop {
+        let status = loop {
             if let Some(status) = self.child().try_wait().expect("try_wait") {
-                let mut stderr = String::new();
-                if let Some(mut e) = self.child().stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-                }
                 // Reaped by `try_wait`: nothing left for `Drop` to do.
                 self.child = None;
-                return (status, stderr);
+                break status;
             }
             assert!(
                 Instant::now() < deadline,
@@ -191,7 +231,16 @@ impl ChildGuard {
                 self.pid()
             );
             std::thread::sleep(Duration::from_millis(10));
-        }
+        };
+        // Let the drain threads catch the last bytes (bounded: a grandchild
+        // could hold the pipes open).
+        std::thread::sleep(Duration::from_millis(50));
+        let take = |b: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
+            std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner()))
+        };
+        let stdout = take(&self.stdout);
+        let stderr = String::from_utf8_lossy(&take(&self.stderr)).into_owned();
+        (status, stdout, stderr)
     }
 }
 

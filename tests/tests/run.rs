@@ -358,10 +358,23 @@ fn no_descriptor_leaks_into_later_workers() {
 fn a_worker_that_never_connects_does_not_hang_the_coordinator() {
     let inst = TestInstance::new("noconn");
     // Exits at once without connecting.
-    let out = finite_run(&inst, &["--worker-bin", "/bin/false"], &[]);
+    // No restarts allowed: the first failed start ends the run.
+    let out = finite_run(
+        &inst,
+        &[
+            "--workers",
+            "1",
+            "--worker-bin",
+            "/bin/false",
+            "--restart-limit",
+            "0",
+        ],
+        &[],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("did not connect"), "{stderr}");
+    assert!(stderr.contains("exited before connecting"), "{stderr}");
+    assert!(stderr.contains("giving up"), "the slot gave up: {stderr}");
     inst.assert_clean();
     // Stays alive and silent: the coordinator's accept() is unblocked by itself
     // after the connect timeout, and the process is killed and reaped.
@@ -372,7 +385,14 @@ fn a_worker_that_never_connects_does_not_hang_the_coordinator() {
         .expect("chmod");
     let out = finite_run(
         &inst,
-        &["--worker-bin", script.to_str().expect("utf-8")],
+        &[
+            "--workers",
+            "1",
+            "--worker-bin",
+            script.to_str().expect("utf-8"),
+            "--restart-limit",
+            "0",
+        ],
         &[],
     );
     let _ = std::fs::remove_file(&script);
@@ -460,5 +480,100 @@ fn run_and_backtest_print_the_same_signals() {
         a, b,
         "run with workers and the single-process backtest agree exactly"
     );
+    inst.assert_clean();
+}
+
+fn slot_pid(status: &serde_json::Value, slot: usize) -> u64 {
+    status["workers"][slot]["pid"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn killed_workers_are_replaced_and_no_signal_is_lost_or_duplicated() {
+    let inst = TestInstance::new("sup");
+    let args = [
+        "run",
+        "--candles",
+        "300",
+        "--rate",
+        "100",
+        "--symbols",
+        "3",
+        "--workers",
+        "2",
+        "--ping-interval",
+        "50",
+    ];
+    let mut run = ChildGuard::spawn(inst.command("shmkline").args(args));
+    run.capture_stdout();
+    let mut killed = Vec::new();
+    for round in 0..4 {
+        let slot = round % 2;
+        // Wait until the slot runs a worker we have not killed yet, then kill it.
+        let status = inst.status_when(STARTUP, |s| {
+            let pid = slot_pid(s, slot);
+            pid != 0 && !killed.contains(&pid) && s["workers"][slot]["state"] == "ready"
+        });
+        let pid = slot_pid(&status, slot);
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("SIGKILL a worker");
+        killed.push(pid);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (st, stdout, stderr) = run.wait_output(Duration::from_secs(60));
+    assert!(st.success(), "{st:?} {stderr}");
+    assert!(
+        stderr.matches("slot recovered").count() >= 4,
+        "every kill was recovered from: {stderr}"
+    );
+    let backtest = inst.shmkline(&["backtest", "--candles", "300", "--symbols", "3"]);
+    assert_ok(&backtest);
+    let (got, expected) = (
+        normalized_signals(&stdout),
+        normalized_signals(&backtest.stdout),
+    );
+    assert!(
+        expected.len() > 50,
+        "enough signals to compare: {}",
+        expected.len()
+    );
+    assert_eq!(
+        got, expected,
+        "after 4 SIGKILLs: no signal lost, duplicated or unexpected"
+    );
+    for pid in killed {
+        assert!(!process_alive(pid as u32));
+    }
+    inst.assert_clean();
+}
+
+#[test]
+fn a_stopped_worker_is_detected_as_hung_and_replaced() {
+    let inst = TestInstance::new("hang");
+    let run = infinite(&inst, &["--workers", "2"], &[]);
+    let status = inst.status_when(STARTUP, |s| all_ready(s, 2));
+    let stopped = slot_pid(&status, 0);
+    kill(Pid::from_raw(stopped as i32), Signal::SIGSTOP).expect("SIGSTOP a worker");
+    let started = Instant::now();
+    // The coordinator keeps answering while it detects and replaces the worker.
+    let status = inst.status_when(Duration::from_secs(20), |s| {
+        slot_pid(s, 0) != stopped
+            && s["workers"][0]["state"] == "ready"
+            && s["supervision"]["recovered"].as_u64() >= Some(1)
+    });
+    eprintln!("SIGSTOP to replaced: {:?}", started.elapsed());
+    let event = &status["supervision"]["recent"][0];
+    assert_eq!(event["kind"], "hang", "{status}");
+    assert_eq!(
+        event["cause"], "outside",
+        "a stop signal from outside: {status}"
+    );
+    assert!(event["recovery_ms"].as_f64().is_some(), "{status}");
+    assert_eq!(status["workers"][0]["restarts"], 1);
+    assert!(
+        !process_alive(stopped as u32),
+        "the stopped worker was killed and reaped"
+    );
+    run.signal(Signal::SIGTERM);
+    let (st, stderr) = run.wait(Duration::from_secs(10));
+    assert!(st.success(), "{stderr}");
     inst.assert_clean();
 }

@@ -107,7 +107,10 @@ fn init_add_nack_idempotency_remove_cleanup() {
 
     // An invalid rule is refused with the reason, and changes nothing.
     match peer
-        .call(Message::AddTrader(spec("bad", 1, "rsi(14) < 30")))
+        .call(Message::AddTrader {
+            spec: spec("bad", 1, "rsi(14) < 30"),
+            resume_after: 0,
+        })
         .1
     {
         Message::Nack { reason } => assert!(
@@ -120,14 +123,32 @@ fn init_add_nack_idempotency_remove_cleanup() {
 
     // The same trader twice (a retry): acknowledged twice, held once.
     let good = spec("t1", 1, "crosses_above(close, sma(close, 5))");
-    assert_eq!(peer.call(Message::AddTrader(good.clone())).1, Message::Ack);
-    assert_eq!(peer.call(Message::AddTrader(good)).1, Message::Ack);
+    assert_eq!(
+        peer.call(Message::AddTrader {
+            spec: good.clone(),
+            resume_after: 0
+        })
+        .1,
+        Message::Ack
+    );
+    assert_eq!(
+        peer.call(Message::AddTrader {
+            spec: good,
+            resume_after: 0
+        })
+        .1,
+        Message::Ack
+    );
     assert_eq!(traders(&mut peer), 1);
     // A trader on an interval the store does not keep is refused.
     let mut hourly = spec("t2", 1, "crosses_above(close, sma(close, 5))");
     hourly.interval = Interval::H1;
     assert!(matches!(
-        peer.call(Message::AddTrader(hourly)).1,
+        peer.call(Message::AddTrader {
+            spec: hourly,
+            resume_after: 0
+        })
+        .1,
         Message::Nack { .. }
     ));
 

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use protocol::store::{ReadError, SeriesId, StoreReader, StoredCandle};
+use protocol::store::{ReadError, SeriesId, StoreReader, StoredCandle, SymbolId};
 use protocol::trader::{Rule, Symbols, TraderSpec, signals};
 use protocol::{Candle, Interval};
 
@@ -35,16 +35,34 @@ pub struct Trader {
     rule: Rule,
     /// Next candle index to evaluate, per symbol.
     cursors: HashMap<String, u64>,
+    /// Candles written in batches up to this publish counter were evaluated
+    /// (by this worker, or by the one it replaces).
+    covered: u64,
+    /// Where evaluation resumes on a series not seen yet.
+    resume_after: u64,
 }
 
 impl Trader {
-    /// A trader that has evaluated nothing yet.
-    pub fn new(spec: TraderSpec, rule: Rule) -> Self {
+    /// A trader that resumes after publish counter `resume_after` (0: from
+    /// the oldest candle in the ring).
+    pub fn new(spec: TraderSpec, rule: Rule, resume_after: u64) -> Self {
         Self {
             spec,
             rule,
             cursors: HashMap::new(),
+            covered: resume_after,
+            resume_after,
         }
+    }
+
+    /// The publish counter up to which this trader has evaluated everything.
+    pub fn covered(&self) -> u64 {
+        self.covered
+    }
+
+    /// Records that a pass over everything published up to `published` is done.
+    pub fn covered_to(&mut self, published: u64) {
+        self.covered = self.covered.max(published);
     }
 
     /// Evaluation cursors held (one per series seen).
@@ -59,27 +77,56 @@ impl Trader {
     /// Evaluates every closed candle of every watched series not evaluated
     /// yet, pushing signals to `hits`. `symbols` is the store's directory.
     /// Returns how many candles were gone from the ring before they could be
-    /// evaluated (an explicit gap, never a silent skip).
+    /// evaluated (an explicit gap, never a silent skip), and whether every
+    /// series was brought up to date (false when a read was refused for the
+    /// moment: a stalled or lapped slot; the next pass retries).
     pub fn evaluate(
         &mut self,
         reader: &StoreReader,
-        symbols: &[String],
+        symbols: &[(SymbolId, String)],
         buf: &mut Vec<StoredCandle>,
         hits: &mut Vec<Hit>,
-    ) -> Result<u64, ReadError> {
+    ) -> Result<(u64, bool), ReadError> {
         let mut gaps = 0;
-        let watched: Vec<&String> = match &self.spec.symbols {
-            Symbols::All => symbols.iter().collect(),
-            Symbols::List(list) => symbols.iter().filter(|s| list.contains(s)).collect(),
-        };
-        for symbol in watched {
-            let Some(id) = reader.symbol_id(symbol) else {
+        let mut complete = true;
+        for (id, symbol) in symbols {
+            if let Symbols::List(list) = &self.spec.symbols
+                && !list.contains(symbol)
+            {
                 continue;
-            };
-            let series = reader.series(id, self.spec.interval)?;
-            gaps += self.evaluate_series(reader, series, symbol, buf, hits)?;
+            }
+            let series = reader.series(*id, self.spec.interval)?;
+            match self.evaluate_series(reader, series, symbol, buf, hits) {
+                Ok(g) => gaps += g,
+                Err(
+                    e @ (ReadError::Stalled { .. }
+                    | ReadError::Lapped { .. }
+                    | ReadError::Gone { .. }),
+                ) => {
+                    tracing::warn!(trader = %self.spec.id, symbol, error = %e, "read refused for now: retrying next pass");
+                    complete = false;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(gaps)
+        Ok((gaps, complete))
+    }
+
+    /// The first index to evaluate on a series seen for the first time, and
+    /// whether candles written after `resume_after` may already be gone.
+    fn resume_point(
+        &self,
+        reader: &StoreReader,
+        series: SeriesId,
+        head: u64,
+        buf: &mut Vec<StoredCandle>,
+    ) -> Result<(u64, bool), ReadError> {
+        if self.resume_after == 0 {
+            return Ok((0, false));
+        }
+        let changed = reader.changed_since(series, self.resume_after, buf)?;
+        let first = buf.first().map_or(head, |c| c.index);
+        Ok((first, changed.possible_gap))
     }
 
     fn evaluate_series(
@@ -91,17 +138,32 @@ impl Trader {
         hits: &mut Vec<Hit>,
     ) -> Result<u64, ReadError> {
         let head = reader.appended(series)?;
-        let next = self.cursors.get(symbol).copied().unwrap_or(0);
+        let mut gaps = 0;
+        let next = match self.cursors.get(symbol) {
+            Some(&next) => next,
+            None => {
+                // First look at this series: resume with the first candle
+                // written after `resume_after` (what the worker replaced had
+                // not confirmed), or from the start.
+                let (first, gap) = self.resume_point(reader, series, head, buf)?;
+                if gap {
+                    gaps += 1;
+                    tracing::warn!(trader = %self.spec.id, symbol, resume_after = self.resume_after,
+                        "the ring no longer holds every candle written since the last confirmed point: gap");
+                }
+                first
+            }
+        };
         if head == 0 || next >= head {
-            return Ok(0);
+            self.cursors.insert(symbol.to_owned(), next);
+            return Ok(gaps);
         }
         let window = self.window() as u64;
         // Every candle from the first unevaluated one's window up to the head.
         let oldest_kept = head.saturating_sub(reader.candles_per_series() as u64);
-        let mut gaps = 0;
         let mut next = next;
         if next < oldest_kept {
-            gaps = oldest_kept - next;
+            gaps += oldest_kept - next;
             tracing::warn!(trader = %self.spec.id, symbol, missed = gaps, "candles left the ring before they were evaluated");
             next = oldest_kept;
         }

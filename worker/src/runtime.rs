@@ -35,6 +35,10 @@ struct Shared {
     stop: AtomicBool,
     /// Publish counter up to which every trader evaluated every closed candle.
     last_publish: AtomicU64,
+    /// What PONG reports, kept out of the traders lock (which an evaluation
+    /// pass holds for its whole length): progress over all traders, and how many.
+    progress: AtomicU64,
+    trader_count: AtomicU64,
     signals: AtomicU64,
     gaps: AtomicU64,
 }
@@ -158,14 +162,19 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
                     reason: format!("{e:#}"),
                 },
             },
-            Message::AddTrader(spec) => add_trader(&shared, store.as_deref(), spec),
+            Message::AddTrader { spec, resume_after } => {
+                add_trader(&shared, store.as_deref(), spec, resume_after)
+            }
             Message::RemoveTrader { id: trader } => {
-                shared.traders().remove(&trader);
+                let mut traders = shared.traders();
+                traders.remove(&trader);
+                publish_progress(&shared, &traders);
                 Message::Ack
             }
             Message::Ping => Message::Pong(Pong {
-                traders: shared.traders().len() as u32,
-                last_publish: shared.last_publish.load(Ordering::Acquire),
+                traders: shared.trader_count.load(Ordering::Acquire) as u32,
+                last_publish: shared.progress.load(Ordering::Acquire),
+                gaps: shared.gaps.load(Ordering::Relaxed),
                 uptime_ms: started.elapsed().as_millis() as u64,
                 rss_bytes: rss_bytes(),
                 signals: shared.signals.load(Ordering::Relaxed),
@@ -202,6 +211,23 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
     }
 }
 
+/// Recomputes what PONG reports; called with the traders lock held, after a
+/// pass and after every change to the table. Progress is the minimum over
+/// the traders (a trader just added counts from where it resumes), or the
+/// last pass's counter when there is none.
+fn publish_progress(shared: &Shared, traders: &BTreeMap<String, Trader>) {
+    let passed = shared.last_publish.load(Ordering::Acquire);
+    let progress = traders
+        .values()
+        .map(|t| t.covered())
+        .min()
+        .map_or(passed, |m| m.min(passed));
+    shared.progress.store(progress, Ordering::Release);
+    shared
+        .trader_count
+        .store(traders.len() as u64, Ordering::Release);
+}
+
 fn init_store(init: &Init, worker_id: u32) -> Result<StoreReader> {
     anyhow::ensure!(
         init.worker_id == worker_id,
@@ -225,6 +251,7 @@ fn add_trader(
     shared: &Shared,
     store: Option<&StoreReader>,
     spec: protocol::trader::TraderSpec,
+    resume_after: u64,
 ) -> Message {
     let Some(store) = store else {
         return Message::Nack {
@@ -259,8 +286,9 @@ fn add_trader(
         }
         None => {}
     }
-    tracing::info!(trader = %spec.id, version = spec.version, rule = %rule, "trader added");
-    traders.insert(spec.id.clone(), Trader::new(spec, rule));
+    tracing::info!(trader = %spec.id, version = spec.version, rule = %rule, resume_after, "trader added");
+    traders.insert(spec.id.clone(), Trader::new(spec, rule, resume_after));
+    publish_progress(shared, &traders);
     shared.dirty.store(true, Ordering::Release);
     Message::Ack
 }
@@ -281,7 +309,10 @@ fn spawn_eval(
         .name("eval".into())
         .spawn(move || {
             if let Err(e) = eval_loop(&reader, &shared, &out) {
-                tracing::error!(error = %format!("{e:#}"), "evaluation stopped");
+                // A worker that cannot evaluate must not keep answering PINGs
+                // as if it could: exit, and let the coordinator replace it.
+                tracing::error!(error = %format!("{e:#}"), "evaluation failed: exiting");
+                std::process::exit(70);
             }
         })
         .context("starting the evaluation thread")
@@ -300,13 +331,17 @@ fn eval_loop(reader: &StoreReader, shared: &Shared, out: &Outbox) -> Result<()> 
         }
         // Everything published up to here gets evaluated in this pass.
         let published = reader.publish_counter();
-        let symbols = reader.symbols();
+        let symbols = reader.symbols_with_ids();
         let mut gaps = 0;
-        {
-            let mut traders = shared.traders();
-            for trader in traders.values_mut() {
-                let _span = tracing::debug_span!("trader", id = %trader.spec.id).entered();
-                gaps += trader.evaluate(reader, &symbols, &mut buf, &mut hits)?;
+        let mut traders = shared.traders();
+        for trader in traders.values_mut() {
+            let _span = tracing::debug_span!("trader", id = %trader.spec.id).entered();
+            let (g, complete) = trader.evaluate(reader, &symbols, &mut buf, &mut hits)?;
+            gaps += g;
+            if complete {
+                trader.covered_to(published);
+            } else {
+                shared.dirty.store(true, Ordering::Release);
             }
         }
         for hit in hits.drain(..) {
@@ -323,8 +358,10 @@ fn eval_loop(reader: &StoreReader, shared: &Shared, out: &Outbox) -> Result<()> 
             shared.signals.fetch_add(1, Ordering::Relaxed);
         }
         shared.gaps.fetch_add(gaps, Ordering::Relaxed);
-        // After the signals: a PONG carrying this counter proves they were sent.
+        // After the signals: a PONG carrying this progress proves they were sent.
         shared.last_publish.store(published, Ordering::Release);
+        publish_progress(shared, &traders);
+        drop(traders);
         seen = published;
     }
     Ok(())

@@ -50,7 +50,11 @@ impl Budget {
         let frames = 64;
         Self {
             frames,
-            bytes: (sndbuf / 2).saturating_sub(frames * 1024).max(16 * 1024),
+            // Never below one largest frame plus room, or a legal frame could
+            // never be sent.
+            bytes: (sndbuf / 2)
+                .saturating_sub(frames * 1024)
+                .max(frame::MAX_FRAME as u64 + 4096),
         }
     }
 }
@@ -116,6 +120,11 @@ impl Link {
     /// this does not block; an error means the worker's end is closed.
     pub fn send(&self, bytes: &[u8]) -> Result<(), std::io::Error> {
         self.to_worker.send(bytes)
+    }
+
+    /// Whether the reader thread has ended (the worker's end closed).
+    pub fn is_finished(&self) -> bool {
+        self.reader.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// Joins the reader thread. Call only once the worker process is dead:

@@ -1,17 +1,23 @@
-//! `shmkline run`: the coordinator.
+//! `shmkline run`: the coordinator and its supervisor.
 //!
 //! One loop on the main thread owns the store writer and every piece of state;
 //! other threads only feed it events through one bounded channel: each
-//! worker's reader thread (decoded frames), the OS-signal thread and the
-//! control socket. Nothing the loop does blocks on a worker: it sends
-//! directly, but never lets more than a [`Budget`] of frames and bytes go
-//! unread by a worker (what a worker has read is proven by its answers), so
-//! the socket buffer can never fill; a worker that falls that far behind is
-//! faulty.
+//! worker's reader thread (decoded frames), the spawner thread (finished
+//! handshakes), the OS-signal thread and the control socket. Nothing the loop
+//! does blocks on a worker: it sends directly, but never lets more than a
+//! [`Budget`] of frames and bytes go unread by a worker (what a worker has
+//! read is proven by its answers), so the socket buffer can never fill.
 //!
-//! Requests are numbered per worker and kept until answered; an unanswered
-//! one is re-sent with capped exponential backoff and jitter, and after the
-//! last attempt the worker is declared faulty (killed and reported).
+//! Each worker **slot** holds a set of traders and a succession of worker
+//! processes (incarnations). A crash is seen at once (the channel closes, or
+//! `waitpid` reports it); a hang when a PING misses its deadline. The process
+//! is killed if needed and reaped, and a replacement is spawned into the slot:
+//! at once for a fault from outside (a signal someone else sent), after a
+//! capped exponential backoff and within an intensity limit for a failure the
+//! worker caused itself. The replacement gets the slot's traders again with
+//! the publish counter the dead worker had confirmed, and evaluates every
+//! candle written after it from the ring; repeats are dropped by the signal
+//! deduplicator, so the output stays exactly-once.
 
 pub mod control;
 pub mod dedup;
@@ -20,10 +26,11 @@ pub mod link;
 pub mod spawn;
 pub mod traders;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, ExitStatus};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,18 +51,37 @@ use control::{ControlRequest, ControlServer};
 use dedup::Dedup;
 use feed::SymbolStream;
 use link::{Budget, FromWorker, Link};
-use spawn::Spawner;
+use spawn::{Spawned, Spawner};
+
+/// Signal lines waiting for the output thread, at most.
+const OUTPUT_BOUND: usize = 65_536;
+/// How long teardown waits for the output thread to write what is queued.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+/// Synthetic batches written per pass of the loop, at most, so a high rate
+/// never starves the loop.
+const FEED_BATCHES_PER_PASS: u64 = 64;
+/// Highest `--rate` accepted.
+pub const MAX_RATE: f64 = 1_000_000.0;
 
 /// Events waiting for the loop, at most.
 const EVENT_BOUND: usize = 4096;
 /// Requests awaiting an answer per worker, at most; past it the worker is faulty.
 pub const MAX_OUTSTANDING: usize = 64;
+/// ADD_TRADERs in flight per worker; the rest follow as they are acknowledged.
+pub const ADD_WINDOW: usize = 16;
 /// Attempts per request (the first send and the retries).
 pub const MAX_ATTEMPTS: u32 = 5;
 /// First retry delay; doubled per attempt up to [`RETRY_CAP`], with +-25% jitter.
 pub const RETRY_BASE: Duration = Duration::from_millis(100);
 /// Longest retry delay.
 pub const RETRY_CAP: Duration = Duration::from_secs(1);
+/// First delay before restarting a slot after a self-inflicted failure;
+/// doubled per failure within the intensity period, up to [`RESTART_BACKOFF_CAP`].
+pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest delay before a restart.
+pub const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Supervision events kept for `status` (the oldest is dropped first).
+pub const EVENTS_KEPT: usize = 4096;
 /// Longest the loop sleeps between timer checks.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -80,16 +106,22 @@ pub struct RunOptions {
     pub candles: Option<u64>,
     /// Candles per second per symbol.
     pub rate: f64,
-    /// PING interval.
+    /// PING interval; a PING unanswered for twice this means the worker hangs.
     pub ping_interval: Duration,
     /// How long CLEANUP may take before stragglers are killed.
     pub shutdown_timeout: Duration,
+    /// Self-inflicted failures allowed per slot within [`RunOptions::restart_period`].
+    pub restart_limit: u32,
+    /// The window for [`RunOptions::restart_limit`].
+    pub restart_period: Duration,
 }
 
 /// What reaches the loop.
 pub enum Event {
-    /// From a worker's reader thread.
-    Worker(u32, FromWorker),
+    /// From the reader thread of a slot's worker incarnation.
+    Worker(u32, u64, FromWorker),
+    /// A spawn for a slot's incarnation finished (or failed).
+    Spawned(u32, u64, Result<Spawned, String>),
     /// SIGTERM or SIGINT.
     OsSignal(i32),
     /// A control-socket request.
@@ -98,17 +130,19 @@ pub enum Event {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-enum WorkerState {
-    /// Spawned, INIT sent, no READY yet.
+enum State {
+    /// INIT sent, no READY yet.
     Starting,
-    /// READY received.
+    /// READY received; ADD_TRADERs sent, not all acknowledged.
+    Syncing,
+    /// Every trader acknowledged.
     Ready,
     /// CLEANUP sent.
     Cleaning,
-    /// CLEANUP_COMPLETE received (or the process is gone).
+    /// CLEANUP_COMPLETE received (or its channel closed while cleaning).
     Exited,
-    /// Killed after a fault.
-    Faulty,
+    /// Faulty: killed, waiting to be reaped and replaced.
+    Dead,
 }
 
 /// What a pending request was for, to act on its answer.
@@ -130,6 +164,47 @@ struct Pending {
     read_mark: (u64, u64),
 }
 
+/// Why a worker was declared faulty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum FaultKind {
+    /// It died (channel closed or reaped).
+    Crash,
+    /// A PING missed its deadline.
+    Hang,
+    /// It broke the protocol (malformed frame, no answer after every retry,
+    /// wrong answer, not reading its channel).
+    Protocol,
+}
+
+/// Who caused a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Cause {
+    /// A signal someone else sent (an operator, a chaos script).
+    Outside,
+    /// The worker itself (panic, abort, error exit, a fault in its code, a hang
+    /// that is not a stop signal, a protocol violation).
+    SelfInflicted,
+}
+
+/// One fault and its recovery, for `status` and the chaos report.
+#[derive(Debug, Clone, Serialize)]
+struct SupervisionEvent {
+    slot: u32,
+    pid: u32,
+    kind: FaultKind,
+    cause: Option<Cause>,
+    reason: String,
+    exit: Option<String>,
+    detected_at_ms: i64,
+    recovered_at_ms: Option<i64>,
+    /// From detection to the replacement answering a PING with all traders acked.
+    recovery_ms: Option<f64>,
+    #[serde(skip)]
+    detected: Instant,
+}
+
 /// Log2 buckets of round-trip times in microseconds: bucket k holds
 /// [2^k, 2^(k+1)) us. Fixed size, so it never grows.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -145,29 +220,30 @@ impl RttHistogram {
     }
 }
 
-struct Worker {
-    id: u32,
+/// One worker process of a slot.
+struct Incarnation {
+    no: u64,
     pid: u32,
     child: Option<Child>,
     link: Option<Link>,
-    state: WorkerState,
+    state: State,
     pending: BTreeMap<u64, Pending>,
     next_id: u64,
-    traders: Vec<String>,
+    acked: BTreeSet<String>,
+    synced_at: Option<Instant>,
     last_pong: Option<(Instant, Pong)>,
     rtt: Option<Duration>,
-    rtt_hist: RttHistogram,
-    retries: u64,
-    malformed: u64,
-    signals: u64,
-    fault: Option<String>,
     /// Frames and bytes sent so far.
     sent: (u64, u64),
     /// Frames and bytes the worker has provably read.
     read: (u64, u64),
+    /// Index into the supervision events, once faulty.
+    fault: Option<usize>,
+    /// Whether the process was stopped (state T) when a hang was detected.
+    stopped: bool,
 }
 
-impl Worker {
+impl Incarnation {
     /// Sends one frame unless that would leave more than `budget` unread.
     fn transmit(&mut self, bytes: &[u8], budget: Budget) -> Result<(u64, u64), String> {
         budget.admits(self.sent, self.read, bytes.len())?;
@@ -177,15 +253,43 @@ impl Worker {
         self.sent = (self.sent.0 + 1, self.sent.1 + bytes.len() as u64);
         Ok(self.sent)
     }
+
+    fn live(&self) -> bool {
+        matches!(self.state, State::Starting | State::Syncing | State::Ready)
+    }
+}
+
+/// A worker slot: its traders and its succession of worker processes.
+struct Slot {
+    id: u32,
+    traders: Vec<TraderSpec>,
+    /// Publish counter up to which every trader of the slot evaluated every
+    /// candle, as confirmed by a PONG after all traders were acknowledged.
+    confirmed: u64,
+    incarnations: u64,
+    live: Option<Incarnation>,
+    spawning: bool,
+    restarts: u32,
+    self_failures: VecDeque<Instant>,
+    /// Starts in a row that never reached READY.
+    failed_starts: u32,
+    restart_at: Option<Instant>,
+    /// The fault being recovered from, if any.
+    recovering: Option<usize>,
+    // Totals over the slot's incarnations.
+    retries: u64,
+    malformed: u64,
+    signals: u64,
+    rtt_hist: RttHistogram,
 }
 
 #[derive(Serialize)]
 struct WorkerStatus<'a> {
     id: u32,
     pid: u32,
-    state: WorkerState,
+    state: &'static str,
     traders: usize,
-    trader_ids: &'a [String],
+    trader_ids: Vec<&'a str>,
     restarts: u32,
     rtt_us: Option<u64>,
     last_pong_age_ms: Option<u64>,
@@ -194,8 +298,9 @@ struct WorkerStatus<'a> {
     signals: u64,
     rss_bytes: Option<u64>,
     last_publish: Option<u64>,
+    confirmed_publish: u64,
+    gaps: Option<u64>,
     rtt_histogram_log2_us: &'a [u64],
-    fault: Option<&'a str>,
 }
 
 /// A signal as printed on stdout: one JSON object per line. `worker` is the
@@ -240,10 +345,53 @@ fn backoff(attempt: u32, jitter: &mut Jitter) -> Duration {
     base.min(RETRY_CAP).mul_f64(jitter.factor())
 }
 
+/// Classifies a worker's exit: was it killed from outside, or did it fail?
+fn classify(status: &ExitStatus) -> Cause {
+    match status.signal() {
+        Some(sig)
+            if [
+                libc_sig(OsSignal::SIGKILL),
+                libc_sig(OsSignal::SIGTERM),
+                libc_sig(OsSignal::SIGINT),
+                libc_sig(OsSignal::SIGHUP),
+            ]
+            .contains(&sig) =>
+        {
+            Cause::Outside
+        }
+        // SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE...: raised by its own code.
+        Some(_) => Cause::SelfInflicted,
+        // An exit the coordinator did not ask for, whatever the code.
+        None => Cause::SelfInflicted,
+    }
+}
+
+fn libc_sig(s: OsSignal) -> i32 {
+    s as i32
+}
+
+/// Whether the slot's live incarnation died before READY.
+fn inc_never_ready(slot: &Slot) -> bool {
+    slot.live
+        .as_ref()
+        .is_some_and(|i| i.synced_at.is_none() && i.acked.is_empty() && i.last_pong.is_none())
+}
+
+/// Whether `pid` is stopped by a signal (state T or t in /proc).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+        })
+        .unwrap_or(false)
+}
+
 struct Coordinator {
     opts: RunOptions,
     inst: Instance,
-    workers: Vec<Worker>,
+    slots: Vec<Slot>,
     events_tx: SyncSender<Event>,
     streams: Vec<(SymbolStream, SeriesId)>,
     feed_started: Option<Instant>,
@@ -254,28 +402,135 @@ struct Coordinator {
     started: Instant,
     jitter: Jitter,
     shutting_down: Option<Instant>,
-    sigints: u32,
-    stdout: std::io::Stdout,
     budget: Budget,
+    events: VecDeque<SupervisionEvent>,
+    /// Links of dead incarnations whose reader threads are finishing.
+    graveyard: Vec<Link>,
+    /// Set when a slot exhausted its restart intensity.
+    failed: Option<String>,
+    /// Traders a worker refused, with the reason.
+    refused: Vec<String>,
+    /// Signals printed by the output thread.
+    out: Option<SyncSender<String>>,
+    /// OS signals counted by the signal thread (never dropped).
+    os_signals: std::sync::Arc<OsSignals>,
+}
+
+/// SIGINT and SIGTERM counts, kept by the signal thread in atomics so that a
+/// full event queue can never swallow one.
+#[derive(Debug, Default)]
+pub struct OsSignals {
+    sigint: std::sync::atomic::AtomicU32,
+    sigterm: std::sync::atomic::AtomicU32,
 }
 
 impl Coordinator {
-    fn send(&mut self, w: usize, message: Message, purpose: Purpose) -> Result<(), String> {
+    fn spawn_slot(&mut self, s: usize, spawner: &Spawner) {
+        let slot = &mut self.slots[s];
+        slot.incarnations += 1;
+        slot.spawning = true;
+        slot.restart_at = None;
+        let (id, no) = (slot.id, slot.incarnations);
+        let tx = self.events_tx.clone();
+        let requested = spawner.request(
+            id,
+            Box::new(move |result| {
+                let event = Event::Spawned(id, no, result.map_err(|e| format!("{e:#}")));
+                // During teardown the loop is gone: the new worker must not be
+                // left behind unreaped.
+                if let Err(mpsc::SendError(Event::Spawned(_, _, Ok(mut spawned)))) = tx.send(event)
+                {
+                    let _ = spawned.child.kill();
+                    let _ = spawned.child.wait();
+                }
+            }),
+        );
+        if let Err(e) = requested {
+            self.failed = Some(format!("the spawner thread is gone: {e:#}"));
+        }
+    }
+
+    fn spawned(&mut self, s: usize, no: u64, result: Result<Spawned, String>) {
+        let slot = &mut self.slots[s];
+        if no != slot.incarnations {
+            return;
+        }
+        slot.spawning = false;
+        let spawned = match result {
+            Ok(spawned) => spawned,
+            Err(why) => {
+                tracing::error!(slot = slot.id, reason = %why, "could not start a worker");
+                slot.failed_starts += 1;
+                self.self_inflicted(s, format!("could not start: {why}"));
+                return;
+            }
+        };
+        if self.shutting_down.is_some() {
+            let mut child = spawned.child;
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        let pid = spawned.child.id();
+        let tx = self.events_tx.clone();
+        let id = slot.id;
+        let link = match Link::start(id, spawned.to_worker, spawned.from_worker, move |e| {
+            // The loop is gone only during teardown; then the event is moot.
+            let _ = tx.send(Event::Worker(id, no, e));
+        }) {
+            Ok(link) => link,
+            Err(e) => {
+                let mut child = spawned.child;
+                let _ = child.kill();
+                let _ = child.wait();
+                self.failed = Some(format!("could not start a reader thread: {e:#}"));
+                return;
+            }
+        };
+        tracing::info!(slot = id, pid, incarnation = no, "worker spawned");
+        slot.live = Some(Incarnation {
+            no,
+            pid,
+            child: Some(spawned.child),
+            link: Some(link),
+            state: State::Starting,
+            pending: BTreeMap::new(),
+            next_id: 0,
+            acked: BTreeSet::new(),
+            synced_at: None,
+            last_pong: None,
+            rtt: None,
+            sent: (0, 0),
+            read: (0, 0),
+            fault: None,
+            stopped: false,
+        });
+        let init = Init {
+            instance: self.opts.instance.to_string(),
+            generation: self.inst.store.generation(),
+            worker_id: id,
+        };
+        self.request(s, Message::Init(init), Purpose::Init);
+    }
+
+    fn send(&mut self, s: usize, message: Message, purpose: Purpose) -> Result<(), String> {
         let budget = self.budget;
-        let worker = &mut self.workers[w];
-        if worker.pending.len() >= MAX_OUTSTANDING {
+        let Some(inc) = self.slots[s].live.as_mut() else {
+            return Err("no worker".into());
+        };
+        if inc.pending.len() >= MAX_OUTSTANDING {
             return Err(format!("{MAX_OUTSTANDING} requests unanswered"));
         }
-        worker.next_id += 1;
-        let id = worker.next_id;
+        inc.next_id += 1;
+        let id = inc.next_id;
         let bytes = frame::encode(RequestId(id), &message).map_err(|e| e.to_string())?;
-        let read_mark = worker.transmit(&bytes, budget)?;
-        // PINGs are not retried: a missed PING is a health matter, not a lost request.
+        let read_mark = inc.transmit(&bytes, budget)?;
+        // PINGs are not retried: a missed PING is a hang, handled as such.
         let retry_at = match purpose {
             Purpose::Ping(_) => None,
             _ => Some(Instant::now() + backoff(1, &mut self.jitter)),
         };
-        worker.pending.insert(
+        inc.pending.insert(
             id,
             Pending {
                 bytes,
@@ -288,162 +543,342 @@ impl Coordinator {
         Ok(())
     }
 
-    fn request(&mut self, w: usize, message: Message, purpose: Purpose) {
+    fn request(&mut self, s: usize, message: Message, purpose: Purpose) {
         let kind = message.kind().name();
-        if let Err(why) = self.send(w, message, purpose) {
-            self.fault(w, format!("could not send {kind}: {why}"));
+        if let Err(why) = self.send(s, message, purpose) {
+            self.fault(
+                s,
+                FaultKind::Protocol,
+                format!("could not send {kind}: {why}"),
+            );
         }
     }
 
-    /// Declares a worker faulty: kill it and report. (Replacing it is the
-    /// supervisor's job.)
-    fn fault(&mut self, w: usize, why: String) {
-        let worker = &mut self.workers[w];
-        if matches!(worker.state, WorkerState::Faulty | WorkerState::Exited) {
+    /// Declares the slot's live worker faulty: record it, kill it; it is
+    /// replaced once reaped.
+    fn fault(&mut self, s: usize, kind: FaultKind, why: String) {
+        let slot = &mut self.slots[s];
+        let Some(inc) = slot.live.as_mut() else {
+            return;
+        };
+        if inc.fault.is_some() || matches!(inc.state, State::Exited) {
             return;
         }
-        tracing::error!(worker = worker.id, pid = worker.pid, reason = %why, traders = ?worker.traders, "worker is faulty: killing it");
-        let _ = kill(Pid::from_raw(worker.pid as i32), OsSignal::SIGKILL);
-        worker.state = WorkerState::Faulty;
-        worker.fault = Some(why);
-        worker.pending.clear();
+        if inc.state == State::Cleaning {
+            // Shutting down anyway: just make sure it goes.
+            let _ = kill(Pid::from_raw(inc.pid as i32), OsSignal::SIGKILL);
+            return;
+        }
+        if kind == FaultKind::Hang {
+            inc.stopped = is_stopped(inc.pid);
+        }
+        tracing::warn!(slot = slot.id, pid = inc.pid, ?kind, reason = %why, "worker is faulty: replacing it");
+        let _ = kill(Pid::from_raw(inc.pid as i32), OsSignal::SIGKILL);
+        inc.state = State::Dead;
+        inc.pending.clear();
+        if self.events.len() >= EVENTS_KEPT {
+            self.events.pop_front();
+            // Indices into the deque shift by one.
+            for slot in &mut self.slots {
+                slot.recovering = slot.recovering.and_then(|i| i.checked_sub(1));
+                if let Some(inc) = slot.live.as_mut() {
+                    inc.fault = inc.fault.and_then(|i| i.checked_sub(1));
+                }
+            }
+        }
+        let slot = &mut self.slots[s];
+        let inc = slot.live.as_mut().map(|inc| (inc.pid, inc));
+        if let Some((pid, inc)) = inc {
+            self.events.push_back(SupervisionEvent {
+                slot: slot.id,
+                pid,
+                kind,
+                cause: None,
+                reason: why,
+                exit: None,
+                detected_at_ms: now_ms(),
+                recovered_at_ms: None,
+                recovery_ms: None,
+                detected: Instant::now(),
+            });
+            inc.fault = Some(self.events.len() - 1);
+        }
     }
 
-    fn handle_worker(&mut self, w: usize, event: FromWorker) {
+    /// A failure the worker caused (or a failed start): counts against the
+    /// slot's restart intensity and delays the restart.
+    fn self_inflicted(&mut self, s: usize, why: String) {
+        let now = Instant::now();
+        let period = self.opts.restart_period;
+        let limit = self.opts.restart_limit;
+        let slot = &mut self.slots[s];
+        slot.self_failures.push_back(now);
+        while slot
+            .self_failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > period)
+        {
+            slot.self_failures.pop_front();
+        }
+        let n = slot.self_failures.len() as u32;
+        if n > limit {
+            self.failed = Some(format!(
+                "worker slot {} failed {n} times within {:?} (limit {limit}); last: {why}",
+                slot.id, period
+            ));
+            return;
+        }
+        // A slot that cannot start at all gives up once the limit is reached,
+        // however slowly its attempts fail (a start can take the connect timeout).
+        if slot.failed_starts > limit {
+            self.failed = Some(format!(
+                "worker slot {} could not start {} times in a row (limit {limit}); last: {why}",
+                slot.id, slot.failed_starts
+            ));
+            return;
+        }
+        let delay = RESTART_BACKOFF
+            .saturating_mul(1 << (n.saturating_sub(1)).min(16))
+            .min(RESTART_BACKOFF_CAP);
+        tracing::warn!(
+            slot = slot.id,
+            failures = n,
+            limit,
+            ?delay,
+            "self-inflicted failure: restarting after a backoff"
+        );
+        slot.restart_at = Some(now + delay);
+    }
+
+    fn handle_worker(&mut self, s: usize, no: u64, event: FromWorker) {
+        let Some(inc) = self.slots[s].live.as_ref() else {
+            return;
+        };
+        if inc.no != no {
+            return; // from an incarnation already replaced
+        }
         match event {
             FromWorker::Closed => {
-                let worker = &mut self.workers[w];
-                if !matches!(worker.state, WorkerState::Exited | WorkerState::Faulty) {
-                    if worker.state == WorkerState::Cleaning {
-                        tracing::warn!(
-                            worker = worker.id,
-                            "channel closed without CLEANUP_COMPLETE"
-                        );
-                        worker.state = WorkerState::Exited;
-                    } else {
-                        let why = "its channel closed (the process died)".to_owned();
-                        self.fault(w, why);
-                    }
+                let inc = self.slots[s].live.as_mut().expect("checked above");
+                if inc.state == State::Cleaning {
+                    tracing::warn!(slot = s, "channel closed without CLEANUP_COMPLETE");
+                    inc.state = State::Exited;
+                } else {
+                    self.fault(
+                        s,
+                        FaultKind::Crash,
+                        "its channel closed (the process died)".into(),
+                    );
                 }
             }
             FromWorker::Malformed(e) => {
-                self.workers[w].malformed += 1;
-                tracing::error!(worker = self.workers[w].id, error = %e, "malformed frame from worker");
-                self.fault(w, format!("sent a malformed frame: {e}"));
+                self.slots[s].malformed += 1;
+                tracing::error!(slot = s, error = %e, "malformed frame from worker");
+                self.fault(
+                    s,
+                    FaultKind::Protocol,
+                    format!("sent a malformed frame: {e}"),
+                );
             }
-            FromWorker::Frame(id, Message::Signal(signal)) => {
-                self.workers[w].signals += 1;
-                self.emit(w, signal);
-                let _ = id;
+            FromWorker::Frame(_, Message::Signal(signal)) => {
+                self.slots[s].signals += 1;
+                self.emit(s, signal);
             }
-            FromWorker::Frame(id, message) => self.answer(w, id, message),
+            FromWorker::Frame(id, message) => self.answer(s, id, message),
         }
     }
 
-    fn answer(&mut self, w: usize, id: RequestId, message: Message) {
-        let Some(pending) = self.workers[w].pending.remove(&id.0) else {
+    fn answer(&mut self, s: usize, id: RequestId, message: Message) {
+        let slot = &mut self.slots[s];
+        let Some(inc) = slot.live.as_mut() else {
+            return;
+        };
+        let Some(pending) = inc.pending.remove(&id.0) else {
             // An answer to a request already answered (a retry crossed the
             // first answer) or never made: nothing to do.
             tracing::debug!(
-                worker = self.workers[w].id,
+                slot = slot.id,
                 id = id.0,
                 kind = message.kind().name(),
                 "answer to no pending request"
             );
             return;
         };
-        let worker = &mut self.workers[w];
         // The worker reads in order: answering this request means it read
         // every frame up to the request's first copy.
-        worker.read = (
-            worker.read.0.max(pending.read_mark.0),
-            worker.read.1.max(pending.read_mark.1),
+        inc.read = (
+            inc.read.0.max(pending.read_mark.0),
+            inc.read.1.max(pending.read_mark.1),
         );
         match (pending.purpose, message) {
             (Purpose::Init, Message::Ready(ready)) => {
-                worker.state = WorkerState::Ready;
-                tracing::info!(worker = worker.id, pid = ready.pid, "worker ready");
+                tracing::info!(slot = slot.id, pid = ready.pid, "worker ready");
+                inc.state = State::Syncing;
+                slot.failed_starts = 0;
+                if slot.traders.is_empty() {
+                    self.synced(s);
+                } else {
+                    self.send_traders(s);
+                }
             }
             (Purpose::AddTrader(trader), Message::Ack) => {
-                if !worker.traders.contains(&trader) {
-                    worker.traders.push(trader);
+                inc.acked.insert(trader);
+                if inc.state == State::Syncing && inc.acked.len() == slot.traders.len() {
+                    self.synced(s);
+                } else {
+                    self.send_traders(s);
                 }
             }
             (Purpose::Ping(sent), Message::Pong(pong)) => {
                 let rtt = sent.elapsed();
-                worker.rtt = Some(rtt);
-                worker.rtt_hist.record(rtt);
-                worker.last_pong = Some((Instant::now(), pong));
+                inc.rtt = Some(rtt);
+                slot.rtt_hist.record(rtt);
+                if let Some(synced) = inc.synced_at
+                    && synced <= sent
+                {
+                    // Asked after every trader was acked: the progress it
+                    // reports covers all of them.
+                    slot.confirmed = slot.confirmed.max(pong.last_publish);
+                    if let Some(ev) = slot.recovering.take()
+                        && let Some(event) = self.events.get_mut(ev)
+                    {
+                        event.recovered_at_ms = Some(now_ms());
+                        event.recovery_ms = Some(event.detected.elapsed().as_secs_f64() * 1e3);
+                        tracing::info!(
+                            slot = slot.id,
+                            recovery_ms = event.recovery_ms,
+                            "slot recovered"
+                        );
+                    }
+                }
+                inc.last_pong = Some((Instant::now(), pong));
             }
             (Purpose::Cleanup, Message::CleanupComplete(released)) => {
-                worker.state = WorkerState::Exited;
-                tracing::info!(worker = worker.id, ?released, "worker cleaned up");
+                inc.state = State::Exited;
+                tracing::info!(slot = slot.id, ?released, "worker cleaned up");
             }
             (purpose, Message::Nack { reason }) => {
-                tracing::error!(worker = worker.id, ?purpose, %reason, "worker refused a request");
-                if let Purpose::Init = purpose {
-                    self.fault(w, format!("refused INIT: {reason}"));
-                } else if let Purpose::AddTrader(t) = purpose {
-                    eprintln!(
-                        "error: trader {t} refused by worker {}: {reason}",
-                        worker.id
-                    );
+                tracing::error!(slot = slot.id, ?purpose, %reason, "worker refused a request");
+                match purpose {
+                    Purpose::AddTrader(t) => {
+                        // Refused for good: the slot stops expecting it, and the
+                        // run will end with an error naming it.
+                        slot.traders.retain(|spec| spec.id != t);
+                        self.refused
+                            .push(format!("{t} (worker {}: {reason})", slot.id));
+                        if inc.state == State::Syncing && inc.acked.len() == slot.traders.len() {
+                            self.synced(s);
+                        }
+                    }
+                    _ => self.fault(
+                        s,
+                        FaultKind::Protocol,
+                        format!("refused a request: {reason}"),
+                    ),
                 }
             }
             (purpose, other) => {
                 let why = format!("answered {purpose:?} with {}", other.kind().name());
-                self.fault(w, why);
+                self.fault(s, FaultKind::Protocol, why);
             }
         }
     }
 
-    fn emit(&mut self, w: usize, signal: Signal) {
+    /// Sends the slot's next unacknowledged traders, keeping at most
+    /// [`ADD_WINDOW`] in flight, each resuming from the slot's confirmed point.
+    fn send_traders(&mut self, s: usize) {
+        let slot = &self.slots[s];
+        let Some(inc) = slot.live.as_ref() else {
+            return;
+        };
+        let in_flight: BTreeSet<String> = inc
+            .pending
+            .values()
+            .filter_map(|p| match &p.purpose {
+                Purpose::AddTrader(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let room = ADD_WINDOW.saturating_sub(in_flight.len());
+        let next: Vec<TraderSpec> = slot
+            .traders
+            .iter()
+            .filter(|t| !inc.acked.contains(&t.id) && !in_flight.contains(&t.id))
+            .take(room)
+            .cloned()
+            .collect();
+        let resume_after = slot.confirmed;
+        for spec in next {
+            let id = spec.id.clone();
+            self.request(
+                s,
+                Message::AddTrader { spec, resume_after },
+                Purpose::AddTrader(id),
+            );
+        }
+    }
+
+    /// Every trader of the slot is acknowledged: ready, and PINGed at once so
+    /// the recovery is confirmed without waiting for the next interval.
+    fn synced(&mut self, s: usize) {
+        if let Some(inc) = self.slots[s].live.as_mut() {
+            inc.state = State::Ready;
+            inc.synced_at = Some(Instant::now());
+        }
+        self.request(s, Message::Ping, Purpose::Ping(Instant::now()));
+    }
+
+    fn emit(&mut self, s: usize, signal: Signal) {
         if !self.dedup.first(&signal) {
             return;
         }
         self.signals_out += 1;
-        let line = signal_json(&signal, Some(self.workers[w].id));
-        let mut out = self.stdout.lock();
-        // A closed stdout (the reader of a pipe went away) must not kill the
-        // engine mid-run; the signal is logged instead.
-        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-            tracing::warn!(%line, "stdout is closed: signal not printed");
+        let line = signal_json(&signal, Some(self.slots[s].id)).to_string();
+        // The output thread writes; the loop only blocks if OUTPUT_BOUND lines
+        // are waiting on a stdout nobody reads.
+        if let Some(out) = &self.out
+            && out.send(line).is_err()
+        {
+            tracing::warn!("the output thread is gone: signal not printed");
         }
     }
 
     fn retry_due(&mut self) {
         let now = Instant::now();
-        for w in 0..self.workers.len() {
-            let due: Vec<u64> = self.workers[w]
+        for s in 0..self.slots.len() {
+            let Some(inc) = self.slots[s].live.as_mut() else {
+                continue;
+            };
+            let due: Vec<u64> = inc
                 .pending
                 .iter()
                 .filter(|(_, p)| p.retry_at.is_some_and(|t| t <= now))
                 .map(|(&id, _)| id)
                 .collect();
             for id in due {
-                let Some(p) = self.workers[w].pending.get_mut(&id) else {
+                let budget = self.budget;
+                let Some(inc) = self.slots[s].live.as_mut() else {
+                    break;
+                };
+                let Some(p) = inc.pending.get_mut(&id) else {
                     continue;
                 };
                 if p.attempts >= MAX_ATTEMPTS {
                     let why = format!("no answer to {:?} after {MAX_ATTEMPTS} attempts", p.purpose);
-                    self.fault(w, why);
+                    self.fault(s, FaultKind::Protocol, why);
                     break;
                 }
                 p.attempts += 1;
                 p.retry_at = Some(now + backoff(p.attempts, &mut self.jitter));
                 let bytes = p.bytes.clone();
-                let attempts = p.attempts;
-                let budget = self.budget;
-                let worker = &mut self.workers[w];
-                worker.retries += 1;
-                tracing::warn!(
-                    worker = worker.id,
-                    id,
-                    attempt = attempts,
-                    "no answer yet: re-sending"
-                );
-                if let Err(why) = worker.transmit(&bytes, budget) {
-                    self.fault(w, format!("could not re-send: {why}"));
+                let attempt = p.attempts;
+                self.slots[s].retries += 1;
+                tracing::warn!(slot = s, id, attempt, "no answer yet: re-sending");
+                let Some(inc) = self.slots[s].live.as_mut() else {
+                    break;
+                };
+                if let Err(why) = inc.transmit(&bytes, budget) {
+                    self.fault(s, FaultKind::Hang, format!("could not re-send: {why}"));
                     break;
                 }
             }
@@ -451,72 +886,139 @@ impl Coordinator {
     }
 
     fn ping_due(&mut self) {
-        for w in 0..self.workers.len() {
-            let worker = &self.workers[w];
-            if worker.state != WorkerState::Ready {
+        for s in 0..self.slots.len() {
+            let Some(inc) = self.slots[s].live.as_ref() else {
+                continue;
+            };
+            if !inc.live() {
                 continue;
             }
-            let outstanding = worker.pending.values().find_map(|p| match p.purpose {
+            let outstanding = inc.pending.values().find_map(|p| match p.purpose {
                 Purpose::Ping(sent) => Some(sent),
                 _ => None,
             });
             match outstanding {
                 Some(sent) if sent.elapsed() > self.opts.ping_interval * 2 => {
-                    // Reported here; acting on a hang is the supervisor's job.
-                    tracing::warn!(worker = worker.id, waited = ?sent.elapsed(), "PING unanswered past its deadline");
-                    let stale: Vec<u64> = worker
-                        .pending
-                        .iter()
-                        .filter(|(_, p)| matches!(p.purpose, Purpose::Ping(_)))
-                        .map(|(&id, _)| id)
-                        .collect();
-                    for id in stale {
-                        self.workers[w].pending.remove(&id);
-                    }
+                    let waited = sent.elapsed();
+                    self.fault(
+                        s,
+                        FaultKind::Hang,
+                        format!("PING unanswered for {waited:?}"),
+                    );
                 }
                 Some(_) => {}
-                None => {
-                    let due = worker
+                None if inc.state == State::Ready => {
+                    let due = inc
                         .last_pong
                         .as_ref()
                         .is_none_or(|(at, _)| at.elapsed() >= self.opts.ping_interval);
                     if due {
-                        self.request(w, Message::Ping, Purpose::Ping(Instant::now()));
+                        self.request(s, Message::Ping, Purpose::Ping(Instant::now()));
                     }
                 }
+                None => {}
             }
         }
     }
 
+    /// Reaps exited workers, records why each went, and schedules replacements.
     fn reap(&mut self) {
-        for worker in &mut self.workers {
-            if let Some(child) = worker.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                tracing::info!(worker = worker.id, pid = worker.pid, %status, "worker exited");
-                worker.child = None;
-                // A cleaning worker stays so until its CLEANUP_COMPLETE (or its
-                // channel's close, which always comes after) is processed.
-                if !matches!(
-                    worker.state,
-                    WorkerState::Exited | WorkerState::Faulty | WorkerState::Cleaning
-                ) {
-                    worker.state = WorkerState::Faulty;
-                    worker.fault = Some(format!("exited unexpectedly ({status})"));
-                    tracing::error!(worker = worker.id, %status, traders = ?worker.traders, "worker died");
+        for s in 0..self.slots.len() {
+            let Some(inc) = self.slots[s].live.as_mut() else {
+                continue;
+            };
+            let Some(child) = inc.child.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            inc.child = None;
+            tracing::info!(slot = s, pid = inc.pid, %status, "worker exited");
+            match inc.state {
+                State::Cleaning | State::Exited => {}
+                State::Dead => {}
+                _ => {
+                    // Died before anyone noticed otherwise.
+                    self.fault(s, FaultKind::Crash, format!("exited ({status})"));
+                }
+            }
+            let Some(inc) = self.slots[s].live.as_mut() else {
+                continue;
+            };
+            if inc.state != State::Dead {
+                continue;
+            }
+            // Why did it go?
+            let ev = inc.fault;
+            let cause = match ev.and_then(|i| self.events.get(i)).map(|e| e.kind) {
+                Some(FaultKind::Hang) if inc.stopped => Cause::Outside,
+                Some(FaultKind::Hang) | Some(FaultKind::Protocol) => Cause::SelfInflicted,
+                _ => classify(&status),
+            };
+            if let Some(event) = ev.and_then(|i| self.events.get_mut(i)) {
+                event.cause = Some(cause);
+                event.exit = Some(status.to_string());
+            }
+            let slot = &mut self.slots[s];
+            if inc_never_ready(slot) {
+                slot.failed_starts += 1;
+            }
+            if let Some(link) = slot.live.take().and_then(|mut inc| inc.link.take()) {
+                self.graveyard.push(link);
+            }
+            slot.restarts += 1;
+            slot.recovering = ev;
+            match cause {
+                Cause::Outside => slot.restart_at = Some(Instant::now()),
+                Cause::SelfInflicted => {
+                    let why = ev
+                        .and_then(|i| self.events.get(i))
+                        .map_or_else(String::new, |e| e.reason.clone());
+                    self.self_inflicted(s, why);
                 }
             }
         }
+        // Reader threads of dead workers end once their process is gone.
+        let mut i = 0;
+        while i < self.graveyard.len() {
+            if self.graveyard[i].is_finished() {
+                self.graveyard.swap_remove(i).join();
+            } else {
+                i += 1;
+            }
+        }
     }
 
-    /// Writes the candles due by now, one batch per tick.
+    fn restart_due(&mut self, spawner: &Spawner) {
+        let now = Instant::now();
+        for s in 0..self.slots.len() {
+            let slot = &self.slots[s];
+            if slot.live.is_none() && !slot.spawning && slot.restart_at.is_some_and(|t| t <= now) {
+                self.spawn_slot(s, spawner);
+            }
+        }
+    }
+
+    /// Writes the candles due by now, one batch per tick, but never more than
+    /// half a ring ahead of the slowest slot's confirmed progress: a replayed
+    /// feed waits for the traders rather than overwrite candles they have not
+    /// evaluated. At most [`FEED_BATCHES_PER_PASS`] batches per call.
     fn feed(&mut self) -> Result<()> {
         let Some(started) = self.feed_started else {
             return Ok(());
         };
         let limit = self.opts.candles.unwrap_or(u64::MAX);
         let due = ((started.elapsed().as_secs_f64() * self.opts.rate) as u64 + 1).min(limit);
-        while self.ticks < due {
+        let slowest = self.slots.iter().map(|s| s.confirmed).min().unwrap_or(0);
+        let lead = (self.inst.store.candles_per_series() / 2).max(1) as u64;
+        let mut written = 0;
+        while self.ticks < due && written < FEED_BATCHES_PER_PASS {
+            // One publish per batch: the store's counter is the batch count plus the initial publish.
+            if self.ticks + 1 > slowest + lead {
+                break;
+            }
+            written += 1;
             for (stream, series) in &mut self.streams {
                 let candle = stream.next_candle();
                 self.inst.store.upsert_closed(*series, &candle)?;
@@ -535,47 +1037,61 @@ impl Coordinator {
         Ok(())
     }
 
-    /// True once every live worker reported it evaluated the final batch.
+    /// True once every slot's worker confirmed it evaluated the final batch.
     fn feed_done(&self) -> bool {
         let Some(last) = self.final_publish else {
             return false;
         };
-        self.workers
-            .iter()
-            .filter(|w| w.state == WorkerState::Ready)
-            .all(|w| {
-                w.last_pong
-                    .as_ref()
-                    .is_some_and(|(_, p)| p.last_publish >= last)
-            })
+        self.slots.iter().all(|slot| slot.confirmed >= last)
+    }
+
+    fn slot_state(slot: &Slot) -> &'static str {
+        match slot.live.as_ref().map(|i| i.state) {
+            Some(State::Starting) => "starting",
+            Some(State::Syncing) => "syncing",
+            Some(State::Ready) => "ready",
+            Some(State::Cleaning) => "cleaning",
+            Some(State::Exited) => "exited",
+            Some(State::Dead) => "dead",
+            None if slot.spawning => "spawning",
+            None if slot.restart_at.is_some() => "backoff",
+            None => "down",
+        }
     }
 
     fn status(&self) -> serde_json::Value {
         let workers: Vec<WorkerStatus> = self
-            .workers
+            .slots
             .iter()
-            .map(|w| WorkerStatus {
-                id: w.id,
-                pid: w.pid,
-                state: w.state,
-                traders: w.traders.len(),
-                trader_ids: &w.traders,
-                restarts: 0,
-                rtt_us: w.rtt.map(|d| d.as_micros() as u64),
-                last_pong_age_ms: w
-                    .last_pong
-                    .as_ref()
-                    .map(|(at, _)| at.elapsed().as_millis() as u64),
-                retries: w.retries,
-                malformed_frames: w.malformed,
-                signals: w.signals,
-                rss_bytes: w.last_pong.as_ref().map(|(_, p)| p.rss_bytes),
-                last_publish: w.last_pong.as_ref().map(|(_, p)| p.last_publish),
-                rtt_histogram_log2_us: &w.rtt_hist.buckets,
-                fault: w.fault.as_deref(),
+            .map(|slot| {
+                let inc = slot.live.as_ref();
+                let pong = inc.and_then(|i| i.last_pong.as_ref());
+                WorkerStatus {
+                    id: slot.id,
+                    pid: inc.map_or(0, |i| i.pid),
+                    state: Self::slot_state(slot),
+                    traders: inc.map_or(0, |i| i.acked.len()),
+                    trader_ids: slot.traders.iter().map(|t| t.id.as_str()).collect(),
+                    restarts: slot.restarts,
+                    rtt_us: inc.and_then(|i| i.rtt).map(|d| d.as_micros() as u64),
+                    last_pong_age_ms: pong.map(|(at, _)| at.elapsed().as_millis() as u64),
+                    retries: slot.retries,
+                    malformed_frames: slot.malformed,
+                    signals: slot.signals,
+                    rss_bytes: pong.map(|(_, p)| p.rss_bytes),
+                    last_publish: pong.map(|(_, p)| p.last_publish),
+                    confirmed_publish: slot.confirmed,
+                    gaps: pong.map(|(_, p)| p.gaps),
+                    rtt_histogram_log2_us: &slot.rtt_hist.buckets,
+                }
             })
             .collect();
         let stats = self.inst.store.stats();
+        let recovered = self
+            .events
+            .iter()
+            .filter(|e| e.recovery_ms.is_some())
+            .count();
         serde_json::json!({
             "instance": self.opts.instance.as_str(),
             "pid": std::process::id(),
@@ -598,6 +1114,11 @@ impl Coordinator {
                 "finished": self.final_publish.is_some(),
             },
             "signals": { "emitted": self.signals_out, "duplicates_dropped": self.dedup.duplicates },
+            "supervision": {
+                "faults": self.events.len(),
+                "recovered": recovered,
+                "recent": self.events.iter().rev().take(16).collect::<Vec<_>>(),
+            },
             "workers": workers,
         })
     }
@@ -605,10 +1126,8 @@ impl Coordinator {
     fn control(&self, req: ControlRequest) {
         let answer = match req.line.as_str() {
             "status" => self.status().to_string(),
-            other => {
-                serde_json::json!({ "error": format!("unknown request {other:?}: try status") })
-                    .to_string()
-            }
+            "events" => serde_json::json!({ "events": self.events }).to_string(),
+            other => serde_json::json!({ "error": format!("unknown request {other:?}: try status or events") }).to_string(),
         };
         let _ = req.reply.send(answer);
     }
@@ -619,38 +1138,47 @@ impl Coordinator {
         }
         tracing::info!(reason = why, "shutting down: CLEANUP to every worker");
         self.shutting_down = Some(Instant::now());
-        for w in 0..self.workers.len() {
-            if matches!(
-                self.workers[w].state,
-                WorkerState::Ready | WorkerState::Starting
-            ) {
-                self.workers[w].pending.clear();
-                self.request(w, Message::Cleanup, Purpose::Cleanup);
-                if self.workers[w].state != WorkerState::Faulty {
-                    self.workers[w].state = WorkerState::Cleaning;
+        for s in 0..self.slots.len() {
+            self.slots[s].restart_at = None;
+            let live = self.slots[s].live.as_ref().is_some_and(|i| i.live());
+            if live {
+                if let Some(inc) = self.slots[s].live.as_mut() {
+                    inc.pending.clear();
+                }
+                self.request(s, Message::Cleanup, Purpose::Cleanup);
+                if let Some(inc) = self.slots[s].live.as_mut()
+                    && inc.state != State::Dead
+                {
+                    inc.state = State::Cleaning;
                 }
             }
         }
     }
 
     fn shutdown_complete(&self) -> bool {
-        self.workers
-            .iter()
-            .all(|w| w.child.is_none() && w.state != WorkerState::Cleaning)
+        self.slots.iter().all(|slot| {
+            !slot.spawning
+                && slot
+                    .live
+                    .as_ref()
+                    .is_none_or(|i| i.child.is_none() && i.state != State::Cleaning)
+        })
     }
 
     /// SIGKILLs every worker still alive and reaps it.
     fn kill_stragglers(&mut self) {
-        for worker in &mut self.workers {
-            if let Some(mut child) = worker.child.take() {
-                if worker.state == WorkerState::Cleaning {
+        for slot in &mut self.slots {
+            if let Some(inc) = slot.live.as_mut()
+                && let Some(mut child) = inc.child.take()
+            {
+                if inc.state == State::Cleaning {
                     // Not a run fault: the deadline is exactly for this case.
                     tracing::warn!(
-                        worker = worker.id,
-                        pid = worker.pid,
+                        slot = slot.id,
+                        pid = inc.pid,
                         "no CLEANUP_COMPLETE by the deadline: killing it"
                     );
-                    worker.state = WorkerState::Exited;
+                    inc.state = State::Exited;
                 }
                 let _ = child.kill();
                 let _ = child.wait();
@@ -659,9 +1187,17 @@ impl Coordinator {
     }
 }
 
-/// Runs the coordinator until an orderly shutdown. Returns the number of
-/// workers that were faulty during the run.
-pub fn run(opts: RunOptions) -> Result<usize> {
+/// What a run ended with.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    /// Signals printed.
+    pub signals: u64,
+    /// Worker faults detected (and recovered from, unless the run stopped first).
+    pub faults: usize,
+}
+
+/// Runs the coordinator until an orderly shutdown.
+pub fn run(opts: RunOptions) -> Result<RunSummary> {
     if opts.symbols == 0 || opts.symbols > opts.store.symbols as usize {
         bail!(
             "--symbols {} must be between 1 and the store's --max-symbols {}",
@@ -669,9 +1205,9 @@ pub fn run(opts: RunOptions) -> Result<usize> {
             opts.store.symbols
         );
     }
-    if !(opts.rate > 0.0 && opts.rate.is_finite()) {
+    if !(opts.rate > 0.0 && opts.rate <= MAX_RATE) {
         bail!(
-            "--rate {} must be a positive number of candles per second",
+            "--rate {} must be a number of candles per second above 0 and at most {MAX_RATE}",
             opts.rate
         );
     }
@@ -703,23 +1239,73 @@ pub fn run(opts: RunOptions) -> Result<usize> {
 
     let (events_tx, events_rx) = mpsc::sync_channel::<Event>(EVENT_BOUND);
     let signal_events = events_tx.clone();
+    let os_signals = std::sync::Arc::new(OsSignals::default());
+    let counts = std::sync::Arc::clone(&os_signals);
     let signal_thread = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                // Never block on a full queue: a second SIGINT must get through.
+                let counter = if sig == SIGINT {
+                    &counts.sigint
+                } else {
+                    &counts.sigterm
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Only a wake-up: the count above is what the loop acts on, so
+                // a full queue cannot swallow a signal.
                 let _ = signal_events.try_send(Event::OsSignal(sig));
             }
         })
         .context("starting the signal thread")?;
+    let (out_tx, out_rx) = mpsc::sync_channel::<String>(OUTPUT_BOUND);
+    let output_thread = std::thread::Builder::new()
+        .name("output".into())
+        .spawn(move || {
+            let stdout = std::io::stdout();
+            for line in out_rx {
+                let mut out = stdout.lock();
+                // A closed stdout (the reader of a pipe went away) must not
+                // stop the engine; the signal is logged instead.
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    tracing::warn!(%line, "stdout is closed: signal not printed");
+                }
+            }
+        })
+        .context("starting the output thread")?;
     let control = ControlServer::start(inst.runtime.dir(), control::forward_to(events_tx.clone()))?;
     let spawner = Spawner::start(opts.worker_bin.clone(), opts.instance.clone())?;
 
-    let mut streams = Vec::with_capacity(opts.symbols);
+    // Traders are spread over the slots round-robin; a slot keeps its traders
+    // across worker replacements.
+    let mut assignment: Vec<Vec<TraderSpec>> = vec![Vec::new(); opts.workers as usize];
+    for (k, spec) in opts.traders.iter().enumerate() {
+        assignment[k % opts.workers as usize].push(spec.clone());
+    }
+    let slots = assignment
+        .into_iter()
+        .enumerate()
+        .map(|(id, traders)| Slot {
+            id: id as u32,
+            traders,
+            confirmed: 0,
+            incarnations: 0,
+            live: None,
+            spawning: false,
+            restarts: 0,
+            self_failures: VecDeque::new(),
+            failed_starts: 0,
+            restart_at: None,
+            recovering: None,
+            retries: 0,
+            malformed: 0,
+            signals: 0,
+            rtt_hist: RttHistogram::default(),
+        })
+        .collect();
     let mut coord = Coordinator {
         jitter: Jitter(inst.store.generation() | 1),
         inst,
-        workers: Vec::new(),
+        slots,
         events_tx,
         streams: Vec::new(),
         feed_started: None,
@@ -729,11 +1315,16 @@ pub fn run(opts: RunOptions) -> Result<usize> {
         signals_out: 0,
         started: Instant::now(),
         shutting_down: None,
-        sigints: 0,
-        stdout: std::io::stdout(),
         budget: Budget::from_system(),
+        events: VecDeque::new(),
+        graveyard: Vec::new(),
+        failed: None,
+        refused: Vec::new(),
+        out: Some(out_tx),
+        os_signals,
         opts,
     };
+    let mut streams = Vec::with_capacity(coord.opts.symbols);
     for k in 0..coord.opts.symbols {
         let stream = SymbolStream::new(coord.opts.seed, k);
         let id = coord.inst.store.register_symbol(&stream.name)?;
@@ -749,80 +1340,84 @@ pub fn run(opts: RunOptions) -> Result<usize> {
     // threads (whose channels close with the workers), then the files.
     coord.kill_stragglers();
     drop(events_rx);
-    for worker in &mut coord.workers {
-        if let Some(link) = worker.link.take() {
+    for slot in &mut coord.slots {
+        if let Some(link) = slot.live.take().and_then(|mut inc| inc.link.take()) {
             link.join();
         }
     }
+    for link in coord.graveyard.drain(..) {
+        link.join();
+    }
+    // A spawn may have been in flight: the spawner finishes it, and its
+    // delivery (to a closed channel) drops the process, which is then reaped below.
     drop(spawner);
     drop(control);
     signals_handle.close();
     let _ = signal_thread.join();
-    let faulty = coord.workers.iter().filter(|w| w.fault.is_some()).count();
+    // Let the output thread write what is queued; a stdout nobody reads must
+    // not keep the process alive, so the wait is bounded (the thread dies
+    // with the process).
+    drop(coord.out.take());
+    let drain_until = Instant::now() + OUTPUT_DRAIN;
+    while !output_thread.is_finished() && Instant::now() < drain_until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if output_thread.is_finished() {
+        let _ = output_thread.join();
+    } else {
+        tracing::error!("stdout is not being read: queued signals were not all written");
+    }
+    if result.is_ok() && !coord.refused.is_empty() {
+        bail!(
+            "traders refused by their worker: {}",
+            coord.refused.join("; ")
+        );
+    }
+    let summary = RunSummary {
+        signals: coord.signals_out,
+        faults: coord.events.len(),
+    };
     tracing::info!(
-        signals = coord.signals_out,
+        signals = summary.signals,
         duplicates = coord.dedup.duplicates,
-        faulty,
+        faults = summary.faults,
         "coordinator stopped"
     );
-    result.map(|()| faulty)
+    result.map(|()| summary)
 }
 
 fn drive(coord: &mut Coordinator, spawner: &Spawner, events: &Receiver<Event>) -> Result<()> {
-    for id in 0..coord.opts.workers {
-        let spawned = spawner.spawn(id)?;
-        let pid = spawned.child.id();
-        let tx = coord.events_tx.clone();
-        let link = Link::start(id, spawned.to_worker, spawned.from_worker, move |e| {
-            // The loop is gone only during teardown; then the event is moot.
-            let _ = tx.send(Event::Worker(id, e));
-        })?;
-        tracing::info!(worker = id, pid, "worker spawned");
-        coord.workers.push(Worker {
-            id,
-            pid,
-            child: Some(spawned.child),
-            link: Some(link),
-            state: WorkerState::Starting,
-            pending: BTreeMap::new(),
-            next_id: 0,
-            traders: Vec::new(),
-            last_pong: None,
-            rtt: None,
-            rtt_hist: RttHistogram::default(),
-            retries: 0,
-            malformed: 0,
-            signals: 0,
-            fault: None,
-            sent: (0, 0),
-            read: (0, 0),
-        });
-        let init = Init {
-            instance: coord.opts.instance.to_string(),
-            generation: coord.inst.store.generation(),
-            worker_id: id,
-        };
-        coord.request(id as usize, Message::Init(init), Purpose::Init);
+    for s in 0..coord.slots.len() {
+        coord.spawn_slot(s, spawner);
     }
-    let mut traders_sent = false;
     loop {
         match events.recv_timeout(TICK) {
-            Ok(Event::Worker(id, e)) => coord.handle_worker(id as usize, e),
-            Ok(Event::OsSignal(sig)) => {
-                if sig == SIGINT {
-                    coord.sigints += 1;
-                }
-                if coord.sigints >= 2 {
-                    tracing::warn!("second SIGINT: killing the workers without waiting");
-                    return Ok(());
-                }
-                coord.begin_shutdown(if sig == SIGINT { "SIGINT" } else { "SIGTERM" });
-            }
+            Ok(Event::Worker(slot, no, e)) => coord.handle_worker(slot as usize, no, e),
+            Ok(Event::Spawned(slot, no, result)) => coord.spawned(slot as usize, no, result),
+            Ok(Event::OsSignal(_)) => {} // counted in os_signals, acted on below
             Ok(Event::Control(req)) => coord.control(req),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => bail!("the event channel closed"),
         }
+        let sigints = coord
+            .os_signals
+            .sigint
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let sigterms = coord
+            .os_signals
+            .sigterm
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if sigints >= 2 {
+            tracing::warn!("second SIGINT: killing the workers without waiting");
+            return Ok(());
+        }
+        if sigints + sigterms > 0 {
+            coord.begin_shutdown(if sigints > 0 { "SIGINT" } else { "SIGTERM" });
+        }
         coord.reap();
+        if let Some(why) = coord.failed.take() {
+            bail!("{why}: giving up");
+        }
         if let Some(since) = coord.shutting_down {
             coord.retry_due();
             if coord.shutdown_complete() {
@@ -833,31 +1428,17 @@ fn drive(coord: &mut Coordinator, spawner: &Spawner, events: &Receiver<Event>) -
             }
             continue;
         }
-        // Start-up: traders go out once every worker is ready, then the feed starts
-        // once every trader is acknowledged, so no candle precedes a trader.
-        let all_ready = coord.workers.iter().all(|w| w.state == WorkerState::Ready);
-        if !traders_sent && all_ready {
-            let traders = coord.opts.traders.clone();
-            let live = coord.workers.len();
-            for (k, spec) in traders.into_iter().enumerate() {
-                let id = spec.id.clone();
-                coord.request(k % live, Message::AddTrader(spec), Purpose::AddTrader(id));
-            }
-            traders_sent = true;
-        }
-        if traders_sent && coord.feed_started.is_none() {
-            let pending_adds = coord.workers.iter().any(|w| {
-                w.pending
-                    .values()
-                    .any(|p| matches!(p.purpose, Purpose::AddTrader(_)))
-            });
-            if !pending_adds {
-                tracing::info!(symbols = coord.streams.len(), rate = coord.opts.rate, candles = ?coord.opts.candles, "feed started");
-                coord.feed_started = Some(Instant::now());
-            }
-        }
-        if coord.workers.iter().all(|w| w.state == WorkerState::Faulty) {
-            bail!("every worker is faulty: nothing left to run the traders");
+        coord.restart_due(spawner);
+        // The feed starts once every slot's traders are acknowledged, so no
+        // candle precedes a trader.
+        if coord.feed_started.is_none()
+            && coord
+                .slots
+                .iter()
+                .all(|s| s.live.as_ref().is_some_and(|i| i.state == State::Ready))
+        {
+            tracing::info!(symbols = coord.streams.len(), rate = coord.opts.rate, candles = ?coord.opts.candles, "feed started");
+            coord.feed_started = Some(Instant::now());
         }
         coord.feed()?;
         coord.retry_due();

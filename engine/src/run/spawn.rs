@@ -32,9 +32,12 @@ pub struct Spawned {
     pub from_worker: IpcBytesReceiver,
 }
 
+/// Called on the spawner thread with the outcome of one spawn.
+pub type Deliver = Box<dyn FnOnce(Result<Spawned>) + Send>;
+
 struct Request {
     worker_id: u32,
-    reply: Sender<Result<Spawned>>,
+    deliver: Deliver,
 }
 
 /// Handle to the spawner thread. Dropping it stops the thread (after any
@@ -58,17 +61,28 @@ impl Spawner {
         })
     }
 
-    /// Spawns worker `worker_id` and completes its handshake.
+    /// Spawns worker `worker_id` and completes its handshake, waiting for it.
     pub fn spawn(&self, worker_id: u32) -> Result<Spawned> {
         let (reply, answer) = mpsc::channel();
-        self.requests
-            .as_ref()
-            .context("spawner stopped")?
-            .send(Request { worker_id, reply })
-            .map_err(|_| anyhow!("the spawner thread is gone"))?;
+        self.request(
+            worker_id,
+            Box::new(move |result| {
+                let _ = reply.send(result);
+            }),
+        )?;
         answer
             .recv()
             .map_err(|_| anyhow!("the spawner thread is gone"))?
+    }
+
+    /// Asks for worker `worker_id`; `deliver` gets the outcome on the spawner
+    /// thread, so the caller never waits on a handshake.
+    pub fn request(&self, worker_id: u32, deliver: Deliver) -> Result<()> {
+        self.requests
+            .as_ref()
+            .context("spawner stopped")?
+            .send(Request { worker_id, deliver })
+            .map_err(|_| anyhow!("the spawner thread is gone"))
     }
 }
 
@@ -83,8 +97,7 @@ impl Drop for Spawner {
 
 fn serve(worker_bin: &PathBuf, instance: &InstanceName, requests: Receiver<Request>) {
     for req in requests {
-        let result = spawn_one(worker_bin, instance, req.worker_id);
-        let _ = req.reply.send(result);
+        (req.deliver)(spawn_one(worker_bin, instance, req.worker_id));
     }
 }
 
@@ -135,13 +148,20 @@ fn spawn_one(worker_bin: &PathBuf, instance: &InstanceName, worker_id: u32) -> R
             if let Ok(sender) = IpcSender::<Bootstrap>::connect(name.clone()) {
                 let _ = sender.send(Bootstrap::Abort);
             }
-            let _ = acceptor.join();
+            // Bounded: if even our own connect failed, the accept thread is
+            // left blocked (detached) rather than blocking every later spawn.
+            if accepted.recv_timeout(Duration::from_secs(1)).is_ok() {
+                let _ = acceptor.join();
+            }
             let _ = child.kill();
             let status = child.wait().ok();
-            bail!(
-                "worker {worker_id} did not connect within {CONNECT_TIMEOUT:?} (exit status {})",
-                status.map_or_else(|| "unknown".to_owned(), |s| s.to_string())
-            );
+            let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+            match exited {
+                Some(_) => bail!("worker {worker_id} exited before connecting ({status})"),
+                None => bail!(
+                    "worker {worker_id} did not connect within {CONNECT_TIMEOUT:?} (killed: {status})"
+                ),
+            }
         }
     };
     let _ = acceptor.join();

@@ -264,6 +264,15 @@ impl StoreReader {
             .collect()
     }
 
+    /// Registered symbols with their ids, in directory order.
+    pub fn symbols_with_ids(&self) -> Vec<(SymbolId, String)> {
+        self.symbols()
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| (SymbolId(i as u32), name))
+            .collect()
+    }
+
     /// The id of `symbol`, if registered.
     pub fn symbol_id(&self, symbol: &str) -> Option<SymbolId> {
         (0..self.symbol_count())
