@@ -7,9 +7,11 @@
 //! * [`hold`]: `shmkline store hold|inspect`, the store from a shell.
 //! * [`run`]: `shmkline run`, the coordinator, and its control socket.
 //! * [`backtest`]: the same traders over the same feed in one process: the oracle.
+//! * [`chaos`]: random worker kills and freezes against a run, checked against the oracle.
 
 pub mod backtest;
 pub mod bench;
+pub mod chaos;
 pub mod hold;
 pub mod instance;
 pub mod run;

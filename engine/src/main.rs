@@ -36,6 +36,18 @@ enum Command {
     /// The same traders over the same feed in one process (no workers, no
     /// shared memory), printing the same signal lines: the oracle for `run`.
     Backtest(BacktestArgs),
+    /// Chaos test: run a paced finite feed, SIGKILL and SIGSTOP random workers
+    /// from outside, then compare the signals with the backtest and check for
+    /// leaks. Exits non-zero if anything was lost, duplicated, unexpected or leaked.
+    Chaos(ChaosArgs),
+    /// Send a signal to one worker of a running instance (by slot id).
+    KillWorker {
+        /// The worker slot, as `status` lists it.
+        id: u32,
+        /// KILL, STOP, TERM or CONT.
+        #[arg(long, default_value = "KILL", value_parser = ["KILL", "STOP", "TERM", "CONT"])]
+        signal: String,
+    },
     /// Show a running instance: workers, segment, feed, signals.
     Status {
         /// Print one JSON object.
@@ -205,6 +217,43 @@ struct BacktestArgs {
     /// Accepted so `run`'s flags can be reused as they are; a backtest is not paced.
     #[arg(long)]
     rate: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+struct ChaosArgs {
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// SIGKILLs to send.
+    #[arg(long, default_value_t = 50)]
+    kills: u32,
+    /// SIGSTOPs to send.
+    #[arg(long, default_value_t = 5)]
+    stops: u32,
+    /// Worker processes.
+    #[arg(long, default_value_t = 3)]
+    workers: u32,
+    /// Synthetic symbols.
+    #[arg(long, default_value_t = 4)]
+    symbols: usize,
+    /// Closed candles per symbol (the run's length with --rate).
+    #[arg(long, default_value_t = 1200)]
+    candles: u64,
+    /// Candles per second per symbol.
+    #[arg(long, default_value_t = 40.0)]
+    rate: f64,
+    /// Feed seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fault schedule seed (which worker, which kind, in which order).
+    #[arg(long, default_value_t = 7)]
+    chaos_seed: u64,
+    /// PING interval of the run, in ms (hang detection is twice this).
+    #[arg(long, default_value_t = 100)]
+    ping_interval: u64,
+    /// Trader file; default: the built-in set.
+    #[arg(long)]
+    traders: Option<std::path::PathBuf>,
 }
 
 /// Store capacities: memory is fixed by them at start.
@@ -434,6 +483,64 @@ fn run(cli: Cli) -> Result<()> {
             };
             let n = engine::backtest::backtest(&opts, &mut std::io::stdout().lock())?;
             tracing::info!(signals = n, "backtest done");
+            Ok(())
+        }
+        Command::Chaos(args) => {
+            let instance = match cli.instance {
+                Some(i) => i,
+                None => InstanceName::new(&format!("chaos-{}", std::process::id()))?,
+            };
+            let traders = match &args.traders {
+                Some(path) => engine::run::traders::load(path)?,
+                None => engine::run::traders::defaults(),
+            };
+            let opts = engine::chaos::ChaosOptions {
+                instance,
+                runtime_base: engine::runtime::base_dir(),
+                shmkline: std::env::current_exe()?,
+                traders_file: args.traders.clone(),
+                traders,
+                workers: args.workers,
+                symbols: args.symbols,
+                candles: args.candles,
+                rate: args.rate,
+                seed: args.seed,
+                kills: args.kills,
+                stops: args.stops,
+                ping_interval_ms: args.ping_interval,
+                chaos_seed: args.chaos_seed,
+            };
+            let report = engine::chaos::run(&opts)?;
+            emit(&report, args.json)?;
+            anyhow::ensure!(
+                report.ok,
+                "chaos run failed its checks (see the report above)"
+            );
+            Ok(())
+        }
+        Command::KillWorker { id, signal } => {
+            let instance = instance_or_default(cli.instance)?;
+            let dir = engine::runtime::base_dir().join(instance.as_str());
+            let status = engine::run::control::ask(&dir, "status")?;
+            let pid = status["workers"]
+                .as_array()
+                .and_then(|w| w.iter().find(|w| w["id"].as_u64() == Some(u64::from(id))))
+                .and_then(|w| w["pid"].as_u64())
+                .filter(|&p| p > 0)
+                .ok_or_else(|| anyhow::anyhow!("instance {instance} has no running worker {id}"))?;
+            let sig = match signal.as_str() {
+                "STOP" => nix::sys::signal::Signal::SIGSTOP,
+                "TERM" => nix::sys::signal::Signal::SIGTERM,
+                "CONT" => nix::sys::signal::Signal::SIGCONT,
+                _ => nix::sys::signal::Signal::SIGKILL,
+            };
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).map_err(|e| {
+                anyhow::anyhow!("sending SIG{signal} to worker {id} (pid {pid}): {e}")
+            })?;
+            println!(
+                "{}",
+                serde_json::json!({ "worker": id, "pid": pid, "signal": signal })
+            );
             Ok(())
         }
         Command::Status { json } => {

@@ -321,7 +321,8 @@ pub fn signal_json(signal: &Signal, worker: Option<u32>) -> serde_json::Value {
     line
 }
 
-fn now_ms() -> i64 {
+/// Wall-clock milliseconds since the epoch.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -1,0 +1,65 @@
+//! The chaos test: real coordinator and workers, 50 SIGKILLs and 5 SIGSTOPs
+//! on random workers during a paced finite feed. The signals must equal the
+//! backtest oracle exactly, with no zombie, no orphan, no `/dev/shm` entry
+//! and an unchanged coordinator descriptor count.
+
+use harness::TestInstance;
+
+#[test]
+fn fifty_kills_and_five_stops_lose_and_duplicate_nothing() {
+    let inst = TestInstance::new("chaos");
+    let out = inst.shmkline(&[
+        "--instance",
+        inst.name.as_str(),
+        "chaos",
+        "--json",
+        "--kills",
+        "50",
+        "--stops",
+        "5",
+        "--workers",
+        "3",
+        "--symbols",
+        "3",
+        "--candles",
+        "900",
+        "--rate",
+        "45",
+        "--ping-interval",
+        "100",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}); stderr: {stderr}"));
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    let n = |k: &str| {
+        report[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {report}"))
+    };
+    assert_eq!(report["injected"]["kill"], 50);
+    assert_eq!(report["injected"]["stop"], 5);
+    assert!(
+        n("detected") >= 55 && n("recovered") >= 55,
+        "every fault detected and recovered: {report}"
+    );
+    assert!(n("signals_expected") > 100, "a meaningful oracle: {report}");
+    assert_eq!(n("signals_lost"), 0, "{report}");
+    assert_eq!(n("signals_duplicated"), 0, "{report}");
+    assert_eq!(n("signals_unexpected"), 0, "{report}");
+    assert_eq!(n("signals_received"), n("signals_expected"));
+    assert_eq!(n("zombies"), 0);
+    assert_eq!(n("orphans"), 0);
+    assert_eq!(report["shm_left"], serde_json::json!([]));
+    assert_eq!(report["runtime_dir_removed"], true);
+    assert_eq!(
+        report["coordinator_fds"][0], report["coordinator_fds"][1],
+        "no descriptor leaked: {report}"
+    );
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(out.status.success(), "{stderr}");
+    inst.assert_clean();
+}
