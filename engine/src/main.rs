@@ -193,6 +193,16 @@ struct RunArgs {
     /// The window for --restart-limit, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     restart_period: u64,
+    /// Worker crashes pinned on one trader before that trader is quarantined
+    /// (taken out, reported; the other traders keep running).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    quarantine_after: u32,
+    /// Keep the feed's pace even when workers fall behind or are being
+    /// replaced, as a live feed would: candles can then leave the ring before
+    /// they are evaluated, which is reported as a gap (and fails a finite run).
+    /// By default the feed waits for the slowest worker instead.
+    #[arg(long)]
+    no_backpressure: bool,
     #[command(flatten)]
     capacity: CapacityArgs,
 }
@@ -415,6 +425,8 @@ fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
         shutdown_timeout: std::time::Duration::from_millis(args.shutdown_timeout),
         restart_limit: args.restart_limit,
         restart_period: std::time::Duration::from_millis(args.restart_period),
+        quarantine_after: args.quarantine_after,
+        backpressure: !args.no_backpressure,
     };
     let summary = engine::run::run(opts)?;
     tracing::info!(

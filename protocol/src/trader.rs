@@ -60,6 +60,14 @@ pub enum Direction {
 /// A compiled rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
+    /// TEST ONLY, accepted only when `SHMKLINE_TEST_RULES=1` is set: the
+    /// worker aborts when it evaluates a closed candle at index `after` or
+    /// later. It exists so tests can prove a trader that keeps crashing its
+    /// workers is quarantined.
+    TestAbortAfter {
+        /// First candle index that aborts.
+        after: u64,
+    },
     /// The close crosses the simple moving average of the last `period` closes.
     CloseCrossesSma {
         /// Which way.
@@ -75,6 +83,7 @@ impl Rule {
         match self {
             // The SMA at this candle and at the previous one.
             Rule::CloseCrossesSma { period, .. } => *period as usize + 1,
+            Rule::TestAbortAfter { .. } => 1,
         }
     }
 }
@@ -89,6 +98,7 @@ impl fmt::Display for Rule {
                 };
                 write!(f, "{name}(close, sma(close, {period}))")
             }
+            Rule::TestAbortAfter { after } => write!(f, "test_abort_after({after})"),
         }
     }
 }
@@ -118,6 +128,14 @@ pub enum SpecError {
 
 fn parse_rule(rule: &str) -> Result<Rule, String> {
     let compact: String = rule.chars().filter(|c| !c.is_whitespace()).collect();
+    if let Some(n) = compact
+        .strip_prefix("test_abort_after(")
+        .and_then(|r| r.strip_suffix(')'))
+        && std::env::var("SHMKLINE_TEST_RULES").is_ok_and(|v| v == "1")
+        && let Ok(after) = n.parse()
+    {
+        return Ok(Rule::TestAbortAfter { after });
+    }
     let hint = "this version understands crosses_above(close, sma(close, N)) and crosses_below(close, sma(close, N)) with 2 <= N <= 1000";
     let (direction, rest) =
         if let Some(rest) = compact.strip_prefix("crosses_above(close,sma(close,") {
@@ -135,6 +153,23 @@ fn parse_rule(rule: &str) -> Result<Rule, String> {
         return Err(format!("period {period} is out of range; {hint}"));
     }
     Ok(Rule::CloseCrossesSma { direction, period })
+}
+
+/// The name of worker slot `slot`'s black box: a small shared region the
+/// coordinator owns and the worker writes the trader it is evaluating into,
+/// so a crash can be pinned on a trader.
+pub fn black_box_name(instance: &crate::InstanceName, slot: u32) -> String {
+    format!("/shmkline-{instance}-bb{slot}")
+}
+
+/// A trader id's 64-bit FNV-1a digest, as written into the black box (never 0).
+pub fn trader_hash(id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 impl TraderSpec {
@@ -163,6 +198,8 @@ impl TraderSpec {
 /// exactly `rule.lookback()` candles, oldest first).
 pub fn verdict(rule: &Rule, window: &[Candle]) -> bool {
     match *rule {
+        // Never a verdict: its effect is the abort, in the worker.
+        Rule::TestAbortAfter { .. } => false,
         Rule::CloseCrossesSma { direction, period } => {
             let n = period as usize;
             if window.len() != n + 1 {

@@ -242,10 +242,12 @@ fn sigkilled_coordinator_takes_its_workers_and_the_next_run_reclaims() {
         "workers outlived their coordinator (PDEATHSIG)"
     );
     eprintln!("workers gone {gone_after:?} after the coordinator's SIGKILL");
-    assert_eq!(
-        inst.shm_entries().len(),
-        1,
-        "the killed coordinator left its segment"
+    // The segment and the slots' black boxes stay behind; the next run
+    // reclaims them all (checked by assert_clean below).
+    let left = inst.shm_entries();
+    assert!(
+        left.contains(&format!("shmkline-{}", inst.name)),
+        "the killed coordinator left its segment: {left:?}"
     );
     let out = finite_run(&inst, &[], &[]);
     let stderr = assert_ok(&out);
@@ -575,5 +577,127 @@ fn a_stopped_worker_is_detected_as_hung_and_replaced() {
     run.signal(Signal::SIGTERM);
     let (st, stderr) = run.wait(Duration::from_secs(10));
     assert!(st.success(), "{stderr}");
+    inst.assert_clean();
+}
+
+#[test]
+fn a_poison_trader_is_quarantined_and_the_others_equal_the_oracle() {
+    let file = std::env::temp_dir().join(format!("shmkline-poison-{}.json", std::process::id()));
+    std::fs::write(
+        &file,
+        r#"[{"id":"up5","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))"},
+            {"id":"down9","symbols":"*","interval":"1m","rule":"crosses_below(close, sma(close, 9))"},
+            {"id":"poison","symbols":["SYN001"],"interval":"1m","rule":"test_abort_after(60)"},
+            {"id":"up20","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 20))"}]"#,
+    )
+    .expect("write trader file");
+    let traders = file.to_str().expect("utf-8 path");
+    let inst = TestInstance::new("poison");
+    let rules = [("SHMKLINE_TEST_RULES", "1")];
+    let out = finite_run(&inst, &["--workers", "2", "--traders", traders], &rules);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a quarantine is reported in the exit code: {stderr}"
+    );
+    assert!(
+        stderr.contains("traders quarantined after crashing their workers 3 times: poison"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("the worker crashed while evaluating this trader")
+            .count(),
+        3,
+        "{stderr}"
+    );
+    let mut cmd = inst.command("shmkline");
+    cmd.args([
+        "backtest",
+        "--traders",
+        traders,
+        "--candles",
+        "150",
+        "--symbols",
+        "3",
+    ]);
+    for (k, v) in rules {
+        cmd.env(k, v);
+    }
+    let oracle = cmd.output().expect("backtest");
+    let _ = std::fs::remove_file(&file);
+    assert_ok(&oracle);
+    let without_poison = |lines: Vec<String>| {
+        lines
+            .into_iter()
+            .filter(|l| !l.contains("\"poison\""))
+            .collect::<Vec<_>>()
+    };
+    let (got, expected) = (
+        without_poison(normalized_signals(&out.stdout)),
+        without_poison(normalized_signals(&oracle.stdout)),
+    );
+    assert!(expected.len() > 20);
+    assert_eq!(got, expected, "the other traders' signals equal the oracle");
+    assert_no_workers_left(&inst);
+    inst.assert_clean();
+}
+
+#[test]
+fn a_worker_kept_dead_past_the_ring_yields_a_reported_gap() {
+    let inst = TestInstance::new("gap");
+    // A 32-candle ring, a feed that keeps its pace (no backpressure) and hang
+    // detection after 2 s: a frozen worker misses far more than the ring keeps.
+    let mut cmd = inst.command("shmkline");
+    cmd.args([
+        "run",
+        "--candles",
+        "1600",
+        "--rate",
+        "200",
+        "--symbols",
+        "2",
+        "--workers",
+        "2",
+    ])
+    .args([
+        "--candles-per-series",
+        "32",
+        "--ping-interval",
+        "1000",
+        "--no-backpressure",
+    ]);
+    let mut run = ChildGuard::spawn(&mut cmd);
+    run.capture_stdout();
+    let status = inst.status_when(STARTUP, |s| all_ready(s, 2));
+    let frozen = slot_pid(&status, 0);
+    kill(Pid::from_raw(frozen as i32), Signal::SIGSTOP).expect("SIGSTOP a worker");
+    let status = inst.status_when(Duration::from_secs(30), |s| s["gaps"].as_u64() > Some(0));
+    assert!(
+        status["workers"][0]["gaps"].as_u64() > Some(0),
+        "the replacement reported it: {status}"
+    );
+    let (st, _, stderr) = run.wait_output(Duration::from_secs(60));
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "a finite run with a gap does not claim success: {stderr}"
+    );
+    // The worker says where (trader, symbol, how many), the coordinator counts
+    // it, and the run's end says so.
+    assert!(
+        stderr.contains("left the ring before they were evaluated")
+            || stderr.contains("the ring no longer holds"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the worker reports candles that left the ring unevaluated"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("gap(s): candles left the ring before a worker could evaluate them"),
+        "{stderr}"
+    );
     inst.assert_clean();
 }

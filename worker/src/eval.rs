@@ -184,6 +184,12 @@ impl Trader {
             if !(stored.closed || index + 1 < head) {
                 break;
             }
+            if let Rule::TestAbortAfter { after } = self.rule
+                && index >= after
+            {
+                tracing::error!(trader = %self.spec.id, index, "TEST rule: aborting the worker");
+                std::process::abort();
+            }
             evaluated_to = index + 1;
             if (k + 1) < window as usize {
                 continue; // not enough history for a verdict

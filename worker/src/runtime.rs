@@ -17,7 +17,9 @@ use protocol::InstanceName;
 use protocol::bootstrap::Bootstrap;
 use protocol::frame;
 use protocol::message::{Init, Message, Pong, Ready, Released, RequestId, Signal};
+use protocol::shm::scratch::SharedWords;
 use protocol::store::{StoreReader, Wait};
+use protocol::trader::{black_box_name, trader_hash};
 
 use crate::eval::{Hit, MAX_TRADERS, Trader};
 use crate::knobs::Knobs;
@@ -141,10 +143,16 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
                 Ok(reader) => {
                     if store.is_none() {
                         let reader = Arc::new(reader);
+                        // The coordinator's black box for this slot, if it made one.
+                        let black_box = InstanceName::new(&init.instance)
+                            .ok()
+                            .and_then(|i| SharedWords::open(&black_box_name(&i, worker_id)).ok())
+                            .map(Arc::new);
                         eval = Some(spawn_eval(
                             Arc::clone(&reader),
                             Arc::clone(&shared),
                             out.clone(),
+                            black_box,
                         )?);
                         store = Some(reader);
                     }
@@ -304,11 +312,12 @@ fn spawn_eval(
     reader: Arc<StoreReader>,
     shared: Arc<Shared>,
     out: Outbox,
+    black_box: Option<Arc<SharedWords>>,
 ) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("eval".into())
         .spawn(move || {
-            if let Err(e) = eval_loop(&reader, &shared, &out) {
+            if let Err(e) = eval_loop(&reader, &shared, &out, black_box.as_deref()) {
                 // A worker that cannot evaluate must not keep answering PINGs
                 // as if it could: exit, and let the coordinator replace it.
                 tracing::error!(error = %format!("{e:#}"), "evaluation failed: exiting");
@@ -318,7 +327,19 @@ fn spawn_eval(
         .context("starting the evaluation thread")
 }
 
-fn eval_loop(reader: &StoreReader, shared: &Shared, out: &Outbox) -> Result<()> {
+fn eval_loop(
+    reader: &StoreReader,
+    shared: &Shared,
+    out: &Outbox,
+    black_box: Option<&SharedWords>,
+) -> Result<()> {
+    // The trader being evaluated, for the coordinator to read after a crash;
+    // 0 between passes.
+    let mark = |value: u64| {
+        if let Some(word) = black_box.and_then(|b| b.word(0)) {
+            word.store(value, Ordering::Relaxed);
+        }
+    };
     let mut seen = 0;
     let mut buf = Vec::new();
     let mut hits: Vec<Hit> = Vec::new();
@@ -336,6 +357,7 @@ fn eval_loop(reader: &StoreReader, shared: &Shared, out: &Outbox) -> Result<()> 
         let mut traders = shared.traders();
         for trader in traders.values_mut() {
             let _span = tracing::debug_span!("trader", id = %trader.spec.id).entered();
+            mark(trader_hash(&trader.spec.id));
             let (g, complete) = trader.evaluate(reader, &symbols, &mut buf, &mut hits)?;
             gaps += g;
             if complete {
@@ -357,6 +379,7 @@ fn eval_loop(reader: &StoreReader, shared: &Shared, out: &Outbox) -> Result<()> 
             out.send(RequestId(next_signal), &Message::Signal(signal))?;
             shared.signals.fetch_add(1, Ordering::Relaxed);
         }
+        mark(0);
         shared.gaps.fetch_add(gaps, Ordering::Relaxed);
         // After the signals: a PONG carrying this progress proves they were sent.
         shared.last_publish.store(published, Ordering::Release);

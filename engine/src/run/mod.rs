@@ -51,6 +51,8 @@ use control::{ControlRequest, ControlServer};
 use dedup::Dedup;
 use feed::SymbolStream;
 use link::{Budget, FromWorker, Link};
+use protocol::shm::scratch::SharedWords;
+use protocol::trader::{black_box_name, trader_hash};
 use spawn::{Spawned, Spawner};
 
 /// Signal lines waiting for the output thread, at most.
@@ -114,6 +116,12 @@ pub struct RunOptions {
     pub restart_limit: u32,
     /// The window for [`RunOptions::restart_limit`].
     pub restart_period: Duration,
+    /// Self-inflicted crashes pinned on one trader before it is quarantined.
+    pub quarantine_after: u32,
+    /// Whether the feed waits for the slowest worker (replay) or keeps its
+    /// pace whatever happens (like a live feed; candles can then leave the
+    /// ring unevaluated, which is reported as a gap).
+    pub backpressure: bool,
 }
 
 /// What reaches the loop.
@@ -277,6 +285,10 @@ struct Slot {
     /// The fault being recovered from, if any.
     recovering: Option<usize>,
     // Totals over the slot's incarnations.
+    /// Gap events reported by its workers (dead ones included).
+    gaps: u64,
+    /// The live incarnation's last reported gap count, included in `gaps`.
+    live_gaps: u64,
     retries: u64,
     malformed: u64,
     signals: u64,
@@ -413,6 +425,12 @@ struct Coordinator {
     refused: Vec<String>,
     /// Signals printed by the output thread.
     out: Option<SyncSender<String>>,
+    /// Per slot: the shared word its worker marks the trader it evaluates in.
+    black_boxes: Vec<Option<SharedWords>>,
+    /// Crashes pinned on each trader.
+    strikes: BTreeMap<String, u32>,
+    /// Traders taken out after repeated crashes, with their slot.
+    quarantined: Vec<(String, u32)>,
     /// OS signals counted by the signal thread (never dropped).
     os_signals: std::sync::Arc<OsSignals>,
 }
@@ -489,6 +507,7 @@ impl Coordinator {
             }
         };
         tracing::info!(slot = id, pid, incarnation = no, "worker spawned");
+        slot.live_gaps = 0;
         slot.live = Some(Incarnation {
             no,
             pid,
@@ -752,6 +771,15 @@ impl Coordinator {
                         );
                     }
                 }
+                if pong.gaps > slot.live_gaps {
+                    tracing::error!(
+                        slot = slot.id,
+                        gaps = pong.gaps,
+                        "the worker reports candles that left the ring unevaluated"
+                    );
+                    slot.gaps += pong.gaps - slot.live_gaps;
+                    slot.live_gaps = pong.gaps;
+                }
                 inc.last_pong = Some((Instant::now(), pong));
             }
             (Purpose::Cleanup, Message::CleanupComplete(released)) => {
@@ -976,6 +1004,7 @@ impl Coordinator {
                     let why = ev
                         .and_then(|i| self.events.get(i))
                         .map_or_else(String::new, |e| e.reason.clone());
+                    self.blame(s);
                     self.self_inflicted(s, why);
                 }
             }
@@ -988,6 +1017,43 @@ impl Coordinator {
             } else {
                 i += 1;
             }
+        }
+    }
+
+    /// After a self-inflicted crash: the trader the worker was evaluating, as
+    /// its black box says, gets a strike; at `quarantine_after` strikes it is
+    /// taken out of its slot, and the others keep running.
+    fn blame(&mut self, s: usize) {
+        let Some(word) = self
+            .black_boxes
+            .get(s)
+            .and_then(|b| b.as_ref())
+            .and_then(|b| b.word(0))
+        else {
+            return;
+        };
+        let hash = word.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if hash == 0 {
+            return;
+        }
+        let slot = &mut self.slots[s];
+        let Some(trader) = slot
+            .traders
+            .iter()
+            .find(|t| trader_hash(&t.id) == hash)
+            .map(|t| t.id.clone())
+        else {
+            return;
+        };
+        let strikes = self.strikes.entry(trader.clone()).or_default();
+        *strikes += 1;
+        tracing::warn!(slot = slot.id, %trader, strikes = *strikes, limit = self.opts.quarantine_after, "the worker crashed while evaluating this trader");
+        if *strikes >= self.opts.quarantine_after {
+            tracing::error!(slot = slot.id, %trader, strikes = *strikes, "trader quarantined: it keeps crashing its workers; the others keep running");
+            slot.traders.retain(|t| t.id != trader);
+            self.quarantined.push((trader, slot.id));
+            // The crashes were the trader's, not the slot's.
+            slot.self_failures.clear();
         }
     }
 
@@ -1016,7 +1082,7 @@ impl Coordinator {
         let mut written = 0;
         while self.ticks < due && written < FEED_BATCHES_PER_PASS {
             // One publish per batch: the store's counter is the batch count plus the initial publish.
-            if self.ticks + 1 > slowest + lead {
+            if self.opts.backpressure && self.ticks + 1 > slowest + lead {
                 break;
             }
             written += 1;
@@ -1044,6 +1110,12 @@ impl Coordinator {
             return false;
         };
         self.slots.iter().all(|slot| slot.confirmed >= last)
+    }
+
+    /// Gap events reported by the workers (candles that left the ring before
+    /// they could be evaluated), summed over the slots' latest reports.
+    fn gaps(&self) -> u64 {
+        self.slots.iter().map(|s| s.gaps).sum()
     }
 
     fn slot_state(slot: &Slot) -> &'static str {
@@ -1115,6 +1187,10 @@ impl Coordinator {
                 "finished": self.final_publish.is_some(),
             },
             "signals": { "emitted": self.signals_out, "duplicates_dropped": self.dedup.duplicates },
+            "gaps": self.gaps(),
+            "quarantined": self.quarantined.iter().map(|(t, slot)| serde_json::json!({
+                "trader": t, "slot": slot, "strikes": self.strikes.get(t).copied().unwrap_or(0),
+            })).collect::<Vec<_>>(),
             "supervision": {
                 "faults": self.events.len(),
                 "recovered": recovered,
@@ -1297,10 +1373,23 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             failed_starts: 0,
             restart_at: None,
             recovering: None,
+            gaps: 0,
+            live_gaps: 0,
             retries: 0,
             malformed: 0,
             signals: 0,
             rtt_hist: RttHistogram::default(),
+        })
+        .collect();
+    // One black box per slot, owned (and unlinked) here; a leftover of a
+    // killed coordinator is stale, as we hold the instance lock.
+    let black_boxes = (0..opts.workers)
+        .map(|slot| {
+            let name = black_box_name(&opts.instance, slot);
+            let _ = nix::sys::mman::shm_unlink(name.as_str());
+            SharedWords::create(&name, 1)
+                .map_err(|e| tracing::warn!(error = %e, "no black box: crashes cannot be pinned on a trader"))
+                .ok()
         })
         .collect();
     let mut coord = Coordinator {
@@ -1323,6 +1412,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         refused: Vec::new(),
         out: Some(out_tx),
         os_signals,
+        black_boxes,
+        strikes: BTreeMap::new(),
+        quarantined: Vec::new(),
         opts,
     };
     let mut streams = Vec::with_capacity(coord.opts.symbols);
@@ -1372,6 +1464,24 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         bail!(
             "traders refused by their worker: {}",
             coord.refused.join("; ")
+        );
+    }
+    if result.is_ok() && !coord.quarantined.is_empty() {
+        let names: Vec<String> = coord
+            .quarantined
+            .iter()
+            .map(|(t, slot)| format!("{t} (slot {slot})"))
+            .collect();
+        bail!(
+            "traders quarantined after crashing their workers {} times: {}; the other traders ran to the end",
+            coord.opts.quarantine_after,
+            names.join(", ")
+        );
+    }
+    if result.is_ok() && coord.gaps() > 0 {
+        bail!(
+            "{} gap(s): candles left the ring before a worker could evaluate them (see the log); their signals are missing",
+            coord.gaps()
         );
     }
     let summary = RunSummary {
