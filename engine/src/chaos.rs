@@ -47,8 +47,10 @@ pub struct ChaosOptions {
     pub kills: u32,
     /// SIGSTOPs to send.
     pub stops: u32,
-    /// PING interval of the run (hang detection is twice this).
+    /// PING interval of the run.
     pub ping_interval_ms: u64,
+    /// PING deadline of the run, if not the default.
+    pub ping_deadline_ms: Option<u64>,
     /// Seed of the fault schedule.
     pub chaos_seed: u64,
 }
@@ -242,6 +244,9 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
     if let Some(file) = &opts.traders_file {
         cmd.args(["--traders", &file.to_string_lossy()]);
     }
+    if let Some(deadline) = opts.ping_deadline_ms {
+        cmd.args(["--ping-deadline", &deadline.to_string()]);
+    }
     let mut child = cmd.spawn().context("starting shmkline run")?;
     let coordinator = child.id();
     let mut stdout = child.stdout.take().context("no stdout")?;
@@ -312,7 +317,14 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
                 })
             },
             Duration::from_secs(30),
-        )?;
+        )
+        .with_context(|| {
+            format!(
+                "after {} of {} faults (if the run already ended, make the feed longer with --candles or send fewer faults)",
+                injected.len(),
+                kinds.len()
+            )
+        })?;
         let candidates: Vec<u32> = s["workers"]
             .as_array()
             .into_iter()

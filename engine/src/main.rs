@@ -182,6 +182,11 @@ struct RunArgs {
     /// Milliseconds between PINGs to each worker.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     ping_interval: u64,
+    /// Milliseconds a PING may go unanswered before the worker counts as hung
+    /// and is replaced. Default: twice --ping-interval. A stop is detected at
+    /// most --ping-interval + --ping-deadline after it happens.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    ping_deadline: Option<u64>,
     /// The worker binary. Default: shmkline-worker next to this executable.
     #[arg(long, env = "SHMKLINE_WORKER_BIN")]
     worker_bin: Option<std::path::PathBuf>,
@@ -258,9 +263,12 @@ struct ChaosArgs {
     /// Fault schedule seed (which worker, which kind, in which order).
     #[arg(long, default_value_t = 7)]
     chaos_seed: u64,
-    /// PING interval of the run, in ms (hang detection is twice this).
+    /// PING interval of the run, in ms.
     #[arg(long, default_value_t = 100)]
     ping_interval: u64,
+    /// PING deadline of the run, in ms. Default: the run's (twice the interval).
+    #[arg(long)]
+    ping_deadline: Option<u64>,
     /// Trader file; default: the built-in set.
     #[arg(long)]
     traders: Option<std::path::PathBuf>,
@@ -422,6 +430,9 @@ fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
         candles: args.candles,
         rate: args.rate,
         ping_interval: std::time::Duration::from_millis(args.ping_interval),
+        ping_deadline: std::time::Duration::from_millis(
+            args.ping_deadline.unwrap_or(2 * args.ping_interval),
+        ),
         shutdown_timeout: std::time::Duration::from_millis(args.shutdown_timeout),
         restart_limit: args.restart_limit,
         restart_period: std::time::Duration::from_millis(args.restart_period),
@@ -520,6 +531,7 @@ fn run(cli: Cli) -> Result<()> {
                 kills: args.kills,
                 stops: args.stops,
                 ping_interval_ms: args.ping_interval,
+                ping_deadline_ms: args.ping_deadline,
                 chaos_seed: args.chaos_seed,
             };
             let report = engine::chaos::run(&opts)?;

@@ -272,6 +272,16 @@ fn malformed_frames_make_a_worker_faulty_without_a_panic() {
     assert!(stderr.contains("malformed frame from worker"), "{stderr}");
     assert!(stderr.contains("worker is faulty"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // Every replacement misbehaves the same way: a self-inflicted failure each
+    // time, restarted after a growing backoff until the intensity limit.
+    assert!(
+        stderr.contains("self-inflicted failure: restarting after a backoff"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("failed 6 times within 10s (limit 5)"),
+        "the slot gave up at the limit: {stderr}"
+    );
     assert_no_workers_left(&inst);
     inst.assert_clean();
 }

@@ -83,7 +83,7 @@ pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay before a restart.
 pub const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// Supervision events kept for `status` (the oldest is dropped first).
-pub const EVENTS_KEPT: usize = 4096;
+pub const EVENTS_KEPT: usize = 1024;
 /// Longest the loop sleeps between timer checks.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -108,8 +108,11 @@ pub struct RunOptions {
     pub candles: Option<u64>,
     /// Candles per second per symbol.
     pub rate: f64,
-    /// PING interval; a PING unanswered for twice this means the worker hangs.
+    /// PING interval.
     pub ping_interval: Duration,
+    /// A PING unanswered for this long means the worker hangs. A stop is
+    /// detected at most `ping_interval + ping_deadline` after it happens.
+    pub ping_deadline: Duration,
     /// How long CLEANUP may take before stragglers are killed.
     pub shutdown_timeout: Duration,
     /// Self-inflicted failures allowed per slot within [`RunOptions::restart_period`].
@@ -927,7 +930,7 @@ impl Coordinator {
                 _ => None,
             });
             match outstanding {
-                Some(sent) if sent.elapsed() > self.opts.ping_interval * 2 => {
+                Some(sent) if sent.elapsed() > self.opts.ping_deadline => {
                     let waited = sent.elapsed();
                     self.fault(
                         s,
