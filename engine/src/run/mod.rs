@@ -1267,6 +1267,21 @@ impl Coordinator {
     }
 }
 
+/// The OS-signal thread: closed and joined when dropped.
+struct SignalThread {
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SignalThread {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// What a run ended with.
 #[derive(Debug, Default)]
 pub struct RunSummary {
@@ -1337,6 +1352,12 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             }
         })
         .context("starting the signal thread")?;
+    // Closes the signal iterator and joins its thread on every way out of
+    // this function, early error returns included.
+    let signal_guard = SignalThread {
+        handle: signals_handle,
+        thread: Some(signal_thread),
+    };
     let (out_tx, out_rx) = mpsc::sync_channel::<String>(OUTPUT_BOUND);
     let output_thread = std::thread::Builder::new()
         .name("output".into())
@@ -1448,8 +1469,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     // delivery (to a closed channel) drops the process, which is then reaped below.
     drop(spawner);
     drop(control);
-    signals_handle.close();
-    let _ = signal_thread.join();
+    drop(signal_guard);
     // Let the output thread write what is queued; a stdout nobody reads must
     // not keep the process alive, so the wait is bounded (the thread dies
     // with the process).
