@@ -284,8 +284,21 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
             w.iter().filter_map(|w| w["rss_bytes"].as_u64()).sum()
         })
     };
+    // Settled figures: a just-killed worker is a zombie for the few ms until
+    // the coordinator reaps it, and a control connection or a dead worker's
+    // channel holds a descriptor for a moment; what must not stay is measured
+    // as the minimum over a short window.
+    let settle = |f: &dyn Fn() -> usize| -> usize {
+        (0..10)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(30));
+                f()
+            })
+            .min()
+            .unwrap_or(0)
+    };
     let before = (
-        fd_count(coordinator),
+        settle(&|| fd_count(coordinator)),
         rss_kib(coordinator),
         workers_rss(&first),
     );
@@ -353,19 +366,6 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
         },
         Duration::from_secs(60),
     )?;
-    // Settled figures: a just-killed worker is a zombie for the few ms until
-    // the coordinator reaps it, and a control connection or a dead worker's
-    // channel holds a descriptor for a moment; what must not stay is measured
-    // as the minimum over a short window.
-    let settle = |f: &dyn Fn() -> usize| -> usize {
-        (0..10)
-            .map(|_| {
-                std::thread::sleep(Duration::from_millis(30));
-                f()
-            })
-            .min()
-            .unwrap_or(0)
-    };
     let zombies = settle(&|| zombies_of(coordinator));
     let after = (
         settle(&|| fd_count(coordinator)),

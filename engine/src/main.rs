@@ -156,19 +156,8 @@ struct RunArgs {
     /// Worker processes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
-    /// Trader file (JSON: one trader object or an array). Default: the built-in
-    /// set (SMA 10 and 30 crosses, both ways, every symbol, 1m).
-    #[arg(long)]
-    traders: Option<std::path::PathBuf>,
-    /// The feed. Only the built-in deterministic synthetic feed for now.
-    #[arg(long, default_value = "synthetic", value_parser = ["synthetic"])]
-    feed: String,
-    /// Seed of the synthetic feed: same seed, same candles.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Synthetic symbols (SYN000, SYN001, ...).
-    #[arg(long, default_value_t = 4)]
-    symbols: usize,
+    #[command(flatten)]
+    feed: FeedArgs,
     /// Closed candles per symbol, then an orderly exit once every trader has
     /// evaluated every candle. Default: run until SIGINT/SIGTERM.
     #[arg(long)]
@@ -212,20 +201,39 @@ struct RunArgs {
     capacity: CapacityArgs,
 }
 
+/// The traders and the feed: the same flags for `run`, `backtest` and
+/// `chaos`, so a backtest replays exactly what a run saw.
 #[derive(Debug, Args)]
-struct BacktestArgs {
-    /// Trader file, as for `run`. Default: run's built-in set.
+struct FeedArgs {
+    /// Trader file (JSON: one trader object or an array). Default: the built-in
+    /// set (SMA 10 and 30 crosses, both ways, every symbol, 1m).
     #[arg(long)]
     traders: Option<std::path::PathBuf>,
-    /// The feed, as for `run`.
+    /// The feed. Only the built-in deterministic synthetic feed for now.
     #[arg(long, default_value = "synthetic", value_parser = ["synthetic"])]
     feed: String,
-    /// Synthetic feed seed, as for `run`.
+    /// Seed of the synthetic feed: same seed, same candles.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Synthetic symbols, as for `run`.
+    /// Synthetic symbols (SYN000, SYN001, ...).
     #[arg(long, default_value_t = 4)]
     symbols: usize,
+}
+
+impl FeedArgs {
+    /// The trader file's traders, or the built-in set.
+    fn traders(&self) -> Result<Vec<protocol::trader::TraderSpec>> {
+        match &self.traders {
+            Some(path) => engine::run::traders::load(path),
+            None => Ok(engine::run::traders::defaults()),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct BacktestArgs {
+    #[command(flatten)]
+    feed: FeedArgs,
     /// Closed candles per symbol (required: a backtest needs an end).
     #[arg(long)]
     candles: u64,
@@ -248,18 +256,14 @@ struct ChaosArgs {
     /// Worker processes.
     #[arg(long, default_value_t = 3)]
     workers: u32,
-    /// Synthetic symbols.
-    #[arg(long, default_value_t = 4)]
-    symbols: usize,
+    #[command(flatten)]
+    feed: FeedArgs,
     /// Closed candles per symbol (the run's length with --rate).
     #[arg(long, default_value_t = 1200)]
     candles: u64,
     /// Candles per second per symbol.
     #[arg(long, default_value_t = 40.0)]
     rate: f64,
-    /// Feed seed.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
     /// Fault schedule seed (which worker, which kind, in which order).
     #[arg(long, default_value_t = 7)]
     chaos_seed: u64,
@@ -269,9 +273,6 @@ struct ChaosArgs {
     /// PING deadline of the run, in ms. Default: the run's (twice the interval).
     #[arg(long)]
     ping_deadline: Option<u64>,
-    /// Trader file; default: the built-in set.
-    #[arg(long)]
-    traders: Option<std::path::PathBuf>,
 }
 
 /// Store capacities: memory is fixed by them at start.
@@ -414,10 +415,7 @@ fn worker_bin_or_default(given: Option<std::path::PathBuf>) -> Result<std::path:
 }
 
 fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
-    let traders = match &args.traders {
-        Some(path) => engine::run::traders::load(path)?,
-        None => engine::run::traders::defaults(),
-    };
+    let traders = args.feed.traders()?;
     let worker_bin = worker_bin_or_default(args.worker_bin)?;
     let opts = engine::run::RunOptions {
         instance,
@@ -425,8 +423,8 @@ fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
         workers: args.workers,
         worker_bin,
         traders,
-        seed: args.seed,
-        symbols: args.symbols,
+        seed: args.feed.seed,
+        symbols: args.feed.symbols,
         candles: args.candles,
         rate: args.rate,
         ping_interval: std::time::Duration::from_millis(args.ping_interval),
@@ -494,14 +492,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run_main(instance_or_default(cli.instance)?, args),
         Command::Backtest(args) => {
-            let traders = match &args.traders {
-                Some(path) => engine::run::traders::load(path)?,
-                None => engine::run::traders::defaults(),
-            };
             let opts = engine::backtest::BacktestOptions {
-                traders,
-                seed: args.seed,
-                symbols: args.symbols,
+                traders: args.feed.traders()?,
+                seed: args.feed.seed,
+                symbols: args.feed.symbols,
                 candles: args.candles,
             };
             let n = engine::backtest::backtest(&opts, &mut std::io::stdout().lock())?;
@@ -513,21 +507,18 @@ fn run(cli: Cli) -> Result<()> {
                 Some(i) => i,
                 None => InstanceName::new(&format!("chaos-{}", std::process::id()))?,
             };
-            let traders = match &args.traders {
-                Some(path) => engine::run::traders::load(path)?,
-                None => engine::run::traders::defaults(),
-            };
+            let traders = args.feed.traders()?;
             let opts = engine::chaos::ChaosOptions {
                 instance,
                 runtime_base: engine::runtime::base_dir(),
                 shmkline: std::env::current_exe()?,
-                traders_file: args.traders.clone(),
+                traders_file: args.feed.traders.clone(),
                 traders,
                 workers: args.workers,
-                symbols: args.symbols,
+                symbols: args.feed.symbols,
                 candles: args.candles,
                 rate: args.rate,
-                seed: args.seed,
+                seed: args.feed.seed,
                 kills: args.kills,
                 stops: args.stops,
                 ping_interval_ms: args.ping_interval,

