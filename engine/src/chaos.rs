@@ -92,8 +92,12 @@ pub struct ChaosReport {
     pub runtime_dir_removed: bool,
     /// Coordinator open descriptors once ready, and after the last recovery.
     pub coordinator_fds: (usize, usize),
-    /// Coordinator resident set size (KiB) once ready, and after the last recovery.
+    /// Coordinator private resident memory (RssAnon, KiB) once ready, and
+    /// after the last recovery: what a leak would grow.
     pub coordinator_rss_kib: (u64, u64),
+    /// Coordinator resident shared memory (RssShmem, KiB): the store pages the
+    /// feed has touched so far, bounded by the segment's size.
+    pub coordinator_shmem_kib: (u64, u64),
     /// Workers' summed resident set size (bytes, from PONG) once ready and after.
     pub workers_rss_bytes: (u64, u64),
     /// Whether every check passed.
@@ -133,15 +137,23 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `RssAnon`, `RssShmem`, ...).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// The coordinator's own memory: private anonymous pages. `VmRSS` also counts
+/// the store's shared pages, which grow as the feed first touches the
+/// (fixed-size) ring; those are reported separately.
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon")
 }
 
 /// Children of `parent` in state Z.
@@ -302,6 +314,7 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
         rss_kib(coordinator),
         workers_rss(&first),
     );
+    let shmem_before = status_kib(coordinator, "RssShmem");
 
     // The schedule: every fault kind shuffled, evenly spaced over the first 70% of the feed.
     let mut rng = Rng(opts.chaos_seed);
@@ -372,6 +385,7 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
         rss_kib(coordinator),
         workers_rss(&last),
     );
+    let shmem_after = status_kib(coordinator, "RssShmem");
     let events = control::ask(&dir, "events")?;
 
     // The run ends by itself once the finite feed is evaluated.
@@ -483,6 +497,7 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
         runtime_dir_removed,
         coordinator_fds: (before.0, after.0),
         coordinator_rss_kib: (before.1, after.1),
+        coordinator_shmem_kib: (shmem_before, shmem_after),
         workers_rss_bytes: (before.2, after.2),
         ok,
     })
