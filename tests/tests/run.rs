@@ -657,7 +657,7 @@ fn a_poison_trader_is_quarantined_and_the_others_equal_the_oracle() {
 #[test]
 fn a_worker_kept_dead_past_the_ring_yields_a_reported_gap() {
     let inst = TestInstance::new("gap");
-    // A 32-candle ring, a feed that keeps its pace (no backpressure) and hang
+    // A 64-candle ring, a feed that keeps its pace (no backpressure) and hang
     // detection after 2 s: a frozen worker misses far more than the ring keeps.
     let mut cmd = inst.command("shmkline");
     cmd.args([
@@ -673,7 +673,7 @@ fn a_worker_kept_dead_past_the_ring_yields_a_reported_gap() {
     ])
     .args([
         "--candles-per-series",
-        "32",
+        "64",
         "--ping-interval",
         "1000",
         "--no-backpressure",

@@ -170,7 +170,7 @@ impl Trader {
         let start = (next + 1).saturating_sub(window).max(oldest_kept);
         match reader.read_range(series, start, head, buf) {
             Ok(()) => {}
-            Err(ReadError::Gone { .. }) => return Ok(gaps), // lapped while reading: next pass
+            Err(e @ ReadError::Gone { .. }) => return Err(e), // lapped while reading: not evaluated, the pass is incomplete
             Err(e) => return Err(e),
         }
         let candles: Vec<Candle> = buf.iter().map(|c| c.candle).collect();
@@ -192,7 +192,13 @@ impl Trader {
             }
             evaluated_to = index + 1;
             if (k + 1) < window as usize {
-                continue; // not enough history for a verdict
+                // Not enough history in hand: at a series' start that is no
+                // verdict by definition; past it, the ring no longer holds the
+                // window, which is a gap, never a silent skip.
+                if index + 1 >= window {
+                    gaps += 1;
+                }
+                continue;
             }
             let w = &candles[k + 1 - window as usize..=k];
             if signals(&self.rule, self.spec.cooldown as usize, w) {

@@ -317,7 +317,14 @@ fn spawn_eval(
     std::thread::Builder::new()
         .name("eval".into())
         .spawn(move || {
-            if let Err(e) = eval_loop(&reader, &shared, &out, black_box.as_deref()) {
+            // A panic must not leave the worker answering PINGs with frozen
+            // progress: it ends the process like an error does.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                eval_loop(&reader, &shared, &out, black_box.as_deref())
+            }));
+            let outcome =
+                outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("the evaluation thread panicked")));
+            if let Err(e) = outcome {
                 // A worker that cannot evaluate must not keep answering PINGs
                 // as if it could: exit, and let the coordinator replace it.
                 tracing::error!(error = %format!("{e:#}"), "evaluation failed: exiting");

@@ -84,6 +84,8 @@ pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
 pub const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// Supervision events kept for `status` (the oldest is dropped first).
 pub const EVENTS_KEPT: usize = 1024;
+/// How long a worker whose channel closed may take to exit before it is killed.
+const CRASH_GRACE: Duration = Duration::from_millis(100);
 /// Longest the loop sleeps between timer checks.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -250,17 +252,50 @@ struct Incarnation {
     read: (u64, u64),
     /// Index into the supervision events, once faulty.
     fault: Option<usize>,
-    /// Whether the process was stopped (state T) when a hang was detected.
+    /// Whether the process was stopped (state T) when its fault was detected.
     stopped: bool,
+    /// READY was received.
+    reached_ready: bool,
+    /// For a crash seen on the channel: when to SIGKILL if it has not exited
+    /// by itself (so its own exit status, not our kill, tells why it went).
+    kill_at: Option<Instant>,
+}
+
+/// Why a frame could not be sent.
+enum SendFailure {
+    /// The worker's end is closed: it died (its exit status says why).
+    Closed(String),
+    /// The worker is not keeping up (not reading, too many requests pending).
+    Behind(String),
+}
+
+impl SendFailure {
+    fn kind(&self) -> FaultKind {
+        match self {
+            SendFailure::Closed(_) => FaultKind::Crash,
+            SendFailure::Behind(_) => FaultKind::Hang,
+        }
+    }
+
+    fn why(self) -> String {
+        match self {
+            SendFailure::Closed(w) | SendFailure::Behind(w) => w,
+        }
+    }
 }
 
 impl Incarnation {
     /// Sends one frame unless that would leave more than `budget` unread.
-    fn transmit(&mut self, bytes: &[u8], budget: Budget) -> Result<(u64, u64), String> {
-        budget.admits(self.sent, self.read, bytes.len())?;
-        let link = self.link.as_ref().ok_or("no channel")?;
+    fn transmit(&mut self, bytes: &[u8], budget: Budget) -> Result<(u64, u64), SendFailure> {
+        budget
+            .admits(self.sent, self.read, bytes.len())
+            .map_err(SendFailure::Behind)?;
+        let link = self
+            .link
+            .as_ref()
+            .ok_or_else(|| SendFailure::Closed("no channel".into()))?;
         link.send(bytes)
-            .map_err(|e| format!("its channel is closed ({e})"))?;
+            .map_err(|e| SendFailure::Closed(format!("its channel is closed ({e})")))?;
         self.sent = (self.sent.0 + 1, self.sent.1 + bytes.len() as u64);
         Ok(self.sent)
     }
@@ -386,13 +421,6 @@ fn libc_sig(s: OsSignal) -> i32 {
     s as i32
 }
 
-/// Whether the slot's live incarnation died before READY.
-fn inc_never_ready(slot: &Slot) -> bool {
-    slot.live
-        .as_ref()
-        .is_some_and(|i| i.synced_at.is_none() && i.acked.is_empty() && i.last_pong.is_none())
-}
-
 /// Whether `pid` is stopped by a signal (state T or t in /proc).
 fn is_stopped(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -448,6 +476,16 @@ pub struct OsSignals {
 
 impl Coordinator {
     fn spawn_slot(&mut self, s: usize, spawner: &Spawner) {
+        // A mark left by a predecessor killed from outside must not be pinned
+        // on its trader if the new worker fails before its first pass.
+        if let Some(word) = self
+            .black_boxes
+            .get(s)
+            .and_then(|b| b.as_ref())
+            .and_then(|b| b.word(0))
+        {
+            word.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         let slot = &mut self.slots[s];
         slot.incarnations += 1;
         slot.spawning = true;
@@ -475,6 +513,11 @@ impl Coordinator {
     fn spawned(&mut self, s: usize, no: u64, result: Result<Spawned, String>) {
         let slot = &mut self.slots[s];
         if no != slot.incarnations {
+            // Cannot happen while `spawning` gates new spawns; never leak a child if it does.
+            if let Ok(mut spawned) = result {
+                let _ = spawned.child.kill();
+                let _ = spawned.child.wait();
+            }
             return;
         }
         slot.spawning = false;
@@ -527,6 +570,8 @@ impl Coordinator {
             read: (0, 0),
             fault: None,
             stopped: false,
+            reached_ready: false,
+            kill_at: None,
         });
         let init = Init {
             instance: self.opts.instance.to_string(),
@@ -536,17 +581,20 @@ impl Coordinator {
         self.request(s, Message::Init(init), Purpose::Init);
     }
 
-    fn send(&mut self, s: usize, message: Message, purpose: Purpose) -> Result<(), String> {
+    fn send(&mut self, s: usize, message: Message, purpose: Purpose) -> Result<(), SendFailure> {
         let budget = self.budget;
         let Some(inc) = self.slots[s].live.as_mut() else {
-            return Err("no worker".into());
+            return Err(SendFailure::Closed("no worker".into()));
         };
         if inc.pending.len() >= MAX_OUTSTANDING {
-            return Err(format!("{MAX_OUTSTANDING} requests unanswered"));
+            return Err(SendFailure::Behind(format!(
+                "{MAX_OUTSTANDING} requests unanswered"
+            )));
         }
         inc.next_id += 1;
         let id = inc.next_id;
-        let bytes = frame::encode(RequestId(id), &message).map_err(|e| e.to_string())?;
+        let bytes = frame::encode(RequestId(id), &message)
+            .map_err(|e| SendFailure::Behind(e.to_string()))?;
         let read_mark = inc.transmit(&bytes, budget)?;
         // PINGs are not retried: a missed PING is a hang, handled as such.
         let retry_at = match purpose {
@@ -568,11 +616,12 @@ impl Coordinator {
 
     fn request(&mut self, s: usize, message: Message, purpose: Purpose) {
         let kind = message.kind().name();
-        if let Err(why) = self.send(s, message, purpose) {
+        if let Err(failure) = self.send(s, message, purpose) {
+            let fault = failure.kind();
             self.fault(
                 s,
-                FaultKind::Protocol,
-                format!("could not send {kind}: {why}"),
+                fault,
+                format!("could not send {kind}: {}", failure.why()),
             );
         }
     }
@@ -587,16 +636,26 @@ impl Coordinator {
         if inc.fault.is_some() || matches!(inc.state, State::Exited) {
             return;
         }
+        // Never signal a pid already reaped: it may belong to another process now.
+        let alive = inc.child.is_some();
         if inc.state == State::Cleaning {
             // Shutting down anyway: just make sure it goes.
-            let _ = kill(Pid::from_raw(inc.pid as i32), OsSignal::SIGKILL);
+            if alive {
+                let _ = kill(Pid::from_raw(inc.pid as i32), OsSignal::SIGKILL);
+            }
             return;
         }
-        if kind == FaultKind::Hang {
-            inc.stopped = is_stopped(inc.pid);
-        }
+        // Stopped by a signal (state T) means someone else froze it, whatever
+        // symptom gave it away (a missed PING, a retry that ran out).
+        inc.stopped = alive && is_stopped(inc.pid);
         tracing::warn!(slot = slot.id, pid = inc.pid, ?kind, reason = %why, "worker is faulty: replacing it");
-        let _ = kill(Pid::from_raw(inc.pid as i32), OsSignal::SIGKILL);
+        if alive && kind == FaultKind::Crash {
+            // It is dying already: give it a moment to exit by itself, so its
+            // exit status (not our kill) says why.
+            inc.kill_at = Some(Instant::now() + CRASH_GRACE);
+        } else if alive {
+            let _ = kill(Pid::from_raw(inc.pid as i32), OsSignal::SIGKILL);
+        }
         inc.state = State::Dead;
         inc.pending.clear();
         if self.events.len() >= EVENTS_KEPT {
@@ -737,6 +796,7 @@ impl Coordinator {
             (Purpose::Init, Message::Ready(ready)) => {
                 tracing::info!(slot = slot.id, pid = ready.pid, "worker ready");
                 inc.state = State::Syncing;
+                inc.reached_ready = true;
                 slot.failed_starts = 0;
                 if slot.traders.is_empty() {
                     self.synced(s);
@@ -800,6 +860,9 @@ impl Coordinator {
                             .push(format!("{t} (worker {}: {reason})", slot.id));
                         if inc.state == State::Syncing && inc.acked.len() == slot.traders.len() {
                             self.synced(s);
+                        } else {
+                            // The refused one freed a place in the window.
+                            self.send_traders(s);
                         }
                     }
                     _ => self.fault(
@@ -909,8 +972,9 @@ impl Coordinator {
                 let Some(inc) = self.slots[s].live.as_mut() else {
                     break;
                 };
-                if let Err(why) = inc.transmit(&bytes, budget) {
-                    self.fault(s, FaultKind::Hang, format!("could not re-send: {why}"));
+                if let Err(failure) = inc.transmit(&bytes, budget) {
+                    let fault = failure.kind();
+                    self.fault(s, fault, format!("could not re-send: {}", failure.why()));
                     break;
                 }
             }
@@ -959,6 +1023,13 @@ impl Coordinator {
             let Some(inc) = self.slots[s].live.as_mut() else {
                 continue;
             };
+            // A crash seen on the channel gets a moment to exit by itself.
+            if inc.kill_at.is_some_and(|t| t <= Instant::now())
+                && let Some(child) = inc.child.as_mut()
+            {
+                inc.kill_at = None;
+                let _ = child.kill();
+            }
             let Some(child) = inc.child.as_mut() else {
                 continue;
             };
@@ -984,16 +1055,17 @@ impl Coordinator {
             // Why did it go?
             let ev = inc.fault;
             let cause = match ev.and_then(|i| self.events.get(i)).map(|e| e.kind) {
-                Some(FaultKind::Hang) if inc.stopped => Cause::Outside,
+                _ if inc.stopped => Cause::Outside,
                 Some(FaultKind::Hang) | Some(FaultKind::Protocol) => Cause::SelfInflicted,
                 _ => classify(&status),
             };
+            let never_ready = !inc.reached_ready;
             if let Some(event) = ev.and_then(|i| self.events.get_mut(i)) {
                 event.cause = Some(cause);
                 event.exit = Some(status.to_string());
             }
             let slot = &mut self.slots[s];
-            if inc_never_ready(slot) {
+            if never_ready && cause == Cause::SelfInflicted {
                 slot.failed_starts += 1;
             }
             if let Some(link) = slot.live.take().and_then(|mut inc| inc.link.take()) {
@@ -1003,11 +1075,23 @@ impl Coordinator {
             slot.recovering = ev;
             match cause {
                 Cause::Outside => slot.restart_at = Some(Instant::now()),
+                Cause::SelfInflicted
+                    if ev
+                        .and_then(|i| self.events.get(i))
+                        .is_some_and(|e| e.kind == FaultKind::Crash) =>
+                {
+                    let why = ev
+                        .and_then(|i| self.events.get(i))
+                        .map_or_else(String::new, |e| e.reason.clone());
+                    // Only a crash can be pinned on the trader being evaluated;
+                    // a hang or a protocol fault says nothing about it.
+                    self.blame(s);
+                    self.self_inflicted(s, why);
+                }
                 Cause::SelfInflicted => {
                     let why = ev
                         .and_then(|i| self.events.get(i))
                         .map_or_else(String::new, |e| e.reason.clone());
-                    self.blame(s);
                     self.self_inflicted(s, why);
                 }
             }
@@ -1125,6 +1209,8 @@ impl Coordinator {
         match slot.live.as_ref().map(|i| i.state) {
             Some(State::Starting) => "starting",
             Some(State::Syncing) => "syncing",
+            // Ready, but the PONG confirming its recovery is still to come.
+            Some(State::Ready) if slot.recovering.is_some() => "recovering",
             Some(State::Ready) => "ready",
             Some(State::Cleaning) => "cleaning",
             Some(State::Exited) => "exited",
@@ -1300,13 +1386,29 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             opts.store.symbols
         );
     }
+    if opts.candles == Some(0) {
+        bail!(
+            "--candles 0: a finite feed needs at least one candle (omit --candles to run until stopped)"
+        );
+    }
     if !(opts.rate > 0.0 && opts.rate <= MAX_RATE) {
         bail!(
             "--rate {} must be a number of candles per second above 0 and at most {MAX_RATE}",
             opts.rate
         );
     }
+    let half_ring = opts.store.candles_per_series as usize / 2;
     for t in &opts.traders {
+        // The feed runs up to half a ring ahead of the slowest worker: a
+        // window longer than that could leave the ring before a verdict.
+        let window = t.compile()?.lookback() + t.cooldown as usize;
+        if window > half_ring {
+            bail!(
+                "trader {}: its rule and cooldown need {window} candles, more than half the ring ({half_ring} of --candles-per-series {}): raise --candles-per-series or shorten the rule",
+                t.id,
+                opts.store.candles_per_series
+            );
+        }
         if !opts.store.intervals.contains(&t.interval) {
             bail!(
                 "trader {} uses interval {}, which the store does not keep (--intervals)",
