@@ -64,6 +64,26 @@ impl Outbox {
     }
 }
 
+/// RSS as reported in PONG, read from /proc at most once a second: reading
+/// it costs an open/read/close, several times the rest of a PING's handling.
+struct RssCache {
+    bytes: u64,
+    read_at: Option<Instant>,
+}
+
+impl RssCache {
+    fn get(&mut self) -> u64 {
+        if self
+            .read_at
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.bytes = rss_bytes();
+            self.read_at = Some(Instant::now());
+        }
+        self.bytes
+    }
+}
+
 fn rss_bytes() -> u64 {
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
@@ -101,6 +121,10 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
     drop(boot);
     let out = Outbox(out);
     let shared = Arc::new(Shared::default());
+    let mut rss = RssCache {
+        bytes: 0,
+        read_at: None,
+    };
     let mut store: Option<Arc<StoreReader>> = None;
     let mut eval: Option<JoinHandle<()>> = None;
 
@@ -184,7 +208,7 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
                 last_publish: shared.progress.load(Ordering::Acquire),
                 gaps: shared.gaps.load(Ordering::Relaxed),
                 uptime_ms: started.elapsed().as_millis() as u64,
-                rss_bytes: rss_bytes(),
+                rss_bytes: rss.get(),
                 signals: shared.signals.load(Ordering::Relaxed),
             }),
             Message::Cleanup => {

@@ -30,10 +30,14 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PingReport {
     /// Always "ping".
     pub bench: &'static str,
-    /// PING -> PONG through the whole stack: frame encode, the worker link's
-    /// writer thread, the worker's decode and answer, the reader thread's
-    /// decode, the event channel.
+    /// PING -> PONG through the whole protocol stack, sent and received on one
+    /// thread like the baseline: frame encode, ipc-channel, the worker's
+    /// decode, handling and encoded PONG, ipc-channel back, frame decode.
     pub protocol_rtt: Percentiles,
+    /// The same, received the way the coordinator does: by the worker's reader
+    /// thread, then handed to the loop through its event channel (one more
+    /// wake-up).
+    pub coordinator_rtt: Percentiles,
     /// Baseline: 16 bytes echoed over a raw ipc-channel byte channel pair by a
     /// child process, sent and received on one thread.
     pub raw_ipc_rtt: Percentiles,
@@ -134,6 +138,15 @@ fn init(live: &mut Live, inst: &Instance, id: u32) -> Result<()> {
     }
 }
 
+/// Round trips per block; blocks of the three paths alternate, in a rotating
+/// order, so drift on a shared machine (frequency, placement) hits all three
+/// alike. Measured one after another, whichever ran later came out up to 4x
+/// slower, which made sequential ratios meaningless.
+const BLOCK: usize = 100;
+
+/// One path under measurement: a closure doing one PING/PONG round trip.
+type RoundTrip<'a> = Box<dyn FnMut() -> Result<()> + 'a>;
+
 /// `shmkline bench ping`.
 pub fn run_ping(
     instance: &InstanceName,
@@ -142,64 +155,134 @@ pub fn run_ping(
 ) -> Result<PingReport> {
     let inst = setup(instance)?;
     let spawner = Spawner::start(worker_bin, instance.clone())?;
-    let mut live = Live::start(&spawner, 0)?;
-    init(&mut live, &inst, 0)?;
-    let mut rtts = Vec::with_capacity(samples);
-    for i in 0..samples + WARMUP {
-        let started = Instant::now();
-        match live.call(Message::Ping)? {
-            Message::Pong(_) => {}
-            other => bail!("expected PONG, got {other:?}"),
-        }
-        if i >= WARMUP {
-            rtts.push(started.elapsed().as_nanos() as u64);
-        }
-    }
-    live.call(Message::Cleanup)?;
-    live.finish()?;
-    drop(spawner);
-    let protocol_rtt = Percentiles::of(&mut rtts).context("no samples")?;
-    let raw_ipc_rtt = raw_ipc(samples)?;
-    let p50_vs_raw = ratio(protocol_rtt.p50_ns as f64, raw_ipc_rtt.p50_ns as f64);
-    drop(inst);
-    Ok(PingReport {
-        bench: "ping",
-        protocol_rtt,
-        raw_ipc_rtt,
-        p50_vs_raw,
-        targets: vec![Target::at_most("p50_vs_raw <= 1.5", p50_vs_raw, 1.5)],
-    })
-}
 
-fn raw_ipc(samples: usize) -> Result<Percentiles> {
+    // Raw baseline: an echo child over a bare byte channel pair.
     let (server, name) = IpcOneShotServer::<Bootstrap>::new()?;
-    let child = BenchChild::spawn(&["ipc-echo".into(), "--bootstrap".into(), name])?;
+    let echo = BenchChild::spawn(&["ipc-echo".into(), "--bootstrap".into(), name])?;
     let (_boot, channels) = server
         .accept()
         .map_err(|e| anyhow::anyhow!("accepting the echo child: {e:?}"))?;
     let Bootstrap::Channels {
-        to_worker,
-        from_worker,
+        to_worker: raw_to,
+        from_worker: raw_from,
     } = channels
     else {
         bail!("the echo child aborted")
     };
     let frame = [7u8; 16];
-    let mut rtts = Vec::with_capacity(samples);
-    for i in 0..samples + WARMUP {
-        let started = Instant::now();
-        to_worker.send(&frame)?;
-        let echo = from_worker
-            .recv()
-            .map_err(|e| anyhow::anyhow!("echo: {e:?}"))?;
-        if i >= WARMUP {
-            rtts.push(started.elapsed().as_nanos() as u64);
+
+    // The protocol stack, received on this thread.
+    let Spawned {
+        child: mut direct_child,
+        to_worker: direct_to,
+        from_worker: direct_from,
+    } = spawner.spawn(1)?;
+    let mut next = 0u64;
+    let mut direct_call = move |message: &Message| -> Result<Message> {
+        next += 1;
+        direct_to.send(&encode(RequestId(next), message)?)?;
+        loop {
+            let bytes = direct_from
+                .recv()
+                .map_err(|e| anyhow::anyhow!("the worker went away: {e:?}"))?;
+            let (id, answer) = protocol::frame::decode(&bytes)?;
+            if id == RequestId(next) {
+                return Ok(answer);
+            }
         }
-        anyhow::ensure!(echo.len() == frame.len(), "bad echo");
-    }
-    drop(to_worker);
-    let _: serde_json::Value = child.finish()?;
-    Percentiles::of(&mut rtts).context("no samples")
+    };
+    let direct_init = Init {
+        instance: inst.runtime.instance().to_string(),
+        generation: inst.store.generation(),
+        worker_id: 1,
+    };
+    anyhow::ensure!(
+        matches!(direct_call(&Message::Init(direct_init))?, Message::Ready(_)),
+        "expected READY"
+    );
+
+    // The coordinator's way: reader thread, then an event channel.
+    let mut live = Live::start(&spawner, 0)?;
+    init(&mut live, &inst, 0)?;
+
+    let result = (|| -> Result<(Percentiles, Percentiles, Percentiles)> {
+        let mut paths: Vec<(RoundTrip, Vec<u64>)> = vec![
+            (
+                Box::new(|| {
+                    raw_to.send(&frame)?;
+                    let echo = raw_from
+                        .recv()
+                        .map_err(|e| anyhow::anyhow!("echo: {e:?}"))?;
+                    anyhow::ensure!(echo.len() == frame.len(), "bad echo");
+                    Ok(())
+                }),
+                Vec::with_capacity(samples),
+            ),
+            (
+                Box::new(|| {
+                    anyhow::ensure!(
+                        matches!(direct_call(&Message::Ping)?, Message::Pong(_)),
+                        "expected PONG"
+                    );
+                    Ok(())
+                }),
+                Vec::with_capacity(samples),
+            ),
+            (
+                Box::new(|| {
+                    anyhow::ensure!(
+                        matches!(live.call(Message::Ping)?, Message::Pong(_)),
+                        "expected PONG"
+                    );
+                    Ok(())
+                }),
+                Vec::with_capacity(samples),
+            ),
+        ];
+        // Warm-up for all three, then interleaved blocks.
+        for (trip, _) in paths.iter_mut() {
+            for _ in 0..WARMUP {
+                trip()?;
+            }
+        }
+        let rounds = samples.div_ceil(BLOCK);
+        for round in 0..rounds {
+            for k in 0..paths.len() {
+                let (trip, rtts) = &mut paths[(round + k) % 3];
+                for _ in 0..BLOCK {
+                    let started = Instant::now();
+                    trip()?;
+                    rtts.push(started.elapsed().as_nanos() as u64);
+                }
+            }
+        }
+        let mut out = paths
+            .into_iter()
+            .map(|(_, mut rtts)| Percentiles::of(&mut rtts).context("no samples"));
+        let raw = out.next().context("raw")??;
+        let protocol = out.next().context("protocol")??;
+        let coordinator = out.next().context("coordinator")??;
+        Ok((raw, protocol, coordinator))
+    })();
+    let _ = direct_call(&Message::Cleanup);
+    let _ = direct_child.kill();
+    let _ = direct_child.wait();
+    let _ = live.call(Message::Cleanup);
+    live.finish()?;
+    drop(raw_to);
+    let _: serde_json::Value = echo.finish()?;
+    drop(spawner);
+    drop(inst);
+    let (raw_ipc_rtt, protocol_rtt, coordinator_rtt) = result?;
+    let p50_vs_raw = ratio(protocol_rtt.p50_ns as f64, raw_ipc_rtt.p50_ns as f64);
+    Ok(PingReport {
+        bench: "ping",
+        protocol_rtt,
+        coordinator_rtt,
+        raw_ipc_rtt,
+        p50_vs_raw,
+        targets: vec![Target::at_most("p50_vs_raw <= 1.5", p50_vs_raw, 1.5)],
+    })
 }
 
 /// The child side of the raw baseline: echo every byte frame until the channel closes.
