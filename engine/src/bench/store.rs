@@ -154,21 +154,43 @@ impl PlainRing {
 }
 
 /// Runs the upsert loop `rounds` times through `upsert` and returns the median ns/op.
-fn time_upserts(rounds: usize, mut upsert: impl FnMut(usize, &Candle)) -> f64 {
-    let mut open_times = [0i64; WRITE_SERIES];
-    let mut per_op = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let started = Instant::now();
-        for op in 0..WRITE_OPS {
-            let s = op % WRITE_SERIES;
-            if (op / WRITE_SERIES).is_multiple_of(APPEND_EVERY) {
-                open_times[s] += 60_000;
-            }
-            upsert(s, &op_candle(op, open_times[s]));
+/// One timed round of the upsert loop through `upsert`, in ns per upsert.
+/// `open_times` carries each series' open time across rounds.
+fn upsert_round(
+    open_times: &mut [i64; WRITE_SERIES],
+    upsert: &mut impl FnMut(usize, &Candle),
+) -> f64 {
+    let started = Instant::now();
+    for op in 0..WRITE_OPS {
+        let s = op % WRITE_SERIES;
+        if (op / WRITE_SERIES).is_multiple_of(APPEND_EVERY) {
+            open_times[s] += 60_000;
         }
-        per_op.push(started.elapsed().as_nanos() as f64 / WRITE_OPS as f64);
+        upsert(s, &op_candle(op, open_times[s]));
     }
-    median(&mut per_op)
+    started.elapsed().as_nanos() as f64 / WRITE_OPS as f64
+}
+
+/// Median ns per upsert of two loops measured in alternating rounds (the
+/// order rotating), so machine drift during the run hits both alike: run one
+/// after the other, the later one came out slower on this VM.
+fn time_upserts_interleaved(
+    rounds: usize,
+    mut a: impl FnMut(usize, &Candle),
+    mut b: impl FnMut(usize, &Candle),
+) -> (f64, f64) {
+    let (mut ta, mut tb) = ([0i64; WRITE_SERIES], [0i64; WRITE_SERIES]);
+    let (mut ra, mut rb) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            ra.push(upsert_round(&mut ta, &mut a));
+            rb.push(upsert_round(&mut tb, &mut b));
+        } else {
+            rb.push(upsert_round(&mut tb, &mut b));
+            ra.push(upsert_round(&mut ta, &mut a));
+        }
+    }
+    (median(&mut ra), median(&mut rb))
 }
 
 /// Median ns per 100-candle slice and retries per slice over `rounds` rounds.
@@ -223,12 +245,15 @@ pub fn run(instance: &InstanceName, opts: &StoreBenchOptions) -> Result<StoreRep
         .collect::<Result<_>>()?;
 
     let mut plain = PlainRing::new(WRITE_SERIES, store.candles_per_series());
-    let upsert_plain_baseline_ns = time_upserts(opts.rounds, |s, c| {
-        black_box(plain.upsert(black_box(s), c));
-    });
-    let upsert_ns = time_upserts(opts.rounds, |s, c| {
-        let _ = black_box(store.upsert(series[black_box(s)], c));
-    });
+    let (upsert_plain_baseline_ns, upsert_ns) = time_upserts_interleaved(
+        opts.rounds,
+        |s, c| {
+            black_box(plain.upsert(black_box(s), c));
+        },
+        |s, c| {
+            let _ = black_box(store.upsert(series[black_box(s)], c));
+        },
+    );
     let mut publish = Vec::with_capacity(opts.rounds);
     for _ in 0..opts.rounds {
         let started = Instant::now();
