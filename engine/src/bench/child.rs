@@ -12,7 +12,7 @@ use protocol::store::{SeriesId, StoreReader, StoredCandle, Wait};
 use protocol::{Candle, InstanceName, Interval};
 use serde::{Deserialize, Serialize};
 
-use super::{Percentiles, mono_ns};
+use super::mono_ns;
 
 /// Symbol the torn-read stress writes.
 pub const STRESS_SYMBOL: &str = "STRESS";
@@ -202,14 +202,14 @@ pub fn wait_scratch(scratch: &SharedWords, i: usize, seen: u64) -> Result<u64> {
 }
 
 /// Observes `samples` changes made by the parent, timestamps each on arrival
-/// and acknowledges it; returns the one-way latencies after warm-up.
+/// and acknowledges it; returns the one-way latencies (ns) after warm-up.
 pub fn wake_reader(
     instance: &InstanceName,
     scratch: &str,
     mode: WakeMode,
     samples: usize,
     base_ns: u64,
-) -> Result<Percentiles> {
+) -> Result<Vec<u64>> {
     let scratch = SharedWords::open(scratch)?;
     let ack = scratch.word(ACK).context("scratch too small")?;
     let ping = scratch.word(PING).context("scratch too small")?;
@@ -271,5 +271,9 @@ pub fn wake_reader(
             scratch.wake(ACK)?;
         }
     }
-    Percentiles::of(&mut latencies).context("no samples after warm-up: raise --samples")
+    anyhow::ensure!(
+        !latencies.is_empty(),
+        "no samples after warm-up: raise --samples"
+    );
+    Ok(latencies)
 }

@@ -70,7 +70,7 @@ fn run_mode(
     mode: WakeMode,
     samples: usize,
     open_time: &mut i64,
-) -> Result<Percentiles> {
+) -> Result<Vec<u64>> {
     let total = samples + WARMUP;
     let ack = scratch.word(ACK).context("scratch too small")?;
     let ping = scratch.word(PING).context("scratch too small")?;
@@ -146,38 +146,36 @@ pub fn run(instance: &InstanceName, samples: usize) -> Result<WakeReport> {
     let _ = nix::sys::mman::shm_unlink(scratch_name.as_str());
     let scratch = SharedWords::create(&scratch_name, 8)?;
     let mut open_time = 0i64;
-    let raw_futex = run_mode(
-        &mut inst,
-        &scratch,
-        &scratch_name,
+    // The four modes in rounds, the order rotating each round, so drift on a
+    // shared machine hits them alike; measured one after another, the later
+    // modes came out slower.
+    const ROUNDS: usize = 5;
+    let modes = [
         WakeMode::RawFutex,
-        samples,
-        &mut open_time,
-    )?;
-    let store_futex = run_mode(
-        &mut inst,
-        &scratch,
-        &scratch_name,
         WakeMode::StoreFutex,
-        samples,
-        &mut open_time,
-    )?;
-    let raw_spin = run_mode(
-        &mut inst,
-        &scratch,
-        &scratch_name,
         WakeMode::RawSpin,
-        samples,
-        &mut open_time,
-    )?;
-    let store_spin = run_mode(
-        &mut inst,
-        &scratch,
-        &scratch_name,
         WakeMode::StoreSpin,
-        samples,
-        &mut open_time,
-    )?;
+    ];
+    let mut latencies: [Vec<u64>; 4] = Default::default();
+    let per_round = samples.div_ceil(ROUNDS);
+    for round in 0..ROUNDS {
+        for k in 0..modes.len() {
+            let m = (round + k) % modes.len();
+            let got = run_mode(
+                &mut inst,
+                &scratch,
+                &scratch_name,
+                modes[m],
+                per_round,
+                &mut open_time,
+            )?;
+            latencies[m].extend(got);
+        }
+    }
+    let [raw_futex, store_futex, raw_spin, store_spin] =
+        latencies.map(|mut v| Percentiles::of(&mut v).context("no samples"));
+    let (raw_futex, store_futex, raw_spin, store_spin) =
+        (raw_futex?, store_futex?, raw_spin?, store_spin?);
     let futex_p50_vs_raw = ratio(store_futex.p50_ns as f64, raw_futex.p50_ns as f64);
     let spin_p50_vs_raw = ratio(store_spin.p50_ns as f64, raw_spin.p50_ns as f64);
     Ok(WakeReport {
