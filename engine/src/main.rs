@@ -191,6 +191,11 @@ struct RunArgs {
     /// (taken out, reported; the other traders keep running).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     quarantine_after: u32,
+    /// Milliseconds a worker's progress may stand still while newer batches
+    /// wait before it counts as stuck (its evaluation loops or blocks even
+    /// though it answers PINGs) and is replaced.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    stall_timeout: u64,
     /// Keep the feed's pace even when workers fall behind or are being
     /// replaced, as a live feed would: candles can then leave the ring before
     /// they are evaluated, which is reported as a gap (and fails a finite run).
@@ -435,6 +440,7 @@ fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
         restart_limit: args.restart_limit,
         restart_period: std::time::Duration::from_millis(args.restart_period),
         quarantine_after: args.quarantine_after,
+        stall_timeout: std::time::Duration::from_millis(args.stall_timeout),
         backpressure: !args.no_backpressure,
     };
     let summary = engine::run::run(opts)?;

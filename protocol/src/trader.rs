@@ -68,6 +68,12 @@ pub enum Rule {
         /// First candle index that aborts.
         after: u64,
     },
+    /// TEST ONLY, like [`Rule::TestAbortAfter`]: the evaluation loops forever
+    /// at candle index `after`, so tests can prove a stuck evaluation is seen.
+    TestSpinAfter {
+        /// First candle index that hangs.
+        after: u64,
+    },
     /// The close crosses the simple moving average of the last `period` closes.
     CloseCrossesSma {
         /// Which way.
@@ -83,7 +89,7 @@ impl Rule {
         match self {
             // The SMA at this candle and at the previous one.
             Rule::CloseCrossesSma { period, .. } => *period as usize + 1,
-            Rule::TestAbortAfter { .. } => 1,
+            Rule::TestAbortAfter { .. } | Rule::TestSpinAfter { .. } => 1,
         }
     }
 }
@@ -99,6 +105,7 @@ impl fmt::Display for Rule {
                 write!(f, "{name}(close, sma(close, {period}))")
             }
             Rule::TestAbortAfter { after } => write!(f, "test_abort_after({after})"),
+            Rule::TestSpinAfter { after } => write!(f, "test_spin_after({after})"),
         }
     }
 }
@@ -128,13 +135,19 @@ pub enum SpecError {
 
 fn parse_rule(rule: &str) -> Result<Rule, String> {
     let compact: String = rule.chars().filter(|c| !c.is_whitespace()).collect();
-    if let Some(n) = compact
-        .strip_prefix("test_abort_after(")
-        .and_then(|r| r.strip_suffix(')'))
-        && std::env::var("SHMKLINE_TEST_RULES").is_ok_and(|v| v == "1")
-        && let Ok(after) = n.parse()
-    {
-        return Ok(Rule::TestAbortAfter { after });
+    if std::env::var("SHMKLINE_TEST_RULES").is_ok_and(|v| v == "1") {
+        let arg = |name: &str| {
+            compact
+                .strip_prefix(name)
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|n| n.parse().ok())
+        };
+        if let Some(after) = arg("test_abort_after(") {
+            return Ok(Rule::TestAbortAfter { after });
+        }
+        if let Some(after) = arg("test_spin_after(") {
+            return Ok(Rule::TestSpinAfter { after });
+        }
     }
     let hint = "this version understands crosses_above(close, sma(close, N)) and crosses_below(close, sma(close, N)) with 2 <= N <= 1000";
     let (direction, rest) =
@@ -198,8 +211,8 @@ impl TraderSpec {
 /// exactly `rule.lookback()` candles, oldest first).
 pub fn verdict(rule: &Rule, window: &[Candle]) -> bool {
     match *rule {
-        // Never a verdict: its effect is the abort, in the worker.
-        Rule::TestAbortAfter { .. } => false,
+        // Never a verdict: their effect is in the worker.
+        Rule::TestAbortAfter { .. } | Rule::TestSpinAfter { .. } => false,
         Rule::CloseCrossesSma { direction, period } => {
             let n = period as usize;
             if window.len() != n + 1 {

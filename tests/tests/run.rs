@@ -711,3 +711,72 @@ fn a_worker_kept_dead_past_the_ring_yields_a_reported_gap() {
     );
     inst.assert_clean();
 }
+
+#[test]
+fn an_evaluation_stuck_in_a_loop_is_detected_and_its_trader_quarantined() {
+    // The worker keeps answering PINGs (another thread), so only the progress
+    // watchdog can see this one.
+    let file = std::env::temp_dir().join(format!("shmkline-spin-{}.json", std::process::id()));
+    std::fs::write(
+        &file,
+        r#"[{"id":"up5","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))"},
+            {"id":"spin","symbols":["SYN002"],"interval":"1m","rule":"test_spin_after(40)"},
+            {"id":"down9","symbols":"*","interval":"1m","rule":"crosses_below(close, sma(close, 9))"}]"#,
+    )
+    .expect("write trader file");
+    let traders = file.to_str().expect("utf-8 path");
+    let inst = TestInstance::new("spin");
+    let rules = [("SHMKLINE_TEST_RULES", "1")];
+    let out = finite_run(
+        &inst,
+        &[
+            "--workers",
+            "2",
+            "--traders",
+            traders,
+            "--stall-timeout",
+            "500",
+            "--quarantine-after",
+            "2",
+        ],
+        &rules,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("its evaluation made no progress"),
+        "the watchdog saw it: {stderr}"
+    );
+    assert!(
+        stderr.contains("traders quarantined after crashing their workers 2 times: spin"),
+        "{stderr}"
+    );
+    let mut cmd = inst.command("shmkline");
+    cmd.args([
+        "backtest",
+        "--traders",
+        traders,
+        "--candles",
+        "150",
+        "--symbols",
+        "3",
+    ]);
+    for (k, v) in rules {
+        cmd.env(k, v);
+    }
+    let oracle = cmd.output().expect("backtest");
+    let _ = std::fs::remove_file(&file);
+    assert_ok(&oracle);
+    let others = |lines: Vec<String>| {
+        lines
+            .into_iter()
+            .filter(|l| !l.contains("\"spin\""))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        others(normalized_signals(&out.stdout)),
+        others(normalized_signals(&oracle.stdout))
+    );
+    assert_no_workers_left(&inst);
+    inst.assert_clean();
+}

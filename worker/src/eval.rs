@@ -190,6 +190,14 @@ impl Trader {
                 tracing::error!(trader = %self.spec.id, index, "TEST rule: aborting the worker");
                 std::process::abort();
             }
+            if let Rule::TestSpinAfter { after } = self.rule
+                && index >= after
+            {
+                tracing::error!(trader = %self.spec.id, index, "TEST rule: evaluation hangs");
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
             evaluated_to = index + 1;
             if (k + 1) < window as usize {
                 // Not enough history in hand: at a series' start that is no

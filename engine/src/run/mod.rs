@@ -123,6 +123,10 @@ pub struct RunOptions {
     pub restart_period: Duration,
     /// Self-inflicted crashes pinned on one trader before it is quarantined.
     pub quarantine_after: u32,
+    /// A worker whose reported progress does not advance for this long while
+    /// newer batches wait is stuck (its evaluation loops or blocks) even if it
+    /// still answers PINGs: it is replaced like a hung one.
+    pub stall_timeout: Duration,
     /// Whether the feed waits for the slowest worker (replay) or keeps its
     /// pace whatever happens (like a live feed; candles can then leave the
     /// ring unevaluated, which is reported as a gap).
@@ -185,6 +189,8 @@ enum FaultKind {
     Crash,
     /// A PING missed its deadline.
     Hang,
+    /// It answers PINGs but its evaluation makes no progress.
+    Stall,
     /// It broke the protocol (malformed frame, no answer after every retry,
     /// wrong answer, not reading its channel).
     Protocol,
@@ -256,6 +262,8 @@ struct Incarnation {
     stopped: bool,
     /// READY was received.
     reached_ready: bool,
+    /// The progress its PONGs last reported, and when it last advanced.
+    progress: Option<(u64, Instant)>,
     /// For a crash seen on the channel: when to SIGKILL if it has not exited
     /// by itself (so its own exit status, not our kill, tells why it went).
     kill_at: Option<Instant>,
@@ -571,6 +579,7 @@ impl Coordinator {
             fault: None,
             stopped: false,
             reached_ready: false,
+            progress: None,
             kill_at: None,
         });
         let init = Init {
@@ -843,6 +852,12 @@ impl Coordinator {
                     slot.gaps += pong.gaps - slot.live_gaps;
                     slot.live_gaps = pong.gaps;
                 }
+                if inc
+                    .progress
+                    .is_none_or(|(value, _)| pong.last_publish > value)
+                {
+                    inc.progress = Some((pong.last_publish, Instant::now()));
+                }
                 inc.last_pong = Some((Instant::now(), pong));
             }
             (Purpose::Cleanup, Message::CleanupComplete(released)) => {
@@ -981,6 +996,30 @@ impl Coordinator {
         }
     }
 
+    /// A worker that still answers PINGs but whose progress has not moved for
+    /// `stall_timeout` while newer batches wait is stuck in its evaluation.
+    fn stall_due(&mut self) {
+        let published = self.inst.store.stats().publishes;
+        for s in 0..self.slots.len() {
+            let Some(inc) = self.slots[s].live.as_ref() else {
+                continue;
+            };
+            if inc.state != State::Ready {
+                continue;
+            }
+            if let Some((value, since)) = inc.progress
+                && value < published
+                && since.elapsed() > self.opts.stall_timeout
+            {
+                let why = format!(
+                    "its evaluation made no progress for {:?} (stuck at batch {value} of {published})",
+                    since.elapsed()
+                );
+                self.fault(s, FaultKind::Stall, why);
+            }
+        }
+    }
+
     fn ping_due(&mut self) {
         for s in 0..self.slots.len() {
             let Some(inc) = self.slots[s].live.as_ref() else {
@@ -1056,7 +1095,9 @@ impl Coordinator {
             let ev = inc.fault;
             let cause = match ev.and_then(|i| self.events.get(i)).map(|e| e.kind) {
                 _ if inc.stopped => Cause::Outside,
-                Some(FaultKind::Hang) | Some(FaultKind::Protocol) => Cause::SelfInflicted,
+                Some(FaultKind::Hang | FaultKind::Stall | FaultKind::Protocol) => {
+                    Cause::SelfInflicted
+                }
                 _ => classify(&status),
             };
             let never_ready = !inc.reached_ready;
@@ -1078,7 +1119,7 @@ impl Coordinator {
                 Cause::SelfInflicted
                     if ev
                         .and_then(|i| self.events.get(i))
-                        .is_some_and(|e| e.kind == FaultKind::Crash) =>
+                        .is_some_and(|e| matches!(e.kind, FaultKind::Crash | FaultKind::Stall)) =>
                 {
                     let why = ev
                         .and_then(|i| self.events.get(i))
@@ -1679,6 +1720,7 @@ fn drive(coord: &mut Coordinator, spawner: &Spawner, events: &Receiver<Event>) -
         coord.feed()?;
         coord.retry_due();
         coord.ping_due();
+        coord.stall_due();
         if coord.feed_done() {
             coord.begin_shutdown("the finite feed is done and every trader evaluated every candle");
         }
