@@ -8,7 +8,8 @@
 # non-zero if anything was lost, duplicated, unexpected or leaked.
 #
 #   scripts/chaos.sh                         # 50 kills, 5 stops, 3 workers, 4 symbols x 1200 candles at 40/s
-#   scripts/chaos.sh --kills 1000 --stops 20 --candles 6000 --rate 40 --json
+#   scripts/chaos.sh --kills 1000 --stops 20 --candles 6000 --rate 60 --json
+#   scripts/chaos.sh --kills 100 --stops 10 --fault-interval 200   # one fault every 200 ms
 #
 # Every flag of `shmkline chaos --help` is accepted.
 set -euo pipefail

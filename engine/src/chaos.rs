@@ -53,6 +53,8 @@ pub struct ChaosOptions {
     pub ping_deadline_ms: Option<u64>,
     /// Seed of the fault schedule.
     pub chaos_seed: u64,
+    /// Time between faults; default: spread over the first 70% of the feed.
+    pub fault_interval: Option<Duration>,
 }
 
 /// The chaos report.
@@ -325,7 +327,9 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
         kinds.swap(i, rng.below(i + 1));
     }
     let feed_secs = opts.candles as f64 / opts.rate;
-    let spacing = Duration::from_secs_f64((feed_secs * 0.7 / kinds.len().max(1) as f64).max(0.02));
+    let spacing = opts.fault_interval.unwrap_or_else(|| {
+        Duration::from_secs_f64((feed_secs * 0.7 / kinds.len().max(1) as f64).max(0.02))
+    });
     let mut injected: Vec<(u32, &'static str, i64)> = Vec::new();
     let mut counts: BTreeMap<&'static str, u32> = BTreeMap::new();
     for kind in &kinds {

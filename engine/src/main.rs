@@ -269,6 +269,10 @@ struct ChaosArgs {
     /// Candles per second per symbol.
     #[arg(long, default_value_t = 40.0)]
     rate: f64,
+    /// Milliseconds between faults. Default: the faults spread evenly over the
+    /// first 70% of the feed (--candles / --rate seconds).
+    #[arg(long)]
+    fault_interval: Option<u64>,
     /// Fault schedule seed (which worker, which kind, in which order).
     #[arg(long, default_value_t = 7)]
     chaos_seed: u64,
@@ -530,6 +534,7 @@ fn run(cli: Cli) -> Result<()> {
                 ping_interval_ms: args.ping_interval,
                 ping_deadline_ms: args.ping_deadline,
                 chaos_seed: args.chaos_seed,
+                fault_interval: args.fault_interval.map(std::time::Duration::from_millis),
             };
             let report = engine::chaos::run(&opts)?;
             emit(&report, args.json)?;
