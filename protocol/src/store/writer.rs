@@ -242,48 +242,44 @@ impl StoreWriter {
         candle: &Candle,
         closed: bool,
     ) -> Result<Upsert, UpsertError> {
-        if series.0 as usize >= self.layout.series_count() {
-            return Err(UpsertError::UnknownSeries(series.0));
-        }
-        if !candle.is_finite() {
-            self.stats.rejected_invalid += 1;
-            return Err(UpsertError::NonFinite {
-                open_time: candle.open_time,
-            });
+        let finite = candle.is_finite();
+        if series.0 as usize >= self.layout.series_count() || !finite {
+            return Err(self.refuse(series, candle));
         }
         let layout = &self.layout;
         let w = self.mapping.words();
         let hw = layout.header_word(series.0 as usize);
         let rw = layout.ring_word(series.0 as usize);
+        // One bounds check for the whole header line.
+        let header: &[AtomicU64; SERIES_HEADER_WORDS] = w[hw..hw + SERIES_HEADER_WORDS]
+            .try_into()
+            .expect("a series header is SERIES_HEADER_WORDS words");
         // Single writer: our own stores, so Relaxed loads see them.
-        let head = w[hw + S_HEAD].load(Ordering::Relaxed);
+        let head = header[S_HEAD].load(Ordering::Relaxed);
         // Where the next append goes; kept by the writer so the hot path needs
         // no 64-bit division. `min` keeps a wild value from indexing outside
         // the ring (it cannot happen: only this code writes it).
-        let next_pos = (w[hw + S_NEXT_POS].load(Ordering::Relaxed) as usize).min(layout.ring - 1);
+        let next_pos = (header[S_NEXT_POS].load(Ordering::Relaxed) as usize).min(layout.ring - 1);
         let last_pos = layout.prev_pos(next_pos);
-        let outcome = if head == 0 {
-            Upsert::Appended(0)
+        let (outcome, pos) = if head == 0 {
+            (Upsert::Appended(0), next_pos)
         } else {
             let latest =
                 w[layout.slot_word(rw, last_pos) + P_OPEN_TIME].load(Ordering::Relaxed) as i64;
             if candle.open_time == latest {
-                Upsert::Updated(head - 1)
+                (Upsert::Updated(head - 1), last_pos)
             } else if candle.open_time > latest {
-                Upsert::Appended(head)
+                (Upsert::Appended(head), next_pos)
             } else {
-                self.stats.rejected_stale += 1;
-                return Err(UpsertError::Stale {
-                    open_time: candle.open_time,
-                    latest,
-                });
+                return Err(self.refuse_stale(candle.open_time, latest));
             }
         };
-        let (index, pos) = match outcome {
-            Upsert::Appended(i) => (i, next_pos),
-            Upsert::Updated(i) => (i, last_pos),
+        let index = match outcome {
+            Upsert::Appended(i) | Upsert::Updated(i) => i,
         };
-        let slot = &w[layout.slot_word(rw, pos)..][..SLOT_WORDS];
+        let slot: &[AtomicU64; SLOT_WORDS] = w[layout.slot_word(rw, pos)..][..SLOT_WORDS]
+            .try_into()
+            .expect("a slot is SLOT_WORDS words");
         let stamp = &w[layout.stamp_word(rw, pos)];
         let pending = self.pending;
         seqlock::write(&slot[0], || {
@@ -302,14 +298,35 @@ impl StoreWriter {
         if let Upsert::Appended(_) = outcome {
             // After the slot's final Release: a reader that sees the new head
             // finds the slot complete (or retries on its seqlock).
-            w[hw + S_HEAD].store(head + 1, Ordering::Release);
-            w[hw + S_NEXT_POS].store(layout.next_pos(next_pos) as u64, Ordering::Relaxed);
+            header[S_HEAD].store(head + 1, Ordering::Release);
+            header[S_NEXT_POS].store(layout.next_pos(next_pos) as u64, Ordering::Relaxed);
             self.stats.appended += 1;
         } else {
             self.stats.updated += 1;
         }
-        w[hw + S_LAST_PUBLISH].store(pending, Ordering::Release);
+        header[S_LAST_PUBLISH].store(pending, Ordering::Release);
         Ok(outcome)
+    }
+
+    /// The refusals, out of line: building and counting them must not weigh
+    /// on the hot path's registers and prologue.
+    #[cold]
+    #[inline(never)]
+    fn refuse(&mut self, series: SeriesId, candle: &Candle) -> UpsertError {
+        if series.0 as usize >= self.layout.series_count() {
+            return UpsertError::UnknownSeries(series.0);
+        }
+        self.stats.rejected_invalid += 1;
+        UpsertError::NonFinite {
+            open_time: candle.open_time,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refuse_stale(&mut self, open_time: i64, latest: i64) -> UpsertError {
+        self.stats.rejected_stale += 1;
+        UpsertError::Stale { open_time, latest }
     }
 
     /// Ends a batch: makes the publish counter the batch's number, refreshes
