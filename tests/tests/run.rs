@@ -591,70 +591,6 @@ fn a_stopped_worker_is_detected_as_hung_and_replaced() {
 }
 
 #[test]
-fn a_poison_trader_is_quarantined_and_the_others_equal_the_oracle() {
-    let file = std::env::temp_dir().join(format!("shmkline-poison-{}.json", std::process::id()));
-    std::fs::write(
-        &file,
-        r#"[{"id":"up5","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))"},
-            {"id":"down9","symbols":"*","interval":"1m","rule":"crosses_below(close, sma(close, 9))"},
-            {"id":"poison","symbols":["SYN001"],"interval":"1m","rule":"test_abort_after(60)"},
-            {"id":"up20","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 20))"}]"#,
-    )
-    .expect("write trader file");
-    let traders = file.to_str().expect("utf-8 path");
-    let inst = TestInstance::new("poison");
-    let rules = [("SHMKLINE_TEST_RULES", "1")];
-    let out = finite_run(&inst, &["--workers", "2", "--traders", traders], &rules);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a quarantine is reported in the exit code: {stderr}"
-    );
-    assert!(
-        stderr.contains("traders quarantined after crashing their workers 3 times: poison"),
-        "{stderr}"
-    );
-    assert_eq!(
-        stderr
-            .matches("the worker crashed while evaluating this trader")
-            .count(),
-        3,
-        "{stderr}"
-    );
-    let mut cmd = inst.command("shmkline");
-    cmd.args([
-        "backtest",
-        "--traders",
-        traders,
-        "--candles",
-        "150",
-        "--symbols",
-        "3",
-    ]);
-    for (k, v) in rules {
-        cmd.env(k, v);
-    }
-    let oracle = cmd.output().expect("backtest");
-    let _ = std::fs::remove_file(&file);
-    assert_ok(&oracle);
-    let without_poison = |lines: Vec<String>| {
-        lines
-            .into_iter()
-            .filter(|l| !l.contains("\"poison\""))
-            .collect::<Vec<_>>()
-    };
-    let (got, expected) = (
-        without_poison(normalized_signals(&out.stdout)),
-        without_poison(normalized_signals(&oracle.stdout)),
-    );
-    assert!(expected.len() > 20);
-    assert_eq!(got, expected, "the other traders' signals equal the oracle");
-    assert_no_workers_left(&inst);
-    inst.assert_clean();
-}
-
-#[test]
 fn a_worker_kept_dead_past_the_ring_yields_a_reported_gap() {
     let inst = TestInstance::new("gap");
     // A 64-candle ring, a feed that keeps its pace (no backpressure) and hang
@@ -712,44 +648,37 @@ fn a_worker_kept_dead_past_the_ring_yields_a_reported_gap() {
     inst.assert_clean();
 }
 
-#[test]
-fn an_evaluation_stuck_in_a_loop_is_detected_and_its_trader_quarantined() {
-    // The worker keeps answering PINGs (another thread), so only the progress
-    // watchdog can see this one.
-    let file = std::env::temp_dir().join(format!("shmkline-spin-{}.json", std::process::id()));
+/// Runs the finite feed with three ordinary traders and a misbehaving one,
+/// `bad`, whose test-only `rule` watches SYN001 (test rules enabled). Checks
+/// that the run ends in a quarantine of `bad` (exit 1, nothing left behind)
+/// and that every other trader's signals equal the oracle. Returns stderr.
+fn run_with_bad_trader(tag: &str, rule: &str, extra: &[&str]) -> String {
+    let file = std::env::temp_dir().join(format!("shmkline-{tag}-{}.json", std::process::id()));
     std::fs::write(
         &file,
-        r#"[{"id":"up5","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))"},
-            {"id":"spin","symbols":["SYN002"],"interval":"1m","rule":"test_spin_after(40)"},
-            {"id":"down9","symbols":"*","interval":"1m","rule":"crosses_below(close, sma(close, 9))"}]"#,
+        format!(
+            r#"[{{"id":"up5","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))"}},
+                {{"id":"down9","symbols":"*","interval":"1m","rule":"crosses_below(close, sma(close, 9))"}},
+                {{"id":"bad","symbols":["SYN001"],"interval":"1m","rule":"{rule}"}},
+                {{"id":"up20","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 20))"}}]"#
+        ),
     )
     .expect("write trader file");
     let traders = file.to_str().expect("utf-8 path");
-    let inst = TestInstance::new("spin");
+    let inst = TestInstance::new(tag);
     let rules = [("SHMKLINE_TEST_RULES", "1")];
-    let out = finite_run(
-        &inst,
-        &[
-            "--workers",
-            "2",
-            "--traders",
-            traders,
-            "--stall-timeout",
-            "500",
-            "--quarantine-after",
-            "2",
-        ],
-        &rules,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("its evaluation made no progress"),
-        "the watchdog saw it: {stderr}"
+    let mut args = vec!["--workers", "2", "--traders", traders];
+    args.extend_from_slice(extra);
+    let out = finite_run(&inst, &args, &rules);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a quarantine is reported in the exit code: {stderr}"
     );
     assert!(
-        stderr.contains("traders quarantined after crashing their workers 2 times: spin"),
-        "{stderr}"
+        stderr.contains("times: bad (slot"),
+        "the bad trader was quarantined: {stderr}"
     );
     let mut cmd = inst.command("shmkline");
     cmd.args([
@@ -770,13 +699,51 @@ fn an_evaluation_stuck_in_a_loop_is_detected_and_its_trader_quarantined() {
     let others = |lines: Vec<String>| {
         lines
             .into_iter()
-            .filter(|l| !l.contains("\"spin\""))
+            .filter(|l| !l.contains("\"bad\""))
             .collect::<Vec<_>>()
     };
-    assert_eq!(
+    let (got, expected) = (
         others(normalized_signals(&out.stdout)),
-        others(normalized_signals(&oracle.stdout))
+        others(normalized_signals(&oracle.stdout)),
     );
+    assert!(expected.len() > 20);
+    assert_eq!(got, expected, "the other traders' signals equal the oracle");
     assert_no_workers_left(&inst);
     inst.assert_clean();
+    stderr
+}
+
+#[test]
+fn a_poison_trader_is_quarantined_and_the_others_equal_the_oracle() {
+    let stderr = run_with_bad_trader("poison", "test_abort_after(60)", &[]);
+    assert!(
+        stderr.contains("traders quarantined after crashing their workers 3 times: bad"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("the worker crashed while evaluating this trader")
+            .count(),
+        3,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_evaluation_stuck_in_a_loop_is_detected_and_its_trader_quarantined() {
+    // The worker keeps answering PINGs (another thread), so only the progress
+    // watchdog can see this one.
+    let stderr = run_with_bad_trader(
+        "spin",
+        "test_spin_after(40)",
+        &["--stall-timeout", "500", "--quarantine-after", "2"],
+    );
+    assert!(
+        stderr.contains("its evaluation made no progress"),
+        "the watchdog saw it: {stderr}"
+    );
+    assert!(
+        stderr.contains("traders quarantined after crashing their workers 2 times: bad"),
+        "{stderr}"
+    );
 }

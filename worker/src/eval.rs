@@ -12,6 +12,16 @@ use protocol::{Candle, Interval};
 /// Most traders one worker holds; ADD_TRADER beyond it is refused.
 pub const MAX_TRADERS: usize = 10_000;
 
+/// Buffers an evaluation pass reuses, so the loop does not allocate per
+/// series once they have grown to the largest window.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// Candles read from the ring.
+    buf: Vec<StoredCandle>,
+    /// The same candles without their indices, as windows for the rules.
+    candles: Vec<Candle>,
+}
+
 /// A verdict that became a signal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
@@ -84,7 +94,7 @@ impl Trader {
         &mut self,
         reader: &StoreReader,
         symbols: &[(SymbolId, String)],
-        buf: &mut Vec<StoredCandle>,
+        scratch: &mut Scratch,
         hits: &mut Vec<Hit>,
     ) -> Result<(u64, bool), ReadError> {
         let mut gaps = 0;
@@ -96,7 +106,7 @@ impl Trader {
                 continue;
             }
             let series = reader.series(*id, self.spec.interval)?;
-            match self.evaluate_series(reader, series, symbol, buf, hits) {
+            match self.evaluate_series(reader, series, symbol, scratch, hits) {
                 Ok(g) => gaps += g,
                 Err(
                     e @ (ReadError::Stalled { .. }
@@ -134,9 +144,10 @@ impl Trader {
         reader: &StoreReader,
         series: SeriesId,
         symbol: &str,
-        buf: &mut Vec<StoredCandle>,
+        scratch: &mut Scratch,
         hits: &mut Vec<Hit>,
     ) -> Result<u64, ReadError> {
+        let Scratch { buf, candles } = scratch;
         let head = reader.appended(series)?;
         let mut gaps = 0;
         let next = match self.cursors.get(symbol) {
@@ -155,7 +166,7 @@ impl Trader {
             }
         };
         if head == 0 || next >= head {
-            self.cursors.insert(symbol.to_owned(), next);
+            self.set_cursor(symbol, next);
             return Ok(gaps);
         }
         let window = self.window() as u64;
@@ -168,12 +179,11 @@ impl Trader {
             next = oldest_kept;
         }
         let start = (next + 1).saturating_sub(window).max(oldest_kept);
-        match reader.read_range(series, start, head, buf) {
-            Ok(()) => {}
-            Err(e @ ReadError::Gone { .. }) => return Err(e), // lapped while reading: not evaluated, the pass is incomplete
-            Err(e) => return Err(e),
-        }
-        let candles: Vec<Candle> = buf.iter().map(|c| c.candle).collect();
+        // A lap while reading (`Gone`) is returned like any error: nothing was
+        // evaluated and the caller marks the pass incomplete.
+        reader.read_range(series, start, head, buf)?;
+        candles.clear();
+        candles.extend(buf.iter().map(|c| c.candle));
         let mut evaluated_to = next;
         for (k, stored) in buf.iter().enumerate() {
             let index = stored.index;
@@ -219,7 +229,17 @@ impl Trader {
                 });
             }
         }
-        self.cursors.insert(symbol.to_owned(), evaluated_to);
+        self.set_cursor(symbol, evaluated_to);
         Ok(gaps)
+    }
+
+    /// Moves the cursor of `symbol`, allocating its key only the first time.
+    fn set_cursor(&mut self, symbol: &str, next: u64) {
+        match self.cursors.get_mut(symbol) {
+            Some(cursor) => *cursor = next,
+            None => {
+                self.cursors.insert(symbol.to_owned(), next);
+            }
+        }
     }
 }

@@ -55,7 +55,7 @@ struct Cli {
 
 fn watch(reader: &StoreReader, seconds: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let symbols = reader.symbols();
+    let mut symbols = Vec::new();
     let mut seen = reader.publish_counter();
     let mut changed = Vec::new();
     loop {
@@ -67,18 +67,14 @@ fn watch(reader: &StoreReader, seconds: u64) -> Result<()> {
             Wait::Changed(now) => now,
             Wait::TimedOut => return Ok(()),
         };
-        // Symbols registered since the last batch are picked up here.
-        let symbols = if reader.symbols().len() != symbols.len() {
-            reader.symbols()
-        } else {
-            symbols.clone()
-        };
-        for symbol in &symbols {
-            let Some(id) = reader.symbol_id(symbol) else {
-                continue;
-            };
+        // The directory is append-only: re-read it only when it grew, which
+        // also picks up symbols registered since the last batch.
+        if reader.symbol_count() != symbols.len() {
+            symbols = reader.symbols_with_ids();
+        }
+        for (id, symbol) in &symbols {
             for &interval in reader.intervals() {
-                let series = reader.series(id, interval)?;
+                let series = reader.series(*id, interval)?;
                 let since = reader.changed_since(series, seen, &mut changed)?;
                 if since.possible_gap {
                     tracing::warn!(%symbol, %interval, "candles changed faster than the ring keeps them: some were missed");

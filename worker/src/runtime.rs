@@ -21,7 +21,7 @@ use protocol::shm::scratch::SharedWords;
 use protocol::store::{StoreReader, Wait};
 use protocol::trader::{black_box_name, trader_hash};
 
-use crate::eval::{Hit, MAX_TRADERS, Trader};
+use crate::eval::{Hit, MAX_TRADERS, Scratch, Trader};
 use crate::knobs::Knobs;
 
 /// How long the evaluation thread sleeps on the publish futex before it
@@ -372,7 +372,8 @@ fn eval_loop(
         }
     };
     let mut seen = 0;
-    let mut buf = Vec::new();
+    let mut scratch = Scratch::default();
+    let mut symbols = Vec::new();
     let mut hits: Vec<Hit> = Vec::new();
     let mut next_signal = 0u64;
     while !shared.stop.load(Ordering::Acquire) {
@@ -383,13 +384,16 @@ fn eval_loop(
         }
         // Everything published up to here gets evaluated in this pass.
         let published = reader.publish_counter();
-        let symbols = reader.symbols_with_ids();
+        // Append-only directory: re-read it only when it grew.
+        if reader.symbol_count() != symbols.len() {
+            symbols = reader.symbols_with_ids();
+        }
         let mut gaps = 0;
         let mut traders = shared.traders();
         for trader in traders.values_mut() {
             let _span = tracing::debug_span!("trader", id = %trader.spec.id).entered();
             mark(trader_hash(&trader.spec.id));
-            let (g, complete) = trader.evaluate(reader, &symbols, &mut buf, &mut hits)?;
+            let (g, complete) = trader.evaluate(reader, &symbols, &mut scratch, &mut hits)?;
             gaps += g;
             if complete {
                 trader.covered_to(published);

@@ -228,41 +228,28 @@ pub fn wake_reader(
         None => ping.load(Ordering::Acquire),
     };
     for i in 0..samples {
-        let stamp = match (&reader, mode) {
-            (Some((r, s)), WakeMode::StoreFutex) => {
-                seen = match r.wait_for_change(seen, PEER_TIMEOUT)? {
-                    Wait::Changed(v) => v,
-                    Wait::TimedOut => bail!("no publish within {PEER_TIMEOUT:?}"),
-                };
-                let now = mono_ns();
-                (
-                    now,
-                    r.latest(*s)?
-                        .context("no candle after a publish")?
-                        .candle
-                        .volume as u64,
-                )
-            }
-            (Some((r, s)), _) => {
-                seen = spin_until_changed(|| r.publish_counter(), seen)?;
-                let now = mono_ns();
-                (
-                    now,
-                    r.latest(*s)?
-                        .context("no candle after a publish")?
-                        .candle
-                        .volume as u64,
-                )
-            }
-            (None, WakeMode::RawFutex) => {
-                seen = wait_scratch(&scratch, PING, seen)?;
-                (mono_ns(), stamp_word.load(Ordering::Relaxed))
-            }
-            (None, _) => {
-                seen = spin_until_changed(|| ping.load(Ordering::Acquire), seen)?;
-                (mono_ns(), stamp_word.load(Ordering::Relaxed))
-            }
+        // Wait the mode's way; the arrival time is taken the moment the change
+        // is seen, before reading the writer's timestamp.
+        seen = match (&reader, mode.blocking()) {
+            (Some((r, _)), true) => match r.wait_for_change(seen, PEER_TIMEOUT)? {
+                Wait::Changed(v) => v,
+                Wait::TimedOut => bail!("no publish within {PEER_TIMEOUT:?}"),
+            },
+            (Some((r, _)), false) => spin_until_changed(|| r.publish_counter(), seen)?,
+            (None, true) => wait_scratch(&scratch, PING, seen)?,
+            (None, false) => spin_until_changed(|| ping.load(Ordering::Acquire), seen)?,
         };
+        let arrived = mono_ns();
+        let sent = match &reader {
+            Some((r, s)) => {
+                r.latest(*s)?
+                    .context("no candle after a publish")?
+                    .candle
+                    .volume as u64
+            }
+            None => stamp_word.load(Ordering::Relaxed),
+        };
+        let stamp = (arrived, sent);
         if i >= WARMUP {
             latencies.push(stamp.0.saturating_sub(stamp.1 + base_ns));
         }

@@ -238,7 +238,9 @@ impl StoreReader {
         self.words()[H_WRITER_PID].load(Ordering::Relaxed) as u32
     }
 
-    fn symbol_count(&self) -> usize {
+    /// Symbols registered so far. The directory is append-only, so a count
+    /// that did not change means the list did not either.
+    pub fn symbol_count(&self) -> usize {
         // min: never index past the directory, whatever the word says.
         (self.words()[H_SYMBOL_COUNT].load(Ordering::Acquire) as usize).min(self.layout.symbols)
     }

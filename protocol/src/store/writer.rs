@@ -139,11 +139,6 @@ impl StoreWriter {
         self.layout.size_bytes()
     }
 
-    /// The intervals this store keeps.
-    pub fn intervals(&self) -> &[Interval] {
-        &self.layout.intervals
-    }
-
     /// Candles kept per series.
     pub fn candles_per_series(&self) -> usize {
         self.layout.ring
@@ -183,11 +178,6 @@ impl StoreWriter {
         let id = SymbolId(count as u32);
         self.symbols.insert(symbol.clone(), id);
         Ok(id)
-    }
-
-    /// The id of an already registered symbol.
-    pub fn symbol_id(&self, symbol: &SymbolName) -> Option<SymbolId> {
-        self.symbols.get(symbol).copied()
     }
 
     /// The ring of `symbol` at `interval`.
