@@ -2,6 +2,11 @@
 //! with no workers and no shared memory. Because a verdict is a pure function
 //! of a candle and a fixed window before it, this is also the oracle that
 //! `run` (and the chaos test, with workers killed at random) must match.
+//!
+//! The feed goes through the same [`Source`](crate::feed::Source) and
+//! [`FeedWriter`] as in `run`, into a [`MemorySink`] instead of the segment,
+//! so the closed candles of every series (aggregated ones included) are the
+//! ones the workers see.
 
 use std::io::Write;
 
@@ -10,7 +15,8 @@ use protocol::Interval;
 use protocol::message::Signal;
 use protocol::trader::{Symbols, TraderSpec, signals};
 
-use crate::run::feed::SymbolStream;
+use crate::feed::FeedConfig;
+use crate::feed::writer::{FeedWriter, MemorySink, Refused};
 use crate::run::signal_json;
 
 /// What a backtest replays.
@@ -18,12 +24,51 @@ use crate::run::signal_json;
 pub struct BacktestOptions {
     /// Traders.
     pub traders: Vec<TraderSpec>,
-    /// Synthetic feed seed.
-    pub seed: u64,
-    /// Synthetic symbols.
-    pub symbols: usize,
-    /// Candles per symbol.
-    pub candles: u64,
+    /// The feed (finite).
+    pub feed: FeedConfig,
+    /// The intervals the store keeps.
+    pub intervals: Vec<Interval>,
+    /// The intervals built from 1-minute candles.
+    pub aggregate: Vec<Interval>,
+    /// The store's symbol capacity.
+    pub max_symbols: u32,
+}
+
+/// Every series' candles after the whole feed, as `run` writes them.
+pub fn load(opts: &BacktestOptions) -> Result<MemorySink> {
+    if let FeedConfig::Synthetic { candles: None, .. } = opts.feed {
+        anyhow::bail!("a backtest needs an end: pass --candles");
+    }
+    let mut source = opts.feed.source()?;
+    let mut sink = MemorySink::new(opts.max_symbols as usize);
+    let mut writer = FeedWriter::new(&opts.intervals, &opts.aggregate);
+    for symbol in source.known_symbols() {
+        writer.register(&mut sink, &symbol)?;
+    }
+    let mut fatal = None;
+    while source
+        .next_batch(|kline| match writer.apply(&mut sink, kline) {
+            Ok(_) => Ok(()),
+            Err(Refused::Bad(bad)) => Err(bad),
+            Err(Refused::Store(e)) => {
+                fatal.get_or_insert(e);
+                Ok(())
+            }
+        })?
+        .is_some()
+    {
+        if let Some(e) = fatal.take() {
+            return Err(e).context("the feed cannot write into the store");
+        }
+    }
+    if let Some(replay) = source.as_replay() {
+        replay.bad_lines().log_summary();
+        if writer.counters().candles_written == 0 {
+            anyhow::bail!("the replay holds no usable candle (see the bad lines above)");
+        }
+    }
+    tracing::info!(counters = ?writer.counters(), "backtest feed loaded");
+    Ok(sink)
 }
 
 /// Writes every signal as a JSON line to `out`; returns how many.
@@ -33,14 +78,13 @@ pub fn backtest(opts: &BacktestOptions, out: &mut impl Write) -> Result<u64> {
         .iter()
         .map(|t| t.compile().map(|rule| (t, rule)))
         .collect::<Result<Vec<_>, _>>()?;
+    let sink = load(opts)?;
     let mut emitted = 0;
-    for k in 0..opts.symbols {
-        let mut stream = SymbolStream::new(opts.seed, k);
-        let candles: Vec<_> = (0..opts.candles).map(|_| stream.next_candle()).collect();
-        let symbol = stream.name.to_string();
+    for series in &sink.series {
+        let symbol = series.symbol.to_string();
+        let candles = series.closed();
         for (spec, rule) in &compiled {
-            // The synthetic feed has 1-minute candles only.
-            if spec.interval != Interval::M1 {
+            if spec.interval != series.interval {
                 continue;
             }
             if let Symbols::List(list) = &spec.symbols

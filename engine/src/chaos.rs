@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::backtest::{BacktestOptions, backtest};
 use crate::bench::Percentiles;
 use crate::run::control;
+use protocol::store::StoreConfig;
 
 /// What to run and what to inject.
 #[derive(Debug, Clone)]
@@ -442,9 +443,18 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
     backtest(
         &BacktestOptions {
             traders: opts.traders.clone(),
-            seed: opts.seed,
-            symbols: opts.symbols,
-            candles: opts.candles,
+            feed: crate::feed::FeedConfig::Synthetic {
+                seed: opts.seed,
+                symbols: opts.symbols,
+                candles: Some(opts.candles),
+            },
+            intervals: StoreConfig::default().intervals,
+            aggregate: StoreConfig::default()
+                .intervals
+                .into_iter()
+                .filter(|i| *i != protocol::Interval::M1)
+                .collect(),
+            max_symbols: StoreConfig::default().symbols,
         },
         &mut oracle,
     )?;

@@ -5,6 +5,7 @@
 //! * [`instance`]: a running instance's owned resources, released in order.
 //! * [`bench`]: `shmkline bench ...`, figures with in-run baselines.
 //! * [`hold`]: `shmkline store hold|inspect`, the store from a shell.
+//! * [`feed`]: where candles come from: synthetic, replayed files, live Binance.
 //! * [`run`]: `shmkline run`, the coordinator, and its control socket.
 //! * [`backtest`]: the same traders over the same feed in one process: the oracle.
 //! * [`chaos`]: random worker kills and freezes against a run, checked against the oracle.
@@ -12,6 +13,7 @@
 pub mod backtest;
 pub mod bench;
 pub mod chaos;
+pub mod feed;
 pub mod hold;
 pub mod instance;
 pub mod run;

@@ -7,6 +7,8 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use engine::bench::child::{self, WakeMode};
 use engine::bench::{store as store_bench, wake};
+use engine::feed::replay::ReplayOptions;
+use engine::feed::{FeedConfig, FeedKind, Pace};
 use engine::hold;
 use protocol::store::StoreConfig;
 use protocol::{InstanceName, Interval, SymbolName};
@@ -162,9 +164,8 @@ struct RunArgs {
     /// evaluated every candle. Default: run until SIGINT/SIGTERM.
     #[arg(long)]
     candles: Option<u64>,
-    /// Candles per second per symbol.
-    #[arg(long, default_value_t = 10.0)]
-    rate: f64,
+    #[command(flatten)]
+    pace: PaceArgs,
     /// Milliseconds the workers get to answer CLEANUP before they are killed.
     #[arg(long, default_value_t = 1000)]
     shutdown_timeout: u64,
@@ -202,6 +203,11 @@ struct RunArgs {
     /// By default the feed waits for the slowest worker instead.
     #[arg(long)]
     no_backpressure: bool,
+    /// After a finite feed is written and evaluated, keep running (store,
+    /// workers, control socket) until SIGINT/SIGTERM, so other processes can
+    /// read the candles.
+    #[arg(long)]
+    stay: bool,
     #[command(flatten)]
     capacity: CapacityArgs,
 }
@@ -214,15 +220,34 @@ struct FeedArgs {
     /// set (SMA 10 and 30 crosses, both ways, every symbol, 1m).
     #[arg(long)]
     traders: Option<std::path::PathBuf>,
-    /// The feed. Only the built-in deterministic synthetic feed for now.
-    #[arg(long, default_value = "synthetic", value_parser = ["synthetic"])]
-    feed: String,
+    /// The feed: `synthetic` (built in, deterministic), `replay:PATH[,PATH...]`
+    /// (Binance kline CSV dumps, 12 or 7 columns, ms or µs timestamps, with or
+    /// without a header; or JSON lines of WebSocket kline payloads), or
+    /// `binance` (live, with --symbols).
+    #[arg(long, default_value = "synthetic")]
+    feed: FeedKind,
     /// Seed of the synthetic feed: same seed, same candles.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Synthetic symbols (SYN000, SYN001, ...).
-    #[arg(long, default_value_t = 4)]
-    symbols: usize,
+    /// Synthetic feed: how many symbols (SYN000, SYN001, ...). Live feed: which
+    /// symbols, comma-separated (btcusdt,ethusdt).
+    #[arg(long, default_value = "4")]
+    symbols: String,
+    /// Replay: the symbol of every CSV file (default: from each file's name,
+    /// as Binance names them: BTCUSDT-1m-2024-01.csv).
+    #[arg(long)]
+    symbol: Option<SymbolName>,
+    /// Replay: the interval of every CSV file (default: from each file's name).
+    #[arg(long)]
+    interval: Option<Interval>,
+    /// Intervals built from 1-minute candles, comma-separated, or `none`.
+    /// Default: every interval of --intervals above 1m (synthetic and replay
+    /// feeds); none for the live feed, which subscribes to each interval.
+    #[arg(long, value_delimiter = ',')]
+    aggregate: Option<Vec<String>>,
+    /// Replay: stop with an error at the first bad line instead of skipping it.
+    #[arg(long)]
+    strict: bool,
 }
 
 impl FeedArgs {
@@ -233,18 +258,99 @@ impl FeedArgs {
             None => Ok(engine::run::traders::defaults()),
         }
     }
+
+    /// The feed, with `candles` for the synthetic one.
+    fn config(&self, candles: Option<u64>) -> Result<FeedConfig> {
+        if self.feed != FeedKind::Synthetic && candles.is_some() {
+            anyhow::bail!("--candles is for the synthetic feed: a replay ends with its files");
+        }
+        if !matches!(self.feed, FeedKind::Replay(_))
+            && (self.symbol.is_some() || self.interval.is_some() || self.strict)
+        {
+            anyhow::bail!("--symbol, --interval and --strict are for --feed replay:PATH");
+        }
+        match &self.feed {
+            FeedKind::Synthetic => Ok(FeedConfig::Synthetic {
+                seed: self.seed,
+                symbols: self.symbols.trim().parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--symbols {:?}: the synthetic feed takes a number of symbols",
+                        self.symbols
+                    )
+                })?,
+                candles,
+            }),
+            FeedKind::Replay(paths) => Ok(FeedConfig::Replay(ReplayOptions {
+                paths: paths.clone(),
+                symbol: self.symbol.clone(),
+                interval: self.interval,
+                strict: self.strict,
+            })),
+            FeedKind::Binance => {
+                anyhow::bail!("--feed binance is a live feed: only `run` takes it")
+            }
+        }
+    }
+
+    /// The intervals to build from 1-minute candles, given the store's.
+    fn aggregate(&self, kept: &[Interval]) -> Result<Vec<Interval>> {
+        match &self.aggregate {
+            None if self.feed == FeedKind::Binance => Ok(Vec::new()),
+            None => Ok(kept
+                .iter()
+                .copied()
+                .filter(|i| *i != Interval::M1)
+                .collect()),
+            Some(list) if list.len() == 1 && list[0] == "none" => Ok(Vec::new()),
+            Some(list) => list
+                .iter()
+                .map(|i| {
+                    let i: Interval = i.parse()?;
+                    if i == Interval::M1 {
+                        anyhow::bail!("--aggregate 1m: 1-minute candles are the input, not built");
+                    }
+                    Ok(i)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How fast a finite feed goes.
+#[derive(Debug, Args)]
+struct PaceArgs {
+    /// Candles per second per symbol. Default: 10 for the synthetic feed; a
+    /// replay goes as fast as the traders keep up unless --rate or --speed is given.
+    #[arg(long, conflicts_with = "speed")]
+    rate: Option<f64>,
+    /// Replay at this multiple of real time (60: a minute of candles per second).
+    #[arg(long)]
+    speed: Option<f64>,
+}
+
+impl PaceArgs {
+    fn pace(&self, feed: &FeedKind) -> Pace {
+        match (self.rate, self.speed) {
+            (Some(rate), _) => Pace::Rate(rate),
+            (None, Some(speed)) => Pace::Speed(speed),
+            (None, None) if *feed == FeedKind::Synthetic => Pace::Rate(10.0),
+            (None, None) => Pace::Fast,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 struct BacktestArgs {
     #[command(flatten)]
     feed: FeedArgs,
-    /// Closed candles per symbol (required: a backtest needs an end).
+    /// Synthetic feed: closed candles per symbol (a backtest needs an end).
     #[arg(long)]
-    candles: u64,
+    candles: Option<u64>,
     /// Accepted so `run`'s flags can be reused as they are; a backtest is not paced.
-    #[arg(long)]
-    rate: Option<f64>,
+    #[command(flatten)]
+    pace: PaceArgs,
+    #[command(flatten)]
+    capacity: CapacityArgs,
 }
 
 #[derive(Debug, Args)]
@@ -432,10 +538,9 @@ fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
         workers: args.workers,
         worker_bin,
         traders,
-        seed: args.feed.seed,
-        symbols: args.feed.symbols,
-        candles: args.candles,
-        rate: args.rate,
+        feed: args.feed.config(args.candles)?,
+        pace: args.pace.pace(&args.feed.feed),
+        aggregate: args.feed.aggregate(&args.capacity.intervals)?,
         ping_interval: std::time::Duration::from_millis(args.ping_interval),
         ping_deadline: std::time::Duration::from_millis(
             args.ping_deadline.unwrap_or(2 * args.ping_interval),
@@ -446,6 +551,7 @@ fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
         quarantine_after: args.quarantine_after,
         stall_timeout: std::time::Duration::from_millis(args.stall_timeout),
         backpressure: !args.no_backpressure,
+        stay: args.stay,
     };
     let summary = engine::run::run(opts)?;
     tracing::info!(
@@ -504,9 +610,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Backtest(args) => {
             let opts = engine::backtest::BacktestOptions {
                 traders: args.feed.traders()?,
-                seed: args.feed.seed,
-                symbols: args.feed.symbols,
-                candles: args.candles,
+                feed: args.feed.config(args.candles)?,
+                intervals: args.capacity.intervals.clone(),
+                aggregate: args.feed.aggregate(&args.capacity.intervals)?,
+                max_symbols: args.capacity.max_symbols,
             };
             let n = engine::backtest::backtest(&opts, &mut std::io::stdout().lock())?;
             tracing::info!(signals = n, "backtest done");
@@ -525,7 +632,10 @@ fn run(cli: Cli) -> Result<()> {
                 traders_file: args.feed.traders.clone(),
                 traders,
                 workers: args.workers,
-                symbols: args.feed.symbols,
+                symbols: match args.feed.config(Some(args.candles))? {
+                    FeedConfig::Synthetic { symbols, .. } => symbols,
+                    _ => anyhow::bail!("chaos runs the synthetic feed only"),
+                },
                 candles: args.candles,
                 rate: args.rate,
                 seed: args.feed.seed,

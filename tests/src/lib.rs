@@ -350,3 +350,24 @@ impl TestInstance {
             .unwrap_or_default()
     }
 }
+
+/// A file of `../shared/data/` (real Binance candles; `$SHMKLINE_DATA_DIR`
+/// overrides the directory). Missing: a failure when
+/// CI=true is set, else `None` after a printed notice (the test then skips).
+pub fn data_file(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("SHMKLINE_DATA_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+        PathBuf::from,
+    );
+    let path = dir.join(name);
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} is missing: the test data must be present in CI",
+        path.display()
+    );
+    eprintln!("SKIPPED: {} is missing", path.display());
+    None
+}

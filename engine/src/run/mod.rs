@@ -21,7 +21,7 @@
 
 pub mod control;
 pub mod dedup;
-pub mod feed;
+
 pub mod link;
 pub mod spawn;
 pub mod traders;
@@ -46,10 +46,12 @@ use serde::Serialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::feed::progress::Progress;
+use crate::feed::writer::{FeedWriter, Refused};
+use crate::feed::{FeedConfig, Pace, Pacer, Source};
 use crate::instance::Instance;
 use control::{ControlRequest, ControlServer};
 use dedup::Dedup;
-use feed::SymbolStream;
 use link::{Budget, FromWorker, Link};
 use protocol::shm::scratch::SharedWords;
 use protocol::trader::{black_box_name, trader_hash};
@@ -102,14 +104,15 @@ pub struct RunOptions {
     pub worker_bin: PathBuf,
     /// Traders to run.
     pub traders: Vec<TraderSpec>,
-    /// Feed seed.
-    pub seed: u64,
-    /// Synthetic symbols.
-    pub symbols: usize,
-    /// Closed candles per symbol; `None` runs until stopped.
-    pub candles: Option<u64>,
-    /// Candles per second per symbol.
-    pub rate: f64,
+    /// The feed.
+    pub feed: FeedConfig,
+    /// How fast a finite feed is written.
+    pub pace: Pace,
+    /// The intervals built from 1-minute candles (a subset of the store's).
+    pub aggregate: Vec<Interval>,
+    /// Keep running after a finite feed is done (until SIGINT/SIGTERM), so
+    /// the store stays readable.
+    pub stay: bool,
     /// PING interval.
     pub ping_interval: Duration,
     /// A PING unanswered for this long means the worker hangs. A stop is
@@ -445,9 +448,8 @@ struct Coordinator {
     inst: Instance,
     slots: Vec<Slot>,
     events_tx: SyncSender<Event>,
-    streams: Vec<(SymbolStream, SeriesId)>,
+    pump: Pump,
     feed_started: Option<Instant>,
-    ticks: u64,
     final_publish: Option<u64>,
     dedup: Dedup,
     signals_out: u64,
@@ -1195,40 +1197,62 @@ impl Coordinator {
         }
     }
 
-    /// Writes the candles due by now, one batch per tick, but never more than
-    /// half a ring ahead of the slowest slot's confirmed progress: a replayed
-    /// feed waits for the traders rather than overwrite candles they have not
-    /// evaluated. At most [`FEED_BATCHES_PER_PASS`] batches per call.
+    /// Writes the batches due by now, but never more than half a ring ahead
+    /// of the slowest slot's confirmed progress: a finite feed waits for the
+    /// traders rather than overwrite candles they have not evaluated. At most
+    /// [`FEED_BATCHES_PER_PASS`] batches per call.
     fn feed(&mut self) -> Result<()> {
-        let Some(started) = self.feed_started else {
+        if self.feed_started.is_none() || self.final_publish.is_some() {
             return Ok(());
-        };
-        let limit = self.opts.candles.unwrap_or(u64::MAX);
-        let due = ((started.elapsed().as_secs_f64() * self.opts.rate) as u64 + 1).min(limit);
+        }
         let slowest = self.slots.iter().map(|s| s.confirmed).min().unwrap_or(0);
         let lead = (self.inst.store.candles_per_series() / 2).max(1) as u64;
+        let pump = &mut self.pump;
         let mut written = 0;
-        while self.ticks < due && written < FEED_BATCHES_PER_PASS {
+        while written < FEED_BATCHES_PER_PASS {
             // One publish per batch: the store's counter is the batch count plus the initial publish.
-            if self.opts.backpressure && self.ticks + 1 > slowest + lead {
+            if self.opts.backpressure && pump.pacer.batches + 1 > slowest + lead {
+                break;
+            }
+            let Some(at) = pump.source.peek()? else {
+                let published = self.inst.store.stats().publishes;
+                self.final_publish = Some(published);
+                pump.finish();
+                if pump.source.as_replay().is_some() && pump.writer.counters().candles_written == 0
+                {
+                    bail!("the replay holds no usable candle (see the bad lines above)");
+                }
+                tracing::info!(
+                    batches = pump.pacer.batches,
+                    publish = published,
+                    counters = ?pump.writer.counters(),
+                    "finite feed written"
+                );
+                break;
+            };
+            if !pump.pacer.due(at) {
                 break;
             }
             written += 1;
-            for (stream, series) in &mut self.streams {
-                let candle = stream.next_candle();
-                self.inst.store.upsert_closed(*series, &candle)?;
+            let store = &mut self.inst.store;
+            let writer = &mut pump.writer;
+            let mut fatal = None;
+            pump.source
+                .next_batch(|kline| match writer.apply(store, kline) {
+                    Ok(_) => Ok(()),
+                    Err(Refused::Bad(bad)) => Err(bad),
+                    Err(Refused::Store(e)) => {
+                        fatal.get_or_insert(e);
+                        Ok(())
+                    }
+                })?;
+            if let Some(e) = fatal {
+                return Err(e).context("the feed cannot write into the store");
             }
-            self.ticks += 1;
-            let published = self.inst.store.publish();
-            if self.ticks == limit {
-                self.final_publish = Some(published);
-                tracing::info!(
-                    candles = self.ticks,
-                    publish = published,
-                    "finite feed written"
-                );
-            }
+            pump.pacer.batches += 1;
+            self.inst.store.publish();
         }
+        pump.report_progress();
         Ok(())
     }
 
@@ -1305,17 +1329,7 @@ impl Coordinator {
                 "size_bytes": self.inst.store.size_bytes(),
                 "generation": self.inst.store.generation(),
             },
-            "feed": {
-                "kind": "synthetic",
-                "symbols": self.streams.len(),
-                "rate": self.opts.rate,
-                "candles_per_symbol": self.ticks,
-                "candles_target": self.opts.candles,
-                "candles_written": stats.appended,
-                "publishes": stats.publishes,
-                "rejected": stats.rejected_stale + stats.rejected_invalid,
-                "finished": self.final_publish.is_some(),
-            },
+            "feed": self.pump.status(&self.opts, self.final_publish.is_some(), self.feed_done(), &stats),
             "signals": { "emitted": self.signals_out, "duplicates_dropped": self.dedup.duplicates },
             "gaps": self.gaps(),
             "quarantined": self.quarantined.iter().map(|(t, slot)| serde_json::json!({
@@ -1420,24 +1434,7 @@ pub struct RunSummary {
 
 /// Runs the coordinator until an orderly shutdown.
 pub fn run(opts: RunOptions) -> Result<RunSummary> {
-    if opts.symbols == 0 || opts.symbols > opts.store.symbols as usize {
-        bail!(
-            "--symbols {} must be between 1 and the store's --max-symbols {}",
-            opts.symbols,
-            opts.store.symbols
-        );
-    }
-    if opts.candles == Some(0) {
-        bail!(
-            "--candles 0: a finite feed needs at least one candle (omit --candles to run until stopped)"
-        );
-    }
-    if !(opts.rate > 0.0 && opts.rate <= MAX_RATE) {
-        bail!(
-            "--rate {} must be a number of candles per second above 0 and at most {MAX_RATE}",
-            opts.rate
-        );
-    }
+    check_feed(&opts)?;
     let half_ring = opts.store.candles_per_series as usize / 2;
     for t in &opts.traders {
         // The feed runs up to half a ring ahead of the slowest worker: a
@@ -1457,9 +1454,6 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 t.interval
             );
         }
-        if t.interval != Interval::M1 {
-            tracing::warn!(trader = %t.id, interval = %t.interval, "the synthetic feed writes 1m candles only: this trader will see none");
-        }
     }
     if !opts.worker_bin.exists() {
         bail!(
@@ -1470,6 +1464,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     // Signals first, so a Ctrl-C during start-up is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let signals_handle = signals.handle();
+    let source = opts.feed.source()?;
     let inst = Instance::start(&opts.instance, &opts.store)?;
     // ipc-channel's one-shot sockets go into the private runtime directory
     // (short path, wiped at start) rather than the system temp directory.
@@ -1564,9 +1559,13 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         inst,
         slots,
         events_tx,
-        streams: Vec::new(),
+        pump: Pump {
+            writer: FeedWriter::new(&opts.store.intervals, &opts.aggregate),
+            pacer: Pacer::new(opts.pace),
+            progress: source.as_replay().map(|r| Progress::new(r.total_bytes())),
+            source,
+        },
         feed_started: None,
-        ticks: 0,
         final_publish: None,
         dedup: Dedup::new(dedup::DEFAULT_CAPACITY),
         signals_out: 0,
@@ -1584,14 +1583,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         quarantined: Vec::new(),
         opts,
     };
-    let mut streams = Vec::with_capacity(coord.opts.symbols);
-    for k in 0..coord.opts.symbols {
-        let stream = SymbolStream::new(coord.opts.seed, k);
-        let id = coord.inst.store.register_symbol(&stream.name)?;
-        let series = coord.inst.store.series(id, Interval::M1)?;
-        streams.push((stream, series));
+    for symbol in coord.pump.source.known_symbols() {
+        coord.pump.writer.register(&mut coord.inst.store, &symbol)?;
     }
-    coord.streams = streams;
     coord.inst.store.publish();
 
     let result = drive(&mut coord, &spawner, &events_rx);
@@ -1663,6 +1657,104 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     result.map(|()| summary)
 }
 
+/// Refuses a feed configuration that cannot run, saying which flag to fix.
+fn check_feed(opts: &RunOptions) -> Result<()> {
+    if let FeedConfig::Synthetic {
+        symbols, candles, ..
+    } = &opts.feed
+    {
+        if *symbols == 0 || *symbols > opts.store.symbols as usize {
+            bail!(
+                "--symbols {symbols} must be between 1 and the store's --max-symbols {}",
+                opts.store.symbols
+            );
+        }
+        if *candles == Some(0) {
+            bail!(
+                "--candles 0: a finite feed needs at least one candle (omit --candles to run until stopped)"
+            );
+        }
+    }
+    match opts.pace {
+        Pace::Rate(rate) if !(rate > 0.0 && rate <= MAX_RATE) => bail!(
+            "--rate {rate} must be a number of candles per second above 0 and at most {MAX_RATE}"
+        ),
+        Pace::Speed(speed) if !(speed > 0.0 && speed.is_finite()) => {
+            bail!("--speed {speed} must be a positive multiple of real time")
+        }
+        _ => {}
+    }
+    if let Some(i) = opts
+        .aggregate
+        .iter()
+        .find(|i| !opts.store.intervals.contains(i))
+    {
+        bail!("--aggregate {i}: the store does not keep {i} candles: add it to --intervals");
+    }
+    Ok(())
+}
+
+/// A finite feed and what it writes with.
+struct Pump {
+    source: Source,
+    writer: FeedWriter<SeriesId>,
+    pacer: Pacer,
+    progress: Option<Progress>,
+}
+
+impl Pump {
+    fn report_progress(&mut self) {
+        if let (Some(progress), Some(replay)) = (&mut self.progress, self.source.as_replay()) {
+            progress.update(replay.bytes_read(), replay.candles);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.report_progress();
+        if let Some(mut progress) = self.progress.take() {
+            progress.finish();
+        }
+        if let Some(replay) = self.source.as_replay() {
+            replay.bad_lines().log_summary();
+        }
+    }
+
+    fn status(
+        &self,
+        opts: &RunOptions,
+        finished: bool,
+        evaluated: bool,
+        stats: &protocol::store::WriterStats,
+    ) -> serde_json::Value {
+        let counters = self.writer.counters();
+        let replay = self.source.as_replay();
+        serde_json::json!({
+            "kind": opts.feed.kind(),
+            "connected": serde_json::Value::Null,
+            "pace": match opts.pace {
+                Pace::Rate(r) => serde_json::json!({ "rate": r }),
+                Pace::Speed(x) => serde_json::json!({ "speed": x }),
+                Pace::Fast => serde_json::json!("fast"),
+            },
+            "batches": self.pacer.batches,
+            "candles_written": counters.candles_written,
+            "closed_written": counters.closed_written,
+            "aggregated_written": counters.aggregated_written,
+            "repeats": counters.repeats,
+            "gaps": counters.gaps,
+            "missing_candles": counters.missing_candles,
+            "bad_lines": replay.map_or(0, |r| r.bad_lines().total),
+            "bytes_read": replay.map(|r| r.bytes_read()),
+            "bytes_total": replay.map(|r| r.total_bytes()),
+            "store_appended": stats.appended,
+            "publishes": stats.publishes,
+            "rejected": stats.rejected_stale + stats.rejected_invalid,
+            "finished": finished,
+            "evaluated": evaluated,
+        })
+    }
+}
+
 fn drive(coord: &mut Coordinator, spawner: &Spawner, events: &Receiver<Event>) -> Result<()> {
     for s in 0..coord.slots.len() {
         coord.spawn_slot(s, spawner);
@@ -1714,14 +1806,15 @@ fn drive(coord: &mut Coordinator, spawner: &Spawner, events: &Receiver<Event>) -
                 .iter()
                 .all(|s| s.live.as_ref().is_some_and(|i| i.state == State::Ready))
         {
-            tracing::info!(symbols = coord.streams.len(), rate = coord.opts.rate, candles = ?coord.opts.candles, "feed started");
+            tracing::info!(feed = coord.opts.feed.kind(), pace = ?coord.opts.pace, "feed started");
             coord.feed_started = Some(Instant::now());
+            coord.pump.pacer.start();
         }
         coord.feed()?;
         coord.retry_due();
         coord.ping_due();
         coord.stall_due();
-        if coord.feed_done() {
+        if coord.feed_done() && !coord.opts.stay {
             coord.begin_shutdown("the finite feed is done and every trader evaluated every candle");
         }
     }

@@ -1,0 +1,618 @@
+//! Binance's kline formats: the public-data CSV dumps, the WebSocket kline
+//! payload (single and combined-stream form) and the REST `/api/v3/klines`
+//! rows. Pure parsing: every function here turns text into a [`Kline`] or a
+//! [`BadLine`] that says what is wrong, and never panics on its input.
+
+use std::path::Path;
+
+use protocol::{Candle, Interval, SymbolName};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// One candle as a feed delivers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kline {
+    /// The symbol, upper case as Binance spells it.
+    pub symbol: SymbolName,
+    /// The candle's interval.
+    pub interval: Interval,
+    /// The values; `open_time` in milliseconds.
+    pub candle: Candle,
+    /// Final (`x: true`, a row of a dump, a REST row whose close time passed).
+    pub closed: bool,
+    /// When the feed delivered it, ms: the event time of a WebSocket payload,
+    /// the close time + 1 of a closed candle otherwise. Replays are paced and
+    /// merged by it.
+    pub at: i64,
+}
+
+/// The column names of a kline dump, for error messages.
+pub const CSV_COLUMNS: [&str; 12] = [
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "close_time",
+    "quote_volume",
+    "count",
+    "taker_buy_volume",
+    "taker_buy_quote_volume",
+    "ignore",
+];
+
+/// Why a line (or a message) was not taken.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum BadLine {
+    /// Neither the 12 columns of a dump nor their 7-column prefix.
+    #[error("{found} columns, expected 12 (a Binance kline dump) or 7 (its first seven)")]
+    Columns {
+        /// Columns found.
+        found: usize,
+    },
+    /// A field that is not a number.
+    #[error("{column} is {value:?}, not a number")]
+    Number {
+        /// The column.
+        column: &'static str,
+        /// What it held (cut to 32 characters).
+        value: String,
+    },
+    /// A timestamp in the other unit than the file's first line.
+    #[error("timestamp {value} is in {found}, but this file's first candle was in {expected}")]
+    Unit {
+        /// The timestamp.
+        value: i64,
+        /// Its unit.
+        found: &'static str,
+        /// The file's unit.
+        expected: &'static str,
+    },
+    /// A timestamp before 2000 or after 2200, in either unit.
+    #[error(
+        "timestamp {0} is out of range (not milliseconds or microseconds since 1970 of a date 2000-2200)"
+    )]
+    TimeRange(i64),
+    /// `close_time` that is not `open_time` + the interval - 1.
+    #[error(
+        "close_time - open_time is {span_ms} ms, but a {interval} candle spans {expected_ms} ms"
+    )]
+    Span {
+        /// The file's interval.
+        interval: Interval,
+        /// close - open + 1, in ms.
+        span_ms: i64,
+        /// The interval's length.
+        expected_ms: i64,
+    },
+    /// An open time not on the interval's boundary.
+    #[error("open_time {open_time} is not on a {interval} boundary")]
+    Unaligned {
+        /// The open time, ms.
+        open_time: i64,
+        /// The interval.
+        interval: Interval,
+    },
+    /// A price or volume that is not finite, negative, or a high below a low.
+    #[error("inconsistent candle: {0}")]
+    Inconsistent(&'static str),
+    /// Not JSON, or JSON of another shape.
+    #[error("not a kline payload: {0}")]
+    Json(String),
+    /// A symbol the store cannot name.
+    #[error("symbol {0:?} is not a valid symbol name")]
+    Symbol(String),
+    /// An interval that is not one of Binance's.
+    #[error("interval {0:?} is not one of Binance's")]
+    Interval(String),
+    /// Older than what the series already holds (out of order or repeated).
+    #[error("open_time {open_time} is before the series' latest candle {latest}: out of order")]
+    Stale {
+        /// The candle's open time.
+        open_time: i64,
+        /// The series' latest open time.
+        latest: i64,
+    },
+    /// A candle for an interval the store does not keep.
+    #[error("the store does not keep {0} candles (--intervals)")]
+    NotKept(Interval),
+    /// A candle for an interval the coordinator builds itself from 1m candles.
+    #[error("{0} candles are built from 1m candles here (--aggregate); this one is ignored")]
+    Aggregated(Interval),
+}
+
+/// The unit of a dump's timestamps: Binance's spot dumps switched from
+/// milliseconds to microseconds on 2025-01-01.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    /// Milliseconds.
+    Millis,
+    /// Microseconds.
+    Micros,
+}
+
+impl TimeUnit {
+    fn name(self) -> &'static str {
+        match self {
+            TimeUnit::Millis => "milliseconds",
+            TimeUnit::Micros => "microseconds",
+        }
+    }
+
+    /// The unit of `t`, unambiguous for dates 2000-2200: those are 9.5e11 to
+    /// 7.3e12 in ms and 9.5e14 to 7.3e15 in µs.
+    fn of(t: i64) -> Result<Self, BadLine> {
+        const MS_2000: i64 = 946_684_800_000;
+        const MS_2200: i64 = 7_258_118_400_000;
+        if (MS_2000..MS_2200).contains(&t) {
+            Ok(TimeUnit::Millis)
+        } else if (MS_2000 * 1000..MS_2200 * 1000).contains(&t) {
+            Ok(TimeUnit::Micros)
+        } else {
+            Err(BadLine::TimeRange(t))
+        }
+    }
+
+    fn to_millis(self, t: i64) -> i64 {
+        match self {
+            TimeUnit::Millis => t,
+            TimeUnit::Micros => t.div_euclid(1000),
+        }
+    }
+}
+
+/// What a dump file's name says: `BTCUSDT-1m-2024-01.csv` names BTCUSDT and 1m.
+pub fn parse_file_name(path: &Path) -> Option<(SymbolName, Interval)> {
+    let name = path.file_name()?.to_str()?;
+    let mut parts = name.split('-');
+    let symbol = SymbolName::new(&parts.next()?.to_ascii_uppercase()).ok()?;
+    let interval = parts.next()?.parse().ok()?;
+    Some((symbol, interval))
+}
+
+/// The per-file state of a dump being parsed: its unit is fixed by its first
+/// candle, and its interval by the caller (flag or file name).
+#[derive(Debug, Clone)]
+pub struct CsvFile {
+    symbol: SymbolName,
+    interval: Interval,
+    unit: Option<TimeUnit>,
+    /// Whether a data line was seen: a header is accepted only before one.
+    seen_data: bool,
+}
+
+impl CsvFile {
+    /// A dump of `symbol`'s `interval` candles.
+    pub fn new(symbol: SymbolName, interval: Interval) -> Self {
+        Self {
+            symbol,
+            interval,
+            unit: None,
+            seen_data: false,
+        }
+    }
+
+    /// The file's timestamp unit, once its first candle was read.
+    pub fn unit(&self) -> Option<TimeUnit> {
+        self.unit
+    }
+
+    /// Parses one line: `Ok(None)` for a header line or a blank line.
+    pub fn parse_line(&mut self, line: &str) -> Result<Option<Kline>, BadLine> {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.trim().is_empty() {
+            return Ok(None);
+        }
+        if !self.seen_data && line.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            // Newer futures dumps start with `open_time,open,...`.
+            self.seen_data = true;
+            return Ok(None);
+        }
+        self.seen_data = true;
+        let mut fields = [""; 7];
+        let mut found = 0;
+        for field in line.split(',') {
+            if found < fields.len() {
+                fields[found] = field;
+            }
+            found += 1;
+        }
+        if found != 7 && found != 12 {
+            return Err(BadLine::Columns { found });
+        }
+        let int = |k: usize| -> Result<i64, BadLine> {
+            fields[k]
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| number(k, fields[k]))
+        };
+        let float = |k: usize| -> Result<f64, BadLine> {
+            fields[k]
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| number(k, fields[k]))
+        };
+        let open_raw = int(0)?;
+        let close_raw = int(6)?;
+        let unit = TimeUnit::of(open_raw)?;
+        let expected = *self.unit.get_or_insert(unit);
+        if unit != expected {
+            return Err(BadLine::Unit {
+                value: open_raw,
+                found: unit.name(),
+                expected: expected.name(),
+            });
+        }
+        let open_time = unit.to_millis(open_raw);
+        let close_time = unit.to_millis(close_raw);
+        let candle = Candle {
+            open_time,
+            open: float(1)?,
+            high: float(2)?,
+            low: float(3)?,
+            close: float(4)?,
+            volume: float(5)?,
+        };
+        let span = close_time - open_time + 1;
+        let expected_ms = self.interval.millis() as i64;
+        if span != expected_ms {
+            return Err(BadLine::Span {
+                interval: self.interval,
+                span_ms: span,
+                expected_ms,
+            });
+        }
+        check(&candle, self.interval)?;
+        Ok(Some(Kline {
+            symbol: self.symbol.clone(),
+            interval: self.interval,
+            candle,
+            closed: true,
+            at: close_time + 1,
+        }))
+    }
+}
+
+/// A price or volume given as a decimal string (Binance sends them quoted).
+fn decimal(column: &'static str, v: &str) -> Result<f64, BadLine> {
+    v.parse::<f64>().map_err(|_| BadLine::Number {
+        column,
+        value: v.chars().take(32).collect(),
+    })
+}
+
+fn number(column: usize, value: &str) -> BadLine {
+    BadLine::Number {
+        column: CSV_COLUMNS[column],
+        value: value.chars().take(32).collect(),
+    }
+}
+
+/// The checks every candle passes, whatever its source.
+pub fn check(candle: &Candle, interval: Interval) -> Result<(), BadLine> {
+    if !candle.is_finite() {
+        return Err(BadLine::Inconsistent("a price or the volume is not finite"));
+    }
+    if candle.volume < 0.0 {
+        return Err(BadLine::Inconsistent("negative volume"));
+    }
+    if candle.low.is_nan() || candle.low <= 0.0 {
+        return Err(BadLine::Inconsistent("low is not above zero"));
+    }
+    if candle.high < candle.low
+        || candle.open > candle.high
+        || candle.open < candle.low
+        || candle.close > candle.high
+        || candle.close < candle.low
+    {
+        return Err(BadLine::Inconsistent("open or close outside [low, high]"));
+    }
+    if candle.open_time.rem_euclid(interval.millis() as i64) != interval_offset(interval) {
+        return Err(BadLine::Unaligned {
+            open_time: candle.open_time,
+            interval,
+        });
+    }
+    Ok(())
+}
+
+/// Where an interval's candles start, as the remainder of the open time by
+/// the interval's length: Binance's weeks start on Monday 00:00 UTC, and the
+/// Unix epoch was a Thursday; every other interval is aligned to the epoch.
+pub const fn interval_offset(interval: Interval) -> i64 {
+    match interval {
+        Interval::W1 => 4 * 86_400_000,
+        _ => 0,
+    }
+}
+
+/// The open time of the `interval` candle that contains `t` (ms).
+pub const fn bucket_start(t: i64, interval: Interval) -> i64 {
+    let len = interval.millis() as i64;
+    let offset = interval_offset(interval);
+    t - (t - offset).rem_euclid(len)
+}
+
+/// A WebSocket message, single (`{"e":"kline",...}`) or combined-stream
+/// (`{"stream":...,"data":{...}}`); other fields are ignored.
+#[derive(Debug, Default, Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "e", borrow, default)]
+    kind: Option<&'a str>,
+    #[serde(rename = "E", default)]
+    event_time: Option<i64>,
+    #[serde(borrow, default)]
+    k: Option<WsKline<'a>>,
+    /// The combined-stream wrapper's payload.
+    #[serde(borrow, default)]
+    data: Option<Box<Event<'a>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WsKline<'a> {
+    t: i64,
+    #[serde(rename = "T")]
+    close_time: i64,
+    s: &'a str,
+    i: &'a str,
+    o: &'a str,
+    c: &'a str,
+    h: &'a str,
+    l: &'a str,
+    v: &'a str,
+    x: bool,
+}
+
+/// What a WebSocket message was.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A kline event.
+    Kline(Kline),
+    /// Valid JSON of another kind (a subscription answer, another stream).
+    Other,
+}
+
+/// Parses one WebSocket message or one line of a JSON-lines recording of them.
+pub fn parse_ws(text: &str) -> Result<Message, BadLine> {
+    let outer: Event<'_> = serde_json::from_str(text).map_err(|e| BadLine::Json(e.to_string()))?;
+    let event = match outer.data {
+        Some(inner) => *inner,
+        None => outer,
+    };
+    let Some(k) = event.k else {
+        return match event.kind {
+            Some("kline") => Err(BadLine::Json(
+                "a kline event without its \"k\" object".into(),
+            )),
+            _ => Ok(Message::Other),
+        };
+    };
+    let interval: Interval = k.i.parse().map_err(|_| BadLine::Interval(k.i.into()))?;
+    let symbol = SymbolName::new(k.s).map_err(|_| BadLine::Symbol(k.s.into()))?;
+    TimeUnit::of(k.t).and_then(|u| {
+        if u == TimeUnit::Millis {
+            Ok(())
+        } else {
+            Err(BadLine::Unit {
+                value: k.t,
+                found: u.name(),
+                expected: TimeUnit::Millis.name(),
+            })
+        }
+    })?;
+    let candle = Candle {
+        open_time: k.t,
+        open: decimal("k.o", k.o)?,
+        high: decimal("k.h", k.h)?,
+        low: decimal("k.l", k.l)?,
+        close: decimal("k.c", k.c)?,
+        volume: decimal("k.v", k.v)?,
+    };
+    let expected_ms = interval.millis() as i64;
+    if k.close_time - k.t + 1 != expected_ms {
+        return Err(BadLine::Span {
+            interval,
+            span_ms: k.close_time - k.t + 1,
+            expected_ms,
+        });
+    }
+    check(&candle, interval)?;
+    Ok(Message::Kline(Kline {
+        symbol,
+        interval,
+        candle,
+        closed: k.x,
+        at: event.event_time.unwrap_or(k.close_time + 1),
+    }))
+}
+
+/// One row of a REST `/api/v3/klines` answer:
+/// `[open_time, "o", "h", "l", "c", "v", close_time, "q", n, "V", "Q", "ignore"]`.
+#[derive(Debug, Deserialize)]
+struct RestRow(
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    #[serde(default)] serde::de::IgnoredAny,
+    #[serde(default)] serde::de::IgnoredAny,
+    #[serde(default)] serde::de::IgnoredAny,
+    #[serde(default)] serde::de::IgnoredAny,
+    #[serde(default)] serde::de::IgnoredAny,
+);
+
+/// Parses a REST klines answer for `symbol`/`interval`. A row is closed
+/// when its close time is before `now_ms`: the exchange's last row is the
+/// candle still in progress.
+pub fn parse_rest(
+    body: &str,
+    symbol: &SymbolName,
+    interval: Interval,
+    now_ms: i64,
+) -> Result<Vec<Kline>, BadLine> {
+    let rows: Vec<RestRow> =
+        serde_json::from_str(body).map_err(|e| BadLine::Json(e.to_string()))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let candle = Candle {
+            open_time: row.0,
+            open: decimal("open", &row.1)?,
+            high: decimal("high", &row.2)?,
+            low: decimal("low", &row.3)?,
+            close: decimal("close", &row.4)?,
+            volume: decimal("volume", &row.5)?,
+        };
+        let expected_ms = interval.millis() as i64;
+        if row.6 - row.0 + 1 != expected_ms {
+            return Err(BadLine::Span {
+                interval,
+                span_ms: row.6 - row.0 + 1,
+                expected_ms,
+            });
+        }
+        check(&candle, interval)?;
+        out.push(Kline {
+            symbol: symbol.clone(),
+            interval,
+            candle,
+            closed: row.6 < now_ms,
+            at: row.6 + 1,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn btc() -> CsvFile {
+        CsvFile::new(SymbolName::new("BTCUSDT").expect("valid"), Interval::M1)
+    }
+
+    const MS: &str = "1613692800000,51552.61,51657.05,51545.00,51613.38,134.989218,1613692859999";
+    const MS12: &str = "1613692800000,51552.61,51657.05,51545.00,51613.38,134.989218,1613692859999,6963000.1,3000,70.1,3600000.2,0";
+    const US12: &str = "1613692800000000,51552.61,51657.05,51545.00,51613.38,134.989218,1613692859999999,6963000.1,3000,70.1,3600000.2,0";
+
+    #[test]
+    fn milliseconds_microseconds_seven_and_twelve_columns_give_one_candle() {
+        let a = btc().parse_line(MS).expect("ms").expect("a candle");
+        let b = btc().parse_line(MS12).expect("ms12").expect("a candle");
+        let c = btc().parse_line(US12).expect("us12").expect("a candle");
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        assert_eq!(a.candle.open_time, 1_613_692_800_000);
+        assert_eq!(a.at, 1_613_692_860_000);
+        assert!(a.closed);
+    }
+
+    #[test]
+    fn a_header_is_skipped_only_at_the_top() {
+        let mut f = btc();
+        let header = CSV_COLUMNS.join(",");
+        assert_eq!(f.parse_line(&header), Ok(None));
+        assert!(f.parse_line(MS12).expect("data").is_some());
+        assert!(matches!(
+            f.parse_line(&header),
+            Err(BadLine::Columns { .. }) | Err(BadLine::Number { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_lines_say_what_is_wrong() {
+        let mut f = btc();
+        assert!(f.parse_line(MS).is_ok());
+        let cases = [
+            ("1,2,3", "3 columns"),
+            ("1613692860000,abc,1,1,1,1,1613692919999", "open is \"abc\""),
+            (
+                "1613692860000000,1,1,1,1,1,1613692919999999",
+                "microseconds",
+            ),
+            ("1613692860000,1,1,1,1,1,1613692900000", "spans"),
+            ("1613692860000,2,1,1.5,1,1,1613692919999", "inconsistent"),
+            ("1613692860001,1,1,1,1,1,1613692920000", "boundary"),
+            ("1613692860000,1,1,1,1,-1,1613692919999", "negative volume"),
+            ("1613692860000,NaN,1,1,1,1,1613692919999", "not finite"),
+            ("16,1,1,1,1,1,75", "out of range"),
+        ];
+        for (line, want) in cases {
+            let err = f.parse_line(line).expect_err(line).to_string();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn file_names_name_symbol_and_interval() {
+        assert_eq!(
+            parse_file_name(Path::new("/d/BTCUSDT-1m-2024-01.csv")),
+            Some((SymbolName::new("BTCUSDT").expect("valid"), Interval::M1))
+        );
+        assert_eq!(
+            parse_file_name(Path::new("ethusdt-4h-2024-01-02.csv")),
+            Some((SymbolName::new("ETHUSDT").expect("valid"), Interval::H4))
+        );
+        assert_eq!(parse_file_name(Path::new("candles.csv")), None);
+    }
+
+    #[test]
+    fn websocket_single_and_combined_payloads_give_one_kline() {
+        let k = r#"{"t":1613692800000,"T":1613692859999,"s":"BTCUSDT","i":"1m","f":1,"L":2,"o":"51552.61","c":"51613.38","h":"51657.05","l":"51545.00","v":"134.989218","n":3000,"x":true,"q":"1","V":"1","Q":"1","B":"0"}"#;
+        let single = format!(r#"{{"e":"kline","E":1613692860001,"s":"BTCUSDT","k":{k}}}"#);
+        let combined = format!(r#"{{"stream":"btcusdt@kline_1m","data":{single}}}"#);
+        let a = parse_ws(&single).expect("single");
+        let b = parse_ws(&combined).expect("combined");
+        assert_eq!(a, b);
+        let Message::Kline(kline) = a else {
+            panic!("a kline")
+        };
+        let csv = btc().parse_line(MS).expect("ms").expect("candle");
+        assert_eq!(kline.candle, csv.candle);
+        assert!(kline.closed);
+        assert_eq!(kline.at, 1_613_692_860_001);
+        assert_eq!(parse_ws(r#"{"result":null,"id":1}"#), Ok(Message::Other));
+        assert!(matches!(parse_ws("garbage"), Err(BadLine::Json(_))));
+        assert!(matches!(
+            parse_ws(r#"{"e":"kline"}"#),
+            Err(BadLine::Json(_))
+        ));
+        let bad_price = single.replace("\"51552.61\"", "\"x\"");
+        assert!(
+            parse_ws(&bad_price)
+                .expect_err("bad price")
+                .to_string()
+                .contains("k.o")
+        );
+    }
+
+    #[test]
+    fn rest_rows_close_when_their_time_has_passed() {
+        let body = r#"[[1613692800000,"51552.61","51657.05","51545.00","51613.38","134.989218",1613692859999,"1",3000,"1","1","0"],
+                       [1613692860000,"51622.99","51696.42","51606.39","51678.84","106.156963",1613692919999,"1",3000,"1","1","0"]]"#;
+        let sym = SymbolName::new("BTCUSDT").expect("valid");
+        let rows = parse_rest(body, &sym, Interval::M1, 1_613_692_900_000).expect("rows");
+        assert_eq!(rows.len(), 2);
+        assert!(rows[0].closed && !rows[1].closed);
+        assert!(parse_rest("{}", &sym, Interval::M1, 0).is_err());
+    }
+
+    #[test]
+    fn buckets_follow_the_exchange() {
+        // 2021-02-22 was a Monday.
+        let monday = 1_613_952_000_000;
+        assert_eq!(bucket_start(monday + 3 * 86_400_000, Interval::W1), monday);
+        assert_eq!(bucket_start(monday, Interval::W1), monday);
+        assert_eq!(
+            bucket_start(1_613_692_860_000, Interval::M5),
+            1_613_692_800_000
+        );
+        assert_eq!(
+            bucket_start(1_613_692_800_000 + 3_599_999, Interval::H1),
+            1_613_692_800_000
+        );
+    }
+}
