@@ -29,24 +29,24 @@ pub fn hold(
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let mut inst = Instance::start(instance, config)?;
+    let inst = Instance::start(instance, config)?;
     for s in symbols {
-        inst.store.register_symbol(s)?;
+        inst.store.lock().register_symbol(s)?;
     }
-    inst.store.publish();
+    inst.store.lock().publish();
     println!(
         "{}",
         serde_json::json!({
             "ready": true,
             "instance": instance.as_str(),
-            "segment": inst.store.name(),
-            "generation": inst.store.generation(),
+            "segment": inst.store.lock().name(),
+            "generation": inst.store.lock().generation(),
             "pid": std::process::id(),
         })
     );
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        inst.store.heartbeat();
+        inst.store.lock().heartbeat();
         std::thread::sleep(HEARTBEAT_EVERY);
     }
     tracing::info!(instance = %instance, "shutting down: unlinking the segment and removing the runtime directory");

@@ -1,6 +1,8 @@
 //! A running instance's owned resources: the runtime directory and lock, and
 //! the store segment. Dropping an [`Instance`] releases all of them, in order.
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
 use anyhow::{Context, Result};
 use protocol::InstanceName;
 use protocol::store::{StoreConfig, StoreCreateError, StoreReader, StoreWriter};
@@ -13,7 +15,7 @@ pub struct Instance {
     // Field order is drop order: unlink the segment, then remove the runtime
     // directory, then release the lock.
     /// The store, written only through this.
-    pub store: StoreWriter,
+    pub store: SharedStore,
     /// The lock and runtime directory.
     pub runtime: Runtime,
 }
@@ -48,6 +50,24 @@ impl Instance {
             runtime_dir = %runtime.dir().display(),
             "store created"
         );
-        Ok(Self { store, runtime })
+        Ok(Self {
+            store: SharedStore(Arc::new(Mutex::new(store))),
+            runtime,
+        })
+    }
+}
+
+/// The store writer, shared between the coordinator loop and a live feed's
+/// thread (which writes each message the moment it arrives). One writer at a
+/// time: the lock is held for one message or one batch, never across I/O.
+#[derive(Debug, Clone)]
+pub struct SharedStore(Arc<Mutex<StoreWriter>>);
+
+impl SharedStore {
+    /// The writer. A panic while it was held cannot leave the segment torn
+    /// for readers (a slot mid-write reads as `Stalled`, and the next write
+    /// of that slot completes it), so a poisoned lock is taken over.
+    pub fn lock(&self) -> MutexGuard<'_, StoreWriter> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

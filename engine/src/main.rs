@@ -248,6 +248,28 @@ struct FeedArgs {
     /// Replay: stop with an error at the first bad line instead of skipping it.
     #[arg(long)]
     strict: bool,
+    /// Live feed: the WebSocket base URL, and after a comma the REST base URL
+    /// (for a local or test server).
+    #[arg(
+        long,
+        default_value = "wss://stream.binance.com:9443,https://api.binance.com"
+    )]
+    endpoint: String,
+    /// Live feed: milliseconds without any message (Binance pings every 20 s)
+    /// after which the connection counts as dead and is replaced.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..))]
+    silence_timeout: u64,
+    /// Live feed: seconds after which a connection is replaced before
+    /// Binance's 24-hour cut.
+    #[arg(long, default_value_t = 84_600, value_parser = clap::value_parser!(u64).range(1..=86_000))]
+    max_connection_age: u64,
+    /// Live feed: first reconnect delay in milliseconds (doubled per failed
+    /// attempt up to --reconnect-max, with jitter).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    reconnect_min: u64,
+    /// Live feed: largest reconnect delay in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    reconnect_max: u64,
 }
 
 impl FeedArgs {
@@ -259,8 +281,10 @@ impl FeedArgs {
         }
     }
 
-    /// The feed, with `candles` for the synthetic one.
-    fn config(&self, candles: Option<u64>) -> Result<FeedConfig> {
+    /// The feed, with `candles` for the synthetic one; `capacity` gives the
+    /// live feed its intervals and sizes its start-up backfill (a ring's
+    /// worth, at most 1000).
+    fn config(&self, candles: Option<u64>, capacity: &CapacityArgs) -> Result<FeedConfig> {
         if self.feed != FeedKind::Synthetic && candles.is_some() {
             anyhow::bail!("--candles is for the synthetic feed: a replay ends with its files");
         }
@@ -287,7 +311,44 @@ impl FeedArgs {
                 strict: self.strict,
             })),
             FeedKind::Binance => {
-                anyhow::bail!("--feed binance is a live feed: only `run` takes it")
+                let mut symbols: Vec<SymbolName> = Vec::new();
+                for s in self
+                    .symbols
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                {
+                    let name = SymbolName::new(&s.to_ascii_uppercase())
+                        .map_err(|e| anyhow::anyhow!("--symbols: {e}"))?;
+                    if !symbols.contains(&name) {
+                        symbols.push(name);
+                    }
+                }
+                if symbols
+                    .iter()
+                    .all(|s| s.as_str().bytes().all(|b| b.is_ascii_digit()))
+                {
+                    anyhow::bail!(
+                        "--feed binance needs the symbols by name: --symbols btcusdt,ethusdt (got {:?})",
+                        self.symbols
+                    );
+                }
+                let (ws, rest) = self
+                    .endpoint
+                    .split_once(',')
+                    .unwrap_or((self.endpoint.as_str(), engine::feed::live::BINANCE_REST));
+                Ok(FeedConfig::Binance(engine::feed::live::LiveOptions {
+                    symbols,
+                    intervals: capacity.intervals.clone(),
+                    ws_url: ws.trim().to_owned(),
+                    rest_url: rest.trim().to_owned(),
+                    silence_timeout: std::time::Duration::from_millis(self.silence_timeout),
+                    max_connection_age: std::time::Duration::from_secs(self.max_connection_age),
+                    reconnect_min: std::time::Duration::from_millis(self.reconnect_min),
+                    reconnect_max: std::time::Duration::from_millis(self.reconnect_max),
+                    backfill: (capacity.candles_per_series as usize)
+                        .min(engine::feed::live::REST_PAGE),
+                }))
             }
         }
     }
@@ -402,6 +463,17 @@ struct CapacityArgs {
     /// Candles kept per (symbol, interval).
     #[arg(long, default_value_t = 1440)]
     candles_per_series: u32,
+}
+
+impl Default for CapacityArgs {
+    fn default() -> Self {
+        let c = StoreConfig::default();
+        Self {
+            max_symbols: c.symbols,
+            intervals: c.intervals,
+            candles_per_series: c.candles_per_series,
+        }
+    }
 }
 
 impl CapacityArgs {
@@ -538,7 +610,7 @@ fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
         workers: args.workers,
         worker_bin,
         traders,
-        feed: args.feed.config(args.candles)?,
+        feed: args.feed.config(args.candles, &args.capacity)?,
         pace: args.pace.pace(&args.feed.feed),
         aggregate: args.feed.aggregate(&args.capacity.intervals)?,
         ping_interval: std::time::Duration::from_millis(args.ping_interval),
@@ -610,7 +682,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Backtest(args) => {
             let opts = engine::backtest::BacktestOptions {
                 traders: args.feed.traders()?,
-                feed: args.feed.config(args.candles)?,
+                feed: args.feed.config(args.candles, &args.capacity)?,
                 intervals: args.capacity.intervals.clone(),
                 aggregate: args.feed.aggregate(&args.capacity.intervals)?,
                 max_symbols: args.capacity.max_symbols,
@@ -632,7 +704,10 @@ fn run(cli: Cli) -> Result<()> {
                 traders_file: args.feed.traders.clone(),
                 traders,
                 workers: args.workers,
-                symbols: match args.feed.config(Some(args.candles))? {
+                symbols: match args
+                    .feed
+                    .config(Some(args.candles), &CapacityArgs::default())?
+                {
                     FeedConfig::Synthetic { symbols, .. } => symbols,
                     _ => anyhow::bail!("chaos runs the synthetic feed only"),
                 },

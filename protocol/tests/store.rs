@@ -212,7 +212,7 @@ fn full_symbol_table_is_an_error_not_a_drop() {
         err,
         WriteError::SymbolTableFull { capacity: 2, .. }
     ));
-    assert!(err.to_string().contains("--symbols"), "{err}");
+    assert!(err.to_string().contains("--max-symbols"), "{err}");
     let r = StoreReader::open(&name.0).expect("open");
     assert_eq!(r.symbols(), vec!["A".to_owned(), "B".to_owned()]);
 }

@@ -312,6 +312,18 @@ pub fn process_alive(pid: u32) -> bool {
 }
 
 impl TestInstance {
+    /// `shmkline backtest ARGS`'s signals, normalised; panics with its stderr
+    /// if it fails.
+    pub fn backtest_signals(&self, args: &[&str]) -> Vec<String> {
+        let out = self.shmkline(&[&["backtest"], args].concat());
+        assert!(
+            out.status.success(),
+            "backtest {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        normalized_signals(&out.stdout)
+    }
+
     /// `shmkline status --json` of this instance, once it answers (or panics after `timeout`).
     pub fn status_when(
         &self,

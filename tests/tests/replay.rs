@@ -82,16 +82,6 @@ fn stored(inst: &TestInstance, interval: Interval) -> Vec<StoredCandle> {
     out
 }
 
-fn backtest(inst: &TestInstance, args: &[&str]) -> Vec<String> {
-    let out = inst.shmkline(&[&["backtest"], args].concat());
-    assert!(
-        out.status.success(),
-        "backtest failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    normalized_signals(&out.stdout)
-}
-
 /// Runs `run --stay` over `feed`, checks the store with `check` once every
 /// candle is evaluated, stops it, and returns (signals, stderr).
 fn run_and_inspect(
@@ -152,7 +142,7 @@ fn the_real_file_replayed_by_run_and_backtest_gives_the_same_signals_and_candles
         }
     });
     let traders_arg = traders.to_string_lossy().into_owned();
-    let oracle = backtest(&inst, &["--feed", &feed, "--traders", &traders_arg]);
+    let oracle = inst.backtest_signals(&["--feed", &feed, "--traders", &traders_arg]);
     assert_eq!(signals, oracle, "run and backtest disagree");
     for trader in ["m1-up", "m5-up", "m5-down", "h1-up"] {
         assert!(

@@ -129,7 +129,7 @@ fn setup(instance: &InstanceName) -> Result<Instance> {
 fn init(live: &mut Live, inst: &Instance, id: u32) -> Result<()> {
     let init = Init {
         instance: inst.runtime.instance().to_string(),
-        generation: inst.store.generation(),
+        generation: inst.store.lock().generation(),
         worker_id: id,
     };
     match live.call(Message::Init(init))? {
@@ -193,7 +193,7 @@ pub fn run_ping(
     };
     let direct_init = Init {
         instance: inst.runtime.instance().to_string(),
-        generation: inst.store.generation(),
+        generation: inst.store.lock().generation(),
         worker_id: 1,
     };
     anyhow::ensure!(

@@ -262,8 +262,9 @@ fn time_plain_slices(reader: &StoreReader, series: SeriesId, rounds: usize) -> R
 
 /// `shmkline bench store`.
 pub fn run(instance: &InstanceName, opts: &StoreBenchOptions) -> Result<StoreReport> {
-    let mut inst = Instance::start(instance, &bench_config())?;
-    let store = &mut inst.store;
+    let inst = Instance::start(instance, &bench_config())?;
+    let mut guard = inst.store.lock();
+    let store = &mut *guard;
     let series: Vec<SeriesId> = (0..WRITE_SERIES)
         .map(|k| register(store, &format!("S{k}")))
         .collect::<Result<_>>()?;
@@ -427,6 +428,6 @@ fn torn_stress(
 
 /// `shmkline bench torn`: the cross-process stress alone.
 pub fn run_torn(instance: &InstanceName, readers: usize, millis: u64) -> Result<TornReport> {
-    let mut inst = Instance::start(instance, &bench_config())?;
-    torn_stress(instance, &mut inst.store, readers, millis)
+    let inst = Instance::start(instance, &bench_config())?;
+    torn_stress(instance, &mut inst.store.lock(), readers, millis)
 }

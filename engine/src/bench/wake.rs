@@ -77,8 +77,10 @@ fn run_mode(
     let stamp = scratch.word(STAMP).context("scratch too small")?;
     ack.store(0, Ordering::Release);
     ping.store(0, Ordering::Release);
-    let id = inst.store.register_symbol(&SymbolName::new(WAKE_SYMBOL)?)?;
-    let series = inst.store.series(id, Interval::M1)?;
+    // Held for the whole measurement: the figure is the store's, not the lock's.
+    let mut store = inst.store.lock();
+    let id = store.register_symbol(&SymbolName::new(WAKE_SYMBOL)?)?;
+    let series = store.series(id, Interval::M1)?;
     let base_ns = mono_ns();
     let child = BenchChild::spawn(&[
         "wake".into(),
@@ -117,8 +119,8 @@ fn run_mode(
                     close: 1.0,
                     volume: t as f64,
                 };
-                inst.store.upsert(series, &candle)?;
-                inst.store.publish();
+                store.upsert(series, &candle)?;
+                store.publish();
             }
             WakeMode::RawFutex | WakeMode::RawSpin => {
                 stamp.store(t, Ordering::Relaxed);

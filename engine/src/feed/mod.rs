@@ -14,6 +14,8 @@
 
 pub mod aggregate;
 pub mod binance;
+pub mod live;
+pub mod mock;
 
 pub mod progress;
 pub mod replay;
@@ -78,6 +80,8 @@ pub enum FeedConfig {
     },
     /// Recorded files.
     Replay(ReplayOptions),
+    /// Live Binance.
+    Binance(live::LiveOptions),
 }
 
 impl FeedConfig {
@@ -86,10 +90,11 @@ impl FeedConfig {
         match self {
             FeedConfig::Synthetic { .. } => "synthetic",
             FeedConfig::Replay(_) => "replay",
+            FeedConfig::Binance(_) => "binance",
         }
     }
 
-    /// Opens a finite source.
+    /// Opens a finite source (not the live feed).
     pub fn source(&self) -> Result<Source, SourceError> {
         match self {
             FeedConfig::Synthetic {
@@ -98,6 +103,7 @@ impl FeedConfig {
                 candles,
             } => Ok(Source::synthetic(*seed, *symbols, *candles)),
             FeedConfig::Replay(opts) => Source::replay(opts),
+            FeedConfig::Binance(_) => Err(SourceError::NotFinite),
         }
     }
 }
@@ -147,6 +153,9 @@ pub enum SourceError {
     /// A replay error.
     #[error(transparent)]
     Replay(#[from] ReplayError),
+    /// A live feed has no end: it cannot be replayed or backtested.
+    #[error("the live feed has no end: backtest and chaos take --feed synthetic or replay:PATH")]
+    NotFinite,
 }
 
 impl Source {

@@ -46,6 +46,7 @@ use serde::Serialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::feed::live::LiveFeed;
 use crate::feed::progress::Progress;
 use crate::feed::writer::{FeedWriter, Refused};
 use crate::feed::{FeedConfig, Pace, Pacer, Source};
@@ -64,6 +65,8 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// Synthetic batches written per pass of the loop, at most, so a high rate
 /// never starves the loop.
 const FEED_BATCHES_PER_PASS: u64 = 64;
+/// How often the segment's heartbeat is refreshed when nothing is published.
+const HEARTBEAT: Duration = Duration::from_millis(250);
 /// Highest `--rate` accepted.
 pub const MAX_RATE: f64 = 1_000_000.0;
 
@@ -448,7 +451,11 @@ struct Coordinator {
     inst: Instance,
     slots: Vec<Slot>,
     events_tx: SyncSender<Event>,
-    pump: Pump,
+    /// The finite feed (synthetic or replay), written by this loop.
+    pump: Option<Pump>,
+    /// The live feed, written by its own thread.
+    live: Option<LiveFeed>,
+    last_heartbeat: Instant,
     feed_started: Option<Instant>,
     final_publish: Option<u64>,
     dedup: Dedup,
@@ -586,7 +593,7 @@ impl Coordinator {
         });
         let init = Init {
             instance: self.opts.instance.to_string(),
-            generation: self.inst.store.generation(),
+            generation: self.inst.store.lock().generation(),
             worker_id: id,
         };
         self.request(s, Message::Init(init), Purpose::Init);
@@ -1001,7 +1008,7 @@ impl Coordinator {
     /// A worker that still answers PINGs but whose progress has not moved for
     /// `stall_timeout` while newer batches wait is stuck in its evaluation.
     fn stall_due(&mut self) {
-        let published = self.inst.store.stats().publishes;
+        let published = self.inst.store.lock().stats().publishes;
         for s in 0..self.slots.len() {
             let Some(inc) = self.slots[s].live.as_ref() else {
                 continue;
@@ -1206,8 +1213,10 @@ impl Coordinator {
             return Ok(());
         }
         let slowest = self.slots.iter().map(|s| s.confirmed).min().unwrap_or(0);
-        let lead = (self.inst.store.candles_per_series() / 2).max(1) as u64;
-        let pump = &mut self.pump;
+        let lead = (self.inst.store.lock().candles_per_series() / 2).max(1) as u64;
+        let Some(pump) = self.pump.as_mut() else {
+            return Ok(());
+        };
         let mut written = 0;
         while written < FEED_BATCHES_PER_PASS {
             // One publish per batch: the store's counter is the batch count plus the initial publish.
@@ -1215,7 +1224,7 @@ impl Coordinator {
                 break;
             }
             let Some(at) = pump.source.peek()? else {
-                let published = self.inst.store.stats().publishes;
+                let published = self.inst.store.lock().stats().publishes;
                 self.final_publish = Some(published);
                 pump.finish();
                 if pump.source.as_replay().is_some() && pump.writer.counters().candles_written == 0
@@ -1234,11 +1243,11 @@ impl Coordinator {
                 break;
             }
             written += 1;
-            let store = &mut self.inst.store;
+            let mut store = self.inst.store.lock();
             let writer = &mut pump.writer;
             let mut fatal = None;
             pump.source
-                .next_batch(|kline| match writer.apply(store, kline) {
+                .next_batch(|kline| match writer.apply(&mut *store, kline) {
                     Ok(_) => Ok(()),
                     Err(Refused::Bad(bad)) => Err(bad),
                     Err(Refused::Store(e)) => {
@@ -1250,7 +1259,7 @@ impl Coordinator {
                 return Err(e).context("the feed cannot write into the store");
             }
             pump.pacer.batches += 1;
-            self.inst.store.publish();
+            store.publish();
         }
         pump.report_progress();
         Ok(())
@@ -1313,7 +1322,7 @@ impl Coordinator {
                 }
             })
             .collect();
-        let stats = self.inst.store.stats();
+        let stats = self.inst.store.lock().stats();
         let recovered = self
             .events
             .iter()
@@ -1325,11 +1334,19 @@ impl Coordinator {
             "state": if self.shutting_down.is_some() { "shutting_down" } else { "running" },
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "segment": {
-                "name": self.inst.store.name(),
-                "size_bytes": self.inst.store.size_bytes(),
-                "generation": self.inst.store.generation(),
+                "name": self.inst.store.lock().name(),
+                "size_bytes": self.inst.store.lock().size_bytes(),
+                "generation": self.inst.store.lock().generation(),
             },
-            "feed": self.pump.status(&self.opts, self.final_publish.is_some(), self.feed_done(), &stats),
+            "feed": match (&self.pump, &self.live) {
+                (Some(pump), _) => pump.status(&self.opts, self.final_publish.is_some(), self.feed_done(), &stats),
+                (None, Some(live)) => {
+                    let mut v = serde_json::to_value(live.health().status()).unwrap_or_default();
+                    v["kind"] = "binance".into();
+                    v
+                }
+                (None, None) => serde_json::json!({ "kind": self.opts.feed.kind(), "started": false }),
+            },
             "signals": { "emitted": self.signals_out, "duplicates_dropped": self.dedup.duplicates },
             "gaps": self.gaps(),
             "quarantined": self.quarantined.iter().map(|(t, slot)| serde_json::json!({
@@ -1464,7 +1481,13 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     // Signals first, so a Ctrl-C during start-up is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let signals_handle = signals.handle();
-    let source = opts.feed.source()?;
+    let source = match &opts.feed {
+        FeedConfig::Binance(live) => {
+            live.check()?;
+            None
+        }
+        finite => Some(finite.source()?),
+    };
     let inst = Instance::start(&opts.instance, &opts.store)?;
     // ipc-channel's one-shot sockets go into the private runtime directory
     // (short path, wiped at start) rather than the system temp directory.
@@ -1554,17 +1577,20 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 .ok()
         })
         .collect();
+    let generation = inst.store.lock().generation();
     let mut coord = Coordinator {
-        jitter: Jitter(inst.store.generation() | 1),
+        jitter: Jitter(generation | 1),
         inst,
         slots,
         events_tx,
-        pump: Pump {
+        pump: source.map(|source| Pump {
             writer: FeedWriter::new(&opts.store.intervals, &opts.aggregate),
             pacer: Pacer::new(opts.pace),
             progress: source.as_replay().map(|r| Progress::new(r.total_bytes())),
             source,
-        },
+        }),
+        live: None,
+        last_heartbeat: Instant::now(),
         feed_started: None,
         final_publish: None,
         dedup: Dedup::new(dedup::DEFAULT_CAPACITY),
@@ -1583,15 +1609,22 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         quarantined: Vec::new(),
         opts,
     };
-    for symbol in coord.pump.source.known_symbols() {
-        coord.pump.writer.register(&mut coord.inst.store, &symbol)?;
+    if let Some(pump) = coord.pump.as_mut() {
+        for symbol in pump.source.known_symbols() {
+            pump.writer
+                .register(&mut *coord.inst.store.lock(), &symbol)?;
+        }
     }
-    coord.inst.store.publish();
+    coord.inst.store.lock().publish();
 
     let result = drive(&mut coord, &spawner, &events_rx);
 
-    // Teardown, whatever happened: every worker killed and reaped, then the
-    // threads (whose channels close with the workers), then the files.
+    // Teardown, whatever happened: the live feed stopped (the store no
+    // longer changes), every worker killed and reaped, then the threads
+    // (whose channels close with the workers), then the files.
+    if let Some(mut live) = coord.live.take() {
+        live.stop();
+    }
     coord.kill_stragglers();
     drop(events_rx);
     for slot in &mut coord.slots {
@@ -1808,9 +1841,25 @@ fn drive(coord: &mut Coordinator, spawner: &Spawner, events: &Receiver<Event>) -
         {
             tracing::info!(feed = coord.opts.feed.kind(), pace = ?coord.opts.pace, "feed started");
             coord.feed_started = Some(Instant::now());
-            coord.pump.pacer.start();
+            if let Some(pump) = coord.pump.as_mut() {
+                pump.pacer.start();
+            }
+            if let FeedConfig::Binance(live) = &coord.opts.feed {
+                coord.live = Some(LiveFeed::start(
+                    live.clone(),
+                    coord.inst.store.clone(),
+                    &coord.opts.store.intervals,
+                )?);
+            }
         }
         coord.feed()?;
+        if coord.live.as_ref().is_some_and(LiveFeed::is_finished) {
+            bail!("the live feed thread stopped unexpectedly (see the log)");
+        }
+        if coord.last_heartbeat.elapsed() >= HEARTBEAT {
+            coord.last_heartbeat = Instant::now();
+            coord.inst.store.lock().heartbeat();
+        }
         coord.retry_due();
         coord.ping_due();
         coord.stall_due();

@@ -124,7 +124,7 @@ pub enum OpenError {
 pub enum WriteError {
     /// The symbol directory is full.
     #[error(
-        "symbol table is full ({capacity} symbols): cannot add {symbol}; start the coordinator with a larger --symbols"
+        "symbol table is full ({capacity} symbols): cannot add {symbol}; start the coordinator with a larger --max-symbols"
     )]
     SymbolTableFull {
         /// Directory capacity.

@@ -1,0 +1,445 @@
+//! A loopback stand-in for Binance: a WebSocket server streaming kline
+//! events of a fixed candle timeline by a script of connection episodes
+//! (stream, close, drop, go silent, send garbage), and a REST server answering
+//! `/api/v3/klines` from the same timeline. The live-feed tests and `bench
+//! feed` run against it; it binds 127.0.0.1 only.
+//!
+//! The timeline has a clock: the number of candles the "exchange" has closed.
+//! Streaming a candle closes it; an episode's `skip` closes candles while
+//! no client is connected, which only a REST backfill can recover. REST
+//! answers closed candles only (Binance's last row, the candle in progress,
+//! is left out so that every row is final, whatever the wall clock says).
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use protocol::{Candle, SymbolName};
+use tungstenite::{Message, WebSocket};
+
+/// How one client connection is served.
+#[derive(Debug, Clone)]
+pub struct Episode {
+    /// Candles closed before this connection streams (missed by the client).
+    pub skip: usize,
+    /// Candles streamed (each: `updates` in-progress events, then the close).
+    pub stream: usize,
+    /// In-progress events per candle before its close.
+    pub updates: usize,
+    /// Pause between candles.
+    pub pause: Duration,
+    /// Send a non-JSON text, a binary non-UTF-8 and a non-kline JSON message
+    /// halfway through.
+    pub garbage: bool,
+    /// How the connection ends.
+    pub end: End,
+}
+
+/// How a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// A close frame.
+    Close,
+    /// The TCP connection is cut without a close frame.
+    Drop,
+    /// Nothing more is sent (no pings either) until the client leaves.
+    Silent,
+    /// Pings every 100 ms, nothing else, until the client leaves.
+    Idle,
+    /// As `Idle` for this long, then as `Drop`.
+    IdleFor(Duration),
+}
+
+#[derive(Debug)]
+struct State {
+    series: Vec<(SymbolName, Vec<Candle>)>,
+    clock: usize,
+    script: VecDeque<Episode>,
+    /// When each candle's close was sent (bench), by candle index.
+    sent: Vec<Option<Instant>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    stop: AtomicBool,
+    state: Mutex<State>,
+    connections: AtomicU64,
+    pongs: AtomicU64,
+    rest_requests: AtomicU64,
+}
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
+    s.state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The two servers; stopped and joined on drop.
+#[derive(Debug)]
+pub struct MockBinance {
+    /// `ws://127.0.0.1:PORT`.
+    pub ws_url: String,
+    /// `http://127.0.0.1:PORT`.
+    pub rest_url: String,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl MockBinance {
+    /// Serves `series` (1-minute candles, every series as long as the first),
+    /// `history` of them already closed, connections by `script` (then Idle).
+    pub fn start(
+        series: Vec<(SymbolName, Vec<Candle>)>,
+        history: usize,
+        script: Vec<Episode>,
+    ) -> Result<Self> {
+        let len = series.first().map_or(0, |s| s.1.len());
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            state: Mutex::new(State {
+                series,
+                clock: history.min(len),
+                script: script.into(),
+                sent: vec![None; len],
+            }),
+            connections: AtomicU64::new(0),
+            pongs: AtomicU64::new(0),
+            rest_requests: AtomicU64::new(0),
+        });
+        let ws = TcpListener::bind("127.0.0.1:0").context("binding the mock WebSocket server")?;
+        let rest = TcpListener::bind("127.0.0.1:0").context("binding the mock REST server")?;
+        ws.set_nonblocking(true)?;
+        rest.set_nonblocking(true)?;
+        let ws_url = format!("ws://{}", ws.local_addr()?);
+        let rest_url = format!("http://{}", rest.local_addr()?);
+        let s1 = Arc::clone(&shared);
+        let s2 = Arc::clone(&shared);
+        let threads = vec![
+            std::thread::Builder::new()
+                .name("mock-ws".into())
+                .spawn(move || accept_loop(&ws, &s1, serve_ws))?,
+            std::thread::Builder::new()
+                .name("mock-rest".into())
+                .spawn(move || accept_loop(&rest, &s2, serve_rest))?,
+        ];
+        Ok(Self {
+            ws_url,
+            rest_url,
+            shared,
+            threads,
+        })
+    }
+
+    /// Candles closed so far.
+    pub fn clock(&self) -> usize {
+        lock(&self.shared).clock
+    }
+
+    /// The closed part of every series.
+    pub fn closed(&self) -> Vec<(SymbolName, Vec<Candle>)> {
+        let st = lock(&self.shared);
+        st.series
+            .iter()
+            .map(|(s, c)| (s.clone(), c[..st.clock.min(c.len())].to_vec()))
+            .collect()
+    }
+
+    /// Whether every episode of the script was served.
+    pub fn script_done(&self) -> bool {
+        lock(&self.shared).script.is_empty()
+    }
+
+    /// When candle `k`'s close was sent, if it was.
+    pub fn sent_at(&self, k: usize) -> Option<Instant> {
+        lock(&self.shared).sent.get(k).copied().flatten()
+    }
+
+    /// WebSocket connections accepted.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Pongs received in answer to the idle pings.
+    pub fn pongs(&self) -> u64 {
+        self.shared.pongs.load(Ordering::Relaxed)
+    }
+
+    /// REST requests answered.
+    pub fn rest_requests(&self) -> u64 {
+        self.shared.rest_requests.load(Ordering::Relaxed)
+    }
+
+    /// Queues more episodes.
+    pub fn push(&self, episodes: impl IntoIterator<Item = Episode>) {
+        lock(&self.shared).script.extend(episodes);
+    }
+}
+
+impl Drop for MockBinance {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, serve: fn(TcpStream, &Shared)) {
+    while !shared.stop.load(Ordering::Acquire) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_nodelay(true);
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+                serve(stream, shared);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+fn event(symbol: &SymbolName, c: &Candle, closed: bool, event_time: i64) -> String {
+    format!(
+        r#"{{"stream":"{lower}@kline_1m","data":{{"e":"kline","E":{event_time},"s":"{symbol}","k":{{"t":{t},"T":{tt},"s":"{symbol}","i":"1m","f":1,"L":2,"o":"{o}","c":"{c}","h":"{h}","l":"{l}","v":"{v}","n":10,"x":{closed},"q":"0","V":"0","Q":"0","B":"0"}}}}}}"#,
+        lower = symbol.as_str().to_ascii_lowercase(),
+        t = c.open_time,
+        tt = c.open_time + 59_999,
+        o = c.open,
+        c = c.close,
+        h = c.high,
+        l = c.low,
+        v = c.volume,
+    )
+}
+
+fn serve_ws(stream: TcpStream, shared: &Shared) {
+    let Ok(tcp) = stream.try_clone() else { return };
+    let Ok(mut ws) = tungstenite::accept(stream) else {
+        return;
+    };
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let episode = lock(shared).script.pop_front();
+    let Some(ep) = episode else {
+        linger(&mut ws, shared, true, None);
+        return;
+    };
+    {
+        let mut st = lock(shared);
+        let len = st.series.first().map_or(0, |s| s.1.len());
+        st.clock = (st.clock + ep.skip).min(len);
+    }
+    for n in 0..ep.stream {
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        if ep.garbage && n == ep.stream / 2 {
+            let _ = ws.send(Message::text("this is not JSON"));
+            let _ = ws.send(Message::binary(vec![0xff, 0xfe, 0x00]));
+            let _ = ws.send(Message::text(r#"{"result":null,"id":1}"#));
+        }
+        let (messages, k) = {
+            let st = lock(shared);
+            let k = st.clock;
+            if st.series.first().is_none_or(|s| k >= s.1.len()) {
+                break;
+            }
+            let mut messages = Vec::new();
+            for (symbol, candles) in &st.series {
+                let c = candles[k];
+                for u in 0..ep.updates {
+                    // Partial values: the close drifts, the volume grows.
+                    let part = Candle {
+                        close: c.open,
+                        high: c.open.max(c.close),
+                        low: c.open.min(c.close),
+                        volume: c.volume * (u + 1) as f64 / (ep.updates + 1) as f64,
+                        ..c
+                    };
+                    messages.push(event(symbol, &part, false, c.open_time + 1 + u as i64));
+                }
+                messages.push(event(symbol, &c, true, c.open_time + 60_000));
+            }
+            (messages, k)
+        };
+        let last = messages.len() - 1;
+        for (m, text) in messages.into_iter().enumerate() {
+            if m == last {
+                let mut st = lock(shared);
+                st.sent[k] = Some(Instant::now());
+            }
+            if ws.send(Message::text(text)).is_err() {
+                return;
+            }
+        }
+        lock(shared).clock = k + 1;
+        // Drain the client's frames (pongs) without blocking the stream.
+        if !ep.pause.is_zero() {
+            std::thread::sleep(ep.pause);
+        }
+    }
+    match ep.end {
+        End::Close => {
+            let _ = ws.close(None);
+            let _ = ws.flush();
+            linger(&mut ws, shared, false, None);
+        }
+        End::Drop => {
+            let _ = tcp.shutdown(Shutdown::Both);
+        }
+        End::Silent => linger(&mut ws, shared, false, None),
+        End::Idle => linger(&mut ws, shared, true, None),
+        End::IdleFor(d) => {
+            linger(&mut ws, shared, true, Some(Instant::now() + d));
+            let _ = tcp.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Waits until the client leaves, the mock stops or `until`, pinging if `ping`.
+fn linger(ws: &mut WebSocket<TcpStream>, shared: &Shared, ping: bool, until: Option<Instant>) {
+    let mut last_ping = Instant::now();
+    while !shared.stop.load(Ordering::Acquire) && until.is_none_or(|u| Instant::now() < u) {
+        if ping && last_ping.elapsed() >= Duration::from_millis(100) {
+            last_ping = Instant::now();
+            if ws.send(Message::Ping(vec![1, 2, 3].into())).is_err() {
+                return;
+            }
+        }
+        match ws.read() {
+            Ok(Message::Pong(_)) => {
+                shared.pongs.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// One HTTP/1.1 request, one answer, then the connection is closed.
+fn serve_rest(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    shared.rest_requests.fetch_add(1, Ordering::Relaxed);
+    let head = String::from_utf8_lossy(&head);
+    let target = head.split_whitespace().nth(1).unwrap_or("/");
+    let (status, body) = klines(target, shared);
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes());
+    let _ = stream.flush();
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+fn klines(target: &str, shared: &Shared) -> (&'static str, String) {
+    let Some(query) = target.strip_prefix("/api/v3/klines?") else {
+        return ("404 Not Found", r#"{"code":-1,"msg":"not found"}"#.into());
+    };
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+    };
+    if param("interval") != Some("1m") {
+        return (
+            "400 Bad Request",
+            r#"{"code":-1120,"msg":"Invalid interval."}"#.into(),
+        );
+    }
+    let limit = param("limit")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(500)
+        .clamp(1, 1000);
+    let start = param("startTime").and_then(|v| v.parse::<i64>().ok());
+    let st = lock(shared);
+    let Some((_, candles)) = st
+        .series
+        .iter()
+        .find(|(s, _)| Some(s.as_str()) == param("symbol"))
+    else {
+        return (
+            "400 Bad Request",
+            r#"{"code":-1121,"msg":"Invalid symbol."}"#.into(),
+        );
+    };
+    let closed = &candles[..st.clock.min(candles.len())];
+    let rows: Vec<&Candle> = match start {
+        Some(t) => closed
+            .iter()
+            .filter(|c| c.open_time >= t)
+            .take(limit)
+            .collect(),
+        None => closed[closed.len().saturating_sub(limit)..]
+            .iter()
+            .collect(),
+    };
+    let body: Vec<String> = rows
+        .iter()
+        .map(|c| {
+            format!(
+                r#"[{},"{}","{}","{}","{}","{}",{},"0",10,"0","0","0"]"#,
+                c.open_time,
+                c.open,
+                c.high,
+                c.low,
+                c.close,
+                c.volume,
+                c.open_time + 59_999
+            )
+        })
+        .collect();
+    ("200 OK", format!("[{}]", body.join(",")))
+}
+
+/// `candles` as the 7-column CSV of a Binance dump (what a backtest of the
+/// server's candle set replays).
+pub fn dump_csv(candles: &[Candle]) -> String {
+    candles
+        .iter()
+        .map(|c| {
+            format!(
+                "{},{},{},{},{},{},{}\n",
+                c.open_time,
+                c.open,
+                c.high,
+                c.low,
+                c.close,
+                c.volume,
+                c.open_time + 59_999
+            )
+        })
+        .collect()
+}
+
+/// A deterministic 1-minute timeline for `symbols`, `len` candles each,
+/// starting at 2024-01-01 (so every candle is in the past: REST rows are final).
+pub fn timeline(symbols: &[&str], len: usize) -> Result<Vec<(SymbolName, Vec<Candle>)>> {
+    symbols
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let mut stream = super::synthetic::SymbolStream::new(42, k);
+            Ok((
+                SymbolName::new(s)?,
+                (0..len).map(|_| stream.next_candle()).collect(),
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,316 @@
+//! The live Binance feed against a loopback stand-in (`engine::feed::mock`):
+//! streamed, cut, closed, silent and garbage-sending connections, candles
+//! closed while disconnected, and a thousand reconnects. The store must end
+//! up equal to the server's candle set (no gap, no duplicate), the signals
+//! equal to a backtest of that set, and the coordinator's memory and fds flat.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use engine::feed::mock::{End, Episode, MockBinance, dump_csv, timeline};
+use harness::{ChildGuard, TestInstance, normalized_signals};
+use nix::sys::signal::Signal;
+use protocol::store::StoreReader;
+use protocol::{Candle, Interval, SymbolName};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn episode(skip: usize, stream: usize, garbage: bool, end: End) -> Episode {
+    Episode {
+        skip,
+        stream,
+        updates: 2,
+        pause: Duration::from_millis(2),
+        garbage,
+        end,
+    }
+}
+
+fn live_run(
+    inst: &TestInstance,
+    mock: &MockBinance,
+    symbols: &str,
+    traders: &Path,
+    extra: &[&str],
+) -> ChildGuard {
+    let endpoint = format!("{},{}", mock.ws_url, mock.rest_url);
+    let mut cmd = inst.command("shmkline");
+    cmd.args([
+        "run",
+        "--feed",
+        "binance",
+        "--symbols",
+        symbols,
+        "--intervals",
+        "1m",
+    ])
+    .args([
+        "--endpoint",
+        &endpoint,
+        "--max-symbols",
+        "4",
+        "--candles-per-series",
+        "2048",
+    ])
+    .args(["--ping-interval", "50"])
+    .arg("--traders")
+    .arg(traders)
+    .args(extra);
+    let mut child = ChildGuard::spawn(&mut cmd);
+    child.capture_stdout();
+    child
+}
+
+fn traders_file(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("traders.json");
+    let traders = serde_json::json!([
+        {"id": "up", "symbols": "*", "interval": "1m", "rule": "crosses_above(close, sma(close, 5))"},
+        {"id": "down", "symbols": "*", "interval": "1m", "rule": "crosses_below(close, sma(close, 5))"},
+    ]);
+    std::fs::write(&path, traders.to_string()).expect("write traders");
+    path
+}
+
+/// Every candle of `symbol`'s 1m series, with its closed flag.
+fn stored(inst: &TestInstance, symbol: &str) -> Vec<(u64, Candle, bool)> {
+    let Ok(reader) = StoreReader::open(&inst.name) else {
+        return Vec::new();
+    };
+    let Some(id) = reader.symbol_id(symbol) else {
+        return Vec::new();
+    };
+    let series = reader.series(id, Interval::M1).expect("series");
+    let head = reader.appended(series).expect("head");
+    let mut out = Vec::new();
+    reader.read_range(series, 0, head, &mut out).expect("read");
+    out.into_iter()
+        .map(|s| (s.index, s.candle, s.closed))
+        .collect()
+}
+
+/// Waits until the store holds the server's closed candles for every symbol.
+fn wait_in_sync(inst: &TestInstance, mock: &MockBinance) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let synced = mock.script_done()
+            && mock.closed().iter().all(|(symbol, candles)| {
+                let got = stored(inst, symbol.as_str());
+                got.len() == candles.len()
+                    && got
+                        .last()
+                        .is_some_and(|(_, c, closed)| *closed && c == &candles[candles.len() - 1])
+            });
+        if synced {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never caught up with the server (clock {})",
+            mock.clock()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn write_csv(dir: &Path, symbol: &SymbolName, candles: &[Candle]) -> String {
+    let path = dir.join(format!("{symbol}-1m-live.csv"));
+    std::fs::write(&path, dump_csv(candles)).expect("write csv");
+    path.display().to_string()
+}
+
+#[test]
+fn cut_closed_silent_and_garbage_connections_lose_and_duplicate_nothing() {
+    let inst = TestInstance::new("live-faults");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = traders_file(dir.path());
+    let script = vec![
+        episode(0, 30, false, End::Drop),
+        episode(10, 20, true, End::Close),
+        episode(5, 10, false, End::Silent),
+        episode(7, 15, false, End::Idle),
+    ];
+    let mock = MockBinance::start(
+        timeline(&["BTCUSDT", "ETHUSDT"], 400).expect("timeline"),
+        50,
+        script,
+    )
+    .expect("mock servers");
+    let child = live_run(
+        &inst,
+        &mock,
+        "btcusdt,ETHUSDT",
+        &traders,
+        &[
+            "--silence-timeout",
+            "400",
+            "--reconnect-min",
+            "5",
+            "--reconnect-max",
+            "50",
+        ],
+    );
+    wait_in_sync(&inst, &mock);
+    // Let the idle connection's pings be answered.
+    let pongs_by = Instant::now() + WAIT;
+    while mock.pongs() == 0 {
+        assert!(
+            Instant::now() < pongs_by,
+            "the client never answered a ping"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let closed = mock.closed();
+    assert_eq!(mock.clock(), 50 + 30 + 10 + 20 + 5 + 10 + 7 + 15);
+    for (symbol, candles) in &closed {
+        let got = stored(&inst, symbol.as_str());
+        assert_eq!(got.len(), candles.len(), "{symbol}: a gap or a duplicate");
+        for (k, ((index, c, closed), want)) in got.iter().zip(candles).enumerate() {
+            assert_eq!(*index, k as u64);
+            assert_eq!(c, want, "{symbol} candle {k}");
+            assert!(*closed || k + 1 < got.len());
+        }
+    }
+    let status = inst.status_when(WAIT, |s| s["feed"]["connected"] == true);
+    let feed = &status["feed"];
+    assert_eq!(feed["kind"], "binance");
+    assert!(feed["reconnects"].as_u64() >= Some(3), "{feed}");
+    assert!(
+        feed["bad_messages"].as_u64() >= Some(2),
+        "garbage not counted: {feed}"
+    );
+    assert!(feed["backfilled"].as_u64() > Some(0), "{feed}");
+    assert_eq!(feed["gaps"], 0, "{feed}");
+    assert!(feed["last_message_age_ms"].as_u64() < Some(5_000), "{feed}");
+    assert!(feed["latency_p99_ns"].as_u64() > Some(0), "{feed}");
+
+    child.signal(Signal::SIGTERM);
+    let (exit, stdout, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "run failed: {stderr}");
+    for needle in [
+        "connection closed by the server",
+        "connection silent past the timeout",
+        "message skipped",
+    ] {
+        assert!(
+            stderr.contains(needle),
+            "no {needle:?} in the log:\n{stderr}"
+        );
+    }
+    let signals = normalized_signals(&stdout);
+    assert!(!signals.is_empty());
+
+    // The oracle: a backtest over the server's candles.
+    let files: Vec<String> = closed
+        .iter()
+        .map(|(s, c)| write_csv(dir.path(), s, c))
+        .collect();
+    let feed = format!("replay:{}", files.join(","));
+    let traders_arg = traders.to_string_lossy().into_owned();
+    let oracle = inst.backtest_signals(&[
+        "--feed",
+        &feed,
+        "--traders",
+        &traders_arg,
+        "--intervals",
+        "1m",
+    ]);
+    assert_eq!(
+        signals, oracle,
+        "live signals differ from the backtest of the server's candles"
+    );
+    inst.assert_clean();
+}
+
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .count();
+    (rss * 1024, fds)
+}
+
+/// Samples the coordinator while the mock holds connection `n` idle.
+fn sample_when_idle_on(inst: &TestInstance, mock: &MockBinance, pid: u32, n: u64) -> (u64, usize) {
+    let deadline = Instant::now() + WAIT;
+    while mock.connections() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} connections",
+            mock.connections()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    inst.status_when(WAIT, |s| s["feed"]["connected"] == true);
+    std::thread::sleep(Duration::from_millis(300));
+    rss_and_fds(pid)
+}
+
+#[test]
+fn a_thousand_reconnects_leave_memory_and_fds_flat() {
+    let inst = TestInstance::new("live-reconnects");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = traders_file(dir.path());
+    let quick = |n| {
+        (0..n).map(|_| Episode {
+            skip: 0,
+            stream: 1,
+            updates: 0,
+            pause: Duration::ZERO,
+            garbage: false,
+            end: End::Drop,
+        })
+    };
+    let idle = Episode {
+        end: End::IdleFor(Duration::from_secs(3)),
+        ..episode(0, 1, false, End::Drop)
+    };
+    // 100 reconnects to warm up, a steady moment, 900 more, a steady end.
+    let mut script: Vec<Episode> = quick(100).collect();
+    script.push(idle.clone());
+    script.extend(quick(900));
+    script.push(Episode {
+        end: End::Idle,
+        ..idle
+    });
+    let mock = MockBinance::start(timeline(&["BTCUSDT"], 1200).expect("timeline"), 10, script)
+        .expect("mock");
+    let child = live_run(
+        &inst,
+        &mock,
+        "btcusdt",
+        &traders,
+        &[
+            "--reconnect-min",
+            "1",
+            "--reconnect-max",
+            "2",
+            "--silence-timeout",
+            "2000",
+        ],
+    );
+    let pid = child.pid();
+    let (rss_a, fds_a) = sample_when_idle_on(&inst, &mock, pid, 101);
+    let (rss_b, fds_b) = sample_when_idle_on(&inst, &mock, pid, 1002);
+    let status = inst.status_when(WAIT, |_| true);
+    let reconnects = status["feed"]["reconnects"].as_u64().expect("reconnects");
+    eprintln!(
+        "after 100 reconnects: RSS {rss_a} B, {fds_a} fds; after {reconnects}: RSS {rss_b} B, {fds_b} fds"
+    );
+    assert!(reconnects >= 1000, "{reconnects} reconnects");
+    assert_eq!(fds_a, fds_b, "file descriptors leaked over 900 reconnects");
+    assert!(
+        rss_b <= rss_a + 768 * 1024,
+        "RSS grew by {} KiB over 900 reconnects",
+        (rss_b.saturating_sub(rss_a)) / 1024
+    );
+    wait_in_sync(&inst, &mock);
+    child.signal(Signal::SIGTERM);
+    let (exit, _, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "run failed: {stderr}");
+    inst.assert_clean();
+}
