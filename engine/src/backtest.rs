@@ -16,7 +16,7 @@ use protocol::message::Signal;
 use protocol::trader::{Symbols, TraderSpec, signals};
 
 use crate::feed::FeedConfig;
-use crate::feed::writer::{FeedWriter, MemorySink, Refused};
+use crate::feed::writer::{FeedWriter, MemorySink};
 use crate::run::signal_json;
 
 /// What a backtest replays.
@@ -45,22 +45,7 @@ pub fn load(opts: &BacktestOptions) -> Result<MemorySink> {
     for symbol in source.known_symbols() {
         writer.register(&mut sink, &symbol)?;
     }
-    let mut fatal = None;
-    while source
-        .next_batch(|kline| match writer.apply(&mut sink, kline) {
-            Ok(_) => Ok(()),
-            Err(Refused::Bad(bad)) => Err(bad),
-            Err(Refused::Store(e)) => {
-                fatal.get_or_insert(e);
-                Ok(())
-            }
-        })?
-        .is_some()
-    {
-        if let Some(e) = fatal.take() {
-            return Err(e).context("the feed cannot write into the store");
-        }
-    }
+    while crate::feed::write_batch(&mut source, &mut writer, &mut sink)?.is_some() {}
     if let Some(replay) = source.as_replay() {
         replay.bad_lines().log_summary();
         if writer.counters().candles_written == 0 {

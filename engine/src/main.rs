@@ -117,6 +117,22 @@ enum BenchCommand {
         #[arg(long, env = "SHMKLINE_WORKER_BIN")]
         worker_bin: Option<std::path::PathBuf>,
     },
+    /// Replay parse and write rates (vs reading lines and bare upserts), and
+    /// the live path's latency against a loopback Binance stand-in.
+    Feed {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Candles per measured pass.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1000..=50_000_000))]
+        candles: u64,
+        /// Timed rounds per figure (medians are reported).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=30))]
+        rounds: u64,
+        /// Live messages streamed (one every 200 µs; the first 100 are warm-up).
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+        live_messages: u64,
+    },
     /// The cross-process torn-read stress alone.
     Torn {
         /// Print one JSON object instead of a table.
@@ -348,6 +364,7 @@ impl FeedArgs {
                     reconnect_max: std::time::Duration::from_millis(self.reconnect_max),
                     backfill: (capacity.candles_per_series as usize)
                         .min(engine::feed::live::REST_PAGE),
+                    trace: false,
                 }))
             }
         }
@@ -779,6 +796,20 @@ fn run(cli: Cli) -> Result<()> {
             let report = store_bench::run(&bench_instance(cli.instance)?, &opts)?;
             emit(&report, json)?;
             check_torn(report.torn_accepted, report.torn_rejected)
+        }
+        Command::Bench(BenchCommand::Feed {
+            json,
+            candles,
+            rounds,
+            live_messages,
+        }) => {
+            let report = engine::bench::feed::run(
+                &bench_instance(cli.instance)?,
+                candles as usize,
+                rounds as usize,
+                live_messages as usize,
+            )?;
+            emit(&report, json)
         }
         Command::Bench(BenchCommand::Wake { json, samples }) => emit(
             &wake::run(&bench_instance(cli.instance)?, samples as usize)?,

@@ -314,3 +314,52 @@ fn a_thousand_reconnects_leave_memory_and_fds_flat() {
     assert!(exit.success(), "run failed: {stderr}");
     inst.assert_clean();
 }
+
+#[test]
+fn bench_feed_reports_every_figure_and_leaves_nothing_behind() {
+    let inst = TestInstance::new("bench-feed");
+    let out = inst.shmkline(&[
+        "bench",
+        "feed",
+        "--json",
+        "--candles",
+        "20000",
+        "--rounds",
+        "1",
+        "--live-messages",
+        "400",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench feed failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for rate in [
+        "read_lines_per_s",
+        "parse_per_s",
+        "plain_upsert_per_s",
+        "write_per_s",
+        "write_aggregated_per_s",
+        "end_to_end_per_s",
+    ] {
+        assert!(report[rate].as_f64() > Some(0.0), "{rate}: {report}");
+    }
+    for live in [
+        "live_received_to_visible",
+        "live_received_to_published",
+        "live_sent_to_seen",
+    ] {
+        // 400 messages, the first 100 are warm-up; a reader that looks
+        // after two publishes sees only the second candle, so a few are missed.
+        let samples = report[live]["samples"].as_u64().unwrap_or(0);
+        assert!((200..=300).contains(&samples), "{live}: {report}");
+        assert!(
+            report[live]["p99_ns"].as_u64() > Some(0),
+            "{live}: {report}"
+        );
+    }
+    assert_eq!(
+        report["targets"].as_array().map(Vec::len),
+        Some(4),
+        "{report}"
+    );
+    inst.assert_clean();
+}

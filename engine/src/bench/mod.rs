@@ -3,6 +3,7 @@
 //! noisy hosts where absolute numbers are not.
 
 pub mod child;
+pub mod feed;
 pub mod ipc;
 pub mod store;
 pub mod wake;

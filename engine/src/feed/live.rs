@@ -80,6 +80,9 @@ pub struct LiveOptions {
     pub reconnect_max: Duration,
     /// Candles fetched per series at start (at most the ring).
     pub backfill: usize,
+    /// Keep (open time, received instant) of the first [`LATENCY_SAMPLES`]
+    /// candles written from the stream, for `bench feed`.
+    pub trace: bool,
 }
 
 impl LiveOptions {
@@ -148,6 +151,7 @@ pub struct LiveHealth {
     counters: Mutex<FeedCounters>,
     latency: Mutex<LatencyRing>,
     last_error: Mutex<Option<String>>,
+    receipts: Mutex<Vec<(i64, Instant)>>,
 }
 
 /// The last [`LATENCY_SAMPLES`] message-received-to-published times, ns.
@@ -232,6 +236,11 @@ impl LiveHealth {
     /// Every latency sample kept (for `bench feed`).
     pub fn latency_samples(&self) -> Vec<u32> {
         lock(&self.latency).samples.clone()
+    }
+
+    /// With [`LiveOptions::trace`]: when each streamed candle was received.
+    pub fn receipts(&self) -> Vec<(i64, Instant)> {
+        lock(&self.receipts).clone()
     }
 
     fn touch(&self) {
@@ -542,6 +551,12 @@ impl Client {
                 drop(store);
                 let ns = received.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32;
                 lock(&self.health.latency).push(ns);
+                if self.opts.trace {
+                    let mut r = lock(&self.health.receipts);
+                    if r.len() < LATENCY_SAMPLES {
+                        r.push((kline.candle.open_time, received));
+                    }
+                }
                 *lock(&self.health.counters) = self.writer.counters();
             }
             Ok(Applied::Repeat) => {}
@@ -662,6 +677,7 @@ mod tests {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
             backfill: 1000,
+            trace: false,
         }
     }
 

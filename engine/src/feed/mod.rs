@@ -235,6 +235,30 @@ impl Source {
     }
 }
 
+/// Writes `source`'s next batch through `writer` into `sink`; returns its
+/// delivery time, or `None` at the end. A replayed candle the writer refuses
+/// is a bad line of its file (reported, or fatal with `--strict`); a sink
+/// that cannot take a symbol is fatal.
+pub fn write_batch<S: writer::Sink>(
+    source: &mut Source,
+    writer: &mut writer::FeedWriter<S::Series>,
+    sink: &mut S,
+) -> anyhow::Result<Option<i64>> {
+    let mut fatal = None;
+    let at = source.next_batch(|kline| match writer.apply(sink, kline) {
+        Ok(_) => Ok(()),
+        Err(writer::Refused::Bad(bad)) => Err(bad),
+        Err(writer::Refused::Store(e)) => {
+            fatal.get_or_insert(e);
+            Ok(())
+        }
+    })?;
+    if let Some(e) = fatal {
+        return Err(anyhow::Error::new(e).context("the feed cannot write into the store"));
+    }
+    Ok(at)
+}
+
 /// Wall-clock-free pacing state of a finite feed.
 #[derive(Debug)]
 pub struct Pacer {

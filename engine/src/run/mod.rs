@@ -48,7 +48,7 @@ use signal_hook::iterator::Signals;
 
 use crate::feed::live::LiveFeed;
 use crate::feed::progress::Progress;
-use crate::feed::writer::{FeedWriter, Refused};
+use crate::feed::writer::FeedWriter;
 use crate::feed::{FeedConfig, Pace, Pacer, Source};
 use crate::instance::Instance;
 use control::{ControlRequest, ControlServer};
@@ -64,7 +64,9 @@ const OUTPUT_BOUND: usize = 65_536;
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// Synthetic batches written per pass of the loop, at most, so a high rate
 /// never starves the loop.
-const FEED_BATCHES_PER_PASS: u64 = 64;
+const FEED_PUBLISHES_PER_PASS: u64 = 64;
+/// Batches per publish when a finite feed goes as fast as it can.
+pub const FAST_BATCHES_PER_PUBLISH: u64 = 16;
 /// How often the segment's heartbeat is refreshed when nothing is published.
 const HEARTBEAT: Duration = Duration::from_millis(250);
 /// Highest `--rate` accepted.
@@ -1207,24 +1209,50 @@ impl Coordinator {
     /// Writes the batches due by now, but never more than half a ring ahead
     /// of the slowest slot's confirmed progress: a finite feed waits for the
     /// traders rather than overwrite candles they have not evaluated. At most
-    /// [`FEED_BATCHES_PER_PASS`] batches per call.
+    /// [`FEED_PUBLISHES_PER_PASS`] publishes per call; a feed going as fast
+    /// as it can publishes every [`FAST_BATCHES_PER_PUBLISH`] batches (a
+    /// FUTEX_WAKE on shared memory costs more than the batch it announces).
     fn feed(&mut self) -> Result<()> {
         if self.feed_started.is_none() || self.final_publish.is_some() {
             return Ok(());
         }
         let slowest = self.slots.iter().map(|s| s.confirmed).min().unwrap_or(0);
-        let lead = (self.inst.store.lock().candles_per_series() / 2).max(1) as u64;
         let Some(pump) = self.pump.as_mut() else {
             return Ok(());
         };
-        let mut written = 0;
-        while written < FEED_BATCHES_PER_PASS {
-            // One publish per batch: the store's counter is the batch count plus the initial publish.
-            if self.opts.backpressure && pump.pacer.batches + 1 > slowest + lead {
+        let per_publish = match pump.pacer.pace {
+            Pace::Fast => FAST_BATCHES_PER_PUBLISH,
+            Pace::Rate(_) | Pace::Speed(_) => 1,
+        };
+        let ring = self.inst.store.lock().candles_per_series() as u64;
+        // A publish holds at most `per_publish` candles per series.
+        let lead = (ring / 2 / per_publish).max(1);
+        for _ in 0..FEED_PUBLISHES_PER_PASS {
+            // The store's counter is the feed's publishes plus the initial one.
+            if self.opts.backpressure && pump.publishes + 1 > slowest + lead {
                 break;
             }
-            let Some(at) = pump.source.peek()? else {
-                let published = self.inst.store.lock().stats().publishes;
+            let mut store = self.inst.store.lock();
+            let mut wrote = 0;
+            let mut done = false;
+            while wrote < per_publish {
+                let Some(at) = pump.source.peek()? else {
+                    done = true;
+                    break;
+                };
+                if !pump.pacer.due(at) {
+                    break;
+                }
+                pump.write_batch(&mut store)?;
+                wrote += 1;
+            }
+            if wrote > 0 {
+                store.publish();
+                pump.publishes += 1;
+            }
+            if done {
+                let published = store.stats().publishes;
+                drop(store);
                 self.final_publish = Some(published);
                 pump.finish();
                 if pump.source.as_replay().is_some() && pump.writer.counters().candles_written == 0
@@ -1238,28 +1266,10 @@ impl Coordinator {
                     "finite feed written"
                 );
                 break;
-            };
-            if !pump.pacer.due(at) {
-                break;
             }
-            written += 1;
-            let mut store = self.inst.store.lock();
-            let writer = &mut pump.writer;
-            let mut fatal = None;
-            pump.source
-                .next_batch(|kline| match writer.apply(&mut *store, kline) {
-                    Ok(_) => Ok(()),
-                    Err(Refused::Bad(bad)) => Err(bad),
-                    Err(Refused::Store(e)) => {
-                        fatal.get_or_insert(e);
-                        Ok(())
-                    }
-                })?;
-            if let Some(e) = fatal {
-                return Err(e).context("the feed cannot write into the store");
+            if wrote < per_publish {
+                break; // the next batch is not due yet
             }
-            pump.pacer.batches += 1;
-            store.publish();
         }
         pump.report_progress();
         Ok(())
@@ -1588,6 +1598,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             pacer: Pacer::new(opts.pace),
             progress: source.as_replay().map(|r| Progress::new(r.total_bytes())),
             source,
+            publishes: 0,
         }),
         live: None,
         last_heartbeat: Instant::now(),
@@ -1733,9 +1744,18 @@ struct Pump {
     writer: FeedWriter<SeriesId>,
     pacer: Pacer,
     progress: Option<Progress>,
+    /// Publishes of this feed (the store's counter is one more).
+    publishes: u64,
 }
 
 impl Pump {
+    /// Writes the next batch (a replay's bad lines are reported, not fatal).
+    fn write_batch(&mut self, store: &mut protocol::store::StoreWriter) -> Result<()> {
+        crate::feed::write_batch(&mut self.source, &mut self.writer, store)?;
+        self.pacer.batches += 1;
+        Ok(())
+    }
+
     fn report_progress(&mut self) {
         if let (Some(progress), Some(replay)) = (&mut self.progress, self.source.as_replay()) {
             progress.update(replay.bytes_read(), replay.candles);
