@@ -667,10 +667,43 @@ fn print_status(status: &serde_json::Value) {
         status["segment"]["generation"]
     );
     let feed = &status["feed"];
-    println!(
-        "feed     {} symbols, {} candles each, {} publishes, finished: {}",
-        feed["symbols"], feed["candles_per_symbol"], feed["publishes"], feed["finished"]
-    );
+    let n = |k: &str| feed[k].as_u64().unwrap_or(0);
+    if feed["kind"] == "binance" {
+        println!(
+            "feed     binance: {}, {} reconnects, last message {} ago, {} candles written ({} backfilled), {} bad messages, {} gaps",
+            if feed["connected"] == true {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            n("reconnects"),
+            feed["last_message_age_ms"]
+                .as_u64()
+                .map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms")),
+            n("candles_written"),
+            n("backfilled"),
+            n("bad_messages"),
+            n("gaps"),
+        );
+        if let Some(e) = feed["last_error"].as_str() {
+            println!("         last error: {e}");
+        }
+    } else {
+        let read = match (feed["bytes_read"].as_u64(), feed["bytes_total"].as_u64()) {
+            (Some(r), Some(t)) if t > 0 => format!(", {:.0}% read", 100.0 * r as f64 / t as f64),
+            _ => String::new(),
+        };
+        println!(
+            "feed     {}: {} candles written (+{} aggregated), {} bad lines, {} gaps ({} candles missing){read}, finished: {}",
+            s(&feed["kind"]),
+            n("candles_written"),
+            n("aggregated_written"),
+            n("bad_lines"),
+            n("gaps"),
+            n("missing_candles"),
+            feed["finished"]
+        );
+    }
     println!(
         "signals  {} emitted, {} duplicates dropped",
         status["signals"]["emitted"], status["signals"]["duplicates_dropped"]

@@ -363,3 +363,50 @@ fn bench_feed_reports_every_figure_and_leaves_nothing_behind() {
     );
     inst.assert_clean();
 }
+
+#[test]
+fn a_connection_is_replaced_before_its_age_limit_without_losing_a_candle() {
+    let inst = TestInstance::new("live-age");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = traders_file(dir.path());
+    // One streaming connection, then every later one idles with pings: only
+    // the age limit makes the client leave them.
+    let script = vec![episode(3, 20, false, End::Idle)];
+    let mock = MockBinance::start(timeline(&["BTCUSDT"], 100).expect("timeline"), 20, script)
+        .expect("mock");
+    let child = live_run(
+        &inst,
+        &mock,
+        "btcusdt",
+        &traders,
+        &["--max-connection-age", "1"],
+    );
+    let deadline = Instant::now() + WAIT;
+    while mock.connections() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} connections",
+            mock.connections()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_in_sync(&inst, &mock);
+    let got = stored(&inst, "BTCUSDT");
+    assert_eq!(
+        got.len(),
+        43,
+        "the 20 of history, 3 closed while connecting, 20 streamed"
+    );
+    child.signal(Signal::SIGTERM);
+    let (exit, _, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "run failed: {stderr}");
+    assert!(
+        stderr.contains("reconnecting before the exchange cuts it"),
+        "no proactive reconnect in the log:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("connection silent"),
+        "an idle connection was taken for dead:\n{stderr}"
+    );
+    inst.assert_clean();
+}

@@ -262,7 +262,15 @@ fn bad_lines_are_reported_by_line_and_skipped_and_strict_stops_at_the_first() {
     let dir = tempfile::tempdir().expect("tempdir");
     let traders = traders_file(dir.path());
     let text = std::fs::read_to_string(&path).expect("read");
-    let good: Vec<&str> = text.lines().take(2000).collect();
+    // Minutes 700..705 are left out: a gap of 5 candles, kept as a gap.
+    let kept = |k: &usize| !(700..705).contains(k);
+    let good: Vec<&str> = text
+        .lines()
+        .take(2000)
+        .enumerate()
+        .filter(|(k, _)| kept(k))
+        .map(|(_, l)| l)
+        .collect();
     // Bad lines go in after these good-line counts; each is (text, reason).
     let bad = [
         (10, "garbage,line", "columns"),
@@ -277,7 +285,7 @@ fn bad_lines_are_reported_by_line_and_skipped_and_strict_stops_at_the_first() {
             "1613782800000,10,9,11,10,1,1613782859999",
             "inconsistent",
         ),
-        (1999, good[5], "out of order"),
+        (1990, good[5], "out of order"),
     ];
     let mut body = String::new();
     let mut bad_line_numbers = Vec::new();
@@ -292,11 +300,22 @@ fn bad_lines_are_reported_by_line_and_skipped_and_strict_stops_at_the_first() {
             next += 1;
         }
     }
+    assert_eq!(
+        bad_line_numbers.len(),
+        bad.len(),
+        "every bad line was placed"
+    );
     let file = dir.path().join("BTCUSDT-1m-2021-02-19.csv");
     std::fs::File::create(&file)
         .and_then(|mut f| f.write_all(body.as_bytes()))
         .expect("write");
-    let minutes: Vec<Candle> = file_candles(&path).into_iter().take(2000).collect();
+    let minutes: Vec<Candle> = file_candles(&path)
+        .into_iter()
+        .take(2000)
+        .enumerate()
+        .filter(|(k, _)| kept(k))
+        .map(|(_, c)| c)
+        .collect();
     let feed = format!("replay:{}", file.display());
     let (_, stderr) = run_and_inspect(&inst, &feed, &traders, |inst| {
         let got: Vec<Candle> = stored(inst, Interval::M1)
@@ -306,6 +325,14 @@ fn bad_lines_are_reported_by_line_and_skipped_and_strict_stops_at_the_first() {
         assert_eq!(got, minutes, "every good line arrives, and only those");
         let status = inst.status_when(WAIT, |_| true);
         assert_eq!(status["feed"]["bad_lines"], bad.len());
+        assert_eq!(status["feed"]["gaps"], 1, "{status}");
+        assert_eq!(status["feed"]["missing_candles"], 5, "{status}");
+        let text = inst.shmkline(&["status"]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("5 bad lines, 1 gaps (5 candles missing)"),
+            "{text}"
+        );
     });
     let name = file.display().to_string();
     for (n, (_, _, reason)) in bad_line_numbers.iter().zip(&bad) {
@@ -333,6 +360,57 @@ fn bad_lines_are_reported_by_line_and_skipped_and_strict_stops_at_the_first() {
     assert!(
         !out.status.success(),
         "backtest --strict accepted a bad line"
+    );
+    inst.assert_clean();
+}
+
+/// Runs a finite replay of `lines` minutes with `pace` flags; returns how long it took.
+fn paced_run(inst: &TestInstance, file: &Path, pace: &[&str]) -> Duration {
+    let feed = format!("replay:{}", file.display());
+    let started = std::time::Instant::now();
+    let out = inst.shmkline(&[&["run", "--feed", &feed, "--ping-interval", "20"], pace].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed()
+}
+
+#[test]
+fn speed_and_rate_pace_a_replay() {
+    let Some(path) = data_file(BTC) else { return };
+    let inst = TestInstance::new("replay-pace");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let file = dir.path().join("BTCUSDT-1m-pace.csv");
+    // 11 minutes: 10 steps between the first batch and the last.
+    let body: String = text.lines().take(11).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, body).expect("write");
+    // Lower bounds only: pacing may be late on a loaded machine, never early.
+    // 600x real time: a minute every 100 ms.
+    let took = paced_run(&inst, &file, &["--speed", "600"]);
+    assert!(
+        took >= Duration::from_millis(1000),
+        "--speed 600 took {took:?}"
+    );
+    let took = paced_run(&inst, &file, &["--rate", "10"]);
+    assert!(
+        took >= Duration::from_millis(1000),
+        "--rate 10 took {took:?}"
+    );
+    let out = inst.shmkline(&[
+        "run",
+        "--feed",
+        "replay:x.csv",
+        "--rate",
+        "1",
+        "--speed",
+        "2",
+    ]);
+    assert!(
+        !out.status.success(),
+        "--rate and --speed together were accepted"
     );
     inst.assert_clean();
 }
