@@ -374,6 +374,9 @@ impl FeedArgs {
     fn aggregate(&self, kept: &[Interval]) -> Result<Vec<Interval>> {
         match &self.aggregate {
             None if self.feed == FeedKind::Binance => Ok(Vec::new()),
+            Some(_) if self.feed == FeedKind::Binance => anyhow::bail!(
+                "--aggregate is for the synthetic and replay feeds: the live feed subscribes to every --intervals stream, built by the exchange"
+            ),
             None => Ok(kept
                 .iter()
                 .copied()

@@ -414,3 +414,43 @@ fn speed_and_rate_pace_a_replay() {
     );
     inst.assert_clean();
 }
+
+#[test]
+fn a_small_ring_replayed_as_fast_as_possible_loses_nothing() {
+    let Some(path) = data_file(BTC) else { return };
+    let inst = TestInstance::new("replay-small-ring");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = dir.path().join("traders.json");
+    std::fs::write(
+        &traders,
+        r#"[{"id":"fast","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))"}]"#,
+    )
+    .expect("write traders");
+    let traders = traders.to_string_lossy().into_owned();
+    // 1,500 minutes: the ring lets the feed run only 8 candles ahead of the
+    // worker's last confirmation, so this replay is paced by PONGs.
+    let text = std::fs::read_to_string(&path).expect("read");
+    let file = dir.path().join("BTCUSDT-1m-small.csv");
+    let body: String = text.lines().take(1500).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, body).expect("write");
+    let feed = format!("replay:{}", file.display());
+    // A 16-candle ring: a publish may carry at most 4 batches, or workers
+    // would find candles gone before they judged them (the run fails on gaps).
+    let args = [
+        "--feed",
+        &feed,
+        "--traders",
+        &traders,
+        "--candles-per-series",
+        "16",
+        "--intervals",
+        "1m",
+    ];
+    let out = inst.shmkline(&[&["run", "--ping-interval", "10"], &args[..]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "run failed: {stderr}");
+    let signals = normalized_signals(&out.stdout);
+    assert!(!signals.is_empty());
+    assert_eq!(signals, inst.backtest_signals(&args));
+    inst.assert_clean();
+}

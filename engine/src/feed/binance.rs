@@ -117,6 +117,15 @@ pub enum BadLine {
     /// A candle for an interval the store does not keep.
     #[error("the store does not keep {0} candles (--intervals)")]
     NotKept(Interval),
+    /// A line longer than the replay reads.
+    #[error("the line is longer than {limit} bytes (not a kline line)")]
+    TooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// Bytes that are not UTF-8.
+    #[error("the line is not UTF-8 text")]
+    Encoding,
     /// A candle for an interval the coordinator builds itself from 1m candles.
     #[error("{0} candles are built from 1m candles here (--aggregate); this one is ignored")]
     Aggregated(Interval),
@@ -254,15 +263,7 @@ impl CsvFile {
             close: float(4)?,
             volume: float(5)?,
         };
-        let span = close_time - open_time + 1;
-        let expected_ms = self.interval.millis() as i64;
-        if span != expected_ms {
-            return Err(BadLine::Span {
-                interval: self.interval,
-                span_ms: span,
-                expected_ms,
-            });
-        }
+        check_span(open_time, close_time, self.interval)?;
         check(&candle, self.interval)?;
         Ok(Some(Kline {
             symbol: self.symbol.clone(),
@@ -289,10 +290,55 @@ fn number(column: usize, value: &str) -> BadLine {
     }
 }
 
+/// Largest price or volume accepted: far above any market's, and small
+/// enough that a week of summed minute volumes stays finite.
+pub const MAX_VALUE: f64 = 1e18;
+
+/// Checks that `close_time` closes the `interval` candle opening at
+/// `open_time` (both ms), without overflowing on wild input.
+fn check_span(open_time: i64, close_time: i64, interval: Interval) -> Result<(), BadLine> {
+    let expected_ms = interval.millis() as i64;
+    let span = close_time
+        .checked_sub(open_time)
+        .and_then(|d| d.checked_add(1));
+    if span == Some(expected_ms) {
+        return Ok(());
+    }
+    Err(BadLine::Span {
+        interval,
+        span_ms: span.unwrap_or(i64::MAX),
+        expected_ms,
+    })
+}
+
+/// A timestamp that must be in milliseconds.
+fn check_millis(t: i64) -> Result<(), BadLine> {
+    match TimeUnit::of(t)? {
+        TimeUnit::Millis => Ok(()),
+        TimeUnit::Micros => Err(BadLine::Unit {
+            value: t,
+            found: TimeUnit::Micros.name(),
+            expected: TimeUnit::Millis.name(),
+        }),
+    }
+}
+
 /// The checks every candle passes, whatever its source.
 pub fn check(candle: &Candle, interval: Interval) -> Result<(), BadLine> {
     if !candle.is_finite() {
         return Err(BadLine::Inconsistent("a price or the volume is not finite"));
+    }
+    if [
+        candle.open,
+        candle.high,
+        candle.low,
+        candle.close,
+        candle.volume,
+    ]
+    .iter()
+    .any(|v| v.abs() > MAX_VALUE)
+    {
+        return Err(BadLine::Inconsistent("a price or the volume is above 1e18"));
     }
     if candle.volume < 0.0 {
         return Err(BadLine::Inconsistent("negative volume"));
@@ -390,17 +436,7 @@ pub fn parse_ws(text: &str) -> Result<Message, BadLine> {
     };
     let interval: Interval = k.i.parse().map_err(|_| BadLine::Interval(k.i.into()))?;
     let symbol = SymbolName::new(k.s).map_err(|_| BadLine::Symbol(k.s.into()))?;
-    TimeUnit::of(k.t).and_then(|u| {
-        if u == TimeUnit::Millis {
-            Ok(())
-        } else {
-            Err(BadLine::Unit {
-                value: k.t,
-                found: u.name(),
-                expected: TimeUnit::Millis.name(),
-            })
-        }
-    })?;
+    check_millis(k.t)?;
     let candle = Candle {
         open_time: k.t,
         open: decimal("k.o", k.o)?,
@@ -409,21 +445,20 @@ pub fn parse_ws(text: &str) -> Result<Message, BadLine> {
         close: decimal("k.c", k.c)?,
         volume: decimal("k.v", k.v)?,
     };
-    let expected_ms = interval.millis() as i64;
-    if k.close_time - k.t + 1 != expected_ms {
-        return Err(BadLine::Span {
-            interval,
-            span_ms: k.close_time - k.t + 1,
-            expected_ms,
-        });
-    }
+    check_span(k.t, k.close_time, interval)?;
     check(&candle, interval)?;
     Ok(Message::Kline(Kline {
         symbol,
         interval,
         candle,
         closed: k.x,
-        at: event.event_time.unwrap_or(k.close_time + 1),
+        // An event time that is not a plausible moment of the candle's life
+        // (from its open to a minute after its close) would stall or reorder
+        // a paced replay: the close is used instead.
+        at: event
+            .event_time
+            .filter(|&e| check_millis(e).is_ok() && e >= k.t && e <= k.close_time + 60_000)
+            .unwrap_or(k.close_time + 1),
     }))
 }
 
@@ -445,45 +480,51 @@ struct RestRow(
     #[serde(default)] serde::de::IgnoredAny,
 );
 
-/// Parses a REST klines answer for `symbol`/`interval`. A row is closed
-/// when its close time is before `now_ms`: the exchange's last row is the
-/// candle still in progress.
+/// How long after its close time a REST row counts as final: the exchange
+/// may still be finishing the candle, and the local clock may run ahead.
+pub const REST_CLOSE_MARGIN_MS: i64 = 5_000;
+
+/// Parses a REST klines answer for `symbol`/`interval`: the good rows, and
+/// why each bad one was skipped. A row is closed once its close time is
+/// [`REST_CLOSE_MARGIN_MS`] in the past (`now_ms`); the exchange's last row,
+/// the candle in progress, is written as an update.
 pub fn parse_rest(
     body: &str,
     symbol: &SymbolName,
     interval: Interval,
     now_ms: i64,
-) -> Result<Vec<Kline>, BadLine> {
+) -> Result<(Vec<Kline>, Vec<BadLine>), BadLine> {
     let rows: Vec<RestRow> =
         serde_json::from_str(body).map_err(|e| BadLine::Json(e.to_string()))?;
     let mut out = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
     for row in rows {
-        let candle = Candle {
-            open_time: row.0,
-            open: decimal("open", &row.1)?,
-            high: decimal("high", &row.2)?,
-            low: decimal("low", &row.3)?,
-            close: decimal("close", &row.4)?,
-            volume: decimal("volume", &row.5)?,
-        };
-        let expected_ms = interval.millis() as i64;
-        if row.6 - row.0 + 1 != expected_ms {
-            return Err(BadLine::Span {
+        let parsed = (|| {
+            check_millis(row.0)?;
+            check_span(row.0, row.6, interval)?;
+            let candle = Candle {
+                open_time: row.0,
+                open: decimal("open", &row.1)?,
+                high: decimal("high", &row.2)?,
+                low: decimal("low", &row.3)?,
+                close: decimal("close", &row.4)?,
+                volume: decimal("volume", &row.5)?,
+            };
+            check(&candle, interval)?;
+            Ok(Kline {
+                symbol: symbol.clone(),
                 interval,
-                span_ms: row.6 - row.0 + 1,
-                expected_ms,
-            });
+                candle,
+                closed: row.6 < now_ms.saturating_sub(REST_CLOSE_MARGIN_MS),
+                at: row.6 + 1,
+            })
+        })();
+        match parsed {
+            Ok(k) => out.push(k),
+            Err(e) => bad.push(e),
         }
-        check(&candle, interval)?;
-        out.push(Kline {
-            symbol: symbol.clone(),
-            interval,
-            candle,
-            closed: row.6 < now_ms,
-            at: row.6 + 1,
-        });
     }
-    Ok(out)
+    Ok((out, bad))
 }
 
 #[cfg(test)]
@@ -547,6 +588,37 @@ mod tests {
     }
 
     #[test]
+    fn wild_timestamps_and_values_are_bad_lines_not_panics() {
+        for line in [
+            "1613692800000,1,1,1,1,1,-9223372036854775808",
+            "1613692800000,1,1,1,1,1,9223372036854775807",
+            "1613692800000,1e300,1e300,1e300,1e300,1,1613692859999",
+            "-9223372036854775808,1,1,1,1,1,1613692859999",
+        ] {
+            assert!(btc().parse_line(line).is_err(), "{line}");
+        }
+        let k = |t: &str, tt: &str, e: &str| {
+            format!(
+                r#"{{"e":"kline","E":{e},"s":"BTCUSDT","k":{{"t":{t},"T":{tt},"s":"BTCUSDT","i":"1m","o":"1","c":"1","h":"1","l":"1","v":"1","x":true}}}}"#
+            )
+        };
+        assert!(parse_ws(&k("1613692800000", "-9223372036854775808", "1")).is_err());
+        // An implausible event time falls back to the close.
+        for e in [
+            "-9223372036854775808",
+            "0",
+            "4102444800000000",
+            "4102444800000",
+            "1613692799999",
+        ] {
+            let Ok(Message::Kline(kl)) = parse_ws(&k("1613692800000", "1613692859999", e)) else {
+                panic!("a kline with E={e}")
+            };
+            assert_eq!(kl.at, 1_613_692_860_000, "E={e}");
+        }
+    }
+
+    #[test]
     fn file_names_name_symbol_and_interval() {
         assert_eq!(
             parse_file_name(Path::new("/d/BTCUSDT-1m-2024-01.csv")),
@@ -594,9 +666,21 @@ mod tests {
         let body = r#"[[1613692800000,"51552.61","51657.05","51545.00","51613.38","134.989218",1613692859999,"1",3000,"1","1","0"],
                        [1613692860000,"51622.99","51696.42","51606.39","51678.84","106.156963",1613692919999,"1",3000,"1","1","0"]]"#;
         let sym = SymbolName::new("BTCUSDT").expect("valid");
-        let rows = parse_rest(body, &sym, Interval::M1, 1_613_692_900_000).expect("rows");
+        let (rows, bad) = parse_rest(body, &sym, Interval::M1, 1_613_692_923_000).expect("rows");
         assert_eq!(rows.len(), 2);
+        assert!(bad.is_empty());
+        // The second closed 3 s ago, within the margin: still an update.
         assert!(rows[0].closed && !rows[1].closed);
+        let wild = r#"[[-9223372036854775808,"1","1","1","1","1",1,"0",1,"0","0","0"],
+                       [1613692800000,"1","1","1","1","1",-9223372036854775808,"0",1,"0","0","0"],
+                       [1613692800000,"x","1","1","1","1",1613692859999,"0",1,"0","0","0"],
+                       [1613692860000,"51622.99","51696.42","51606.39","51678.84","106.156963",1613692919999,"1",3000,"1","1","0"]]"#;
+        let (rows, bad) = parse_rest(wild, &sym, Interval::M1, i64::MAX).expect("rows");
+        assert_eq!(
+            (rows.len(), bad.len()),
+            (1, 3),
+            "bad rows skipped one by one"
+        );
         assert!(parse_rest("{}", &sym, Interval::M1, 0).is_err());
     }
 

@@ -15,8 +15,9 @@
 //! 24 h cut; a lost one is retried with capped exponential backoff and
 //! jitter, reset once a connection delivers data.
 //!
-//! Bounds: one connection, one HTTP agent without idle pooling, a read buffer
-//! and a 1 MiB message limit, the writer's per-symbol state (bounded by the
+//! Bounds: one connection, one HTTP agent keeping at most two idle
+//! connections, a 1 MiB message limit, at most [`MAX_QUEUED`] events queued
+//! during a backfill, the writer's per-symbol state (bounded by the
 //! store's symbol directory) and a 64 Ki-sample latency ring. Nothing is
 //! kept per connection, so reconnecting does not grow memory.
 
@@ -56,6 +57,11 @@ pub const MAX_REST_BODY: u64 = 4 << 20;
 pub const REST_PAGE: usize = 1000;
 /// Latency samples kept for `status` and `bench feed`.
 pub const LATENCY_SAMPLES: usize = 1 << 16;
+/// Events queued while a backfill runs; more means the backfill is too slow
+/// for the stream, and the connection is retried.
+pub const MAX_QUEUED: usize = 100_000;
+/// Longest a backfill pauses between REST pages to read the socket.
+const DRAIN_BUDGET: Duration = Duration::from_millis(2);
 /// How often a blocked read returns to check the stop flag and the timers.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -146,6 +152,7 @@ pub struct LiveHealth {
     messages: AtomicU64,
     bad_messages: AtomicU64,
     stale: AtomicU64,
+    deferred: AtomicU64,
     backfilled: AtomicU64,
     backfill_failures: AtomicU64,
     counters: Mutex<FeedCounters>,
@@ -189,6 +196,9 @@ pub struct LiveStatus {
     pub bad_messages: u64,
     /// Events older than the stored candle (normal after a backfill).
     pub stale: u64,
+    /// Events left out because their series' backfill failed (the next
+    /// connection's backfill brings them).
+    pub deferred: u64,
     /// Candles written from REST.
     pub backfilled: u64,
     /// Backfills that failed (the connection was then retried).
@@ -224,6 +234,7 @@ impl LiveHealth {
             messages: self.messages.load(Ordering::Relaxed),
             bad_messages: self.bad_messages.load(Ordering::Relaxed),
             stale: self.stale.load(Ordering::Relaxed),
+            deferred: self.deferred.load(Ordering::Relaxed),
             backfilled: self.backfilled.load(Ordering::Relaxed),
             backfill_failures: self.backfill_failures.load(Ordering::Relaxed),
             counters: *lock(&self.counters),
@@ -283,7 +294,10 @@ impl LiveFeed {
             subscribed: opts.symbols.iter().cloned().collect(),
             agent: ureq::Agent::config_builder()
                 .timeout_global(Some(Duration::from_secs(10)))
-                .max_idle_connections(0)
+                // Keep-alive to the REST host: a reconnect's backfill of
+                // many series must not open a TLS connection per request.
+                .max_idle_connections(2)
+                .max_idle_connections_per_host(2)
                 .http_status_as_error(false)
                 .build()
                 .into(),
@@ -334,6 +348,15 @@ impl Drop for LiveFeed {
 
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
+/// One connection: the WebSocket, a handle on its socket (for timeouts) and
+/// its clocks.
+struct Conn {
+    ws: Ws,
+    tcp: TcpStream,
+    opened: Instant,
+    last: Instant,
+}
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum Ended {
@@ -370,22 +393,17 @@ impl Client {
             first = false;
             let before = self.health.messages.load(Ordering::Relaxed);
             let ended = match self.connect() {
-                Ok(mut ws) => {
+                Ok(mut conn) => {
                     self.health.connections.fetch_add(1, Ordering::Relaxed);
                     self.health.connected.store(true, Ordering::Relaxed);
                     self.health.touch();
-                    let ended = match self.backfill() {
-                        Ok(()) => self.read_loop(&mut ws),
-                        Err(e) => {
-                            self.health
-                                .backfill_failures
-                                .fetch_add(1, Ordering::Relaxed);
-                            Ended::Failed(format!("backfill: {e:#}"))
-                        }
+                    let ended = match self.backfill(&mut conn) {
+                        Ok(()) => self.read_loop(&mut conn),
+                        Err(ended) => ended,
                     };
                     // Best effort: the peer may be gone already.
-                    let _ = ws.close(None);
-                    let _ = ws.flush();
+                    let _ = conn.ws.close(None);
+                    let _ = conn.ws.flush();
                     self.health.connected.store(false, Ordering::Relaxed);
                     ended
                 }
@@ -433,7 +451,7 @@ impl Client {
         ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn connect(&self) -> Result<Ws> {
+    fn connect(&self) -> Result<Conn> {
         let url = self.opts.stream_url();
         let request = url
             .as_str()
@@ -451,13 +469,28 @@ impl Client {
             } else {
                 80
             });
-        let addr = (host.as_str(), port)
+        // Every address in turn: the first may be unreachable (an IPv6
+        // address without a route, one host of several down).
+        let mut last_error = None;
+        let mut tcp = None;
+        for addr in (host.as_str(), port)
             .to_socket_addrs()
             .with_context(|| format!("resolving {host}"))?
-            .next()
-            .with_context(|| format!("{host} has no address"))?;
-        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .with_context(|| format!("connecting to {addr}"))?;
+        {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                Ok(t) => {
+                    tcp = Some(t);
+                    break;
+                }
+                Err(e) => last_error = Some(format!("{addr}: {e}")),
+            }
+        }
+        let tcp = tcp.with_context(|| {
+            format!(
+                "connecting to {host}:{port}: {}",
+                last_error.unwrap_or_else(|| "no address".into())
+            )
+        })?;
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
         tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -470,56 +503,121 @@ impl Client {
         // Short reads from now on, so the loop sees the stop flag and timers.
         handle.set_read_timeout(Some(POLL))?;
         tracing::info!(url = %url, "connected");
-        Ok(ws)
+        let now = Instant::now();
+        Ok(Conn {
+            ws,
+            tcp: handle,
+            opened: now,
+            last: now,
+        })
     }
 
-    fn read_loop(&mut self, ws: &mut Ws) -> Ended {
-        let opened = Instant::now();
-        let mut last = Instant::now();
+    /// Whether the connection must end now (stop, silence, age).
+    fn check_timers(&self, conn: &Conn) -> Result<(), Ended> {
+        if self.stopped() {
+            Err(Ended::Stopped)
+        } else if conn.last.elapsed() > self.opts.silence_timeout {
+            Err(Ended::Silent)
+        } else if conn.opened.elapsed() > self.opts.max_connection_age {
+            Err(Ended::Aged)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// One read: a data message with when it arrived, or nothing within the
+    /// socket's read timeout. Control frames are handled here (tungstenite
+    /// queues the pong for a ping; a read that times out pushes it out).
+    fn receive(&self, conn: &mut Conn) -> Result<Option<(WsMessage, Instant)>, Ended> {
+        match conn.ws.read() {
+            Ok(msg) => {
+                let received = Instant::now();
+                conn.last = received;
+                self.health.touch();
+                self.health.messages.fetch_add(1, Ordering::Relaxed);
+                match msg {
+                    WsMessage::Text(_) | WsMessage::Binary(_) => Ok(Some((msg, received))),
+                    WsMessage::Close(_) => Err(Ended::Closed),
+                    WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(None),
+                }
+            }
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                match conn.ws.flush() {
+                    Ok(()) => Ok(None),
+                    Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => Ok(None),
+                    Err(e) => Err(Ended::Failed(e.to_string())),
+                }
+            }
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                Err(Ended::Closed)
+            }
+            Err(e) => Err(Ended::Failed(e.to_string())),
+        }
+    }
+
+    /// Writes a data message; `received` is `None` for one queued during a
+    /// backfill (its latency would measure the backfill, not the path).
+    fn handle(
+        &mut self,
+        msg: &WsMessage,
+        received: Option<Instant>,
+        filled: Option<&HashSet<(SymbolName, Interval)>>,
+    ) {
+        match msg {
+            WsMessage::Text(text) => self.on_text(text.as_str(), received, filled),
+            WsMessage::Binary(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => self.on_text(text, received, filled),
+                Err(_) => self.bad(&BadLine::Json("a binary message that is not UTF-8".into())),
+            },
+            _ => {}
+        }
+    }
+
+    fn read_loop(&mut self, conn: &mut Conn) -> Ended {
         loop {
-            if self.stopped() {
-                return Ended::Stopped;
+            if let Err(ended) = self.check_timers(conn) {
+                return ended;
             }
-            if last.elapsed() > self.opts.silence_timeout {
-                return Ended::Silent;
-            }
-            if opened.elapsed() > self.opts.max_connection_age {
-                return Ended::Aged;
-            }
-            match ws.read() {
-                Ok(msg) => {
-                    let received = Instant::now();
-                    last = received;
-                    self.health.touch();
-                    self.health.messages.fetch_add(1, Ordering::Relaxed);
-                    match msg {
-                        WsMessage::Text(text) => self.on_text(text.as_str(), received),
-                        WsMessage::Binary(bytes) => match std::str::from_utf8(&bytes) {
-                            Ok(text) => self.on_text(text, received),
-                            Err(_) => self
-                                .bad(&BadLine::Json("a binary message that is not UTF-8".into())),
-                        },
-                        WsMessage::Close(_) => return Ended::Closed,
-                        // Pings are answered by tungstenite as it reads.
-                        WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
-                    }
-                }
-                Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-                {
-                    // Push out a queued pong the read could not write.
-                    match ws.flush() {
-                        Ok(()) => {}
-                        Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {}
-                        Err(e) => return Ended::Failed(e.to_string()),
-                    }
-                }
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Ended::Closed;
-                }
-                Err(e) => return Ended::Failed(e.to_string()),
+            match self.receive(conn) {
+                Ok(Some((msg, received))) => self.handle(&msg, Some(received), None),
+                Ok(None) => {}
+                Err(ended) => return ended,
             }
         }
+    }
+
+    /// Reads what the socket holds, for at most [`DRAIN_BUDGET`], so pings
+    /// are answered while a backfill runs; data messages are queued for
+    /// after it. (Without the budget, a busy stream would be read to its end
+    /// here and never reach the live path.)
+    fn drain(&self, conn: &mut Conn, queue: &mut Vec<WsMessage>) -> Result<(), Ended> {
+        let until = Instant::now() + DRAIN_BUDGET;
+        let fail = |e: std::io::Error| Ended::Failed(format!("socket: {e}"));
+        conn.tcp
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .map_err(fail)?;
+        let result = loop {
+            if let Err(ended) = self.check_timers(conn) {
+                break Err(ended);
+            }
+            if Instant::now() >= until {
+                break Ok(());
+            }
+            match self.receive(conn) {
+                Ok(Some((msg, _))) if queue.len() < MAX_QUEUED => queue.push(msg),
+                Ok(Some(_)) => {
+                    break Err(Ended::Failed(format!(
+                        "more than {MAX_QUEUED} messages arrived during the backfill"
+                    )));
+                }
+                Ok(None) => break Ok(()),
+                Err(ended) => break Err(ended),
+            }
+        };
+        conn.tcp.set_read_timeout(Some(POLL)).map_err(fail)?;
+        result
     }
 
     fn bad(&self, reason: &BadLine) {
@@ -530,7 +628,16 @@ impl Client {
         }
     }
 
-    fn on_text(&mut self, text: &str, received: Instant) {
+    /// Parses and writes one message. `filled`: during a backfill that did
+    /// not finish, the series that were filled; an event for another one is
+    /// left out (writing it would bury its gap under a newer candle; the
+    /// next connection's backfill brings both).
+    fn on_text(
+        &mut self,
+        text: &str,
+        received: Option<Instant>,
+        filled: Option<&HashSet<(SymbolName, Interval)>>,
+    ) {
         let kline = match binance::parse_ws(text) {
             Ok(Message::Kline(k)) => k,
             Ok(Message::Other) => return,
@@ -544,17 +651,25 @@ impl Client {
                 kline.symbol, kline.interval
             )));
         }
+        if let Some(filled) = filled
+            && !filled.contains(&(kline.symbol.clone(), kline.interval))
+        {
+            self.health.deferred.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let mut store = self.store.lock();
         match self.writer.apply(&mut *store, &kline) {
             Ok(Applied::Written) => {
                 store.publish();
                 drop(store);
-                let ns = received.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32;
-                lock(&self.health.latency).push(ns);
-                if self.opts.trace {
-                    let mut r = lock(&self.health.receipts);
-                    if r.len() < LATENCY_SAMPLES {
-                        r.push((kline.candle.open_time, received));
+                if let Some(received) = received {
+                    let ns = received.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32;
+                    lock(&self.health.latency).push(ns);
+                    if self.opts.trace {
+                        let mut r = lock(&self.health.receipts);
+                        if r.len() < LATENCY_SAMPLES {
+                            r.push((kline.candle.open_time, received));
+                        }
                     }
                 }
                 *lock(&self.health.counters) = self.writer.counters();
@@ -576,8 +691,29 @@ impl Client {
 
     /// Fetches, for every series, what the exchange closed since the stored
     /// latest candle (at start: the last `backfill` candles), page by page,
-    /// and writes it. One publish per page.
-    fn backfill(&mut self) -> Result<()> {
+    /// and writes it, one publish per page. Between pages the socket is
+    /// drained (pings answered, events queued); the queued events are
+    /// applied once every series is filled.
+    fn backfill(&mut self, conn: &mut Conn) -> Result<(), Ended> {
+        let mut queue = Vec::new();
+        let mut filled = HashSet::new();
+        let result = self.fill(conn, &mut queue, &mut filled);
+        // Events that arrived meanwhile are applied even if the connection
+        // ended (they are data), but after a failed backfill only for the
+        // series it filled.
+        let only = result.is_err().then_some(&filled);
+        for msg in queue {
+            self.handle(&msg, None, only);
+        }
+        result
+    }
+
+    fn fill(
+        &mut self,
+        conn: &mut Conn,
+        queue: &mut Vec<WsMessage>,
+        filled: &mut HashSet<(SymbolName, Interval)>,
+    ) -> Result<(), Ended> {
         let symbols = self.opts.symbols.clone();
         let intervals = self.opts.intervals.clone();
         for symbol in &symbols {
@@ -587,23 +723,34 @@ impl Client {
                 // Never more pages than a ring can hold, plus one.
                 let pages = self.opts.backfill.div_ceil(REST_PAGE) + 1;
                 for _ in 0..pages {
-                    if self.stopped() {
-                        return Ok(());
-                    }
+                    self.drain(conn, queue)?;
                     let limit = match start {
                         Some(_) => REST_PAGE,
                         None => self.opts.backfill.clamp(1, REST_PAGE),
                     };
-                    let rows = self.fetch(symbol, interval, start, limit)?;
-                    let n = rows.len();
+                    let rows = match self.fetch(symbol, interval, start, limit) {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            self.health
+                                .backfill_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            return Err(Ended::Failed(format!("backfill: {e:#}")));
+                        }
+                    };
                     let mut store = self.store.lock();
                     let mut written = 0;
+                    let mut newest = None;
                     for kline in &rows {
                         match self.writer.apply(&mut *store, kline) {
                             Ok(Applied::Written) => written += 1,
                             Ok(Applied::Repeat) | Err(Refused::Bad(BadLine::Stale { .. })) => {}
-                            Err(e) => bail!("backfill of {symbol} {interval}: {e}"),
+                            Err(e) => {
+                                return Err(Ended::Failed(format!(
+                                    "backfill of {symbol} {interval}: {e}"
+                                )));
+                            }
                         }
+                        newest = newest.max(Some(kline.candle.open_time));
                     }
                     if written > 0 {
                         store.publish();
@@ -611,16 +758,18 @@ impl Client {
                     drop(store);
                     self.health.backfilled.fetch_add(written, Ordering::Relaxed);
                     *lock(&self.health.counters) = self.writer.counters();
-                    match rows.last() {
-                        Some(last) if n >= limit && start.is_some() => {
-                            start = Some(last.candle.open_time + len);
+                    match newest {
+                        // A full page: there may be more after its newest row.
+                        Some(t) if rows.len() >= limit && start.is_some() => {
+                            start = Some(t + len);
                         }
                         _ => break,
                     }
                 }
+                filled.insert((symbol.clone(), interval));
             }
         }
-        Ok(())
+        self.drain(conn, queue)
     }
 
     fn fetch(
@@ -654,8 +803,12 @@ impl Client {
                 body.chars().take(200).collect::<String>()
             );
         }
-        binance::parse_rest(&body, symbol, interval, crate::run::now_ms())
-            .map_err(|e| anyhow::anyhow!("GET {url} ({symbol} {interval}): {e}"))
+        let (rows, bad) = binance::parse_rest(&body, symbol, interval, crate::run::now_ms())
+            .map_err(|e| anyhow::anyhow!("GET {url} ({symbol} {interval}): {e}"))?;
+        for e in &bad {
+            self.bad(e);
+        }
+        Ok(rows)
     }
 }
 

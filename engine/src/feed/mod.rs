@@ -126,7 +126,7 @@ impl Pace {
     pub fn due(self, elapsed: f64, written: u64, first_at: i64, at: i64) -> bool {
         match self {
             Pace::Rate(rate) => written < (elapsed * rate) as u64 + 1,
-            Pace::Speed(speed) => ((at - first_at) as f64 / 1000.0) / speed <= elapsed,
+            Pace::Speed(speed) => (at.saturating_sub(first_at) as f64 / 1000.0) / speed <= elapsed,
             Pace::Fast => true,
         }
     }

@@ -8,13 +8,17 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use protocol::{Interval, SymbolName};
 use thiserror::Error;
 
 use super::binance::{self, BadLine, CsvFile, Kline, Message};
+
+/// Longest line read: a file without newlines (a binary, a corrupt
+/// download) costs this much memory, not its size.
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// Bad lines logged one by one; past this they are only counted (and summed
 /// up at the end), so a file of garbage cannot flood the log.
@@ -91,7 +95,7 @@ struct ReplayFile {
     reader: BufReader<File>,
     format: Format,
     line_no: u64,
-    buf: String,
+    buf: Vec<u8>,
     next: Option<(Kline, u64)>,
     eof: bool,
     bytes_read: u64,
@@ -124,6 +128,8 @@ fn reason_kind(reason: &BadLine) -> &'static str {
         BadLine::Stale { .. } => "out of order",
         BadLine::NotKept(_) => "interval not kept by the store",
         BadLine::Aggregated(_) => "interval built by aggregation",
+        BadLine::TooLong { .. } => "line too long",
+        BadLine::Encoding => "not UTF-8",
     }
 }
 
@@ -211,7 +217,7 @@ impl Replay {
                 reader,
                 format,
                 line_no: 0,
-                buf: String::with_capacity(256),
+                buf: Vec::with_capacity(256),
                 next: None,
                 eof: false,
                 bytes_read: 0,
@@ -264,27 +270,38 @@ impl Replay {
     fn fill(&mut self, k: usize) -> Result<(), ReplayError> {
         let file = &mut self.files[k];
         while file.next.is_none() && !file.eof {
+            let io = |source| ReplayError::Io {
+                path: file.display.clone(),
+                source,
+            };
             file.buf.clear();
-            let n = file
-                .reader
-                .read_line(&mut file.buf)
-                .map_err(|source| ReplayError::Io {
-                    path: file.display.clone(),
-                    source,
-                })?;
+            // At most MAX_LINE bytes per line are held, whatever the file.
+            let n = (&mut file.reader)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut file.buf)
+                .map_err(io)?;
             if n == 0 {
                 file.eof = true;
                 break;
             }
             file.bytes_read += n as u64;
             file.line_no += 1;
-            let parsed = match &mut file.format {
-                Format::Csv(csv) => csv.parse_line(&file.buf),
-                Format::JsonLines if file.buf.trim().is_empty() => Ok(None),
-                Format::JsonLines => binance::parse_ws(file.buf.trim_end()).map(|m| match m {
-                    Message::Kline(k) => Some(k),
-                    Message::Other => None,
-                }),
+            let parsed = if n == MAX_LINE && file.buf.last() != Some(&b'\n') {
+                let rest = file.reader.skip_until(b'\n').map_err(io)?;
+                file.bytes_read += rest as u64;
+                Err(BadLine::TooLong { limit: MAX_LINE })
+            } else {
+                match (std::str::from_utf8(&file.buf), &mut file.format) {
+                    (Err(_), _) => Err(BadLine::Encoding),
+                    (Ok(line), Format::Csv(csv)) => csv.parse_line(line),
+                    (Ok(line), Format::JsonLines) if line.trim().is_empty() => Ok(None),
+                    (Ok(line), Format::JsonLines) => {
+                        binance::parse_ws(line.trim_end()).map(|m| match m {
+                            Message::Kline(k) => Some(k),
+                            Message::Other => None,
+                        })
+                    }
+                }
             };
             match parsed {
                 Ok(Some(kline)) => file.next = Some((kline, file.line_no)),
@@ -416,6 +433,23 @@ mod tests {
         };
         let err = collect(&strict).expect_err("strict").to_string();
         assert!(err.contains("BTCUSDT-1m-2021-02.csv:2:"), "{err}");
+    }
+
+    #[test]
+    fn undecodable_and_endless_lines_are_bad_lines_and_the_rest_arrives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("BTCUSDT-1m-2021-02.csv");
+        let mut body = b"1613692800000,1,2,0.5,1.5,1,1613692859999\n".to_vec();
+        body.extend_from_slice(b"\xff\xfe,1,2\n");
+        body.extend(std::iter::repeat_n(b'7', 3 * MAX_LINE));
+        body.extend_from_slice(b"\n1613692860000,1,2,0.5,1.5,1,1613692919999\n");
+        std::fs::write(&path, body).expect("write");
+        let (good, replay) = collect(&opts(vec![path])).expect("lenient");
+        assert_eq!(good.len(), 2, "the lines after the bad ones arrive");
+        let bad = replay.bad_lines();
+        assert_eq!(bad.total, 2);
+        assert_eq!(bad.by_reason.get("not UTF-8"), Some(&1));
+        assert_eq!(bad.by_reason.get("line too long"), Some(&1));
     }
 
     #[test]

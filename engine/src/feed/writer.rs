@@ -181,12 +181,15 @@ pub struct FeedCounters {
     pub gaps: u64,
     /// Candles missing in those holes (never invented).
     pub missing_candles: u64,
+    /// Closed candles that arrived again, closed, with other values (the
+    /// newer values are kept; a trader may have judged the older ones).
+    pub corrections: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct SeriesState<T> {
     id: T,
-    last_open: Option<i64>,
+    last: Option<Candle>,
     last_closed: bool,
 }
 
@@ -250,7 +253,7 @@ impl<T: Copy> FeedWriter<T> {
     /// The latest open time and closed flag of a fed series, if it has one.
     pub fn latest(&self, symbol: &SymbolName, interval: Interval) -> Option<(i64, bool)> {
         let s = self.symbols.get(symbol)?.fed[slot(interval)]?;
-        Some((s.last_open?, s.last_closed))
+        Some((s.last?.open_time, s.last_closed))
     }
 
     /// Registers `symbol`'s series (fed and aggregated) ahead of its first
@@ -286,7 +289,8 @@ impl<T: Copy> FeedWriter<T> {
             return Err(BadLine::NotKept(kline.interval).into());
         };
         let open = kline.candle.open_time;
-        if let Some(latest) = series.last_open {
+        if let Some(last) = series.last {
+            let latest = last.open_time;
             if open < latest {
                 return Err(BadLine::Stale {
                     open_time: open,
@@ -295,8 +299,16 @@ impl<T: Copy> FeedWriter<T> {
                 .into());
             }
             if open == latest && series.last_closed {
-                counters.repeats += 1;
-                return Ok(Applied::Repeat);
+                // A closed candle is final, but the exchange's own close
+                // outranks one inferred earlier (a REST row read just after
+                // its close time): different values are written, and counted.
+                if !kline.closed || last == kline.candle {
+                    counters.repeats += 1;
+                    return Ok(Applied::Repeat);
+                }
+                counters.corrections += 1;
+                tracing::warn!(symbol = %kline.symbol, interval = %kline.interval, open_time = open,
+                    "a closed candle arrived again with other values: the newer ones are kept");
             }
             let len = kline.interval.millis() as i64;
             if open > latest + len {
@@ -311,7 +323,7 @@ impl<T: Copy> FeedWriter<T> {
                 UpsertError::Stale { open_time, latest } => BadLine::Stale { open_time, latest },
                 _ => BadLine::Inconsistent("a price or the volume is not finite"),
             })?;
-        series.last_open = Some(open);
+        series.last = Some(kline.candle);
         series.last_closed = kline.closed;
         counters.candles_written += 1;
         counters.closed_written += u64::from(kline.closed);
@@ -350,7 +362,7 @@ fn symbol_state<'a, T: Copy, S: Sink<Series = T>>(
             if !aggregate.contains(&interval) {
                 fed[slot(interval)] = Some(SeriesState {
                     id: sink.series(symbol, interval)?,
-                    last_open: None,
+                    last: None,
                     last_closed: false,
                 });
             }
@@ -404,6 +416,17 @@ mod tests {
             w.apply(&mut sink, &kline(0, true)).expect("repeat"),
             Applied::Repeat
         );
+        assert_eq!(
+            w.apply(&mut sink, &kline(0, false)).expect("late update"),
+            Applied::Repeat
+        );
+        let mut corrected = kline(0, true);
+        corrected.candle.close = 11.5;
+        assert_eq!(
+            w.apply(&mut sink, &corrected).expect("correction"),
+            Applied::Written
+        );
+        assert_eq!(sink.series[0].candles[0].0.close, 11.5);
         assert!(matches!(
             w.apply(&mut sink, &kline(3, true)),
             Ok(Applied::Written)
@@ -422,8 +445,14 @@ mod tests {
         ));
         let c = w.counters();
         assert_eq!(
-            (c.gaps, c.missing_candles, c.repeats, c.closed_written),
-            (1, 2, 1, 2)
+            (
+                c.gaps,
+                c.missing_candles,
+                c.repeats,
+                c.closed_written,
+                c.corrections
+            ),
+            (1, 2, 2, 3, 1)
         );
         let m1 = &sink.series[0];
         assert_eq!(m1.candles.len(), 2, "no candle invented in the gap");

@@ -1220,16 +1220,24 @@ impl Coordinator {
         let Some(pump) = self.pump.as_mut() else {
             return Ok(());
         };
+        let ring = self.inst.store.lock().candles_per_series() as u64;
+        // A small ring gets smaller groups: a publish must not carry more
+        // than a quarter of the ring per series.
         let per_publish = match pump.pacer.pace {
-            Pace::Fast => FAST_BATCHES_PER_PUBLISH,
+            Pace::Fast => FAST_BATCHES_PER_PUBLISH.min((ring / 4).max(1)),
             Pace::Rate(_) | Pace::Speed(_) => 1,
         };
-        let ring = self.inst.store.lock().candles_per_series() as u64;
-        // A publish holds at most `per_publish` candles per series.
-        let lead = (ring / 2 / per_publish).max(1);
+        // How far a series may run ahead of the slowest worker's confirmed
+        // batch: a trader's window is at most half the ring (checked at
+        // start), so half the ring plus the candle being judged stays in it.
+        let max_ahead = ring / 2 + 1;
         for _ in 0..FEED_PUBLISHES_PER_PASS {
-            // The store's counter is the feed's publishes plus the initial one.
-            if self.opts.backpressure && pump.publishes + 1 > slowest + lead {
+            // The store's counter is the feed's publishes plus the initial
+            // one, so the next publish is number `publishes + 2`; each
+            // carries at most `per_publish` candles per series.
+            if self.opts.backpressure
+                && (pump.publishes + 2).saturating_sub(slowest) * per_publish > max_ahead
+            {
                 break;
             }
             let mut store = self.inst.store.lock();
