@@ -343,7 +343,7 @@ fn bench_feed_reports_every_figure_and_leaves_nothing_behind() {
         assert!(report[rate].as_f64() > Some(0.0), "{rate}: {report}");
     }
     for live in [
-        "live_received_to_visible",
+        "live_received_to_seen",
         "live_received_to_published",
         "live_sent_to_seen",
     ] {
