@@ -149,6 +149,9 @@ pub fn run(
     rounds: usize,
     live_messages: usize,
 ) -> Result<FeedReport> {
+    // The live path first: after the replay part, the kernel is still
+    // writing the 100 MB dump back and reclaiming, which shows in the tail.
+    let live = live(base, live_messages)?;
     let dir = tempfile::tempdir().context("a temporary directory for the dump")?;
     let path = dir.path().join("BTCUSDT-1m-bench.csv");
     write_dump(&path, candles)?;
@@ -259,7 +262,6 @@ pub fn run(
         rate(&mut e2e_s),
     );
     drop(inst);
-    let live = live(base, live_messages)?;
     let mut targets = vec![
         Target::at_least(
             "replay parse, candles/s",
