@@ -283,6 +283,10 @@ struct FeedArgs {
     /// attempt up to --reconnect-max, with jitter).
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
     reconnect_min: u64,
+    /// Live feed: trust exactly the CA certificates in this PEM file instead of
+    /// the built-in webpki roots (a TLS-intercepting proxy, a test server).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
     /// Live feed: largest reconnect delay in milliseconds.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     reconnect_max: u64,
@@ -364,6 +368,7 @@ impl FeedArgs {
                     reconnect_max: std::time::Duration::from_millis(self.reconnect_max),
                     backfill: (capacity.candles_per_series as usize)
                         .min(engine::feed::live::REST_PAGE),
+                    ca_file: self.ca_file.clone(),
                     trace: false,
                 }))
             }

@@ -410,3 +410,78 @@ fn a_connection_is_replaced_before_its_age_limit_without_losing_a_candle() {
     );
     inst.assert_clean();
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tls")
+        .join(name)
+}
+
+#[test]
+fn tls_streams_and_backfills_and_an_untrusted_server_is_refused() {
+    let inst = TestInstance::new("live-tls");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = traders_file(dir.path());
+    let tls = engine::feed::mock::tls_config(&fixture("server.pem"), &fixture("server.key"))
+        .expect("the test certificate");
+    let script = vec![
+        episode(0, 12, false, End::Drop),
+        episode(4, 12, false, End::Idle),
+    ];
+    let mock = MockBinance::start_tls(
+        timeline(&["BTCUSDT"], 100).expect("timeline"),
+        20,
+        script,
+        tls,
+    )
+    .expect("mock");
+    assert!(mock.ws_url.starts_with("wss://") && mock.rest_url.starts_with("https://"));
+
+    // Without the test CA the server is not trusted: no connection, and
+    // the status says why.
+    let untrusting = live_run(
+        &inst,
+        &mock,
+        "btcusdt",
+        &traders,
+        &["--reconnect-min", "50", "--reconnect-max", "200"],
+    );
+    let status = inst.status_when(WAIT, |s| s["feed"]["last_error"].is_string());
+    assert_eq!(status["feed"]["connected"], false, "{status}");
+    let error = status["feed"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert_eq!(
+        mock.clock(),
+        20,
+        "nothing was streamed to an untrusting client"
+    );
+    untrusting.signal(Signal::SIGTERM);
+    let (exit, _, stderr) = untrusting.wait_output(WAIT);
+    assert!(exit.success(), "{stderr}");
+
+    let ca = fixture("ca.pem");
+    let child = live_run(
+        &inst,
+        &mock,
+        "btcusdt",
+        &traders,
+        &["--ca-file", &ca.to_string_lossy(), "--reconnect-min", "5"],
+    );
+    wait_in_sync(&inst, &mock);
+    let got = stored(&inst, "BTCUSDT");
+    let want = &mock.closed()[0].1;
+    assert_eq!(got.len(), 20 + 12 + 4 + 12);
+    assert!(got.iter().zip(want).all(|((_, c, _), w)| c == w));
+    let status = inst.status_when(WAIT, |s| s["feed"]["connected"] == true);
+    assert!(
+        status["feed"]["backfilled"].as_u64() >= Some(24),
+        "{status}"
+    );
+    child.signal(Signal::SIGTERM);
+    let (exit, _, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "run failed: {stderr}");
+    inst.assert_clean();
+}

@@ -415,6 +415,7 @@ fn live_pass(base: &InstanceName, n: usize, with_reader: bool) -> Result<Pass> {
             reconnect_min: Duration::from_millis(10),
             reconnect_max: Duration::from_millis(100),
             backfill: LIVE_RING,
+            ca_file: None,
             trace: true,
         },
         inst.store.clone(),

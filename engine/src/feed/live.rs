@@ -86,6 +86,9 @@ pub struct LiveOptions {
     pub reconnect_max: Duration,
     /// Candles fetched per series at start (at most the ring).
     pub backfill: usize,
+    /// Trust exactly the CA certificates of this PEM file instead of the
+    /// built-in webpki roots (a TLS-intercepting proxy, a test server).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Keep (open time, received instant) of the first [`LATENCY_SAMPLES`]
     /// candles written from the stream, for `bench feed`.
     pub trace: bool,
@@ -290,7 +293,12 @@ impl LiveFeed {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let health = Arc::new(LiveHealth::default());
+        let (tls, rest_tls) = match &opts.ca_file {
+            None => (None, ureq::tls::TlsConfig::default()),
+            Some(path) => trust_only(path)?,
+        };
         let mut client = Client {
+            tls,
             subscribed: opts.symbols.iter().cloned().collect(),
             agent: ureq::Agent::config_builder()
                 .timeout_global(Some(Duration::from_secs(10)))
@@ -299,6 +307,7 @@ impl LiveFeed {
                 .max_idle_connections(2)
                 .max_idle_connections_per_host(2)
                 .http_status_as_error(false)
+                .tls_config(rest_tls)
                 .build()
                 .into(),
             opts,
@@ -346,6 +355,42 @@ impl Drop for LiveFeed {
     }
 }
 
+/// TLS configurations (WebSocket, REST) trusting only the CA certificates in
+/// `path`.
+fn trust_only(
+    path: &std::path::Path,
+) -> Result<(Option<Arc<rustls::ClientConfig>>, ureq::tls::TlsConfig)> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("--ca-file {}: not PEM certificates", path.display()))?;
+    if certs.is_empty() {
+        bail!("--ca-file {}: no certificate in it", path.display());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots.add(cert.clone()).with_context(|| {
+            format!(
+                "--ca-file {}: a certificate rustls cannot use",
+                path.display()
+            )
+        })?;
+    }
+    let ws = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let rest_roots: Vec<ureq::tls::Certificate<'static>> = certs
+        .iter()
+        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    let rest = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&rest_roots))
+        .build();
+    Ok((Some(Arc::new(ws)), rest))
+}
+
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
 /// One connection: the WebSocket, a handle on its socket (for timeouts) and
@@ -368,6 +413,8 @@ enum Ended {
 }
 
 struct Client {
+    /// With `--ca-file`: the WebSocket's TLS configuration.
+    tls: Option<Arc<rustls::ClientConfig>>,
     opts: LiveOptions,
     store: SharedStore,
     writer: FeedWriter<SeriesId>,
@@ -498,7 +545,11 @@ impl Client {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
-        let (ws, _) = tungstenite::client_tls_with_config(request, tcp, Some(config), None)
+        let connector = self
+            .tls
+            .as_ref()
+            .map(|c| tungstenite::Connector::Rustls(Arc::clone(c)));
+        let (ws, _) = tungstenite::client_tls_with_config(request, tcp, Some(config), connector)
             .map_err(|e| anyhow::anyhow!("WebSocket handshake with {host}: {e}"))?;
         // Short reads from now on, so the loop sees the stop flag and timers.
         handle.set_read_timeout(Some(POLL))?;
@@ -830,6 +881,7 @@ mod tests {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
             backfill: 1000,
+            ca_file: None,
             trace: false,
         }
     }

@@ -67,10 +67,14 @@ struct State {
 #[derive(Debug)]
 struct Shared {
     stop: AtomicBool,
+    /// TLS for both servers, when given.
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: Mutex<State>,
     connections: AtomicU64,
     pongs: AtomicU64,
     rest_requests: AtomicU64,
+    /// An episode is being streamed.
+    streaming: AtomicBool,
 }
 
 fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
@@ -96,9 +100,31 @@ impl MockBinance {
         history: usize,
         script: Vec<Episode>,
     ) -> Result<Self> {
+        Self::start_with(series, history, script, None)
+    }
+
+    /// [`start`](Self::start) over TLS (`wss://localhost:PORT`,
+    /// `https://localhost:PORT`) with `tls` (see [`tls_config`]).
+    pub fn start_tls(
+        series: Vec<(SymbolName, Vec<Candle>)>,
+        history: usize,
+        script: Vec<Episode>,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Self> {
+        Self::start_with(series, history, script, Some(tls))
+    }
+
+    fn start_with(
+        series: Vec<(SymbolName, Vec<Candle>)>,
+        history: usize,
+        script: Vec<Episode>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self> {
         let len = series.first().map_or(0, |s| s.1.len());
+        let secure = tls.is_some();
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            tls,
             state: Mutex::new(State {
                 series,
                 clock: history.min(len),
@@ -108,13 +134,24 @@ impl MockBinance {
             connections: AtomicU64::new(0),
             pongs: AtomicU64::new(0),
             rest_requests: AtomicU64::new(0),
+            streaming: AtomicBool::new(false),
         });
         let ws = TcpListener::bind("127.0.0.1:0").context("binding the mock WebSocket server")?;
         let rest = TcpListener::bind("127.0.0.1:0").context("binding the mock REST server")?;
         ws.set_nonblocking(true)?;
         rest.set_nonblocking(true)?;
-        let ws_url = format!("ws://{}", ws.local_addr()?);
-        let rest_url = format!("http://{}", rest.local_addr()?);
+        // Over TLS the URLs name the host of the test certificate.
+        let (ws_url, rest_url) = if secure {
+            (
+                format!("wss://localhost:{}", ws.local_addr()?.port()),
+                format!("https://localhost:{}", rest.local_addr()?.port()),
+            )
+        } else {
+            (
+                format!("ws://{}", ws.local_addr()?),
+                format!("http://{}", rest.local_addr()?),
+            )
+        };
         let s1 = Arc::clone(&shared);
         let s2 = Arc::clone(&shared);
         let threads = vec![
@@ -147,9 +184,10 @@ impl MockBinance {
             .collect()
     }
 
-    /// Whether every episode of the script was served.
+    /// Whether every episode of the script was streamed to its end.
     pub fn script_done(&self) -> bool {
-        lock(&self.shared).script.is_empty()
+        let st = lock(&self.shared);
+        st.script.is_empty() && !self.shared.streaming.load(Ordering::Acquire)
     }
 
     /// When candle `k`'s close was sent, if it was.
@@ -218,11 +256,34 @@ fn event(symbol: &SymbolName, c: &Candle, closed: bool, event_time: i64) -> Stri
 
 fn serve_ws(stream: TcpStream, shared: &Shared) {
     let Ok(tcp) = stream.try_clone() else { return };
+    // The handshake (TLS and WebSocket) gets a patient read timeout; the
+    // session's reads are short again so the script keeps its pace.
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+    match &shared.tls {
+        None => ws_session(tcp, stream, shared),
+        Some(cfg) => {
+            if let Ok(conn) = rustls::ServerConnection::new(Arc::clone(cfg)) {
+                ws_session(tcp, rustls::StreamOwned::new(conn, stream), shared);
+            }
+        }
+    }
+}
+
+fn ws_session<S: Read + Write>(tcp: TcpStream, stream: S, shared: &Shared) {
     let Ok(mut ws) = tungstenite::accept(stream) else {
         return;
     };
+    let _ = tcp.set_read_timeout(Some(Duration::from_millis(20)));
     shared.connections.fetch_add(1, Ordering::Relaxed);
-    let episode = lock(shared).script.pop_front();
+    let episode = {
+        let mut st = lock(shared);
+        let ep = st.script.pop_front();
+        // Under the lock, so `script_done` never sees the episode in neither place.
+        shared.streaming.store(ep.is_some(), Ordering::Release);
+        ep
+    };
+    // Clears `streaming` however the streaming below ends.
+    let streaming = StreamingFlag(&shared.streaming);
     let Some(ep) = episode else {
         linger(&mut ws, shared, true, None);
         return;
@@ -281,6 +342,7 @@ fn serve_ws(stream: TcpStream, shared: &Shared) {
             std::thread::sleep(ep.pause);
         }
     }
+    drop(streaming);
     match ep.end {
         End::Close => {
             let _ = ws.close(None);
@@ -299,8 +361,21 @@ fn serve_ws(stream: TcpStream, shared: &Shared) {
     }
 }
 
+struct StreamingFlag<'a>(&'a AtomicBool);
+
+impl Drop for StreamingFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Waits until the client leaves, the mock stops or `until`, pinging if `ping`.
-fn linger(ws: &mut WebSocket<TcpStream>, shared: &Shared, ping: bool, until: Option<Instant>) {
+fn linger<S: Read + Write>(
+    ws: &mut WebSocket<S>,
+    shared: &Shared,
+    ping: bool,
+    until: Option<Instant>,
+) {
     let mut last_ping = Instant::now();
     while !shared.stop.load(Ordering::Acquire) && until.is_none_or(|u| Instant::now() < u) {
         if ping && last_ping.elapsed() >= Duration::from_millis(100) {
@@ -325,8 +400,24 @@ fn linger(ws: &mut WebSocket<TcpStream>, shared: &Shared, ping: bool, until: Opt
 }
 
 /// One HTTP/1.1 request, one answer, then the connection is closed.
-fn serve_rest(mut stream: TcpStream, shared: &Shared) {
+fn serve_rest(stream: TcpStream, shared: &Shared) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let Ok(tcp) = stream.try_clone() else { return };
+    match &shared.tls {
+        None => rest_session(stream, shared),
+        Some(cfg) => {
+            if let Ok(conn) = rustls::ServerConnection::new(Arc::clone(cfg)) {
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                rest_session(&mut tls, shared);
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        }
+    }
+    let _ = tcp.shutdown(Shutdown::Write);
+}
+
+fn rest_session(mut stream: impl Read + Write, shared: &Shared) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
@@ -345,7 +436,6 @@ fn serve_rest(mut stream: TcpStream, shared: &Shared) {
     );
     let _ = stream.write_all(reply.as_bytes());
     let _ = stream.flush();
-    let _ = stream.shutdown(Shutdown::Write);
 }
 
 fn klines(target: &str, shared: &Shared) -> (&'static str, String) {
@@ -406,6 +496,27 @@ fn klines(target: &str, shared: &Shared) -> (&'static str, String) {
         })
         .collect();
     ("200 OK", format!("[{}]", body.join(",")))
+}
+
+/// A TLS server configuration from PEM files: a certificate chain and its
+/// private key (the tests' are in `tests/fixtures/tls/`).
+pub fn tls_config(
+    cert_chain: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert_chain)
+        .with_context(|| format!("reading {}", cert_chain.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert_chain.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the certificate and key do not form a server identity")?;
+    Ok(Arc::new(config))
 }
 
 /// `candles` as the 7-column CSV of a Binance dump (what a backtest of the
