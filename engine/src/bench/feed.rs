@@ -130,15 +130,7 @@ fn time_read_lines(path: &std::path::Path) -> Result<(usize, Duration)> {
 
 fn time_parse(path: &std::path::Path) -> Result<(Vec<Kline>, Duration)> {
     let started = Instant::now();
-    let mut replay = Replay::open(&replay_opts(path))?;
-    let mut out = Vec::new();
-    while replay
-        .next_batch(|k| {
-            out.push(k.clone());
-            Ok(())
-        })?
-        .is_some()
-    {}
+    let out = Replay::open(&replay_opts(path))?.read_all()?;
     Ok((out, started.elapsed()))
 }
 

@@ -366,6 +366,22 @@ impl Replay {
     }
 }
 
+impl Replay {
+    /// Every remaining candle, in delivery order (tests and `bench feed`:
+    /// a replay's memory is bounded only when it is consumed batch by batch).
+    pub fn read_all(&mut self) -> Result<Vec<Kline>, ReplayError> {
+        let mut out = Vec::new();
+        while self
+            .next_batch(|k| {
+                out.push(k.clone());
+                Ok(())
+            })?
+            .is_some()
+        {}
+        Ok(out)
+    }
+}
+
 fn csv_file(path: &Path, opts: &ReplayOptions, display: &str) -> Result<CsvFile, ReplayError> {
     let named = binance::parse_file_name(path);
     let symbol = opts
@@ -395,14 +411,7 @@ mod tests {
 
     fn collect(opts: &ReplayOptions) -> Result<(Vec<Kline>, Replay), ReplayError> {
         let mut replay = Replay::open(opts)?;
-        let mut out = Vec::new();
-        while replay
-            .next_batch(|k| {
-                out.push(k.clone());
-                Ok(())
-            })?
-            .is_some()
-        {}
+        let out = replay.read_all()?;
         Ok((out, replay))
     }
 
