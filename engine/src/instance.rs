@@ -59,7 +59,7 @@ impl Instance {
 
 /// The store writer, shared between the coordinator loop and a live feed's
 /// thread (which writes each message the moment it arrives). One writer at a
-/// time: the lock is held for one message or one batch, never across I/O.
+/// time: the lock is held for one message or one batch, never across network I/O.
 #[derive(Debug, Clone)]
 pub struct SharedStore(Arc<Mutex<StoreWriter>>);
 
