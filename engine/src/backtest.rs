@@ -13,7 +13,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use protocol::Interval;
 use protocol::message::Signal;
-use protocol::trader::{Symbols, TraderSpec, signals};
+use protocol::trader::{Symbols, TraderSpec, signals, values};
 
 use crate::feed::FeedConfig;
 use crate::feed::writer::{FeedWriter, MemorySink};
@@ -88,6 +88,7 @@ pub fn backtest(opts: &BacktestOptions, out: &mut impl Write) -> Result<u64> {
                         open_time: candle.open_time,
                         close: candle.close,
                         labels: spec.labels.clone(),
+                        values: values(rule, &candles[end - window..end]),
                     };
                     writeln!(out, "{}", signal_json(&signal, None)).context("writing a signal")?;
                     emitted += 1;

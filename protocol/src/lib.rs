@@ -29,6 +29,8 @@ pub mod frame;
 pub mod message;
 #[cfg(not(loom))]
 pub mod names;
+/// The rule language: parser, checks, indicators, evaluation.
+pub mod rule;
 #[cfg(not(loom))]
 pub mod store;
 #[cfg(not(loom))]

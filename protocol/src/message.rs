@@ -214,4 +214,6 @@ pub struct Signal {
     pub close: f64,
     /// The trader's labels.
     pub labels: BTreeMap<String, String>,
+    /// Each indicator of the rule, as written, and its value on the candle.
+    pub values: BTreeMap<String, f64>,
 }

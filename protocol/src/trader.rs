@@ -1,10 +1,9 @@
 //! Trader specs as carried by ADD_TRADER, and the rules they name.
 //!
 //! The spec's shape (`id`, `symbols`, `interval`, `rule`, `cooldown`,
-//! `labels`, plus a `version` for idempotent re-sends) is the one the rule
-//! language will extend. For now a rule is one of two forms:
-//! `crosses_above(close, sma(close, N))` and `crosses_below(close, sma(close, N))`.
-//! A verdict is a pure function of the candle it is about and the N before it.
+//! `labels`, plus a `version` for idempotent re-sends); the rule is in the
+//! rule language ([`crate::rule`]). A verdict is a pure function of the
+//! candle it is about and the rule's warm-up before it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,11 +12,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::candle::{Candle, Interval};
+use crate::rule::{Columns, Expr, series};
 
 /// Longest trader id.
 pub const MAX_TRADER_ID: usize = 64;
-/// Largest SMA period.
-pub const MAX_PERIOD: u32 = 1000;
 
 /// Which symbols a trader watches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,17 +46,8 @@ pub struct TraderSpec {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Which way a cross goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// From at-or-below to above.
-    Above,
-    /// From at-or-above to below.
-    Below,
-}
-
 /// A compiled rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Rule {
     /// TEST ONLY, accepted only when `SHMKLINE_TEST_RULES=1` is set: the
     /// worker aborts when it evaluates a closed candle at index `after` or
@@ -74,21 +63,24 @@ pub enum Rule {
         /// First candle index that hangs.
         after: u64,
     },
-    /// The close crosses the simple moving average of the last `period` closes.
-    CloseCrossesSma {
-        /// Which way.
-        direction: Direction,
-        /// SMA length.
-        period: u32,
-    },
+    /// A rule of the rule language.
+    Expr(Box<Compiled>),
+}
+
+/// A parsed and checked rule with its window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    /// The condition.
+    pub expr: Expr,
+    /// Candles a verdict reads: the judged one and its warm-up.
+    pub lookback: usize,
 }
 
 impl Rule {
     /// Candles a verdict needs: the candle itself and those before it.
     pub fn lookback(&self) -> usize {
         match self {
-            // The SMA at this candle and at the previous one.
-            Rule::CloseCrossesSma { period, .. } => *period as usize + 1,
+            Rule::Expr(c) => c.lookback,
             Rule::TestAbortAfter { .. } | Rule::TestSpinAfter { .. } => 1,
         }
     }
@@ -97,13 +89,7 @@ impl Rule {
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Rule::CloseCrossesSma { direction, period } => {
-                let name = match direction {
-                    Direction::Above => "crosses_above",
-                    Direction::Below => "crosses_below",
-                };
-                write!(f, "{name}(close, sma(close, {period}))")
-            }
+            Rule::Expr(c) => write!(f, "{}", c.expr),
             Rule::TestAbortAfter { after } => write!(f, "test_abort_after({after})"),
             Rule::TestSpinAfter { after } => write!(f, "test_spin_after({after})"),
         }
@@ -134,8 +120,8 @@ pub enum SpecError {
 }
 
 fn parse_rule(rule: &str) -> Result<Rule, String> {
-    let compact: String = rule.chars().filter(|c| !c.is_whitespace()).collect();
     if std::env::var("SHMKLINE_TEST_RULES").is_ok_and(|v| v == "1") {
+        let compact: String = rule.chars().filter(|c| !c.is_whitespace()).collect();
         let arg = |name: &str| {
             compact
                 .strip_prefix(name)
@@ -149,23 +135,9 @@ fn parse_rule(rule: &str) -> Result<Rule, String> {
             return Ok(Rule::TestSpinAfter { after });
         }
     }
-    let hint = "this version understands crosses_above(close, sma(close, N)) and crosses_below(close, sma(close, N)) with 2 <= N <= 1000";
-    let (direction, rest) =
-        if let Some(rest) = compact.strip_prefix("crosses_above(close,sma(close,") {
-            (Direction::Above, rest)
-        } else if let Some(rest) = compact.strip_prefix("crosses_below(close,sma(close,") {
-            (Direction::Below, rest)
-        } else {
-            return Err(hint.to_owned());
-        };
-    let digits = rest.strip_suffix("))").ok_or_else(|| hint.to_owned())?;
-    let period: u32 = digits
-        .parse()
-        .map_err(|_| format!("period {digits:?} is not a whole number; {hint}"))?;
-    if !(2..=MAX_PERIOD).contains(&period) {
-        return Err(format!("period {period} is out of range; {hint}"));
-    }
-    Ok(Rule::CloseCrossesSma { direction, period })
+    let expr = crate::rule::parse(rule).map_err(|e| e.to_string())?;
+    let lookback = expr.warmup() + 1;
+    Ok(Rule::Expr(Box::new(Compiled { expr, lookback })))
 }
 
 /// The name of worker slot `slot`'s black box: a small shared region the
@@ -207,42 +179,37 @@ impl TraderSpec {
     }
 }
 
-/// The raw verdict of `rule` on the last candle of `window` (which must hold
-/// exactly `rule.lookback()` candles, oldest first).
-pub fn verdict(rule: &Rule, window: &[Candle]) -> bool {
-    match *rule {
-        // Never a verdict: their effect is in the worker.
-        Rule::TestAbortAfter { .. } | Rule::TestSpinAfter { .. } => false,
-        Rule::CloseCrossesSma { direction, period } => {
-            let n = period as usize;
-            if window.len() != n + 1 {
-                return false;
-            }
-            let mean = |w: &[Candle]| w.iter().map(|c| c.close).sum::<f64>() / n as f64;
-            let (prev, now) = (&window[n - 1], &window[n]);
-            let (sma_prev, sma_now) = (mean(&window[..n]), mean(&window[1..]));
-            match direction {
-                Direction::Above => prev.close <= sma_prev && now.close > sma_now,
-                Direction::Below => prev.close >= sma_prev && now.close < sma_now,
-            }
-        }
-    }
-}
-
 /// Whether the trader signals on the last candle of `window`: a raw verdict,
 /// and no raw verdict on any of the `cooldown` candles before it. `window`
-/// holds `lookback + cooldown` candles. Defined over raw verdicts (not over
-/// signals already emitted) so that it stays a pure function of the window.
+/// holds `lookback + cooldown` candles; the rule is evaluated over all of
+/// them at once. Defined over raw verdicts (not over signals already
+/// emitted) so that it stays a pure function of the window.
 pub fn signals(rule: &Rule, cooldown: usize, window: &[Candle]) -> bool {
-    let lookback = rule.lookback();
-    if window.len() != lookback + cooldown {
+    let Rule::Expr(c) = rule else {
+        // Never a verdict: their effect is in the worker.
+        return false;
+    };
+    if window.len() != c.lookback + cooldown {
         return false;
     }
-    let last = window.len();
-    if !verdict(rule, &window[last - lookback..]) {
-        return false;
+    let verdicts = series(&c.expr, &Columns::of(window));
+    let last = verdicts.len() - 1;
+    verdicts[last] == 1.0 && (1..=cooldown).all(|back| verdicts[last - back] != 1.0)
+}
+
+/// The raw verdict of `rule` on the last candle of `window` (exactly
+/// `rule.lookback()` candles, oldest first).
+pub fn verdict(rule: &Rule, window: &[Candle]) -> bool {
+    signals(rule, 0, window)
+}
+
+/// Each indicator of the rule (by its text as written) on the last candle
+/// of `window`, for the signal's `values`.
+pub fn values(rule: &Rule, window: &[Candle]) -> BTreeMap<String, f64> {
+    match rule {
+        Rule::Expr(c) => crate::rule::values(&c.expr, window),
+        Rule::TestAbortAfter { .. } | Rule::TestSpinAfter { .. } => BTreeMap::new(),
     }
-    (1..=cooldown).all(|back| !verdict(rule, &window[last - back - lookback..last - back]))
 }
 
 #[cfg(test)]
@@ -266,6 +233,7 @@ mod tests {
         for text in [
             "crosses_above(close, sma(close, 20))",
             "crosses_below(close,sma(close,5))",
+            "rsi(14) < 30 and crosses_above(ema(close, 9), ema(close, 21))",
         ] {
             let rule = spec(text).compile().expect("valid");
             assert_eq!(parse_rule(&rule.to_string()), Ok(rule));
@@ -279,16 +247,15 @@ mod tests {
     }
 
     #[test]
-    fn bad_rules_say_what_to_write() {
-        for bad in [
-            "rsi(14) < 30",
-            "crosses_above(close, sma(close, 1))",
-            "crosses_above(close, sma(close, x))",
-            "",
-        ] {
-            let err = spec(bad).compile().expect_err(bad).to_string();
-            assert!(err.contains("crosses_above(close, sma(close, N))"), "{err}");
-        }
+    fn bad_specs_say_what_to_write() {
+        let err = spec("rsi(14) <")
+            .compile()
+            .expect_err("incomplete")
+            .to_string();
+        assert!(
+            err.contains("trader t1") && err.contains("column 10"),
+            "{err}"
+        );
         let mut s = spec("crosses_above(close, sma(close, 20))");
         s.id = "a b".into();
         assert!(matches!(s.compile(), Err(SpecError::Id(_))));
@@ -312,40 +279,35 @@ mod tests {
             .collect()
     }
 
+    fn rule(text: &str) -> Rule {
+        spec(text).compile().expect(text)
+    }
+
     #[test]
     fn cross_above_the_sma() {
-        let rule = Rule::CloseCrossesSma {
-            direction: Direction::Above,
-            period: 3,
-        };
+        let above = rule("crosses_above(close, sma(close, 3))");
         // SMA(3) before: (1+1+1)/3 = 1, previous close 1 <= 1; now (1+1+5)/3 = 2.33 < 5.
-        assert!(verdict(&rule, &closes(&[1.0, 1.0, 1.0, 5.0])));
-        assert!(!verdict(&rule, &closes(&[5.0, 5.0, 5.0, 1.0])));
+        assert!(verdict(&above, &closes(&[1.0, 1.0, 1.0, 5.0])));
+        assert!(!verdict(&above, &closes(&[5.0, 5.0, 5.0, 1.0])));
         assert!(
-            !verdict(&rule, &closes(&[1.0, 5.0])),
+            !verdict(&above, &closes(&[1.0, 5.0])),
             "wrong window length is no verdict"
         );
-        let below = Rule::CloseCrossesSma {
-            direction: Direction::Below,
-            period: 3,
-        };
+        let below = rule("crosses_below(close, sma(close, 3))");
         assert!(verdict(&below, &closes(&[5.0, 5.0, 5.0, 1.0])));
     }
 
     #[test]
     fn cooldown_suppresses_a_verdict_right_after_another() {
-        let rule = Rule::CloseCrossesSma {
-            direction: Direction::Above,
-            period: 2,
-        };
+        let r = rule("crosses_above(close, sma(close, 2))");
         // Raw verdicts: index 3 (1,1 -> 4) and index 5 (3 -> 9).
         let c = closes(&[1.0, 1.0, 1.0, 4.0, 3.0, 9.0]);
-        assert!(verdict(&rule, &c[1..4]));
-        assert!(verdict(&rule, &c[3..6]));
-        assert!(signals(&rule, 0, &c[3..6]));
-        assert!(signals(&rule, 1, &c[2..6]), "index 4 had no verdict");
+        assert!(verdict(&r, &c[1..4]));
+        assert!(verdict(&r, &c[3..6]));
+        assert!(signals(&r, 0, &c[3..6]));
+        assert!(signals(&r, 1, &c[2..6]), "index 4 had no verdict");
         assert!(
-            !signals(&rule, 2, &c[1..6]),
+            !signals(&r, 2, &c[1..6]),
             "index 3 had one, within the cooldown of 2"
         );
     }

@@ -101,6 +101,7 @@ fn message() -> impl Strategy<Value = Message> {
                     interval,
                     open_time,
                     close,
+                    values: labels.keys().map(|k| (k.clone(), close)).collect(),
                     labels,
                 })
             }),

@@ -454,3 +454,147 @@ fn a_small_ring_replayed_as_fast_as_possible_loses_nothing() {
     assert_eq!(signals, inst.backtest_signals(&args));
     inst.assert_clean();
 }
+
+#[test]
+fn twenty_traders_of_the_rule_language_agree_between_run_and_backtest() {
+    let Some(path) = data_file(BTC) else { return };
+    let inst = TestInstance::new("replay-rules");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = [
+        ("rsi-oversold", "1m", "rsi(14) < 30", 5),
+        ("rsi-overbought", "1m", "rsi(close, 14) > 70", 5),
+        (
+            "ema-cross",
+            "1m",
+            "crosses_above(ema(close, 9), ema(close, 21))",
+            0,
+        ),
+        (
+            "ema-cross-down",
+            "1m",
+            "crosses_below(ema(close, 9), ema(close, 21))",
+            0,
+        ),
+        (
+            "rsi-and-ema",
+            "1m",
+            "rsi(14) < 40 and crosses_above(ema(close, 9), ema(close, 21))",
+            0,
+        ),
+        (
+            "macd-hist",
+            "1m",
+            "crosses_above(macd(12, 26, 9).hist, 0)",
+            0,
+        ),
+        (
+            "macd-signal",
+            "5m",
+            "crosses_below(macd(close, 12, 26, 9).line, macd(close, 12, 26, 9).signal)",
+            0,
+        ),
+        (
+            "bb-upper",
+            "1m",
+            "close > bollinger(close, 20, 2).upper",
+            10,
+        ),
+        ("bb-lower", "1m", "close < bollinger(20, 2).lower", 10),
+        ("atr-spike", "1m", "high - low > 2 * atr(14)", 3),
+        ("breakout", "1m", "close > highest(high, 20)[1]", 5),
+        ("breakdown", "1m", "close < lowest(low, 20)[1]", 5),
+        ("roc", "5m", "roc(close, 12) > 1", 2),
+        (
+            "wma-sma",
+            "1m",
+            "crosses_above(wma(close, 10), sma(close, 30))",
+            0,
+        ),
+        (
+            "stddev-squeeze",
+            "5m",
+            "stddev(close, 20) < 0.5 * sma(stddev(close, 20), 50)",
+            4,
+        ),
+        ("vwap", "1m", "crosses_above(close, vwap(20))", 2),
+        (
+            "volume",
+            "1m",
+            "volume > 3 * sma(volume, 20) and close > open",
+            3,
+        ),
+        (
+            "momentum",
+            "1m",
+            "(close - close[5]) / close[5] * 100 > 0.5",
+            5,
+        ),
+        (
+            "not-rsi",
+            "5m",
+            "not (rsi(14) > 30) and close > ema(close, 50)",
+            0,
+        ),
+        (
+            "hourly",
+            "1h",
+            "crosses_above(close, sma(close, 5)) or rsi(6) < 25",
+            0,
+        ),
+        ("sma10-up", "1m", "crosses_above(close, sma(close, 10))", 0),
+    ];
+    let traders: Vec<serde_json::Value> = rules
+        .iter()
+        .map(|(id, interval, rule, cooldown)| {
+            serde_json::json!({"id": id, "symbols": "*", "interval": interval, "rule": rule,
+                "cooldown": cooldown, "labels": {"set": "rules"}})
+        })
+        .collect();
+    let traders_path = dir.path().join("traders.json");
+    std::fs::write(&traders_path, serde_json::Value::Array(traders).to_string())
+        .expect("write traders");
+    let traders_arg = traders_path.to_string_lossy().into_owned();
+    let text = std::fs::read_to_string(&path).expect("read");
+    let file = dir.path().join("BTCUSDT-1m-rules.csv");
+    let body: String = text.lines().take(3000).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, body).expect("write");
+    let feed = format!("replay:{}", file.display());
+    let args = ["--feed", &feed, "--traders", &traders_arg];
+    let out = inst.shmkline(
+        &[
+            &["run", "--workers", "3", "--ping-interval", "20"],
+            &args[..],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "run failed: {stderr}");
+    let signals = normalized_signals(&out.stdout);
+    assert_eq!(
+        signals,
+        inst.backtest_signals(&args),
+        "run and backtest disagree"
+    );
+    let fired: std::collections::BTreeSet<String> = signals
+        .iter()
+        .filter_map(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .filter_map(|v| v["trader"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        fired.len() >= 15,
+        "only {} of {} traders signalled: {fired:?}",
+        fired.len(),
+        rules.len()
+    );
+    // Every signal names the values of its rule's indicators, as written.
+    let ema_cross = signals
+        .iter()
+        .find(|s| s.contains("\"trader\":\"ema-cross\""))
+        .expect("an ema-cross signal");
+    let v: serde_json::Value = serde_json::from_str(ema_cross).expect("JSON");
+    assert!(
+        v["values"]["ema(close, 9)"].as_f64() > v["values"]["ema(close, 21)"].as_f64(),
+        "{v}"
+    );
+    inst.assert_clean();
+}

@@ -294,7 +294,7 @@ fn an_invalid_trader_file_is_refused_before_anything_starts() {
     std::fs::write(
         &file,
         r#"[{"id":"ok","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))"},
-            {"id":"bad","symbols":"*","interval":"1m","rule":"rsi(14) < 30"}]"#,
+            {"id":"bad","symbols":"*","interval":"1m","rule":"rsi(14) < 30 and macd(12, 26).hist > 0"}]"#,
     )
     .expect("write trader file");
     let out = finite_run(
@@ -306,11 +306,11 @@ fn an_invalid_trader_file_is_refused_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("trader bad: rule \"rsi(14) < 30\" is not understood"),
+        stderr.contains("trader bad: rule \"rsi(14) < 30 and macd(12, 26).hist > 0\" is not understood: line 1, column 18"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("crosses_above(close, sma(close, N))"),
+        stderr.contains("`macd(close, 12, 26, 9).hist`"),
         "says what to write instead: {stderr}"
     );
     assert!(out.stdout.is_empty(), "nothing ran");

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use protocol::store::{ReadError, SeriesId, StoreReader, StoredCandle, SymbolId};
-use protocol::trader::{Rule, Symbols, TraderSpec, signals};
+use protocol::trader::{Rule, Symbols, TraderSpec, signals, values};
 use protocol::{Candle, Interval};
 
 /// Most traders one worker holds; ADD_TRADER beyond it is refused.
@@ -35,6 +35,8 @@ pub struct Hit {
     pub candle: Candle,
     /// The trader's labels.
     pub labels: BTreeMap<String, String>,
+    /// The rule's indicator values on the candle.
+    pub values: BTreeMap<String, f64>,
 }
 
 /// One trader and where it stands on each of its series.
@@ -226,6 +228,7 @@ impl Trader {
                     interval: self.spec.interval,
                     candle: stored.candle,
                     labels: self.spec.labels.clone(),
+                    values: values(&self.rule, w),
                 });
             }
         }

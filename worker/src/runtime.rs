@@ -410,6 +410,7 @@ fn eval_loop(
                 open_time: hit.candle.open_time,
                 close: hit.candle.close,
                 labels: hit.labels,
+                values: hit.values,
             };
             out.send(RequestId(next_signal), &Message::Signal(signal))?;
             shared.signals.fetch_add(1, Ordering::Relaxed);

@@ -80,6 +80,7 @@ mod tests {
             open_time: t,
             close: 1.0,
             labels: Default::default(),
+            values: Default::default(),
         }
     }
 

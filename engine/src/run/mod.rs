@@ -379,6 +379,7 @@ pub fn signal_json(signal: &Signal, worker: Option<u32>) -> serde_json::Value {
         "open_time": signal.open_time,
         "close": signal.close,
         "labels": signal.labels,
+        "values": signal.values,
         "emitted_at": now_ms(),
     });
     if let (Some(w), Some(obj)) = (worker, line.as_object_mut()) {

@@ -182,8 +182,8 @@ mod tests {
         );
         assert!(err(r#"[{"symbols":"*"}]"#).contains("trader #1: missing field `id`"));
         assert!(
-            err(r#"{"id":"a","symbols":"*","interval":"1m","rule":"rsi(14) < 30"}"#)
-                .contains("crosses_above(close, sma(close, N))")
+            err(r#"{"id":"a","symbols":"*","interval":"1m","rule":"rsx(14) < 30"}"#)
+                .contains("trader a: rule \"rsx(14) < 30\" is not understood: line 1, column 1: unknown function `rsx`")
         );
         assert!(err(r#"{"id":"a","symbols":"BTC","interval":"1m","rule":"crosses_above(close, sma(close, 5))"}"#).contains("give a list or"));
         assert!(err(r#"{"id":"a","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))","colour":1}"#).contains("unknown field"));

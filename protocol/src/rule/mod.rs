@@ -1,0 +1,535 @@
+//! The rule language: what a trader's `rule` says, parsed into an [`Expr`],
+//! checked (a rule is a condition; numbers and conditions are not mixed up),
+//! and evaluated over a window of candles.
+//!
+//! ```text
+//! rsi(14) < 30 and crosses_above(ema(close, 9), ema(close, 21))
+//! close > bollinger(close, 20, 2).upper or macd(12, 26, 9).hist > 0
+//! (close - close[1]) / close[1] * 100 > 2 and volume > 2 * sma(volume, 20)
+//! ```
+//!
+//! Candle fields: `open high low close volume`, with history `close[1]`.
+//! Arithmetic `+ - * /`, comparisons `< <= > >= == !=`, `and or not`.
+//! Indicators ([`indicators`], TA-Lib's algorithms): `sma ema wma rsi stddev
+//! roc highest lowest` (series, period; `rsi(14)` reads the close), `atr(n)`,
+//! `vwap(n)`, `macd([series,] fast, slow, signal).line|signal|hist`,
+//! `bollinger([series,] n, width).upper|middle|lower`, and the conditions
+//! `crosses_above(a, b)`, `crosses_below(a, b)`.
+//!
+//! A verdict is a pure function of a fixed window of candles: [`Expr::warmup`]
+//! says how many candles before the judged one the rule reads. For a
+//! recursive indicator (EMA, RSI, ATR, MACD) that includes enough extra
+//! candles for the seed's influence to fall below 1e-10 of its value, so the
+//! verdict on the window is the verdict on the whole history.
+
+pub mod indicators;
+mod parse;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use parse::{MAX_DEPTH, MAX_RULE_LEN, ParseError, parse};
+
+use crate::candle::Candle;
+
+/// Largest indicator period.
+pub const MAX_PERIOD: usize = 1000;
+/// Largest history offset (`close[k]`).
+pub const MAX_OFFSET: usize = 1000;
+/// A recursive indicator's seed must weigh less than this in its value.
+pub const SETTLE: f64 = 1e-10;
+
+/// What an expression is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    /// A number per candle.
+    Num,
+    /// A condition per candle.
+    Bool,
+}
+
+/// A candle field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// Open.
+    Open,
+    /// High.
+    High,
+    /// Low.
+    Low,
+    /// Close.
+    Close,
+    /// Volume.
+    Volume,
+}
+
+impl Field {
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "open" => Field::Open,
+            "high" => Field::High,
+            "low" => Field::Low,
+            "close" => Field::Close,
+            "volume" => Field::Volume,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Field::Open => "open",
+            Field::High => "high",
+            Field::Low => "low",
+            Field::Close => "close",
+            Field::Volume => "volume",
+        }
+    }
+}
+
+/// A MACD output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacdPart {
+    /// Fast EMA - slow EMA.
+    Line,
+    /// EMA of the line.
+    Signal,
+    /// Line - signal.
+    Hist,
+}
+
+/// A Bollinger band.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BandPart {
+    /// Middle + width x deviation.
+    Upper,
+    /// The SMA.
+    Middle,
+    /// Middle - width x deviation.
+    Lower,
+}
+
+/// An indicator call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Indicator {
+    /// Simple moving average.
+    Sma(Box<Expr>, usize),
+    /// Exponential moving average (seeded with the SMA).
+    Ema(Box<Expr>, usize),
+    /// Weighted moving average.
+    Wma(Box<Expr>, usize),
+    /// Wilder's RSI.
+    Rsi(Box<Expr>, usize),
+    /// Population standard deviation.
+    Stddev(Box<Expr>, usize),
+    /// Rate of change, percent.
+    Roc(Box<Expr>, usize),
+    /// Highest of the last n.
+    Highest(Box<Expr>, usize),
+    /// Lowest of the last n.
+    Lowest(Box<Expr>, usize),
+    /// Average true range.
+    Atr(usize),
+    /// Rolling volume-weighted typical price.
+    Vwap(usize),
+    /// MACD.
+    Macd {
+        /// Series.
+        src: Box<Expr>,
+        /// Fast EMA.
+        fast: usize,
+        /// Slow EMA.
+        slow: usize,
+        /// Signal EMA.
+        signal: usize,
+        /// Which output.
+        part: MacdPart,
+    },
+    /// Bollinger bands.
+    Bollinger {
+        /// Series.
+        src: Box<Expr>,
+        /// SMA length.
+        n: usize,
+        /// Width in deviations.
+        k: f64,
+        /// Which band.
+        part: BandPart,
+    },
+}
+
+/// An indicator as written in the rule.
+#[derive(Debug, Clone)]
+pub struct Ind {
+    /// The indicator.
+    pub kind: Indicator,
+    /// Its text in the rule (the key of a signal's `values`).
+    pub text: String,
+}
+
+impl PartialEq for Ind {
+    /// Equal calls are equal however they were spaced.
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+    }
+}
+
+/// A parsed rule, or part of one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// A number.
+    Num(f64),
+    /// A candle field.
+    Field(Field),
+    /// A series `k` candles back: `close[1]`.
+    Back(Box<Expr>, usize),
+    /// `-x`.
+    Neg(Box<Expr>),
+    /// `a + b`, `a - b`, `a * b`, `a / b`.
+    Arith(&'static str, Box<Expr>, Box<Expr>),
+    /// `a < b` and the other comparisons.
+    Cmp(&'static str, Box<Expr>, Box<Expr>),
+    /// `a and b`.
+    And(Box<Expr>, Box<Expr>),
+    /// `a or b`.
+    Or(Box<Expr>, Box<Expr>),
+    /// `not a`.
+    Not(Box<Expr>),
+    /// `crosses_above(a, b)` (true) or `crosses_below(a, b)` (false).
+    Cross(bool, Box<Expr>, Box<Expr>),
+    /// An indicator.
+    Ind(Ind),
+}
+
+/// Candles a recursive smoothing with factor `alpha` needs before its seed
+/// weighs less than [`SETTLE`].
+fn settle(alpha: f64) -> usize {
+    if alpha >= 1.0 {
+        return 0;
+    }
+    (SETTLE.ln() / (1.0 - alpha).ln()).ceil() as usize
+}
+
+fn ema_alpha(n: usize) -> f64 {
+    2.0 / (n as f64 + 1.0)
+}
+
+impl Expr {
+    /// Number or condition.
+    pub fn ty(&self) -> Type {
+        match self {
+            Expr::Num(_)
+            | Expr::Field(_)
+            | Expr::Back(..)
+            | Expr::Neg(_)
+            | Expr::Arith(..)
+            | Expr::Ind(_) => Type::Num,
+            Expr::Cmp(..) | Expr::And(..) | Expr::Or(..) | Expr::Not(_) | Expr::Cross(..) => {
+                Type::Bool
+            }
+        }
+    }
+
+    /// Candles before the judged one the expression reads.
+    pub fn warmup(&self) -> usize {
+        match self {
+            Expr::Num(_) | Expr::Field(_) => 0,
+            Expr::Back(e, k) => e.warmup() + k,
+            Expr::Neg(e) | Expr::Not(e) => e.warmup(),
+            Expr::Arith(_, a, b) | Expr::Cmp(_, a, b) | Expr::And(a, b) | Expr::Or(a, b) => {
+                a.warmup().max(b.warmup())
+            }
+            Expr::Cross(_, a, b) => a.warmup().max(b.warmup()) + 1,
+            Expr::Ind(ind) => match &ind.kind {
+                Indicator::Sma(s, n)
+                | Indicator::Wma(s, n)
+                | Indicator::Stddev(s, n)
+                | Indicator::Highest(s, n)
+                | Indicator::Lowest(s, n) => s.warmup() + n - 1,
+                Indicator::Bollinger { src, n, .. } => src.warmup() + n - 1,
+                Indicator::Roc(s, n) => s.warmup() + n,
+                Indicator::Ema(s, n) => s.warmup() + n - 1 + settle(ema_alpha(*n)),
+                Indicator::Rsi(s, n) => s.warmup() + n + settle(1.0 / *n as f64),
+                Indicator::Atr(n) => n + settle(1.0 / *n as f64),
+                Indicator::Vwap(n) => n - 1,
+                Indicator::Macd {
+                    src, slow, signal, ..
+                } => {
+                    src.warmup() + slow - 1 + settle(ema_alpha(*slow)) + signal - 1
+                        + settle(ema_alpha(*signal))
+                }
+            },
+        }
+    }
+
+    /// Every indicator in the rule, each once, in the order written.
+    pub fn indicators(&self) -> Vec<&Ind> {
+        let mut out: Vec<&Ind> = Vec::new();
+        self.visit(&mut |ind| {
+            if !out.iter().any(|o| o.text == ind.text) {
+                out.push(ind);
+            }
+        });
+        out
+    }
+
+    fn visit<'a>(&'a self, f: &mut impl FnMut(&'a Ind)) {
+        match self {
+            Expr::Num(_) | Expr::Field(_) => {}
+            Expr::Back(e, _) | Expr::Neg(e) | Expr::Not(e) => e.visit(f),
+            Expr::Arith(_, a, b)
+            | Expr::Cmp(_, a, b)
+            | Expr::And(a, b)
+            | Expr::Or(a, b)
+            | Expr::Cross(_, a, b) => {
+                a.visit(f);
+                b.visit(f);
+            }
+            Expr::Ind(ind) => {
+                f(ind);
+                match &ind.kind {
+                    Indicator::Sma(s, _)
+                    | Indicator::Ema(s, _)
+                    | Indicator::Wma(s, _)
+                    | Indicator::Rsi(s, _)
+                    | Indicator::Stddev(s, _)
+                    | Indicator::Roc(s, _)
+                    | Indicator::Highest(s, _)
+                    | Indicator::Lowest(s, _) => s.visit(f),
+                    Indicator::Macd { src, .. } | Indicator::Bollinger { src, .. } => src.visit(f),
+                    Indicator::Atr(_) | Indicator::Vwap(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Columns of a window of candles.
+pub struct Columns {
+    open: Vec<f64>,
+    high: Vec<f64>,
+    low: Vec<f64>,
+    close: Vec<f64>,
+    volume: Vec<f64>,
+}
+
+impl Columns {
+    /// The columns of `candles`.
+    pub fn of(candles: &[Candle]) -> Self {
+        Self {
+            open: candles.iter().map(|c| c.open).collect(),
+            high: candles.iter().map(|c| c.high).collect(),
+            low: candles.iter().map(|c| c.low).collect(),
+            close: candles.iter().map(|c| c.close).collect(),
+            volume: candles.iter().map(|c| c.volume).collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.close.len()
+    }
+
+    fn field(&self, f: Field) -> &[f64] {
+        match f {
+            Field::Open => &self.open,
+            Field::High => &self.high,
+            Field::Low => &self.low,
+            Field::Close => &self.close,
+            Field::Volume => &self.volume,
+        }
+    }
+}
+
+fn truth(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// A pointwise combination; NaN (undefined) wherever an input is.
+fn zip(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            if x.is_nan() || y.is_nan() {
+                f64::NAN
+            } else {
+                f(x, y)
+            }
+        })
+        .collect()
+}
+
+/// The expression's value at every candle of `cols` (conditions as 1.0 /
+/// 0.0), NaN where it is not defined.
+pub fn series(e: &Expr, cols: &Columns) -> Vec<f64> {
+    let n = cols.len();
+    match e {
+        Expr::Num(v) => vec![*v; n],
+        Expr::Field(f) => cols.field(*f).to_vec(),
+        Expr::Back(e, k) => {
+            let s = series(e, cols);
+            (0..n)
+                .map(|i| if i >= *k { s[i - k] } else { f64::NAN })
+                .collect()
+        }
+        Expr::Neg(e) => series(e, cols).into_iter().map(|v| -v).collect(),
+        Expr::Arith(op, a, b) => {
+            let (a, b) = (series(a, cols), series(b, cols));
+            match *op {
+                "+" => zip(&a, &b, |x, y| x + y),
+                "-" => zip(&a, &b, |x, y| x - y),
+                "*" => zip(&a, &b, |x, y| x * y),
+                _ => zip(&a, &b, |x, y| x / y),
+            }
+        }
+        Expr::Cmp(op, a, b) => {
+            let (a, b) = (series(a, cols), series(b, cols));
+            match *op {
+                "<" => zip(&a, &b, |x, y| truth(x < y)),
+                "<=" => zip(&a, &b, |x, y| truth(x <= y)),
+                ">" => zip(&a, &b, |x, y| truth(x > y)),
+                ">=" => zip(&a, &b, |x, y| truth(x >= y)),
+                "==" => zip(&a, &b, |x, y| truth(x == y)),
+                _ => zip(&a, &b, |x, y| truth(x != y)),
+            }
+        }
+        Expr::And(a, b) => zip(&series(a, cols), &series(b, cols), |x, y| {
+            truth(x == 1.0 && y == 1.0)
+        }),
+        Expr::Or(a, b) => zip(&series(a, cols), &series(b, cols), |x, y| {
+            truth(x == 1.0 || y == 1.0)
+        }),
+        Expr::Not(a) => series(a, cols)
+            .into_iter()
+            .map(|v| if v.is_nan() { v } else { truth(v != 1.0) })
+            .collect(),
+        Expr::Cross(above, a, b) => {
+            let (a, b) = (series(a, cols), series(b, cols));
+            (0..n)
+                .map(|i| {
+                    if i == 0 || [a[i - 1], b[i - 1], a[i], b[i]].iter().any(|v| v.is_nan()) {
+                        return f64::NAN;
+                    }
+                    truth(if *above {
+                        a[i - 1] <= b[i - 1] && a[i] > b[i]
+                    } else {
+                        a[i - 1] >= b[i - 1] && a[i] < b[i]
+                    })
+                })
+                .collect()
+        }
+        Expr::Ind(ind) => indicator(&ind.kind, cols),
+    }
+}
+
+fn indicator(kind: &Indicator, cols: &Columns) -> Vec<f64> {
+    use indicators as ta;
+    match kind {
+        Indicator::Sma(s, p) => ta::sma(&series(s, cols), *p),
+        Indicator::Ema(s, p) => ta::ema(&series(s, cols), *p),
+        Indicator::Wma(s, p) => ta::wma(&series(s, cols), *p),
+        Indicator::Rsi(s, p) => ta::rsi(&series(s, cols), *p),
+        Indicator::Stddev(s, p) => ta::stddev(&series(s, cols), *p),
+        Indicator::Roc(s, p) => ta::roc(&series(s, cols), *p),
+        Indicator::Highest(s, p) => ta::highest(&series(s, cols), *p),
+        Indicator::Lowest(s, p) => ta::lowest(&series(s, cols), *p),
+        Indicator::Atr(p) => ta::atr(&cols.high, &cols.low, &cols.close, *p),
+        Indicator::Vwap(p) => ta::vwap(&cols.high, &cols.low, &cols.close, &cols.volume, *p),
+        Indicator::Macd {
+            src,
+            fast,
+            slow,
+            signal,
+            part,
+        } => {
+            let [line, sig, hist] = ta::macd(&series(src, cols), *fast, *slow, *signal);
+            match part {
+                MacdPart::Line => line,
+                MacdPart::Signal => sig,
+                MacdPart::Hist => hist,
+            }
+        }
+        Indicator::Bollinger { src, n, k, part } => {
+            let [upper, middle, lower] = ta::bollinger(&series(src, cols), *n, *k);
+            match part {
+                BandPart::Upper => upper,
+                BandPart::Middle => middle,
+                BandPart::Lower => lower,
+            }
+        }
+    }
+}
+
+/// Each indicator's value (by its text) on the last candle of `window`.
+pub fn values(e: &Expr, window: &[Candle]) -> BTreeMap<String, f64> {
+    let cols = Columns::of(window);
+    e.indicators()
+        .into_iter()
+        .map(|ind| {
+            let v = indicator(&ind.kind, &cols)
+                .last()
+                .copied()
+                .unwrap_or(f64::NAN);
+            (ind.text.clone(), v)
+        })
+        .collect()
+}
+
+impl fmt::Display for Expr {
+    /// The canonical text: fully parenthesised where precedence matters, so
+    /// it parses back to the same expression.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::Num(v) => write!(f, "{v}"),
+            Expr::Field(x) => f.write_str(x.name()),
+            Expr::Back(e, k) => write!(f, "({e})[{k}]"),
+            Expr::Neg(e) => write!(f, "-({e})"),
+            Expr::Arith(op, a, b) | Expr::Cmp(op, a, b) => write!(f, "({a} {op} {b})"),
+            Expr::And(a, b) => write!(f, "({a} and {b})"),
+            Expr::Or(a, b) => write!(f, "({a} or {b})"),
+            Expr::Not(a) => write!(f, "(not {a})"),
+            Expr::Cross(above, a, b) => {
+                write!(
+                    f,
+                    "crosses_{}({a}, {b})",
+                    if *above { "above" } else { "below" }
+                )
+            }
+            Expr::Ind(ind) => match &ind.kind {
+                Indicator::Sma(s, n) => write!(f, "sma({s}, {n})"),
+                Indicator::Ema(s, n) => write!(f, "ema({s}, {n})"),
+                Indicator::Wma(s, n) => write!(f, "wma({s}, {n})"),
+                Indicator::Rsi(s, n) => write!(f, "rsi({s}, {n})"),
+                Indicator::Stddev(s, n) => write!(f, "stddev({s}, {n})"),
+                Indicator::Roc(s, n) => write!(f, "roc({s}, {n})"),
+                Indicator::Highest(s, n) => write!(f, "highest({s}, {n})"),
+                Indicator::Lowest(s, n) => write!(f, "lowest({s}, {n})"),
+                Indicator::Atr(n) => write!(f, "atr({n})"),
+                Indicator::Vwap(n) => write!(f, "vwap({n})"),
+                Indicator::Macd {
+                    src,
+                    fast,
+                    slow,
+                    signal,
+                    part,
+                } => {
+                    let p = match part {
+                        MacdPart::Line => "line",
+                        MacdPart::Signal => "signal",
+                        MacdPart::Hist => "hist",
+                    };
+                    write!(f, "macd({src}, {fast}, {slow}, {signal}).{p}")
+                }
+                Indicator::Bollinger { src, n, k, part } => {
+                    let p = match part {
+                        BandPart::Upper => "upper",
+                        BandPart::Middle => "middle",
+                        BandPart::Lower => "lower",
+                    };
+                    write!(f, "bollinger({src}, {n}, {k}).{p}")
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
