@@ -50,6 +50,9 @@ enum Command {
         #[arg(long, default_value = "KILL", value_parser = ["KILL", "STOP", "TERM", "CONT"])]
         signal: String,
     },
+    /// Manage the traders of a running instance.
+    #[command(subcommand)]
+    Traders(TradersCommand),
     /// Show a running instance: workers, segment, feed, signals.
     Status {
         /// Print one JSON object.
@@ -65,6 +68,28 @@ enum Command {
     /// The reader side of cross-process benchmarks (internal).
     #[command(subcommand, hide = true)]
     BenchChild(ChildCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TradersCommand {
+    /// Add the traders of a file (JSON) to the running engine: each is checked
+    /// first, and if any is refused none is added. They start with the next
+    /// closed candle.
+    Add {
+        /// The trader file.
+        file: std::path::PathBuf,
+    },
+    /// Remove a trader: its worker stops evaluating it at once.
+    Remove {
+        /// The trader's id.
+        id: String,
+    },
+    /// List the traders: slot, state (running, pending, quarantined), rule.
+    List {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -785,6 +810,56 @@ fn run(cli: Cli) -> Result<()> {
                 report.ok,
                 "chaos run failed its checks (see the report above)"
             );
+            Ok(())
+        }
+        Command::Traders(cmd) => {
+            let instance = instance_or_default(cli.instance)?;
+            let dir = engine::runtime::base_dir().join(instance.as_str());
+            let ask = |request: &serde_json::Value| -> Result<serde_json::Value> {
+                let line = match request {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                engine::run::control::ask(&dir, &line)
+            };
+            match cmd {
+                TradersCommand::Add { file } => {
+                    // Checked here first, so a bad file is reported with its
+                    // path, line and column, and the engine is not asked.
+                    let traders = engine::run::traders::load(&file)?;
+                    let answer = ask(&serde_json::json!({ "cmd": "add", "traders": traders }))?;
+                    println!("{answer}");
+                }
+                TradersCommand::Remove { id } => {
+                    let answer = ask(&serde_json::json!({ "cmd": "remove", "id": id }))?;
+                    println!("{answer}");
+                }
+                TradersCommand::List { json } => {
+                    let answer = ask(&serde_json::Value::String("traders".into()))?;
+                    if json {
+                        println!("{answer}");
+                    } else {
+                        println!(
+                            "{:<24} {:>4} {:<11} {:>8}  rule",
+                            "id", "slot", "state", "interval"
+                        );
+                        for t in answer["traders"].as_array().into_iter().flatten() {
+                            let s = |k: &str| {
+                                t[k].as_str()
+                                    .map_or_else(|| t[k].to_string(), str::to_owned)
+                            };
+                            println!(
+                                "{:<24} {:>4} {:<11} {:>8}  {}",
+                                s("id"),
+                                t["slot"],
+                                s("state"),
+                                s("interval"),
+                                s("rule")
+                            );
+                        }
+                    }
+                }
+            }
             Ok(())
         }
         Command::KillWorker { id, signal } => {

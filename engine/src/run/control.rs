@@ -20,7 +20,8 @@ pub const SOCKET: &str = "control.sock";
 /// How long one request may take end to end.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest request line accepted.
-const MAX_REQUEST: u64 = 4096;
+/// Longest request line: a trader file's specs fit; memory stays bounded.
+const MAX_REQUEST: u64 = 1 << 20;
 
 /// A request for the coordinator's loop and where to send the answer.
 pub struct ControlRequest {

@@ -141,6 +141,22 @@ pub struct RunOptions {
     pub backpressure: bool,
 }
 
+/// A trader management request on the control socket.
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+enum TradersCommand {
+    /// `shmkline traders add FILE`.
+    Add {
+        /// The file's traders, checked by the CLI already.
+        traders: Vec<TraderSpec>,
+    },
+    /// `shmkline traders remove ID`.
+    Remove {
+        /// The trader.
+        id: String,
+    },
+}
+
 /// What reaches the loop.
 pub enum Event {
     /// From the reader thread of a slot's worker incarnation.
@@ -175,6 +191,7 @@ enum State {
 enum Purpose {
     Init,
     AddTrader(String),
+    RemoveTrader(String),
     Ping(Instant),
     Cleanup,
 }
@@ -325,6 +342,9 @@ impl Incarnation {
 struct Slot {
     id: u32,
     traders: Vec<TraderSpec>,
+    /// Traders added while running: the publish counter at which each was
+    /// added; its evaluation starts with the candles written after it.
+    starts: BTreeMap<String, u64>,
     /// Publish counter up to which every trader of the slot evaluated every
     /// candle, as confirmed by a PONG after all traders were acknowledged.
     confirmed: u64,
@@ -833,6 +853,9 @@ impl Coordinator {
                     self.send_traders(s);
                 }
             }
+            (Purpose::RemoveTrader(trader), Message::Ack) => {
+                tracing::info!(slot = slot.id, %trader, "trader removed");
+            }
             (Purpose::Ping(sent), Message::Pong(pong)) => {
                 let rtt = sent.elapsed();
                 inc.rtt = Some(rtt);
@@ -883,6 +906,7 @@ impl Coordinator {
                         // Refused for good: the slot stops expecting it, and the
                         // run will end with an error naming it.
                         slot.traders.retain(|spec| spec.id != t);
+                        slot.starts.remove(&t);
                         self.refused
                             .push(format!("{t} (worker {}: {reason})", slot.id));
                         if inc.state == State::Syncing && inc.acked.len() == slot.traders.len() {
@@ -929,8 +953,15 @@ impl Coordinator {
             .take(room)
             .cloned()
             .collect();
-        let resume_after = slot.confirmed;
-        for spec in next {
+        let resumes: Vec<u64> = next
+            .iter()
+            .map(|t| {
+                slot.starts
+                    .get(&t.id)
+                    .map_or(slot.confirmed, |&at| at.max(slot.confirmed))
+            })
+            .collect();
+        for (spec, resume_after) in next.into_iter().zip(resumes) {
             let id = spec.id.clone();
             self.request(
                 s,
@@ -951,6 +982,13 @@ impl Coordinator {
     }
 
     fn emit(&mut self, s: usize, signal: Signal) {
+        // A trader removed (or quarantined) a moment ago may still have
+        // signals in flight from its worker: removal takes effect here, at
+        // once, not when the worker gets to the request.
+        if !self.slots[s].traders.iter().any(|t| t.id == signal.trader) {
+            tracing::debug!(trader = %signal.trader, "signal of a removed trader dropped");
+            return;
+        }
         if !self.dedup.first(&signal) {
             return;
         }
@@ -1191,6 +1229,7 @@ impl Coordinator {
         if *strikes >= self.opts.quarantine_after {
             tracing::error!(slot = slot.id, %trader, strikes = *strikes, "trader quarantined: it keeps crashing its workers; the others keep running");
             slot.traders.retain(|t| t.id != trader);
+            slot.starts.remove(&trader);
             self.quarantined.push((trader, slot.id));
             // The crashes were the trader's, not the slot's.
             slot.self_failures.clear();
@@ -1380,13 +1419,129 @@ impl Coordinator {
         })
     }
 
-    fn control(&self, req: ControlRequest) {
+    fn control(&mut self, req: ControlRequest) {
         let answer = match req.line.as_str() {
-            "status" => self.status().to_string(),
-            "events" => serde_json::json!({ "events": self.events }).to_string(),
-            other => serde_json::json!({ "error": format!("unknown request {other:?}: try status or events") }).to_string(),
+            "status" => self.status(),
+            "events" => serde_json::json!({ "events": self.events }),
+            "traders" => self.traders_list(),
+            line if line.starts_with('{') => match serde_json::from_str::<TradersCommand>(line) {
+                Ok(TradersCommand::Add { traders }) => self.traders_add(traders),
+                Ok(TradersCommand::Remove { id }) => self.traders_remove(&id),
+                Err(e) => {
+                    serde_json::json!({ "error": format!("a request the coordinator does not understand: {e}") })
+                }
+            },
+            other => {
+                serde_json::json!({ "error": format!("unknown request {other:?}: try status, events or traders") })
+            }
         };
-        let _ = req.reply.send(answer);
+        let _ = req.reply.send(answer.to_string());
+    }
+
+    /// Every trader: where it runs and whether its worker holds it.
+    fn traders_list(&self) -> serde_json::Value {
+        let mut list = Vec::new();
+        for slot in &self.slots {
+            let acked = slot.live.as_ref().map(|i| &i.acked);
+            for t in &slot.traders {
+                list.push(serde_json::json!({
+                    "id": t.id, "slot": slot.id, "interval": t.interval, "symbols": t.symbols,
+                    "rule": t.rule, "cooldown": t.cooldown, "labels": t.labels,
+                    "state": if acked.is_some_and(|a| a.contains(&t.id)) { "running" } else { "pending" },
+                    "added_at_publish": slot.starts.get(&t.id),
+                }));
+            }
+        }
+        for (t, slot) in &self.quarantined {
+            list.push(serde_json::json!({ "id": t, "slot": slot, "state": "quarantined" }));
+        }
+        serde_json::json!({ "traders": list })
+    }
+
+    /// Adds traders to a running engine, all or none: each is checked (spec,
+    /// rule, window, interval, id not taken) before any is sent. Each goes
+    /// to the slot with the fewest traders and starts with the candles
+    /// written after this moment.
+    fn traders_add(&mut self, traders: Vec<TraderSpec>) -> serde_json::Value {
+        if self.shutting_down.is_some() {
+            return serde_json::json!({ "error": "the engine is shutting down: nothing was added" });
+        }
+        let mut taken: BTreeSet<String> = self
+            .slots
+            .iter()
+            .flat_map(|s| s.traders.iter().map(|t| t.id.clone()))
+            .chain(self.quarantined.iter().map(|(t, _)| t.clone()))
+            .collect();
+        for t in &traders {
+            if let Err(e) = check_trader(&self.opts.store, t) {
+                return serde_json::json!({ "error": format!("{e:#}; nothing was added") });
+            }
+            if !taken.insert(t.id.clone()) {
+                return serde_json::json!({ "error": format!("trader {} already exists (or appears twice): remove it first; nothing was added", t.id) });
+            }
+        }
+        if traders.is_empty() {
+            return serde_json::json!({ "error": "no traders to add" });
+        }
+        let from_publish = self.inst.store.lock().stats().publishes;
+        let mut added = Vec::new();
+        for t in traders {
+            let s = (0..self.slots.len())
+                .min_by_key(|&s| self.slots[s].traders.len())
+                .unwrap_or(0);
+            tracing::info!(trader = %t.id, slot = s, from_publish, "trader added");
+            added.push(serde_json::json!({ "id": t.id, "slot": s }));
+            self.slots[s].starts.insert(t.id.clone(), from_publish);
+            self.slots[s].traders.push(t);
+            if self.slots[s]
+                .live
+                .as_ref()
+                .is_some_and(|i| i.state == State::Ready)
+            {
+                self.send_traders(s);
+            }
+        }
+        serde_json::json!({ "added": added, "from_publish": from_publish, "last_batch_at": self.last_batch_at() })
+    }
+
+    /// Removes a trader; its worker stops evaluating it at once.
+    fn traders_remove(&mut self, id: &str) -> serde_json::Value {
+        let before = self.quarantined.len();
+        self.quarantined.retain(|(t, _)| t != id);
+        if self.quarantined.len() < before {
+            return serde_json::json!({ "removed": id, "was": "quarantined" });
+        }
+        let Some(s) = self
+            .slots
+            .iter()
+            .position(|s| s.traders.iter().any(|t| t.id == id))
+        else {
+            return serde_json::json!({ "error": format!("no trader {id}: `shmkline traders list` shows them") });
+        };
+        let slot = &mut self.slots[s];
+        slot.traders.retain(|t| t.id != id);
+        slot.starts.remove(id);
+        let live = match slot.live.as_mut() {
+            Some(inc) => {
+                inc.acked.remove(id);
+                inc.live()
+            }
+            None => false,
+        };
+        if live {
+            self.request(
+                s,
+                Message::RemoveTrader { id: id.to_owned() },
+                Purpose::RemoveTrader(id.to_owned()),
+            );
+        }
+        tracing::info!(trader = id, slot = s, "trader removed from its slot");
+        serde_json::json!({ "removed": id, "slot": s, "last_batch_at": self.last_batch_at() })
+    }
+
+    /// The delivery time (ms) of the last batch a finite feed wrote.
+    fn last_batch_at(&self) -> Option<i64> {
+        self.pump.as_ref().and_then(|p| p.last_at)
     }
 
     fn begin_shutdown(&mut self, why: &str) {
@@ -1471,25 +1626,8 @@ pub struct RunSummary {
 /// Runs the coordinator until an orderly shutdown.
 pub fn run(opts: RunOptions) -> Result<RunSummary> {
     check_feed(&opts)?;
-    let half_ring = opts.store.candles_per_series as usize / 2;
     for t in &opts.traders {
-        // The feed runs up to half a ring ahead of the slowest worker: a
-        // window longer than that could leave the ring before a verdict.
-        let window = t.compile()?.lookback() + t.cooldown as usize;
-        if window > half_ring {
-            bail!(
-                "trader {}: its rule and cooldown need {window} candles, more than half the ring ({half_ring} of --candles-per-series {}): raise --candles-per-series or shorten the rule",
-                t.id,
-                opts.store.candles_per_series
-            );
-        }
-        if !opts.store.intervals.contains(&t.interval) {
-            bail!(
-                "trader {} uses interval {}, which the store does not keep (--intervals)",
-                t.id,
-                t.interval
-            );
-        }
+        check_trader(&opts.store, t)?;
     }
     if !opts.worker_bin.exists() {
         bail!(
@@ -1568,6 +1706,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         .map(|(id, traders)| Slot {
             id: id as u32,
             traders,
+            starts: BTreeMap::new(),
             confirmed: 0,
             incarnations: 0,
             live: None,
@@ -1608,6 +1747,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             progress: source.as_replay().map(|r| Progress::new(r.total_bytes())),
             source,
             publishes: 0,
+            last_at: None,
         }),
         live: None,
         last_heartbeat: Instant::now(),
@@ -1710,6 +1850,30 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     result.map(|()| summary)
 }
 
+/// Refuses a trader this store cannot run: a bad spec or rule, a window
+/// longer than half the ring, an interval the store does not keep.
+fn check_trader(store: &StoreConfig, t: &TraderSpec) -> Result<()> {
+    let half_ring = store.candles_per_series as usize / 2;
+    // The feed runs up to half a ring ahead of the slowest worker: a
+    // window longer than that could leave the ring before a verdict.
+    let window = t.compile()?.lookback() + t.cooldown as usize;
+    if window > half_ring {
+        bail!(
+            "trader {}: its rule and cooldown need {window} candles, more than half the ring ({half_ring} of --candles-per-series {}): raise --candles-per-series or shorten the rule",
+            t.id,
+            store.candles_per_series
+        );
+    }
+    if !store.intervals.contains(&t.interval) {
+        bail!(
+            "trader {} uses interval {}, which the store does not keep (--intervals)",
+            t.id,
+            t.interval
+        );
+    }
+    Ok(())
+}
+
 /// Refuses a feed configuration that cannot run, saying which flag to fix.
 fn check_feed(opts: &RunOptions) -> Result<()> {
     if let FeedConfig::Synthetic {
@@ -1755,12 +1919,16 @@ struct Pump {
     progress: Option<Progress>,
     /// Publishes of this feed (the store's counter is one more).
     publishes: u64,
+    /// Delivery time of the last batch written.
+    last_at: Option<i64>,
 }
 
 impl Pump {
     /// Writes the next batch (a replay's bad lines are reported, not fatal).
     fn write_batch(&mut self, store: &mut protocol::store::StoreWriter) -> Result<()> {
-        crate::feed::write_batch(&mut self.source, &mut self.writer, store)?;
+        if let Some(at) = crate::feed::write_batch(&mut self.source, &mut self.writer, store)? {
+            self.last_at = Some(at);
+        }
         self.pacer.batches += 1;
         Ok(())
     }

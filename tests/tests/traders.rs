@@ -1,0 +1,168 @@
+//! `shmkline traders add|remove|list` against a running engine: a bad file
+//! changes nothing; added traders start with the next closed candle and
+//! then signal exactly as the backtest says; a removed trader is silent
+//! from the moment it is removed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use harness::{ChildGuard, TestInstance, normalized_signals};
+
+const WAIT: Duration = Duration::from_secs(60);
+const STEP_MS: i64 = 60_000;
+
+fn traders_in(inst: &TestInstance) -> BTreeSet<String> {
+    let out = inst.shmkline(&["traders", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    v["traders"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn traders_are_added_and_removed_while_running() {
+    let inst = TestInstance::new("traders");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run_args = ["--candles", "400", "--symbols", "2"];
+    let mut cmd = inst.command("shmkline");
+    cmd.args(["run", "--rate", "100", "--ping-interval", "20"])
+        .args(run_args);
+    let mut child = ChildGuard::spawn(&mut cmd);
+    child.capture_stdout();
+    inst.status_when(WAIT, |s| s["feed"]["batches"].as_u64() >= Some(60));
+    let defaults: BTreeSet<String> = ["sma10-down", "sma10-up", "sma30-down", "sma30-up"]
+        .map(String::from)
+        .into();
+    assert_eq!(traders_in(&inst), defaults);
+
+    // A bad file is refused with its path and the reason; nothing changes.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"id":"fine","symbols":"*","interval":"1m","rule":"rsi(14) < 30"},
+            {"id":"broken","symbols":"*","interval":"1m","rule":"rsx(14) < 30"}]"#,
+    )
+    .expect("write");
+    let out = inst.shmkline(&["traders", "add", &bad.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("bad.json") && stderr.contains("unknown function `rsx`"),
+        "{stderr}"
+    );
+    let taken = dir.path().join("taken.json");
+    std::fs::write(
+        &taken,
+        r#"{"id":"sma10-up","symbols":"*","interval":"1m","rule":"rsi(14) < 30"}"#,
+    )
+    .expect("write");
+    let out = inst.shmkline(&["traders", "add", &taken.to_string_lossy()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{out:?}"
+    );
+    assert_eq!(
+        traders_in(&inst),
+        defaults,
+        "a refused add changed the traders"
+    );
+
+    // Two traders added: they start with the next closed candle.
+    let new = dir.path().join("new.json");
+    let new_traders = r#"[{"id":"late-rsi","symbols":"*","interval":"1m","rule":"rsi(6) < 45","cooldown":2},
+                          {"id":"late-sma","symbols":"*","interval":"1m","rule":"crosses_above(close, sma(close, 5))"}]"#;
+    std::fs::write(&new, new_traders).expect("write");
+    let out = inst.shmkline(&["traders", "add", &new.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let added_after = added["last_batch_at"]
+        .as_i64()
+        .expect("the last batch before the add");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // One removed.
+    let out = inst.shmkline(&["traders", "remove", "sma10-up"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let removed_after = removed["last_batch_at"]
+        .as_i64()
+        .expect("the last batch before the removal");
+    let now: BTreeSet<String> = traders_in(&inst);
+    assert!(
+        now.contains("late-rsi") && now.contains("late-sma") && !now.contains("sma10-up"),
+        "{now:?}"
+    );
+    let out = inst.shmkline(&["traders", "remove", "sma10-up"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no trader sma10-up"));
+
+    let (exit, stdout, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "run failed: {stderr}");
+    let signals = normalized_signals(&stdout);
+
+    // The oracle: every trader over the whole feed, then cut where each joined or left.
+    let all = dir.path().join("all.json");
+    let mut every: Vec<serde_json::Value> = serde_json::from_str(new_traders).expect("JSON");
+    for (id, dir, n) in [
+        ("sma10-up", "above", 10),
+        ("sma10-down", "below", 10),
+        ("sma30-up", "above", 30),
+        ("sma30-down", "below", 30),
+    ] {
+        every.push(
+            serde_json::json!({"id": id, "symbols": "*", "interval": "1m",
+            "rule": format!("crosses_{dir}(close, sma(close, {n}))")}),
+        );
+    }
+    std::fs::write(&all, serde_json::Value::Array(every).to_string()).expect("write");
+    let oracle =
+        inst.backtest_signals(&[&["--traders", &all.to_string_lossy()], &run_args[..]].concat());
+    let field =
+        |s: &str, k: &str| serde_json::from_str::<serde_json::Value>(s).expect("JSON")[k].clone();
+    let delivered = |s: &str| field(s, "open_time").as_i64().expect("open time") + STEP_MS;
+    let want: Vec<String> = oracle
+        .iter()
+        .filter(|s| match field(s, "trader").as_str() {
+            Some("late-rsi" | "late-sma") => delivered(s) > added_after,
+            Some("sma10-up") => false,
+            _ => true,
+        })
+        .cloned()
+        .collect();
+    let (got_removed, got_rest): (Vec<String>, Vec<String>) = signals
+        .into_iter()
+        .partition(|s| field(s, "trader") == "sma10-up");
+    assert_eq!(
+        got_rest, want,
+        "added traders must signal exactly from the next candle on"
+    );
+    assert!(
+        want.iter().any(|s| field(s, "trader") == "late-rsi"),
+        "the added trader never signalled"
+    );
+    // The removed trader: only signals from before its removal, all true ones.
+    assert!(!got_removed.is_empty());
+    for s in &got_removed {
+        assert!(
+            delivered(s) <= removed_after,
+            "a signal after the removal: {s}"
+        );
+        assert!(oracle.contains(s), "not in the oracle: {s}");
+    }
+    inst.assert_clean();
+}
