@@ -72,7 +72,7 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TradersCommand {
-    /// Add the traders of a file (JSON) to the running engine: each is checked
+    /// Add the traders of a file (JSON or TOML) to the running engine: each is checked
     /// first, and if any is refused none is added. They start with the next
     /// closed candle.
     Add {
@@ -257,7 +257,8 @@ struct RunArgs {
 /// `chaos`, so a backtest replays exactly what a run saw.
 #[derive(Debug, Args)]
 struct FeedArgs {
-    /// Trader file (JSON: one trader object or an array). Default: the built-in
+    /// Trader file: JSON (one trader object or an array) or TOML (one table, or
+    /// `[[trader]]` tables). Default: the built-in
     /// set (SMA 10 and 30 crosses, both ways, every symbol, 1m).
     #[arg(long)]
     traders: Option<std::path::PathBuf>,

@@ -68,14 +68,33 @@ pub fn load(path: &Path) -> Result<Vec<TraderSpec>> {
         .with_context(|| format!("reading trader file {}", path.display()))?;
     // Syntax first (errors keep their line and column), then each trader on
     // its own (errors name the trader and the field).
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: line {} column {}: {e}",
-            path.display(),
-            e.line(),
-            e.column()
-        )
-    })?;
+    let is_toml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let value: serde_json::Value = if is_toml {
+        // One trader as the top-level table, or many as `[[trader]]` tables.
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let value = serde_json::to_value(table)
+            .with_context(|| format!("{}: a value JSON cannot hold", path.display()))?;
+        match value.get("trader") {
+            Some(many @ serde_json::Value::Array(_)) => many.clone(),
+            Some(_) => bail!(
+                "{}: `trader` must be an array of tables: write [[trader]]",
+                path.display()
+            ),
+            None => value,
+        }
+    } else {
+        serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: line {} column {}: {e}",
+                path.display(),
+                e.line(),
+                e.column()
+            )
+        })?
+    };
     let items = match value {
         serde_json::Value::Array(items) => items,
         one @ serde_json::Value::Object(_) => vec![one],
@@ -170,6 +189,39 @@ mod tests {
         .expect("two traders");
         assert_eq!(many[1].interval, Interval::M5);
         assert_eq!(many[0].cooldown, 2);
+    }
+
+    #[test]
+    fn toml_files_one_or_many() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let one = dir.path().join("one.toml");
+        std::fs::write(&one, "id = \"a\"\nsymbols = \"*\"\ninterval = \"5m\"\nrule = \"rsi(14) < 30\"\ncooldown = 2\n[labels]\ndesk = \"x\"\n").expect("write");
+        let t = load(&one).expect("one trader");
+        assert_eq!(
+            (t.len(), t[0].interval, t[0].cooldown),
+            (1, Interval::M5, 2)
+        );
+        assert_eq!(t[0].labels.get("desk").map(String::as_str), Some("x"));
+        let many = dir.path().join("many.toml");
+        std::fs::write(&many, "[[trader]]\nid = \"a\"\nsymbols = [\"BTCUSDT\"]\ninterval = \"1m\"\nrule = \"close > 1\"\n\n[[trader]]\nid = \"b\"\nsymbols = \"*\"\ninterval = \"1h\"\nrule = \"rsi(14) > 70\"\n").expect("write");
+        assert_eq!(load(&many).expect("two").len(), 2);
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[[trader]]\nid = \"a\"\nsymbols = \"*\"\ninterval = \"1m\"\nrule = \"rsi(14) <\"\n\n[[trader]]\nid = \n").expect("write");
+        let err = format!("{:#}", load(&bad).expect_err("syntax"));
+        assert!(
+            err.contains("bad.toml") && err.contains("line 8, column 6"),
+            "{err}"
+        );
+        std::fs::write(
+            &bad,
+            "[[trader]]\nid = \"a\"\nsymbols = \"*\"\ninterval = \"1m\"\nrule = \"rsi(14) <\"\n",
+        )
+        .expect("write");
+        let err = format!("{:#}", load(&bad).expect_err("rule"));
+        assert!(
+            err.contains("trader a") && err.contains("column 10"),
+            "{err}"
+        );
     }
 
     #[test]
