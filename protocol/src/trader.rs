@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::candle::{Candle, Interval};
-use crate::rule::{Columns, Expr, series};
+use crate::rule::Expr;
+use crate::rule::point::{MapMemo, Memo, Point};
 
 /// Longest trader id.
 pub const MAX_TRADER_ID: usize = 64;
@@ -181,10 +182,18 @@ impl TraderSpec {
 
 /// Whether the trader signals on the last candle of `window`: a raw verdict,
 /// and no raw verdict on any of the `cooldown` candles before it. `window`
-/// holds `lookback + cooldown` candles; the rule is evaluated over all of
-/// them at once. Defined over raw verdicts (not over signals already
-/// emitted) so that it stays a pure function of the window.
-pub fn signals(rule: &Rule, cooldown: usize, window: &[Candle]) -> bool {
+/// holds `lookback + cooldown` candles, the first with absolute index `base`
+/// in its series; `memo` shares indicator values with other traders judging
+/// the same series (see [`crate::rule::point`]). Defined over raw verdicts
+/// (not over signals already emitted) so that it stays a pure function of
+/// the window.
+pub fn signals_with<M: Memo>(
+    rule: &Rule,
+    cooldown: usize,
+    window: &[Candle],
+    base: u64,
+    memo: &mut M,
+) -> bool {
     let Rule::Expr(c) = rule else {
         // Never a verdict: their effect is in the worker.
         return false;
@@ -192,9 +201,15 @@ pub fn signals(rule: &Rule, cooldown: usize, window: &[Candle]) -> bool {
     if window.len() != c.lookback + cooldown {
         return false;
     }
-    let verdicts = series(&c.expr, &Columns::of(window));
-    let last = verdicts.len() - 1;
-    verdicts[last] == 1.0 && (1..=cooldown).all(|back| verdicts[last - back] != 1.0)
+    let mut point = Point::new(window, base, memo);
+    let last = window.len() - 1;
+    point.value(&c.expr, last) == 1.0
+        && (1..=cooldown).all(|back| point.value(&c.expr, last - back) != 1.0)
+}
+
+/// [`signals_with`] on its own (no values shared).
+pub fn signals(rule: &Rule, cooldown: usize, window: &[Candle]) -> bool {
+    signals_with(rule, cooldown, window, 0, &mut MapMemo::new(LOCAL_MEMO))
 }
 
 /// The raw verdict of `rule` on the last candle of `window` (exactly
@@ -205,12 +220,33 @@ pub fn verdict(rule: &Rule, window: &[Candle]) -> bool {
 
 /// Each indicator of the rule (by its text as written) on the last candle
 /// of `window`, for the signal's `values`.
-pub fn values(rule: &Rule, window: &[Candle]) -> BTreeMap<String, f64> {
-    match rule {
-        Rule::Expr(c) => crate::rule::values(&c.expr, window),
-        Rule::TestAbortAfter { .. } | Rule::TestSpinAfter { .. } => BTreeMap::new(),
-    }
+pub fn values_with<M: Memo>(
+    rule: &Rule,
+    window: &[Candle],
+    base: u64,
+    memo: &mut M,
+) -> BTreeMap<String, f64> {
+    let Rule::Expr(c) = rule else {
+        return BTreeMap::new();
+    };
+    let Some(last) = window.len().checked_sub(1) else {
+        return BTreeMap::new();
+    };
+    let mut point = Point::new(window, base, memo);
+    c.expr
+        .indicators()
+        .into_iter()
+        .map(|ind| (ind.text.clone(), point.value(&Expr::Ind(ind.clone()), last)))
+        .collect()
 }
+
+/// [`values_with`] on its own.
+pub fn values(rule: &Rule, window: &[Candle]) -> BTreeMap<String, f64> {
+    values_with(rule, window, 0, &mut MapMemo::new(LOCAL_MEMO))
+}
+
+/// Values a single evaluation keeps.
+const LOCAL_MEMO: usize = 1 << 16;
 
 #[cfg(test)]
 mod tests {

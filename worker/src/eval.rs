@@ -5,8 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use protocol::rule::point::Memo;
 use protocol::store::{ReadError, SeriesId, StoreReader, StoredCandle, SymbolId};
-use protocol::trader::{Rule, Symbols, TraderSpec, signals, values};
+use protocol::trader::{Rule, Symbols, TraderSpec, signals_with, values_with};
 use protocol::{Candle, Interval};
 
 /// Most traders one worker holds; ADD_TRADER beyond it is refused.
@@ -20,6 +21,41 @@ pub struct Scratch {
     buf: Vec<StoredCandle>,
     /// The same candles without their indices, as windows for the rules.
     candles: Vec<Candle>,
+    /// Indicator values of this pass, shared by every trader judging the
+    /// same series.
+    memo: PassMemo,
+}
+
+impl Scratch {
+    /// Starts an evaluation pass: values of the last one are forgotten, so
+    /// the memo's size is that of one pass (and bounded besides).
+    pub fn begin_pass(&mut self) {
+        self.memo.map.clear();
+    }
+}
+
+/// Most indicator values a pass keeps (about 40 bytes each); past it the
+/// memo starts over, which costs time, never correctness.
+pub const PASS_MEMO: usize = 1 << 18;
+
+/// Indicator values by (series, indicator digest, candle index).
+#[derive(Debug, Default)]
+struct PassMemo {
+    map: HashMap<(u32, u64, u64), f64>,
+    series: u32,
+}
+
+impl Memo for PassMemo {
+    fn get(&self, key: u64, at: u64) -> Option<f64> {
+        self.map.get(&(self.series, key, at)).copied()
+    }
+
+    fn put(&mut self, key: u64, at: u64, value: f64) {
+        if self.map.len() >= PASS_MEMO {
+            self.map.clear();
+        }
+        self.map.insert((self.series, key, at), value);
+    }
 }
 
 /// A verdict that became a signal.
@@ -149,7 +185,8 @@ impl Trader {
         scratch: &mut Scratch,
         hits: &mut Vec<Hit>,
     ) -> Result<u64, ReadError> {
-        let Scratch { buf, candles } = scratch;
+        let Scratch { buf, candles, memo } = scratch;
+        memo.series = series.index();
         let head = reader.appended(series)?;
         let mut gaps = 0;
         let next = match self.cursors.get(symbol) {
@@ -221,14 +258,15 @@ impl Trader {
                 continue;
             }
             let w = &candles[k + 1 - window as usize..=k];
-            if signals(&self.rule, self.spec.cooldown as usize, w) {
+            let base = buf[k + 1 - window as usize].index;
+            if signals_with(&self.rule, self.spec.cooldown as usize, w, base, memo) {
                 hits.push(Hit {
                     trader: self.spec.id.clone(),
                     symbol: symbol.to_owned(),
                     interval: self.spec.interval,
                     candle: stored.candle,
                     labels: self.spec.labels.clone(),
-                    values: values(&self.rule, w),
+                    values: values_with(&self.rule, w, base, memo),
                 });
             }
         }

@@ -389,6 +389,7 @@ fn eval_loop(
             symbols = reader.symbols_with_ids();
         }
         let mut gaps = 0;
+        scratch.begin_pass();
         let mut traders = shared.traders();
         for trader in traders.values_mut() {
             let _span = tracing::debug_span!("trader", id = %trader.spec.id).entered();

@@ -24,6 +24,7 @@
 
 pub mod indicators;
 mod parse;
+pub mod point;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -164,6 +165,9 @@ pub struct Ind {
     pub kind: Indicator,
     /// Its text in the rule (the key of a signal's `values`).
     pub text: String,
+    /// A 64-bit digest of its canonical text: equal indicators of different
+    /// traders share computed values under it (see [`point`]).
+    pub key: u64,
 }
 
 impl PartialEq for Ind {
@@ -239,25 +243,7 @@ impl Expr {
                 a.warmup().max(b.warmup())
             }
             Expr::Cross(_, a, b) => a.warmup().max(b.warmup()) + 1,
-            Expr::Ind(ind) => match &ind.kind {
-                Indicator::Sma(s, n)
-                | Indicator::Wma(s, n)
-                | Indicator::Stddev(s, n)
-                | Indicator::Highest(s, n)
-                | Indicator::Lowest(s, n) => s.warmup() + n - 1,
-                Indicator::Bollinger { src, n, .. } => src.warmup() + n - 1,
-                Indicator::Roc(s, n) => s.warmup() + n,
-                Indicator::Ema(s, n) => s.warmup() + n - 1 + settle(ema_alpha(*n)),
-                Indicator::Rsi(s, n) => s.warmup() + n + settle(1.0 / *n as f64),
-                Indicator::Atr(n) => n + settle(1.0 / *n as f64),
-                Indicator::Vwap(n) => n - 1,
-                Indicator::Macd {
-                    src, slow, signal, ..
-                } => {
-                    src.warmup() + slow - 1 + settle(ema_alpha(*slow)) + signal - 1
-                        + settle(ema_alpha(*signal))
-                }
-            },
+            Expr::Ind(ind) => ind.kind.source().map_or(0, Expr::warmup) + ind.kind.span(),
         }
     }
 
@@ -298,6 +284,43 @@ impl Expr {
                     Indicator::Macd { src, .. } | Indicator::Bollinger { src, .. } => src.visit(f),
                     Indicator::Atr(_) | Indicator::Vwap(_) => {}
                 }
+            }
+        }
+    }
+}
+
+impl Indicator {
+    /// The series it reads (`None`: the candle fields themselves).
+    pub fn source(&self) -> Option<&Expr> {
+        match self {
+            Indicator::Sma(s, _)
+            | Indicator::Ema(s, _)
+            | Indicator::Wma(s, _)
+            | Indicator::Rsi(s, _)
+            | Indicator::Stddev(s, _)
+            | Indicator::Roc(s, _)
+            | Indicator::Highest(s, _)
+            | Indicator::Lowest(s, _) => Some(s),
+            Indicator::Macd { src, .. } | Indicator::Bollinger { src, .. } => Some(src),
+            Indicator::Atr(_) | Indicator::Vwap(_) => None,
+        }
+    }
+
+    /// Values of its source before the judged candle it reads.
+    pub fn span(&self) -> usize {
+        match self {
+            Indicator::Sma(_, n)
+            | Indicator::Wma(_, n)
+            | Indicator::Stddev(_, n)
+            | Indicator::Highest(_, n)
+            | Indicator::Lowest(_, n)
+            | Indicator::Bollinger { n, .. }
+            | Indicator::Vwap(n) => n - 1,
+            Indicator::Roc(_, n) => *n,
+            Indicator::Ema(_, n) => n - 1 + settle(ema_alpha(*n)),
+            Indicator::Rsi(_, n) | Indicator::Atr(n) => n + settle(1.0 / *n as f64),
+            Indicator::Macd { slow, signal, .. } => {
+                slow - 1 + settle(ema_alpha(*slow)) + signal - 1 + settle(ema_alpha(*signal))
             }
         }
     }

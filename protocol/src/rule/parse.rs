@@ -148,6 +148,8 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
                 "the rule is a number, not a condition: compare it, e.g. `... > 0`".into(),
             ));
         }
+        let mut e = e;
+        super::point::assign_keys(&mut e);
         Ok(e)
     };
     run().map_err(|(offset, message)| {
@@ -624,5 +626,5 @@ fn call(name: &str, args: Vec<(Expr, usize)>, at: usize, text: String) -> PResul
             ));
         }
     };
-    Ok(Expr::Ind(super::Ind { kind, text }))
+    Ok(Expr::Ind(super::Ind { kind, text, key: 0 }))
 }

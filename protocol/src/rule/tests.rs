@@ -149,3 +149,68 @@ proptest! {
         }
     }
 }
+
+fn walk(n: usize) -> Vec<Candle> {
+    let mut state = 7u64;
+    let mut price = 100.0;
+    (0..n)
+        .map(|i| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let step = ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 2.0;
+            let open = price;
+            price = (price + step).max(1.0);
+            Candle {
+                open_time: i as i64 * 60_000,
+                open,
+                high: open.max(price) + 0.5,
+                low: open.min(price) - 0.5,
+                close: price,
+                volume: 1.0 + (state % 100) as f64,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_value_is_the_same_from_any_window_holding_its_warmup_and_memos_change_nothing() {
+    use point::{MapMemo, NoMemo, Point};
+    let candles = walk(1500);
+    for text in [
+        "rsi(14) < 40 and crosses_above(ema(close, 9), ema(close, 21))",
+        "macd(12, 26, 9).hist > 0 or close > bollinger(20, 2).upper",
+        "ema(rsi(6), 5) > 50 and atr(14) > 0.5 and vwap(10) > 0",
+    ] {
+        let e = parse(text).expect(text);
+        let need = e.warmup() + 1;
+        let at = 1499;
+        let mut shared = MapMemo::new(1 << 20);
+        let long = Point::new(&candles, 0, &mut shared).value(&e, at);
+        let short_window = &candles[at + 1 - need..=at];
+        let short =
+            Point::new(short_window, (at + 1 - need) as u64, &mut NoMemo).value(&e, need - 1);
+        assert_eq!(long, short, "{text}");
+        assert!(!long.is_nan());
+        // One window too short: undefined, never a guess.
+        let too_short = &candles[at + 2 - need..=at];
+        assert!(
+            Point::new(too_short, 0, &mut NoMemo)
+                .value(&e, need - 2)
+                .is_nan(),
+            "{text}"
+        );
+        // The indicators agree with the whole-series computation once settled.
+        for ind in e.indicators() {
+            let ie = Expr::Ind(ind.clone());
+            let pointwise = Point::new(&candles, 0, &mut NoMemo).value(&ie, at);
+            let whole = series(&ie, &Columns::of(&candles))[at];
+            assert!(
+                (pointwise - whole).abs() <= 1e-9 * whole.abs().max(1.0),
+                "{}: {pointwise} vs {whole}",
+                ind.text
+            );
+        }
+        assert!(!shared.is_empty() && shared.len() <= shared.capacity());
+    }
+}
