@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked --workspace
 json=()
 [ "${1:-}" = "--json" ] && json=(--json)
-for bench in store wake ping spawn feed; do
+for bench in store wake ping spawn feed traders; do
     echo "==> shmkline bench $bench" >&2
     ./target/release/shmkline bench "$bench" "${json[@]}"
 done

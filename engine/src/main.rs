@@ -158,6 +158,28 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
         live_messages: u64,
     },
+    /// A real run with many traders on many symbols: evaluation pass and
+    /// signal latency percentiles, as the workers and coordinator measure them.
+    Traders {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Traders.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        traders: u64,
+        /// Synthetic symbols.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        symbols: u64,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        workers: u32,
+        /// Candles per symbol (the rules' warm-up is about 450).
+        #[arg(long, default_value_t = 600)]
+        candles: u64,
+        /// Candles per second per symbol.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+    },
     /// The cross-process torn-read stress alone.
     Torn {
         /// Print one JSON object instead of a table.
@@ -925,6 +947,27 @@ fn run(cli: Cli) -> Result<()> {
                 candles as usize,
                 rounds as usize,
                 live_messages as usize,
+            )?;
+            emit(&report, json)
+        }
+        Command::Bench(BenchCommand::Traders {
+            json,
+            traders,
+            symbols,
+            workers,
+            candles,
+            rate,
+        }) => {
+            let report = engine::bench::traders::run_both(
+                &bench_instance(cli.instance)?,
+                &std::env::current_exe()?,
+                &engine::bench::traders::TradersBench {
+                    traders: traders as usize,
+                    symbols: symbols as usize,
+                    workers,
+                    candles,
+                    rate,
+                },
             )?;
             emit(&report, json)
         }

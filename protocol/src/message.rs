@@ -186,6 +186,13 @@ pub struct Pong {
     pub signals: u64,
     /// Candles that left the ring before they could be evaluated.
     pub gaps: u64,
+    /// Evaluation passes so far (a pass judges every trader on every candle
+    /// published since the last one).
+    pub passes: u64,
+    /// Median duration of the recent passes, microseconds.
+    pub pass_p50_us: u64,
+    /// 99th percentile of the same.
+    pub pass_p99_us: u64,
 }
 
 /// CLEANUP_COMPLETE's body: what the worker released.

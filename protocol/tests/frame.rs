@@ -69,6 +69,9 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(
                 |(traders, last_publish, uptime_ms, rss_bytes, signals, gaps)| {
                     Message::Pong(Pong {
+                        passes: 1,
+                        pass_p50_us: 2,
+                        pass_p99_us: 3,
                         traders,
                         last_publish,
                         uptime_ms,

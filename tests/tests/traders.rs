@@ -166,3 +166,59 @@ fn traders_are_added_and_removed_while_running() {
     }
     inst.assert_clean();
 }
+
+#[test]
+fn bench_traders_reports_pass_and_signal_figures() {
+    let inst = TestInstance::new("bench-traders");
+    let out = inst.shmkline(&[
+        "bench",
+        "traders",
+        "--json",
+        "--traders",
+        "12",
+        "--symbols",
+        "3",
+        "--candles",
+        "80",
+        "--rate",
+        "80",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench traders failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for run in ["pairs_run", "latency_run"] {
+        let r = &report[run];
+        let workers = r["workers"].as_array().expect("workers");
+        assert_eq!(workers.len(), 2, "{report}");
+        for w in workers {
+            assert!(w["passes"].as_u64() >= Some(10), "{report}");
+            assert!(w["pass_p99_us"].as_u64() > Some(0), "{report}");
+            assert!(
+                w["pass_p99_us"].as_u64() >= w["pass_p50_us"].as_u64(),
+                "{report}"
+            );
+        }
+        assert_eq!(
+            workers
+                .iter()
+                .map(|w| w["traders"].as_u64().unwrap_or(0))
+                .sum::<u64>(),
+            12
+        );
+    }
+    assert_eq!(report["pairs_run"]["pairs"], 36);
+    assert!(
+        report["latency_run"]["signals"].as_u64() > Some(0),
+        "{report}"
+    );
+    assert!(
+        report["latency_run"]["signal_p99_us"].as_u64() > Some(0),
+        "{report}"
+    );
+    assert_eq!(
+        report["targets"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    inst.assert_clean();
+}

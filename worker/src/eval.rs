@@ -17,44 +17,98 @@ pub const MAX_TRADERS: usize = 10_000;
 /// series once they have grown to the largest window.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    /// Candles read from the ring.
+    /// Candles read from the ring (resume points).
     buf: Vec<StoredCandle>,
-    /// The same candles without their indices, as windows for the rules.
-    candles: Vec<Candle>,
     /// Indicator values of this pass, shared by every trader judging the
     /// same series.
     memo: PassMemo,
+    /// The candles read from each series in this pass: the traders of a
+    /// series read its ring once, not once each.
+    reads: HashMap<u32, SeriesRead>,
+}
+
+/// Candles `start..head` of one series, as read in this pass.
+#[derive(Debug, Default)]
+struct SeriesRead {
+    start: u64,
+    head: u64,
+    stored: Vec<StoredCandle>,
+    candles: Vec<Candle>,
 }
 
 impl Scratch {
     /// Starts an evaluation pass: values of the last one are forgotten, so
     /// the memo's size is that of one pass (and bounded besides).
     pub fn begin_pass(&mut self) {
-        self.memo.map.clear();
+        for read in self.reads.values_mut() {
+            read.head = 0;
+        }
     }
 }
 
-/// Most indicator values a pass keeps (about 40 bytes each); past it the
-/// memo starts over, which costs time, never correctness.
-pub const PASS_MEMO: usize = 1 << 18;
+/// Indicator values one memo generation holds (about 40 bytes each); two
+/// generations are kept, so at most twice this.
+pub const MEMO_GENERATION: usize = 1 << 17;
 
-/// Indicator values by (series, indicator digest, candle index).
+/// Indicator values by (series, indicator digest, candle index), kept across
+/// passes: the next candle's verdicts (crosses, cooldowns) read the values
+/// of the candles before it again. When the current generation is full it
+/// becomes the old one and the oldest is dropped: recent values survive,
+/// memory stays bounded, and a dropped value is recomputed, never wrong.
 #[derive(Debug, Default)]
 struct PassMemo {
-    map: HashMap<(u32, u64, u64), f64>,
+    current: HashMap<(u32, u64, u64), f64, FastHash>,
+    old: HashMap<(u32, u64, u64), f64, FastHash>,
     series: u32,
 }
 
 impl Memo for PassMemo {
     fn get(&self, key: u64, at: u64) -> Option<f64> {
-        self.map.get(&(self.series, key, at)).copied()
+        let k = (self.series, key, at);
+        self.current.get(&k).or_else(|| self.old.get(&k)).copied()
     }
 
     fn put(&mut self, key: u64, at: u64, value: f64) {
-        if self.map.len() >= PASS_MEMO {
-            self.map.clear();
+        if self.current.len() >= MEMO_GENERATION {
+            self.old = std::mem::take(&mut self.current);
         }
-        self.map.insert((self.series, key, at), value);
+        self.current.insert((self.series, key, at), value);
+    }
+}
+
+/// A multiply-xor hasher for the memo's integer keys (SipHash's resistance
+/// to chosen keys buys nothing here: the keys are ours).
+#[derive(Debug, Default, Clone, Copy)]
+struct FastHash;
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = FastHasher;
+
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(0)
+    }
+}
+
+#[derive(Debug)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
@@ -185,7 +239,9 @@ impl Trader {
         scratch: &mut Scratch,
         hits: &mut Vec<Hit>,
     ) -> Result<u64, ReadError> {
-        let Scratch { buf, candles, memo } = scratch;
+        let Scratch {
+            buf, memo, reads, ..
+        } = scratch;
         memo.series = series.index();
         let head = reader.appended(series)?;
         let mut gaps = 0;
@@ -220,15 +276,30 @@ impl Trader {
         let start = (next + 1).saturating_sub(window).max(oldest_kept);
         // A lap while reading (`Gone`) is returned like any error: nothing was
         // evaluated and the caller marks the pass incomplete.
-        reader.read_range(series, start, head, buf)?;
-        candles.clear();
-        candles.extend(buf.iter().map(|c| c.candle));
+        // Bounded by the store's series; entries are reused pass after pass.
+        let read = reads.entry(series.index()).or_default();
+        if read.head != head || read.start > start {
+            let from = if read.head == head {
+                start.min(read.start)
+            } else {
+                start
+            };
+            // Invalid until the read succeeds: a lapped read leaves it empty.
+            read.head = 0;
+            reader.read_range(series, from, head, &mut read.stored)?;
+            read.candles.clear();
+            read.candles.extend(read.stored.iter().map(|c| c.candle));
+            read.start = from;
+            read.head = head;
+        }
+        let skip = (start - read.start) as usize;
+        let (stored_all, candles) = (&read.stored[skip..], &read.candles[skip..]);
         let mut evaluated_to = next;
-        for (k, stored) in buf.iter().enumerate() {
+        // Straight to the first unevaluated candle: the ones before it are
+        // only its window.
+        let first = stored_all.partition_point(|c| c.index < next);
+        for (k, stored) in stored_all.iter().enumerate().skip(first) {
             let index = stored.index;
-            if index < next {
-                continue;
-            }
             // Final only if the feed said so or a newer candle exists.
             if !(stored.closed || index + 1 < head) {
                 break;
@@ -258,7 +329,7 @@ impl Trader {
                 continue;
             }
             let w = &candles[k + 1 - window as usize..=k];
-            let base = buf[k + 1 - window as usize].index;
+            let base = stored_all[k + 1 - window as usize].index;
             if signals_with(&self.rule, self.spec.cooldown as usize, w, base, memo) {
                 hits.push(Hit {
                     trader: self.spec.id.clone(),

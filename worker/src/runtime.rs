@@ -43,6 +43,10 @@ struct Shared {
     trader_count: AtomicU64,
     signals: AtomicU64,
     gaps: AtomicU64,
+    /// Pass durations, as the evaluation thread summarises them.
+    passes: AtomicU64,
+    pass_p50_us: AtomicU64,
+    pass_p99_us: AtomicU64,
 }
 
 impl Shared {
@@ -50,6 +54,40 @@ impl Shared {
         // A panic while holding the lock already aborted the evaluation; the
         // table itself stays consistent (each entry is replaced whole).
         self.traders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The last [`PASS_SAMPLES`] pass durations; their median and 99th
+/// percentile are published for PONG every 16 passes (sorting on the
+/// evaluation thread, never on the request loop).
+#[derive(Default)]
+struct PassTimes {
+    samples: Vec<u32>,
+    next: usize,
+    sorted: Vec<u32>,
+}
+
+/// Pass durations summarised.
+const PASS_SAMPLES: usize = 1024;
+
+impl PassTimes {
+    fn record(&mut self, took: std::time::Duration, shared: &Shared) {
+        let us = took.as_micros().min(u128::from(u32::MAX)) as u32;
+        if self.samples.len() < PASS_SAMPLES {
+            self.samples.push(us);
+        } else {
+            self.samples[self.next] = us;
+            self.next = (self.next + 1) % PASS_SAMPLES;
+        }
+        let passes = shared.passes.fetch_add(1, Ordering::Relaxed) + 1;
+        if passes < 16 || passes.is_multiple_of(16) {
+            self.sorted.clear();
+            self.sorted.extend_from_slice(&self.samples);
+            self.sorted.sort_unstable();
+            let at = |q: f64| u64::from(self.sorted[((self.sorted.len() - 1) as f64 * q) as usize]);
+            shared.pass_p50_us.store(at(0.5), Ordering::Relaxed);
+            shared.pass_p99_us.store(at(0.99), Ordering::Relaxed);
+        }
     }
 }
 
@@ -210,6 +248,9 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
                 uptime_ms: started.elapsed().as_millis() as u64,
                 rss_bytes: rss.get(),
                 signals: shared.signals.load(Ordering::Relaxed),
+                passes: shared.passes.load(Ordering::Relaxed),
+                pass_p50_us: shared.pass_p50_us.load(Ordering::Relaxed),
+                pass_p99_us: shared.pass_p99_us.load(Ordering::Relaxed),
             }),
             Message::Cleanup => {
                 let threads = u32::from(eval.is_some());
@@ -376,12 +417,14 @@ fn eval_loop(
     let mut symbols = Vec::new();
     let mut hits: Vec<Hit> = Vec::new();
     let mut next_signal = 0u64;
+    let mut pass_times = PassTimes::default();
     while !shared.stop.load(Ordering::Acquire) {
         let changed = matches!(reader.wait_for_change(seen, EVAL_TICK)?, Wait::Changed(_));
         let dirty = shared.dirty.swap(false, Ordering::AcqRel);
         if !changed && !dirty {
             continue;
         }
+        let pass_started = Instant::now();
         // Everything published up to here gets evaluated in this pass.
         let published = reader.publish_counter();
         // Append-only directory: re-read it only when it grew.
@@ -423,6 +466,7 @@ fn eval_loop(
         publish_progress(shared, &traders);
         drop(traders);
         seen = published;
+        pass_times.record(pass_started.elapsed(), shared);
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod child;
 pub mod feed;
 pub mod ipc;
 pub mod store;
+pub mod traders;
 pub mod wake;
 
 use std::process::{Child, Command, Stdio};

@@ -141,6 +141,37 @@ pub struct RunOptions {
     pub backpressure: bool,
 }
 
+/// Publish instants kept for the signal latency.
+const PUBLISH_TIMES: usize = 4096;
+
+/// The last [`LATENCY_SAMPLES`] signal latencies, us.
+#[derive(Debug, Default)]
+struct LatencyRing {
+    samples: Vec<u32>,
+    next: usize,
+}
+
+/// Signal latencies kept.
+const LATENCY_SAMPLES: usize = 4096;
+
+impl LatencyRing {
+    fn push(&mut self, took: Duration) {
+        let us = took.as_micros().min(u128::from(u32::MAX)) as u32;
+        if self.samples.len() < LATENCY_SAMPLES {
+            self.samples.push(us);
+        } else {
+            self.samples[self.next] = us;
+            self.next = (self.next + 1) % LATENCY_SAMPLES;
+        }
+    }
+
+    fn quantile(&self, q: f64) -> Option<u32> {
+        let mut s = self.samples.clone();
+        s.sort_unstable();
+        (!s.is_empty()).then(|| s[((s.len() - 1) as f64 * q) as usize])
+    }
+}
+
 /// A trader management request on the control socket.
 #[derive(Debug, serde::Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -386,6 +417,10 @@ struct WorkerStatus<'a> {
     last_publish: Option<u64>,
     confirmed_publish: u64,
     gaps: Option<u64>,
+    /// Evaluation passes, and their recent median and 99th percentile (us).
+    passes: Option<u64>,
+    pass_p50_us: Option<u64>,
+    pass_p99_us: Option<u64>,
     rtt_histogram_log2_us: &'a [u64],
 }
 
@@ -476,6 +511,11 @@ struct Coordinator {
     events_tx: SyncSender<Event>,
     /// The finite feed (synthetic or replay), written by this loop.
     pump: Option<Pump>,
+    /// When each recent publish of the finite feed happened, by the delivery
+    /// time of its last batch (ascending; the last [`PUBLISH_TIMES`]).
+    publish_times: VecDeque<(i64, Instant)>,
+    /// Candle published to signal handed to the output thread, us.
+    signal_latency: LatencyRing,
     /// The live feed, written by its own thread.
     live: Option<LiveFeed>,
     last_heartbeat: Instant,
@@ -992,6 +1032,15 @@ impl Coordinator {
         if !self.dedup.first(&signal) {
             return;
         }
+        // The candle became visible with the first publish whose last batch
+        // was delivered at or after its close.
+        let closes_at = signal.open_time + signal.interval.millis() as i64;
+        let k = self
+            .publish_times
+            .partition_point(|(at, _)| *at < closes_at);
+        if let Some((_, published)) = self.publish_times.get(k) {
+            self.signal_latency.push(published.elapsed());
+        }
         self.signals_out += 1;
         let line = signal_json(&signal, Some(self.slots[s].id)).to_string();
         // The output thread writes; the loop only blocks if OUTPUT_BOUND lines
@@ -1297,6 +1346,12 @@ impl Coordinator {
             if wrote > 0 {
                 store.publish();
                 pump.publishes += 1;
+                if let Some(at) = pump.last_at {
+                    if self.publish_times.len() == PUBLISH_TIMES {
+                        self.publish_times.pop_front();
+                    }
+                    self.publish_times.push_back((at, Instant::now()));
+                }
             }
             if done {
                 let published = store.stats().publishes;
@@ -1376,6 +1431,9 @@ impl Coordinator {
                     last_publish: pong.map(|(_, p)| p.last_publish),
                     confirmed_publish: slot.confirmed,
                     gaps: pong.map(|(_, p)| p.gaps),
+                    passes: pong.map(|(_, p)| p.passes),
+                    pass_p50_us: pong.map(|(_, p)| p.pass_p50_us),
+                    pass_p99_us: pong.map(|(_, p)| p.pass_p99_us),
                     rtt_histogram_log2_us: &slot.rtt_hist.buckets,
                 }
             })
@@ -1405,7 +1463,13 @@ impl Coordinator {
                 }
                 (None, None) => serde_json::json!({ "kind": self.opts.feed.kind(), "started": false }),
             },
-            "signals": { "emitted": self.signals_out, "duplicates_dropped": self.dedup.duplicates },
+            "signals": {
+                "emitted": self.signals_out,
+                "duplicates_dropped": self.dedup.duplicates,
+                "latency_samples": self.signal_latency.samples.len(),
+                "latency_p50_us": self.signal_latency.quantile(0.5),
+                "latency_p99_us": self.signal_latency.quantile(0.99),
+            },
             "gaps": self.gaps(),
             "quarantined": self.quarantined.iter().map(|(t, slot)| serde_json::json!({
                 "trader": t, "slot": slot, "strikes": self.strikes.get(t).copied().unwrap_or(0),
@@ -1750,6 +1814,8 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             last_at: None,
         }),
         live: None,
+        publish_times: VecDeque::with_capacity(PUBLISH_TIMES),
+        signal_latency: LatencyRing::default(),
         last_heartbeat: Instant::now(),
         feed_started: None,
         final_publish: None,

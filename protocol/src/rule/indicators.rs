@@ -370,3 +370,138 @@ mod tests {
         assert!(e[1].is_nan() && e[2] == 2.0);
     }
 }
+
+/// The last values only: the same operations in the same order as the
+/// series functions above (so the same bits as their last element), without
+/// building the series. The input is exactly the indicator's span.
+pub mod last {
+    use super::{is_zero, is_zero_or_neg, per_to_k};
+
+    /// [`super::sma`] over exactly `n` values.
+    pub fn sma(x: &[f64]) -> f64 {
+        let mut total = 0.0;
+        for v in x {
+            total += v;
+        }
+        total / x.len() as f64
+    }
+
+    /// [`super::ema`]: seed over the first `n`, then the rest.
+    pub fn ema(x: &[f64], n: usize) -> f64 {
+        if n == 0 || x.len() < n {
+            return f64::NAN;
+        }
+        let k = per_to_k(n);
+        let mut prev = sma(&x[..n]);
+        for v in &x[n..] {
+            prev = ((v - prev) * k) + prev;
+        }
+        prev
+    }
+
+    /// [`super::wma`] over exactly `n` values.
+    pub fn wma(x: &[f64]) -> f64 {
+        let n = x.len();
+        let mut sum = 0.0;
+        for (i, v) in x[..n - 1].iter().enumerate() {
+            sum += v * (i + 1) as f64;
+        }
+        sum += x[n - 1] * n as f64;
+        sum / ((n * (n + 1)) >> 1) as f64
+    }
+
+    /// [`super::rsi`].
+    pub fn rsi(x: &[f64], n: usize) -> f64 {
+        if n < 2 || x.len() <= n {
+            return f64::NAN;
+        }
+        let nf = n as f64;
+        let mut prev_value = x[0];
+        let (mut gain, mut loss) = (0.0, 0.0);
+        for &v in &x[1..=n] {
+            let d = v - prev_value;
+            prev_value = v;
+            if d < 0.0 {
+                loss -= d;
+            } else {
+                gain += d;
+            }
+        }
+        loss /= nf;
+        gain /= nf;
+        for &v in &x[n + 1..] {
+            let d = v - prev_value;
+            prev_value = v;
+            loss *= nf - 1.0;
+            gain *= nf - 1.0;
+            if d < 0.0 {
+                loss -= d;
+            } else {
+                gain += d;
+            }
+            loss /= nf;
+            gain /= nf;
+        }
+        let t = gain + loss;
+        if is_zero(t) { 0.0 } else { 100.0 * (gain / t) }
+    }
+
+    /// The population deviation of exactly `n` values, as [`super::stddev`].
+    pub fn stddev(x: &[f64]) -> f64 {
+        let nf = x.len() as f64;
+        let mean = x.iter().sum::<f64>() / nf;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / nf;
+        if is_zero_or_neg(var) { 0.0 } else { var.sqrt() }
+    }
+
+    /// [`super::bollinger`]'s band over exactly `n` values: (upper, middle, lower).
+    pub fn bollinger(x: &[f64], k: f64) -> (f64, f64, f64) {
+        let middle = sma(x);
+        let dev = stddev(x);
+        let width = if k == 1.0 { dev } else { dev * k };
+        (middle + width, middle, middle - width)
+    }
+
+    /// [`super::roc`] from the first to the last of `x`.
+    pub fn roc(x: &[f64]) -> f64 {
+        let (prev, now) = (x[0], x[x.len() - 1]);
+        if prev != 0.0 {
+            ((now / prev) - 1.0) * 100.0
+        } else {
+            0.0
+        }
+    }
+
+    /// [`super::atr`] over high, low, close of the same `n + extra + 1` candles.
+    pub fn atr(high: &[f64], low: &[f64], close: &[f64], n: usize) -> f64 {
+        let len = close.len();
+        if n == 0 || len <= n {
+            return f64::NAN;
+        }
+        let tr = |i: usize| {
+            let (h, l, c) = (high[i], low[i], close[i - 1]);
+            let mut greatest = h - l;
+            let v2 = (c - h).abs();
+            if v2 > greatest {
+                greatest = v2;
+            }
+            let v3 = (c - l).abs();
+            if v3 > greatest {
+                greatest = v3;
+            }
+            greatest
+        };
+        let mut total = 0.0;
+        for i in 1..=n {
+            total += tr(i);
+        }
+        let nf = n as f64;
+        let mut prev = total / nf;
+        for i in n + 1..len {
+            prev *= nf - 1.0;
+            prev += tr(i);
+            prev /= nf;
+        }
+        prev
+    }
+}

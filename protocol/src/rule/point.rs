@@ -248,35 +248,51 @@ impl<'a, M: Memo> Point<'a, M> {
             return f64::NAN;
         };
         let last = |s: Vec<f64>| s.last().copied().unwrap_or(f64::NAN);
+        let w = &self.window[from..=i];
+        let col = |f: Field| w.iter().map(|c| field(c, f)).collect::<Vec<f64>>();
         if let Indicator::Atr(n) | Indicator::Vwap(n) = kind {
-            let w = &self.window[from..=i];
-            let col = |f: Field| w.iter().map(|c| field(c, f)).collect::<Vec<f64>>();
             let (h, l, c) = (col(Field::High), col(Field::Low), col(Field::Close));
-            return last(match kind {
-                Indicator::Atr(_) => ta::atr(&h, &l, &c, *n),
-                _ => ta::vwap(&h, &l, &c, &col(Field::Volume), *n),
-            });
+            return match kind {
+                Indicator::Atr(_) => ta::last::atr(&h, &l, &c, *n),
+                _ => last(ta::vwap(&h, &l, &c, &col(Field::Volume), *n)),
+            };
         }
         let Some(src) = kind.source() else {
             return f64::NAN;
         };
-        let mut xs = Vec::with_capacity(span + 1);
-        for j in from..=i {
-            let v = self.value(src, j);
-            if v.is_nan() {
-                return f64::NAN;
+        // A candle field is read straight from the window; anything else
+        // value by value (each memoised).
+        let xs = match src {
+            Expr::Field(f) => col(*f),
+            _ => {
+                let mut xs = Vec::with_capacity(span + 1);
+                for j in from..=i {
+                    let v = self.value(src, j);
+                    if v.is_nan() {
+                        return f64::NAN;
+                    }
+                    xs.push(v);
+                }
+                xs
             }
-            xs.push(v);
-        }
-        last(match kind {
-            Indicator::Sma(_, n) => ta::sma(&xs, *n),
-            Indicator::Ema(_, n) => ta::ema(&xs, *n),
-            Indicator::Wma(_, n) => ta::wma(&xs, *n),
-            Indicator::Rsi(_, n) => ta::rsi(&xs, *n),
-            Indicator::Stddev(_, n) => ta::stddev(&xs, *n),
-            Indicator::Roc(_, n) => ta::roc(&xs, *n),
-            Indicator::Highest(_, n) => ta::highest(&xs, *n),
-            Indicator::Lowest(_, n) => ta::lowest(&xs, *n),
+        };
+        match kind {
+            Indicator::Sma(..) => ta::last::sma(&xs),
+            Indicator::Ema(_, n) => ta::last::ema(&xs, *n),
+            Indicator::Wma(..) => ta::last::wma(&xs),
+            Indicator::Rsi(_, n) => ta::last::rsi(&xs, *n),
+            Indicator::Stddev(..) => ta::last::stddev(&xs),
+            Indicator::Roc(..) => ta::last::roc(&xs),
+            Indicator::Highest(..) => xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            Indicator::Lowest(..) => xs.iter().copied().fold(f64::INFINITY, f64::min),
+            Indicator::Bollinger { k, part, .. } => {
+                let (upper, middle, lower) = ta::last::bollinger(&xs, *k);
+                match part {
+                    BandPart::Upper => upper,
+                    BandPart::Middle => middle,
+                    BandPart::Lower => lower,
+                }
+            }
             Indicator::Macd {
                 fast,
                 slow,
@@ -285,21 +301,13 @@ impl<'a, M: Memo> Point<'a, M> {
                 ..
             } => {
                 let [line, sig, hist] = ta::macd(&xs, *fast, *slow, *signal);
-                match part {
+                last(match part {
                     MacdPart::Line => line,
                     MacdPart::Signal => sig,
                     MacdPart::Hist => hist,
-                }
+                })
             }
-            Indicator::Bollinger { n, k, part, .. } => {
-                let [upper, middle, lower] = ta::bollinger(&xs, *n, *k);
-                match part {
-                    BandPart::Upper => upper,
-                    BandPart::Middle => middle,
-                    BandPart::Lower => lower,
-                }
-            }
-            Indicator::Atr(_) | Indicator::Vwap(_) => return f64::NAN,
-        })
+            Indicator::Atr(_) | Indicator::Vwap(_) => f64::NAN,
+        }
     }
 }
