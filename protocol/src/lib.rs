@@ -31,6 +31,8 @@ pub mod message;
 pub mod names;
 /// The rule language: parser, checks, indicators, evaluation.
 pub mod rule;
+/// Bounded rings of measurements and their quantiles.
+pub mod samples;
 #[cfg(not(loom))]
 pub mod store;
 #[cfg(not(loom))]

@@ -27,22 +27,61 @@ pub struct Scratch {
     reads: HashMap<u32, SeriesRead>,
 }
 
-/// Candles `start..head` of one series, as read in this pass.
+/// Candles `start..head` of one series: the worker's copy of its ring.
 #[derive(Debug, Default)]
 struct SeriesRead {
+    /// How far back from the head the series' traders read (grows only).
+    reach: u64,
     start: u64,
+    /// 0: no valid copy.
     head: u64,
     stored: Vec<StoredCandle>,
     candles: Vec<Candle>,
 }
 
-impl Scratch {
-    /// Starts an evaluation pass: values of the last one are forgotten, so
-    /// the memo's size is that of one pass (and bounded besides).
-    pub fn begin_pass(&mut self) {
-        for read in self.reads.values_mut() {
-            read.head = 0;
+impl SeriesRead {
+    /// Brings the copy up to `head`, holding at least the candles from
+    /// `from` on: only the candles appended since the last pass (and the
+    /// last one copied, which may have been updated or closed since) when
+    /// the copy reaches back far enough, else the whole range. Older candles
+    /// than `from` are dropped, so the copy is as long as the longest window
+    /// of the series' traders plus the new candles.
+    fn refresh(
+        &mut self,
+        reader: &StoreReader,
+        series: SeriesId,
+        from: u64,
+        head: u64,
+        buf: &mut Vec<StoredCandle>,
+    ) -> Result<(), ReadError> {
+        let valid = self.head;
+        let reaches = valid > 0 && self.start <= from;
+        if reaches && valid == head {
+            return Ok(());
         }
+        // Invalid until the read succeeds.
+        self.head = 0;
+        if reaches && valid <= head && valid > from {
+            reader.read_range(series, valid - 1, head, buf)?;
+            let keep = self.stored.len() - 1;
+            self.stored.truncate(keep);
+            self.candles.truncate(keep);
+            self.stored.extend_from_slice(buf);
+            self.candles.extend(buf.iter().map(|c| c.candle));
+        } else {
+            reader.read_range(series, from, head, &mut self.stored)?;
+            self.candles.clear();
+            self.candles.extend(self.stored.iter().map(|c| c.candle));
+            self.start = from;
+        }
+        let excess = from.saturating_sub(self.start) as usize;
+        if excess > 0 {
+            self.stored.drain(..excess);
+            self.candles.drain(..excess);
+            self.start = from;
+        }
+        self.head = head;
+        Ok(())
     }
 }
 
@@ -239,9 +278,7 @@ impl Trader {
         scratch: &mut Scratch,
         hits: &mut Vec<Hit>,
     ) -> Result<u64, ReadError> {
-        let Scratch {
-            buf, memo, reads, ..
-        } = scratch;
+        let Scratch { buf, memo, reads } = scratch;
         memo.series = series.index();
         let head = reader.appended(series)?;
         let mut gaps = 0;
@@ -276,28 +313,20 @@ impl Trader {
         let start = (next + 1).saturating_sub(window).max(oldest_kept);
         // A lap while reading (`Gone`) is returned like any error: nothing was
         // evaluated and the caller marks the pass incomplete.
-        // Bounded by the store's series; entries are reused pass after pass.
+        // One copy of each series' ring per worker, kept up to date pass
+        // after pass (bounded: a ring's worth per series of the store).
         let read = reads.entry(series.index()).or_default();
-        if read.head != head || read.start > start {
-            let from = if read.head == head {
-                start.min(read.start)
-            } else {
-                start
-            };
-            // Invalid until the read succeeds: a lapped read leaves it empty.
-            read.head = 0;
-            reader.read_range(series, from, head, &mut read.stored)?;
-            read.candles.clear();
-            read.candles.extend(read.stored.iter().map(|c| c.candle));
-            read.start = from;
-            read.head = head;
-        }
+        // The longest reach back from the head any trader of this series
+        // asked for: the copy keeps that much.
+        read.reach = read.reach.max(head - start);
+        let from = head.saturating_sub(read.reach).max(oldest_kept);
+        read.refresh(reader, series, from, head, buf)?;
         let skip = (start - read.start) as usize;
         let (stored_all, candles) = (&read.stored[skip..], &read.candles[skip..]);
         let mut evaluated_to = next;
-        // Straight to the first unevaluated candle: the ones before it are
-        // only its window.
-        let first = stored_all.partition_point(|c| c.index < next);
+        // Straight to the first unevaluated candle (indices are consecutive):
+        // the ones before it are only its window.
+        let first = (next.saturating_sub(start) as usize).min(stored_all.len());
         for (k, stored) in stored_all.iter().enumerate().skip(first) {
             let index = stored.index;
             // Final only if the feed said so or a newer candle exists.

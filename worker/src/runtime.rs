@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use protocol::samples::{Samples, saturate};
+
 use anyhow::{Context, Result, bail};
 use ipc_channel::IpcError;
 use ipc_channel::ipc::{self, IpcBytesSender, IpcSender};
@@ -60,33 +62,19 @@ impl Shared {
 /// The last [`PASS_SAMPLES`] pass durations; their median and 99th
 /// percentile are published for PONG every 16 passes (sorting on the
 /// evaluation thread, never on the request loop).
-#[derive(Default)]
-struct PassTimes {
-    samples: Vec<u32>,
-    next: usize,
-    sorted: Vec<u32>,
-}
+struct PassTimes(Samples);
 
 /// Pass durations summarised.
 const PASS_SAMPLES: usize = 1024;
 
 impl PassTimes {
     fn record(&mut self, took: std::time::Duration, shared: &Shared) {
-        let us = took.as_micros().min(u128::from(u32::MAX)) as u32;
-        if self.samples.len() < PASS_SAMPLES {
-            self.samples.push(us);
-        } else {
-            self.samples[self.next] = us;
-            self.next = (self.next + 1) % PASS_SAMPLES;
-        }
+        self.0.push(saturate(took.as_micros()));
         let passes = shared.passes.fetch_add(1, Ordering::Relaxed) + 1;
         if passes < 16 || passes.is_multiple_of(16) {
-            self.sorted.clear();
-            self.sorted.extend_from_slice(&self.samples);
-            self.sorted.sort_unstable();
-            let at = |q: f64| u64::from(self.sorted[((self.sorted.len() - 1) as f64 * q) as usize]);
-            shared.pass_p50_us.store(at(0.5), Ordering::Relaxed);
-            shared.pass_p99_us.store(at(0.99), Ordering::Relaxed);
+            let q = |p: f64| u64::from(self.0.quantile(p).unwrap_or(0));
+            shared.pass_p50_us.store(q(0.5), Ordering::Relaxed);
+            shared.pass_p99_us.store(q(0.99), Ordering::Relaxed);
         }
     }
 }
@@ -417,7 +405,7 @@ fn eval_loop(
     let mut symbols = Vec::new();
     let mut hits: Vec<Hit> = Vec::new();
     let mut next_signal = 0u64;
-    let mut pass_times = PassTimes::default();
+    let mut pass_times = PassTimes(Samples::new(PASS_SAMPLES));
     while !shared.stop.load(Ordering::Acquire) {
         let changed = matches!(reader.wait_for_change(seen, EVAL_TICK)?, Wait::Changed(_));
         let dirty = shared.dirty.swap(false, Ordering::AcqRel);
@@ -432,7 +420,6 @@ fn eval_loop(
             symbols = reader.symbols_with_ids();
         }
         let mut gaps = 0;
-        scratch.begin_pass();
         let mut traders = shared.traders();
         for trader in traders.values_mut() {
             let _span = tracing::debug_span!("trader", id = %trader.spec.id).entered();

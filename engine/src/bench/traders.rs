@@ -72,11 +72,13 @@ pub struct TradersReport {
     pub targets: Vec<Target>,
 }
 
-/// 100 distinct traders from a dozen rule families, so some indicators are
-/// shared (the same `rsi(14)` in several rules) and most are not.
+/// Distinct traders from a dozen rule families, selective as screener rules
+/// are (crosses and extremes, with cooldowns), so signals are the exception;
+/// some indicators are shared (the same `rsi(14)` in several rules), most
+/// are not.
 pub fn trader_set(n: usize) -> Vec<serde_json::Value> {
     let families: [&dyn Fn(usize) -> String; 12] = [
-        &|k| format!("rsi({}) < {}", 7 + k % 15, 25 + k % 10),
+        &|k| format!("rsi({}) < {}", 7 + k % 15, 20 + k % 5),
         &|k| {
             format!(
                 "crosses_above(ema(close, {}), ema(close, {}))",
@@ -93,34 +95,44 @@ pub fn trader_set(n: usize) -> Vec<serde_json::Value> {
         },
         &|k| {
             format!(
-                "macd({}, 26, 9).hist > 0 and rsi(14) > {}",
+                "crosses_above(macd({}, 26, 9).hist, 0) and rsi(14) > {}",
                 8 + k % 4,
                 40 + k % 20
             )
         },
-        &|k| format!("close > bollinger(close, {}, 2).upper", 15 + k % 10),
-        &|k| format!("high - low > {} * atr(14)", 1.5 + (k % 5) as f64 * 0.25),
         &|k| {
             format!(
-                "roc(close, {}) > 0.5 and volume > sma(volume, 20)",
+                "crosses_above(close, bollinger(close, {}, 2.5).upper)",
+                15 + k % 10
+            )
+        },
+        &|k| format!("high - low > {} * atr(14)", 3.0 + (k % 5) as f64 * 0.5),
+        &|k| {
+            format!(
+                "roc(close, {}) > 3 and volume > 2 * sma(volume, 20)",
                 5 + k % 10
             )
         },
-        &|k| format!("close > highest(high, {})[1]", 10 + k % 20),
-        &|k| format!("crosses_above(close, vwap({}))", 10 + k % 10),
+        &|k| format!("crosses_above(close, highest(high, {})[1])", 20 + k % 20),
         &|k| {
             format!(
-                "stddev(close, {}) < 0.5 * sma(stddev(close, 20), 20)",
+                "crosses_above(close, vwap({})) and rsi(14) < 40",
                 10 + k % 10
             )
         },
         &|k| {
             format!(
-                "crosses_above(wma(close, {}), sma(close, 30)) or rsi(14) < 20",
+                "stddev(close, {}) < 0.3 * sma(stddev(close, 20), 20)",
+                10 + k % 10
+            )
+        },
+        &|k| {
+            format!(
+                "crosses_above(wma(close, {}), sma(close, 30)) and rsi(14) < 35",
                 5 + k % 10
             )
         },
-        &|k| format!("(close - close[{0}]) / close[{0}] * 100 > 0.3", 1 + k % 10),
+        &|k| format!("(close - close[{0}]) / close[{0}] * 100 > 2.5", 1 + k % 10),
     ];
     (0..n)
         .map(|k| {
@@ -129,7 +141,7 @@ pub fn trader_set(n: usize) -> Vec<serde_json::Value> {
                 "symbols": "*",
                 "interval": "1m",
                 "rule": families[k % families.len()](k / families.len()),
-                "cooldown": k % 3,
+                "cooldown": 5 + k % 5,
             })
         })
         .collect()

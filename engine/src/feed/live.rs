@@ -42,6 +42,7 @@ use tungstenite::{Message as WsMessage, WebSocket};
 use super::binance::{self, BadLine, Message};
 use super::writer::{Applied, FeedCounters, FeedWriter, Refused};
 use crate::instance::SharedStore;
+use protocol::samples::{Samples, saturate};
 
 /// Binance's production endpoints.
 pub const BINANCE_WS: &str = "wss://stream.binance.com:9443";
@@ -159,27 +160,10 @@ pub struct LiveHealth {
     backfilled: AtomicU64,
     backfill_failures: AtomicU64,
     counters: Mutex<FeedCounters>,
-    latency: Mutex<LatencyRing>,
+    /// The last [`LATENCY_SAMPLES`] message-received-to-published times, ns.
+    latency: Mutex<Option<Samples>>,
     last_error: Mutex<Option<String>>,
     receipts: Mutex<Vec<(i64, Instant)>>,
-}
-
-/// The last [`LATENCY_SAMPLES`] message-received-to-published times, ns.
-#[derive(Debug, Default)]
-struct LatencyRing {
-    samples: Vec<u32>,
-    next: usize,
-}
-
-impl LatencyRing {
-    fn push(&mut self, ns: u32) {
-        if self.samples.len() < LATENCY_SAMPLES {
-            self.samples.push(ns);
-        } else {
-            self.samples[self.next] = ns;
-            self.next = (self.next + 1) % LATENCY_SAMPLES;
-        }
-    }
 }
 
 /// What `status` shows of a live feed.
@@ -225,9 +209,8 @@ impl LiveHealth {
     /// A snapshot for `status`.
     pub fn status(&self) -> LiveStatus {
         let last = self.last_message_ms.load(Ordering::Relaxed);
-        let mut lat = lock(&self.latency).samples.clone();
-        lat.sort_unstable();
-        let q = |p: f64| (!lat.is_empty()).then(|| lat[((lat.len() - 1) as f64 * p) as usize]);
+        let lat = lock(&self.latency).clone();
+        let q = |p: f64| lat.as_ref().and_then(|s| s.quantile(p));
         LiveStatus {
             connected: self.connected.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
@@ -249,7 +232,9 @@ impl LiveHealth {
 
     /// Every latency sample kept (for `bench feed`).
     pub fn latency_samples(&self) -> Vec<u32> {
-        lock(&self.latency).samples.clone()
+        lock(&self.latency)
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.values().to_vec())
     }
 
     /// With [`LiveOptions::trace`]: when each streamed candle was received.
@@ -714,8 +699,9 @@ impl Client {
                 store.publish();
                 drop(store);
                 if let Some(received) = received {
-                    let ns = received.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32;
-                    lock(&self.health.latency).push(ns);
+                    lock(&self.health.latency)
+                        .get_or_insert_with(|| Samples::new(LATENCY_SAMPLES))
+                        .push(saturate(received.elapsed().as_nanos()));
                     if self.opts.trace {
                         let mut r = lock(&self.health.receipts);
                         if r.len() < LATENCY_SAMPLES {
@@ -923,16 +909,5 @@ mod tests {
                 .contains("1024")
         );
         assert!(opts().check().is_ok());
-    }
-
-    #[test]
-    fn the_latency_ring_keeps_the_latest_samples() {
-        let mut r = LatencyRing::default();
-        for k in 0..(LATENCY_SAMPLES as u32 + 10) {
-            r.push(k);
-        }
-        assert_eq!(r.samples.len(), LATENCY_SAMPLES);
-        assert!(r.samples.contains(&(LATENCY_SAMPLES as u32 + 9)));
-        assert!(!r.samples.contains(&5));
     }
 }

@@ -54,6 +54,7 @@ use crate::instance::Instance;
 use control::{ControlRequest, ControlServer};
 use dedup::Dedup;
 use link::{Budget, FromWorker, Link};
+use protocol::samples::Samples;
 use protocol::shm::scratch::SharedWords;
 use protocol::trader::{black_box_name, trader_hash};
 use spawn::{Spawned, Spawner};
@@ -144,33 +145,8 @@ pub struct RunOptions {
 /// Publish instants kept for the signal latency.
 const PUBLISH_TIMES: usize = 4096;
 
-/// The last [`LATENCY_SAMPLES`] signal latencies, us.
-#[derive(Debug, Default)]
-struct LatencyRing {
-    samples: Vec<u32>,
-    next: usize,
-}
-
 /// Signal latencies kept.
 const LATENCY_SAMPLES: usize = 4096;
-
-impl LatencyRing {
-    fn push(&mut self, took: Duration) {
-        let us = took.as_micros().min(u128::from(u32::MAX)) as u32;
-        if self.samples.len() < LATENCY_SAMPLES {
-            self.samples.push(us);
-        } else {
-            self.samples[self.next] = us;
-            self.next = (self.next + 1) % LATENCY_SAMPLES;
-        }
-    }
-
-    fn quantile(&self, q: f64) -> Option<u32> {
-        let mut s = self.samples.clone();
-        s.sort_unstable();
-        (!s.is_empty()).then(|| s[((s.len() - 1) as f64 * q) as usize])
-    }
-}
 
 /// A trader management request on the control socket.
 #[derive(Debug, serde::Deserialize)]
@@ -514,8 +490,9 @@ struct Coordinator {
     /// When each recent publish of the finite feed happened, by the delivery
     /// time of its last batch (ascending; the last [`PUBLISH_TIMES`]).
     publish_times: VecDeque<(i64, Instant)>,
-    /// Candle published to signal handed to the output thread, us.
-    signal_latency: LatencyRing,
+    /// Candle published to signal handed to the output thread, us (the
+    /// last [`LATENCY_SAMPLES`]).
+    signal_latency: Samples,
     /// The live feed, written by its own thread.
     live: Option<LiveFeed>,
     last_heartbeat: Instant,
@@ -1039,7 +1016,8 @@ impl Coordinator {
             .publish_times
             .partition_point(|(at, _)| *at < closes_at);
         if let Some((_, published)) = self.publish_times.get(k) {
-            self.signal_latency.push(published.elapsed());
+            self.signal_latency
+                .push(protocol::samples::saturate(published.elapsed().as_micros()));
         }
         self.signals_out += 1;
         let line = signal_json(&signal, Some(self.slots[s].id)).to_string();
@@ -1466,7 +1444,7 @@ impl Coordinator {
             "signals": {
                 "emitted": self.signals_out,
                 "duplicates_dropped": self.dedup.duplicates,
-                "latency_samples": self.signal_latency.samples.len(),
+                "latency_samples": self.signal_latency.len(),
                 "latency_p50_us": self.signal_latency.quantile(0.5),
                 "latency_p99_us": self.signal_latency.quantile(0.99),
             },
@@ -1815,7 +1793,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         }),
         live: None,
         publish_times: VecDeque::with_capacity(PUBLISH_TIMES),
-        signal_latency: LatencyRing::default(),
+        signal_latency: Samples::new(LATENCY_SAMPLES),
         last_heartbeat: Instant::now(),
         feed_started: None,
         final_publish: None,

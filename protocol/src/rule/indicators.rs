@@ -106,44 +106,73 @@ pub fn wma(x: &[f64], n: usize) -> Vec<f64> {
     })
 }
 
+/// Wilder's average gain and loss (TA_RSI's state).
+struct Wilder {
+    n: f64,
+    prev: f64,
+    gain: f64,
+    loss: f64,
+}
+
+impl Wilder {
+    /// The averages over the first `n` changes of `x` (needs `n + 1` values).
+    fn start(x: &[f64], n: usize) -> Self {
+        let mut w = Self {
+            n: n as f64,
+            prev: x[0],
+            gain: 0.0,
+            loss: 0.0,
+        };
+        for &v in &x[1..=n] {
+            let d = v - w.prev;
+            w.prev = v;
+            if d < 0.0 {
+                w.loss -= d;
+            } else {
+                w.gain += d;
+            }
+        }
+        w.loss /= w.n;
+        w.gain /= w.n;
+        w
+    }
+
+    /// One more value, smoothed.
+    fn step(&mut self, v: f64) {
+        let d = v - self.prev;
+        self.prev = v;
+        self.loss *= self.n - 1.0;
+        self.gain *= self.n - 1.0;
+        if d < 0.0 {
+            self.loss -= d;
+        } else {
+            self.gain += d;
+        }
+        self.loss /= self.n;
+        self.gain /= self.n;
+    }
+
+    fn rsi(&self) -> f64 {
+        let t = self.gain + self.loss;
+        if is_zero(t) {
+            0.0
+        } else {
+            100.0 * (self.gain / t)
+        }
+    }
+}
+
 /// Relative strength index, Wilder's smoothing (TA_RSI).
 pub fn rsi(x: &[f64], n: usize) -> Vec<f64> {
     on_defined(x, |x, out| {
         if n < 2 || x.len() <= n {
             return;
         }
-        let nf = n as f64;
-        let mut prev_value = x[0];
-        let (mut gain, mut loss) = (0.0, 0.0);
-        for &v in &x[1..=n] {
-            let d = v - prev_value;
-            prev_value = v;
-            if d < 0.0 {
-                loss -= d;
-            } else {
-                gain += d;
-            }
-        }
-        loss /= nf;
-        gain /= nf;
-        let value = |gain: f64, loss: f64| {
-            let t = gain + loss;
-            if is_zero(t) { 0.0 } else { 100.0 * (gain / t) }
-        };
-        out[n] = value(gain, loss);
+        let mut w = Wilder::start(x, n);
+        out[n] = w.rsi();
         for i in n + 1..x.len() {
-            let d = x[i] - prev_value;
-            prev_value = x[i];
-            loss *= nf - 1.0;
-            gain *= nf - 1.0;
-            if d < 0.0 {
-                loss -= d;
-            } else {
-                gain += d;
-            }
-            loss /= nf;
-            gain /= nf;
-            out[i] = value(gain, loss);
+            w.step(x[i]);
+            out[i] = w.rsi();
         }
     })
 }
@@ -213,6 +242,21 @@ pub fn lowest(x: &[f64], n: usize) -> Vec<f64> {
     })
 }
 
+/// The true range of candle `i` (>= 1), as TA_TRANGE computes it.
+fn true_range(high: &[f64], low: &[f64], close: &[f64], i: usize) -> f64 {
+    let (h, l, c) = (high[i], low[i], close[i - 1]);
+    let mut greatest = h - l;
+    let v2 = (c - h).abs();
+    if v2 > greatest {
+        greatest = v2;
+    }
+    let v3 = (c - l).abs();
+    if v3 > greatest {
+        greatest = v3;
+    }
+    greatest
+}
+
 /// Average true range, Wilder's smoothing (TA_ATR).
 pub fn atr(high: &[f64], low: &[f64], close: &[f64], n: usize) -> Vec<f64> {
     let len = close.len().min(high.len()).min(low.len());
@@ -220,20 +264,7 @@ pub fn atr(high: &[f64], low: &[f64], close: &[f64], n: usize) -> Vec<f64> {
     if n == 0 || len <= n {
         return out;
     }
-    // True range from index 1 (TA_TRANGE).
-    let tr = |i: usize| {
-        let (h, l, c) = (high[i], low[i], close[i - 1]);
-        let mut greatest = h - l;
-        let v2 = (c - h).abs();
-        if v2 > greatest {
-            greatest = v2;
-        }
-        let v3 = (c - l).abs();
-        if v3 > greatest {
-            greatest = v3;
-        }
-        greatest
-    };
+    let tr = |i: usize| true_range(high, low, close, i);
     // The first ATR is the SMA of TR[1..=n] (TA_INT_SMA's running sum).
     let mut total = 0.0;
     for i in 1..=n {
@@ -375,7 +406,7 @@ mod tests {
 /// series functions above (so the same bits as their last element), without
 /// building the series. The input is exactly the indicator's span.
 pub mod last {
-    use super::{is_zero, is_zero_or_neg, per_to_k};
+    use super::{Wilder, is_zero_or_neg, per_to_k, true_range};
 
     /// [`super::sma`] over exactly `n` values.
     pub fn sma(x: &[f64]) -> f64 {
@@ -415,35 +446,11 @@ pub mod last {
         if n < 2 || x.len() <= n {
             return f64::NAN;
         }
-        let nf = n as f64;
-        let mut prev_value = x[0];
-        let (mut gain, mut loss) = (0.0, 0.0);
-        for &v in &x[1..=n] {
-            let d = v - prev_value;
-            prev_value = v;
-            if d < 0.0 {
-                loss -= d;
-            } else {
-                gain += d;
-            }
-        }
-        loss /= nf;
-        gain /= nf;
+        let mut w = Wilder::start(x, n);
         for &v in &x[n + 1..] {
-            let d = v - prev_value;
-            prev_value = v;
-            loss *= nf - 1.0;
-            gain *= nf - 1.0;
-            if d < 0.0 {
-                loss -= d;
-            } else {
-                gain += d;
-            }
-            loss /= nf;
-            gain /= nf;
+            w.step(v);
         }
-        let t = gain + loss;
-        if is_zero(t) { 0.0 } else { 100.0 * (gain / t) }
+        w.rsi()
     }
 
     /// The population deviation of exactly `n` values, as [`super::stddev`].
@@ -478,19 +485,7 @@ pub mod last {
         if n == 0 || len <= n {
             return f64::NAN;
         }
-        let tr = |i: usize| {
-            let (h, l, c) = (high[i], low[i], close[i - 1]);
-            let mut greatest = h - l;
-            let v2 = (c - h).abs();
-            if v2 > greatest {
-                greatest = v2;
-            }
-            let v3 = (c - l).abs();
-            if v3 > greatest {
-                greatest = v3;
-            }
-            greatest
-        };
+        let tr = |i: usize| true_range(high, low, close, i);
         let mut total = 0.0;
         for i in 1..=n {
             total += tr(i);

@@ -1,0 +1,80 @@
+//! A bounded ring of the latest measurements and their quantiles: the
+//! latency and duration figures that `status` and PONG report.
+
+/// The last `capacity` samples (older ones are overwritten).
+#[derive(Debug, Clone)]
+pub struct Samples {
+    values: Vec<u32>,
+    next: usize,
+    capacity: usize,
+}
+
+impl Samples {
+    /// An empty ring of `capacity` (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            values: Vec::new(),
+            next: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Adds a sample, dropping the oldest when full.
+    pub fn push(&mut self, v: u32) {
+        if self.values.len() < self.capacity {
+            self.values.push(v);
+        } else {
+            self.values[self.next] = v;
+            self.next = (self.next + 1) % self.capacity;
+        }
+    }
+
+    /// The samples held, in no particular order.
+    pub fn values(&self) -> &[u32] {
+        &self.values
+    }
+
+    /// How many are held.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The `q` quantile (0..=1) of the samples held; sorts a copy, so call
+    /// it off hot paths.
+    pub fn quantile(&self, q: f64) -> Option<u32> {
+        let mut s = self.values.clone();
+        s.sort_unstable();
+        (!s.is_empty()).then(|| s[((s.len() - 1) as f64 * q.clamp(0.0, 1.0)) as usize])
+    }
+}
+
+/// A duration in whole microseconds or nanoseconds, saturated to `u32`.
+pub fn saturate(v: u128) -> u32 {
+    v.min(u128::from(u32::MAX)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_latest_and_answers_quantiles() {
+        let mut s = Samples::new(4);
+        assert_eq!(s.quantile(0.5), None);
+        for v in 1..=10 {
+            s.push(v);
+        }
+        assert_eq!(s.len(), 4);
+        let mut held = s.values().to_vec();
+        held.sort_unstable();
+        assert_eq!(held, [7, 8, 9, 10]);
+        assert_eq!(s.quantile(0.0), Some(7));
+        assert_eq!(s.quantile(1.0), Some(10));
+        assert_eq!(saturate(u128::MAX), u32::MAX);
+    }
+}
