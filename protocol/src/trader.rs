@@ -207,6 +207,22 @@ pub fn signals_with<M: Memo>(
         && (1..=cooldown).all(|back| point.value(&c.expr, last - back) != 1.0)
 }
 
+/// The raw verdict at position `at` of `window` (whose first candle has
+/// absolute index `base`): true only if the window holds the rule's warm-up
+/// before `at` and the rule holds there.
+pub fn verdict_at<M: Memo>(
+    rule: &Rule,
+    window: &[Candle],
+    at: usize,
+    base: u64,
+    memo: &mut M,
+) -> bool {
+    let Rule::Expr(c) = rule else {
+        return false;
+    };
+    at + 1 >= c.lookback && Point::new(window, base, memo).value(&c.expr, at) == 1.0
+}
+
 /// [`signals_with`] on its own (no values shared).
 pub fn signals(rule: &Rule, cooldown: usize, window: &[Candle]) -> bool {
     signals_with(rule, cooldown, window, 0, &mut MapMemo::new(LOCAL_MEMO))

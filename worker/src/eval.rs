@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use protocol::rule::point::Memo;
 use protocol::store::{ReadError, SeriesId, StoreReader, StoredCandle, SymbolId};
-use protocol::trader::{Rule, Symbols, TraderSpec, signals_with, values_with};
+use protocol::trader::{Rule, Symbols, TraderSpec, values_with, verdict_at};
 use protocol::{Candle, Interval};
 
 /// Most traders one worker holds; ADD_TRADER beyond it is refused.
@@ -176,6 +176,11 @@ pub struct Trader {
     rule: Rule,
     /// Next candle index to evaluate, per symbol.
     cursors: HashMap<String, u64>,
+    /// Per symbol: the index up to which (exclusive) raw verdicts are known
+    /// in sequence, and the last true one. The cooldown then costs one
+    /// comparison per candle instead of re-judging the candles before it.
+    /// Same entries as `cursors`, so the same bound.
+    verdicts: HashMap<String, (u64, Option<u64>)>,
     /// Candles written in batches up to this publish counter were evaluated
     /// (by this worker, or by the one it replaces).
     covered: u64,
@@ -191,6 +196,7 @@ impl Trader {
             spec,
             rule,
             cursors: HashMap::new(),
+            verdicts: HashMap::new(),
             covered: resume_after,
             resume_after,
         }
@@ -359,7 +365,32 @@ impl Trader {
             }
             let w = &candles[k + 1 - window as usize..=k];
             let base = stored_all[k + 1 - window as usize].index;
-            if signals_with(&self.rule, self.spec.cooldown as usize, w, base, memo) {
+            let last = w.len() - 1;
+            let cooldown = u64::from(self.spec.cooldown);
+            let state = self.verdicts.get(symbol).copied();
+            let mut last_true = match state {
+                Some((known_to, last_true)) if known_to == index => last_true,
+                // Not judged in sequence up to here (first look, resume,
+                // gap): the candles of the cooldown are judged now.
+                _ => (1..=cooldown)
+                    .rev()
+                    .filter(|&b| verdict_at(&self.rule, w, last - b as usize, base, memo))
+                    .map(|b| index - b)
+                    .next_back(),
+            };
+            let now = verdict_at(&self.rule, w, last, base, memo);
+            let signal = now && last_true.is_none_or(|t| t + cooldown < index);
+            if now {
+                last_true = Some(index);
+            }
+            match self.verdicts.get_mut(symbol) {
+                Some(v) => *v = (index + 1, last_true),
+                None => {
+                    self.verdicts
+                        .insert(symbol.to_owned(), (index + 1, last_true));
+                }
+            }
+            if signal {
                 hits.push(Hit {
                     trader: self.spec.id.clone(),
                     symbol: symbol.to_owned(),
