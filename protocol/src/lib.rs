@@ -30,8 +30,10 @@ pub mod message;
 #[cfg(not(loom))]
 pub mod names;
 /// The rule language: parser, checks, indicators, evaluation.
+#[cfg(not(loom))]
 pub mod rule;
 /// Bounded rings of measurements and their quantiles.
+#[cfg(not(loom))]
 pub mod samples;
 #[cfg(not(loom))]
 pub mod store;
