@@ -109,7 +109,9 @@ impl Memo for PassMemo {
 
     fn put(&mut self, key: u64, at: u64, value: f64) {
         if self.current.len() >= MEMO_GENERATION {
-            self.old = std::mem::take(&mut self.current);
+            // Sized at once: growing by rehashing mid-pass is a latency spike.
+            let fresh = HashMap::with_capacity_and_hasher(MEMO_GENERATION, FastHash);
+            self.old = std::mem::replace(&mut self.current, fresh);
         }
         self.current.insert((self.series, key, at), value);
     }
@@ -175,12 +177,12 @@ pub struct Trader {
     pub spec: TraderSpec,
     rule: Rule,
     /// Next candle index to evaluate, per symbol.
-    cursors: HashMap<String, u64>,
+    cursors: HashMap<u32, u64, FastHash>,
     /// Per symbol: the index up to which (exclusive) raw verdicts are known
     /// in sequence, and the last true one. The cooldown then costs one
     /// comparison per candle instead of re-judging the candles before it.
     /// Same entries as `cursors`, so the same bound.
-    verdicts: HashMap<String, (u64, Option<u64>)>,
+    verdicts: HashMap<u32, (u64, Option<u64>), FastHash>,
     /// Candles written in batches up to this publish counter were evaluated
     /// (by this worker, or by the one it replaces).
     covered: u64,
@@ -195,8 +197,8 @@ impl Trader {
         Self {
             spec,
             rule,
-            cursors: HashMap::new(),
-            verdicts: HashMap::new(),
+            cursors: HashMap::default(),
+            verdicts: HashMap::default(),
             covered: resume_after,
             resume_after,
         }
@@ -243,7 +245,7 @@ impl Trader {
                 continue;
             }
             let series = reader.series(*id, self.spec.interval)?;
-            match self.evaluate_series(reader, series, symbol, scratch, hits) {
+            match self.evaluate_series(reader, series, (id.index(), symbol), scratch, hits) {
                 Ok(g) => gaps += g,
                 Err(
                     e @ (ReadError::Stalled { .. }
@@ -280,7 +282,7 @@ impl Trader {
         &mut self,
         reader: &StoreReader,
         series: SeriesId,
-        symbol: &str,
+        (sym, symbol): (u32, &str),
         scratch: &mut Scratch,
         hits: &mut Vec<Hit>,
     ) -> Result<u64, ReadError> {
@@ -288,7 +290,7 @@ impl Trader {
         memo.series = series.index();
         let head = reader.appended(series)?;
         let mut gaps = 0;
-        let next = match self.cursors.get(symbol) {
+        let next = match self.cursors.get(&sym) {
             Some(&next) => next,
             None => {
                 // First look at this series: resume with the first candle
@@ -304,7 +306,7 @@ impl Trader {
             }
         };
         if head == 0 || next >= head {
-            self.set_cursor(symbol, next);
+            self.cursors.insert(sym, next);
             return Ok(gaps);
         }
         let window = self.window() as u64;
@@ -367,7 +369,7 @@ impl Trader {
             let base = stored_all[k + 1 - window as usize].index;
             let last = w.len() - 1;
             let cooldown = u64::from(self.spec.cooldown);
-            let state = self.verdicts.get(symbol).copied();
+            let state = self.verdicts.get(&sym).copied();
             let mut last_true = match state {
                 Some((known_to, last_true)) if known_to == index => last_true,
                 // Not judged in sequence up to here (first look, resume,
@@ -383,13 +385,7 @@ impl Trader {
             if now {
                 last_true = Some(index);
             }
-            match self.verdicts.get_mut(symbol) {
-                Some(v) => *v = (index + 1, last_true),
-                None => {
-                    self.verdicts
-                        .insert(symbol.to_owned(), (index + 1, last_true));
-                }
-            }
+            self.verdicts.insert(sym, (index + 1, last_true));
             if signal {
                 hits.push(Hit {
                     trader: self.spec.id.clone(),
@@ -401,17 +397,7 @@ impl Trader {
                 });
             }
         }
-        self.set_cursor(symbol, evaluated_to);
+        self.cursors.insert(sym, evaluated_to);
         Ok(gaps)
-    }
-
-    /// Moves the cursor of `symbol`, allocating its key only the first time.
-    fn set_cursor(&mut self, symbol: &str, next: u64) {
-        match self.cursors.get_mut(symbol) {
-            Some(cursor) => *cursor = next,
-            None => {
-                self.cursors.insert(symbol.to_owned(), next);
-            }
-        }
     }
 }
