@@ -222,3 +222,68 @@ fn bench_traders_reports_pass_and_signal_figures() {
     );
     inst.assert_clean();
 }
+
+#[test]
+fn a_trader_removed_and_added_again_runs_again() {
+    let inst = TestInstance::new("traders-readd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = inst.command("shmkline");
+    cmd.args([
+        "run",
+        "--rate",
+        "50",
+        "--symbols",
+        "2",
+        "--ping-interval",
+        "20",
+    ]);
+    let mut child = ChildGuard::spawn(&mut cmd);
+    child.capture_stdout();
+    inst.status_when(WAIT, |s| s["feed"]["batches"].as_u64() >= Some(5));
+    let file = dir.path().join("again.json");
+    std::fs::write(
+        &file,
+        r#"{"id":"sma10-up","symbols":"*","interval":"1m","rule":"rsi(6) < 45"}"#,
+    )
+    .expect("write");
+    let out = inst.shmkline(&["traders", "remove", "sma10-up"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Added back at once: refused while the worker still holds the old one,
+    // accepted as soon as it let go.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = inst.shmkline(&["traders", "add", &file.to_string_lossy()]);
+        if out.status.success() {
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("still being removed"), "{stderr}");
+        assert!(std::time::Instant::now() < deadline, "never accepted again");
+    }
+    let status = |inst: &TestInstance| {
+        let out = inst.shmkline(&["traders", "list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        v["traders"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["id"] == "sma10-up").cloned())
+            .expect("listed")
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while status(&inst)["state"] != "running" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the re-added trader never ran: {}",
+            status(&inst)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status(&inst)["rule"], "rsi(6) < 45");
+    child.signal(nix::sys::signal::Signal::SIGTERM);
+    let (exit, _, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "{stderr}");
+    inst.assert_clean();
+}

@@ -281,6 +281,10 @@ struct Incarnation {
     pending: BTreeMap<u64, Pending>,
     next_id: u64,
     acked: BTreeSet<String>,
+    /// Traders removed whose REMOVE_TRADER this worker has not acknowledged
+    /// yet: their signals may still be on the way, so the id cannot be added
+    /// again until then.
+    removing: BTreeSet<String>,
     synced_at: Option<Instant>,
     last_pong: Option<(Instant, Pong)>,
     rtt: Option<Duration>,
@@ -620,6 +624,7 @@ impl Coordinator {
             pending: BTreeMap::new(),
             next_id: 0,
             acked: BTreeSet::new(),
+            removing: BTreeSet::new(),
             synced_at: None,
             last_pong: None,
             rtt: None,
@@ -863,7 +868,10 @@ impl Coordinator {
                 }
             }
             (Purpose::AddTrader(trader), Message::Ack) => {
-                inc.acked.insert(trader);
+                // Removed while its ADD was on the way: not held any more.
+                if slot.traders.iter().any(|t| t.id == trader) {
+                    inc.acked.insert(trader);
+                }
                 if inc.state == State::Syncing && inc.acked.len() == slot.traders.len() {
                     self.synced(s);
                 } else {
@@ -871,6 +879,7 @@ impl Coordinator {
                 }
             }
             (Purpose::RemoveTrader(trader), Message::Ack) => {
+                inc.removing.remove(&trader);
                 tracing::info!(slot = slot.id, %trader, "trader removed");
             }
             (Purpose::Ping(sent), Message::Pong(pong)) => {
@@ -1514,7 +1523,16 @@ impl Coordinator {
             .flat_map(|s| s.traders.iter().map(|t| t.id.clone()))
             .chain(self.quarantined.iter().map(|(t, _)| t.clone()))
             .collect();
+        let removing: BTreeSet<&String> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.live.as_ref())
+            .flat_map(|i| i.removing.iter())
+            .collect();
         for t in &traders {
+            if removing.contains(&t.id) {
+                return serde_json::json!({ "error": format!("trader {} is still being removed from its worker: try again in a moment; nothing was added", t.id) });
+            }
             if let Err(e) = check_trader(&self.opts.store, t) {
                 return serde_json::json!({ "error": format!("{e:#}; nothing was added") });
             }
@@ -1551,6 +1569,7 @@ impl Coordinator {
         let before = self.quarantined.len();
         self.quarantined.retain(|(t, _)| t != id);
         if self.quarantined.len() < before {
+            self.strikes.remove(id);
             return serde_json::json!({ "removed": id, "was": "quarantined" });
         }
         let Some(s) = self
@@ -1564,12 +1583,19 @@ impl Coordinator {
         slot.traders.retain(|t| t.id != id);
         slot.starts.remove(id);
         let live = match slot.live.as_mut() {
+            Some(inc) if inc.live() => {
+                inc.acked.remove(id);
+                inc.removing.insert(id.to_owned());
+                true
+            }
             Some(inc) => {
                 inc.acked.remove(id);
-                inc.live()
+                false
             }
             None => false,
         };
+        // A fixed trader re-added under the same id starts with a clean record.
+        self.strikes.remove(id);
         if live {
             self.request(
                 s,

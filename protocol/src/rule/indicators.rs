@@ -402,9 +402,13 @@ mod tests {
     }
 }
 
-/// The last values only: the same operations in the same order as the
-/// series functions above (so the same bits as their last element), without
-/// building the series. The input is exactly the indicator's span.
+/// The last values only, without building the series. The input is exactly
+/// the indicator's span. EMA, RSI, ATR, ROC, the deviation and the extremes
+/// run the same operations in the same order as the series functions above
+/// (the same bits as their last element); SMA and WMA sum their n values
+/// afresh where the series keep running totals, so they agree to rounding
+/// (about 1e-16 relative), not to the bit. `run` and `backtest` both use
+/// these, so they agree with each other exactly.
 pub mod last {
     use super::{Wilder, is_zero_or_neg, per_to_k, true_range};
 

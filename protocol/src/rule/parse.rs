@@ -66,9 +66,19 @@ impl<'a> Lexer<'a> {
         if c.is_ascii_digit()
             || (c == '.' && trimmed[1..].starts_with(|d: char| d.is_ascii_digit()))
         {
-            let len = trimmed
-                .find(|ch: char| !(ch.is_ascii_digit() || ch == '.' || ch == 'e' || ch == 'E'))
-                .unwrap_or(trimmed.len());
+            // Digits, '.', an exponent and its sign (`1e-5`).
+            let bytes = trimmed.as_bytes();
+            let mut len = 0;
+            while len < bytes.len() {
+                let b = bytes[len];
+                let sign_of_exponent =
+                    (b == b'-' || b == b'+') && len > 0 && matches!(bytes[len - 1], b'e' | b'E');
+                if b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || sign_of_exponent {
+                    len += 1;
+                } else {
+                    break;
+                }
+            }
             let text = &trimmed[..len];
             self.pos += len;
             return text

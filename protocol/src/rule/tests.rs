@@ -25,6 +25,7 @@ fn valid_rules_round_trip_through_their_canonical_text() {
         "(close - close[1]) / close[1] * 100 > 2 and volume > 2 * sma(volume, 20)",
         "not (atr(14) > 3) and vwap(20) < close and roc(close, 10) >= -1.5",
         "crosses_below(close, sma(close, 10))",
+        "close * 1e-5 < 2.5E+3 and roc(close, 3) > -1e-2",
         "highest(high, 20)[1] < high or lowest(low, 20)[1] > low",
         "wma(close, 5) != stddev(close, 5) and macd(close, 5, 13, 4).signal == 0",
         "bollinger(20, 2).lower > low and rsi(hl2_is_not_a_field_so_this_fails, 3) > 1",
