@@ -272,17 +272,8 @@ impl Expr {
             }
             Expr::Ind(ind) => {
                 f(ind);
-                match &ind.kind {
-                    Indicator::Sma(s, _)
-                    | Indicator::Ema(s, _)
-                    | Indicator::Wma(s, _)
-                    | Indicator::Rsi(s, _)
-                    | Indicator::Stddev(s, _)
-                    | Indicator::Roc(s, _)
-                    | Indicator::Highest(s, _)
-                    | Indicator::Lowest(s, _) => s.visit(f),
-                    Indicator::Macd { src, .. } | Indicator::Bollinger { src, .. } => src.visit(f),
-                    Indicator::Atr(_) | Indicator::Vwap(_) => {}
+                if let Some(src) = ind.kind.source() {
+                    src.visit(f);
                 }
             }
         }
@@ -300,8 +291,26 @@ impl Indicator {
             | Indicator::Stddev(s, _)
             | Indicator::Roc(s, _)
             | Indicator::Highest(s, _)
-            | Indicator::Lowest(s, _) => Some(s),
-            Indicator::Macd { src, .. } | Indicator::Bollinger { src, .. } => Some(src),
+            | Indicator::Lowest(s, _)
+            | Indicator::Macd { src: s, .. }
+            | Indicator::Bollinger { src: s, .. } => Some(s.as_ref()),
+            Indicator::Atr(_) | Indicator::Vwap(_) => None,
+        }
+    }
+
+    /// The same, to change it.
+    pub fn source_mut(&mut self) -> Option<&mut Expr> {
+        match self {
+            Indicator::Sma(s, _)
+            | Indicator::Ema(s, _)
+            | Indicator::Wma(s, _)
+            | Indicator::Rsi(s, _)
+            | Indicator::Stddev(s, _)
+            | Indicator::Roc(s, _)
+            | Indicator::Highest(s, _)
+            | Indicator::Lowest(s, _)
+            | Indicator::Macd { src: s, .. }
+            | Indicator::Bollinger { src: s, .. } => Some(s),
             Indicator::Atr(_) | Indicator::Vwap(_) => None,
         }
     }

@@ -111,17 +111,8 @@ pub fn assign_keys(e: &mut Expr) {
             assign_keys(b);
         }
         Expr::Ind(ind) => {
-            match &mut ind.kind {
-                Indicator::Sma(s, _)
-                | Indicator::Ema(s, _)
-                | Indicator::Wma(s, _)
-                | Indicator::Rsi(s, _)
-                | Indicator::Stddev(s, _)
-                | Indicator::Roc(s, _)
-                | Indicator::Highest(s, _)
-                | Indicator::Lowest(s, _) => assign_keys(s),
-                Indicator::Macd { src, .. } | Indicator::Bollinger { src, .. } => assign_keys(src),
-                Indicator::Atr(_) | Indicator::Vwap(_) => {}
+            if let Some(src) = ind.kind.source_mut() {
+                assign_keys(src);
             }
             let canonical = e.to_string();
             if let Expr::Ind(ind) = e {
