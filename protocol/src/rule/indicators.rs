@@ -124,30 +124,29 @@ impl Wilder {
             loss: 0.0,
         };
         for &v in &x[1..=n] {
-            let d = v - w.prev;
-            w.prev = v;
-            if d < 0.0 {
-                w.loss -= d;
-            } else {
-                w.gain += d;
-            }
+            w.add(v);
         }
         w.loss /= w.n;
         w.gain /= w.n;
         w
     }
 
-    /// One more value, smoothed.
-    fn step(&mut self, v: f64) {
+    /// Adds the change to `v` to the gain or the loss.
+    fn add(&mut self, v: f64) {
         let d = v - self.prev;
         self.prev = v;
-        self.loss *= self.n - 1.0;
-        self.gain *= self.n - 1.0;
         if d < 0.0 {
             self.loss -= d;
         } else {
             self.gain += d;
         }
+    }
+
+    /// One more value, smoothed (TA-Lib's order: scale, add, divide).
+    fn step(&mut self, v: f64) {
+        self.loss *= self.n - 1.0;
+        self.gain *= self.n - 1.0;
+        self.add(v);
         self.loss /= self.n;
         self.gain /= self.n;
     }

@@ -1,6 +1,164 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::candle::Candle;
+
+// A second evaluator, the obvious one: every node as a whole series over the
+// window, indicators by the series functions. `Point` must agree with it.
+/// Columns of a window of candles.
+struct Columns {
+    open: Vec<f64>,
+    high: Vec<f64>,
+    low: Vec<f64>,
+    close: Vec<f64>,
+    volume: Vec<f64>,
+}
+
+impl Columns {
+    /// The columns of `candles`.
+    fn of(candles: &[Candle]) -> Self {
+        Self {
+            open: candles.iter().map(|c| c.open).collect(),
+            high: candles.iter().map(|c| c.high).collect(),
+            low: candles.iter().map(|c| c.low).collect(),
+            close: candles.iter().map(|c| c.close).collect(),
+            volume: candles.iter().map(|c| c.volume).collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.close.len()
+    }
+
+    fn field(&self, f: Field) -> &[f64] {
+        match f {
+            Field::Open => &self.open,
+            Field::High => &self.high,
+            Field::Low => &self.low,
+            Field::Close => &self.close,
+            Field::Volume => &self.volume,
+        }
+    }
+}
+
+fn truth(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// A pointwise combination; NaN (undefined) wherever an input is.
+fn zip(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            if x.is_nan() || y.is_nan() {
+                f64::NAN
+            } else {
+                f(x, y)
+            }
+        })
+        .collect()
+}
+
+/// The expression's value at every candle of `cols` (conditions as 1.0 /
+/// 0.0), NaN where it is not defined.
+fn series(e: &Expr, cols: &Columns) -> Vec<f64> {
+    let n = cols.len();
+    match e {
+        Expr::Num(v) => vec![*v; n],
+        Expr::Field(f) => cols.field(*f).to_vec(),
+        Expr::Back(e, k) => {
+            let s = series(e, cols);
+            (0..n)
+                .map(|i| if i >= *k { s[i - k] } else { f64::NAN })
+                .collect()
+        }
+        Expr::Neg(e) => series(e, cols).into_iter().map(|v| -v).collect(),
+        Expr::Arith(op, a, b) => {
+            let (a, b) = (series(a, cols), series(b, cols));
+            match *op {
+                "+" => zip(&a, &b, |x, y| x + y),
+                "-" => zip(&a, &b, |x, y| x - y),
+                "*" => zip(&a, &b, |x, y| x * y),
+                _ => zip(&a, &b, |x, y| x / y),
+            }
+        }
+        Expr::Cmp(op, a, b) => {
+            let (a, b) = (series(a, cols), series(b, cols));
+            match *op {
+                "<" => zip(&a, &b, |x, y| truth(x < y)),
+                "<=" => zip(&a, &b, |x, y| truth(x <= y)),
+                ">" => zip(&a, &b, |x, y| truth(x > y)),
+                ">=" => zip(&a, &b, |x, y| truth(x >= y)),
+                "==" => zip(&a, &b, |x, y| truth(x == y)),
+                _ => zip(&a, &b, |x, y| truth(x != y)),
+            }
+        }
+        Expr::And(a, b) => zip(&series(a, cols), &series(b, cols), |x, y| {
+            truth(x == 1.0 && y == 1.0)
+        }),
+        Expr::Or(a, b) => zip(&series(a, cols), &series(b, cols), |x, y| {
+            truth(x == 1.0 || y == 1.0)
+        }),
+        Expr::Not(a) => series(a, cols)
+            .into_iter()
+            .map(|v| if v.is_nan() { v } else { truth(v != 1.0) })
+            .collect(),
+        Expr::Cross(above, a, b) => {
+            let (a, b) = (series(a, cols), series(b, cols));
+            (0..n)
+                .map(|i| {
+                    if i == 0 || [a[i - 1], b[i - 1], a[i], b[i]].iter().any(|v| v.is_nan()) {
+                        return f64::NAN;
+                    }
+                    truth(if *above {
+                        a[i - 1] <= b[i - 1] && a[i] > b[i]
+                    } else {
+                        a[i - 1] >= b[i - 1] && a[i] < b[i]
+                    })
+                })
+                .collect()
+        }
+        Expr::Ind(ind) => indicator(&ind.kind, cols),
+    }
+}
+
+fn indicator(kind: &Indicator, cols: &Columns) -> Vec<f64> {
+    use indicators as ta;
+    match kind {
+        Indicator::Sma(s, p) => ta::sma(&series(s, cols), *p),
+        Indicator::Ema(s, p) => ta::ema(&series(s, cols), *p),
+        Indicator::Wma(s, p) => ta::wma(&series(s, cols), *p),
+        Indicator::Rsi(s, p) => ta::rsi(&series(s, cols), *p),
+        Indicator::Stddev(s, p) => ta::stddev(&series(s, cols), *p),
+        Indicator::Roc(s, p) => ta::roc(&series(s, cols), *p),
+        Indicator::Highest(s, p) => ta::highest(&series(s, cols), *p),
+        Indicator::Lowest(s, p) => ta::lowest(&series(s, cols), *p),
+        Indicator::Atr(p) => ta::atr(&cols.high, &cols.low, &cols.close, *p),
+        Indicator::Vwap(p) => ta::vwap(&cols.high, &cols.low, &cols.close, &cols.volume, *p),
+        Indicator::Macd {
+            src,
+            fast,
+            slow,
+            signal,
+            part,
+        } => {
+            let [line, sig, hist] = ta::macd(&series(src, cols), *fast, *slow, *signal);
+            match part {
+                MacdPart::Line => line,
+                MacdPart::Signal => sig,
+                MacdPart::Hist => hist,
+            }
+        }
+        Indicator::Bollinger { src, n, k, part } => {
+            let [upper, middle, lower] = ta::bollinger(&series(src, cols), *n, *k);
+            match part {
+                BandPart::Upper => upper,
+                BandPart::Middle => middle,
+                BandPart::Lower => lower,
+            }
+        }
+    }
+}
 
 fn candles(closes: &[f64]) -> Vec<Candle> {
     closes
@@ -125,12 +283,22 @@ fn verdicts_read_the_window_and_values_name_each_indicator_as_written() {
     );
     let cols = Columns::of(&candles(&[5.0, 5.0, 5.0, 1.0]));
     assert_eq!(series(&rule, &cols)[3], 0.0);
-    let v = values(
-        &parse("sma( close,3 ) > 1 and rsi(2) > 0").expect("valid"),
-        &candles(&[1.0, 2.0, 3.0, 4.0]),
-    );
+    let rule = crate::trader::TraderSpec {
+        id: "v".into(),
+        version: 0,
+        symbols: crate::trader::Symbols::All,
+        interval: crate::Interval::M1,
+        rule: "sma( close,3 ) > 1 and rsi(2) > 0".into(),
+        cooldown: 0,
+        labels: Default::default(),
+    }
+    .compile()
+    .expect("valid");
+    // Long enough for the RSI's settled span (2 + 34 candles).
+    let rising: Vec<f64> = (1..=40).map(f64::from).collect();
+    let v = crate::trader::values(&rule, &candles(&rising));
     assert_eq!(v.len(), 2);
-    assert_eq!(v["sma( close,3 )"], 3.0);
+    assert_eq!(v["sma( close,3 )"], 39.0);
     assert_eq!(v["rsi(2)"], 100.0);
 }
 
