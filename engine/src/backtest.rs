@@ -13,7 +13,8 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use protocol::Interval;
 use protocol::message::Signal;
-use protocol::trader::{Symbols, TraderSpec, signals, values};
+use protocol::rule::point::Memo;
+use protocol::trader::{Symbols, TraderSpec, signals_with, values_with};
 
 use crate::feed::FeedConfig;
 use crate::feed::writer::{FeedWriter, MemorySink};
@@ -56,6 +57,9 @@ pub fn load(opts: &BacktestOptions) -> Result<MemorySink> {
     Ok(sink)
 }
 
+/// (Indicator, series) slots a backtest's memo keeps per series.
+const BACKTEST_MEMO_SLOTS: usize = 1 << 14;
+
 /// Writes every signal as a JSON line to `out`; returns how many.
 pub fn backtest(opts: &BacktestOptions, out: &mut impl Write) -> Result<u64> {
     let compiled = opts
@@ -68,6 +72,8 @@ pub fn backtest(opts: &BacktestOptions, out: &mut impl Write) -> Result<u64> {
     for series in &sink.series {
         let symbol = series.symbol.to_string();
         let candles = series.closed();
+        // One memo per series, shared by its traders as in a worker.
+        let mut memo = Memo::new(BACKTEST_MEMO_SLOTS);
         for (spec, rule) in &compiled {
             if spec.interval != series.interval {
                 continue;
@@ -79,7 +85,10 @@ pub fn backtest(opts: &BacktestOptions, out: &mut impl Write) -> Result<u64> {
             }
             let window = rule.lookback() + spec.cooldown as usize;
             for end in window..=candles.len() {
-                if signals(rule, spec.cooldown as usize, &candles[end - window..end]) {
+                // The candles' absolute indices, as a worker reads them from
+                // the ring: recursive indicators are anchored on them.
+                let (w, base) = (&candles[end - window..end], (end - window) as u64);
+                if signals_with(rule, spec.cooldown as usize, w, base, &mut memo) {
                     let candle = candles[end - 1];
                     let signal = Signal {
                         trader: spec.id.clone(),
@@ -88,7 +97,7 @@ pub fn backtest(opts: &BacktestOptions, out: &mut impl Write) -> Result<u64> {
                         open_time: candle.open_time,
                         close: candle.close,
                         labels: spec.labels.clone(),
-                        values: values(rule, &candles[end - window..end]),
+                        values: values_with(rule, w, base, &mut memo),
                     };
                     writeln!(out, "{}", signal_json(&signal, None)).context("writing a signal")?;
                     emitted += 1;

@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use crate::candle::{Candle, Interval};
 use crate::rule::Expr;
-use crate::rule::point::{MapMemo, Memo, Point};
+use crate::rule::point::{Memo, Point};
 
 /// Longest trader id.
 pub const MAX_TRADER_ID: usize = 64;
@@ -187,12 +187,12 @@ impl TraderSpec {
 /// the same series (see [`crate::rule::point`]). Defined over raw verdicts
 /// (not over signals already emitted) so that it stays a pure function of
 /// the window.
-pub fn signals_with<M: Memo>(
+pub fn signals_with(
     rule: &Rule,
     cooldown: usize,
     window: &[Candle],
     base: u64,
-    memo: &mut M,
+    memo: &mut Memo,
 ) -> bool {
     let Rule::Expr(c) = rule else {
         // Never a verdict: their effect is in the worker.
@@ -210,13 +210,7 @@ pub fn signals_with<M: Memo>(
 /// The raw verdict at position `at` of `window` (whose first candle has
 /// absolute index `base`): true only if the window holds the rule's warm-up
 /// before `at` and the rule holds there.
-pub fn verdict_at<M: Memo>(
-    rule: &Rule,
-    window: &[Candle],
-    at: usize,
-    base: u64,
-    memo: &mut M,
-) -> bool {
+pub fn verdict_at(rule: &Rule, window: &[Candle], at: usize, base: u64, memo: &mut Memo) -> bool {
     let Rule::Expr(c) = rule else {
         return false;
     };
@@ -225,7 +219,7 @@ pub fn verdict_at<M: Memo>(
 
 /// [`signals_with`] on its own (no values shared).
 pub fn signals(rule: &Rule, cooldown: usize, window: &[Candle]) -> bool {
-    signals_with(rule, cooldown, window, 0, &mut MapMemo::new(LOCAL_MEMO))
+    signals_with(rule, cooldown, window, 0, &mut Memo::new(LOCAL_MEMO))
 }
 
 /// The raw verdict of `rule` on the last candle of `window` (exactly
@@ -236,11 +230,11 @@ pub fn verdict(rule: &Rule, window: &[Candle]) -> bool {
 
 /// Each indicator of the rule (by its text as written) on the last candle
 /// of `window`, for the signal's `values`.
-pub fn values_with<M: Memo>(
+pub fn values_with(
     rule: &Rule,
     window: &[Candle],
     base: u64,
-    memo: &mut M,
+    memo: &mut Memo,
 ) -> BTreeMap<String, f64> {
     let Rule::Expr(c) = rule else {
         return BTreeMap::new();
@@ -258,11 +252,11 @@ pub fn values_with<M: Memo>(
 
 /// [`values_with`] on its own.
 pub fn values(rule: &Rule, window: &[Candle]) -> BTreeMap<String, f64> {
-    values_with(rule, window, 0, &mut MapMemo::new(LOCAL_MEMO))
+    values_with(rule, window, 0, &mut Memo::new(LOCAL_MEMO))
 }
 
-/// Values a single evaluation keeps.
-const LOCAL_MEMO: usize = 1 << 16;
+/// (Indicator, series) slots a single evaluation keeps.
+const LOCAL_MEMO: usize = 1 << 10;
 
 #[cfg(test)]
 mod tests {

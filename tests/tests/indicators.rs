@@ -7,7 +7,10 @@
 use std::path::Path;
 
 use harness::data_file;
+use protocol::Candle;
 use protocol::rule::indicators as ta;
+use protocol::rule::point::{Memo, Point};
+use protocol::rule::{self, Expr};
 
 const BTC: &str = "BTCUSDT-1m-2021-02-19_25.csv";
 
@@ -27,6 +30,17 @@ fn every_indicator_matches_talib_on_real_candles() {
         .collect();
     let col = |k: usize| rows.iter().map(|r| r[k]).collect::<Vec<f64>>();
     let (h, l, c, v) = (col(2), col(3), col(4), col(5));
+    let candles: Vec<Candle> = rows
+        .iter()
+        .map(|r| Candle {
+            open_time: r[0] as i64,
+            open: r[1],
+            high: r[2],
+            low: r[3],
+            close: r[4],
+            volume: r[5],
+        })
+        .collect();
     let [macd_line, macd_signal, macd_hist] = ta::macd(&c, 12, 26, 9);
     let [upper, middle, lower] = ta::bollinger(&c, 20, 2.0);
     let ours: Vec<(&str, Vec<f64>)> = vec![
@@ -79,6 +93,32 @@ fn every_indicator_matches_talib_on_real_candles() {
         assert!(compared > n / 2, "{name}: only {compared} values compared");
         report.push(format!(
             "{name}: {compared} values, worst relative error {worst:e}"
+        ));
+        // What rules see: the same indicator written in the rule language,
+        // evaluated candle by candle as a worker does (kept states stepped,
+        // re-anchored every ANCHOR_EVERY candles), once past its warm-up.
+        let expr = rule::parse(&format!("{name} > 0")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let Expr::Cmp(_, ind, _) = &expr else {
+            panic!("{name}: a comparison")
+        };
+        let mut memo = Memo::new(64);
+        let (mut checked, mut worst_rule) = (0, 0.0f64);
+        for (i, w) in want.iter().enumerate().skip(ind.warmup()) {
+            let got = Point::new(&candles, 0, &mut memo).value(ind, i);
+            let Some(w) = w.as_f64() else {
+                panic!("{name}[{i}]: past the rule's warm-up TA-Lib has a value")
+            };
+            let err = (got - w).abs() / if w.abs() < 1e-6 { 1.0 } else { w.abs() };
+            assert!(err <= 1e-9, "rule {name}[{i}]: {got} vs TA-Lib {w}");
+            worst_rule = worst_rule.max(err);
+            checked += 1;
+        }
+        assert!(
+            checked > n / 2,
+            "rule {name}: only {checked} values compared"
+        );
+        report.push(format!(
+            "  in a rule: {checked} values, worst relative error {worst_rule:e}"
         ));
     }
     eprintln!("{}", report.join("\n"));

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use protocol::rule::point::Memo;
+use protocol::rule::point::{FastHash, Memo};
 use protocol::store::{ReadError, SeriesId, StoreReader, StoredCandle, SymbolId};
 use protocol::trader::{Rule, Symbols, TraderSpec, values_with, verdict_at};
 use protocol::{Candle, Interval};
@@ -15,16 +15,26 @@ pub const MAX_TRADERS: usize = 10_000;
 
 /// Buffers an evaluation pass reuses, so the loop does not allocate per
 /// series once they have grown to the largest window.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Scratch {
     /// Candles read from the ring (resume points).
     buf: Vec<StoredCandle>,
-    /// Indicator values of this pass, shared by every trader judging the
-    /// same series.
-    memo: PassMemo,
+    /// Indicator values and recursive states, shared by every trader judging
+    /// the same series and kept from pass to pass.
+    memo: Memo,
     /// The candles read from each series in this pass: the traders of a
     /// series read its ring once, not once each.
-    reads: HashMap<u32, SeriesRead>,
+    reads: HashMap<u32, SeriesRead, FastHash>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self {
+            buf: Vec::new(),
+            memo: Memo::new(MEMO_SLOTS),
+            reads: HashMap::default(),
+        }
+    }
 }
 
 /// Candles `start..head` of one series: the worker's copy of its ring.
@@ -43,9 +53,10 @@ impl SeriesRead {
     /// Brings the copy up to `head`, holding at least the candles from
     /// `from` on: only the candles appended since the last pass (and the
     /// last one copied, which may have been updated or closed since) when
-    /// the copy reaches back far enough, else the whole range. Older candles
-    /// than `from` are dropped, so the copy is as long as the longest window
-    /// of the series' traders plus the new candles.
+    /// the copy reaches back far enough, else the whole range. Candles
+    /// older than `from` are dropped once there are `reach` of them, so the
+    /// copy is at most twice as long as the longest window of the series'
+    /// traders, plus the new candles.
     fn refresh(
         &mut self,
         reader: &StoreReader,
@@ -74,8 +85,10 @@ impl SeriesRead {
             self.candles.extend(self.stored.iter().map(|c| c.candle));
             self.start = from;
         }
+        // Dropped in bulk, once the excess is as long as the reach: shifting
+        // the copy by one candle every pass would move all of it each time.
         let excess = from.saturating_sub(self.start) as usize;
-        if excess > 0 {
+        if excess > 0 && excess as u64 >= self.reach {
             self.stored.drain(..excess);
             self.candles.drain(..excess);
             self.start = from;
@@ -85,73 +98,10 @@ impl SeriesRead {
     }
 }
 
-/// Indicator values one memo generation holds (about 40 bytes each); two
-/// generations are kept, so at most twice this.
-pub const MEMO_GENERATION: usize = 1 << 17;
-
-/// Indicator values by (series, indicator digest, candle index), kept across
-/// passes: the next candle's verdicts (crosses, cooldowns) read the values
-/// of the candles before it again. When the current generation is full it
-/// becomes the old one and the oldest is dropped: recent values survive,
-/// memory stays bounded, and a dropped value is recomputed, never wrong.
-#[derive(Debug, Default)]
-struct PassMemo {
-    current: HashMap<(u32, u64, u64), f64, FastHash>,
-    old: HashMap<(u32, u64, u64), f64, FastHash>,
-    series: u32,
-}
-
-impl Memo for PassMemo {
-    fn get(&self, key: u64, at: u64) -> Option<f64> {
-        let k = (self.series, key, at);
-        self.current.get(&k).or_else(|| self.old.get(&k)).copied()
-    }
-
-    fn put(&mut self, key: u64, at: u64, value: f64) {
-        if self.current.len() >= MEMO_GENERATION {
-            // Sized at once: growing by rehashing mid-pass is a latency spike.
-            let fresh = HashMap::with_capacity_and_hasher(MEMO_GENERATION, FastHash);
-            self.old = std::mem::replace(&mut self.current, fresh);
-        }
-        self.current.insert((self.series, key, at), value);
-    }
-}
-
-/// A multiply-xor hasher for the memo's integer keys (SipHash's resistance
-/// to chosen keys buys nothing here: the keys are ours).
-#[derive(Debug, Default, Clone, Copy)]
-struct FastHash;
-
-impl std::hash::BuildHasher for FastHash {
-    type Hasher = FastHasher;
-
-    fn build_hasher(&self) -> FastHasher {
-        FastHasher(0)
-    }
-}
-
-#[derive(Debug)]
-struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
+/// (Indicator, series) slots the memo keeps (about 400 bytes each, so at
+/// most ~26 MiB): far more than 10,000 traders on a hundred series use in
+/// practice. Past it the memo starts over, which costs time, never a value.
+pub const MEMO_SLOTS: usize = 1 << 16;
 
 /// A verdict that became a signal.
 #[derive(Debug, Clone, PartialEq)]
@@ -287,7 +237,7 @@ impl Trader {
         hits: &mut Vec<Hit>,
     ) -> Result<u64, ReadError> {
         let Scratch { buf, memo, reads } = scratch;
-        memo.series = series.index();
+        memo.on_series(series.index());
         let head = reader.appended(series)?;
         let mut gaps = 0;
         let next = match self.cursors.get(&sym) {
@@ -366,19 +316,23 @@ impl Trader {
                 continue;
             }
             let w = &candles[k + 1 - window as usize..=k];
-            let base = stored_all[k + 1 - window as usize].index;
+            // Indices are consecutive: no need to touch the window's first
+            // candle (a cache miss per trader and series).
+            let base = start + (k + 1 - window as usize) as u64;
             let last = w.len() - 1;
             let cooldown = u64::from(self.spec.cooldown);
             let state = self.verdicts.get(&sym).copied();
             let mut last_true = match state {
                 Some((known_to, last_true)) if known_to == index => last_true,
                 // Not judged in sequence up to here (first look, resume,
-                // gap): the candles of the cooldown are judged now.
+                // gap): the candles of the cooldown are judged now, oldest
+                // first, so recursive indicators step forward from one to
+                // the next instead of starting afresh for each.
                 _ => (1..=cooldown)
                     .rev()
                     .filter(|&b| verdict_at(&self.rule, w, last - b as usize, base, memo))
                     .map(|b| index - b)
-                    .next_back(),
+                    .last(),
             };
             let now = verdict_at(&self.rule, w, last, base, memo);
             let signal = now && last_true.is_none_or(|t| t + cooldown < index);

@@ -10,15 +10,7 @@
 //! indicator then starts at its input's first defined value, as TA-Lib does
 //! when handed the defined part).
 
-/// TA-Lib's `TA_IS_ZERO`.
-fn is_zero(v: f64) -> bool {
-    -0.000_000_000_000_01 < v && v < 0.000_000_000_000_01
-}
-
-/// TA-Lib's `TA_IS_ZERO_OR_NEG`.
-fn is_zero_or_neg(v: f64) -> bool {
-    v < 0.000_000_000_000_01
-}
+use super::kernel::{self, is_zero_or_neg};
 
 /// Runs `f` on the defined suffix of `x` (after its leading NaNs) and puts
 /// the result back in place.
@@ -47,37 +39,13 @@ pub fn sma(x: &[f64], n: usize) -> Vec<f64> {
     })
 }
 
-/// Exponential moving average seeded with the SMA of the first n values
-/// (TA_EMA / TA_INT_EMA), with smoothing `k`.
-fn ema_k(x: &[f64], n: usize, k: f64, out: &mut [f64], start: usize) {
-    // TA_INT_EMA from `start` (>= n - 1): the seed is the SMA of the n
-    // values ending at `start`.
-    if n == 0 || x.len() <= start || start + 1 < n {
-        return;
-    }
-    let mut today = start + 1 - n;
-    let mut total = 0.0;
-    for _ in 0..n {
-        total += x[today];
-        today += 1;
-    }
-    let mut prev = total / n as f64;
-    out[start] = prev;
-    while today < x.len() {
-        prev = ((x[today] - prev) * k) + prev;
-        out[today] = prev;
-        today += 1;
-    }
-}
-
-fn per_to_k(n: usize) -> f64 {
-    2.0 / (n as f64 + 1.0)
-}
-
 /// Exponential moving average (TA_EMA).
 pub fn ema(x: &[f64], n: usize) -> Vec<f64> {
     on_defined(x, |x, out| {
-        ema_k(x, n, per_to_k(n), out, n.saturating_sub(1))
+        let mut e = kernel::Ema::new(n);
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = e.push(v);
+        }
     })
 }
 
@@ -106,72 +74,12 @@ pub fn wma(x: &[f64], n: usize) -> Vec<f64> {
     })
 }
 
-/// Wilder's average gain and loss (TA_RSI's state).
-struct Wilder {
-    n: f64,
-    prev: f64,
-    gain: f64,
-    loss: f64,
-}
-
-impl Wilder {
-    /// The averages over the first `n` changes of `x` (needs `n + 1` values).
-    fn start(x: &[f64], n: usize) -> Self {
-        let mut w = Self {
-            n: n as f64,
-            prev: x[0],
-            gain: 0.0,
-            loss: 0.0,
-        };
-        for &v in &x[1..=n] {
-            w.add(v);
-        }
-        w.loss /= w.n;
-        w.gain /= w.n;
-        w
-    }
-
-    /// Adds the change to `v` to the gain or the loss.
-    fn add(&mut self, v: f64) {
-        let d = v - self.prev;
-        self.prev = v;
-        if d < 0.0 {
-            self.loss -= d;
-        } else {
-            self.gain += d;
-        }
-    }
-
-    /// One more value, smoothed (TA-Lib's order: scale, add, divide).
-    fn step(&mut self, v: f64) {
-        self.loss *= self.n - 1.0;
-        self.gain *= self.n - 1.0;
-        self.add(v);
-        self.loss /= self.n;
-        self.gain /= self.n;
-    }
-
-    fn rsi(&self) -> f64 {
-        let t = self.gain + self.loss;
-        if is_zero(t) {
-            0.0
-        } else {
-            100.0 * (self.gain / t)
-        }
-    }
-}
-
 /// Relative strength index, Wilder's smoothing (TA_RSI).
 pub fn rsi(x: &[f64], n: usize) -> Vec<f64> {
     on_defined(x, |x, out| {
-        if n < 2 || x.len() <= n {
-            return;
-        }
-        let mut w = Wilder::start(x, n);
-        out[n] = w.rsi();
-        for i in n + 1..x.len() {
-            w.step(x[i]);
-            out[i] = w.rsi();
+        let mut r = kernel::Rsi::new(n);
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = r.push(v);
         }
     })
 }
@@ -241,44 +149,14 @@ pub fn lowest(x: &[f64], n: usize) -> Vec<f64> {
     })
 }
 
-/// The true range of candle `i` (>= 1), as TA_TRANGE computes it.
-fn true_range(high: &[f64], low: &[f64], close: &[f64], i: usize) -> f64 {
-    let (h, l, c) = (high[i], low[i], close[i - 1]);
-    let mut greatest = h - l;
-    let v2 = (c - h).abs();
-    if v2 > greatest {
-        greatest = v2;
-    }
-    let v3 = (c - l).abs();
-    if v3 > greatest {
-        greatest = v3;
-    }
-    greatest
-}
-
 /// Average true range, Wilder's smoothing (TA_ATR).
 pub fn atr(high: &[f64], low: &[f64], close: &[f64], n: usize) -> Vec<f64> {
-    let len = close.len().min(high.len()).min(low.len());
-    let mut out = vec![f64::NAN; len];
-    if n == 0 || len <= n {
-        return out;
-    }
-    let tr = |i: usize| true_range(high, low, close, i);
-    // The first ATR is the SMA of TR[1..=n] (TA_INT_SMA's running sum).
-    let mut total = 0.0;
-    for i in 1..=n {
-        total += tr(i);
-    }
-    let nf = n as f64;
-    let mut prev = total / nf;
-    out[n] = prev;
-    for (i, slot) in out.iter_mut().enumerate().skip(n + 1) {
-        prev *= nf - 1.0;
-        prev += tr(i);
-        prev /= nf;
-        *slot = prev;
-    }
-    out
+    let mut a = kernel::Atr::new(n);
+    high.iter()
+        .zip(low)
+        .zip(close)
+        .map(|((&h, &l), &c)| a.push(h, l, c))
+        .collect()
 }
 
 /// Volume-weighted average of the typical price (high + low + close) / 3
@@ -301,35 +179,18 @@ pub fn vwap(high: &[f64], low: &[f64], close: &[f64], volume: &[f64], n: usize) 
 /// slow - 1, the fast one seeded with the SMA of the `fast` values ending
 /// there; all three outputs start at slow + signal - 2.
 pub fn macd(x: &[f64], fast: usize, slow: usize, signal: usize) -> [Vec<f64>; 3] {
-    let mut line = vec![f64::NAN; x.len()];
-    let mut sig = vec![f64::NAN; x.len()];
-    let mut hist = vec![f64::NAN; x.len()];
+    let mut out = [
+        vec![f64::NAN; x.len()],
+        vec![f64::NAN; x.len()],
+        vec![f64::NAN; x.len()],
+    ];
     let first = x.iter().position(|v| !v.is_nan()).unwrap_or(x.len());
-    let x = &x[first..];
-    let (fast, slow) = if slow < fast {
-        (slow, fast)
-    } else {
-        (fast, slow)
-    };
-    if fast == 0 || signal == 0 || x.len() < slow + signal - 1 {
-        return [line, sig, hist];
+    let mut m = kernel::Macd::new(fast, slow, signal);
+    for (i, &v) in x.iter().enumerate().skip(first) {
+        let [line, sig, hist] = m.push(v);
+        (out[0][i], out[1][i], out[2][i]) = (line, sig, hist);
     }
-    let mut slow_ema = vec![f64::NAN; x.len()];
-    let mut fast_ema = vec![f64::NAN; x.len()];
-    ema_k(x, slow, per_to_k(slow), &mut slow_ema, slow - 1);
-    ema_k(x, fast, per_to_k(fast), &mut fast_ema, slow - 1);
-    let diff: Vec<f64> = (slow - 1..x.len())
-        .map(|i| fast_ema[i] - slow_ema[i])
-        .collect();
-    let mut diff_sig = vec![f64::NAN; diff.len()];
-    ema_k(&diff, signal, per_to_k(signal), &mut diff_sig, signal - 1);
-    for j in signal - 1..diff.len() {
-        let i = first + slow - 1 + j;
-        line[i] = diff[j];
-        sig[i] = diff_sig[j];
-        hist[i] = diff[j] - diff_sig[j];
-    }
-    [line, sig, hist]
+    out
 }
 
 /// Bollinger bands (TA_BBANDS, SMA middle, population deviation, the same
@@ -398,108 +259,5 @@ mod tests {
         // Indicators of indicators start where their input is defined.
         let e = ema(&sma(&x, 2), 2);
         assert!(e[1].is_nan() && e[2] == 2.0);
-    }
-}
-
-/// The last values only, without building the series. The input is exactly
-/// the indicator's span. EMA, RSI, ATR, ROC, the deviation and the extremes
-/// run the same operations in the same order as the series functions above
-/// (the same bits as their last element); SMA and WMA sum their n values
-/// afresh where the series keep running totals, so they agree to rounding
-/// (about 1e-16 relative), not to the bit. `run` and `backtest` both use
-/// these, so they agree with each other exactly.
-pub mod last {
-    use super::{Wilder, is_zero_or_neg, per_to_k, true_range};
-
-    /// [`super::sma`] over exactly `n` values.
-    pub fn sma(x: &[f64]) -> f64 {
-        let mut total = 0.0;
-        for v in x {
-            total += v;
-        }
-        total / x.len() as f64
-    }
-
-    /// [`super::ema`]: seed over the first `n`, then the rest.
-    pub fn ema(x: &[f64], n: usize) -> f64 {
-        if n == 0 || x.len() < n {
-            return f64::NAN;
-        }
-        let k = per_to_k(n);
-        let mut prev = sma(&x[..n]);
-        for v in &x[n..] {
-            prev = ((v - prev) * k) + prev;
-        }
-        prev
-    }
-
-    /// [`super::wma`] over exactly `n` values.
-    pub fn wma(x: &[f64]) -> f64 {
-        let n = x.len();
-        let mut sum = 0.0;
-        for (i, v) in x[..n - 1].iter().enumerate() {
-            sum += v * (i + 1) as f64;
-        }
-        sum += x[n - 1] * n as f64;
-        sum / ((n * (n + 1)) >> 1) as f64
-    }
-
-    /// [`super::rsi`].
-    pub fn rsi(x: &[f64], n: usize) -> f64 {
-        if n < 2 || x.len() <= n {
-            return f64::NAN;
-        }
-        let mut w = Wilder::start(x, n);
-        for &v in &x[n + 1..] {
-            w.step(v);
-        }
-        w.rsi()
-    }
-
-    /// The population deviation of exactly `n` values, as [`super::stddev`].
-    pub fn stddev(x: &[f64]) -> f64 {
-        let nf = x.len() as f64;
-        let mean = x.iter().sum::<f64>() / nf;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / nf;
-        if is_zero_or_neg(var) { 0.0 } else { var.sqrt() }
-    }
-
-    /// [`super::bollinger`]'s band over exactly `n` values: (upper, middle, lower).
-    pub fn bollinger(x: &[f64], k: f64) -> (f64, f64, f64) {
-        let middle = sma(x);
-        let dev = stddev(x);
-        let width = if k == 1.0 { dev } else { dev * k };
-        (middle + width, middle, middle - width)
-    }
-
-    /// [`super::roc`] from the first to the last of `x`.
-    pub fn roc(x: &[f64]) -> f64 {
-        let (prev, now) = (x[0], x[x.len() - 1]);
-        if prev != 0.0 {
-            ((now / prev) - 1.0) * 100.0
-        } else {
-            0.0
-        }
-    }
-
-    /// [`super::atr`] over high, low, close of the same `n + extra + 1` candles.
-    pub fn atr(high: &[f64], low: &[f64], close: &[f64], n: usize) -> f64 {
-        let len = close.len();
-        if n == 0 || len <= n {
-            return f64::NAN;
-        }
-        let tr = |i: usize| true_range(high, low, close, i);
-        let mut total = 0.0;
-        for i in 1..=n {
-            total += tr(i);
-        }
-        let nf = n as f64;
-        let mut prev = total / nf;
-        for i in n + 1..len {
-            prev *= nf - 1.0;
-            prev += tr(i);
-            prev /= nf;
-        }
-        prev
     }
 }

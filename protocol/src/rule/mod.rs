@@ -23,6 +23,7 @@
 //! verdict on the window is the verdict on the whole history.
 
 pub mod indicators;
+pub mod kernel;
 mod parse;
 pub mod point;
 
@@ -36,6 +37,10 @@ pub const MAX_PERIOD: usize = 1000;
 pub const MAX_OFFSET: usize = 1000;
 /// A recursive indicator's seed must weigh less than this in its value.
 pub const SETTLE: f64 = 1e-10;
+/// A recursive indicator is computed from an anchor every this many candles
+/// (see [`point`]): a new candle costs one step of its state, and its rule
+/// reads up to this many candles more than the settled span.
+pub const ANCHOR_EVERY: usize = 32;
 
 /// What an expression is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +245,7 @@ impl Expr {
                 a.warmup().max(b.warmup())
             }
             Expr::Cross(_, a, b) => a.warmup().max(b.warmup()) + 1,
-            Expr::Ind(ind) => ind.kind.source().map_or(0, Expr::warmup) + ind.kind.span(),
+            Expr::Ind(ind) => ind.kind.source().map_or(0, Expr::warmup) + ind.kind.reach(),
         }
     }
 
@@ -312,7 +317,30 @@ impl Indicator {
         }
     }
 
-    /// Values of its source before the judged candle it reads.
+    /// Whether its value carries state from candle to candle (EMA, RSI,
+    /// ATR, MACD): such a value is computed from an anchor (see
+    /// [`point`]), not from a window of fixed length.
+    pub fn is_recursive(&self) -> bool {
+        matches!(
+            self,
+            Indicator::Ema(..) | Indicator::Rsi(..) | Indicator::Atr(_) | Indicator::Macd { .. }
+        )
+    }
+
+    /// Values of its source before the judged candle it reads at most: the
+    /// span, and for a recursive indicator up to [`ANCHOR_EVERY`]` - 1` more
+    /// (how far its anchor can lie behind the span).
+    pub fn reach(&self) -> usize {
+        self.span()
+            + if self.is_recursive() {
+                ANCHOR_EVERY - 1
+            } else {
+                0
+            }
+    }
+
+    /// Values of its source before the judged candle its computation needs
+    /// at least: a recursive one's seed and settling.
     pub fn span(&self) -> usize {
         match self {
             Indicator::Sma(_, n)

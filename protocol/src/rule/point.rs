@@ -1,89 +1,217 @@
-//! Evaluation candle by candle, with values shared between traders.
+//! Evaluation candle by candle, with values shared between traders and
+//! recursive indicators stepped from candle to candle.
 //!
 //! The value of an expression at a candle depends only on the candles its
-//! warm-up covers: an indicator's value at candle `i` is the indicator
-//! computed over its source's values at `i - span ..= i` (each of those, if
-//! the source is itself an indicator, again over its own span). So a
-//! verdict is the same whatever window it is read from, as long as the
-//! window holds the warm-up, and an indicator's value at a candle is the
-//! same for every trader that uses it. A [`Memo`] keyed by (indicator
-//! digest, absolute candle index) lets the traders of a worker that judge
-//! the same series share those values instead of each recomputing them.
+//! warm-up covers, and on nothing else: not on where the window starts, not
+//! on what was evaluated before. That makes a verdict the same in every
+//! worker and in `backtest`, and lets the traders of a worker share values
+//! through a [`Memo`] keyed by (series, indicator, absolute candle index).
+//!
+//! - A window indicator (SMA, WMA, deviation, Bollinger, ROC, extremes,
+//!   VWAP) at candle `i` is its kernel over its source at `i - span ..= i`.
+//! - A recursive indicator (EMA, RSI, ATR, MACD) at candle `i` is its state
+//!   machine ([`super::kernel`]) fed from an *anchor* `a(i)` to `i`: the
+//!   latest candle at or before `i - span` whose absolute index is
+//!   `digest % ANCHOR_EVERY` modulo [`ANCHOR_EVERY`]. The span lets the
+//!   seed fade below [`super::SETTLE`], so the value is the whole-history
+//!   one to 1e-10. The anchor moves only every `ANCHOR_EVERY` candles, so
+//!   the memo keeps the state at `i - 1` and the next candle costs one
+//!   step; when the anchor moves, the value is computed afresh from the new
+//!   one. The offset by digest spreads those fresh computations of
+//!   different indicators over different candles, so no one pass pays for
+//!   all of them.
+//!
+//! Stepping a kept state and computing afresh from the anchor run the same
+//! operations on the same inputs, so they give the same bits.
 
 use std::collections::HashMap;
 
-use super::indicators as ta;
-use super::{BandPart, Expr, Field, Indicator, MacdPart};
+use super::kernel::{self, window};
+use super::{ANCHOR_EVERY, BandPart, Expr, Field, Ind, Indicator, MacdPart};
 use crate::candle::Candle;
 
-/// Values computed so far, by (indicator digest, absolute candle index).
-pub trait Memo {
-    /// A value computed before.
-    fn get(&self, key: u64, at: u64) -> Option<f64>;
-    /// Keeps a value.
-    fn put(&mut self, key: u64, at: u64, value: f64);
+/// Recent values a memo slot keeps per indicator and series: enough for
+/// crosses (the candle before), cooldowns and short nested windows; older
+/// ones are computed again.
+const RECENT: usize = 16;
+
+/// A recursive indicator's state between candles.
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Ema(kernel::Ema),
+    Rsi(kernel::Rsi),
+    Atr(kernel::Atr),
+    Macd(kernel::Macd, MacdPart),
 }
 
-/// A memo that keeps nothing.
-#[derive(Debug, Default)]
-pub struct NoMemo;
-
-impl Memo for NoMemo {
-    fn get(&self, _: u64, _: u64) -> Option<f64> {
-        None
+impl State {
+    /// A fresh state for `kind` (None: not recursive).
+    fn new(kind: &Indicator) -> Option<Self> {
+        Some(match kind {
+            Indicator::Ema(_, n) => State::Ema(kernel::Ema::new(*n)),
+            Indicator::Rsi(_, n) => State::Rsi(kernel::Rsi::new(*n)),
+            Indicator::Atr(n) => State::Atr(kernel::Atr::new(*n)),
+            Indicator::Macd {
+                fast,
+                slow,
+                signal,
+                part,
+                ..
+            } => State::Macd(kernel::Macd::new(*fast, *slow, *signal), *part),
+            _ => return None,
+        })
     }
-
-    fn put(&mut self, _: u64, _: u64, _: f64) {}
 }
 
-/// A bounded memo: past [`MapMemo::capacity`] entries it starts over (the
-/// values are recomputed, never wrong).
+/// A recursive indicator fed from `anchor` up to `next - 1`.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    anchor: u64,
+    next: u64,
+    state: State,
+    /// The value at `next - 1`.
+    last: f64,
+}
+
+/// What a memo lookup finds.
+enum Found {
+    /// The value.
+    Value(f64),
+    /// No value; the state kept, if any.
+    Kept(Option<Running>),
+}
+
+/// What the memo holds for one indicator on one series.
+#[derive(Debug, Clone)]
+struct Slot {
+    /// `(index + 1, value)` at `index % RECENT` (0: empty).
+    recent: [(u64, f64); RECENT],
+    run: Option<Running>,
+}
+
+/// Values and recursive states by (series, indicator digest), shared by the
+/// traders of a worker (or a backtest) and kept across candles. Bounded:
+/// past `bound` slots it starts over, and whatever was dropped is computed
+/// again, never wrong. A slot is about 400 bytes.
 #[derive(Debug)]
-pub struct MapMemo {
-    map: HashMap<(u64, u64), f64>,
-    capacity: usize,
+pub struct Memo {
+    series: u32,
+    slots: HashMap<(u32, u64), Slot, FastHash>,
+    bound: usize,
+    /// Buffers for indicators of indicators, reused.
+    buffers: Vec<Vec<f64>>,
+    /// Recursive indicators computed from their anchor.
+    fresh: u64,
+    /// Steps of their states (inputs fed).
+    steps: u64,
 }
 
-impl MapMemo {
-    /// A memo of at most `capacity` values.
-    pub fn new(capacity: usize) -> Self {
+impl Memo {
+    /// A memo of at most `bound` (indicator, series) slots.
+    pub fn new(bound: usize) -> Self {
         Self {
-            map: HashMap::new(),
-            capacity,
+            series: 0,
+            slots: HashMap::default(),
+            bound: bound.max(1),
+            buffers: Vec::new(),
+            fresh: 0,
+            steps: 0,
         }
     }
 
-    /// Forgets everything (keeps the allocation).
-    pub fn clear(&mut self) {
-        self.map.clear();
+    /// Recursive indicators computed from their anchor so far, and inputs
+    /// fed to recursive states in all: with kept states, the steps are about
+    /// one per indicator and candle, and the fresh computations one per
+    /// `ANCHOR_EVERY` candles.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.fresh, self.steps)
     }
 
-    /// Values held.
+    /// The series the next evaluations are about (its index in the store).
+    pub fn on_series(&mut self, series: u32) {
+        self.series = series;
+    }
+
+    /// Slots held.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.slots.len()
     }
 
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.slots.is_empty()
     }
 
-    /// The bound.
-    pub fn capacity(&self) -> usize {
-        self.capacity
+    /// The bound on slots.
+    pub fn bound(&self) -> usize {
+        self.bound
+    }
+
+    /// The value at `at` if known, else the kept state to continue from.
+    fn lookup(&self, key: u64, at: u64) -> Found {
+        let Some(slot) = self.slots.get(&(self.series, key)) else {
+            return Found::Kept(None);
+        };
+        match slot.recent[(at % RECENT as u64) as usize] {
+            (k, v) if k == at + 1 => Found::Value(v),
+            _ => Found::Kept(slot.run),
+        }
+    }
+
+    /// Keeps a value, and a state if it is ahead of the one kept.
+    fn keep(&mut self, key: u64, at: u64, value: f64, run: Option<Running>) {
+        if self.slots.len() >= self.bound && !self.slots.contains_key(&(self.series, key)) {
+            self.slots.clear();
+        }
+        let slot = self.slots.entry((self.series, key)).or_insert(Slot {
+            recent: [(0, 0.0); RECENT],
+            run: None,
+        });
+        if !value.is_nan() {
+            slot.recent[(at % RECENT as u64) as usize] = (at + 1, value);
+        }
+        if let Some(run) = run
+            && slot.run.is_none_or(|kept| run.next >= kept.next)
+        {
+            slot.run = Some(run);
+        }
     }
 }
 
-impl Memo for MapMemo {
-    fn get(&self, key: u64, at: u64) -> Option<f64> {
-        self.map.get(&(key, at)).copied()
+/// A multiply-xor hasher for the memo's integer keys (SipHash's resistance
+/// to chosen keys buys nothing here: the keys are digests we made).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FastHash;
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = FastHasher;
+
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(0)
+    }
+}
+
+/// [`FastHash`]'s hasher.
+#[derive(Debug)]
+pub struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
     }
 
-    fn put(&mut self, key: u64, at: u64, value: f64) {
-        if self.map.len() >= self.capacity {
-            self.map.clear();
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
         }
-        self.map.insert((key, at), value);
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
@@ -137,16 +265,17 @@ fn field(c: &Candle, f: Field) -> f64 {
 }
 
 /// Evaluates expressions at candles of a window.
-pub struct Point<'a, M: Memo> {
+pub struct Point<'a> {
     window: &'a [Candle],
     /// Absolute index (in its series) of `window[0]`.
     base: u64,
-    memo: &'a mut M,
+    memo: &'a mut Memo,
 }
 
-impl<'a, M: Memo> Point<'a, M> {
-    /// Over `window`, whose first candle has absolute index `base`.
-    pub fn new(window: &'a [Candle], base: u64, memo: &'a mut M) -> Self {
+impl<'a> Point<'a> {
+    /// Over `window`, whose first candle has absolute index `base` in the
+    /// series the memo is on.
+    pub fn new(window: &'a [Candle], base: u64, memo: &'a mut Memo) -> Self {
         Self { window, base, memo }
     }
 
@@ -223,82 +352,148 @@ impl<'a, M: Memo> Point<'a, M> {
             }
             Expr::Ind(ind) => {
                 let at = self.base + i as u64;
-                if let Some(v) = self.memo.get(ind.key, at) {
-                    return v;
-                }
-                let v = self.indicator(&ind.kind, i);
-                self.memo.put(ind.key, at, v);
+                let kept = match self.memo.lookup(ind.key, at) {
+                    Found::Value(v) => return v,
+                    Found::Kept(kept) => kept,
+                };
+                let (v, run) = match State::new(&ind.kind) {
+                    Some(fresh) => self.recursive(ind, i, fresh, kept),
+                    None => (self.windowed(&ind.kind, i), None),
+                };
+                self.memo.keep(ind.key, at, v, run);
                 v
             }
         }
     }
 
-    fn indicator(&mut self, kind: &Indicator, i: usize) -> f64 {
+    /// A recursive indicator at position `i`: the kept state stepped to it
+    /// when it runs from the same anchor, else `fresh` fed from the anchor.
+    fn recursive(
+        &mut self,
+        ind: &Ind,
+        i: usize,
+        fresh: State,
+        kept: Option<Running>,
+    ) -> (f64, Option<Running>) {
+        const NONE: (f64, Option<Running>) = (f64::NAN, None);
+        let at = self.base + i as u64;
+        let every = ANCHOR_EVERY as u64;
+        let offset = ind.key % every;
+        let Some(latest) = at
+            .checked_sub(ind.kind.span() as u64)
+            .and_then(|l| l.checked_sub(offset))
+        else {
+            return NONE;
+        };
+        let anchor = latest - latest % every + offset;
+        if anchor < self.base {
+            return NONE;
+        }
+        let mut run = match kept {
+            Some(r) if r.anchor == anchor && r.next <= at + 1 => r,
+            _ => {
+                self.memo.fresh += 1;
+                Running {
+                    anchor,
+                    next: anchor,
+                    state: fresh,
+                    last: f64::NAN,
+                }
+            }
+        };
+        let source = ind.kind.source();
+        while run.next <= at {
+            let pos = (run.next - self.base) as usize;
+            run.last = match &mut run.state {
+                State::Atr(a) => {
+                    let c = &self.window[pos];
+                    a.push(c.high, c.low, c.close)
+                }
+                state => {
+                    let x = match source {
+                        Some(src) => self.value(src, pos),
+                        None => f64::NAN,
+                    };
+                    if x.is_nan() {
+                        return NONE;
+                    }
+                    match state {
+                        State::Ema(e) => e.push(x),
+                        State::Rsi(r) => r.push(x),
+                        State::Macd(m, part) => {
+                            let [line, signal, hist] = m.push(x);
+                            match part {
+                                MacdPart::Line => line,
+                                MacdPart::Signal => signal,
+                                MacdPart::Hist => hist,
+                            }
+                        }
+                        State::Atr(_) => f64::NAN,
+                    }
+                }
+            };
+            run.next += 1;
+            self.memo.steps += 1;
+        }
+        (run.last, Some(run))
+    }
+
+    /// A window indicator at position `i`: its kernel over the source's
+    /// values at `i - span ..= i`.
+    fn windowed(&mut self, kind: &Indicator, i: usize) -> f64 {
         let span = kind.span();
         let Some(from) = i.checked_sub(span) else {
             return f64::NAN;
         };
-        let last = |s: Vec<f64>| s.last().copied().unwrap_or(f64::NAN);
         let w = &self.window[from..=i];
-        let col = |f: Field| w.iter().map(|c| field(c, f)).collect::<Vec<f64>>();
-        if let Indicator::Atr(n) | Indicator::Vwap(n) = kind {
-            let (h, l, c) = (col(Field::High), col(Field::Low), col(Field::Close));
-            return match kind {
-                Indicator::Atr(_) => ta::last::atr(&h, &l, &c, *n),
-                _ => last(ta::vwap(&h, &l, &c, &col(Field::Volume), *n)),
-            };
+        if let Indicator::Vwap(_) = kind {
+            let (mut pv, mut v) = (0.0, 0.0);
+            for c in w {
+                pv += (c.high + c.low + c.close) / 3.0 * c.volume;
+                v += c.volume;
+            }
+            return if v > 0.0 { pv / v } else { f64::NAN };
         }
-        let Some(src) = kind.source() else {
-            return f64::NAN;
-        };
-        // A candle field is read straight from the window; anything else
-        // value by value (each memoised).
-        let xs = match src {
-            Expr::Field(f) => col(*f),
-            _ => {
-                let mut xs = Vec::with_capacity(span + 1);
+        match kind.source() {
+            // A candle field is read straight from the window.
+            Some(Expr::Field(f)) => window_kernel(kind, |j| field(&w[j], *f)),
+            Some(src) => {
+                let mut xs = self.memo.buffers.pop().unwrap_or_default();
+                xs.clear();
                 for j in from..=i {
                     let v = self.value(src, j);
                     if v.is_nan() {
+                        self.memo.buffers.push(xs);
                         return f64::NAN;
                     }
                     xs.push(v);
                 }
-                xs
+                let v = window_kernel(kind, |j| xs[j]);
+                self.memo.buffers.push(xs);
+                v
             }
-        };
-        match kind {
-            Indicator::Sma(..) => ta::last::sma(&xs),
-            Indicator::Ema(_, n) => ta::last::ema(&xs, *n),
-            Indicator::Wma(..) => ta::last::wma(&xs),
-            Indicator::Rsi(_, n) => ta::last::rsi(&xs, *n),
-            Indicator::Stddev(..) => ta::last::stddev(&xs),
-            Indicator::Roc(..) => ta::last::roc(&xs),
-            Indicator::Highest(..) => xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            Indicator::Lowest(..) => xs.iter().copied().fold(f64::INFINITY, f64::min),
-            Indicator::Bollinger { k, part, .. } => {
-                let (upper, middle, lower) = ta::last::bollinger(&xs, *k);
-                match part {
-                    BandPart::Upper => upper,
-                    BandPart::Middle => middle,
-                    BandPart::Lower => lower,
-                }
-            }
-            Indicator::Macd {
-                fast,
-                slow,
-                signal,
-                part,
-                ..
-            } => {
-                let [line, sig, hist] = ta::macd(&xs, *fast, *slow, *signal);
-                last(match part {
-                    MacdPart::Line => line,
-                    MacdPart::Signal => sig,
-                    MacdPart::Hist => hist,
-                })
-            }
-            Indicator::Atr(_) | Indicator::Vwap(_) => f64::NAN,
+            None => f64::NAN,
         }
+    }
+}
+
+/// A window indicator's kernel over `x(0..=span)`.
+fn window_kernel(kind: &Indicator, x: impl Fn(usize) -> f64) -> f64 {
+    match kind {
+        Indicator::Sma(_, n) => window::sma(*n, x),
+        Indicator::Wma(_, n) => window::wma(*n, x),
+        Indicator::Stddev(_, n) => window::stddev(*n, x),
+        Indicator::Roc(_, n) => window::roc(*n, x),
+        Indicator::Highest(_, n) => window::highest(*n, x),
+        Indicator::Lowest(_, n) => window::lowest(*n, x),
+        Indicator::Bollinger { n, k, part, .. } => {
+            let (upper, middle, lower) = window::bollinger(*n, *k, x);
+            match part {
+                BandPart::Upper => upper,
+                BandPart::Middle => middle,
+                BandPart::Lower => lower,
+            }
+        }
+        _ => f64::NAN,
     }
 }

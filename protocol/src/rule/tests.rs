@@ -294,11 +294,11 @@ fn verdicts_read_the_window_and_values_name_each_indicator_as_written() {
     }
     .compile()
     .expect("valid");
-    // Long enough for the RSI's settled span (2 + 34 candles).
-    let rising: Vec<f64> = (1..=40).map(f64::from).collect();
+    // Long enough for the RSI's settled span and anchor (2 + 34 + 31 candles).
+    let rising: Vec<f64> = (1..=80).map(f64::from).collect();
     let v = crate::trader::values(&rule, &candles(&rising));
     assert_eq!(v.len(), 2);
-    assert_eq!(v["sma( close,3 )"], 39.0);
+    assert_eq!(v["sma( close,3 )"], 79.0);
     assert_eq!(v["rsi(2)"], 100.0);
 }
 
@@ -344,35 +344,51 @@ fn walk(n: usize) -> Vec<Candle> {
 
 #[test]
 fn a_value_is_the_same_from_any_window_holding_its_warmup_and_memos_change_nothing() {
-    use point::{MapMemo, NoMemo, Point};
+    use point::{Memo, Point};
     let candles = walk(1500);
     for text in [
         "rsi(14) < 40 and crosses_above(ema(close, 9), ema(close, 21))",
         "macd(12, 26, 9).hist > 0 or close > bollinger(20, 2).upper",
         "ema(rsi(6), 5) > 50 and atr(14) > 0.5 and vwap(10) > 0",
+        "sma(stddev(close, 20), 20) < stddev(close, 20) and ema(wma(close, 5), 7) > lowest(low, 9)",
     ] {
         let e = parse(text).expect(text);
         let need = e.warmup() + 1;
-        let at = 1499;
-        let mut shared = MapMemo::new(1 << 20);
-        let long = Point::new(&candles, 0, &mut shared).value(&e, at);
-        let short_window = &candles[at + 1 - need..=at];
-        let short =
-            Point::new(short_window, (at + 1 - need) as u64, &mut NoMemo).value(&e, need - 1);
-        assert_eq!(long, short, "{text}");
-        assert!(!long.is_nan());
-        // One window too short: undefined, never a guess.
-        let too_short = &candles[at + 2 - need..=at];
+        // Candle by candle over the whole series, as a worker goes: kept
+        // states are stepped, and re-anchored every ANCHOR_EVERY candles.
+        let mut shared = Memo::new(1 << 10);
+        let mut undefined = 0;
+        for at in need - 1..candles.len() {
+            let stepped = Point::new(&candles, 0, &mut shared).value(&e, at);
+            // Afresh, from the shortest window that holds the warm-up.
+            let base = at + 1 - need;
+            let short = Point::new(&candles[base..=at], base as u64, &mut Memo::new(64))
+                .value(&e, need - 1);
+            assert_eq!(stepped.to_bits(), short.to_bits(), "{text} at {at}");
+            assert!(!stepped.is_nan(), "{text} at {at}");
+            // One candle too short: undefined, never a guess. (An anchor
+            // is not always as far back as it can be, so the shorter window
+            // sometimes holds it; then the value is the same.)
+            let too_short = &candles[base + 1..=at];
+            let shorter =
+                Point::new(too_short, base as u64 + 1, &mut Memo::new(64)).value(&e, need - 2);
+            if shorter.is_nan() {
+                undefined += 1;
+            } else {
+                assert_eq!(shorter.to_bits(), short.to_bits(), "{text} at {at}");
+            }
+        }
+        assert!(undefined > 0, "{text}: the warm-up is needed somewhere");
+        let (fresh, steps) = shared.counters();
         assert!(
-            Point::new(too_short, 0, &mut NoMemo)
-                .value(&e, need - 2)
-                .is_nan(),
-            "{text}"
+            steps > 10 * fresh && fresh > 0,
+            "{text}: states were stepped ({steps} steps, {fresh} fresh runs)"
         );
         // The indicators agree with the whole-series computation once settled.
+        let at = 1499;
         for ind in e.indicators() {
             let ie = Expr::Ind(ind.clone());
-            let pointwise = Point::new(&candles, 0, &mut NoMemo).value(&ie, at);
+            let pointwise = Point::new(&candles, 0, &mut Memo::new(64)).value(&ie, at);
             let whole = series(&ie, &Columns::of(&candles))[at];
             assert!(
                 (pointwise - whole).abs() <= 1e-9 * whole.abs().max(1.0),
@@ -380,6 +396,6 @@ fn a_value_is_the_same_from_any_window_holding_its_warmup_and_memos_change_nothi
                 ind.text
             );
         }
-        assert!(!shared.is_empty() && shared.len() <= shared.capacity());
+        assert!(!shared.is_empty() && shared.len() <= shared.bound());
     }
 }
