@@ -21,6 +21,7 @@
 
 pub mod control;
 pub mod dedup;
+mod emit;
 
 pub mod link;
 pub mod spawn;
@@ -31,6 +32,7 @@ use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus};
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,9 +54,8 @@ use crate::feed::writer::FeedWriter;
 use crate::feed::{FeedConfig, Pace, Pacer, Source};
 use crate::instance::Instance;
 use control::{ControlRequest, ControlServer};
-use dedup::Dedup;
+use emit::Emitter;
 use link::{Budget, FromWorker, Link};
-use protocol::samples::Samples;
 use protocol::shm::scratch::SharedWords;
 use protocol::trader::{black_box_name, trader_hash};
 use spawn::{Spawned, Spawner};
@@ -141,12 +142,6 @@ pub struct RunOptions {
     /// ring unevaluated, which is reported as a gap).
     pub backpressure: bool,
 }
-
-/// Publish instants kept for the signal latency.
-const PUBLISH_TIMES: usize = 4096;
-
-/// Signal latencies kept.
-const LATENCY_SAMPLES: usize = 4096;
 
 /// A trader management request on the control socket.
 #[derive(Debug, serde::Deserialize)]
@@ -376,7 +371,6 @@ struct Slot {
     live_gaps: u64,
     retries: u64,
     malformed: u64,
-    signals: u64,
     rtt_hist: RttHistogram,
 }
 
@@ -491,19 +485,13 @@ struct Coordinator {
     events_tx: SyncSender<Event>,
     /// The finite feed (synthetic or replay), written by this loop.
     pump: Option<Pump>,
-    /// When each recent publish of the finite feed happened, by the delivery
-    /// time of its last batch (ascending; the last [`PUBLISH_TIMES`]).
-    publish_times: VecDeque<(i64, Instant)>,
-    /// Candle published to signal handed to the output thread, us (the
-    /// last [`LATENCY_SAMPLES`]).
-    signal_latency: Samples,
     /// The live feed, written by its own thread.
     live: Option<LiveFeed>,
     last_heartbeat: Instant,
     feed_started: Option<Instant>,
     final_publish: Option<u64>,
-    dedup: Dedup,
-    signals_out: u64,
+    /// Where signals go: checked and printed on the reader threads.
+    emitter: Arc<Emitter>,
     started: Instant,
     jitter: Jitter,
     shutting_down: Option<Instant>,
@@ -515,8 +503,6 @@ struct Coordinator {
     failed: Option<String>,
     /// Traders a worker refused, with the reason.
     refused: Vec<String>,
-    /// Signals printed by the output thread.
-    out: Option<SyncSender<String>>,
     /// Per slot: the shared word its worker marks the trader it evaluates in.
     black_boxes: Vec<Option<SharedWords>>,
     /// Crashes pinned on each trader.
@@ -600,9 +586,17 @@ impl Coordinator {
         let pid = spawned.child.id();
         let tx = self.events_tx.clone();
         let id = slot.id;
+        let emitter = self.emitter.clone();
         let link = match Link::start(id, spawned.to_worker, spawned.from_worker, move |e| {
-            // The loop is gone only during teardown; then the event is moot.
-            let _ = tx.send(Event::Worker(id, no, e));
+            match e {
+                FromWorker::Frame(_, Message::Signal(signal)) => {
+                    emitter.signal(id as usize, no, &signal);
+                }
+                // The loop is gone only during teardown; then the event is moot.
+                e => {
+                    let _ = tx.send(Event::Worker(id, no, e));
+                }
+            }
         }) {
             Ok(link) => link,
             Err(e) => {
@@ -615,6 +609,7 @@ impl Coordinator {
         };
         tracing::info!(slot = id, pid, incarnation = no, "worker spawned");
         slot.live_gaps = 0;
+        self.emitter.accept(id as usize, Some(no));
         slot.live = Some(Incarnation {
             no,
             pid,
@@ -825,10 +820,8 @@ impl Coordinator {
                     format!("sent a malformed frame: {e}"),
                 );
             }
-            FromWorker::Frame(_, Message::Signal(signal)) => {
-                self.slots[s].signals += 1;
-                self.emit(s, signal);
-            }
+            // The reader thread emits them; kept for completeness.
+            FromWorker::Frame(_, Message::Signal(signal)) => self.emitter.signal(s, no, &signal),
             FromWorker::Frame(id, message) => self.answer(s, id, message),
         }
     }
@@ -932,6 +925,8 @@ impl Coordinator {
                         // Refused for good: the slot stops expecting it, and the
                         // run will end with an error naming it.
                         slot.traders.retain(|spec| spec.id != t);
+                        self.emitter
+                            .holds(s, slot.traders.iter().map(|t| t.id.as_str()));
                         slot.starts.remove(&t);
                         self.refused
                             .push(format!("{t} (worker {}: {reason})", slot.id));
@@ -1007,36 +1002,10 @@ impl Coordinator {
         self.request(s, Message::Ping, Purpose::Ping(Instant::now()));
     }
 
-    fn emit(&mut self, s: usize, signal: Signal) {
-        // A trader removed (or quarantined) a moment ago may still have
-        // signals in flight from its worker: removal takes effect here, at
-        // once, not when the worker gets to the request.
-        if !self.slots[s].traders.iter().any(|t| t.id == signal.trader) {
-            tracing::debug!(trader = %signal.trader, "signal of a removed trader dropped");
-            return;
-        }
-        if !self.dedup.first(&signal) {
-            return;
-        }
-        // The candle became visible with the first publish whose last batch
-        // was delivered at or after its close.
-        let closes_at = signal.open_time + signal.interval.millis() as i64;
-        let k = self
-            .publish_times
-            .partition_point(|(at, _)| *at < closes_at);
-        if let Some((_, published)) = self.publish_times.get(k) {
-            self.signal_latency
-                .push(protocol::samples::saturate(published.elapsed().as_micros()));
-        }
-        self.signals_out += 1;
-        let line = signal_json(&signal, Some(self.slots[s].id)).to_string();
-        // The output thread writes; the loop only blocks if OUTPUT_BOUND lines
-        // are waiting on a stdout nobody reads.
-        if let Some(out) = &self.out
-            && out.send(line).is_err()
-        {
-            tracing::warn!("the output thread is gone: signal not printed");
-        }
+    /// Tells the emitter which traders slot `s` holds now.
+    fn holds(&self, s: usize) {
+        self.emitter
+            .holds(s, self.slots[s].traders.iter().map(|t| t.id.as_str()));
     }
 
     fn retry_due(&mut self) {
@@ -1195,6 +1164,7 @@ impl Coordinator {
             if never_ready && cause == Cause::SelfInflicted {
                 slot.failed_starts += 1;
             }
+            self.emitter.accept(s, None);
             if let Some(link) = slot.live.take().and_then(|mut inc| inc.link.take()) {
                 self.graveyard.push(link);
             }
@@ -1265,6 +1235,8 @@ impl Coordinator {
         if *strikes >= self.opts.quarantine_after {
             tracing::error!(slot = slot.id, %trader, strikes = *strikes, "trader quarantined: it keeps crashing its workers; the others keep running");
             slot.traders.retain(|t| t.id != trader);
+            self.emitter
+                .holds(s, slot.traders.iter().map(|t| t.id.as_str()));
             slot.starts.remove(&trader);
             self.quarantined.push((trader, slot.id));
             // The crashes were the trader's, not the slot's.
@@ -1334,10 +1306,7 @@ impl Coordinator {
                 store.publish();
                 pump.publishes += 1;
                 if let Some(at) = pump.last_at {
-                    if self.publish_times.len() == PUBLISH_TIMES {
-                        self.publish_times.pop_front();
-                    }
-                    self.publish_times.push_back((at, Instant::now()));
+                    self.emitter.published(at);
                 }
             }
             if done {
@@ -1413,7 +1382,7 @@ impl Coordinator {
                     last_pong_age_ms: pong.map(|(at, _)| at.elapsed().as_millis() as u64),
                     retries: slot.retries,
                     malformed_frames: slot.malformed,
-                    signals: slot.signals,
+                    signals: self.emitter.received(slot.id as usize),
                     rss_bytes: pong.map(|(_, p)| p.rss_bytes),
                     last_publish: pong.map(|(_, p)| p.last_publish),
                     confirmed_publish: slot.confirmed,
@@ -1426,6 +1395,7 @@ impl Coordinator {
             })
             .collect();
         let stats = self.inst.store.lock().stats();
+        let signals = self.emitter.figures();
         let recovered = self
             .events
             .iter()
@@ -1451,11 +1421,11 @@ impl Coordinator {
                 (None, None) => serde_json::json!({ "kind": self.opts.feed.kind(), "started": false }),
             },
             "signals": {
-                "emitted": self.signals_out,
-                "duplicates_dropped": self.dedup.duplicates,
-                "latency_samples": self.signal_latency.len(),
-                "latency_p50_us": self.signal_latency.quantile(0.5),
-                "latency_p99_us": self.signal_latency.quantile(0.99),
+                "emitted": signals.emitted,
+                "duplicates_dropped": signals.duplicates,
+                "latency_samples": signals.latency_samples,
+                "latency_p50_us": signals.latency_p50_us,
+                "latency_p99_us": signals.latency_p99_us,
             },
             "gaps": self.gaps(),
             "quarantined": self.quarantined.iter().map(|(t, slot)| serde_json::json!({
@@ -1553,6 +1523,7 @@ impl Coordinator {
             added.push(serde_json::json!({ "id": t.id, "slot": s }));
             self.slots[s].starts.insert(t.id.clone(), from_publish);
             self.slots[s].traders.push(t);
+            self.holds(s);
             if self.slots[s]
                 .live
                 .as_ref()
@@ -1579,8 +1550,9 @@ impl Coordinator {
         else {
             return serde_json::json!({ "error": format!("no trader {id}: `shmkline traders list` shows them") });
         };
+        self.slots[s].traders.retain(|t| t.id != id);
+        self.holds(s);
         let slot = &mut self.slots[s];
-        slot.traders.retain(|t| t.id != id);
         slot.starts.remove(id);
         let live = match slot.live.as_mut() {
             Some(inc) if inc.live() => {
@@ -1745,6 +1717,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         thread: Some(signal_thread),
     };
     let (out_tx, out_rx) = mpsc::sync_channel::<String>(OUTPUT_BOUND);
+    let emitter = Arc::new(Emitter::new(opts.workers as usize, out_tx));
     let output_thread = std::thread::Builder::new()
         .name("output".into())
         .spawn(move || {
@@ -1788,7 +1761,6 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             live_gaps: 0,
             retries: 0,
             malformed: 0,
-            signals: 0,
             rtt_hist: RttHistogram::default(),
         })
         .collect();
@@ -1818,13 +1790,10 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             last_at: None,
         }),
         live: None,
-        publish_times: VecDeque::with_capacity(PUBLISH_TIMES),
-        signal_latency: Samples::new(LATENCY_SAMPLES),
         last_heartbeat: Instant::now(),
         feed_started: None,
         final_publish: None,
-        dedup: Dedup::new(dedup::DEFAULT_CAPACITY),
-        signals_out: 0,
+        emitter: emitter.clone(),
         started: Instant::now(),
         shutting_down: None,
         budget: Budget::from_system(),
@@ -1832,7 +1801,6 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         graveyard: Vec::new(),
         failed: None,
         refused: Vec::new(),
-        out: Some(out_tx),
         os_signals,
         black_boxes,
         strikes: BTreeMap::new(),
@@ -1846,6 +1814,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         }
     }
     coord.inst.store.lock().publish();
+    for s in 0..coord.slots.len() {
+        coord.holds(s);
+    }
 
     let result = drive(&mut coord, &spawner, &events_rx);
 
@@ -1873,7 +1844,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     // Let the output thread write what is queued; a stdout nobody reads must
     // not keep the process alive, so the wait is bounded (the thread dies
     // with the process).
-    drop(coord.out.take());
+    coord.emitter.close_output();
     let drain_until = Instant::now() + OUTPUT_DRAIN;
     while !output_thread.is_finished() && Instant::now() < drain_until {
         std::thread::sleep(Duration::from_millis(5));
@@ -1907,13 +1878,14 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             coord.gaps()
         );
     }
+    let figures = coord.emitter.figures();
     let summary = RunSummary {
-        signals: coord.signals_out,
+        signals: figures.emitted,
         faults: coord.events.len(),
     };
     tracing::info!(
         signals = summary.signals,
-        duplicates = coord.dedup.duplicates,
+        duplicates = figures.duplicates,
         faults = summary.faults,
         "coordinator stopped"
     );

@@ -1,0 +1,226 @@
+//! Signals from a worker's reader thread straight to the output thread.
+//!
+//! A signal is the one thing on the latency path, so it does not queue
+//! behind the coordinator loop's other work (status requests, the feed,
+//! supervision): the reader thread that decoded it checks it here and hands
+//! its line to the output thread. What decides whether a signal is printed
+//! (which incarnation of a slot counts, which traders a slot holds, the
+//! deduplicator) lives here under one mutex; the loop updates it when it
+//! changes them, and the change applies to the next signal at once.
+//!
+//! Order: a reader thread emits a worker's signals before it forwards the
+//! frames that follow them (a PONG proving they were sent), so the loop
+//! never sees progress whose signals are not out yet.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use protocol::message::Signal;
+use protocol::samples::{Samples, saturate};
+
+use super::dedup::{self, Dedup};
+use super::signal_json;
+
+/// Publish instants kept for the signal latency.
+const PUBLISH_TIMES: usize = 4096;
+/// Latency samples kept for the percentiles.
+const LATENCY_SAMPLES: usize = 4096;
+
+/// Counters for `status` and the run's summary.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    /// Signals printed.
+    pub emitted: u64,
+    /// Repeats dropped.
+    pub duplicates: u64,
+    /// Latency samples held.
+    pub latency_samples: usize,
+    /// Candle published to signal out, median, us.
+    pub latency_p50_us: Option<u32>,
+    /// The same, 99th percentile.
+    pub latency_p99_us: Option<u32>,
+}
+
+/// Shared between the loop and the reader threads.
+#[derive(Debug)]
+pub struct Emitter(Mutex<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    /// Per slot: the incarnation whose signals count (none between them).
+    accept: Vec<Option<u64>>,
+    /// Per slot: the traders it holds.
+    traders: Vec<HashSet<String>>,
+    /// Per slot: signals received (printed or not).
+    received: Vec<u64>,
+    dedup: Dedup,
+    /// When each recent publish happened, by the delivery time of its last
+    /// batch (ascending; the last [`PUBLISH_TIMES`]).
+    publish_times: VecDeque<(i64, Instant)>,
+    /// Candle published to signal handed to the output thread, us.
+    latency: Samples,
+    emitted: u64,
+    /// The output thread's queue; `None` once closed.
+    out: Option<SyncSender<String>>,
+}
+
+impl Emitter {
+    /// For `slots` worker slots, printing through `out`.
+    pub fn new(slots: usize, out: SyncSender<String>) -> Self {
+        Self(Mutex::new(Inner {
+            accept: vec![None; slots],
+            traders: vec![HashSet::new(); slots],
+            received: vec![0; slots],
+            dedup: Dedup::new(dedup::DEFAULT_CAPACITY),
+            publish_times: VecDeque::with_capacity(PUBLISH_TIMES),
+            latency: Samples::new(LATENCY_SAMPLES),
+            emitted: 0,
+            out: Some(out),
+        }))
+    }
+
+    /// A panic elsewhere while the lock was held leaves nothing half-done
+    /// that matters more than printing the next signal, so poison is ignored.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// From now on slot `s`'s signals count only from incarnation `no`
+    /// (`None`: from none).
+    pub fn accept(&self, s: usize, no: Option<u64>) {
+        if let Some(a) = self.lock().accept.get_mut(s) {
+            *a = no;
+        }
+    }
+
+    /// Slot `s` now holds these traders: signals of any other are dropped
+    /// (a trader removed a moment ago may still have signals in flight).
+    pub fn holds<'a>(&self, s: usize, ids: impl Iterator<Item = &'a str>) {
+        if let Some(t) = self.lock().traders.get_mut(s) {
+            t.clear();
+            t.extend(ids.map(str::to_owned));
+        }
+    }
+
+    /// A publish of the finite feed whose last batch was delivered at `at`.
+    pub fn published(&self, at: i64) {
+        let mut inner = self.lock();
+        if inner.publish_times.len() == PUBLISH_TIMES {
+            inner.publish_times.pop_front();
+        }
+        inner.publish_times.push_back((at, Instant::now()));
+    }
+
+    /// A signal from incarnation `no` of slot `s`: printed unless that
+    /// incarnation no longer counts, its trader left the slot, or it was
+    /// printed before. The line is queued outside the lock, so a stdout
+    /// nobody reads blocks this reader thread only.
+    pub fn signal(&self, s: usize, no: u64, signal: &Signal) {
+        let line = {
+            let mut inner = self.lock();
+            if inner.accept.get(s).copied().flatten() != Some(no) {
+                return;
+            }
+            inner.received[s] += 1;
+            if !inner.traders[s].contains(&signal.trader) {
+                tracing::debug!(trader = %signal.trader, "signal of a removed trader dropped");
+                return;
+            }
+            if !inner.dedup.first(signal) {
+                return;
+            }
+            // The candle became visible with the first publish whose last
+            // batch was delivered at or after its close.
+            let closes_at = signal.open_time + signal.interval.millis() as i64;
+            let k = inner
+                .publish_times
+                .partition_point(|(at, _)| *at < closes_at);
+            if let Some((_, published)) = inner.publish_times.get(k) {
+                let us = saturate(published.elapsed().as_micros());
+                inner.latency.push(us);
+            }
+            inner.emitted += 1;
+            let Some(out) = inner.out.clone() else {
+                tracing::warn!("output closed: signal not printed");
+                return;
+            };
+            (out, signal_json(signal, Some(s as u32)).to_string())
+        };
+        let (out, line) = line;
+        if out.send(line).is_err() {
+            tracing::warn!("the output thread is gone: signal not printed");
+        }
+    }
+
+    /// Signals received from slot `s`.
+    pub fn received(&self, s: usize) -> u64 {
+        self.lock().received.get(s).copied().unwrap_or(0)
+    }
+
+    /// The figures now (the percentiles sort a copy of the samples).
+    pub fn figures(&self) -> Figures {
+        let inner = self.lock();
+        let (emitted, duplicates, latency) =
+            (inner.emitted, inner.dedup.duplicates, inner.latency.clone());
+        drop(inner);
+        Figures {
+            emitted,
+            duplicates,
+            latency_samples: latency.len(),
+            latency_p50_us: latency.quantile(0.5),
+            latency_p99_us: latency.quantile(0.99),
+        }
+    }
+
+    /// Closes the output queue: the output thread ends once it has written
+    /// what is queued.
+    pub fn close_output(&self) {
+        self.lock().out = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Interval;
+
+    fn signal(trader: &str, open_time: i64) -> Signal {
+        Signal {
+            trader: trader.into(),
+            symbol: "BTCUSDT".into(),
+            interval: Interval::M1,
+            open_time,
+            close: 1.0,
+            labels: Default::default(),
+            values: Default::default(),
+        }
+    }
+
+    #[test]
+    fn prints_once_what_the_live_incarnation_of_a_holding_slot_sends() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let e = Emitter::new(2, tx);
+        e.holds(0, ["a", "b"].into_iter());
+        e.accept(0, Some(3));
+        e.published(60_000);
+        e.signal(0, 3, &signal("a", 0));
+        e.signal(0, 3, &signal("a", 0)); // a repeat (a replacement re-sent it)
+        e.signal(0, 2, &signal("b", 0)); // an incarnation already replaced
+        e.signal(1, 0, &signal("b", 0)); // a slot with no live incarnation
+        e.holds(0, ["a"].into_iter());
+        e.signal(0, 3, &signal("b", 60_000)); // removed a moment ago
+        e.signal(0, 3, &signal("a", 60_000));
+        let lines: Vec<String> = rx.try_iter().collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines.iter().all(|l| l.contains("\"trader\":\"a\"")));
+        let f = e.figures();
+        assert_eq!((f.emitted, f.duplicates), (2, 1));
+        assert_eq!(f.latency_samples, 1, "only the candle with a publish time");
+        assert_eq!(e.received(0), 4);
+        e.close_output();
+        e.signal(0, 3, &signal("a", 120_000));
+        assert!(rx.try_iter().next().is_none(), "closed");
+    }
+}
