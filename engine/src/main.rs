@@ -271,6 +271,11 @@ struct RunArgs {
     /// read the candles.
     #[arg(long)]
     stay: bool,
+    /// Shut down when the process that started this one exits (for scripts
+    /// and harnesses that run it in the background: a killed parent must not
+    /// leave the engine, its workers and its segment behind).
+    #[arg(long)]
+    exit_with_parent: bool,
     #[command(flatten)]
     capacity: CapacityArgs,
 }
@@ -697,6 +702,9 @@ fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
         stall_timeout: std::time::Duration::from_millis(args.stall_timeout),
         backpressure: !args.no_backpressure,
         stay: args.stay,
+        parent: args
+            .exit_with_parent
+            .then(|| nix::unistd::getppid().as_raw()),
     };
     let summary = engine::run::run(opts)?;
     tracing::info!(

@@ -55,6 +55,9 @@ pub enum Message {
     CleanupComplete(Released),
     /// A trader's verdict on a closed candle.
     Signal(Signal),
+    /// Several verdicts of one evaluation pass, in the order found: one
+    /// frame (and one wake-up of the coordinator's reader) for a burst.
+    Signals(Vec<Signal>),
 }
 
 /// The wire code of each message kind, carried in the frame header.
@@ -83,6 +86,8 @@ pub enum Kind {
     CleanupComplete = 10,
     /// [`Message::Signal`]
     Signal = 11,
+    /// [`Message::Signals`]
+    Signals = 12,
 }
 
 impl Kind {
@@ -101,6 +106,7 @@ impl Kind {
             Cleanup,
             CleanupComplete,
             Signal,
+            Signals,
         ]
         .into_iter()
         .find(|k| *k as u16 == code)
@@ -120,12 +126,13 @@ impl Kind {
             Kind::Cleanup => "CLEANUP",
             Kind::CleanupComplete => "CLEANUP_COMPLETE",
             Kind::Signal => "SIGNAL",
+            Kind::Signals => "SIGNALS",
         }
     }
 
     /// The kind named `name` (`ADD_TRADER` or `add_trader`).
     pub fn from_name(name: &str) -> Option<Kind> {
-        (1..=11)
+        (1..=12)
             .filter_map(Kind::from_code)
             .find(|k| k.name().eq_ignore_ascii_case(name))
     }
@@ -146,6 +153,7 @@ impl Message {
             Message::Cleanup => Kind::Cleanup,
             Message::CleanupComplete(_) => Kind::CleanupComplete,
             Message::Signal(_) => Kind::Signal,
+            Message::Signals(_) => Kind::Signals,
         }
     }
 }

@@ -108,6 +108,22 @@ fn message() -> impl Strategy<Value = Message> {
                     labels,
                 })
             }),
+        proptest::collection::vec(("[a-z0-9-]{1,16}", any::<i64>(), -1e9f64..1e9), 0..8).prop_map(
+            |signals| Message::Signals(
+                signals
+                    .into_iter()
+                    .map(|(trader, open_time, close)| Signal {
+                        trader,
+                        symbol: "BTCUSDT".into(),
+                        interval: Interval::M1,
+                        open_time,
+                        close,
+                        labels: Default::default(),
+                        values: [("rsi(14)".to_owned(), close)].into(),
+                    })
+                    .collect()
+            )
+        ),
     ]
 }
 
@@ -128,7 +144,7 @@ proptest! {
 
     #[test]
     fn arbitrary_payload_behind_a_valid_header_never_panics(
-        kind in 1u16..=11,
+        kind in 1u16..=12,
         id in any::<u64>(),
         payload in proptest::collection::vec(any::<u8>(), 0..256),
     ) {

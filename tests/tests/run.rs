@@ -194,6 +194,68 @@ fn sigterm_runs_an_orderly_shutdown() {
     inst.assert_clean();
 }
 
+/// Kills a process that is not our child (an orphan we made) if a test
+/// fails before it is gone.
+struct Orphan(u32);
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        if process_alive(self.0) {
+            let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn exit_with_parent_shuts_down_when_the_parent_is_gone() {
+    let inst = TestInstance::new("orph");
+    // A shell starts the engine in the background, waits for its segment,
+    // prints the engine's pid and exits: the engine is orphaned.
+    let script = r#"
+        "$0" run --exit-with-parent --stay --workers 1 --symbols 1 --candles 5 --rate 100 >/dev/null 2>"$1" &
+        pid=$!
+        for _ in $(seq 200); do [ -e "/dev/shm/shmkline-$SHMKLINE_INSTANCE" ] && break; sleep 0.05; done
+        ls "/dev/shm/shmkline-$SHMKLINE_INSTANCE" >&2
+        echo "$pid"
+    "#;
+    let log = tempfile::NamedTempFile::new().expect("a log file");
+    let cmd = inst.command("shmkline");
+    let bin = cmd.get_program().to_owned();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(bin)
+        .arg(log.path())
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .expect("sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("shmkline-{}", inst.name)),
+        "the engine was up when its parent exited: {stderr}"
+    );
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the engine's pid");
+    let _guard = Orphan(pid);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !process_alive(pid),
+        "a --stay engine whose parent exited shut down by itself"
+    );
+    let log = std::fs::read_to_string(log.path()).expect("the engine's log");
+    assert!(
+        log.contains("the parent process exited"),
+        "it said why it stopped: {log}"
+    );
+    assert_no_workers_left(&inst);
+    inst.assert_clean();
+}
+
 #[test]
 fn a_stopped_worker_is_killed_at_the_shutdown_deadline() {
     let inst = TestInstance::new("stop");

@@ -88,6 +88,30 @@ impl Outbox {
         let bytes = frame::encode(id, message)?;
         self.0.send(&bytes).context("sending to the coordinator")
     }
+
+    /// A pass's signals, in order, in as few SIGNALS frames as fit: a batch
+    /// too long for one frame is sent as two halves (a single signal too
+    /// long for a frame is an error, as it was alone).
+    fn send_signals(&self, next_id: &mut u64, signals: Vec<Signal>) -> Result<()> {
+        if signals.is_empty() {
+            return Ok(());
+        }
+        *next_id += 1;
+        let message = Message::Signals(signals);
+        let error = match frame::encode(RequestId(*next_id), &message) {
+            Ok(bytes) => return self.0.send(&bytes).context("sending to the coordinator"),
+            Err(e) => e,
+        };
+        let Message::Signals(mut front) = message else {
+            return Err(error.into());
+        };
+        if front.len() == 1 {
+            return Err(error.into());
+        }
+        let back = front.split_off(front.len() / 2);
+        self.send_signals(next_id, front)?;
+        self.send_signals(next_id, back)
+    }
 }
 
 /// RSS as reported in PONG, read from /proc at most once a second: reading
@@ -432,19 +456,22 @@ fn eval_loop(
                 shared.dirty.store(true, Ordering::Release);
             }
         }
-        for hit in hits.drain(..) {
-            next_signal += 1;
-            let signal = Signal {
-                trader: hit.trader,
-                symbol: hit.symbol,
-                interval: hit.interval,
-                open_time: hit.candle.open_time,
-                close: hit.candle.close,
-                labels: hit.labels,
-                values: hit.values,
-            };
-            out.send(RequestId(next_signal), &Message::Signal(signal))?;
-            shared.signals.fetch_add(1, Ordering::Relaxed);
+        if !hits.is_empty() {
+            let signals: Vec<Signal> = hits
+                .drain(..)
+                .map(|hit| Signal {
+                    trader: hit.trader,
+                    symbol: hit.symbol,
+                    interval: hit.interval,
+                    open_time: hit.candle.open_time,
+                    close: hit.candle.close,
+                    labels: hit.labels,
+                    values: hit.values,
+                })
+                .collect();
+            let n = signals.len() as u64;
+            out.send_signals(&mut next_signal, signals)?;
+            shared.signals.fetch_add(n, Ordering::Relaxed);
         }
         mark(0);
         shared.gaps.fetch_add(gaps, Ordering::Relaxed);

@@ -12,8 +12,11 @@ use anyhow::{Context, Result, bail};
 use protocol::InstanceName;
 use serde::Serialize;
 
-use super::Target;
+use super::{Percentiles, Target};
 use crate::run::control;
+
+/// Wake-ups measured for the latency baseline.
+const WAKE_BASELINE_SAMPLES: usize = 4000;
 
 /// Target: every verdict for one closed candle of every symbol, p99.
 pub const TARGET_PASS_P99_US: f64 = 10_000.0;
@@ -182,7 +185,14 @@ pub fn run(
     let child = Command::new(shmkline)
         .arg("--instance")
         .arg(instance.as_str())
-        .args(["run", "--stay", "--ping-interval", "100", "--max-symbols"])
+        .args([
+            "run",
+            "--stay",
+            "--exit-with-parent",
+            "--ping-interval",
+            "100",
+        ])
+        .arg("--max-symbols")
         .arg((opts.symbols + 1).to_string())
         .arg("--workers")
         .arg(opts.workers.to_string())
@@ -274,6 +284,14 @@ pub struct BothReport {
     pub pairs_run: TradersReport,
     /// One symbol: the latency target.
     pub latency_run: TradersReport,
+    /// Baseline, measured just before the latency run: one cross-process
+    /// futex wake-up alone (`bench wake`'s raw mode), no shmkline code. A
+    /// signal's path has two such wake-ups (coordinator to worker, worker to
+    /// the coordinator's reader) plus the evaluation, so its tail cannot be
+    /// much below twice this one's on the same machine.
+    pub wake_baseline: Percentiles,
+    /// The latency run's signal p99 over the baseline's wake-up p99.
+    pub signal_p99_vs_wake_p99: Option<f64>,
     /// The two targets that matter, from their runs.
     pub targets: Vec<Target>,
 }
@@ -285,6 +303,7 @@ pub fn run_both(
     opts: &TradersBench,
 ) -> Result<BothReport> {
     let pairs_run = run(instance, shmkline, opts)?;
+    let wake_baseline = super::wake::run(instance, WAKE_BASELINE_SAMPLES)?.raw_futex;
     let latency_run = run(
         instance,
         shmkline,
@@ -297,9 +316,14 @@ pub fn run_both(
     if let Some(t) = latency_run.targets.get(1) {
         targets.push(t.clone());
     }
+    let signal_p99_vs_wake_p99 = latency_run
+        .signal_p99_us
+        .map(|p| super::ratio(p as f64 * 1000.0, wake_baseline.p99_ns as f64));
     Ok(BothReport {
         pairs_run,
         latency_run,
+        wake_baseline,
+        signal_p99_vs_wake_p99,
         targets,
     })
 }

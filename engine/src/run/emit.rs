@@ -113,45 +113,56 @@ impl Emitter {
         inner.publish_times.push_back((at, Instant::now()));
     }
 
-    /// A signal from incarnation `no` of slot `s`: printed unless that
-    /// incarnation no longer counts, its trader left the slot, or it was
-    /// printed before. The line is queued outside the lock, so a stdout
-    /// nobody reads blocks this reader thread only.
-    pub fn signal(&self, s: usize, no: u64, signal: &Signal) {
-        let line = {
+    /// Signals from incarnation `no` of slot `s`, in order: each printed
+    /// unless that incarnation no longer counts, its trader left the slot,
+    /// or it was printed before. The lines are queued in one piece, outside
+    /// the lock, so a stdout nobody reads blocks this reader thread only.
+    pub fn signals(&self, s: usize, no: u64, signals: &[Signal]) {
+        let mut lines = String::new();
+        let out = {
             let mut inner = self.lock();
             if inner.accept.get(s).copied().flatten() != Some(no) {
                 return;
             }
-            inner.received[s] += 1;
-            if !inner.traders[s].contains(&signal.trader) {
-                tracing::debug!(trader = %signal.trader, "signal of a removed trader dropped");
+            for signal in signals {
+                inner.received[s] += 1;
+                if !inner.traders[s].contains(&signal.trader) {
+                    tracing::debug!(trader = %signal.trader, "signal of a removed trader dropped");
+                    continue;
+                }
+                if !inner.dedup.first(signal) {
+                    continue;
+                }
+                // The candle became visible with the first publish whose
+                // last batch was delivered at or after its close.
+                let closes_at = signal.open_time + signal.interval.millis() as i64;
+                let k = inner
+                    .publish_times
+                    .partition_point(|(at, _)| *at < closes_at);
+                if let Some((_, published)) = inner.publish_times.get(k) {
+                    let us = saturate(published.elapsed().as_micros());
+                    inner.latency.push(us);
+                }
+                inner.emitted += 1;
+                if !lines.is_empty() {
+                    lines.push('\n');
+                }
+                lines.push_str(&signal_json(signal, Some(s as u32)).to_string());
+            }
+            if lines.is_empty() {
                 return;
             }
-            if !inner.dedup.first(signal) {
-                return;
-            }
-            // The candle became visible with the first publish whose last
-            // batch was delivered at or after its close.
-            let closes_at = signal.open_time + signal.interval.millis() as i64;
-            let k = inner
-                .publish_times
-                .partition_point(|(at, _)| *at < closes_at);
-            if let Some((_, published)) = inner.publish_times.get(k) {
-                let us = saturate(published.elapsed().as_micros());
-                inner.latency.push(us);
-            }
-            inner.emitted += 1;
-            let Some(out) = inner.out.clone() else {
-                tracing::warn!("output closed: signal not printed");
-                return;
-            };
-            (out, signal_json(signal, Some(s as u32)).to_string())
+            inner.out.clone()
         };
-        let (out, line) = line;
-        if out.send(line).is_err() {
-            tracing::warn!("the output thread is gone: signal not printed");
+        match out {
+            Some(out) if out.send(lines).is_ok() => {}
+            _ => tracing::warn!("the output thread is gone: signals not printed"),
         }
+    }
+
+    /// One signal: [`Emitter::signals`].
+    pub fn signal(&self, s: usize, no: u64, signal: &Signal) {
+        self.signals(s, no, std::slice::from_ref(signal));
     }
 
     /// Signals received from slot `s`.
@@ -219,8 +230,19 @@ mod tests {
         assert_eq!((f.emitted, f.duplicates), (2, 1));
         assert_eq!(f.latency_samples, 1, "only the candle with a publish time");
         assert_eq!(e.received(0), 4);
+        // A pass's burst: one queue entry, its lines in order, repeats out.
+        e.signals(
+            0,
+            3,
+            &[signal("a", 120_000), signal("a", 0), signal("a", 180_000)],
+        );
+        let batch: Vec<String> = rx.try_iter().collect();
+        assert_eq!(batch.len(), 1);
+        let lines: Vec<&str> = batch[0].lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].contains("120000") && lines[1].contains("180000"));
         e.close_output();
-        e.signal(0, 3, &signal("a", 120_000));
+        e.signal(0, 3, &signal("a", 240_000));
         assert!(rx.try_iter().next().is_none(), "closed");
     }
 }

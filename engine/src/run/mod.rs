@@ -60,8 +60,11 @@ use protocol::shm::scratch::SharedWords;
 use protocol::trader::{black_box_name, trader_hash};
 use spawn::{Spawned, Spawner};
 
-/// Signal lines waiting for the output thread, at most.
-const OUTPUT_BOUND: usize = 65_536;
+/// Batches of signal lines waiting for the output thread, at most. A batch
+/// is the signals of one SIGNALS frame (at most 64 KiB encoded, about three
+/// times that as JSON), usually one or a few lines: so at most ~800 MiB in
+/// theory, a few MiB in practice.
+const OUTPUT_BOUND: usize = 4096;
 /// How long teardown waits for the output thread to write what is queued.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// Synthetic batches written per pass of the loop, at most, so a high rate
@@ -120,6 +123,9 @@ pub struct RunOptions {
     /// Keep running after a finite feed is done (until SIGINT/SIGTERM), so
     /// the store stays readable.
     pub stay: bool,
+    /// Shut down once the parent is no longer this process (it exited and
+    /// this one was re-parented).
+    pub parent: Option<i32>,
     /// PING interval.
     pub ping_interval: Duration,
     /// A PING unanswered for this long means the worker hangs. A stop is
@@ -592,6 +598,9 @@ impl Coordinator {
                 FromWorker::Frame(_, Message::Signal(signal)) => {
                     emitter.signal(id as usize, no, &signal);
                 }
+                FromWorker::Frame(_, Message::Signals(signals)) => {
+                    emitter.signals(id as usize, no, &signals);
+                }
                 // The loop is gone only during teardown; then the event is moot.
                 e => {
                     let _ = tx.send(Event::Worker(id, no, e));
@@ -822,6 +831,9 @@ impl Coordinator {
             }
             // The reader thread emits them; kept for completeness.
             FromWorker::Frame(_, Message::Signal(signal)) => self.emitter.signal(s, no, &signal),
+            FromWorker::Frame(_, Message::Signals(signals)) => {
+                self.emitter.signals(s, no, &signals)
+            }
             FromWorker::Frame(id, message) => self.answer(s, id, message),
         }
     }
@@ -1724,8 +1736,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             let stdout = std::io::stdout();
             for line in out_rx {
                 let mut out = stdout.lock();
-                // A closed stdout (the reader of a pipe went away) must not
-                // stop the engine; the signal is logged instead.
+                // A batch of lines goes out in one write. A closed stdout
+                // (the reader of a pipe went away) must not stop the
+                // engine; the signals are logged instead.
                 if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
                     tracing::warn!(%line, "stdout is closed: signal not printed");
                 }
@@ -2054,6 +2067,13 @@ fn drive(coord: &mut Coordinator, spawner: &Spawner, events: &Receiver<Event>) -
         }
         if sigints + sigterms > 0 {
             coord.begin_shutdown(if sigints > 0 { "SIGINT" } else { "SIGTERM" });
+        }
+        if coord
+            .opts
+            .parent
+            .is_some_and(|p| nix::unistd::getppid().as_raw() != p)
+        {
+            coord.begin_shutdown("the parent process exited (--exit-with-parent)");
         }
         coord.reap();
         if let Some(why) = coord.failed.take() {
