@@ -564,10 +564,12 @@ fn slot_pid(status: &serde_json::Value, slot: usize) -> u64 {
 #[test]
 fn killed_workers_are_replaced_and_no_signal_is_lost_or_duplicated() {
     let inst = TestInstance::new("sup");
+    // Six seconds of feed: the four kills and their recoveries must happen
+    // before the run ends, also on a slow, shared machine.
     let args = [
         "run",
         "--candles",
-        "300",
+        "600",
         "--rate",
         "100",
         "--symbols",
@@ -598,7 +600,7 @@ fn killed_workers_are_replaced_and_no_signal_is_lost_or_duplicated() {
         stderr.matches("slot recovered").count() >= 4,
         "every kill was recovered from: {stderr}"
     );
-    let backtest = inst.shmkline(&["backtest", "--candles", "300", "--symbols", "3"]);
+    let backtest = inst.shmkline(&["backtest", "--candles", "600", "--symbols", "3"]);
     assert_ok(&backtest);
     let (got, expected) = (
         normalized_signals(&stdout),
@@ -681,9 +683,14 @@ fn a_worker_kept_dead_past_the_ring_yields_a_reported_gap() {
     let status = inst.status_when(STARTUP, |s| all_ready(s, 2));
     let frozen = slot_pid(&status, 0);
     kill(Pid::from_raw(frozen as i32), Signal::SIGSTOP).expect("SIGSTOP a worker");
-    let status = inst.status_when(Duration::from_secs(30), |s| s["gaps"].as_u64() > Some(0));
-    assert!(
-        status["workers"][0]["gaps"].as_u64() > Some(0),
+    // The replacement's report is the point. (The other worker may report
+    // gaps too when a loaded machine starves it past its 64-candle ring.)
+    let status = inst.status_when(Duration::from_secs(30), |s| {
+        s["workers"][0]["gaps"].as_u64() > Some(0)
+    });
+    assert_ne!(
+        slot_pid(&status, 0),
+        frozen,
         "the replacement reported it: {status}"
     );
     let (st, _, stderr) = run.wait_output(Duration::from_secs(60));
