@@ -342,8 +342,9 @@ impl TestInstance {
             }
             assert!(
                 Instant::now() < deadline,
-                "status never satisfied the condition; last: {}",
-                String::from_utf8_lossy(&out.stdout)
+                "status never satisfied the condition; last: {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
