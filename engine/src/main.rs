@@ -704,7 +704,7 @@ fn run_main(instance: InstanceName, args: RunArgs) -> Result<()> {
         stay: args.stay,
         parent: args
             .exit_with_parent
-            .then(|| nix::unistd::getppid().as_raw()),
+            .then(|| *PARENT_AT_START.get_or_init(|| nix::unistd::getppid().as_raw())),
     };
     let summary = engine::run::run(opts)?;
     tracing::info!(
@@ -1065,7 +1065,13 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The parent process when this one started, read before anything else:
+/// `--exit-with-parent` compares against it, and a parent that dies during
+/// start-up must still count as gone.
+static PARENT_AT_START: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
+    PARENT_AT_START.get_or_init(|| nix::unistd::getppid().as_raw());
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

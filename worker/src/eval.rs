@@ -56,7 +56,8 @@ impl SeriesRead {
     /// the copy reaches back far enough, else the whole range. Candles
     /// older than `from` are dropped once there are `reach` of them, so the
     /// copy is at most twice as long as the longest window of the series'
-    /// traders, plus the new candles.
+    /// traders, plus the new candles. True if a closed candle it held
+    /// changed (an exchange correction of the last one).
     fn refresh(
         &mut self,
         reader: &StoreReader,
@@ -64,16 +65,24 @@ impl SeriesRead {
         from: u64,
         head: u64,
         buf: &mut Vec<StoredCandle>,
-    ) -> Result<(), ReadError> {
+    ) -> Result<bool, ReadError> {
         let valid = self.head;
         let reaches = valid > 0 && self.start <= from;
         if reaches && valid == head {
-            return Ok(());
+            return Ok(false);
         }
+        let mut corrected = false;
         // Invalid until the read succeeds.
         self.head = 0;
         if reaches && valid <= head && valid > from {
             reader.read_range(series, valid - 1, head, buf)?;
+            // A closed candle that changed since it was copied (an exchange
+            // correction) may already be in computed values.
+            corrected = self
+                .stored
+                .last()
+                .zip(buf.first())
+                .is_some_and(|(old, new)| old.closed && old.candle != new.candle);
             let keep = self.stored.len() - 1;
             self.stored.truncate(keep);
             self.candles.truncate(keep);
@@ -94,7 +103,7 @@ impl SeriesRead {
             self.start = from;
         }
         self.head = head;
-        Ok(())
+        Ok(corrected)
     }
 }
 
@@ -278,7 +287,12 @@ impl Trader {
         // asked for: the copy keeps that much.
         read.reach = read.reach.max(head - start);
         let from = head.saturating_sub(read.reach).max(oldest_kept);
-        read.refresh(reader, series, from, head, buf)?;
+        if read.refresh(reader, series, from, head, buf)? {
+            // Values and states computed from the old candle would differ
+            // from a replacement's: this series starts afresh.
+            tracing::info!(trader = %self.spec.id, symbol, "a closed candle was corrected: its series' indicators are recomputed");
+            memo.forget_series(series.index());
+        }
         let skip = (start - read.start) as usize;
         let (stored_all, candles) = (&read.stored[skip..], &read.candles[skip..]);
         let mut evaluated_to = next;

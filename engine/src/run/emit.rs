@@ -13,9 +13,10 @@
 //! never sees progress whose signals are not out yet.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::mpsc::SyncSender;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use protocol::message::Signal;
 use protocol::samples::{Samples, saturate};
@@ -27,6 +28,8 @@ use super::signal_json;
 const PUBLISH_TIMES: usize = 4096;
 /// Latency samples kept for the percentiles.
 const LATENCY_SAMPLES: usize = 4096;
+/// How often a reader thread retries a full output queue.
+const OUTPUT_RETRY: Duration = Duration::from_millis(1);
 
 /// Counters for `status` and the run's summary.
 #[derive(Debug, Clone, Default)]
@@ -44,8 +47,17 @@ pub struct Figures {
 }
 
 /// Shared between the loop and the reader threads.
+///
+/// A stdout that does not keep up fills the output queue; a reader thread
+/// then waits for room (it must not drop a signal), and meanwhile does not
+/// read its worker's answers. [`Emitter::output_stalled`] tells the loop, so
+/// it does not take the missing PONGs for a hung worker.
 #[derive(Debug)]
-pub struct Emitter(Mutex<Inner>);
+pub struct Emitter {
+    inner: Mutex<Inner>,
+    /// Reader threads waiting for room in the output queue.
+    waiting: AtomicUsize,
+}
 
 #[derive(Debug)]
 struct Inner {
@@ -64,12 +76,17 @@ struct Inner {
     emitted: u64,
     /// The output thread's queue; `None` once closed.
     out: Option<SyncSender<String>>,
+    /// When a reader last got room after waiting for it.
+    resumed: Option<Instant>,
+    /// Past this instant (set at teardown) a reader stops waiting for room
+    /// and drops what it holds, with a warning.
+    give_up_at: Option<Instant>,
 }
 
 impl Emitter {
     /// For `slots` worker slots, printing through `out`.
     pub fn new(slots: usize, out: SyncSender<String>) -> Self {
-        Self(Mutex::new(Inner {
+        let inner = Mutex::new(Inner {
             accept: vec![None; slots],
             traders: vec![HashSet::new(); slots],
             received: vec![0; slots],
@@ -78,13 +95,19 @@ impl Emitter {
             latency: Samples::new(LATENCY_SAMPLES),
             emitted: 0,
             out: Some(out),
-        }))
+            resumed: None,
+            give_up_at: None,
+        });
+        Self {
+            inner,
+            waiting: AtomicUsize::new(0),
+        }
     }
 
     /// A panic elsewhere while the lock was held leaves nothing half-done
     /// that matters more than printing the next signal, so poison is ignored.
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// From now on slot `s`'s signals count only from incarnation `no`
@@ -154,10 +177,59 @@ impl Emitter {
             }
             inner.out.clone()
         };
-        match out {
-            Some(out) if out.send(lines).is_ok() => {}
-            _ => tracing::warn!("the output thread is gone: signals not printed"),
+        let Some(out) = out else {
+            tracing::warn!("output closed: signals not printed");
+            return;
+        };
+        self.queue(&out, lines);
+    }
+
+    /// Queues `lines`, waiting for room if the queue is full (until teardown
+    /// gives up on a stdout nobody reads).
+    fn queue(&self, out: &SyncSender<String>, mut lines: String) {
+        let mut waited = false;
+        loop {
+            match out.try_send(lines) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) => {
+                    if self.lock().give_up_at.is_some_and(|t| Instant::now() >= t) {
+                        tracing::error!(
+                            lines = back.lines().count(),
+                            "stdout is not being read: signals not printed"
+                        );
+                        break;
+                    }
+                    if !waited {
+                        waited = true;
+                        self.waiting.fetch_add(1, Ordering::AcqRel);
+                        tracing::warn!("stdout is not keeping up: signals wait for it");
+                    }
+                    lines = back;
+                    std::thread::sleep(OUTPUT_RETRY);
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    tracing::warn!("the output thread is gone: signals not printed");
+                    break;
+                }
+            }
         }
+        if waited {
+            self.lock().resumed = Some(Instant::now());
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether a reader thread waits for stdout now, or did less than
+    /// `grace` ago: its worker's answers were (or still are) unread, so
+    /// their deadlines say nothing about the worker.
+    pub fn output_stalled(&self, grace: Duration) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+            || self.lock().resumed.is_some_and(|t| t.elapsed() < grace)
+    }
+
+    /// Teardown: readers still waiting for room give up after `within`.
+    pub fn give_up_after(&self, within: Duration) {
+        self.lock().give_up_at = Some(Instant::now() + within);
     }
 
     /// One signal: [`Emitter::signals`].
@@ -244,5 +316,44 @@ mod tests {
         e.close_output();
         e.signal(0, 3, &signal("a", 240_000));
         assert!(rx.try_iter().next().is_none(), "closed");
+    }
+
+    #[test]
+    fn a_full_queue_makes_the_reader_wait_and_teardown_gives_up() {
+        use std::sync::Arc;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let e = Arc::new(Emitter::new(1, tx));
+        e.holds(0, ["a"].into_iter());
+        e.accept(0, Some(1));
+        e.signal(0, 1, &signal("a", 0)); // the queue is full now
+        assert!(!e.output_stalled(Duration::ZERO));
+        let reader = {
+            let e = e.clone();
+            std::thread::spawn(move || e.signal(0, 1, &signal("a", 60_000)))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !e.output_stalled(Duration::ZERO) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            e.output_stalled(Duration::ZERO),
+            "the reader waits for room"
+        );
+        let first = rx.recv().expect("the first batch");
+        reader.join().expect("the reader got room and went on");
+        let second = rx.recv().expect("the second batch, not dropped");
+        assert!(first.contains("\"open_time\":0") && second.contains("60000"));
+        assert!(
+            e.output_stalled(Duration::from_secs(60)),
+            "within the grace"
+        );
+        assert!(!e.output_stalled(Duration::ZERO), "no one waits now");
+        // Teardown with nobody reading: a waiting reader gives up in time.
+        e.signal(0, 1, &signal("a", 120_000));
+        e.give_up_after(Duration::from_millis(50));
+        let started = Instant::now();
+        e.signal(0, 1, &signal("a", 180_000));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(rx.try_iter().count(), 1, "the last batch was dropped");
     }
 }

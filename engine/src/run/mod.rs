@@ -1839,6 +1839,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     if let Some(mut live) = coord.live.take() {
         live.stop();
     }
+    // Reader threads waiting on a stdout nobody reads must not keep the
+    // process alive (their threads are joined below).
+    coord.emitter.give_up_after(OUTPUT_DRAIN);
     coord.kill_stragglers();
     drop(events_rx);
     for slot in &mut coord.slots {
@@ -2119,9 +2122,14 @@ fn drive(coord: &mut Coordinator, spawner: &Spawner, events: &Receiver<Event>) -
             coord.last_heartbeat = Instant::now();
             coord.inst.store.lock().heartbeat();
         }
-        coord.retry_due();
-        coord.ping_due();
-        coord.stall_due();
+        // A stdout that does not keep up stops the reader threads from
+        // reading the workers' answers: no deadline means anything then.
+        let grace = coord.opts.ping_deadline.max(coord.opts.ping_interval);
+        if !coord.emitter.output_stalled(grace) {
+            coord.retry_due();
+            coord.ping_due();
+            coord.stall_due();
+        }
         if coord.feed_done() && !coord.opts.stay {
             coord.begin_shutdown("the finite feed is done and every trader evaluated every candle");
         }

@@ -30,10 +30,17 @@ use super::kernel::{self, window};
 use super::{ANCHOR_EVERY, BandPart, Expr, Field, Ind, Indicator, MacdPart};
 use crate::candle::Candle;
 
-/// Recent values a memo slot keeps per indicator and series: enough for
-/// crosses (the candle before), cooldowns and short nested windows; older
-/// ones are computed again.
+/// Recent values a memo slot keeps per indicator and series at first:
+/// enough for crosses (the candle before), cooldowns and short nested
+/// windows.
 const RECENT: usize = 16;
+/// Most values a slot keeps: it grows (in powers of two) when values
+/// further back are asked for again, as `sma(rsi(14), 50)` asks for 50
+/// `rsi(14)` values on every candle. Older ones are computed again.
+const RECENT_MAX: usize = 1024;
+/// Values all slots together may keep beyond their first [`RECENT`]
+/// (16 bytes each: 64 MiB); past it slots stop growing.
+const RECENT_BUDGET: usize = 1 << 22;
 
 /// A recursive indicator's state between candles.
 #[derive(Debug, Clone, Copy)]
@@ -84,20 +91,35 @@ enum Found {
 /// What the memo holds for one indicator on one series.
 #[derive(Debug, Clone)]
 struct Slot {
-    /// `(index + 1, value)` at `index % RECENT` (0: empty).
-    recent: [(u64, f64); RECENT],
+    /// `(index + 1, value)` at `index % len` (0: empty); the length is a
+    /// power of two, from [`RECENT`] to [`RECENT_MAX`].
+    recent: Vec<(u64, f64)>,
+    /// The newest index kept.
+    newest: u64,
     run: Option<Running>,
+}
+
+impl Slot {
+    fn at(&self, at: u64) -> Option<f64> {
+        match self.recent[(at as usize) & (self.recent.len() - 1)] {
+            (k, v) if k == at + 1 => Some(v),
+            _ => None,
+        }
+    }
 }
 
 /// Values and recursive states by (series, indicator digest), shared by the
 /// traders of a worker (or a backtest) and kept across candles. Bounded:
 /// past `bound` slots it starts over, and whatever was dropped is computed
-/// again, never wrong. A slot is about 400 bytes.
+/// again, never wrong. A slot is about 450 bytes, plus what its values grew
+/// by (all slots together at most [`RECENT_BUDGET`] values).
 #[derive(Debug)]
 pub struct Memo {
     series: u32,
     slots: HashMap<(u32, u64), Slot, FastHash>,
     bound: usize,
+    /// Values the slots keep beyond their first [`RECENT`].
+    grown: usize,
     /// Buffers for indicators of indicators, reused.
     buffers: Vec<Vec<f64>>,
     /// Recursive indicators computed from their anchor.
@@ -113,6 +135,7 @@ impl Memo {
             series: 0,
             slots: HashMap::default(),
             bound: bound.max(1),
+            grown: 0,
             buffers: Vec::new(),
             fresh: 0,
             steps: 0,
@@ -130,6 +153,17 @@ impl Memo {
     /// The series the next evaluations are about (its index in the store).
     pub fn on_series(&mut self, series: u32) {
         self.series = series;
+    }
+
+    /// Forgets everything about `series` (its candles changed).
+    pub fn forget_series(&mut self, series: u32) {
+        let grown = &mut self.grown;
+        self.slots.retain(|&(s, _), slot| {
+            if s == series {
+                *grown -= slot.recent.len() - RECENT;
+            }
+            s != series
+        });
     }
 
     /// Slots held.
@@ -152,9 +186,9 @@ impl Memo {
         let Some(slot) = self.slots.get(&(self.series, key)) else {
             return Found::Kept(None);
         };
-        match slot.recent[(at % RECENT as u64) as usize] {
-            (k, v) if k == at + 1 => Found::Value(v),
-            _ => Found::Kept(slot.run),
+        match slot.at(at) {
+            Some(v) => Found::Value(v),
+            None => Found::Kept(slot.run),
         }
     }
 
@@ -162,13 +196,39 @@ impl Memo {
     fn keep(&mut self, key: u64, at: u64, value: f64, run: Option<Running>) {
         if self.slots.len() >= self.bound && !self.slots.contains_key(&(self.series, key)) {
             self.slots.clear();
+            self.grown = 0;
         }
-        let slot = self.slots.entry((self.series, key)).or_insert(Slot {
-            recent: [(0, 0.0); RECENT],
-            run: None,
-        });
+        let grown = &mut self.grown;
+        let slot = self
+            .slots
+            .entry((self.series, key))
+            .or_insert_with(|| Slot {
+                recent: vec![(0, 0.0); RECENT],
+                newest: 0,
+                run: None,
+            });
         if !value.is_nan() {
-            slot.recent[(at % RECENT as u64) as usize] = (at + 1, value);
+            // How far back from the newest value this one is: asked for
+            // again, it should still be there next candle.
+            let reach = slot.newest.saturating_sub(at).saturating_add(1) as usize;
+            if reach > slot.recent.len() && reach <= RECENT_MAX {
+                let len = reach.next_power_of_two();
+                let extra = len - slot.recent.len();
+                if *grown + extra <= RECENT_BUDGET {
+                    *grown += extra;
+                    let mut ring = vec![(0, 0.0); len];
+                    for &(k, v) in slot.recent.iter().filter(|(k, _)| *k > 0) {
+                        ring[((k - 1) as usize) & (len - 1)] = (k, v);
+                    }
+                    slot.recent = ring;
+                }
+            }
+            // A value older than the ring holds would push out a newer one.
+            if reach <= slot.recent.len() {
+                let len = slot.recent.len();
+                slot.recent[(at as usize) & (len - 1)] = (at + 1, value);
+                slot.newest = slot.newest.max(at);
+            }
         }
         if let Some(run) = run
             && slot.run.is_none_or(|kept| run.next >= kept.next)

@@ -351,6 +351,7 @@ fn a_value_is_the_same_from_any_window_holding_its_warmup_and_memos_change_nothi
         "macd(12, 26, 9).hist > 0 or close > bollinger(20, 2).upper",
         "ema(rsi(6), 5) > 50 and atr(14) > 0.5 and vwap(10) > 0",
         "sma(stddev(close, 20), 20) < stddev(close, 20) and ema(wma(close, 5), 7) > lowest(low, 9)",
+        "sma(rsi(14), 50) > 50 and ema(close, 9)[20] < close",
     ] {
         let e = parse(text).expect(text);
         let need = e.warmup() + 1;
@@ -398,4 +399,43 @@ fn a_value_is_the_same_from_any_window_holding_its_warmup_and_memos_change_nothi
         }
         assert!(!shared.is_empty() && shared.len() <= shared.bound());
     }
+}
+
+#[test]
+fn forgetting_a_series_keeps_the_others() {
+    use point::{Memo, Point};
+    let candles = walk(300);
+    let e = parse("ema(close, 5) > 0").expect("valid");
+    let mut memo = Memo::new(64);
+    for series in [1, 2] {
+        memo.on_series(series);
+        assert!(!Point::new(&candles, 0, &mut memo).value(&e, 299).is_nan());
+    }
+    assert_eq!(memo.len(), 2);
+    memo.forget_series(1);
+    assert_eq!(memo.len(), 1);
+    memo.forget_series(2);
+    assert!(memo.is_empty());
+}
+
+#[test]
+fn values_read_far_back_are_kept_not_recomputed() {
+    use point::{Memo, Point};
+    let candles = walk(1500);
+    // 50 rsi(14) values per candle, 34 of them further back than a slot
+    // keeps at first, and one ema(close, 9) 20 candles back.
+    let e = parse("sma(rsi(14), 50) > 50 and ema(close, 9)[20] < close").expect("valid");
+    let mut memo = Memo::new(64);
+    let first = e.warmup();
+    for at in first..candles.len() {
+        assert!(!Point::new(&candles, 0, &mut memo).value(&e, at).is_nan());
+    }
+    let (fresh, _) = memo.counters();
+    let judged = (candles.len() - first) as u64;
+    // Recomputing the old values would be ~35 fresh runs per candle; kept,
+    // it is about one per indicator per ANCHOR_EVERY candles, plus the start.
+    assert!(
+        fresh < judged / 4,
+        "{fresh} fresh runs for {judged} candles"
+    );
 }
