@@ -91,17 +91,31 @@ enum Found {
 /// What the memo holds for one indicator on one series.
 #[derive(Debug, Clone)]
 struct Slot {
-    /// `(index + 1, value)` at `index % len` (0: empty); the length is a
-    /// power of two, from [`RECENT`] to [`RECENT_MAX`].
-    recent: Vec<(u64, f64)>,
+    /// `(index + 1, value)` at `index % len` (0: empty), in `first` until
+    /// the slot grows into `more` (a power of two up to [`RECENT_MAX`]):
+    /// most slots never do, and their lookups stay inside the slot.
+    first: [(u64, f64); RECENT],
+    more: Option<Box<[(u64, f64)]>>,
     /// The newest index kept.
     newest: u64,
     run: Option<Running>,
 }
 
 impl Slot {
+    fn ring(&self) -> &[(u64, f64)] {
+        self.more.as_deref().unwrap_or(&self.first)
+    }
+
+    fn ring_mut(&mut self) -> &mut [(u64, f64)] {
+        match &mut self.more {
+            Some(more) => more,
+            None => &mut self.first,
+        }
+    }
+
     fn at(&self, at: u64) -> Option<f64> {
-        match self.recent[(at as usize) & (self.recent.len() - 1)] {
+        let ring = self.ring();
+        match ring[(at as usize) & (ring.len() - 1)] {
             (k, v) if k == at + 1 => Some(v),
             _ => None,
         }
@@ -160,7 +174,7 @@ impl Memo {
         let grown = &mut self.grown;
         self.slots.retain(|&(s, _), slot| {
             if s == series {
-                *grown -= slot.recent.len() - RECENT;
+                *grown -= slot.ring().len() - RECENT;
             }
             s != series
         });
@@ -203,7 +217,8 @@ impl Memo {
             .slots
             .entry((self.series, key))
             .or_insert_with(|| Slot {
-                recent: vec![(0, 0.0); RECENT],
+                first: [(0, 0.0); RECENT],
+                more: None,
                 newest: 0,
                 run: None,
             });
@@ -211,22 +226,23 @@ impl Memo {
             // How far back from the newest value this one is: asked for
             // again, it should still be there next candle.
             let reach = slot.newest.saturating_sub(at).saturating_add(1) as usize;
-            if reach > slot.recent.len() && reach <= RECENT_MAX {
+            let held = slot.ring().len();
+            if reach > held && reach <= RECENT_MAX {
                 let len = reach.next_power_of_two();
-                let extra = len - slot.recent.len();
-                if *grown + extra <= RECENT_BUDGET {
-                    *grown += extra;
-                    let mut ring = vec![(0, 0.0); len];
-                    for &(k, v) in slot.recent.iter().filter(|(k, _)| *k > 0) {
+                if *grown + (len - held) <= RECENT_BUDGET {
+                    *grown += len - held;
+                    let mut ring = vec![(0, 0.0); len].into_boxed_slice();
+                    for &(k, v) in slot.ring().iter().filter(|(k, _)| *k > 0) {
                         ring[((k - 1) as usize) & (len - 1)] = (k, v);
                     }
-                    slot.recent = ring;
+                    slot.more = Some(ring);
                 }
             }
             // A value older than the ring holds would push out a newer one.
-            if reach <= slot.recent.len() {
-                let len = slot.recent.len();
-                slot.recent[(at as usize) & (len - 1)] = (at + 1, value);
+            let ring = slot.ring_mut();
+            let len = ring.len();
+            if reach <= len {
+                ring[(at as usize) & (len - 1)] = (at + 1, value);
                 slot.newest = slot.newest.max(at);
             }
         }

@@ -320,26 +320,7 @@ proptest! {
 }
 
 fn walk(n: usize) -> Vec<Candle> {
-    let mut state = 7u64;
-    let mut price = 100.0;
-    (0..n)
-        .map(|i| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let step = ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 2.0;
-            let open = price;
-            price = (price + step).max(1.0);
-            Candle {
-                open_time: i as i64 * 60_000,
-                open,
-                high: open.max(price) + 0.5,
-                low: open.min(price) - 0.5,
-                close: price,
-                volume: 1.0 + (state % 100) as f64,
-            }
-        })
-        .collect()
+    super::random_walk(n, 7)
 }
 
 #[test]
