@@ -1,9 +1,12 @@
 //! `shmkline run`: the coordinator and its supervisor.
 //!
-//! One loop on the main thread owns the store writer and every piece of state;
-//! other threads only feed it events through one bounded channel: each
-//! worker's reader thread (decoded frames), the spawner thread (finished
-//! handshakes), the OS-signal thread and the control socket. Nothing the loop
+//! One loop on the main thread owns the store writer and every piece of state
+//! but one; other threads only feed it events through one bounded channel:
+//! each worker's reader thread (decoded frames), the spawner thread (finished
+//! handshakes), the OS-signal thread and the control socket. The exception is
+//! signals, the latency path: a reader thread checks and prints them itself
+//! through the emitter (`emit.rs`), whose state (live incarnations, the slots'
+//! traders, the deduplicator) the loop keeps up to date. Nothing the loop
 //! does blocks on a worker: it sends directly, but never lets more than a
 //! [`Budget`] of frames and bytes go unread by a worker (what a worker has
 //! read is proven by its answers), so the socket buffer can never fill.
