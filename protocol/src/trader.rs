@@ -217,14 +217,18 @@ pub fn verdict_at(rule: &Rule, window: &[Candle], at: usize, base: u64, memo: &m
     at + 1 >= c.lookback && Point::new(window, base, memo).value(&c.expr, at) == 1.0
 }
 
-/// [`signals_with`] on its own (no values shared).
-pub fn signals(rule: &Rule, cooldown: usize, window: &[Candle]) -> bool {
+/// [`signals_with`] on its own, the window taken as the start of its series
+/// (recursive indicators are anchored on absolute indices, so a window from
+/// elsewhere can differ from a worker's in the last bits): for tests.
+#[cfg(test)]
+pub(crate) fn signals(rule: &Rule, cooldown: usize, window: &[Candle]) -> bool {
     signals_with(rule, cooldown, window, 0, &mut Memo::new(LOCAL_MEMO))
 }
 
 /// The raw verdict of `rule` on the last candle of `window` (exactly
-/// `rule.lookback()` candles, oldest first).
-pub fn verdict(rule: &Rule, window: &[Candle]) -> bool {
+/// `rule.lookback()` candles, oldest first), as [`signals`] does: for tests.
+#[cfg(test)]
+pub(crate) fn verdict(rule: &Rule, window: &[Candle]) -> bool {
     signals(rule, 0, window)
 }
 
@@ -250,12 +254,14 @@ pub fn values_with(
         .collect()
 }
 
-/// [`values_with`] on its own.
-pub fn values(rule: &Rule, window: &[Candle]) -> BTreeMap<String, f64> {
+/// [`values_with`] on its own, as [`signals`] does: for tests.
+#[cfg(test)]
+pub(crate) fn values(rule: &Rule, window: &[Candle]) -> BTreeMap<String, f64> {
     values_with(rule, window, 0, &mut Memo::new(LOCAL_MEMO))
 }
 
 /// (Indicator, series) slots a single evaluation keeps.
+#[cfg(test)]
 const LOCAL_MEMO: usize = 1 << 10;
 
 #[cfg(test)]

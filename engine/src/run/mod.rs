@@ -383,6 +383,29 @@ struct Slot {
     rtt_hist: RttHistogram,
 }
 
+impl Slot {
+    /// Tells the emitter which traders this slot holds now: the one place
+    /// that decides whose signals are printed.
+    fn tell_holds(&self, emitter: &Emitter) {
+        emitter.holds(self.id as usize, self.traders.iter().map(|t| t.id.as_str()));
+    }
+
+    /// Holds `t` from publish `from_publish` on.
+    fn add_trader(&mut self, t: TraderSpec, from_publish: u64, emitter: &Emitter) {
+        self.starts.insert(t.id.clone(), from_publish);
+        self.traders.push(t);
+        self.tell_holds(emitter);
+    }
+
+    /// Stops holding trader `id` (refused, quarantined or removed): its
+    /// signals are dropped from now on, even ones already in flight.
+    fn drop_trader(&mut self, id: &str, emitter: &Emitter) {
+        self.traders.retain(|t| t.id != id);
+        self.starts.remove(id);
+        self.tell_holds(emitter);
+    }
+}
+
 #[derive(Serialize)]
 struct WorkerStatus<'a> {
     id: u32,
@@ -939,13 +962,15 @@ impl Coordinator {
                     Purpose::AddTrader(t) => {
                         // Refused for good: the slot stops expecting it, and the
                         // run will end with an error naming it.
-                        slot.traders.retain(|spec| spec.id != t);
-                        self.emitter
-                            .holds(s, slot.traders.iter().map(|t| t.id.as_str()));
-                        slot.starts.remove(&t);
+                        slot.drop_trader(&t, &self.emitter);
                         self.refused
                             .push(format!("{t} (worker {}: {reason})", slot.id));
-                        if inc.state == State::Syncing && inc.acked.len() == slot.traders.len() {
+                        let held = slot.traders.len();
+                        if slot
+                            .live
+                            .as_ref()
+                            .is_some_and(|i| i.state == State::Syncing && i.acked.len() == held)
+                        {
                             self.synced(s);
                         } else {
                             // The refused one freed a place in the window.
@@ -1015,12 +1040,6 @@ impl Coordinator {
             inc.synced_at = Some(Instant::now());
         }
         self.request(s, Message::Ping, Purpose::Ping(Instant::now()));
-    }
-
-    /// Tells the emitter which traders slot `s` holds now.
-    fn holds(&self, s: usize) {
-        self.emitter
-            .holds(s, self.slots[s].traders.iter().map(|t| t.id.as_str()));
     }
 
     fn retry_due(&mut self) {
@@ -1249,10 +1268,7 @@ impl Coordinator {
         tracing::warn!(slot = slot.id, %trader, strikes = *strikes, limit = self.opts.quarantine_after, "the worker crashed while evaluating this trader");
         if *strikes >= self.opts.quarantine_after {
             tracing::error!(slot = slot.id, %trader, strikes = *strikes, "trader quarantined: it keeps crashing its workers; the others keep running");
-            slot.traders.retain(|t| t.id != trader);
-            self.emitter
-                .holds(s, slot.traders.iter().map(|t| t.id.as_str()));
-            slot.starts.remove(&trader);
+            slot.drop_trader(&trader, &self.emitter);
             self.quarantined.push((trader, slot.id));
             // The crashes were the trader's, not the slot's.
             slot.self_failures.clear();
@@ -1536,9 +1552,7 @@ impl Coordinator {
                 .unwrap_or(0);
             tracing::info!(trader = %t.id, slot = s, from_publish, "trader added");
             added.push(serde_json::json!({ "id": t.id, "slot": s }));
-            self.slots[s].starts.insert(t.id.clone(), from_publish);
-            self.slots[s].traders.push(t);
-            self.holds(s);
+            self.slots[s].add_trader(t, from_publish, &self.emitter);
             if self.slots[s]
                 .live
                 .as_ref()
@@ -1565,10 +1579,8 @@ impl Coordinator {
         else {
             return serde_json::json!({ "error": format!("no trader {id}: `shmkline traders list` shows them") });
         };
-        self.slots[s].traders.retain(|t| t.id != id);
-        self.holds(s);
         let slot = &mut self.slots[s];
-        slot.starts.remove(id);
+        slot.drop_trader(id, &self.emitter);
         let live = match slot.live.as_mut() {
             Some(inc) if inc.live() => {
                 inc.acked.remove(id);
@@ -1830,8 +1842,8 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         }
     }
     coord.inst.store.lock().publish();
-    for s in 0..coord.slots.len() {
-        coord.holds(s);
+    for slot in &coord.slots {
+        slot.tell_holds(&coord.emitter);
     }
 
     let result = drive(&mut coord, &spawner, &events_rx);
