@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use protocol::InstanceName;
 use protocol::store::{StoreConfig, StoreCreateError, StoreReader, StoreWriter};
 
@@ -40,6 +40,20 @@ impl Instance {
                 StoreWriter::unlink_stale(name)
                     .with_context(|| format!("unlinking stale segment {segment}"))?;
                 StoreWriter::create(name, config)?
+            }
+            Err(e @ StoreCreateError::NoSpace { .. }) => {
+                // Nothing was created; the runtime directory goes with `runtime`.
+                bail!(
+                    "{e} (the capacities are --max-symbols {}, --intervals {} and --candles-per-series {})",
+                    config.symbols,
+                    config
+                        .intervals
+                        .iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    config.candles_per_series
+                );
             }
             other => other?,
         };

@@ -194,6 +194,9 @@ pub struct Pong {
     pub signals: u64,
     /// Candles that left the ring before they could be evaluated.
     pub gaps: u64,
+    /// Closed candles judged so far, over all traders and series: it moves
+    /// within a long pass (a catch-up), when `last_publish` cannot.
+    pub judged: u64,
     /// Evaluation passes so far (a pass judges every trader on every candle
     /// published since the last one).
     pub passes: u64,

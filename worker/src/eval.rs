@@ -3,15 +3,20 @@
 //! So a replacement worker, another worker or a single-process replay reach
 //! the same verdicts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
+use protocol::Candle;
+use protocol::message::Signal;
 use protocol::rule::point::{FastHash, Memo};
 use protocol::store::{ReadError, SeriesId, StoreReader, StoredCandle, SymbolId};
 use protocol::trader::{Rule, Symbols, TraderSpec, values_with, verdict_at};
-use protocol::{Candle, Interval};
 
-/// Most traders one worker holds; ADD_TRADER beyond it is refused.
-pub const MAX_TRADERS: usize = 10_000;
+/// Candles one trader judges per series in one pass, at most. A replacement
+/// catching up half a ring, or a trader added to a busy worker, works
+/// through its backlog over several passes: each pass ends within a bounded
+/// time, reports its progress, and lets trader changes and CLEANUP in
+/// between.
+pub const CANDLES_PER_PASS: u64 = 256;
 
 /// Buffers an evaluation pass reuses, so the loop does not allocate per
 /// series once they have grown to the largest window.
@@ -112,21 +117,18 @@ impl SeriesRead {
 /// practice. Past it the memo starts over, which costs time, never a value.
 pub const MEMO_SLOTS: usize = 1 << 16;
 
-/// A verdict that became a signal.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hit {
-    /// The trader.
-    pub trader: String,
-    /// The series' symbol.
-    pub symbol: String,
-    /// The series' interval.
-    pub interval: Interval,
-    /// The candle.
-    pub candle: Candle,
-    /// The trader's labels.
-    pub labels: BTreeMap<String, String>,
-    /// The rule's indicator values on the candle.
-    pub values: BTreeMap<String, f64>,
+/// What an evaluation got through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Judged {
+    /// Candles that were gone from the ring before they could be evaluated
+    /// (an explicit gap, never a silent skip).
+    pub gaps: u64,
+    /// Closed candles judged (the measure of progress within a pass).
+    pub candles: u64,
+    /// Whether every series was brought up to date: false when a read was
+    /// refused for the moment (a stalled or lapped slot) or the per-pass
+    /// budget ran out; the next pass goes on.
+    pub complete: bool,
 }
 
 /// One trader and where it stands on each of its series.
@@ -182,21 +184,20 @@ impl Trader {
         self.rule.lookback() + self.spec.cooldown as usize
     }
 
-    /// Evaluates every closed candle of every watched series not evaluated
-    /// yet, pushing signals to `hits`. `symbols` is the store's directory.
-    /// Returns how many candles were gone from the ring before they could be
-    /// evaluated (an explicit gap, never a silent skip), and whether every
-    /// series was brought up to date (false when a read was refused for the
-    /// moment: a stalled or lapped slot; the next pass retries).
+    /// Evaluates the closed candles of every watched series not evaluated
+    /// yet, at most [`CANDLES_PER_PASS`] per series, pushing signals to
+    /// `hits`. `symbols` is the store's directory. See [`Judged`].
     pub fn evaluate(
         &mut self,
         reader: &StoreReader,
         symbols: &[(SymbolId, String)],
         scratch: &mut Scratch,
-        hits: &mut Vec<Hit>,
-    ) -> Result<(u64, bool), ReadError> {
-        let mut gaps = 0;
-        let mut complete = true;
+        hits: &mut Vec<Signal>,
+    ) -> Result<Judged, ReadError> {
+        let mut judged = Judged {
+            complete: true,
+            ..Judged::default()
+        };
         for (id, symbol) in symbols {
             if let Symbols::List(list) = &self.spec.symbols
                 && !list.contains(symbol)
@@ -205,19 +206,23 @@ impl Trader {
             }
             let series = reader.series(*id, self.spec.interval)?;
             match self.evaluate_series(reader, series, (id.index(), symbol), scratch, hits) {
-                Ok(g) => gaps += g,
+                Ok(one) => {
+                    judged.gaps += one.gaps;
+                    judged.candles += one.candles;
+                    judged.complete &= one.complete;
+                }
                 Err(
                     e @ (ReadError::Stalled { .. }
                     | ReadError::Lapped { .. }
                     | ReadError::Gone { .. }),
                 ) => {
                     tracing::warn!(trader = %self.spec.id, symbol, error = %e, "read refused for now: retrying next pass");
-                    complete = false;
+                    judged.complete = false;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok((gaps, complete))
+        Ok(judged)
     }
 
     /// The first index to evaluate on a series seen for the first time, and
@@ -243,8 +248,8 @@ impl Trader {
         series: SeriesId,
         (sym, symbol): (u32, &str),
         scratch: &mut Scratch,
-        hits: &mut Vec<Hit>,
-    ) -> Result<u64, ReadError> {
+        hits: &mut Vec<Signal>,
+    ) -> Result<Judged, ReadError> {
         let Scratch { buf, memo, reads } = scratch;
         memo.on_series(series.index());
         let head = reader.appended(series)?;
@@ -266,7 +271,11 @@ impl Trader {
         };
         if head == 0 || next >= head {
             self.cursors.insert(sym, next);
-            return Ok(gaps);
+            return Ok(Judged {
+                gaps,
+                candles: 0,
+                complete: true,
+            });
         }
         let window = self.window() as u64;
         // Every candle from the first unevaluated one's window up to the head.
@@ -296,11 +305,16 @@ impl Trader {
         let skip = (start - read.start) as usize;
         let (stored_all, candles) = (&read.stored[skip..], &read.candles[skip..]);
         let mut evaluated_to = next;
+        let mut complete = true;
         // Straight to the first unevaluated candle (indices are consecutive):
         // the ones before it are only its window.
         let first = (next.saturating_sub(start) as usize).min(stored_all.len());
         for (k, stored) in stored_all.iter().enumerate().skip(first) {
             let index = stored.index;
+            if evaluated_to - next >= CANDLES_PER_PASS {
+                complete = false;
+                break;
+            }
             // Final only if the feed said so or a newer candle exists.
             if !(stored.closed || index + 1 < head) {
                 break;
@@ -355,17 +369,22 @@ impl Trader {
             }
             self.verdicts.insert(sym, (index + 1, last_true));
             if signal {
-                hits.push(Hit {
+                hits.push(Signal {
                     trader: self.spec.id.clone(),
                     symbol: symbol.to_owned(),
                     interval: self.spec.interval,
-                    candle: stored.candle,
+                    open_time: stored.candle.open_time,
+                    close: stored.candle.close,
                     labels: self.spec.labels.clone(),
                     values: values_with(&self.rule, w, base, memo),
                 });
             }
         }
         self.cursors.insert(sym, evaluated_to);
-        Ok(gaps)
+        Ok(Judged {
+            gaps,
+            candles: evaluated_to - next,
+            complete,
+        })
     }
 }

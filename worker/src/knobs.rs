@@ -7,12 +7,16 @@
 //! * `SHMKLINE_TEST_DROP_REPLY=KIND:N[,...]`: carry out the request but do not
 //!   send the first N replies of each KIND (e.g. `ACK:1`), as if the answer
 //!   were lost: the coordinator re-sends, and the worker sees a duplicate.
-//! * `SHMKLINE_TEST_MALFORMED=1`: after READY, send the coordinator one frame
-//!   that does not decode.
+//! * `SHMKLINE_TEST_MALFORMED=1`: with READY, send the coordinator one frame
+//!   that is not a shmkline frame (bad magic: a foreign peer).
+//! * `SHMKLINE_TEST_MALFORMED=payload`: with READY, send one frame with a
+//!   valid header whose payload does not decode (what a bug in this build
+//!   would send).
 
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
+use ipc_channel::ipc::IpcBytesSender;
 use protocol::message::Kind;
 
 /// The knobs in force.
@@ -20,8 +24,16 @@ use protocol::message::Kind;
 pub struct Knobs {
     drop: HashMap<Kind, u32>,
     drop_reply: HashMap<Kind, u32>,
-    /// Send one undecodable frame after READY.
-    pub malformed: bool,
+    /// Send one undecodable frame with READY.
+    malformed: Option<Malformed>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Malformed {
+    /// Not a frame at all.
+    Foreign,
+    /// A valid header, a payload that does not decode.
+    Payload,
 }
 
 impl Knobs {
@@ -30,9 +42,14 @@ impl Knobs {
         let knobs = Knobs {
             drop: parse("SHMKLINE_TEST_DROP")?,
             drop_reply: parse("SHMKLINE_TEST_DROP_REPLY")?,
-            malformed: std::env::var("SHMKLINE_TEST_MALFORMED").is_ok_and(|v| v == "1"),
+            malformed: match std::env::var("SHMKLINE_TEST_MALFORMED").as_deref() {
+                Ok("1") => Some(Malformed::Foreign),
+                Ok("payload") => Some(Malformed::Payload),
+                Ok(other) => bail!("SHMKLINE_TEST_MALFORMED={other:?}: write 1 or payload"),
+                Err(_) => None,
+            },
         };
-        if !knobs.drop.is_empty() || !knobs.drop_reply.is_empty() || knobs.malformed {
+        if !knobs.drop.is_empty() || !knobs.drop_reply.is_empty() || knobs.malformed.is_some() {
             tracing::warn!(?knobs, "TEST-ONLY fault knobs are set");
         }
         Ok(knobs)
@@ -41,6 +58,24 @@ impl Knobs {
     /// Whether to drop this incoming frame (counting it down).
     pub fn drop_frame(&mut self, kind: Kind) -> bool {
         count_down(&mut self.drop, kind)
+    }
+
+    /// Sends the malformed frame asked for, once, as READY goes out.
+    pub fn after_ready(&mut self, out: &IpcBytesSender) -> Result<()> {
+        let bytes = match self.malformed.take() {
+            None => return Ok(()),
+            Some(Malformed::Foreign) => b"this is not a frame".to_vec(),
+            Some(Malformed::Payload) => {
+                let mut frame = protocol::frame::encode(
+                    protocol::message::RequestId(0),
+                    &protocol::message::Message::Signals(Vec::new()),
+                )?;
+                frame.truncate(protocol::frame::HEADER_LEN);
+                frame.extend_from_slice(&[0xff; 12]);
+                frame
+            }
+        };
+        out.send(&bytes).context("sending the malformed frame")
     }
 
     /// Whether to drop this outgoing reply (counting it down).

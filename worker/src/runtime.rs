@@ -1,7 +1,17 @@
 //! The worker as the coordinator runs it: bootstrap, then serve requests on
 //! the main thread while an evaluation thread runs the traders.
+//!
+//! The request loop never waits on the evaluation: the evaluation thread
+//! owns the trader table, and the request loop hands it changes through a
+//! short-lived queue ([`Changes`]) that the evaluation thread applies between
+//! traders. So PING, ADD_TRADER and REMOVE_TRADER are answered within any
+//! pass, however long. ADD_TRADER is acknowledged once queued (progress is
+//! lowered to the new trader's resume point at once, so no PONG claims
+//! candles it has not judged); REMOVE_TRADER is acknowledged by the
+//! evaluation thread once the trader is gone and its last signals are sent,
+//! so nothing of a removed trader follows its ACK.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -21,28 +31,54 @@ use protocol::frame;
 use protocol::message::{Init, Message, Pong, Ready, Released, RequestId, Signal};
 use protocol::shm::scratch::SharedWords;
 use protocol::store::{StoreReader, Wait};
-use protocol::trader::{black_box_name, trader_hash};
+use protocol::trader::{MAX_TRADERS_PER_WORKER, black_box_name, trader_hash};
 
-use crate::eval::{Hit, MAX_TRADERS, Scratch, Trader};
+use crate::eval::{Scratch, Trader};
 use crate::knobs::Knobs;
 
 /// How long the evaluation thread sleeps on the publish futex before it
-/// re-checks for new traders and for the stop flag.
+/// re-checks for trader changes and for the stop flag.
 const EVAL_TICK: Duration = Duration::from_millis(20);
+/// The same after a pass that left work for the next one.
+const UNFINISHED_TICK: Duration = Duration::from_millis(1);
 
-/// State shared by the request loop and the evaluation thread.
+/// A change to the trader table, queued by the request loop.
+enum Change {
+    /// Hold this trader (replacing one of the same id).
+    Add(Box<Trader>),
+    /// Drop this trader, then acknowledge request `request`.
+    Remove { id: String, request: RequestId },
+}
+
+/// Changes waiting for the evaluation thread. Bounded: an ADD is queued only
+/// for an id the worker does not hold yet (at most
+/// [`MAX_TRADERS_PER_WORKER`] ids), and REMOVEs wait for their ACK, of which
+/// the coordinator keeps at most 64 outstanding; [`QUEUE_BOUND`] backs that
+/// up.
+#[derive(Default)]
+struct Changes {
+    queue: VecDeque<Change>,
+}
+
+/// Changes queued at most; past it a request is refused.
+const QUEUE_BOUND: usize = 2 * MAX_TRADERS_PER_WORKER;
+
+/// State shared by the request loop and the evaluation thread: the change
+/// queue and what PONG reports, all of it atomics or short locks.
 #[derive(Default)]
 struct Shared {
-    traders: Mutex<BTreeMap<String, Trader>>,
-    /// Set when the trader table changed, so the next pass runs without a publish.
-    dirty: AtomicBool,
+    changes: Mutex<Changes>,
+    /// Set with every queued change, so the evaluation thread looks at the
+    /// queue only when there is something in it.
+    changed: AtomicBool,
     stop: AtomicBool,
-    /// Publish counter up to which every trader evaluated every closed candle.
-    last_publish: AtomicU64,
-    /// What PONG reports, kept out of the traders lock (which an evaluation
-    /// pass holds for its whole length): progress over all traders, and how many.
+    /// Publish counter up to which every trader held or queued evaluated
+    /// every closed candle. Written under the `changes` lock only, so a
+    /// trader being queued and a pass ending cannot lose each other's update.
     progress: AtomicU64,
-    trader_count: AtomicU64,
+    /// Closed candles judged so far (over all traders and series), raised
+    /// within passes: a long catch-up shows it is moving.
+    judged: AtomicU64,
     signals: AtomicU64,
     gaps: AtomicU64,
     /// Pass durations, as the evaluation thread summarises them.
@@ -52,10 +88,18 @@ struct Shared {
 }
 
 impl Shared {
-    fn traders(&self) -> MutexGuard<'_, BTreeMap<String, Trader>> {
-        // A panic while holding the lock already aborted the evaluation; the
-        // table itself stays consistent (each entry is replaced whole).
-        self.traders.lock().unwrap_or_else(|p| p.into_inner())
+    fn changes(&self) -> MutexGuard<'_, Changes> {
+        // Held for a push or a drain only; a panic there leaves the queue whole.
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queue(&self, change: Change) {
+        let mut changes = self.changes();
+        if let Change::Add(t) = &change {
+            self.progress.fetch_min(t.covered(), Ordering::AcqRel);
+        }
+        changes.queue.push_back(change);
+        self.changed.store(true, Ordering::Release);
     }
 }
 
@@ -89,28 +133,24 @@ impl Outbox {
         self.0.send(&bytes).context("sending to the coordinator")
     }
 
-    /// A pass's signals, in order, in as few SIGNALS frames as fit: a batch
-    /// too long for one frame is sent as two halves (a single signal too
-    /// long for a frame is an error, as it was alone).
-    fn send_signals(&self, next_id: &mut u64, signals: Vec<Signal>) -> Result<()> {
-        if signals.is_empty() {
-            return Ok(());
+    /// Signals, in order, in as many SIGNALS frames as they need. A signal
+    /// too large for a frame (traders are checked for that where they
+    /// enter, so a bug) is an error naming its trader, after the signals
+    /// before it went out.
+    fn send_signals(
+        &self,
+        next_id: &mut u64,
+        signals: &[Signal],
+    ) -> Result<(), frame::SignalTooLarge> {
+        let mut frames = Vec::new();
+        let packed = frame::encode_signals(next_id, signals, &mut frames);
+        for bytes in frames {
+            // The coordinator is gone: the request loop sees it too and exits.
+            if self.0.send(&bytes).is_err() {
+                break;
+            }
         }
-        *next_id += 1;
-        let message = Message::Signals(signals);
-        let error = match frame::encode(RequestId(*next_id), &message) {
-            Ok(bytes) => return self.0.send(&bytes).context("sending to the coordinator"),
-            Err(e) => e,
-        };
-        let Message::Signals(mut front) = message else {
-            return Err(error.into());
-        };
-        if front.len() == 1 {
-            return Err(error.into());
-        }
-        let back = front.split_off(front.len() / 2);
-        self.send_signals(next_id, front)?;
-        self.send_signals(next_id, back)
+        packed
     }
 }
 
@@ -149,6 +189,15 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * page)
 }
 
+/// The evaluation thread and what the request loop knows of its traders.
+struct Evaluation {
+    store: Arc<StoreReader>,
+    thread: JoinHandle<u32>,
+    /// Ids and versions of the traders held or queued: the request loop's
+    /// own view, so it answers without asking the evaluation thread.
+    registry: BTreeMap<String, u32>,
+}
+
 /// Runs until CLEANUP (exit 0) or until the coordinator goes away.
 pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()> {
     // Die with the coordinator, whatever kills it; then make sure it had not
@@ -175,8 +224,7 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
         bytes: 0,
         read_at: None,
     };
-    let mut store: Option<Arc<StoreReader>> = None;
-    let mut eval: Option<JoinHandle<()>> = None;
+    let mut eval: Option<Evaluation> = None;
 
     loop {
         let bytes = match requests.recv() {
@@ -215,26 +263,26 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
         let reply = match message {
             Message::Init(init) => match init_store(&init, worker_id) {
                 Ok(reader) => {
-                    if store.is_none() {
+                    if eval.is_none() {
                         let reader = Arc::new(reader);
                         // The coordinator's black box for this slot, if it made one.
                         let black_box = InstanceName::new(&init.instance)
                             .ok()
                             .and_then(|i| SharedWords::open(&black_box_name(&i, worker_id)).ok())
                             .map(Arc::new);
-                        eval = Some(spawn_eval(
+                        let thread = spawn_eval(
                             Arc::clone(&reader),
                             Arc::clone(&shared),
                             out.clone(),
                             black_box,
-                        )?);
-                        store = Some(reader);
+                        )?;
+                        eval = Some(Evaluation {
+                            store: reader,
+                            thread,
+                            registry: BTreeMap::new(),
+                        });
                     }
-                    if knobs.malformed {
-                        out.0
-                            .send(b"this is not a frame")
-                            .context("sending the malformed frame")?;
-                    }
+                    knobs.after_ready(&out.0)?;
                     Message::Ready(Ready {
                         worker_id,
                         pid: std::process::id(),
@@ -245,37 +293,39 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
                 },
             },
             Message::AddTrader { spec, resume_after } => {
-                add_trader(&shared, store.as_deref(), spec, resume_after)
+                add_trader(&shared, eval.as_mut(), spec, resume_after)
             }
-            Message::RemoveTrader { id: trader } => {
-                let mut traders = shared.traders();
-                traders.remove(&trader);
-                publish_progress(&shared, &traders);
-                Message::Ack
-            }
+            Message::RemoveTrader { id: trader } => match eval.as_mut() {
+                // Acknowledged by the evaluation thread once the trader is
+                // gone (a retry too: it queues behind the first).
+                Some(eval) if shared.changes().queue.len() < QUEUE_BOUND => {
+                    eval.registry.remove(&trader);
+                    shared.queue(Change::Remove {
+                        id: trader,
+                        request: id,
+                    });
+                    continue;
+                }
+                Some(_) => Message::Nack {
+                    reason: format!("{QUEUE_BOUND} trader changes are waiting: try again"),
+                },
+                // Nothing was ever added.
+                None => Message::Ack,
+            },
             Message::Ping => Message::Pong(Pong {
-                traders: shared.trader_count.load(Ordering::Acquire) as u32,
+                traders: eval.as_ref().map_or(0, |e| e.registry.len()) as u32,
                 last_publish: shared.progress.load(Ordering::Acquire),
                 gaps: shared.gaps.load(Ordering::Relaxed),
                 uptime_ms: started.elapsed().as_millis() as u64,
                 rss_bytes: rss.get(),
                 signals: shared.signals.load(Ordering::Relaxed),
+                judged: shared.judged.load(Ordering::Relaxed),
                 passes: shared.passes.load(Ordering::Relaxed),
                 pass_p50_us: shared.pass_p50_us.load(Ordering::Relaxed),
                 pass_p99_us: shared.pass_p99_us.load(Ordering::Relaxed),
             }),
             Message::Cleanup => {
-                let threads = u32::from(eval.is_some());
-                stop(&shared, eval.take());
-                let mut traders = shared.traders();
-                let released = Released {
-                    traders: traders.len() as u32,
-                    threads,
-                    cursors: traders.values().map(|t| t.cursors() as u32).sum(),
-                };
-                traders.clear();
-                drop(traders);
-                drop(store.take());
+                let released = stop(&shared, eval.take());
                 out.send(id, &Message::CleanupComplete(released))?;
                 tracing::info!("cleanup complete: exiting");
                 return Ok(());
@@ -294,23 +344,6 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
         }
         out.send(id, &reply)?;
     }
-}
-
-/// Recomputes what PONG reports; called with the traders lock held, after a
-/// pass and after every change to the table. Progress is the minimum over
-/// the traders (a trader just added counts from where it resumes), or the
-/// last pass's counter when there is none.
-fn publish_progress(shared: &Shared, traders: &BTreeMap<String, Trader>) {
-    let passed = shared.last_publish.load(Ordering::Acquire);
-    let progress = traders
-        .values()
-        .map(|t| t.covered())
-        .min()
-        .map_or(passed, |m| m.min(passed));
-    shared.progress.store(progress, Ordering::Release);
-    shared
-        .trader_count
-        .store(traders.len() as u64, Ordering::Release);
 }
 
 fn init_store(init: &Init, worker_id: u32) -> Result<StoreReader> {
@@ -334,11 +367,11 @@ fn init_store(init: &Init, worker_id: u32) -> Result<StoreReader> {
 
 fn add_trader(
     shared: &Shared,
-    store: Option<&StoreReader>,
+    eval: Option<&mut Evaluation>,
     spec: protocol::trader::TraderSpec,
     resume_after: u64,
 ) -> Message {
-    let Some(store) = store else {
+    let Some(eval) = eval else {
         return Message::Nack {
             reason: "ADD_TRADER before INIT".into(),
         };
@@ -351,7 +384,7 @@ fn add_trader(
             };
         }
     };
-    if !store.intervals().contains(&spec.interval) {
+    if !eval.store.intervals().contains(&spec.interval) {
         return Message::Nack {
             reason: format!(
                 "trader {}: interval {} is not kept by the store",
@@ -359,128 +392,264 @@ fn add_trader(
             ),
         };
     }
-    let mut traders = shared.traders();
-    match traders.get(&spec.id) {
+    match eval.registry.get(&spec.id) {
         // Idempotent: a re-sent ADD_TRADER (a retry whose ACK was lost) is acked again.
-        Some(t) if t.spec.version == spec.version => return Message::Ack,
+        Some(&version) if version == spec.version => return Message::Ack,
         Some(_) => {}
-        None if traders.len() >= MAX_TRADERS => {
+        None if eval.registry.len() >= MAX_TRADERS_PER_WORKER => {
             return Message::Nack {
-                reason: format!("this worker already holds {MAX_TRADERS} traders"),
+                reason: format!("this worker already holds {MAX_TRADERS_PER_WORKER} traders"),
             };
         }
         None => {}
     }
+    if shared.changes().queue.len() >= QUEUE_BOUND {
+        return Message::Nack {
+            reason: format!("{QUEUE_BOUND} trader changes are waiting: try again"),
+        };
+    }
     tracing::info!(trader = %spec.id, version = spec.version, rule = %rule, resume_after, "trader added");
-    traders.insert(spec.id.clone(), Trader::new(spec, rule, resume_after));
-    publish_progress(shared, &traders);
-    shared.dirty.store(true, Ordering::Release);
+    eval.registry.insert(spec.id.clone(), spec.version);
+    shared.queue(Change::Add(Box::new(Trader::new(spec, rule, resume_after))));
     Message::Ack
 }
 
-fn stop(shared: &Shared, eval: Option<JoinHandle<()>>) {
+/// Stops the evaluation thread and says what was released.
+fn stop(shared: &Shared, eval: Option<Evaluation>) -> Released {
     shared.stop.store(true, Ordering::Release);
-    if let Some(handle) = eval {
-        let _ = handle.join();
+    let Some(eval) = eval else {
+        return Released::default();
+    };
+    let cursors = eval.thread.join().unwrap_or(0);
+    Released {
+        traders: eval.registry.len() as u32,
+        threads: 1,
+        cursors,
     }
 }
+
+/// Stack of the evaluation thread: rules nest at most
+/// [`protocol::rule::MAX_DEPTH`] levels, and each level of evaluation takes
+/// well under a kilobyte of it; reserved, not touched, until used.
+const EVAL_STACK: usize = 16 << 20;
 
 fn spawn_eval(
     reader: Arc<StoreReader>,
     shared: Arc<Shared>,
     out: Outbox,
     black_box: Option<Arc<SharedWords>>,
-) -> Result<JoinHandle<()>> {
+) -> Result<JoinHandle<u32>> {
     std::thread::Builder::new()
         .name("eval".into())
+        .stack_size(EVAL_STACK)
         .spawn(move || {
             // A panic must not leave the worker answering PINGs with frozen
             // progress: it ends the process like an error does.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                eval_loop(&reader, &shared, &out, black_box.as_deref())
+                Evaluator::new(&reader, &shared, &out, black_box.as_deref()).run()
             }));
             let outcome =
                 outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("the evaluation thread panicked")));
-            if let Err(e) = outcome {
-                // A worker that cannot evaluate must not keep answering PINGs
-                // as if it could: exit, and let the coordinator replace it.
-                tracing::error!(error = %format!("{e:#}"), "evaluation failed: exiting");
-                std::process::exit(70);
+            match outcome {
+                Ok(cursors) => cursors,
+                Err(e) => {
+                    // A worker that cannot evaluate must not keep answering
+                    // PINGs as if it could: exit, and let the coordinator
+                    // replace it.
+                    tracing::error!(error = %format!("{e:#}"), "evaluation failed: exiting");
+                    std::process::exit(70);
+                }
             }
         })
         .context("starting the evaluation thread")
 }
 
-fn eval_loop(
-    reader: &StoreReader,
-    shared: &Shared,
-    out: &Outbox,
-    black_box: Option<&SharedWords>,
-) -> Result<()> {
-    // The trader being evaluated, for the coordinator to read after a crash;
-    // 0 between passes.
-    let mark = |value: u64| {
-        if let Some(word) = black_box.and_then(|b| b.word(0)) {
+/// The evaluation thread's state: it alone holds the traders.
+struct Evaluator<'a> {
+    reader: &'a StoreReader,
+    shared: &'a Shared,
+    out: &'a Outbox,
+    black_box: Option<&'a SharedWords>,
+    traders: Vec<Trader>,
+    scratch: Scratch,
+    hits: Vec<Signal>,
+    next_signal: u64,
+    /// The publish counter the last complete pass covered.
+    last_publish: u64,
+}
+
+impl<'a> Evaluator<'a> {
+    fn new(
+        reader: &'a StoreReader,
+        shared: &'a Shared,
+        out: &'a Outbox,
+        black_box: Option<&'a SharedWords>,
+    ) -> Self {
+        Self {
+            reader,
+            shared,
+            out,
+            black_box,
+            traders: Vec::new(),
+            scratch: Scratch::default(),
+            hits: Vec::new(),
+            next_signal: 0,
+            last_publish: 0,
+        }
+    }
+
+    /// The trader being evaluated, for the coordinator to read after a
+    /// crash; 0 between passes.
+    fn mark(&self, value: u64) {
+        if let Some(word) = self.black_box.and_then(|b| b.word(0)) {
             word.store(value, Ordering::Relaxed);
         }
-    };
-    let mut seen = 0;
-    let mut scratch = Scratch::default();
-    let mut symbols = Vec::new();
-    let mut hits: Vec<Hit> = Vec::new();
-    let mut next_signal = 0u64;
-    let mut pass_times = PassTimes(Samples::new(PASS_SAMPLES));
-    while !shared.stop.load(Ordering::Acquire) {
-        let changed = matches!(reader.wait_for_change(seen, EVAL_TICK)?, Wait::Changed(_));
-        let dirty = shared.dirty.swap(false, Ordering::AcqRel);
-        if !changed && !dirty {
-            continue;
-        }
-        let pass_started = Instant::now();
-        // Everything published up to here gets evaluated in this pass.
-        let published = reader.publish_counter();
-        // Append-only directory: re-read it only when it grew.
-        if reader.symbol_count() != symbols.len() {
-            symbols = reader.symbols_with_ids();
-        }
-        let mut gaps = 0;
-        let mut traders = shared.traders();
-        for trader in traders.values_mut() {
-            let _span = tracing::debug_span!("trader", id = %trader.spec.id).entered();
-            mark(trader_hash(&trader.spec.id));
-            let (g, complete) = trader.evaluate(reader, &symbols, &mut scratch, &mut hits)?;
-            gaps += g;
-            if complete {
-                trader.covered_to(published);
+    }
+
+    /// Passes until stopped; returns the evaluation cursors it dropped.
+    fn run(mut self) -> Result<u32> {
+        let mut seen = 0;
+        let mut symbols = Vec::new();
+        let mut pass_times = PassTimes(Samples::new(PASS_SAMPLES));
+        // A pass that left work for the next one (a budget ran out, a read
+        // was refused for the moment): the next pass starts at once.
+        let mut unfinished = false;
+        while !self.shared.stop.load(Ordering::Acquire) {
+            // Left work: look again almost at once (a read refused for the
+            // moment must not spin the CPU).
+            let tick = if unfinished {
+                UNFINISHED_TICK
             } else {
-                shared.dirty.store(true, Ordering::Release);
+                EVAL_TICK
+            };
+            let changed = matches!(self.reader.wait_for_change(seen, tick)?, Wait::Changed(_));
+            let (applied, _) = self.apply_changes(0)?;
+            if !changed && !applied && !unfinished {
+                continue;
+            }
+            let pass_started = Instant::now();
+            // Everything published up to here gets evaluated in this pass.
+            let published = self.reader.publish_counter();
+            // Append-only directory: re-read it only when it grew.
+            if self.reader.symbol_count() != symbols.len() {
+                symbols = self.reader.symbols_with_ids();
+            }
+            unfinished = false;
+            let mut gaps = 0;
+            let mut k = 0;
+            while k < self.traders.len() {
+                if self.shared.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let trader = &mut self.traders[k];
+                let _span = tracing::debug_span!("trader", id = %trader.spec.id).entered();
+                if let Some(word) = self.black_box.and_then(|b| b.word(0)) {
+                    word.store(trader_hash(&trader.spec.id), Ordering::Relaxed);
+                }
+                let judged =
+                    trader.evaluate(self.reader, &symbols, &mut self.scratch, &mut self.hits)?;
+                gaps += judged.gaps;
+                if judged.complete {
+                    trader.covered_to(published);
+                } else {
+                    unfinished = true;
+                }
+                self.shared
+                    .judged
+                    .fetch_add(judged.candles, Ordering::Relaxed);
+                k += 1;
+                // Between traders: changes queued meanwhile.
+                if self.shared.changed.load(Ordering::Acquire) {
+                    let (_, next) = self.apply_changes(k)?;
+                    // A trader replaced before `next` waits for the next pass.
+                    unfinished = true;
+                    k = next;
+                }
+            }
+            self.flush()?;
+            self.mark(0);
+            self.shared.gaps.fetch_add(gaps, Ordering::Relaxed);
+            self.last_publish = published;
+            // After the signals: a PONG carrying this progress proves they were sent.
+            self.publish_progress();
+            seen = published;
+            pass_times.record(pass_started.elapsed(), self.shared);
+        }
+        Ok(self.traders.iter().map(|t| t.cursors() as u32).sum())
+    }
+
+    /// Applies the queued changes; true if there were any, and where the
+    /// pass that was at trader `cursor` goes on (a removal before it shifts
+    /// the rest down; an added trader goes last). A removal first sends the
+    /// signals found so far, then acknowledges: nothing of the removed
+    /// trader follows its ACK.
+    fn apply_changes(&mut self, mut cursor: usize) -> Result<(bool, usize)> {
+        if !self.shared.changed.swap(false, Ordering::AcqRel) {
+            return Ok((false, cursor));
+        }
+        let queued: Vec<Change> = self.shared.changes().queue.drain(..).collect();
+        for change in queued {
+            match change {
+                Change::Add(trader) => {
+                    match self
+                        .traders
+                        .iter()
+                        .position(|t| t.spec.id == trader.spec.id)
+                    {
+                        Some(k) => self.traders[k] = *trader,
+                        None => self.traders.push(*trader),
+                    }
+                }
+                Change::Remove { id, request } => {
+                    self.flush()?;
+                    if let Some(k) = self.traders.iter().position(|t| t.spec.id == id) {
+                        self.traders.remove(k);
+                        if k < cursor {
+                            cursor -= 1;
+                        }
+                    }
+                    self.out.send(request, &Message::Ack)?;
+                    tracing::info!(trader = %id, "trader removed");
+                }
             }
         }
-        if !hits.is_empty() {
-            let signals: Vec<Signal> = hits
-                .drain(..)
-                .map(|hit| Signal {
-                    trader: hit.trader,
-                    symbol: hit.symbol,
-                    interval: hit.interval,
-                    open_time: hit.candle.open_time,
-                    close: hit.candle.close,
-                    labels: hit.labels,
-                    values: hit.values,
-                })
-                .collect();
-            let n = signals.len() as u64;
-            out.send_signals(&mut next_signal, signals)?;
-            shared.signals.fetch_add(n, Ordering::Relaxed);
-        }
-        mark(0);
-        shared.gaps.fetch_add(gaps, Ordering::Relaxed);
-        // After the signals: a PONG carrying this progress proves they were sent.
-        shared.last_publish.store(published, Ordering::Release);
-        publish_progress(shared, &traders);
-        drop(traders);
-        seen = published;
-        pass_times.record(pass_started.elapsed(), shared);
+        self.publish_progress();
+        Ok((true, cursor))
     }
-    Ok(())
+
+    /// Sends the signals found so far. One too large for a frame is pinned
+    /// on its trader (the black box names it) before the worker exits.
+    fn flush(&mut self) -> Result<()> {
+        if self.hits.is_empty() {
+            return Ok(());
+        }
+        let n = self.hits.len() as u64;
+        let sent = self.out.send_signals(&mut self.next_signal, &self.hits);
+        self.hits.clear();
+        if let Err(e) = sent {
+            self.mark(trader_hash(&e.trader));
+            bail!("{e}: its trader is to blame");
+        }
+        self.shared.signals.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Recomputes the progress PONG reports: the minimum over the traders
+    /// held and queued (a trader counts from where it resumes), or the last
+    /// pass's counter when there is none. Under the queue's lock, as the
+    /// request loop's lowering of it is.
+    fn publish_progress(&self) {
+        let changes = self.shared.changes();
+        let progress = self
+            .traders
+            .iter()
+            .map(Trader::covered)
+            .chain(changes.queue.iter().filter_map(|c| match c {
+                Change::Add(t) => Some(t.covered()),
+                Change::Remove { .. } => None,
+            }))
+            .min()
+            .map_or(self.last_publish, |m| m.min(self.last_publish));
+        self.shared.progress.store(progress, Ordering::Release);
+    }
 }

@@ -102,7 +102,9 @@ impl Live {
             {
                 FromWorker::Frame(got, answer) if got == id => return Ok(answer),
                 FromWorker::Frame(..) => {}
-                FromWorker::Malformed(e) => bail!("malformed frame from the worker: {e}"),
+                FromWorker::Malformed { error, .. } => {
+                    bail!("malformed frame from the worker: {error}")
+                }
                 FromWorker::Closed => bail!("the worker's channel closed"),
             }
         }

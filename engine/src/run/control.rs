@@ -1,7 +1,11 @@
 //! The instance's unix control socket, `<runtime>/<instance>/control.sock`
 //! (directory 0700, socket 0600). One request line in, one JSON line out.
 //! Requests are answered by the coordinator's loop, so every answer is a
-//! consistent snapshot. Requests: `status`.
+//! consistent snapshot. Requests: `status`, `events`, `traders`, and the
+//! JSON trader commands (`{"cmd":"add",...}`, `{"cmd":"remove",...}`). A
+//! request line is at most [`MAX_REQUEST`] bytes: longer ones are refused
+//! with an error naming the limit, by the client before it connects and by
+//! the server if one arrives anyway.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -19,9 +23,15 @@ use anyhow::{Context, Result, bail};
 pub const SOCKET: &str = "control.sock";
 /// How long one request may take end to end.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest request line accepted.
-/// Longest request line: a trader file's specs fit; memory stays bounded.
-const MAX_REQUEST: u64 = 1 << 20;
+/// Longest request line: a large trader file's specs fit; memory stays bounded.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// The error for a request over [`MAX_REQUEST`].
+fn too_long(len: usize) -> String {
+    format!(
+        "the request is {len} bytes, over the control socket's limit of {MAX_REQUEST} bytes (1 MiB): split the trader file and add the parts one by one"
+    )
+}
 
 /// A request for the coordinator's loop and where to send the answer.
 pub struct ControlRequest {
@@ -99,8 +109,31 @@ fn serve(stream: UnixStream, requests: &impl Fn(ControlRequest) -> bool) -> Resu
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    let mut line = String::new();
-    BufReader::new(std::io::Read::take(&stream, MAX_REQUEST)).read_line(&mut line)?;
+    let mut line = Vec::new();
+    BufReader::new(std::io::Read::take(&stream, MAX_REQUEST as u64 + 1))
+        .read_until(b'\n', &mut line)?;
+    if line.len() > MAX_REQUEST {
+        // Read the rest (bounded by the timeout), so the client gets the
+        // answer instead of a broken pipe.
+        let mut len = line.len();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut rest = &stream;
+        while len < 64 * MAX_REQUEST {
+            match std::io::Read::read(&mut rest, &mut buf) {
+                Ok(n) if n > 0 && !buf[..n].contains(&b'\n') => len += n,
+                Ok(n) => {
+                    len += buf[..n].iter().position(|&b| b == b'\n').unwrap_or(n);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let answer = serde_json::json!({ "error": too_long(len) });
+        let mut stream = stream;
+        stream.write_all(format!("{answer}\n").as_bytes())?;
+        return Ok(());
+    }
+    let line = String::from_utf8(line).map_err(|_| anyhow::anyhow!("the request is not UTF-8"))?;
     let (reply, answer) = mpsc::channel();
     let answer_line = if requests(ControlRequest {
         line: line.trim().to_owned(),
@@ -128,6 +161,9 @@ pub fn forward_to(
 /// Sends `request` to the instance whose runtime directory is `dir` and
 /// returns the JSON answer.
 pub fn ask(dir: &Path, request: &str) -> Result<serde_json::Value> {
+    if request.len() > MAX_REQUEST {
+        bail!("{}", too_long(request.len()));
+    }
     let path = dir.join(SOCKET);
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,

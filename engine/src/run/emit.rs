@@ -13,9 +13,10 @@
 //! never sees progress whose signals are not out yet.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use protocol::message::Signal;
@@ -30,6 +31,93 @@ const PUBLISH_TIMES: usize = 4096;
 const LATENCY_SAMPLES: usize = 4096;
 /// How often a reader thread retries a full output queue.
 const OUTPUT_RETRY: Duration = Duration::from_millis(1);
+
+/// Signal lines for the output thread, written in one piece.
+#[derive(Debug)]
+pub struct Batch {
+    /// The lines, joined by newlines (no trailing one).
+    pub text: String,
+    /// How many.
+    pub lines: u64,
+}
+
+/// What the output thread got written, shared with the emitter and the
+/// teardown: a signal counts as delivered once its line is written.
+#[derive(Debug)]
+pub struct Output {
+    started: Instant,
+    /// Lines written.
+    written: AtomicU64,
+    /// Lines that could not be written (stdout closed) or were given up.
+    lost: AtomicU64,
+    /// When the output last moved (a batch written or failed), ms after `started`.
+    moved_ms: AtomicU64,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            written: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            moved_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Output {
+    fn moved(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.moved_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// When the output last moved.
+    pub fn last_moved(&self) -> Instant {
+        self.started + Duration::from_millis(self.moved_ms.load(Ordering::Acquire))
+    }
+
+    /// Lines written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Lines lost so far.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Acquire)
+    }
+}
+
+/// The output thread: writes each batch to stdout in one write, counting
+/// what was written. A closed stdout (the reader of a pipe went away) must
+/// not stop the engine: its lines count as lost, and the run ends in error.
+pub fn spawn_output(
+    batches: Receiver<Batch>,
+    output: Arc<Output>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("output".into())
+        .spawn(move || {
+            let stdout = std::io::stdout();
+            let mut closed = false;
+            for batch in batches {
+                let mut out = stdout.lock();
+                let ok = !closed
+                    && writeln!(out, "{}", batch.text)
+                        .and_then(|()| out.flush())
+                        .is_ok();
+                if ok {
+                    output.written.fetch_add(batch.lines, Ordering::AcqRel);
+                } else {
+                    if !closed {
+                        tracing::error!("stdout is closed: signals from here on are not printed");
+                    }
+                    closed = true;
+                    output.lost.fetch_add(batch.lines, Ordering::AcqRel);
+                }
+                output.moved();
+            }
+        })
+}
 
 /// Counters for `status` and the run's summary.
 #[derive(Debug, Clone, Default)]
@@ -57,6 +145,8 @@ pub struct Emitter {
     inner: Mutex<Inner>,
     /// Reader threads waiting for room in the output queue.
     waiting: AtomicUsize,
+    /// What the output thread wrote.
+    output: Arc<Output>,
 }
 
 #[derive(Debug)]
@@ -75,17 +165,18 @@ struct Inner {
     latency: Samples,
     emitted: u64,
     /// The output thread's queue; `None` once closed.
-    out: Option<SyncSender<String>>,
+    out: Option<SyncSender<Batch>>,
     /// When a reader last got room after waiting for it.
     resumed: Option<Instant>,
-    /// Past this instant (set at teardown) a reader stops waiting for room
-    /// and drops what it holds, with a warning.
-    give_up_at: Option<Instant>,
+    /// Set at teardown: from when, and after how long without the output
+    /// moving, a reader stops waiting for room and drops what it holds.
+    give_up: Option<(Instant, Duration)>,
 }
 
 impl Emitter {
-    /// For `slots` worker slots, printing through `out`.
-    pub fn new(slots: usize, out: SyncSender<String>) -> Self {
+    /// For `slots` worker slots, printing through `out`, whose thread
+    /// counts into `output`.
+    pub fn new(slots: usize, out: SyncSender<Batch>, output: Arc<Output>) -> Self {
         let inner = Mutex::new(Inner {
             accept: vec![None; slots],
             traders: vec![HashSet::new(); slots],
@@ -96,11 +187,12 @@ impl Emitter {
             emitted: 0,
             out: Some(out),
             resumed: None,
-            give_up_at: None,
+            give_up: None,
         });
         Self {
             inner,
             waiting: AtomicUsize::new(0),
+            output,
         }
     }
 
@@ -142,6 +234,7 @@ impl Emitter {
     /// the lock, so a stdout nobody reads blocks this reader thread only.
     pub fn signals(&self, s: usize, no: u64, signals: &[Signal]) {
         let mut lines = String::new();
+        let mut count = 0;
         let out = {
             let mut inner = self.lock();
             if inner.accept.get(s).copied().flatten() != Some(no) {
@@ -167,6 +260,7 @@ impl Emitter {
                     inner.latency.push(us);
                 }
                 inner.emitted += 1;
+                count += 1;
                 if !lines.is_empty() {
                     lines.push('\n');
                 }
@@ -179,24 +273,41 @@ impl Emitter {
         };
         let Some(out) = out else {
             tracing::warn!("output closed: signals not printed");
+            self.output.lost.fetch_add(count, Ordering::AcqRel);
             return;
         };
-        self.queue(&out, lines);
+        self.queue(
+            &out,
+            Batch {
+                text: lines,
+                lines: count,
+            },
+        );
     }
 
-    /// Queues `lines`, waiting for room if the queue is full (until teardown
-    /// gives up on a stdout nobody reads).
-    fn queue(&self, out: &SyncSender<String>, mut lines: String) {
+    /// Whether teardown gave up on the output: it has not moved for the
+    /// drain time since teardown began (or since it last moved).
+    fn given_up(&self) -> bool {
+        let Some((since, within)) = self.lock().give_up else {
+            return false;
+        };
+        since.max(self.output.last_moved()) + within <= Instant::now()
+    }
+
+    /// Queues `batch`, waiting for room if the queue is full (until teardown
+    /// gives up on a stdout that stopped moving).
+    fn queue(&self, out: &SyncSender<Batch>, mut batch: Batch) {
         let mut waited = false;
         loop {
-            match out.try_send(lines) {
+            match out.try_send(batch) {
                 Ok(()) => break,
                 Err(TrySendError::Full(back)) => {
-                    if self.lock().give_up_at.is_some_and(|t| Instant::now() >= t) {
+                    if self.given_up() {
                         tracing::error!(
-                            lines = back.lines().count(),
+                            lines = back.lines,
                             "stdout is not being read: signals not printed"
                         );
+                        self.output.lost.fetch_add(back.lines, Ordering::AcqRel);
                         break;
                     }
                     if !waited {
@@ -204,11 +315,12 @@ impl Emitter {
                         self.waiting.fetch_add(1, Ordering::AcqRel);
                         tracing::warn!("stdout is not keeping up: signals wait for it");
                     }
-                    lines = back;
+                    batch = back;
                     std::thread::sleep(OUTPUT_RETRY);
                 }
-                Err(TrySendError::Disconnected(_)) => {
+                Err(TrySendError::Disconnected(back)) => {
                     tracing::warn!("the output thread is gone: signals not printed");
+                    self.output.lost.fetch_add(back.lines, Ordering::AcqRel);
                     break;
                 }
             }
@@ -227,9 +339,16 @@ impl Emitter {
             || self.lock().resumed.is_some_and(|t| t.elapsed() < grace)
     }
 
-    /// Teardown: readers still waiting for room give up after `within`.
+    /// Teardown: readers still waiting for room give up once the output
+    /// has not moved for `within` (a slow reader of stdout is waited for as
+    /// long as it keeps reading).
     pub fn give_up_after(&self, within: Duration) {
-        self.lock().give_up_at = Some(Instant::now() + within);
+        self.lock().give_up = Some((Instant::now(), within));
+    }
+
+    /// Signals handed to the output so far, and what became of them.
+    pub fn delivery(&self) -> (u64, &Output) {
+        (self.lock().emitted, &self.output)
     }
 
     /// One signal: [`Emitter::signals`].
@@ -284,7 +403,7 @@ mod tests {
     #[test]
     fn prints_once_what_the_live_incarnation_of_a_holding_slot_sends() {
         let (tx, rx) = std::sync::mpsc::sync_channel(16);
-        let e = Emitter::new(2, tx);
+        let e = Emitter::new(2, tx, Arc::default());
         e.holds(0, ["a", "b"].into_iter());
         e.accept(0, Some(3));
         e.published(60_000);
@@ -295,7 +414,7 @@ mod tests {
         e.holds(0, ["a"].into_iter());
         e.signal(0, 3, &signal("b", 60_000)); // removed a moment ago
         e.signal(0, 3, &signal("a", 60_000));
-        let lines: Vec<String> = rx.try_iter().collect();
+        let lines: Vec<String> = rx.try_iter().map(|b| b.text).collect();
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines.iter().all(|l| l.contains("\"trader\":\"a\"")));
         let f = e.figures();
@@ -308,7 +427,7 @@ mod tests {
             3,
             &[signal("a", 120_000), signal("a", 0), signal("a", 180_000)],
         );
-        let batch: Vec<String> = rx.try_iter().collect();
+        let batch: Vec<String> = rx.try_iter().map(|b| b.text).collect();
         assert_eq!(batch.len(), 1);
         let lines: Vec<&str> = batch[0].lines().collect();
         assert_eq!(lines.len(), 2);
@@ -322,7 +441,7 @@ mod tests {
     fn a_full_queue_makes_the_reader_wait_and_teardown_gives_up() {
         use std::sync::Arc;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let e = Arc::new(Emitter::new(1, tx));
+        let e = Arc::new(Emitter::new(1, tx, Arc::default()));
         e.holds(0, ["a"].into_iter());
         e.accept(0, Some(1));
         e.signal(0, 1, &signal("a", 0)); // the queue is full now
@@ -339,9 +458,9 @@ mod tests {
             e.output_stalled(Duration::ZERO),
             "the reader waits for room"
         );
-        let first = rx.recv().expect("the first batch");
+        let first = rx.recv().expect("the first batch").text;
         reader.join().expect("the reader got room and went on");
-        let second = rx.recv().expect("the second batch, not dropped");
+        let second = rx.recv().expect("the second batch, not dropped").text;
         assert!(first.contains("\"open_time\":0") && second.contains("60000"));
         assert!(
             e.output_stalled(Duration::from_secs(60)),
@@ -355,5 +474,7 @@ mod tests {
         e.signal(0, 1, &signal("a", 180_000));
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert_eq!(rx.try_iter().count(), 1, "the last batch was dropped");
+        let (emitted, output) = e.delivery();
+        assert_eq!((emitted, output.lost()), (4, 1), "and counted as lost");
     }
 }

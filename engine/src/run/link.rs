@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use ipc_channel::IpcError;
 use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender};
 use protocol::frame::{self, FrameError};
-use protocol::message::{Message, RequestId};
+use protocol::message::{Kind, Message, RequestId};
 
 /// What a reader thread reports to the coordinator's loop.
 #[derive(Debug)]
@@ -24,7 +24,14 @@ pub enum FromWorker {
     /// A decoded frame.
     Frame(RequestId, Message),
     /// A frame that did not decode.
-    Malformed(FrameError),
+    Malformed {
+        /// Why.
+        error: FrameError,
+        /// Its length in bytes.
+        len: usize,
+        /// The kind its header names, if any.
+        kind: Option<Kind>,
+    },
     /// The worker's end closed.
     Closed,
 }
@@ -97,7 +104,11 @@ impl Link {
                         Ok(bytes) => {
                             let event = match frame::decode(&bytes) {
                                 Ok((id, msg)) => FromWorker::Frame(id, msg),
-                                Err(e) => FromWorker::Malformed(e),
+                                Err(error) => FromWorker::Malformed {
+                                    error,
+                                    len: bytes.len(),
+                                    kind: frame::header_kind(&bytes),
+                                },
                             };
                             drop(bytes);
                             deliver(event);

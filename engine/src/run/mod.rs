@@ -31,7 +31,6 @@ pub mod spawn;
 pub mod traders;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus};
@@ -60,7 +59,7 @@ use control::{ControlRequest, ControlServer};
 use emit::Emitter;
 use link::{Budget, FromWorker, Link};
 use protocol::shm::scratch::SharedWords;
-use protocol::trader::{black_box_name, trader_hash};
+use protocol::trader::{MAX_TRADERS_PER_WORKER, black_box_name, trader_hash};
 use spawn::{Spawned, Spawner};
 
 /// Batches of signal lines waiting for the output thread, at most. A batch
@@ -68,7 +67,8 @@ use spawn::{Spawned, Spawner};
 /// times that as JSON), usually one or a few lines: so at most ~800 MiB in
 /// theory, a few MiB in practice.
 const OUTPUT_BOUND: usize = 4096;
-/// How long teardown waits for the output thread to write what is queued.
+/// How long teardown waits for stdout to take more of what is queued
+/// before it gives up (a reader that keeps reading is waited for).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// Synthetic batches written per pass of the loop, at most, so a high rate
 /// never starves the loop.
@@ -86,6 +86,9 @@ const EVENT_BOUND: usize = 4096;
 pub const MAX_OUTSTANDING: usize = 64;
 /// ADD_TRADERs in flight per worker; the rest follow as they are acknowledged.
 pub const ADD_WINDOW: usize = 16;
+/// Bytes of a worker's send budget that ADD_TRADERs leave free, for the
+/// PINGs, REMOVEs, CLEANUP and re-sends that go out meanwhile.
+pub const CONTROL_RESERVE: u64 = 8 * 1024;
 /// Attempts per request (the first send and the retries).
 pub const MAX_ATTEMPTS: u32 = 5;
 /// First retry delay; doubled per attempt up to [`RETRY_CAP`], with +-25% jitter.
@@ -302,8 +305,9 @@ struct Incarnation {
     stopped: bool,
     /// READY was received.
     reached_ready: bool,
-    /// The progress its PONGs last reported, and when it last advanced.
-    progress: Option<(u64, Instant)>,
+    /// The progress its PONGs last reported (publish counter covered,
+    /// candles judged), and when either last advanced.
+    progress: Option<((u64, u64), Instant)>,
     /// For a crash seen on the channel: when to SIGKILL if it has not exited
     /// by itself (so its own exit status, not our kill, tells why it went).
     kill_at: Option<Instant>,
@@ -315,19 +319,24 @@ enum SendFailure {
     Closed(String),
     /// The worker is not keeping up (not reading, too many requests pending).
     Behind(String),
+    /// The request does not encode: a bug here, not the worker's fault
+    /// (specs are size-checked where they enter).
+    Encode(String),
 }
 
 impl SendFailure {
-    fn kind(&self) -> FaultKind {
+    /// The worker fault it means, if any.
+    fn kind(&self) -> Option<FaultKind> {
         match self {
-            SendFailure::Closed(_) => FaultKind::Crash,
-            SendFailure::Behind(_) => FaultKind::Hang,
+            SendFailure::Closed(_) => Some(FaultKind::Crash),
+            SendFailure::Behind(_) => Some(FaultKind::Hang),
+            SendFailure::Encode(_) => None,
         }
     }
 
     fn why(self) -> String {
         match self {
-            SendFailure::Closed(w) | SendFailure::Behind(w) => w,
+            SendFailure::Closed(w) | SendFailure::Behind(w) | SendFailure::Encode(w) => w,
         }
     }
 }
@@ -380,6 +389,8 @@ struct Slot {
     live_gaps: u64,
     retries: u64,
     malformed: u64,
+    /// Frames with a valid header whose payload did not decode.
+    undecodable: u64,
     rtt_hist: RttHistogram,
 }
 
@@ -418,6 +429,7 @@ struct WorkerStatus<'a> {
     last_pong_age_ms: Option<u64>,
     retries: u64,
     malformed_frames: u64,
+    undecodable_frames: u64,
     signals: u64,
     rss_bytes: Option<u64>,
     last_publish: Option<u64>,
@@ -535,6 +547,8 @@ struct Coordinator {
     failed: Option<String>,
     /// Traders a worker refused, with the reason.
     refused: Vec<String>,
+    /// The first frame of this build's protocol that did not decode.
+    undecodable: Option<String>,
     /// Per slot: the shared word its worker marks the trader it evaluates in.
     black_boxes: Vec<Option<SharedWords>>,
     /// Crashes pinned on each trader.
@@ -687,7 +701,7 @@ impl Coordinator {
         inc.next_id += 1;
         let id = inc.next_id;
         let bytes = frame::encode(RequestId(id), &message)
-            .map_err(|e| SendFailure::Behind(e.to_string()))?;
+            .map_err(|e| SendFailure::Encode(e.to_string()))?;
         let read_mark = inc.transmit(&bytes, budget)?;
         // PINGs are not retried: a missed PING is a hang, handled as such.
         let retry_at = match purpose {
@@ -710,12 +724,19 @@ impl Coordinator {
     fn request(&mut self, s: usize, message: Message, purpose: Purpose) {
         let kind = message.kind().name();
         if let Err(failure) = self.send(s, message, purpose) {
-            let fault = failure.kind();
-            self.fault(
-                s,
-                fault,
-                format!("could not send {kind}: {}", failure.why()),
-            );
+            match failure.kind() {
+                Some(fault) => self.fault(
+                    s,
+                    fault,
+                    format!("could not send {kind}: {}", failure.why()),
+                ),
+                None => {
+                    self.failed = Some(format!(
+                        "could not encode a {kind} request: {} (a bug in shmkline, please report it)",
+                        failure.why()
+                    ));
+                }
+            }
         }
     }
 
@@ -846,13 +867,30 @@ impl Coordinator {
                     );
                 }
             }
-            FromWorker::Malformed(e) => {
+            FromWorker::Malformed { error, len, kind } if error.is_payload_error() => {
+                // A frame of this protocol whose payload does not decode: a
+                // bug on one side, which replacing the worker would only
+                // repeat. Reported, counted, and the run ends in error.
+                let kind = kind.map_or("an unknown kind", |k| k.name());
+                self.slots[s].undecodable += 1;
+                tracing::error!(
+                    slot = s,
+                    kind,
+                    bytes = len,
+                    error = %error,
+                    "a frame from a worker of this build does not decode: this is a bug in shmkline, please report it (if it carried signals, they are missing)"
+                );
+                self.undecodable.get_or_insert_with(|| {
+                    format!("a {kind} frame of {len} bytes from worker {s}: {error}")
+                });
+            }
+            FromWorker::Malformed { error, len, .. } => {
                 self.slots[s].malformed += 1;
-                tracing::error!(slot = s, error = %e, "malformed frame from worker");
+                tracing::error!(slot = s, error = %error, bytes = len, "malformed frame from worker");
                 self.fault(
                     s,
                     FaultKind::Protocol,
-                    format!("sent a malformed frame: {e}"),
+                    format!("sent a malformed frame: {error}"),
                 );
             }
             // The reader thread emits them; kept for completeness.
@@ -944,11 +982,14 @@ impl Coordinator {
                     slot.gaps += pong.gaps - slot.live_gaps;
                     slot.live_gaps = pong.gaps;
                 }
+                // A long catch-up moves the candles judged before the
+                // publish counter it covers: either is progress.
+                let now = (pong.last_publish, pong.judged);
                 if inc
                     .progress
-                    .is_none_or(|(value, _)| pong.last_publish > value)
+                    .is_none_or(|((publish, judged), _)| now.0 > publish || now.1 > judged)
                 {
-                    inc.progress = Some((pong.last_publish, Instant::now()));
+                    inc.progress = Some((now, Instant::now()));
                 }
                 inc.last_pong = Some((Instant::now(), pong));
             }
@@ -991,44 +1032,53 @@ impl Coordinator {
         }
     }
 
-    /// Sends the slot's next unacknowledged traders, keeping at most
-    /// [`ADD_WINDOW`] in flight, each resuming from the slot's confirmed point.
+    /// Sends the slot's next unacknowledged traders, each resuming from the
+    /// slot's confirmed point, keeping at most [`ADD_WINDOW`] frames and
+    /// the byte budget less [`CONTROL_RESERVE`] in flight: a trader set of
+    /// large specs goes out as fast as the worker acknowledges it, never
+    /// faster than its socket takes.
     fn send_traders(&mut self, s: usize) {
         let slot = &self.slots[s];
         let Some(inc) = slot.live.as_ref() else {
             return;
         };
-        let in_flight: BTreeSet<String> = inc
-            .pending
-            .values()
-            .filter_map(|p| match &p.purpose {
-                Purpose::AddTrader(id) => Some(id.clone()),
-                _ => None,
-            })
-            .collect();
-        let room = ADD_WINDOW.saturating_sub(in_flight.len());
-        let next: Vec<TraderSpec> = slot
+        let mut in_flight = BTreeSet::new();
+        let mut in_flight_bytes = 0;
+        for p in inc.pending.values() {
+            if let Purpose::AddTrader(id) = &p.purpose {
+                in_flight.insert(id.clone());
+                in_flight_bytes += p.bytes.len() as u64;
+            }
+        }
+        let byte_window = self.budget.bytes.saturating_sub(CONTROL_RESERVE);
+        let mut next = Vec::new();
+        for t in slot
             .traders
             .iter()
             .filter(|t| !inc.acked.contains(&t.id) && !in_flight.contains(&t.id))
-            .take(room)
-            .cloned()
-            .collect();
-        let resumes: Vec<u64> = next
-            .iter()
-            .map(|t| {
-                slot.starts
-                    .get(&t.id)
-                    .map_or(slot.confirmed, |&at| at.max(slot.confirmed))
-            })
-            .collect();
-        for (spec, resume_after) in next.into_iter().zip(resumes) {
-            let id = spec.id.clone();
-            self.request(
-                s,
-                Message::AddTrader { spec, resume_after },
-                Purpose::AddTrader(id),
-            );
+        {
+            let frames = in_flight.len() + next.len();
+            if frames >= ADD_WINDOW {
+                break;
+            }
+            let resume_after = slot
+                .starts
+                .get(&t.id)
+                .map_or(slot.confirmed, |&at| at.max(slot.confirmed));
+            let message = Message::AddTrader {
+                spec: t.clone(),
+                resume_after,
+            };
+            let len = frame::encode(RequestId(0), &message).map_or(0, |f| f.len() as u64);
+            // The first in flight always goes: a frame fits the budget.
+            if frames > 0 && in_flight_bytes + len > byte_window {
+                break;
+            }
+            in_flight_bytes += len;
+            next.push((t.id.clone(), message));
+        }
+        for (id, message) in next {
+            self.request(s, message, Purpose::AddTrader(id));
         }
     }
 
@@ -1076,17 +1126,28 @@ impl Coordinator {
                 let Some(inc) = self.slots[s].live.as_mut() else {
                     break;
                 };
-                if let Err(failure) = inc.transmit(&bytes, budget) {
-                    let fault = failure.kind();
-                    self.fault(s, fault, format!("could not re-send: {}", failure.why()));
-                    break;
+                match inc.transmit(&bytes, budget) {
+                    Ok(_) => {}
+                    // Too much unread for another copy now: this attempt
+                    // is skipped, and a worker that never reads runs out of
+                    // attempts (or misses a PING) like one that never answers.
+                    Err(SendFailure::Behind(why)) => {
+                        tracing::warn!(slot = s, id, attempt, reason = %why, "not re-sent for now");
+                    }
+                    Err(failure) => {
+                        let fault = failure.kind().unwrap_or(FaultKind::Protocol);
+                        self.fault(s, fault, format!("could not re-send: {}", failure.why()));
+                        break;
+                    }
                 }
             }
         }
     }
 
-    /// A worker that still answers PINGs but whose progress has not moved for
+    /// A worker that still answers PINGs but whose progress (neither the
+    /// batches it covered nor the candles it judged) has not moved for
     /// `stall_timeout` while newer batches wait is stuck in its evaluation.
+    /// A slow one is not: its passes are bounded and report as they go.
     fn stall_due(&mut self) {
         let published = self.inst.store.lock().stats().publishes;
         for s in 0..self.slots.len() {
@@ -1096,7 +1157,7 @@ impl Coordinator {
             if inc.state != State::Ready {
                 continue;
             }
-            if let Some((value, since)) = inc.progress
+            if let Some(((value, _), since)) = inc.progress
                 && value < published
                 && since.elapsed() > self.opts.stall_timeout
             {
@@ -1413,6 +1474,7 @@ impl Coordinator {
                     last_pong_age_ms: pong.map(|(at, _)| at.elapsed().as_millis() as u64),
                     retries: slot.retries,
                     malformed_frames: slot.malformed,
+                    undecodable_frames: slot.undecodable,
                     signals: self.emitter.received(slot.id as usize),
                     rss_bytes: pong.map(|(_, p)| p.rss_bytes),
                     last_publish: pong.map(|(_, p)| p.last_publish),
@@ -1543,6 +1605,16 @@ impl Coordinator {
         }
         if traders.is_empty() {
             return serde_json::json!({ "error": "no traders to add" });
+        }
+        // Placed on the slot with the fewest, so no worker passes its limit
+        // while the total stays within all of theirs.
+        let held: usize = self.slots.iter().map(|s| s.traders.len()).sum();
+        let capacity = self.slots.len() * MAX_TRADERS_PER_WORKER;
+        if held + traders.len() > capacity {
+            return serde_json::json!({ "error": format!(
+                "adding {} trader(s) to the {held} held would pass the limit of {MAX_TRADERS_PER_WORKER} per worker ({capacity} over {} workers): restart with more --workers; nothing was added",
+                traders.len(), self.slots.len()
+            ) });
         }
         let from_publish = self.inst.store.lock().stats().publishes;
         let mut added = Vec::new();
@@ -1693,6 +1765,14 @@ pub struct RunSummary {
 /// Runs the coordinator until an orderly shutdown.
 pub fn run(opts: RunOptions) -> Result<RunSummary> {
     check_feed(&opts)?;
+    let capacity = opts.workers as usize * MAX_TRADERS_PER_WORKER;
+    if opts.traders.len() > capacity {
+        bail!(
+            "{} traders need at least {} workers (a worker holds at most {MAX_TRADERS_PER_WORKER}): raise --workers",
+            opts.traders.len(),
+            opts.traders.len().div_ceil(MAX_TRADERS_PER_WORKER)
+        );
+    }
     for t in &opts.traders {
         check_trader(&opts.store, t)?;
     }
@@ -1743,23 +1823,11 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         handle: signals_handle,
         thread: Some(signal_thread),
     };
-    let (out_tx, out_rx) = mpsc::sync_channel::<String>(OUTPUT_BOUND);
-    let emitter = Arc::new(Emitter::new(opts.workers as usize, out_tx));
-    let output_thread = std::thread::Builder::new()
-        .name("output".into())
-        .spawn(move || {
-            let stdout = std::io::stdout();
-            for line in out_rx {
-                let mut out = stdout.lock();
-                // A batch of lines goes out in one write. A closed stdout
-                // (the reader of a pipe went away) must not stop the
-                // engine; the signals are logged instead.
-                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                    tracing::warn!(%line, "stdout is closed: signal not printed");
-                }
-            }
-        })
-        .context("starting the output thread")?;
+    let (out_tx, out_rx) = mpsc::sync_channel::<emit::Batch>(OUTPUT_BOUND);
+    let output = Arc::new(emit::Output::default());
+    let emitter = Arc::new(Emitter::new(opts.workers as usize, out_tx, output.clone()));
+    let output_thread =
+        emit::spawn_output(out_rx, output.clone()).context("starting the output thread")?;
     let control = ControlServer::start(inst.runtime.dir(), control::forward_to(events_tx.clone()))?;
     let spawner = Spawner::start(opts.worker_bin.clone(), opts.instance.clone())?;
 
@@ -1789,6 +1857,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             live_gaps: 0,
             retries: 0,
             malformed: 0,
+            undecodable: 0,
             rtt_hist: RttHistogram::default(),
         })
         .collect();
@@ -1829,6 +1898,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         graveyard: Vec::new(),
         failed: None,
         refused: Vec::new(),
+        undecodable: None,
         os_signals,
         black_boxes,
         strikes: BTreeMap::new(),
@@ -1872,18 +1942,39 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     drop(spawner);
     drop(control);
     drop(signal_guard);
-    // Let the output thread write what is queued; a stdout nobody reads must
-    // not keep the process alive, so the wait is bounded (the thread dies
-    // with the process).
+    // Let the output thread write what is queued, as long as stdout keeps
+    // taking it: a slow reader is waited for, one that stopped reading is
+    // given up on after the drain time (the thread dies with the process).
     coord.emitter.close_output();
-    let drain_until = Instant::now() + OUTPUT_DRAIN;
-    while !output_thread.is_finished() && Instant::now() < drain_until {
+    let drain_from = Instant::now();
+    while !output_thread.is_finished()
+        && drain_from.max(output.last_moved()).elapsed() < OUTPUT_DRAIN
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     if output_thread.is_finished() {
         let _ = output_thread.join();
-    } else {
-        tracing::error!("stdout is not being read: queued signals were not all written");
+    }
+    let (emitted, _) = coord.emitter.delivery();
+    let written = output.written();
+    if result.is_ok() && written < emitted {
+        bail!(
+            "{} of {emitted} signals were not written to stdout ({}): its reader closed it or stopped reading",
+            emitted - written,
+            if output.lost() > 0 {
+                "stdout closed or given up on"
+            } else {
+                "still queued when the drain time ran out"
+            }
+        );
+    }
+    if result.is_ok()
+        && let Some(first) = &coord.undecodable
+    {
+        let n: u64 = coord.slots.iter().map(|s| s.undecodable).sum();
+        bail!(
+            "{n} frame(s) from workers could not be decoded (first: {first}): this is a bug in shmkline, please report it; signals they carried are missing"
+        );
     }
     if result.is_ok() && !coord.refused.is_empty() {
         bail!(

@@ -249,6 +249,34 @@ impl Expr {
         }
     }
 
+    /// The expression's children (an indicator's series, the operands).
+    fn children(&self) -> [Option<&Expr>; 2] {
+        match self {
+            Expr::Num(_) | Expr::Field(_) => [None, None],
+            Expr::Back(e, _) | Expr::Neg(e) | Expr::Not(e) => [Some(e), None],
+            Expr::Arith(_, a, b)
+            | Expr::Cmp(_, a, b)
+            | Expr::And(a, b)
+            | Expr::Or(a, b)
+            | Expr::Cross(_, a, b) => [Some(a), Some(b)],
+            Expr::Ind(ind) => [ind.kind.source(), None],
+        }
+    }
+
+    /// Levels of the expression tree (a leaf is 1). Iterative, so that it
+    /// can measure any tree the parser builds before anything recursive
+    /// walks it: a chain `a - b - c ...` is built in a loop and is as deep
+    /// as it has operators.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 1)];
+        while let Some((e, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            stack.extend(e.children().into_iter().flatten().map(|c| (c, d + 1)));
+        }
+        deepest
+    }
+
     /// Every indicator in the rule, each once, in the order written.
     pub fn indicators(&self) -> Vec<&Ind> {
         let mut out: Vec<&Ind> = Vec::new();

@@ -50,8 +50,13 @@ const OPS: [&str; 16] = [
 
 /// Longest rule accepted, in bytes.
 pub const MAX_RULE_LEN: usize = 4096;
-/// Deepest nesting accepted (keeps the recursive parser's stack bounded).
-pub const MAX_DEPTH: usize = 64;
+/// Deepest rule accepted: the parser's nesting (brackets, calls, `not`,
+/// unary minus) and the levels of the parsed tree (where each operator of a
+/// chain like `a + b + c` is a level) are both bounded by it. Every walk of a
+/// rule (checks, warm-up, evaluation) recurses at most this deep, so a rule
+/// that parses evaluates alike everywhere: in `backtest`, on the main
+/// thread, and in a worker's evaluation thread.
+pub const MAX_DEPTH: usize = 128;
 
 impl<'a> Lexer<'a> {
     /// The next token and where it starts.
@@ -149,6 +154,15 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
                 format!(
                     "unexpected {} after a complete rule: join conditions with `and` / `or`",
                     p.describe()
+                ),
+            ));
+        }
+        let depth = e.depth();
+        if depth > MAX_DEPTH {
+            return Err((
+                start,
+                format!(
+                    "the rule is {depth} levels deep, at most {MAX_DEPTH}: each operator of a chain like `a + b + c` is a level; split it with brackets or shorten it"
                 ),
             ));
         }

@@ -249,7 +249,11 @@ fn invalid_rules_say_what_and_where() {
         parse("close >\n  sma(close, 0)").expect_err("line 2").line,
         2
     );
-    let deep = format!("{}close > 1{}", "(".repeat(200), ")".repeat(200));
+    let deep = format!(
+        "{}close > 1{}",
+        "(".repeat(MAX_DEPTH + 1),
+        ")".repeat(MAX_DEPTH + 1)
+    );
     assert!(
         parse(&deep)
             .expect_err("too deep")
@@ -419,4 +423,58 @@ fn values_read_far_back_are_kept_not_recomputed() {
         fresh < judged / 4,
         "{fresh} fresh runs for {judged} candles"
     );
+}
+
+/// Every recursion over a rule is bounded by [`MAX_DEPTH`]: the deepest rules
+/// the parser accepts (brackets, `not`, unary minus, nested indicators, and
+/// chains, whose operators each add a level) parse and evaluate on a thread
+/// with the default 2 MiB stack (a worker's evaluation thread has 16), and
+/// one level more is refused with the limit named: so whatever `backtest`
+/// accepts, a worker evaluates alike. The chain of 2,040 terms (under
+/// the 4,096-byte limit) overflowed a worker's stack; it is refused now.
+#[test]
+fn the_deepest_rules_accepted_evaluate_on_a_small_stack() {
+    let n = MAX_DEPTH;
+    // Each is exactly MAX_DEPTH levels deep (by the parser's nesting or the
+    // tree's levels), then one more.
+    let rules = |n: usize| {
+        vec![
+            format!("{}close{} > 1", "(".repeat(n), ")".repeat(n)),
+            format!("close > 1{}", " - 1".repeat(n - 2)),
+            format!("{}close > 1", "not ".repeat(n - 2)),
+            format!("close > {}1", "-".repeat(n - 2)),
+            format!("{}close{} > 1", "sma(".repeat(n - 2), ", 1)".repeat(n - 2)),
+            format!(
+                "close > 0{}",
+                " and close > 0".repeat(n - 2).replace("and", "or")
+            ),
+        ]
+    };
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let candles = candles(&[1.0, 2.0, 3.0, 4.0]);
+            for rule in rules(n) {
+                let e = parse(&rule).unwrap_or_else(|err| panic!("{rule:.60}: {err}"));
+                assert!(e.depth() <= MAX_DEPTH, "{rule:.60}: {}", e.depth());
+                let window = &candles[candles.len() - (e.warmup() + 1).min(4)..];
+                let mut memo = point::Memo::new(64);
+                let _ = point::Point::new(window, 0, &mut memo).value(&e, window.len() - 1);
+                let _ = e.to_string();
+            }
+            for rule in rules(n + 1) {
+                let err = parse(&rule).expect_err("one level too deep");
+                assert!(
+                    err.message.contains(&MAX_DEPTH.to_string()),
+                    "{rule:.60}: {err}"
+                );
+            }
+            let chain = format!("close > 1{}", "-1".repeat(2039));
+            assert!(chain.len() <= MAX_RULE_LEN);
+            let err = parse(&chain).expect_err("2,040 terms");
+            assert!(err.message.contains("levels deep"), "{err}");
+        })
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
 }

@@ -13,7 +13,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{OFlag, posix_fallocate};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
 use nix::sys::stat::{Mode, fstat};
 use nix::unistd::ftruncate;
@@ -52,8 +52,14 @@ pub(crate) enum Opened {
 }
 
 impl Mapping {
-    /// Creates `name` exclusively with mode 0600, sizes it to `len` bytes and
-    /// maps it read-write. On failure after creation the object is unlinked.
+    /// Creates `name` exclusively with mode 0600, sizes it to `len` bytes,
+    /// reserves its memory and maps it read-write. On failure after creation
+    /// the object is unlinked.
+    ///
+    /// The reservation (`posix_fallocate`) is what makes a too small
+    /// `/dev/shm` an error here: without it the object is sparse, and the
+    /// first store into a page the filesystem cannot supply kills the writer
+    /// with SIGBUS, mid-run.
     pub(crate) fn create(name: &str, len: usize) -> Result<Mapping, (&'static str, Errno)> {
         let fd = shm_open(
             name,
@@ -63,7 +69,10 @@ impl Mapping {
         .map_err(|e| ("shm_open", e))?;
         let result = i64::try_from(len)
             .map_err(|_| ("ftruncate", Errno::EFBIG))
-            .and_then(|l| ftruncate(&fd, l).map_err(|e| ("ftruncate", e)))
+            .and_then(|l| {
+                ftruncate(&fd, l).map_err(|e| ("ftruncate", e))?;
+                posix_fallocate(&fd, 0, l).map_err(|e| ("posix_fallocate", e))
+            })
             .and_then(|()| Self::map(&fd, len, Access::ReadWrite).map_err(|e| ("mmap", e)));
         if result.is_err() {
             let _ = shm_unlink(name);
@@ -147,6 +156,13 @@ impl Drop for Mapping {
         // this call.
         let _ = unsafe { munmap(self.ptr, self.len) };
     }
+}
+
+/// Bytes free for unprivileged use on the filesystem behind POSIX shared
+/// memory (`/dev/shm`), if it can be asked.
+pub(crate) fn shm_free_bytes() -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs("/dev/shm").ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
 /// Removes the name `name`; mappings that are open stay valid until unmapped.

@@ -20,6 +20,20 @@ pub enum StoreCreateError {
         /// Segment name.
         name: String,
     },
+    /// `/dev/shm` cannot hold the segment.
+    #[error(
+        "shared-memory segment {name} needs {needed} bytes ({} MiB) but /dev/shm has {} free: lower the store's capacities, or give /dev/shm more room (in Docker: --shm-size)",
+        needed / (1 << 20),
+        match free { Some(f) => format!("{f} bytes ({} MiB)", f / (1 << 20)), None => "too little".to_owned() }
+    )]
+    NoSpace {
+        /// Segment name.
+        name: String,
+        /// Its size.
+        needed: u64,
+        /// What `/dev/shm` had free, if known.
+        free: Option<u64>,
+    },
     /// The random generation number could not be drawn.
     #[error("could not draw a random generation number: {0}")]
     Entropy(String),

@@ -70,9 +70,25 @@ impl StoreWriter {
         let layout = Layout::new(config)?;
         let name = instance.segment_name();
         let generation = getrandom::u64().map_err(|e| StoreCreateError::Entropy(e.to_string()))?;
+        let needed = layout.size_bytes() as u64;
+        let free = mapping::shm_free_bytes();
+        // Refused before a page is reserved, when it clearly cannot fit; the
+        // reservation itself catches the rest (a race, or a limit statvfs
+        // does not show).
+        if free.is_some_and(|f| f < needed) {
+            return Err(StoreCreateError::NoSpace { name, needed, free });
+        }
         let mapping = Mapping::create(&name, layout.size_bytes()).map_err(|(op, source)| {
             if source == Errno::EEXIST {
                 StoreCreateError::AlreadyExists { name: name.clone() }
+            } else if source == Errno::ENOSPC
+                || (op == "posix_fallocate" && source == Errno::ENOMEM)
+            {
+                StoreCreateError::NoSpace {
+                    name: name.clone(),
+                    needed,
+                    free: mapping::shm_free_bytes(),
+                }
             } else {
                 StoreCreateError::Os {
                     name: name.clone(),
