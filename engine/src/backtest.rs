@@ -18,7 +18,7 @@ use protocol::trader::{Symbols, TraderSpec, signals_with, values_with};
 
 use crate::feed::FeedConfig;
 use crate::feed::writer::{FeedWriter, MemorySink};
-use crate::run::signal_json;
+use crate::run::SignalLine;
 
 /// What a backtest replays.
 #[derive(Debug, Clone)]
@@ -99,7 +99,10 @@ pub fn backtest(opts: &BacktestOptions, out: &mut impl Write) -> Result<u64> {
                         labels: spec.labels.clone(),
                         values: values_with(rule, w, base, &mut memo),
                     };
-                    writeln!(out, "{}", signal_json(&signal, None)).context("writing a signal")?;
+                    let mut line = Vec::with_capacity(256);
+                    SignalLine::new(&signal, None).write_to(&mut line);
+                    line.push(b'\n');
+                    out.write_all(&line).context("writing a signal")?;
                     emitted += 1;
                 }
             }

@@ -180,6 +180,26 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20.0)]
         rate: f64,
     },
+    /// Signal bursts (every trader on every symbol firing on one candle),
+    /// publish to the last signal on stdout, next to a single signal's; and
+    /// how fast a replacement worker catches up half a ring.
+    Burst {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Traders (each fires on every candle in the burst run).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        traders: u64,
+        /// Synthetic symbols.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        symbols: u64,
+        /// Worker processes of the burst runs.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        workers: u32,
+        /// Bursts measured (one every 2 s, after two warm-up ones).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        bursts: u64,
+    },
     /// The cross-process torn-read stress alone.
     Torn {
         /// Print one JSON object instead of a table.
@@ -979,6 +999,25 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             emit(&report, json)
         }
+        Command::Bench(BenchCommand::Burst {
+            json,
+            traders,
+            symbols,
+            workers,
+            bursts,
+        }) => emit(
+            &engine::bench::burst::run(
+                &bench_instance(cli.instance)?,
+                &std::env::current_exe()?,
+                &engine::bench::burst::BurstBench {
+                    traders: traders as usize,
+                    symbols: symbols as usize,
+                    workers,
+                    bursts,
+                },
+            )?,
+            json,
+        ),
         Command::Bench(BenchCommand::Wake { json, samples }) => emit(
             &wake::run(&bench_instance(cli.instance)?, samples as usize)?,
             json,

@@ -197,6 +197,10 @@ pub struct Pong {
     /// Closed candles judged so far, over all traders and series: it moves
     /// within a long pass (a catch-up), when `last_publish` cannot.
     pub judged: u64,
+    /// SIGNALS frames sent, and the largest one's length in bytes.
+    pub signal_frames: u64,
+    /// See `signal_frames`.
+    pub largest_signal_frame: u64,
     /// Evaluation passes so far (a pass judges every trader on every candle
     /// published since the last one).
     pub passes: u64,

@@ -74,6 +74,8 @@ fn message() -> impl Strategy<Value = Message> {
                     Message::Pong(Pong {
                         passes: 1,
                         judged: 4,
+                        signal_frames: 5,
+                        largest_signal_frame: 6,
                         pass_p50_us: 2,
                         pass_p99_us: 3,
                         traders,

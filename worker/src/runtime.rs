@@ -80,6 +80,8 @@ struct Shared {
     /// within passes: a long catch-up shows it is moving.
     judged: AtomicU64,
     signals: AtomicU64,
+    signal_frames: AtomicU64,
+    largest_signal_frame: AtomicU64,
     gaps: AtomicU64,
     /// Pass durations, as the evaluation thread summarises them.
     passes: AtomicU64,
@@ -141,10 +143,17 @@ impl Outbox {
         &self,
         next_id: &mut u64,
         signals: &[Signal],
+        shared: &Shared,
     ) -> Result<(), frame::SignalTooLarge> {
         let mut frames = Vec::new();
         let packed = frame::encode_signals(next_id, signals, &mut frames);
+        shared
+            .signal_frames
+            .fetch_add(frames.len() as u64, Ordering::Relaxed);
         for bytes in frames {
+            shared
+                .largest_signal_frame
+                .fetch_max(bytes.len() as u64, Ordering::Relaxed);
             // The coordinator is gone: the request loop sees it too and exits.
             if self.0.send(&bytes).is_err() {
                 break;
@@ -320,6 +329,8 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
                 rss_bytes: rss.get(),
                 signals: shared.signals.load(Ordering::Relaxed),
                 judged: shared.judged.load(Ordering::Relaxed),
+                signal_frames: shared.signal_frames.load(Ordering::Relaxed),
+                largest_signal_frame: shared.largest_signal_frame.load(Ordering::Relaxed),
                 passes: shared.passes.load(Ordering::Relaxed),
                 pass_p50_us: shared.pass_p50_us.load(Ordering::Relaxed),
                 pass_p99_us: shared.pass_p99_us.load(Ordering::Relaxed),
@@ -624,7 +635,9 @@ impl<'a> Evaluator<'a> {
             return Ok(());
         }
         let n = self.hits.len() as u64;
-        let sent = self.out.send_signals(&mut self.next_signal, &self.hits);
+        let sent = self
+            .out
+            .send_signals(&mut self.next_signal, &self.hits, self.shared);
         self.hits.clear();
         if let Err(e) = sent {
             self.mark(trader_hash(&e.trader));

@@ -150,7 +150,9 @@ pub fn trader_set(n: usize) -> Vec<serde_json::Value> {
         .collect()
 }
 
-struct RunGuard(Child);
+/// A `shmkline run` stopped in order (SIGTERM, then SIGKILL after 10 s) and
+/// reaped however the benchmark ends.
+pub(super) struct RunGuard(pub(super) Child);
 
 impl Drop for RunGuard {
     fn drop(&mut self) {

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use protocol::message::Signal;
 use protocol::samples::{Samples, saturate};
 
+use super::SignalLine;
 use super::dedup::{self, Dedup};
-use super::signal_json;
 
 /// Publish instants kept for the signal latency.
 const PUBLISH_TIMES: usize = 4096;
@@ -36,7 +36,7 @@ const OUTPUT_RETRY: Duration = Duration::from_millis(1);
 #[derive(Debug)]
 pub struct Batch {
     /// The lines, joined by newlines (no trailing one).
-    pub text: String,
+    pub text: Vec<u8>,
     /// How many.
     pub lines: u64,
 }
@@ -102,7 +102,9 @@ pub fn spawn_output(
             for batch in batches {
                 let mut out = stdout.lock();
                 let ok = !closed
-                    && writeln!(out, "{}", batch.text)
+                    && out
+                        .write_all(&batch.text)
+                        .and_then(|()| out.write_all(b"\n"))
                         .and_then(|()| out.flush())
                         .is_ok();
                 if ok {
@@ -233,7 +235,7 @@ impl Emitter {
     /// or it was printed before. The lines are queued in one piece, outside
     /// the lock, so a stdout nobody reads blocks this reader thread only.
     pub fn signals(&self, s: usize, no: u64, signals: &[Signal]) {
-        let mut lines = String::new();
+        let mut lines = Vec::new();
         let mut count = 0;
         let out = {
             let mut inner = self.lock();
@@ -262,9 +264,9 @@ impl Emitter {
                 inner.emitted += 1;
                 count += 1;
                 if !lines.is_empty() {
-                    lines.push('\n');
+                    lines.push(b'\n');
                 }
-                lines.push_str(&signal_json(signal, Some(s as u32)).to_string());
+                SignalLine::new(signal, Some(s as u32)).write_to(&mut lines);
             }
             if lines.is_empty() {
                 return;
@@ -414,7 +416,10 @@ mod tests {
         e.holds(0, ["a"].into_iter());
         e.signal(0, 3, &signal("b", 60_000)); // removed a moment ago
         e.signal(0, 3, &signal("a", 60_000));
-        let lines: Vec<String> = rx.try_iter().map(|b| b.text).collect();
+        let lines: Vec<String> = rx
+            .try_iter()
+            .map(|b| String::from_utf8_lossy(&b.text).into_owned())
+            .collect();
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines.iter().all(|l| l.contains("\"trader\":\"a\"")));
         let f = e.figures();
@@ -427,7 +432,10 @@ mod tests {
             3,
             &[signal("a", 120_000), signal("a", 0), signal("a", 180_000)],
         );
-        let batch: Vec<String> = rx.try_iter().map(|b| b.text).collect();
+        let batch: Vec<String> = rx
+            .try_iter()
+            .map(|b| String::from_utf8_lossy(&b.text).into_owned())
+            .collect();
         assert_eq!(batch.len(), 1);
         let lines: Vec<&str> = batch[0].lines().collect();
         assert_eq!(lines.len(), 2);
@@ -458,9 +466,11 @@ mod tests {
             e.output_stalled(Duration::ZERO),
             "the reader waits for room"
         );
-        let first = rx.recv().expect("the first batch").text;
+        let first = String::from_utf8_lossy(&rx.recv().expect("the first batch").text).into_owned();
         reader.join().expect("the reader got room and went on");
-        let second = rx.recv().expect("the second batch, not dropped").text;
+        let second =
+            String::from_utf8_lossy(&rx.recv().expect("the second batch, not dropped").text)
+                .into_owned();
         assert!(first.contains("\"open_time\":0") && second.contains("60000"));
         assert!(
             e.output_stalled(Duration::from_secs(60)),

@@ -288,6 +288,10 @@ struct Incarnation {
     pending: BTreeMap<u64, Pending>,
     next_id: u64,
     acked: BTreeSet<String>,
+    /// Traders still to send ADD_TRADER for, in order (an id no longer held,
+    /// or already acknowledged, is skipped when it comes up): sending the
+    /// next costs no scan of the slot's traders, however many it holds.
+    unsent: VecDeque<String>,
     /// Traders removed whose REMOVE_TRADER this worker has not acknowledged
     /// yet: their signals may still be on the way, so the id cannot be added
     /// again until then.
@@ -365,7 +369,8 @@ impl Incarnation {
 /// A worker slot: its traders and its succession of worker processes.
 struct Slot {
     id: u32,
-    traders: Vec<TraderSpec>,
+    /// Its traders, by id.
+    traders: BTreeMap<String, TraderSpec>,
     /// Traders added while running: the publish counter at which each was
     /// added; its evaluation starts with the candles written after it.
     starts: BTreeMap<String, u64>,
@@ -398,20 +403,23 @@ impl Slot {
     /// Tells the emitter which traders this slot holds now: the one place
     /// that decides whose signals are printed.
     fn tell_holds(&self, emitter: &Emitter) {
-        emitter.holds(self.id as usize, self.traders.iter().map(|t| t.id.as_str()));
+        emitter.holds(self.id as usize, self.traders.keys().map(String::as_str));
     }
 
     /// Holds `t` from publish `from_publish` on.
     fn add_trader(&mut self, t: TraderSpec, from_publish: u64, emitter: &Emitter) {
         self.starts.insert(t.id.clone(), from_publish);
-        self.traders.push(t);
+        if let Some(inc) = self.live.as_mut() {
+            inc.unsent.push_back(t.id.clone());
+        }
+        self.traders.insert(t.id.clone(), t);
         self.tell_holds(emitter);
     }
 
     /// Stops holding trader `id` (refused, quarantined or removed): its
     /// signals are dropped from now on, even ones already in flight.
     fn drop_trader(&mut self, id: &str, emitter: &Emitter) {
-        self.traders.retain(|t| t.id != id);
+        self.traders.remove(id);
         self.starts.remove(id);
         self.tell_holds(emitter);
     }
@@ -435,6 +443,11 @@ struct WorkerStatus<'a> {
     last_publish: Option<u64>,
     confirmed_publish: u64,
     gaps: Option<u64>,
+    /// Closed candles judged, over all traders and series.
+    judged: Option<u64>,
+    /// SIGNALS frames received, and the largest in bytes.
+    signal_frames: Option<u64>,
+    largest_signal_frame_bytes: Option<u64>,
     /// Evaluation passes, and their recent median and 99th percentile (us).
     passes: Option<u64>,
     pass_p50_us: Option<u64>,
@@ -442,23 +455,44 @@ struct WorkerStatus<'a> {
     rtt_histogram_log2_us: &'a [u64],
 }
 
-/// A signal as printed on stdout: one JSON object per line. `worker` is the
-/// worker that evaluated it (absent in a backtest).
-pub fn signal_json(signal: &Signal, worker: Option<u32>) -> serde_json::Value {
-    let mut line = serde_json::json!({
-        "trader": signal.trader,
-        "symbol": signal.symbol,
-        "interval": signal.interval,
-        "open_time": signal.open_time,
-        "close": signal.close,
-        "labels": signal.labels,
-        "values": signal.values,
-        "emitted_at": now_ms(),
-    });
-    if let (Some(w), Some(obj)) = (worker, line.as_object_mut()) {
-        obj.insert("worker".into(), w.into());
+/// A signal as printed on stdout: one JSON object per line, its keys in
+/// alphabetical order. `worker` is the worker that evaluated it (absent in
+/// a backtest).
+#[derive(Serialize)]
+pub struct SignalLine<'a> {
+    close: f64,
+    emitted_at: i64,
+    interval: Interval,
+    labels: &'a BTreeMap<String, String>,
+    open_time: i64,
+    symbol: &'a str,
+    trader: &'a str,
+    values: &'a BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker: Option<u32>,
+}
+
+impl<'a> SignalLine<'a> {
+    /// The line for `signal`, emitted now.
+    pub fn new(signal: &'a Signal, worker: Option<u32>) -> Self {
+        Self {
+            close: signal.close,
+            emitted_at: now_ms(),
+            interval: signal.interval,
+            labels: &signal.labels,
+            open_time: signal.open_time,
+            symbol: &signal.symbol,
+            trader: &signal.trader,
+            values: &signal.values,
+            worker,
+        }
     }
-    line
+
+    /// Appends the line (no newline) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        // Cannot fail: every field serialises, into a Vec.
+        let _ = serde_json::to_writer(out, self);
+    }
 }
 
 /// Wall-clock milliseconds since the epoch.
@@ -668,6 +702,7 @@ impl Coordinator {
             pending: BTreeMap::new(),
             next_id: 0,
             acked: BTreeSet::new(),
+            unsent: VecDeque::new(),
             removing: BTreeSet::new(),
             synced_at: None,
             last_pong: None,
@@ -933,12 +968,13 @@ impl Coordinator {
                 if slot.traders.is_empty() {
                     self.synced(s);
                 } else {
+                    inc.unsent = slot.traders.keys().cloned().collect();
                     self.send_traders(s);
                 }
             }
             (Purpose::AddTrader(trader), Message::Ack) => {
                 // Removed while its ADD was on the way: not held any more.
-                if slot.traders.iter().any(|t| t.id == trader) {
+                if slot.traders.contains_key(&trader) {
                     inc.acked.insert(trader);
                 }
                 if inc.state == State::Syncing && inc.acked.len() == slot.traders.len() {
@@ -1052,18 +1088,26 @@ impl Coordinator {
         }
         let byte_window = self.budget.bytes.saturating_sub(CONTROL_RESERVE);
         let mut next = Vec::new();
-        for t in slot
-            .traders
-            .iter()
-            .filter(|t| !inc.acked.contains(&t.id) && !in_flight.contains(&t.id))
-        {
-            let frames = in_flight.len() + next.len();
-            if frames >= ADD_WINDOW {
+        let slot = &mut self.slots[s];
+        let Some(inc) = slot.live.as_mut() else {
+            return;
+        };
+        while in_flight.len() + next.len() < ADD_WINDOW {
+            let Some(id) = inc.unsent.pop_front() else {
                 break;
+            };
+            let Some(t) = slot.traders.get(&id) else {
+                continue; // removed meanwhile
+            };
+            if inc.acked.contains(&id)
+                || in_flight.contains(&id)
+                || next.iter().any(|(queued, _)| *queued == id)
+            {
+                continue;
             }
             let resume_after = slot
                 .starts
-                .get(&t.id)
+                .get(&id)
                 .map_or(slot.confirmed, |&at| at.max(slot.confirmed));
             let message = Message::AddTrader {
                 spec: t.clone(),
@@ -1071,11 +1115,12 @@ impl Coordinator {
             };
             let len = frame::encode(RequestId(0), &message).map_or(0, |f| f.len() as u64);
             // The first in flight always goes: a frame fits the budget.
-            if frames > 0 && in_flight_bytes + len > byte_window {
+            if !(in_flight.is_empty() && next.is_empty()) && in_flight_bytes + len > byte_window {
+                inc.unsent.push_front(id);
                 break;
             }
             in_flight_bytes += len;
-            next.push((t.id.clone(), message));
+            next.push((id, message));
         }
         for (id, message) in next {
             self.request(s, message, Purpose::AddTrader(id));
@@ -1318,9 +1363,9 @@ impl Coordinator {
         let slot = &mut self.slots[s];
         let Some(trader) = slot
             .traders
-            .iter()
-            .find(|t| trader_hash(&t.id) == hash)
-            .map(|t| t.id.clone())
+            .keys()
+            .find(|id| trader_hash(id) == hash)
+            .cloned()
         else {
             return;
         };
@@ -1468,7 +1513,7 @@ impl Coordinator {
                     pid: inc.map_or(0, |i| i.pid),
                     state: Self::slot_state(slot),
                     traders: inc.map_or(0, |i| i.acked.len()),
-                    trader_ids: slot.traders.iter().map(|t| t.id.as_str()).collect(),
+                    trader_ids: slot.traders.keys().map(String::as_str).collect(),
                     restarts: slot.restarts,
                     rtt_us: inc.and_then(|i| i.rtt).map(|d| d.as_micros() as u64),
                     last_pong_age_ms: pong.map(|(at, _)| at.elapsed().as_millis() as u64),
@@ -1480,6 +1525,9 @@ impl Coordinator {
                     last_publish: pong.map(|(_, p)| p.last_publish),
                     confirmed_publish: slot.confirmed,
                     gaps: pong.map(|(_, p)| p.gaps),
+                    judged: pong.map(|(_, p)| p.judged),
+                    signal_frames: pong.map(|(_, p)| p.signal_frames),
+                    largest_signal_frame_bytes: pong.map(|(_, p)| p.largest_signal_frame),
                     passes: pong.map(|(_, p)| p.passes),
                     pass_p50_us: pong.map(|(_, p)| p.pass_p50_us),
                     pass_p99_us: pong.map(|(_, p)| p.pass_p99_us),
@@ -1557,7 +1605,7 @@ impl Coordinator {
         let mut list = Vec::new();
         for slot in &self.slots {
             let acked = slot.live.as_ref().map(|i| &i.acked);
-            for t in &slot.traders {
+            for t in slot.traders.values() {
                 list.push(serde_json::json!({
                     "id": t.id, "slot": slot.id, "interval": t.interval, "symbols": t.symbols,
                     "rule": t.rule, "cooldown": t.cooldown, "labels": t.labels,
@@ -1583,7 +1631,7 @@ impl Coordinator {
         let mut taken: BTreeSet<String> = self
             .slots
             .iter()
-            .flat_map(|s| s.traders.iter().map(|t| t.id.clone()))
+            .flat_map(|s| s.traders.keys().cloned())
             .chain(self.quarantined.iter().map(|(t, _)| t.clone()))
             .collect();
         let removing: BTreeSet<&String> = self
@@ -1644,11 +1692,7 @@ impl Coordinator {
             self.strikes.remove(id);
             return serde_json::json!({ "removed": id, "was": "quarantined" });
         }
-        let Some(s) = self
-            .slots
-            .iter()
-            .position(|s| s.traders.iter().any(|t| t.id == id))
-        else {
+        let Some(s) = self.slots.iter().position(|s| s.traders.contains_key(id)) else {
             return serde_json::json!({ "error": format!("no trader {id}: `shmkline traders list` shows them") });
         };
         let slot = &mut self.slots[s];
@@ -1833,9 +1877,10 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
 
     // Traders are spread over the slots round-robin; a slot keeps its traders
     // across worker replacements.
-    let mut assignment: Vec<Vec<TraderSpec>> = vec![Vec::new(); opts.workers as usize];
+    let mut assignment: Vec<BTreeMap<String, TraderSpec>> =
+        vec![BTreeMap::new(); opts.workers as usize];
     for (k, spec) in opts.traders.iter().enumerate() {
-        assignment[k % opts.workers as usize].push(spec.clone());
+        assignment[k % opts.workers as usize].insert(spec.id.clone(), spec.clone());
     }
     let slots = assignment
         .into_iter()
