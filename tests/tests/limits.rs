@@ -689,3 +689,45 @@ fn a_control_request_over_the_limit_is_refused_naming_it() {
     assert!(st.success(), "{stderr}");
     inst.assert_clean();
 }
+
+/// A frame from a worker of this build whose payload does not decode is a
+/// bug on one side: it is reported with its kind, length and error, the
+/// worker is not replaced (a replacement would only repeat it, the crash
+/// loop of item 1), and the run ends in error saying signals may be missing.
+/// A frame that is not a shmkline frame at all still faults its worker
+/// (`run.rs`: malformed frames).
+#[test]
+fn an_undecodable_frame_of_this_build_is_reported_as_a_bug_not_crash_looped() {
+    let inst = TestInstance::new("bug");
+    let mut cmd = inst.command("shmkline");
+    cmd.args([
+        "run",
+        "--candles",
+        "100",
+        "--rate",
+        "1000",
+        "--symbols",
+        "2",
+    ])
+    .env("SHMKLINE_TEST_MALFORMED", "payload");
+    let out = cmd.output().expect("run");
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("a frame from a worker of this build does not decode")
+            && err.contains("kind=\"SIGNALS\"")
+            && err.contains("bytes=28"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "frame(s) from workers could not be decoded (first: a SIGNALS frame of 28 bytes"
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("worker is faulty"),
+        "no worker was replaced: {err}"
+    );
+    inst.assert_clean();
+}

@@ -35,7 +35,7 @@ const OUTPUT_RETRY: Duration = Duration::from_millis(1);
 /// Signal lines for the output thread, written in one piece.
 #[derive(Debug)]
 pub struct Batch {
-    /// The lines, joined by newlines (no trailing one).
+    /// The lines, each ending in a newline: one write.
     pub text: Vec<u8>,
     /// How many.
     pub lines: u64,
@@ -104,7 +104,6 @@ pub fn spawn_output(
                 let ok = !closed
                     && out
                         .write_all(&batch.text)
-                        .and_then(|()| out.write_all(b"\n"))
                         .and_then(|()| out.flush())
                         .is_ok();
                 if ok {
@@ -263,10 +262,8 @@ impl Emitter {
                 }
                 inner.emitted += 1;
                 count += 1;
-                if !lines.is_empty() {
-                    lines.push(b'\n');
-                }
                 SignalLine::new(signal, Some(s as u32)).write_to(&mut lines);
+                lines.push(b'\n');
             }
             if lines.is_empty() {
                 return;

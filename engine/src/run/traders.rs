@@ -62,8 +62,21 @@ pub fn defaults() -> Vec<TraderSpec> {
     .collect()
 }
 
+/// Largest trader file read: 64 MiB (some 300,000 traders), far past what
+/// 64 workers of 10,000 traders each hold, and bounded memory for a mistake.
+pub const MAX_TRADER_FILE: u64 = 64 << 20;
+
 /// Reads and checks a trader file.
 pub fn load(path: &Path) -> Result<Vec<TraderSpec>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading trader file {}", path.display()))?
+        .len();
+    if len > MAX_TRADER_FILE {
+        bail!(
+            "trader file {} is {len} bytes, over the limit of {MAX_TRADER_FILE} bytes (64 MiB): split it",
+            path.display()
+        );
+    }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading trader file {}", path.display()))?;
     // Syntax first (errors keep their line and column), then each trader on
@@ -222,6 +235,21 @@ mod tests {
             err.contains("trader a") && err.contains("column 10"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_trader_file_past_the_size_limit_is_refused_unread() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        file.as_file()
+            .set_len(MAX_TRADER_FILE + 1)
+            .expect("sparse file");
+        let err = format!("{:#}", load(file.path()).expect_err("too large"));
+        assert!(err.contains("over the limit of 67108864 bytes"), "{err}");
+        file.as_file()
+            .set_len(MAX_TRADER_FILE)
+            .expect("at the limit");
+        let err = format!("{:#}", load(file.path()).expect_err("not JSON"));
+        assert!(!err.contains("over the limit"), "read, then refused: {err}");
     }
 
     #[test]
