@@ -4,6 +4,7 @@
 //! the same verdicts.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use protocol::Candle;
 use protocol::message::Signal;
@@ -17,6 +18,9 @@ use protocol::trader::{Rule, Symbols, TraderSpec, values_with, verdict_at};
 /// time, reports its progress, and lets trader changes and CLEANUP in
 /// between.
 pub const CANDLES_PER_PASS: u64 = 256;
+/// Candles judged between two reports of progress, at most (one atomic add
+/// per this many, so reporting costs nothing measurable).
+pub const PROGRESS_EVERY: u64 = 256;
 
 /// Buffers an evaluation pass reuses, so the loop does not allocate per
 /// series once they have grown to the largest window.
@@ -187,17 +191,23 @@ impl Trader {
     /// Evaluates the closed candles of every watched series not evaluated
     /// yet, at most [`CANDLES_PER_PASS`] per series, pushing signals to
     /// `hits`. `symbols` is the store's directory. See [`Judged`].
+    ///
+    /// The candles judged are also added to `progress` as they go (every
+    /// [`PROGRESS_EVERY`] of them, and at the end), so a trader judging a
+    /// long backlog on many series shows it is moving long before it is done.
     pub fn evaluate(
         &mut self,
         reader: &StoreReader,
         symbols: &[(SymbolId, String)],
         scratch: &mut Scratch,
         hits: &mut Vec<Signal>,
+        progress: &AtomicU64,
     ) -> Result<Judged, ReadError> {
         let mut judged = Judged {
             complete: true,
             ..Judged::default()
         };
+        let mut unreported = 0;
         for (id, symbol) in symbols {
             if let Symbols::List(list) = &self.spec.symbols
                 && !list.contains(symbol)
@@ -210,6 +220,10 @@ impl Trader {
                     judged.gaps += one.gaps;
                     judged.candles += one.candles;
                     judged.complete &= one.complete;
+                    unreported += one.candles;
+                    if unreported >= PROGRESS_EVERY {
+                        progress.fetch_add(std::mem::take(&mut unreported), Ordering::Relaxed);
+                    }
                 }
                 Err(
                     e @ (ReadError::Stalled { .. }
@@ -222,6 +236,7 @@ impl Trader {
                 Err(e) => return Err(e),
             }
         }
+        progress.fetch_add(unreported, Ordering::Relaxed);
         Ok(judged)
     }
 

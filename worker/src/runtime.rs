@@ -557,17 +557,19 @@ impl<'a> Evaluator<'a> {
                 if let Some(word) = self.black_box.and_then(|b| b.word(0)) {
                     word.store(trader_hash(&trader.spec.id), Ordering::Relaxed);
                 }
-                let judged =
-                    trader.evaluate(self.reader, &symbols, &mut self.scratch, &mut self.hits)?;
+                let judged = trader.evaluate(
+                    self.reader,
+                    &symbols,
+                    &mut self.scratch,
+                    &mut self.hits,
+                    &self.shared.judged,
+                )?;
                 gaps += judged.gaps;
                 if judged.complete {
                     trader.covered_to(published);
                 } else {
                     unfinished = true;
                 }
-                self.shared
-                    .judged
-                    .fetch_add(judged.candles, Ordering::Relaxed);
                 k += 1;
                 // Between traders: changes queued meanwhile.
                 if self.shared.changed.load(Ordering::Acquire) {
