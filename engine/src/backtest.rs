@@ -13,8 +13,9 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use protocol::Interval;
 use protocol::message::Signal;
-use protocol::rule::point::Memo;
-use protocol::trader::{Symbols, TraderSpec, signals_with, values_with};
+use protocol::trader::{Symbols, TraderSpec};
+use worker::point::Memo;
+use worker::verdict::{signals_with, values_with};
 
 use crate::feed::FeedConfig;
 use crate::feed::writer::{FeedWriter, MemorySink};

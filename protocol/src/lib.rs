@@ -6,9 +6,16 @@
 //!   coordinator and a read-only reader type for workers.
 //! * [`frame`] and [`message`]: the binary IPC protocol between coordinator
 //!   and workers (fixed header, bincode payload).
-//! * [`trader`]: trader specs and their rules, as carried by ADD_TRADER.
+//! * [`trader`]: trader specs and their rules, as carried by ADD_TRADER, and
+//!   the frame sizes a spec and its signals can reach.
+//! * [`rule`]: the rule language's syntax: parser, AST, type checks, the
+//!   warm-up a rule needs (the coordinator checks windows; the worker crate
+//!   evaluates).
 //! * [`names`] and [`candle`]: the validated names and the value types both
 //!   sides agree on.
+//! * [`bootstrap`]: the channel handshake of a new worker.
+//! * [`samples`]: bounded rings of measurements and their quantiles.
+//! * [`exit`]: exit codes both binaries map errors to.
 //!
 //! Under `--cfg loom` only the seqlock core is compiled, over loom's atomics, so
 //! that `tests/loom_seqlock.rs` model-checks the very code the store runs.
@@ -29,7 +36,7 @@ pub mod frame;
 pub mod message;
 #[cfg(not(loom))]
 pub mod names;
-/// The rule language: parser, checks, indicators, evaluation.
+/// The rule language's syntax: parser, AST, checks, warm-up.
 #[cfg(not(loom))]
 pub mod rule;
 /// Bounded rings of measurements and their quantiles.

@@ -11,10 +11,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::candle::{Candle, Interval};
+use crate::candle::Interval;
 use crate::message::{Message, RequestId, Signal};
 use crate::rule::Expr;
-use crate::rule::point::{Memo, Point};
 
 /// Longest trader id.
 pub const MAX_TRADER_ID: usize = 64;
@@ -55,16 +54,18 @@ pub struct TraderSpec {
 /// A compiled rule.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rule {
-    /// TEST ONLY, accepted only when `SHMKLINE_TEST_RULES=1` is set: the
+    /// TEST ONLY (the `testing` feature; never in a release build): the
     /// worker aborts when it evaluates a closed candle at index `after` or
     /// later. It exists so tests can prove a trader that keeps crashing its
     /// workers is quarantined.
+    #[cfg(feature = "testing")]
     TestAbortAfter {
         /// First candle index that aborts.
         after: u64,
     },
-    /// TEST ONLY, like [`Rule::TestAbortAfter`]: the evaluation loops forever
-    /// at candle index `after`, so tests can prove a stuck evaluation is seen.
+    /// TEST ONLY, like `TestAbortAfter`: the evaluation loops forever at
+    /// candle index `after`, so tests can prove a stuck evaluation is seen.
+    #[cfg(feature = "testing")]
     TestSpinAfter {
         /// First candle index that hangs.
         after: u64,
@@ -83,10 +84,21 @@ pub struct Compiled {
 }
 
 impl Rule {
+    /// The rule of the rule language (`None`: a test rule, which has no
+    /// verdicts; its effect is in the worker).
+    pub fn compiled(&self) -> Option<&Compiled> {
+        match self {
+            Rule::Expr(c) => Some(c),
+            #[cfg(feature = "testing")]
+            _ => None,
+        }
+    }
+
     /// Candles a verdict needs: the candle itself and those before it.
     pub fn lookback(&self) -> usize {
         match self {
             Rule::Expr(c) => c.lookback,
+            #[cfg(feature = "testing")]
             Rule::TestAbortAfter { .. } | Rule::TestSpinAfter { .. } => 1,
         }
     }
@@ -96,7 +108,9 @@ impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rule::Expr(c) => write!(f, "{}", c.expr),
+            #[cfg(feature = "testing")]
             Rule::TestAbortAfter { after } => write!(f, "test_abort_after({after})"),
+            #[cfg(feature = "testing")]
             Rule::TestSpinAfter { after } => write!(f, "test_spin_after({after})"),
         }
     }
@@ -142,7 +156,8 @@ pub enum SpecError {
 }
 
 fn parse_rule(rule: &str) -> Result<Rule, String> {
-    if std::env::var("SHMKLINE_TEST_RULES").is_ok_and(|v| v == "1") {
+    #[cfg(feature = "testing")]
+    {
         let compact: String = rule.chars().filter(|c| !c.is_whitespace()).collect();
         let arg = |name: &str| {
             compact
@@ -171,12 +186,7 @@ pub fn black_box_name(instance: &crate::InstanceName, slot: u32) -> String {
 
 /// A trader id's 64-bit FNV-1a digest, as written into the black box (never 0).
 pub fn trader_hash(id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h.max(1)
+    crate::rule::fnv1a(id).max(1)
 }
 
 impl TraderSpec {
@@ -206,15 +216,13 @@ impl TraderSpec {
     /// the longest symbol name, the widest open time, its labels, and one
     /// value per indicator of its rule (keyed by the indicator's text).
     pub fn largest_signal(&self, rule: &Rule) -> usize {
-        let values = match rule {
-            Rule::Expr(c) => c
-                .expr
+        let values = rule.compiled().map_or_else(BTreeMap::new, |c| {
+            c.expr
                 .indicators()
                 .into_iter()
                 .map(|i| (i.text.clone(), 0.0))
-                .collect(),
-            _ => BTreeMap::new(),
-        };
+                .collect()
+        });
         crate::frame::signal_len(&Signal {
             trader: self.id.clone(),
             symbol: "W".repeat(crate::names::MAX_SYMBOL_LEN),
@@ -263,90 +271,6 @@ impl TraderSpec {
         Ok(())
     }
 }
-
-/// Whether the trader signals on the last candle of `window`: a raw verdict,
-/// and no raw verdict on any of the `cooldown` candles before it. `window`
-/// holds `lookback + cooldown` candles, the first with absolute index `base`
-/// in its series; `memo` shares indicator values with other traders judging
-/// the same series (see [`crate::rule::point`]). Defined over raw verdicts
-/// (not over signals already emitted) so that it stays a pure function of
-/// the window.
-pub fn signals_with(
-    rule: &Rule,
-    cooldown: usize,
-    window: &[Candle],
-    base: u64,
-    memo: &mut Memo,
-) -> bool {
-    let Rule::Expr(c) = rule else {
-        // Never a verdict: their effect is in the worker.
-        return false;
-    };
-    if window.len() != c.lookback + cooldown {
-        return false;
-    }
-    let mut point = Point::new(window, base, memo);
-    let last = window.len() - 1;
-    point.value(&c.expr, last) == 1.0
-        && (1..=cooldown).all(|back| point.value(&c.expr, last - back) != 1.0)
-}
-
-/// The raw verdict at position `at` of `window` (whose first candle has
-/// absolute index `base`): true only if the window holds the rule's warm-up
-/// before `at` and the rule holds there.
-pub fn verdict_at(rule: &Rule, window: &[Candle], at: usize, base: u64, memo: &mut Memo) -> bool {
-    let Rule::Expr(c) = rule else {
-        return false;
-    };
-    at + 1 >= c.lookback && Point::new(window, base, memo).value(&c.expr, at) == 1.0
-}
-
-/// [`signals_with`] on its own, the window taken as the start of its series
-/// (recursive indicators are anchored on absolute indices, so a window from
-/// elsewhere can differ from a worker's in the last bits): for tests.
-#[cfg(test)]
-pub(crate) fn signals(rule: &Rule, cooldown: usize, window: &[Candle]) -> bool {
-    signals_with(rule, cooldown, window, 0, &mut Memo::new(LOCAL_MEMO))
-}
-
-/// The raw verdict of `rule` on the last candle of `window` (exactly
-/// `rule.lookback()` candles, oldest first), as [`signals`] does: for tests.
-#[cfg(test)]
-pub(crate) fn verdict(rule: &Rule, window: &[Candle]) -> bool {
-    signals(rule, 0, window)
-}
-
-/// Each indicator of the rule (by its text as written) on the last candle
-/// of `window`, for the signal's `values`.
-pub fn values_with(
-    rule: &Rule,
-    window: &[Candle],
-    base: u64,
-    memo: &mut Memo,
-) -> BTreeMap<String, f64> {
-    let Rule::Expr(c) = rule else {
-        return BTreeMap::new();
-    };
-    let Some(last) = window.len().checked_sub(1) else {
-        return BTreeMap::new();
-    };
-    let mut point = Point::new(window, base, memo);
-    c.expr
-        .indicators()
-        .into_iter()
-        .map(|ind| (ind.text.clone(), point.value(&Expr::Ind(ind.clone()), last)))
-        .collect()
-}
-
-/// [`values_with`] on its own, as [`signals`] does: for tests.
-#[cfg(test)]
-pub(crate) fn values(rule: &Rule, window: &[Candle]) -> BTreeMap<String, f64> {
-    values_with(rule, window, 0, &mut Memo::new(LOCAL_MEMO))
-}
-
-/// (Indicator, series) slots a single evaluation keeps.
-#[cfg(test)]
-const LOCAL_MEMO: usize = 1 << 10;
 
 #[cfg(test)]
 mod tests {
@@ -430,53 +354,5 @@ mod tests {
         s.labels.insert("note".into(), "x".repeat(60_000));
         let rule = s.compile().expect("fits");
         assert!(s.largest_signal(&rule) <= crate::frame::MAX_SIGNAL);
-    }
-
-    fn closes(values: &[f64]) -> Vec<Candle> {
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| Candle {
-                open_time: i as i64 * 60_000,
-                open: c,
-                high: c,
-                low: c,
-                close: c,
-                volume: 1.0,
-            })
-            .collect()
-    }
-
-    fn rule(text: &str) -> Rule {
-        spec(text).compile().expect(text)
-    }
-
-    #[test]
-    fn cross_above_the_sma() {
-        let above = rule("crosses_above(close, sma(close, 3))");
-        // SMA(3) before: (1+1+1)/3 = 1, previous close 1 <= 1; now (1+1+5)/3 = 2.33 < 5.
-        assert!(verdict(&above, &closes(&[1.0, 1.0, 1.0, 5.0])));
-        assert!(!verdict(&above, &closes(&[5.0, 5.0, 5.0, 1.0])));
-        assert!(
-            !verdict(&above, &closes(&[1.0, 5.0])),
-            "wrong window length is no verdict"
-        );
-        let below = rule("crosses_below(close, sma(close, 3))");
-        assert!(verdict(&below, &closes(&[5.0, 5.0, 5.0, 1.0])));
-    }
-
-    #[test]
-    fn cooldown_suppresses_a_verdict_right_after_another() {
-        let r = rule("crosses_above(close, sma(close, 2))");
-        // Raw verdicts: index 3 (1,1 -> 4) and index 5 (3 -> 9).
-        let c = closes(&[1.0, 1.0, 1.0, 4.0, 3.0, 9.0]);
-        assert!(verdict(&r, &c[1..4]));
-        assert!(verdict(&r, &c[3..6]));
-        assert!(signals(&r, 0, &c[3..6]));
-        assert!(signals(&r, 1, &c[2..6]), "index 4 had no verdict");
-        assert!(
-            !signals(&r, 2, &c[1..6]),
-            "index 3 had one, within the cooldown of 2"
-        );
     }
 }

@@ -8,9 +8,9 @@ use std::path::Path;
 
 use harness::data_file;
 use protocol::Candle;
-use protocol::rule::indicators as ta;
-use protocol::rule::point::{Memo, Point};
 use protocol::rule::{self, Expr};
+use worker::point::{Memo, Point};
+use worker::testkit::series as ta;
 
 const BTC: &str = "BTCUSDT-1m-2021-02-19_25.csv";
 

@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::point::{FastHash, Memo};
+use crate::verdict::{values_with, verdict_at};
 use protocol::Candle;
 use protocol::message::Signal;
-use protocol::rule::point::{FastHash, Memo};
 use protocol::store::{ReadError, SeriesId, StoreReader, StoredCandle, SymbolId};
-use protocol::trader::{Rule, Symbols, TraderSpec, values_with, verdict_at};
+use protocol::trader::{Rule, Symbols, TraderSpec};
 
 /// Candles one trader judges per series in one pass, at most. A replacement
 /// catching up half a ring, or a trader added to a busy worker, works
@@ -334,20 +335,8 @@ impl Trader {
             if !(stored.closed || index + 1 < head) {
                 break;
             }
-            if let Rule::TestAbortAfter { after } = self.rule
-                && index >= after
-            {
-                tracing::error!(trader = %self.spec.id, index, "TEST rule: aborting the worker");
-                std::process::abort();
-            }
-            if let Rule::TestSpinAfter { after } = self.rule
-                && index >= after
-            {
-                tracing::error!(trader = %self.spec.id, index, "TEST rule: evaluation hangs");
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(3600));
-                }
-            }
+            #[cfg(feature = "testing")]
+            test_rule(&self.rule, &self.spec.id, index);
             evaluated_to = index + 1;
             if (k + 1) < window as usize {
                 // Not enough history in hand: at a series' start that is no
@@ -401,5 +390,24 @@ impl Trader {
             candles: evaluated_to - next,
             complete,
         })
+    }
+}
+
+/// TEST ONLY (the `testing` feature): what a test rule does at candle
+/// `index`: abort the worker, or hang its evaluation.
+#[cfg(feature = "testing")]
+fn test_rule(rule: &Rule, trader: &str, index: u64) {
+    match *rule {
+        Rule::TestAbortAfter { after } if index >= after => {
+            tracing::error!(trader, index, "TEST rule: aborting the worker");
+            std::process::abort();
+        }
+        Rule::TestSpinAfter { after } if index >= after => {
+            tracing::error!(trader, index, "TEST rule: evaluation hangs");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        _ => {}
     }
 }

@@ -5,10 +5,6 @@
 //! and reports it, or watches it: every publish prints, as JSON lines on
 //! stdout, the candles that changed in that batch.
 
-mod eval;
-mod knobs;
-mod runtime;
-
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -103,7 +99,7 @@ fn run(cli: Cli) -> Result<()> {
     {
         let span = tracing::info_span!("worker", id, pid = std::process::id());
         let _entered = span.enter();
-        return runtime::serve(bootstrap, pid, id);
+        return worker::runtime::serve(bootstrap, pid, id);
     }
     let reader = StoreReader::open(&cli.instance)?;
     let info = reader.info();

@@ -1,6 +1,7 @@
-//! The rule language: what a trader's `rule` says, parsed into an [`Expr`],
-//! checked (a rule is a condition; numbers and conditions are not mixed up),
-//! and evaluated over a window of candles.
+//! The rule language's syntax: what a trader's `rule` says, parsed into an
+//! [`Expr`], checked (a rule is a condition; numbers and conditions are not
+//! mixed up), with the warm-up it needs computed. The coordinator and the
+//! workers must agree on all of it; evaluation is the worker crate's.
 //!
 //! ```text
 //! rsi(14) < 30 and crosses_above(ema(close, 9), ema(close, 21))
@@ -10,7 +11,7 @@
 //!
 //! Candle fields: `open high low close volume`, with history `close[1]`.
 //! Arithmetic `+ - * /`, comparisons `< <= > >= == !=`, `and or not`.
-//! Indicators ([`indicators`], TA-Lib's algorithms): `sma ema wma rsi stddev
+//! Indicators (TA-Lib's algorithms): `sma ema wma rsi stddev
 //! roc highest lowest` (series, period; `rsi(14)` reads the close), `atr(n)`,
 //! `vwap(n)`, `macd([series,] fast, slow, signal).line|signal|hist`,
 //! `bollinger([series,] n, width).upper|middle|lower`, and the conditions
@@ -22,10 +23,7 @@
 //! candles for the seed's influence to fall below 1e-10 of its value, so the
 //! verdict on the window is the verdict on the whole history.
 
-pub mod indicators;
-pub mod kernel;
 mod parse;
-pub mod point;
 
 use std::fmt;
 
@@ -78,7 +76,8 @@ impl Field {
         })
     }
 
-    fn name(self) -> &'static str {
+    /// The field's name in the language.
+    pub fn name(self) -> &'static str {
         match self {
             Field::Open => "open",
             Field::High => "high",
@@ -446,30 +445,41 @@ impl fmt::Display for Expr {
     }
 }
 
-/// `n` one-minute candles of a deterministic random walk from 100 (steps
-/// of up to 1, wicks of 0.5, volumes 1 to 100), the same for the same
-/// `seed`: rule tests and benchmarks judge their rules on it.
-pub fn random_walk(n: usize, seed: u64) -> Vec<crate::candle::Candle> {
-    let mut state = seed;
-    let mut price = 100.0;
-    (0..n)
-        .map(|i| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let step = ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 2.0;
-            let open = price;
-            price = (price + step).max(1.0);
-            crate::candle::Candle {
-                open_time: i as i64 * 60_000,
-                open,
-                high: open.max(price) + 0.5,
-                low: open.min(price) - 0.5,
-                close: price,
-                volume: 1.0 + (state % 100) as f64,
+/// FNV-1a, 64 bits: the digest of an indicator's canonical text (its memo
+/// key) and of a trader id (its black-box mark).
+pub fn fnv1a(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Gives every indicator of `e` the digest of its canonical text, so that
+/// equal indicators of different rules (however spaced) share one key.
+pub fn assign_keys(e: &mut Expr) {
+    match e {
+        Expr::Num(_) | Expr::Field(_) => {}
+        Expr::Back(x, _) | Expr::Neg(x) | Expr::Not(x) => assign_keys(x),
+        Expr::Arith(_, a, b)
+        | Expr::Cmp(_, a, b)
+        | Expr::And(a, b)
+        | Expr::Or(a, b)
+        | Expr::Cross(_, a, b) => {
+            assign_keys(a);
+            assign_keys(b);
+        }
+        Expr::Ind(ind) => {
+            if let Some(src) = ind.kind.source_mut() {
+                assign_keys(src);
             }
-        })
-        .collect()
+            let canonical = e.to_string();
+            if let Expr::Ind(ind) = e {
+                ind.key = fnv1a(&canonical);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

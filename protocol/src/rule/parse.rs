@@ -173,7 +173,7 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
             ));
         }
         let mut e = e;
-        super::point::assign_keys(&mut e);
+        super::assign_keys(&mut e);
         Ok(e)
     };
     run().map_err(|(offset, message)| {

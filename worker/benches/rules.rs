@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use protocol::Candle;
-use protocol::rule::point::{Memo, Point};
-use protocol::rule::{Expr, parse, random_walk};
+use protocol::rule::{Expr, parse};
+use worker::point::{Memo, Point};
+use worker::testkit::random_walk;
 
 const SERIES: u32 = 20;
 const CANDLES: usize = 40_000;

@@ -10,10 +10,10 @@
 //! - A window indicator (SMA, WMA, deviation, Bollinger, ROC, extremes,
 //!   VWAP) at candle `i` is its kernel over its source at `i - span ..= i`.
 //! - A recursive indicator (EMA, RSI, ATR, MACD) at candle `i` is its state
-//!   machine ([`super::kernel`]) fed from an *anchor* `a(i)` to `i`: the
+//!   machine ([`crate::kernel`]) fed from an *anchor* `a(i)` to `i`: the
 //!   latest candle at or before `i - span` whose absolute index is
 //!   `digest % ANCHOR_EVERY` modulo [`ANCHOR_EVERY`]. The span lets the
-//!   seed fade below [`super::SETTLE`], so the value is the whole-history
+//!   seed fade below [`protocol::rule::SETTLE`], so the value is the whole-history
 //!   one to 1e-10. The anchor moves only every `ANCHOR_EVERY` candles, so
 //!   the memo keeps the state at `i - 1` and the next candle costs one
 //!   step; when the anchor moves, the value is computed afresh from the new
@@ -26,9 +26,10 @@
 
 use std::collections::HashMap;
 
-use super::kernel::{self, window};
-use super::{ANCHOR_EVERY, BandPart, Expr, Field, Ind, Indicator, MacdPart};
-use crate::candle::Candle;
+use protocol::Candle;
+use protocol::rule::{ANCHOR_EVERY, BandPart, Expr, Field, Ind, Indicator, MacdPart};
+
+use crate::kernel::{self, window};
 
 /// Recent values a memo slot keeps per indicator and series at first:
 /// enough for crosses (the candle before), cooldowns and short nested
@@ -288,41 +289,6 @@ impl std::hash::Hasher for FastHasher {
 
     fn write_u64(&mut self, v: u64) {
         self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-/// FNV-1a, 64 bits.
-fn digest(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// Gives every indicator of `e` the digest of its canonical text.
-pub fn assign_keys(e: &mut Expr) {
-    match e {
-        Expr::Num(_) | Expr::Field(_) => {}
-        Expr::Back(x, _) | Expr::Neg(x) | Expr::Not(x) => assign_keys(x),
-        Expr::Arith(_, a, b)
-        | Expr::Cmp(_, a, b)
-        | Expr::And(a, b)
-        | Expr::Or(a, b)
-        | Expr::Cross(_, a, b) => {
-            assign_keys(a);
-            assign_keys(b);
-        }
-        Expr::Ind(ind) => {
-            if let Some(src) = ind.kind.source_mut() {
-                assign_keys(src);
-            }
-            let canonical = e.to_string();
-            if let Expr::Ind(ind) = e {
-                ind.key = digest(&canonical);
-            }
-        }
     }
 }
 

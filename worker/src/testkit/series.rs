@@ -10,7 +10,7 @@
 //! indicator then starts at its input's first defined value, as TA-Lib does
 //! when handed the defined part).
 
-use super::kernel::{self, is_zero_or_neg};
+use crate::kernel::{self, is_zero_or_neg};
 
 /// Runs `f` on the defined suffix of `x` (after its leading NaNs) and puts
 /// the result back in place.

@@ -1,7 +1,7 @@
 //! The recursive indicators (EMA, RSI, ATR, MACD) as state machines fed one
 //! input at a time, written after TA-Lib's C code operation for operation.
-//! The whole-series functions of [`super::indicators`] are these fed from
-//! the first defined value; the pointwise evaluator ([`super::point`]) feeds
+//! The whole-series reference functions (`testkit::series`) are these fed
+//! from the first defined value; the pointwise evaluator ([`crate::point`]) feeds
 //! them from an anchor and keeps the state between candles, so a new candle
 //! costs one step instead of a whole warm-up.
 //!
@@ -11,17 +11,17 @@
 //! a kept state while a replacement (or `backtest`) computes afresh.
 
 /// TA-Lib's `TA_IS_ZERO`.
-pub(super) fn is_zero(v: f64) -> bool {
+pub(crate) fn is_zero(v: f64) -> bool {
     -0.000_000_000_000_01 < v && v < 0.000_000_000_000_01
 }
 
 /// TA-Lib's `TA_IS_ZERO_OR_NEG`.
-pub(super) fn is_zero_or_neg(v: f64) -> bool {
+pub(crate) fn is_zero_or_neg(v: f64) -> bool {
     v < 0.000_000_000_000_01
 }
 
 /// TA-Lib's EMA smoothing for period `n`.
-pub(super) fn per_to_k(n: usize) -> f64 {
+pub(crate) fn per_to_k(n: usize) -> f64 {
     2.0 / (n as f64 + 1.0)
 }
 
@@ -136,7 +136,7 @@ impl Rsi {
 }
 
 /// TA_TRANGE of a candle after one that closed at `prev_close`.
-pub(super) fn true_range(high: f64, low: f64, prev_close: f64) -> f64 {
+pub(crate) fn true_range(high: f64, low: f64, prev_close: f64) -> f64 {
     let mut greatest = high - low;
     let v2 = (prev_close - high).abs();
     if v2 > greatest {
