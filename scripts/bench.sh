@@ -2,13 +2,18 @@
 # Benchmarks with in-run baselines: builds release binaries, then runs every
 # `shmkline bench`. Each report ends with its targets (value, limit, met).
 # Pass --json for one JSON object per bench.
-# Criterion's micro-benchmarks: cargo bench -p shmkline-protocol
+# Criterion's micro-benchmarks: cargo bench -p shmkline-protocol --bench store,
+# cargo bench -p shmkline-worker --features testing --bench rules.
+#
+# Built with the `testing` feature: `bench store` measures how fast a reader
+# gives up on a slot a dead writer left mid-write, and only the test hooks
+# can leave one so (a plain `cargo build --release` has none of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --workspace
+cargo build --release --locked --workspace --features shmkline-engine/testing
 json=()
 [ "${1:-}" = "--json" ] && json=(--json)
-for bench in store wake ping spawn feed traders; do
+for bench in store wake ping spawn feed traders burst; do
     echo "==> shmkline bench $bench" >&2
     ./target/release/shmkline bench "$bench" "${json[@]}"
 done

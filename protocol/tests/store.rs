@@ -217,6 +217,9 @@ fn full_symbol_table_is_an_error_not_a_drop() {
     assert_eq!(r.symbols(), vec!["A".to_owned(), "B".to_owned()]);
 }
 
+/// Needs the `testing` feature's fault injection (the workspace's tests
+/// enable it).
+#[cfg(feature = "testing")]
 #[test]
 fn reader_gives_up_on_a_slot_left_mid_write() {
     let name = Name::new();

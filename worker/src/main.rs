@@ -9,14 +9,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use protocol::InstanceName;
 use protocol::store::{StoreReader, Wait};
 use tracing_subscriber::EnvFilter;
 
-/// Faults a test can ask the worker to commit. Test-only: they exist so the
-/// test suite can prove a protection holds.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+/// Faults a test can ask the worker to commit. Test-only (the `testing`
+/// feature): they exist so the test suite can prove a protection holds.
+#[cfg(feature = "testing")]
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum TestFault {
     /// Store into the read-only mapping: the kernel must kill the worker with SIGSEGV.
     WriteSegment,
@@ -36,6 +37,7 @@ struct Cli {
     #[arg(long)]
     watch: Option<u64>,
     /// TEST ONLY: commit a deliberate fault after attaching.
+    #[cfg(feature = "testing")]
     #[arg(long, value_enum, hide = true)]
     test_fault: Option<TestFault>,
     /// Set by the coordinator: its one-shot bootstrap server.
@@ -109,6 +111,7 @@ fn run(cli: Cli) -> Result<()> {
         writer_pid = info.writer_pid,
         "mapped the store read-only"
     );
+    #[cfg(feature = "testing")]
     if let Some(TestFault::WriteSegment) = cli.test_fault {
         protocol::shm::fault::write_to_read_only_store(&reader);
     }

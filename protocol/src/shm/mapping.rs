@@ -144,6 +144,7 @@ impl Mapping {
     }
 
     /// The first byte of the mapping, for the fault-injection test only.
+    #[cfg(feature = "testing")]
     pub(crate) fn base_ptr(&self) -> NonNull<c_void> {
         self.ptr
     }

@@ -9,7 +9,7 @@
 pub mod seqlock;
 mod sync;
 
-#[cfg(not(loom))]
+#[cfg(all(not(loom), feature = "testing"))]
 pub mod fault;
 #[cfg(not(loom))]
 pub mod futex;

@@ -194,6 +194,8 @@ impl StoreReader {
         self.mapping.words()
     }
 
+    /// The mapping, for the fault-injection test only.
+    #[cfg(feature = "testing")]
     pub(crate) fn mapping(&self) -> &Mapping {
         &self.mapping
     }
@@ -595,10 +597,9 @@ impl StoreReader {
     }
 
     /// One seqlock attempt on the slot of `index`, with no retry: the payload as
-    /// loaded and whether the protocol accepted it. For stress tests and
-    /// benchmarks that must count rejected torn reads; use the other methods
-    /// to read candles.
-    #[doc(hidden)]
+    /// loaded and whether the protocol accepted it. For tools that count
+    /// rejected torn reads (`bench torn`, the stress test); use the other
+    /// methods to read candles.
     pub fn read_attempt(
         &self,
         series: SeriesId,

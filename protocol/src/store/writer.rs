@@ -356,10 +356,11 @@ impl StoreWriter {
         self.words()[H_HEARTBEAT].store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Test support: leaves the slot of `index` in `series` mid-write (odd
-    /// sequence), exactly as a writer killed between its two sequence stores
-    /// would. Used to prove readers give up with `Stalled` instead of spinning.
-    #[doc(hidden)]
+    /// TEST ONLY (the `testing` feature): leaves the slot of `index` in
+    /// `series` mid-write (odd sequence), exactly as a writer killed between
+    /// its two sequence stores would. Used to prove readers give up with
+    /// `Stalled` instead of spinning.
+    #[cfg(feature = "testing")]
     pub fn simulate_death_mid_write(&mut self, series: SeriesId, index: u64) {
         let rw = self.layout.ring_word(series.0 as usize);
         let slot = self.layout.slot_word(rw, self.layout.pos(index));
