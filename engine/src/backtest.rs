@@ -19,7 +19,7 @@ use worker::verdict::{signals_with, values_with};
 
 use crate::feed::FeedConfig;
 use crate::feed::writer::{FeedWriter, MemorySink};
-use crate::run::SignalLine;
+use crate::signal_line::SignalLine;
 
 /// What a backtest replays.
 #[derive(Debug, Clone)]

@@ -370,7 +370,7 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
         } else {
             Signal::SIGSTOP
         };
-        let at = crate::run::now_ms();
+        let at = protocol::clock::now_ms();
         kill(Pid::from_raw(pid as i32), signal)
             .with_context(|| format!("sending {signal} to worker {pid}"))?;
         injected.push((pid, kind, at));

@@ -8,6 +8,8 @@
 //! * [`feed`]: where candles come from: synthetic, replayed files, live Binance.
 //! * [`run`]: `shmkline run`, the coordinator, and its control socket.
 //! * [`backtest`]: the same traders over the same feed in one process: the oracle.
+//! * [`traders`]: trader files (JSON, TOML) and the built-in set.
+//! * [`signal_line`]: the JSON line of a signal, as stdout and files get it.
 //! * [`chaos`]: random worker kills and freezes against a run, checked against the oracle.
 
 pub mod backtest;
@@ -18,3 +20,5 @@ pub mod hold;
 pub mod instance;
 pub mod run;
 pub mod runtime;
+pub mod signal_line;
+pub mod traders;

@@ -369,8 +369,8 @@ impl FeedArgs {
     /// The trader file's traders, or the built-in set.
     fn traders(&self) -> Result<Vec<protocol::trader::TraderSpec>> {
         match &self.traders {
-            Some(path) => engine::run::traders::load(path),
-            None => Ok(engine::run::traders::defaults()),
+            Some(path) => engine::traders::load(path),
+            None => Ok(engine::traders::defaults()),
         }
     }
 
@@ -877,7 +877,7 @@ fn run(cli: Cli) -> Result<()> {
                 TradersCommand::Add { file } => {
                     // Checked here first, so a bad file is reported with its
                     // path, line and column, and the engine is not asked.
-                    let traders = engine::run::traders::load(&file)?;
+                    let traders = engine::traders::load(&file)?;
                     let answer = ask(&serde_json::json!({ "cmd": "add", "traders": traders }))?;
                     println!("{answer}");
                 }

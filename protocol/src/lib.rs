@@ -16,6 +16,8 @@
 //! * [`bootstrap`]: the channel handshake of a new worker.
 //! * [`samples`]: bounded rings of measurements and their quantiles.
 //! * [`exit`]: exit codes both binaries map errors to.
+//! * [`clock`] and [`splitmix`]: the one wall clock and the one seeded
+//!   pseudo-random generator, shared by both binaries.
 //!
 //! Under `--cfg loom` only the seqlock core is compiled, over loom's atomics, so
 //! that `tests/loom_seqlock.rs` model-checks the very code the store runs.
@@ -28,6 +30,8 @@ pub mod shm;
 pub mod bootstrap;
 #[cfg(not(loom))]
 pub mod candle;
+#[cfg(not(loom))]
+pub mod clock;
 #[cfg(not(loom))]
 pub mod exit;
 #[cfg(not(loom))]
@@ -42,6 +46,8 @@ pub mod rule;
 /// Bounded rings of measurements and their quantiles.
 #[cfg(not(loom))]
 pub mod samples;
+#[cfg(not(loom))]
+pub mod splitmix;
 #[cfg(not(loom))]
 pub mod store;
 #[cfg(not(loom))]

@@ -236,7 +236,7 @@ pub fn run(
             let mut batches = 0u64;
             while crate::feed::write_batch(&mut source, &mut writer, &mut *store)?.is_some() {
                 batches += 1;
-                if batches.is_multiple_of(crate::run::FAST_BATCHES_PER_PUBLISH) {
+                if batches.is_multiple_of(crate::feed::pump::FAST_BATCHES_PER_PUBLISH) {
                     store.publish();
                 }
             }

@@ -216,7 +216,7 @@ impl LiveHealth {
             connections: self.connections.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
             last_message_age_ms: (last > 0)
-                .then(|| (crate::run::now_ms() as u64).saturating_sub(last)),
+                .then(|| (protocol::clock::now_ms() as u64).saturating_sub(last)),
             messages: self.messages.load(Ordering::Relaxed),
             bad_messages: self.bad_messages.load(Ordering::Relaxed),
             stale: self.stale.load(Ordering::Relaxed),
@@ -244,7 +244,7 @@ impl LiveHealth {
 
     fn touch(&self) {
         self.last_message_ms
-            .store(crate::run::now_ms() as u64, Ordering::Relaxed);
+            .store(protocol::clock::now_ms() as u64, Ordering::Relaxed);
     }
 
     fn error(&self, e: String) {
@@ -840,7 +840,7 @@ impl Client {
                 body.chars().take(200).collect::<String>()
             );
         }
-        let (rows, bad) = binance::parse_rest(&body, symbol, interval, crate::run::now_ms())
+        let (rows, bad) = binance::parse_rest(&body, symbol, interval, protocol::clock::now_ms())
             .map_err(|e| anyhow::anyhow!("GET {url} ({symbol} {interval}): {e}"))?;
         for e in &bad {
             self.bad(e);

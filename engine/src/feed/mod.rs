@@ -18,6 +18,7 @@ pub mod live;
 pub mod mock;
 
 pub mod progress;
+pub mod pump;
 pub mod replay;
 pub mod synthetic;
 pub mod writer;

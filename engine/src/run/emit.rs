@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use protocol::message::Signal;
 use protocol::samples::{Samples, saturate};
 
-use super::SignalLine;
 use super::dedup::{self, Dedup};
+use crate::signal_line::SignalLine;
 
 /// Publish instants kept for the signal latency.
 const PUBLISH_TIMES: usize = 4096;

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::error::{OpenError, ReadError};
 use super::layout::*;
-use super::writer::now_ms;
+use super::writer::now_ms_u64;
 use super::{SeriesId, StoredCandle, SymbolId};
 use crate::candle::{Candle, Interval};
 use crate::names::InstanceName;
@@ -629,7 +629,7 @@ impl StoreReader {
             writer_running,
             created_ms: load(H_CREATED_MS),
             heartbeat_ms,
-            heartbeat_age_ms: now_ms().saturating_sub(heartbeat_ms),
+            heartbeat_age_ms: now_ms_u64().saturating_sub(heartbeat_ms),
             publish_counter: self.publish_counter(),
             symbol_capacity: self.layout.symbols,
             symbols: self.symbols(),

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 
@@ -12,6 +11,11 @@ use super::{SeriesId, SymbolId};
 use crate::candle::{Candle, Interval};
 use crate::names::{InstanceName, SymbolName};
 use crate::shm::mapping::{self, Mapping};
+
+/// The clock as the header stores it.
+pub(crate) fn now_ms_u64() -> u64 {
+    crate::clock::now_ms().max(0) as u64
+}
 use crate::shm::{futex, seqlock};
 
 /// What an upsert did.
@@ -52,12 +56,6 @@ pub struct StoreWriter {
     pending: u64,
     symbols: HashMap<SymbolName, SymbolId>,
     stats: WriterStats,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl StoreWriter {
@@ -106,11 +104,11 @@ impl StoreWriter {
         put(H_SIZE, layout.size_bytes() as u64);
         put(H_GENERATION, generation);
         put(H_WRITER_PID, u64::from(std::process::id()));
-        put(H_CREATED_MS, now_ms());
+        put(H_CREATED_MS, now_ms_u64());
         for (k, interval) in layout.intervals.iter().enumerate() {
             put(H_INTERVALS + k, interval.millis());
         }
-        put(H_HEARTBEAT, now_ms());
+        put(H_HEARTBEAT, now_ms_u64());
         // Last, with Release: a reader that sees the magic sees the whole header.
         w[H_MAGIC].store(MAGIC, Ordering::Release);
         let symbols = HashMap::with_capacity(layout.symbols);
@@ -342,7 +340,7 @@ impl StoreWriter {
         let published = self.pending;
         let w = self.mapping.words();
         w[H_PUBLISH].store(published, Ordering::Release);
-        w[H_HEARTBEAT].store(now_ms(), Ordering::Relaxed);
+        w[H_HEARTBEAT].store(now_ms_u64(), Ordering::Relaxed);
         // The wake can only fail for a bad address, which `words()` rules out;
         // a reader's wait has a timeout anyway, so a lost wake delays, never hangs.
         let _ = futex::wake_all(&w[H_PUBLISH]);
@@ -353,7 +351,7 @@ impl StoreWriter {
 
     /// Refreshes the heartbeat without publishing (for idle periods).
     pub fn heartbeat(&self) {
-        self.words()[H_HEARTBEAT].store(now_ms(), Ordering::Relaxed);
+        self.words()[H_HEARTBEAT].store(now_ms_u64(), Ordering::Relaxed);
     }
 
     /// TEST ONLY (the `testing` feature): leaves the slot of `index` in

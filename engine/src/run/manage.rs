@@ -1,0 +1,155 @@
+//! `traders add`, `remove` and `list` on a running engine.
+
+use std::collections::BTreeSet;
+
+use protocol::message::Message;
+use protocol::trader::{MAX_TRADERS_PER_WORKER, TraderSpec};
+
+use super::coordinator::Coordinator;
+use super::options::check_trader;
+use super::slot::{Purpose, State};
+
+/// A trader management request on the control socket.
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub(super) enum TradersCommand {
+    /// `shmkline traders add FILE`.
+    Add {
+        /// The file's traders, checked by the CLI already.
+        traders: Vec<TraderSpec>,
+    },
+    /// `shmkline traders remove ID`.
+    Remove {
+        /// The trader.
+        id: String,
+    },
+}
+
+impl Coordinator {
+    /// Every trader: where it runs and whether its worker holds it.
+    pub(super) fn traders_list(&self) -> serde_json::Value {
+        let mut list = Vec::new();
+        for slot in &self.slots {
+            let acked = slot.live.as_ref().map(|i| &i.acked);
+            for t in slot.traders.values() {
+                list.push(serde_json::json!({
+                    "id": t.id, "slot": slot.id, "interval": t.interval, "symbols": t.symbols,
+                    "rule": t.rule, "cooldown": t.cooldown, "labels": t.labels,
+                    "state": if acked.is_some_and(|a| a.contains(&t.id)) { "running" } else { "pending" },
+                    "added_at_publish": slot.starts.get(&t.id),
+                }));
+            }
+        }
+        for (t, slot) in &self.quarantined {
+            list.push(serde_json::json!({ "id": t, "slot": slot, "state": "quarantined" }));
+        }
+        serde_json::json!({ "traders": list })
+    }
+
+    /// Adds traders to a running engine, all or none: each is checked (spec,
+    /// rule, window, interval, id not taken) before any is sent. Each goes
+    /// to the slot with the fewest traders and starts with the candles
+    /// written after this moment.
+    pub(super) fn traders_add(&mut self, traders: Vec<TraderSpec>) -> serde_json::Value {
+        if self.shutting_down.is_some() {
+            return serde_json::json!({ "error": "the engine is shutting down: nothing was added" });
+        }
+        let mut taken: BTreeSet<String> = self
+            .slots
+            .iter()
+            .flat_map(|s| s.traders.keys().cloned())
+            .chain(self.quarantined.iter().map(|(t, _)| t.clone()))
+            .collect();
+        let removing: BTreeSet<&String> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.live.as_ref())
+            .flat_map(|i| i.removing.iter())
+            .collect();
+        for t in &traders {
+            if removing.contains(&t.id) {
+                return serde_json::json!({ "error": format!("trader {} is still being removed from its worker: try again in a moment; nothing was added", t.id) });
+            }
+            if let Err(e) = check_trader(&self.opts.store, t) {
+                return serde_json::json!({ "error": format!("{e:#}; nothing was added") });
+            }
+            if !taken.insert(t.id.clone()) {
+                return serde_json::json!({ "error": format!("trader {} already exists (or appears twice): remove it first; nothing was added", t.id) });
+            }
+        }
+        if traders.is_empty() {
+            return serde_json::json!({ "error": "no traders to add" });
+        }
+        // Placed on the slot with the fewest, so no worker passes its limit
+        // while the total stays within all of theirs.
+        let held: usize = self.slots.iter().map(|s| s.traders.len()).sum();
+        let capacity = self.slots.len() * MAX_TRADERS_PER_WORKER;
+        if held + traders.len() > capacity {
+            return serde_json::json!({ "error": format!(
+                "adding {} trader(s) to the {held} held would pass the limit of {MAX_TRADERS_PER_WORKER} per worker ({capacity} over {} workers): restart with more --workers; nothing was added",
+                traders.len(), self.slots.len()
+            ) });
+        }
+        let from_publish = self.inst.store.lock().stats().publishes;
+        let mut added = Vec::new();
+        for t in traders {
+            let s = (0..self.slots.len())
+                .min_by_key(|&s| self.slots[s].traders.len())
+                .unwrap_or(0);
+            tracing::info!(trader = %t.id, slot = s, from_publish, "trader added");
+            added.push(serde_json::json!({ "id": t.id, "slot": s }));
+            self.slots[s].add_trader(t, from_publish, &self.emitter);
+            if self.slots[s]
+                .live
+                .as_ref()
+                .is_some_and(|i| i.state == State::Ready)
+            {
+                self.send_traders(s);
+            }
+        }
+        serde_json::json!({ "added": added, "from_publish": from_publish, "last_batch_at": self.last_batch_at() })
+    }
+
+    /// Removes a trader; its worker stops evaluating it at once.
+    pub(super) fn traders_remove(&mut self, id: &str) -> serde_json::Value {
+        let before = self.quarantined.len();
+        self.quarantined.retain(|(t, _)| t != id);
+        if self.quarantined.len() < before {
+            self.strikes.remove(id);
+            return serde_json::json!({ "removed": id, "was": "quarantined" });
+        }
+        let Some(s) = self.slots.iter().position(|s| s.traders.contains_key(id)) else {
+            return serde_json::json!({ "error": format!("no trader {id}: `shmkline traders list` shows them") });
+        };
+        let slot = &mut self.slots[s];
+        slot.drop_trader(id, &self.emitter);
+        let live = match slot.live.as_mut() {
+            Some(inc) if inc.live() => {
+                inc.acked.remove(id);
+                inc.removing.insert(id.to_owned());
+                true
+            }
+            Some(inc) => {
+                inc.acked.remove(id);
+                false
+            }
+            None => false,
+        };
+        // A fixed trader re-added under the same id starts with a clean record.
+        self.strikes.remove(id);
+        if live {
+            self.request(
+                s,
+                Message::RemoveTrader { id: id.to_owned() },
+                Purpose::RemoveTrader(id.to_owned()),
+            );
+        }
+        tracing::info!(trader = id, slot = s, "trader removed from its slot");
+        serde_json::json!({ "removed": id, "slot": s, "last_batch_at": self.last_batch_at() })
+    }
+
+    /// The delivery time (ms) of the last batch a finite feed wrote.
+    pub(super) fn last_batch_at(&self) -> Option<i64> {
+        self.pump.as_ref().and_then(|p| p.last_at())
+    }
+}

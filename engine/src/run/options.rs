@@ -1,0 +1,124 @@
+//! What `shmkline run` is told, and the checks that refuse what cannot run
+//! before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use protocol::store::StoreConfig;
+use protocol::trader::TraderSpec;
+use protocol::{InstanceName, Interval};
+
+use crate::feed::{FeedConfig, Pace};
+
+/// Highest `--rate` accepted.
+pub const MAX_RATE: f64 = 1_000_000.0;
+
+/// Everything `shmkline run` is told.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The instance.
+    pub instance: InstanceName,
+    /// Store capacities.
+    pub store: StoreConfig,
+    /// Worker processes.
+    pub workers: u32,
+    /// The worker binary.
+    pub worker_bin: PathBuf,
+    /// Traders to run.
+    pub traders: Vec<TraderSpec>,
+    /// The feed.
+    pub feed: FeedConfig,
+    /// How fast a finite feed is written.
+    pub pace: Pace,
+    /// The intervals built from 1-minute candles (a subset of the store's).
+    pub aggregate: Vec<Interval>,
+    /// Keep running after a finite feed is done (until SIGINT/SIGTERM), so
+    /// the store stays readable.
+    pub stay: bool,
+    /// Shut down once the parent is no longer this process (it exited and
+    /// this one was re-parented).
+    pub parent: Option<i32>,
+    /// PING interval.
+    pub ping_interval: Duration,
+    /// A PING unanswered for this long means the worker hangs. A stop is
+    /// detected at most `ping_interval + ping_deadline` after it happens.
+    pub ping_deadline: Duration,
+    /// How long CLEANUP may take before stragglers are killed.
+    pub shutdown_timeout: Duration,
+    /// Self-inflicted failures allowed per slot within [`RunOptions::restart_period`].
+    pub restart_limit: u32,
+    /// The window for [`RunOptions::restart_limit`].
+    pub restart_period: Duration,
+    /// Self-inflicted crashes pinned on one trader before it is quarantined.
+    pub quarantine_after: u32,
+    /// A worker whose reported progress does not advance for this long while
+    /// newer batches wait is stuck (its evaluation loops or blocks) even if it
+    /// still answers PINGs: it is replaced like a hung one.
+    pub stall_timeout: Duration,
+    /// Whether the feed waits for the slowest worker (replay) or keeps its
+    /// pace whatever happens (like a live feed; candles can then leave the
+    /// ring unevaluated, which is reported as a gap).
+    pub backpressure: bool,
+}
+
+/// Refuses a trader this store cannot run: a bad spec or rule, a window
+/// longer than half the ring, an interval the store does not keep.
+pub(super) fn check_trader(store: &StoreConfig, t: &TraderSpec) -> Result<()> {
+    let half_ring = store.candles_per_series as usize / 2;
+    // The feed runs up to half a ring ahead of the slowest worker: a
+    // window longer than that could leave the ring before a verdict.
+    let window = t.compile()?.lookback() + t.cooldown as usize;
+    if window > half_ring {
+        bail!(
+            "trader {}: its rule and cooldown need {window} candles, more than half the ring ({half_ring} of --candles-per-series {}): raise --candles-per-series or shorten the rule",
+            t.id,
+            store.candles_per_series
+        );
+    }
+    if !store.intervals.contains(&t.interval) {
+        bail!(
+            "trader {} uses interval {}, which the store does not keep (--intervals)",
+            t.id,
+            t.interval
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a feed configuration that cannot run, saying which flag to fix.
+pub(super) fn check_feed(opts: &RunOptions) -> Result<()> {
+    if let FeedConfig::Synthetic {
+        symbols, candles, ..
+    } = &opts.feed
+    {
+        if *symbols == 0 || *symbols > opts.store.symbols as usize {
+            bail!(
+                "--symbols {symbols} must be between 1 and the store's --max-symbols {}",
+                opts.store.symbols
+            );
+        }
+        if *candles == Some(0) {
+            bail!(
+                "--candles 0: a finite feed needs at least one candle (omit --candles to run until stopped)"
+            );
+        }
+    }
+    match opts.pace {
+        Pace::Rate(rate) if !(rate > 0.0 && rate <= MAX_RATE) => bail!(
+            "--rate {rate} must be a number of candles per second above 0 and at most {MAX_RATE}"
+        ),
+        Pace::Speed(speed) if !(speed > 0.0 && speed.is_finite()) => {
+            bail!("--speed {speed} must be a positive multiple of real time")
+        }
+        _ => {}
+    }
+    if let Some(i) = opts
+        .aggregate
+        .iter()
+        .find(|i| !opts.store.intervals.contains(i))
+    {
+        bail!("--aggregate {i}: the store does not keep {i} candles: add it to --intervals");
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! A worker slot (its traders and its succession of worker processes) and
+//! one incarnation of it (a worker process, its channel and its requests).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use protocol::message::Pong;
+use protocol::trader::TraderSpec;
+use serde::Serialize;
+
+use super::emit::Emitter;
+use super::link::{Budget, Link};
+use super::supervise::FaultKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum State {
+    /// INIT sent, no READY yet.
+    Starting,
+    /// READY received; ADD_TRADERs sent, not all acknowledged.
+    Syncing,
+    /// Every trader acknowledged.
+    Ready,
+    /// CLEANUP sent.
+    Cleaning,
+    /// CLEANUP_COMPLETE received (or its channel closed while cleaning).
+    Exited,
+    /// Faulty: killed, waiting to be reaped and replaced.
+    Dead,
+}
+
+/// What a pending request was for, to act on its answer.
+#[derive(Debug, Clone)]
+pub(super) enum Purpose {
+    Init,
+    AddTrader(String),
+    RemoveTrader(String),
+    Ping(Instant),
+    Cleanup,
+}
+
+pub(super) struct Pending {
+    pub(super) bytes: Vec<u8>,
+    pub(super) purpose: Purpose,
+    pub(super) attempts: u32,
+    pub(super) retry_at: Option<Instant>,
+    /// Frame and byte counts sent to the worker up to and including this
+    /// request's first copy: its answer proves the worker read that far.
+    pub(super) read_mark: (u64, u64),
+}
+
+/// Log2 buckets of round-trip times in microseconds: bucket k holds
+/// [2^k, 2^(k+1)) us. Fixed size, so it never grows.
+#[derive(Debug, Default, Clone, Serialize)]
+pub(super) struct RttHistogram {
+    pub(super) buckets: [u64; 24],
+}
+
+impl RttHistogram {
+    pub(super) fn record(&mut self, rtt: Duration) {
+        let us = rtt.as_micros().max(1) as u64;
+        let k = (63 - us.leading_zeros() as usize).min(self.buckets.len() - 1);
+        self.buckets[k] += 1;
+    }
+}
+
+/// One worker process of a slot.
+pub(super) struct Incarnation {
+    pub(super) no: u64,
+    pub(super) pid: u32,
+    pub(super) child: Option<Child>,
+    pub(super) link: Option<Link>,
+    pub(super) state: State,
+    pub(super) pending: BTreeMap<u64, Pending>,
+    pub(super) next_id: u64,
+    pub(super) acked: BTreeSet<String>,
+    /// Traders still to send ADD_TRADER for, in order (an id no longer held,
+    /// or already acknowledged, is skipped when it comes up): sending the
+    /// next costs no scan of the slot's traders, however many it holds.
+    pub(super) unsent: VecDeque<String>,
+    /// Traders removed whose REMOVE_TRADER this worker has not acknowledged
+    /// yet: their signals may still be on the way, so the id cannot be added
+    /// again until then.
+    pub(super) removing: BTreeSet<String>,
+    pub(super) synced_at: Option<Instant>,
+    pub(super) last_pong: Option<(Instant, Pong)>,
+    pub(super) rtt: Option<Duration>,
+    /// Frames and bytes sent so far.
+    pub(super) sent: (u64, u64),
+    /// Frames and bytes the worker has provably read.
+    pub(super) read: (u64, u64),
+    /// Index into the supervision events, once faulty.
+    pub(super) fault: Option<usize>,
+    /// Whether the process was stopped (state T) when its fault was detected.
+    pub(super) stopped: bool,
+    /// READY was received.
+    pub(super) reached_ready: bool,
+    /// The progress its PONGs last reported (publish counter covered,
+    /// candles judged), and when either last advanced.
+    pub(super) progress: Option<((u64, u64), Instant)>,
+    /// For a crash seen on the channel: when to SIGKILL if it has not exited
+    /// by itself (so its own exit status, not our kill, tells why it went).
+    pub(super) kill_at: Option<Instant>,
+}
+
+/// Why a frame could not be sent.
+pub(super) enum SendFailure {
+    /// The worker's end is closed: it died (its exit status says why).
+    Closed(String),
+    /// The worker is not keeping up (not reading, too many requests pending).
+    Behind(String),
+    /// The request does not encode: a bug here, not the worker's fault
+    /// (specs are size-checked where they enter).
+    Encode(String),
+}
+
+impl SendFailure {
+    /// The worker fault it means, if any.
+    pub(super) fn kind(&self) -> Option<FaultKind> {
+        match self {
+            SendFailure::Closed(_) => Some(FaultKind::Crash),
+            SendFailure::Behind(_) => Some(FaultKind::Hang),
+            SendFailure::Encode(_) => None,
+        }
+    }
+
+    pub(super) fn why(self) -> String {
+        match self {
+            SendFailure::Closed(w) | SendFailure::Behind(w) | SendFailure::Encode(w) => w,
+        }
+    }
+}
+
+impl Incarnation {
+    /// Sends one frame unless that would leave more than `budget` unread.
+    pub(super) fn transmit(
+        &mut self,
+        bytes: &[u8],
+        budget: Budget,
+    ) -> Result<(u64, u64), SendFailure> {
+        budget
+            .admits(self.sent, self.read, bytes.len())
+            .map_err(SendFailure::Behind)?;
+        let link = self
+            .link
+            .as_ref()
+            .ok_or_else(|| SendFailure::Closed("no channel".into()))?;
+        link.send(bytes)
+            .map_err(|e| SendFailure::Closed(format!("its channel is closed ({e})")))?;
+        self.sent = (self.sent.0 + 1, self.sent.1 + bytes.len() as u64);
+        Ok(self.sent)
+    }
+
+    pub(super) fn live(&self) -> bool {
+        matches!(self.state, State::Starting | State::Syncing | State::Ready)
+    }
+}
+
+/// A worker slot: its traders and its succession of worker processes.
+pub(super) struct Slot {
+    pub(super) id: u32,
+    /// Its traders, by id.
+    pub(super) traders: BTreeMap<String, TraderSpec>,
+    /// Traders added while running: the publish counter at which each was
+    /// added; its evaluation starts with the candles written after it.
+    pub(super) starts: BTreeMap<String, u64>,
+    /// Publish counter up to which every trader of the slot evaluated every
+    /// candle, as confirmed by a PONG after all traders were acknowledged.
+    pub(super) confirmed: u64,
+    pub(super) incarnations: u64,
+    pub(super) live: Option<Incarnation>,
+    pub(super) spawning: bool,
+    pub(super) restarts: u32,
+    pub(super) self_failures: VecDeque<Instant>,
+    /// Starts in a row that never reached READY.
+    pub(super) failed_starts: u32,
+    pub(super) restart_at: Option<Instant>,
+    /// The fault being recovered from, if any.
+    pub(super) recovering: Option<usize>,
+    // Totals over the slot's incarnations.
+    /// Gap events reported by its workers (dead ones included).
+    pub(super) gaps: u64,
+    /// The live incarnation's last reported gap count, included in `gaps`.
+    pub(super) live_gaps: u64,
+    pub(super) retries: u64,
+    pub(super) malformed: u64,
+    /// Frames with a valid header whose payload did not decode.
+    pub(super) undecodable: u64,
+    pub(super) rtt_hist: RttHistogram,
+}
+
+impl Slot {
+    /// Slot `id` holding `traders`, with no worker yet.
+    pub(super) fn new(id: u32, traders: BTreeMap<String, TraderSpec>) -> Self {
+        Self {
+            id,
+            traders,
+            starts: BTreeMap::new(),
+            confirmed: 0,
+            incarnations: 0,
+            live: None,
+            spawning: false,
+            restarts: 0,
+            self_failures: VecDeque::new(),
+            failed_starts: 0,
+            restart_at: None,
+            recovering: None,
+            gaps: 0,
+            live_gaps: 0,
+            retries: 0,
+            malformed: 0,
+            undecodable: 0,
+            rtt_hist: RttHistogram::default(),
+        }
+    }
+
+    /// Tells the emitter which traders this slot holds now: the one place
+    /// that decides whose signals are printed.
+    pub(super) fn tell_holds(&self, emitter: &Emitter) {
+        emitter.holds(self.id as usize, self.traders.keys().map(String::as_str));
+    }
+
+    /// Holds `t` from publish `from_publish` on.
+    pub(super) fn add_trader(&mut self, t: TraderSpec, from_publish: u64, emitter: &Emitter) {
+        self.starts.insert(t.id.clone(), from_publish);
+        if let Some(inc) = self.live.as_mut() {
+            inc.unsent.push_back(t.id.clone());
+        }
+        self.traders.insert(t.id.clone(), t);
+        self.tell_holds(emitter);
+    }
+
+    /// Stops holding trader `id` (refused, quarantined or removed): its
+    /// signals are dropped from now on, even ones already in flight.
+    pub(super) fn drop_trader(&mut self, id: &str, emitter: &Emitter) {
+        self.traders.remove(id);
+        self.starts.remove(id);
+        self.tell_holds(emitter);
+    }
+}

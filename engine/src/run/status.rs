@@ -1,0 +1,156 @@
+//! `status` and the control socket's requests, answered from the loop's
+//! own state (one consistent snapshot).
+
+use serde::Serialize;
+
+use super::control::ControlRequest;
+use super::coordinator::Coordinator;
+use super::manage::TradersCommand;
+use super::slot::{Slot, State};
+
+#[derive(Serialize)]
+pub(super) struct WorkerStatus<'a> {
+    pub(super) id: u32,
+    pub(super) pid: u32,
+    pub(super) state: &'static str,
+    pub(super) traders: usize,
+    pub(super) trader_ids: Vec<&'a str>,
+    pub(super) restarts: u32,
+    pub(super) rtt_us: Option<u64>,
+    pub(super) last_pong_age_ms: Option<u64>,
+    pub(super) retries: u64,
+    pub(super) malformed_frames: u64,
+    pub(super) undecodable_frames: u64,
+    pub(super) signals: u64,
+    pub(super) rss_bytes: Option<u64>,
+    pub(super) last_publish: Option<u64>,
+    pub(super) confirmed_publish: u64,
+    pub(super) gaps: Option<u64>,
+    /// Closed candles judged, over all traders and series.
+    pub(super) judged: Option<u64>,
+    /// SIGNALS frames received, and the largest in bytes.
+    pub(super) signal_frames: Option<u64>,
+    pub(super) largest_signal_frame_bytes: Option<u64>,
+    /// Evaluation passes, and their recent median and 99th percentile (us).
+    pub(super) passes: Option<u64>,
+    pub(super) pass_p50_us: Option<u64>,
+    pub(super) pass_p99_us: Option<u64>,
+    pub(super) rtt_histogram_log2_us: &'a [u64],
+}
+
+impl Coordinator {
+    pub(super) fn slot_state(slot: &Slot) -> &'static str {
+        match slot.live.as_ref().map(|i| i.state) {
+            Some(State::Starting) => "starting",
+            Some(State::Syncing) => "syncing",
+            // Ready, but the PONG confirming its recovery is still to come.
+            Some(State::Ready) if slot.recovering.is_some() => "recovering",
+            Some(State::Ready) => "ready",
+            Some(State::Cleaning) => "cleaning",
+            Some(State::Exited) => "exited",
+            Some(State::Dead) => "dead",
+            None if slot.spawning => "spawning",
+            None if slot.restart_at.is_some() => "backoff",
+            None => "down",
+        }
+    }
+
+    pub(super) fn status(&self) -> serde_json::Value {
+        let workers: Vec<WorkerStatus> = self
+            .slots
+            .iter()
+            .map(|slot| {
+                let inc = slot.live.as_ref();
+                let pong = inc.and_then(|i| i.last_pong.as_ref());
+                WorkerStatus {
+                    id: slot.id,
+                    pid: inc.map_or(0, |i| i.pid),
+                    state: Self::slot_state(slot),
+                    traders: inc.map_or(0, |i| i.acked.len()),
+                    trader_ids: slot.traders.keys().map(String::as_str).collect(),
+                    restarts: slot.restarts,
+                    rtt_us: inc.and_then(|i| i.rtt).map(|d| d.as_micros() as u64),
+                    last_pong_age_ms: pong.map(|(at, _)| at.elapsed().as_millis() as u64),
+                    retries: slot.retries,
+                    malformed_frames: slot.malformed,
+                    undecodable_frames: slot.undecodable,
+                    signals: self.emitter.received(slot.id as usize),
+                    rss_bytes: pong.map(|(_, p)| p.rss_bytes),
+                    last_publish: pong.map(|(_, p)| p.last_publish),
+                    confirmed_publish: slot.confirmed,
+                    gaps: pong.map(|(_, p)| p.gaps),
+                    judged: pong.map(|(_, p)| p.judged),
+                    signal_frames: pong.map(|(_, p)| p.signal_frames),
+                    largest_signal_frame_bytes: pong.map(|(_, p)| p.largest_signal_frame),
+                    passes: pong.map(|(_, p)| p.passes),
+                    pass_p50_us: pong.map(|(_, p)| p.pass_p50_us),
+                    pass_p99_us: pong.map(|(_, p)| p.pass_p99_us),
+                    rtt_histogram_log2_us: &slot.rtt_hist.buckets,
+                }
+            })
+            .collect();
+        let stats = self.inst.store.lock().stats();
+        let signals = self.emitter.figures();
+        let recovered = self
+            .events
+            .iter()
+            .filter(|e| e.recovery_ms.is_some())
+            .count();
+        serde_json::json!({
+            "instance": self.opts.instance.as_str(),
+            "pid": std::process::id(),
+            "state": if self.shutting_down.is_some() { "shutting_down" } else { "running" },
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "segment": {
+                "name": self.inst.store.lock().name(),
+                "size_bytes": self.inst.store.lock().size_bytes(),
+                "generation": self.inst.store.lock().generation(),
+            },
+            "feed": match (&self.pump, &self.live) {
+                (Some(pump), _) => pump.status(self.opts.feed.kind(), self.final_publish.is_some(), self.feed_done(), &stats),
+                (None, Some(live)) => {
+                    let mut v = serde_json::to_value(live.health().status()).unwrap_or_default();
+                    v["kind"] = "binance".into();
+                    v
+                }
+                (None, None) => serde_json::json!({ "kind": self.opts.feed.kind(), "started": false }),
+            },
+            "signals": {
+                "emitted": signals.emitted,
+                "duplicates_dropped": signals.duplicates,
+                "latency_samples": signals.latency_samples,
+                "latency_p50_us": signals.latency_p50_us,
+                "latency_p99_us": signals.latency_p99_us,
+            },
+            "gaps": self.gaps(),
+            "quarantined": self.quarantined.iter().map(|(t, slot)| serde_json::json!({
+                "trader": t, "slot": slot, "strikes": self.strikes.get(t).copied().unwrap_or(0),
+            })).collect::<Vec<_>>(),
+            "supervision": {
+                "faults": self.events.len(),
+                "recovered": recovered,
+                "recent": self.events.iter().rev().take(16).collect::<Vec<_>>(),
+            },
+            "workers": workers,
+        })
+    }
+
+    pub(super) fn control(&mut self, req: ControlRequest) {
+        let answer = match req.line.as_str() {
+            "status" => self.status(),
+            "events" => serde_json::json!({ "events": self.events }),
+            "traders" => self.traders_list(),
+            line if line.starts_with('{') => match serde_json::from_str::<TradersCommand>(line) {
+                Ok(TradersCommand::Add { traders }) => self.traders_add(traders),
+                Ok(TradersCommand::Remove { id }) => self.traders_remove(&id),
+                Err(e) => {
+                    serde_json::json!({ "error": format!("a request the coordinator does not understand: {e}") })
+                }
+            },
+            other => {
+                serde_json::json!({ "error": format!("unknown request {other:?}: try status, events or traders") })
+            }
+        };
+        let _ = req.reply.send(answer.to_string());
+    }
+}

@@ -1,0 +1,404 @@
+//! Supervision: faults recorded and their workers killed, reaping, the
+//! cause of each death, blame on the trader being evaluated, the restart
+//! policy (intensity limit, backoff) and the stall watchdog.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal as OsSignal, kill};
+use nix::unistd::Pid;
+use protocol::clock::now_ms;
+use protocol::trader::trader_hash;
+use serde::Serialize;
+
+use super::coordinator::Coordinator;
+use super::slot::State;
+use super::spawn::Spawner;
+
+/// First delay before restarting a slot after a self-inflicted failure;
+/// doubled per failure within the intensity period, up to [`RESTART_BACKOFF_CAP`].
+pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longest delay before a restart.
+pub const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// Supervision events kept for `status` (the oldest is dropped first).
+pub const EVENTS_KEPT: usize = 1024;
+
+/// How long a worker whose channel closed may take to exit before it is killed.
+pub(super) const CRASH_GRACE: Duration = Duration::from_millis(100);
+
+/// Why a worker was declared faulty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum FaultKind {
+    /// It died (channel closed or reaped).
+    Crash,
+    /// A PING missed its deadline.
+    Hang,
+    /// It answers PINGs but its evaluation makes no progress.
+    Stall,
+    /// It broke the protocol (malformed frame, no answer after every retry,
+    /// wrong answer, not reading its channel).
+    Protocol,
+}
+
+/// Who caused a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Cause {
+    /// A signal someone else sent (an operator, a chaos script).
+    Outside,
+    /// The worker itself (panic, abort, error exit, a fault in its code, a hang
+    /// that is not a stop signal, a protocol violation).
+    SelfInflicted,
+}
+
+/// One fault and its recovery, for `status` and the chaos report.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct SupervisionEvent {
+    pub(super) slot: u32,
+    pub(super) pid: u32,
+    pub(super) kind: FaultKind,
+    pub(super) cause: Option<Cause>,
+    pub(super) reason: String,
+    pub(super) exit: Option<String>,
+    pub(super) detected_at_ms: i64,
+    pub(super) recovered_at_ms: Option<i64>,
+    /// From detection to the replacement answering a PING with all traders acked.
+    pub(super) recovery_ms: Option<f64>,
+    #[serde(skip)]
+    pub(super) detected: Instant,
+}
+
+/// Classifies a worker's exit: was it killed from outside, or did it fail?
+pub(super) fn classify(status: &ExitStatus) -> Cause {
+    match status.signal() {
+        Some(sig)
+            if [
+                libc_sig(OsSignal::SIGKILL),
+                libc_sig(OsSignal::SIGTERM),
+                libc_sig(OsSignal::SIGINT),
+                libc_sig(OsSignal::SIGHUP),
+            ]
+            .contains(&sig) =>
+        {
+            Cause::Outside
+        }
+        // SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE...: raised by its own code.
+        Some(_) => Cause::SelfInflicted,
+        // An exit the coordinator did not ask for, whatever the code.
+        None => Cause::SelfInflicted,
+    }
+}
+
+pub(super) fn libc_sig(s: OsSignal) -> i32 {
+    s as i32
+}
+
+/// Whether `pid` is stopped by a signal (state T or t in /proc).
+pub(super) fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+        })
+        .unwrap_or(false)
+}
+
+impl Coordinator {
+    /// Declares the slot's live worker faulty: record it, kill it; it is
+    /// replaced once reaped.
+    pub(super) fn fault(&mut self, s: usize, kind: FaultKind, why: String) {
+        let slot = &mut self.slots[s];
+        let Some(inc) = slot.live.as_mut() else {
+            return;
+        };
+        if inc.fault.is_some() || matches!(inc.state, State::Exited) {
+            return;
+        }
+        // Never signal a pid already reaped: it may belong to another process now.
+        let alive = inc.child.is_some();
+        if inc.state == State::Cleaning {
+            // Shutting down anyway: just make sure it goes.
+            if alive {
+                let _ = kill(Pid::from_raw(inc.pid as i32), OsSignal::SIGKILL);
+            }
+            return;
+        }
+        // Stopped by a signal (state T) means someone else froze it, whatever
+        // symptom gave it away (a missed PING, a retry that ran out).
+        inc.stopped = alive && is_stopped(inc.pid);
+        tracing::warn!(slot = slot.id, pid = inc.pid, ?kind, reason = %why, "worker is faulty: replacing it");
+        if alive && kind == FaultKind::Crash {
+            // It is dying already: give it a moment to exit by itself, so its
+            // exit status (not our kill) says why.
+            inc.kill_at = Some(Instant::now() + CRASH_GRACE);
+        } else if alive {
+            let _ = kill(Pid::from_raw(inc.pid as i32), OsSignal::SIGKILL);
+        }
+        inc.state = State::Dead;
+        inc.pending.clear();
+        if self.events.len() >= EVENTS_KEPT {
+            self.events.pop_front();
+            // Indices into the deque shift by one.
+            for slot in &mut self.slots {
+                slot.recovering = slot.recovering.and_then(|i| i.checked_sub(1));
+                if let Some(inc) = slot.live.as_mut() {
+                    inc.fault = inc.fault.and_then(|i| i.checked_sub(1));
+                }
+            }
+        }
+        let slot = &mut self.slots[s];
+        let inc = slot.live.as_mut().map(|inc| (inc.pid, inc));
+        if let Some((pid, inc)) = inc {
+            self.events.push_back(SupervisionEvent {
+                slot: slot.id,
+                pid,
+                kind,
+                cause: None,
+                reason: why,
+                exit: None,
+                detected_at_ms: now_ms(),
+                recovered_at_ms: None,
+                recovery_ms: None,
+                detected: Instant::now(),
+            });
+            inc.fault = Some(self.events.len() - 1);
+        }
+    }
+
+    /// A failure the worker caused (or a failed start): counts against the
+    /// slot's restart intensity and delays the restart.
+    pub(super) fn self_inflicted(&mut self, s: usize, why: String) {
+        let now = Instant::now();
+        let period = self.opts.restart_period;
+        let limit = self.opts.restart_limit;
+        let slot = &mut self.slots[s];
+        slot.self_failures.push_back(now);
+        while slot
+            .self_failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > period)
+        {
+            slot.self_failures.pop_front();
+        }
+        let n = slot.self_failures.len() as u32;
+        if n > limit {
+            self.failed = Some(format!(
+                "worker slot {} failed {n} times within {:?} (limit {limit}); last: {why}",
+                slot.id, period
+            ));
+            return;
+        }
+        // A slot that cannot start at all gives up once the limit is reached,
+        // however slowly its attempts fail (a start can take the connect timeout).
+        if slot.failed_starts > limit {
+            self.failed = Some(format!(
+                "worker slot {} could not start {} times in a row (limit {limit}); last: {why}",
+                slot.id, slot.failed_starts
+            ));
+            return;
+        }
+        let delay = RESTART_BACKOFF
+            .saturating_mul(1 << (n.saturating_sub(1)).min(16))
+            .min(RESTART_BACKOFF_CAP);
+        tracing::warn!(
+            slot = slot.id,
+            failures = n,
+            limit,
+            ?delay,
+            "self-inflicted failure: restarting after a backoff"
+        );
+        slot.restart_at = Some(now + delay);
+    }
+
+    /// Reaps exited workers, records why each went, and schedules replacements.
+    pub(super) fn reap(&mut self) {
+        for s in 0..self.slots.len() {
+            let Some(inc) = self.slots[s].live.as_mut() else {
+                continue;
+            };
+            // A crash seen on the channel gets a moment to exit by itself.
+            if inc.kill_at.is_some_and(|t| t <= Instant::now())
+                && let Some(child) = inc.child.as_mut()
+            {
+                inc.kill_at = None;
+                let _ = child.kill();
+            }
+            let Some(child) = inc.child.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            inc.child = None;
+            tracing::info!(slot = s, pid = inc.pid, %status, "worker exited");
+            match inc.state {
+                State::Cleaning | State::Exited => {}
+                State::Dead => {}
+                _ => {
+                    // Died before anyone noticed otherwise.
+                    self.fault(s, FaultKind::Crash, format!("exited ({status})"));
+                }
+            }
+            let Some(inc) = self.slots[s].live.as_mut() else {
+                continue;
+            };
+            if inc.state != State::Dead {
+                continue;
+            }
+            // Why did it go?
+            let ev = inc.fault;
+            let cause = match ev.and_then(|i| self.events.get(i)).map(|e| e.kind) {
+                _ if inc.stopped => Cause::Outside,
+                Some(FaultKind::Hang | FaultKind::Stall | FaultKind::Protocol) => {
+                    Cause::SelfInflicted
+                }
+                _ => classify(&status),
+            };
+            let never_ready = !inc.reached_ready;
+            if let Some(event) = ev.and_then(|i| self.events.get_mut(i)) {
+                event.cause = Some(cause);
+                event.exit = Some(status.to_string());
+            }
+            let slot = &mut self.slots[s];
+            if never_ready && cause == Cause::SelfInflicted {
+                slot.failed_starts += 1;
+            }
+            self.emitter.accept(s, None);
+            if let Some(link) = slot.live.take().and_then(|mut inc| inc.link.take()) {
+                self.graveyard.push(link);
+            }
+            slot.restarts += 1;
+            slot.recovering = ev;
+            match cause {
+                Cause::Outside => slot.restart_at = Some(Instant::now()),
+                Cause::SelfInflicted
+                    if ev
+                        .and_then(|i| self.events.get(i))
+                        .is_some_and(|e| matches!(e.kind, FaultKind::Crash | FaultKind::Stall)) =>
+                {
+                    let why = ev
+                        .and_then(|i| self.events.get(i))
+                        .map_or_else(String::new, |e| e.reason.clone());
+                    // Only a crash can be pinned on the trader being evaluated;
+                    // a hang or a protocol fault says nothing about it.
+                    self.blame(s);
+                    self.self_inflicted(s, why);
+                }
+                Cause::SelfInflicted => {
+                    let why = ev
+                        .and_then(|i| self.events.get(i))
+                        .map_or_else(String::new, |e| e.reason.clone());
+                    self.self_inflicted(s, why);
+                }
+            }
+        }
+        // Reader threads of dead workers end once their process is gone.
+        let mut i = 0;
+        while i < self.graveyard.len() {
+            if self.graveyard[i].is_finished() {
+                self.graveyard.swap_remove(i).join();
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// After a self-inflicted crash: the trader the worker was evaluating, as
+    /// its black box says, gets a strike; at `quarantine_after` strikes it is
+    /// taken out of its slot, and the others keep running.
+    pub(super) fn blame(&mut self, s: usize) {
+        let Some(word) = self
+            .black_boxes
+            .get(s)
+            .and_then(|b| b.as_ref())
+            .and_then(|b| b.word(0))
+        else {
+            return;
+        };
+        let hash = word.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if hash == 0 {
+            return;
+        }
+        let slot = &mut self.slots[s];
+        let Some(trader) = slot
+            .traders
+            .keys()
+            .find(|id| trader_hash(id) == hash)
+            .cloned()
+        else {
+            return;
+        };
+        let strikes = self.strikes.entry(trader.clone()).or_default();
+        *strikes += 1;
+        tracing::warn!(slot = slot.id, %trader, strikes = *strikes, limit = self.opts.quarantine_after, "the worker crashed while evaluating this trader");
+        if *strikes >= self.opts.quarantine_after {
+            tracing::error!(slot = slot.id, %trader, strikes = *strikes, "trader quarantined: it keeps crashing its workers; the others keep running");
+            slot.drop_trader(&trader, &self.emitter);
+            self.quarantined.push((trader, slot.id));
+            // The crashes were the trader's, not the slot's.
+            slot.self_failures.clear();
+        }
+    }
+
+    pub(super) fn restart_due(&mut self, spawner: &Spawner) {
+        let now = Instant::now();
+        for s in 0..self.slots.len() {
+            let slot = &self.slots[s];
+            if slot.live.is_none() && !slot.spawning && slot.restart_at.is_some_and(|t| t <= now) {
+                self.spawn_slot(s, spawner);
+            }
+        }
+    }
+
+    /// A worker that still answers PINGs but whose progress (neither the
+    /// batches it covered nor the candles it judged) has not moved for
+    /// `stall_timeout` while newer batches wait is stuck in its evaluation.
+    /// A slow one is not: its passes are bounded and report as they go.
+    pub(super) fn stall_due(&mut self) {
+        let published = self.inst.store.lock().stats().publishes;
+        for s in 0..self.slots.len() {
+            let Some(inc) = self.slots[s].live.as_ref() else {
+                continue;
+            };
+            if inc.state != State::Ready {
+                continue;
+            }
+            if let Some(((value, _), since)) = inc.progress
+                && value < published
+                && since.elapsed() > self.opts.stall_timeout
+            {
+                let why = format!(
+                    "its evaluation made no progress for {:?} (stuck at batch {value} of {published})",
+                    since.elapsed()
+                );
+                self.fault(s, FaultKind::Stall, why);
+            }
+        }
+    }
+
+    /// SIGKILLs every worker still alive and reaps it.
+    pub(super) fn kill_stragglers(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(inc) = slot.live.as_mut()
+                && let Some(mut child) = inc.child.take()
+            {
+                if inc.state == State::Cleaning {
+                    // Not a run fault: the deadline is exactly for this case.
+                    tracing::warn!(
+                        slot = slot.id,
+                        pid = inc.pid,
+                        "no CLEANUP_COMPLETE by the deadline: killing it"
+                    );
+                    inc.state = State::Exited;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
