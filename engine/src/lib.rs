@@ -1,5 +1,6 @@
 //! The shmkline coordinator as a library; `src/main.rs` is the thin CLI over it.
 //!
+//! * [`cli`]: the command line: arguments, commands, clients, renderers.
 //! * [`runtime`]: the instance lock (one coordinator per instance) and the
 //!   private runtime directory.
 //! * [`instance`]: a running instance's owned resources, released in order.
@@ -15,6 +16,7 @@
 pub mod backtest;
 pub mod bench;
 pub mod chaos;
+pub mod cli;
 pub mod feed;
 pub mod hold;
 pub mod instance;

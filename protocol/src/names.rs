@@ -27,6 +27,14 @@ pub enum NameError {
     Symbol(String),
 }
 
+/// The variable that names the instance when `--instance` does not.
+pub const INSTANCE_ENV: &str = "SHMKLINE_INSTANCE";
+
+/// `$SHMKLINE_INSTANCE` holds an invalid name.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{INSTANCE_ENV}: {0}")]
+pub struct FromEnvError(pub NameError);
+
 /// The name of one engine instance: `[A-Za-z0-9_-]{1,32}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InstanceName(String);
@@ -42,6 +50,15 @@ impl InstanceName {
             Ok(Self(name.to_owned()))
         } else {
             Err(NameError::Instance(name.to_owned()))
+        }
+    }
+
+    /// `$SHMKLINE_INSTANCE` if it is set and not empty, else `default`:
+    /// the one place both binaries look the instance up.
+    pub fn from_env_or(default: &str) -> Result<Self, FromEnvError> {
+        match std::env::var(INSTANCE_ENV) {
+            Ok(name) if !name.is_empty() => Self::new(&name).map_err(FromEnvError),
+            _ => Self::new(default).map_err(FromEnvError),
         }
     }
 
@@ -90,6 +107,15 @@ impl SymbolName {
             Ok(Self(name.to_owned()))
         } else {
             Err(NameError::Symbol(name.to_owned()))
+        }
+    }
+
+    /// `$SHMKLINE_INSTANCE` if it is set and not empty, else `default`:
+    /// the one place both binaries look the instance up.
+    pub fn from_env_or(default: &str) -> Result<Self, FromEnvError> {
+        match std::env::var(INSTANCE_ENV) {
+            Ok(name) if !name.is_empty() => Self::new(&name).map_err(FromEnvError),
+            _ => Self::new(default).map_err(FromEnvError),
         }
     }
 

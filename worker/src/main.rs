@@ -12,7 +12,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use protocol::InstanceName;
 use protocol::store::{StoreReader, Wait};
-use tracing_subscriber::EnvFilter;
 
 /// Faults a test can ask the worker to commit. Test-only (the `testing`
 /// feature): they exist so the test suite can prove a protection holds.
@@ -30,9 +29,10 @@ enum TestFault {
     about = "Maps a shmkline candle store read-only"
 )]
 struct Cli {
-    /// Instance whose store to map ([A-Za-z0-9_-]{1,32}).
-    #[arg(long, env = "SHMKLINE_INSTANCE", default_value = "default")]
-    instance: InstanceName,
+    /// Instance whose store to map ([A-Za-z0-9_-]{1,32}). Default:
+    /// $SHMKLINE_INSTANCE, else "default".
+    #[arg(long)]
+    instance: Option<InstanceName>,
     /// Watch for this many seconds, printing each batch's changed candles as JSON lines.
     #[arg(long)]
     watch: Option<u64>,
@@ -103,7 +103,11 @@ fn run(cli: Cli) -> Result<()> {
         let _entered = span.enter();
         return worker::runtime::serve(bootstrap, pid, id);
     }
-    let reader = StoreReader::open(&cli.instance)?;
+    let instance = match cli.instance {
+        Some(name) => name,
+        None => InstanceName::from_env_or("default")?,
+    };
+    let reader = StoreReader::open(&instance)?;
     let info = reader.info();
     tracing::info!(
         segment = %info.name,
@@ -129,18 +133,9 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_env("SHMKLINE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    protocol::exit::init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::from(protocol::exit::code_for(err.as_ref()))
-        }
+        Err(err) => protocol::exit::report(err.as_ref()),
     }
 }

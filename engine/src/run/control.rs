@@ -173,7 +173,7 @@ pub fn ask(dir: &Path, request: &str) -> Result<serde_json::Value> {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            return Err(NotRunning(path).into());
+            return Err(protocol::exit::NotRunning(path).into());
         }
         Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
     };
@@ -190,8 +190,3 @@ pub fn ask(dir: &Path, request: &str) -> Result<serde_json::Value> {
     }
     Ok(value)
 }
-
-/// No coordinator listens for this instance.
-#[derive(Debug, thiserror::Error)]
-#[error("no instance is running there: no control socket at {}", .0.display())]
-pub struct NotRunning(pub PathBuf);

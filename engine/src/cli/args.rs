@@ -1,0 +1,458 @@
+//! The command line's types: every command, flag and default, as clap
+//! parses them. Turning them into engine options is [`super::options`].
+
+use clap::{Args, Parser, Subcommand};
+use protocol::{InstanceName, Interval, SymbolName};
+
+use crate::bench::child::WakeMode;
+use crate::feed::FeedKind;
+
+/// `shmkline` and its global flag.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shmkline",
+    version,
+    about = "Shared-memory kline engine: a coordinator writes candles into shared memory, workers read them"
+)]
+pub struct Cli {
+    /// Instance name, [A-Za-z0-9_-]{1,32}. Default: $SHMKLINE_INSTANCE, else "default"
+    /// (benchmarks: a private "bench-<pid>").
+    #[arg(long, global = true)]
+    pub instance: Option<InstanceName>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The main job: create the store, start the workers, register the traders,
+    /// run the synthetic feed and print every signal as a JSON line on stdout.
+    Run(RunArgs),
+    /// The same traders over the same feed in one process (no workers, no
+    /// shared memory), printing the same signal lines: the oracle for `run`.
+    Backtest(BacktestArgs),
+    /// Chaos test: run a paced finite feed, SIGKILL and SIGSTOP random workers
+    /// from outside, then compare the signals with the backtest and check for
+    /// leaks. Exits non-zero if anything was lost, duplicated, unexpected or leaked.
+    Chaos(ChaosArgs),
+    /// Send a signal to one worker of a running instance (by slot id).
+    KillWorker {
+        /// The worker slot, as `status` lists it.
+        id: u32,
+        /// KILL, STOP, TERM or CONT.
+        #[arg(long, default_value = "KILL", value_parser = ["KILL", "STOP", "TERM", "CONT"])]
+        signal: String,
+    },
+    /// Manage the traders of a running instance.
+    #[command(subcommand)]
+    Traders(TradersCommand),
+    /// Show a running instance: workers, segment, feed, signals.
+    Status {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the store against baselines taken in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Create, hold and inspect a store segment from a shell.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// The reader side of cross-process benchmarks (internal).
+    #[command(subcommand, hide = true)]
+    BenchChild(ChildCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TradersCommand {
+    /// Add the traders of a file (JSON or TOML) to the running engine: each is checked
+    /// first, and if any is refused none is added. They start with the next
+    /// closed candle.
+    Add {
+        /// The trader file.
+        file: std::path::PathBuf,
+    },
+    /// Remove a trader: its worker stops evaluating it at once.
+    Remove {
+        /// The trader's id.
+        id: String,
+    },
+    /// List the traders: slot, state (running, pending, quarantined), rule.
+    List {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Upsert and read costs, stall detection, cross-process torn-read stress.
+    Store {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Timed rounds per figure (medians are reported).
+        #[arg(long, default_value_t = 21, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        rounds: u64,
+        /// Reader processes in the torn-read stress.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+        readers: u64,
+        /// Duration of the torn-read stress, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+        torn_millis: u64,
+    },
+    /// One-way wake latency to a separate reader process, futex and busy-poll.
+    Wake {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Samples per mode (after 100 warm-up samples).
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        samples: u64,
+    },
+    /// PING/PONG round trip through the whole protocol stack vs raw ipc-channel.
+    Ping {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Round trips per measurement (after 200 warm-up ones).
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        samples: u64,
+        /// The worker binary. Default: shmkline-worker next to this executable.
+        #[arg(long, env = "SHMKLINE_WORKER_BIN")]
+        worker_bin: Option<std::path::PathBuf>,
+    },
+    /// Spawn-to-READY and CLEANUP-to-CLEANUP_COMPLETE times.
+    Spawn {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Workers spawned (one after another), then cleaned up.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=256))]
+        workers: u32,
+        /// The worker binary. Default: shmkline-worker next to this executable.
+        #[arg(long, env = "SHMKLINE_WORKER_BIN")]
+        worker_bin: Option<std::path::PathBuf>,
+    },
+    /// Replay parse and write rates (vs reading lines and bare upserts), and
+    /// the live path's latency against a loopback Binance stand-in.
+    Feed {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Candles per measured pass.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1000..=50_000_000))]
+        candles: u64,
+        /// Timed rounds per figure (medians are reported).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=30))]
+        rounds: u64,
+        /// Live messages streamed (one every 200 µs; the first 100 are warm-up).
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+        live_messages: u64,
+    },
+    /// A real run with many traders on many symbols: evaluation pass and
+    /// signal latency percentiles, as the workers and coordinator measure them.
+    Traders {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Traders.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        traders: u64,
+        /// Synthetic symbols.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        symbols: u64,
+        /// Worker processes.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        workers: u32,
+        /// Candles per symbol (the rules' warm-up is about 450).
+        #[arg(long, default_value_t = 600)]
+        candles: u64,
+        /// Candles per second per symbol.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+    },
+    /// Signal bursts (every trader on every symbol firing on one candle),
+    /// publish to the last signal on stdout, next to a single signal's; and
+    /// how fast a replacement worker catches up half a ring.
+    Burst {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Traders (each fires on every candle in the burst run).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        traders: u64,
+        /// Synthetic symbols.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        symbols: u64,
+        /// Worker processes of the burst runs.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        workers: u32,
+        /// Bursts measured (one every 2 s, after two warm-up ones).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        bursts: u64,
+    },
+    /// The cross-process torn-read stress alone.
+    Torn {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Reader processes.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+        readers: u64,
+        /// Duration in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+        millis: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Create the instance's store and keep it until SIGTERM/SIGINT (or --seconds).
+    /// Prints {"ready":true,...} on stdout once the segment exists.
+    Hold {
+        #[command(flatten)]
+        capacity: CapacityArgs,
+        /// Symbols to register, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        symbols: Vec<SymbolName>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Print a running instance's segment header (read-only mapping).
+    Inspect {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Worker processes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    #[command(flatten)]
+    pub feed: FeedArgs,
+    /// Closed candles per symbol, then an orderly exit once every trader has
+    /// evaluated every candle. Default: run until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub candles: Option<u64>,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    /// Milliseconds the workers get to answer CLEANUP before they are killed.
+    #[arg(long, default_value_t = 1000)]
+    pub shutdown_timeout: u64,
+    /// Milliseconds between PINGs to each worker.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub ping_interval: u64,
+    /// Milliseconds a PING may go unanswered before the worker counts as hung
+    /// and is replaced. Default: twice --ping-interval. A stop is detected at
+    /// most --ping-interval + --ping-deadline after it happens.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub ping_deadline: Option<u64>,
+    /// The worker binary. Default: shmkline-worker next to this executable.
+    #[arg(long, env = "SHMKLINE_WORKER_BIN")]
+    pub worker_bin: Option<std::path::PathBuf>,
+    /// Self-inflicted worker failures (crash, abort, error exit, hang, protocol
+    /// violation, failed start) allowed per slot within --restart-period; one
+    /// more and the run stops with an error. Kills from outside never count.
+    #[arg(long, default_value_t = 5)]
+    pub restart_limit: u32,
+    /// The window for --restart-limit, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub restart_period: u64,
+    /// Worker crashes pinned on one trader before that trader is quarantined
+    /// (taken out, reported; the other traders keep running).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub quarantine_after: u32,
+    /// Milliseconds a worker's progress may stand still while newer batches
+    /// wait before it counts as stuck (its evaluation loops or blocks even
+    /// though it answers PINGs) and is replaced.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub stall_timeout: u64,
+    /// Keep the feed's pace even when workers fall behind or are being
+    /// replaced, as a live feed would: candles can then leave the ring before
+    /// they are evaluated, which is reported as a gap (and fails a finite run).
+    /// By default the feed waits for the slowest worker instead.
+    #[arg(long)]
+    pub no_backpressure: bool,
+    /// After a finite feed is written and evaluated, keep running (store,
+    /// workers, control socket) until SIGINT/SIGTERM, so other processes can
+    /// read the candles.
+    #[arg(long)]
+    pub stay: bool,
+    /// Shut down when the process that started this one exits (for scripts
+    /// and harnesses that run it in the background: a killed parent must not
+    /// leave the engine, its workers and its segment behind).
+    #[arg(long)]
+    pub exit_with_parent: bool,
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
+}
+
+/// The traders and the feed: the same flags for `run`, `backtest` and
+/// `chaos`, so a backtest replays exactly what a run saw.
+#[derive(Debug, Args)]
+pub struct FeedArgs {
+    /// Trader file: JSON (one trader object or an array) or TOML (one table, or
+    /// `[[trader]]` tables). Default: the built-in
+    /// set (SMA 10 and 30 crosses, both ways, every symbol, 1m).
+    #[arg(long)]
+    pub traders: Option<std::path::PathBuf>,
+    /// The feed: `synthetic` (built in, deterministic), `replay:PATH[,PATH...]`
+    /// (Binance kline CSV dumps, 12 or 7 columns, ms or µs timestamps, with or
+    /// without a header; or JSON lines of WebSocket kline payloads), or
+    /// `binance` (live, with --symbols).
+    #[arg(long, default_value = "synthetic")]
+    pub feed: FeedKind,
+    /// Seed of the synthetic feed: same seed, same candles.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Synthetic feed: how many symbols (SYN000, SYN001, ...). Live feed: which
+    /// symbols, comma-separated (btcusdt,ethusdt).
+    #[arg(long, default_value = "4")]
+    pub symbols: String,
+    /// Replay: the symbol of every CSV file (default: from each file's name,
+    /// as Binance names them: BTCUSDT-1m-2024-01.csv).
+    #[arg(long)]
+    pub symbol: Option<SymbolName>,
+    /// Replay: the interval of every CSV file (default: from each file's name).
+    #[arg(long)]
+    pub interval: Option<Interval>,
+    /// Intervals built from 1-minute candles, comma-separated, or `none`.
+    /// Default: every interval of --intervals above 1m (synthetic and replay
+    /// feeds); none for the live feed, which subscribes to each interval.
+    #[arg(long, value_delimiter = ',')]
+    pub aggregate: Option<Vec<String>>,
+    /// Replay: stop with an error at the first bad line instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Live feed: the WebSocket base URL, and after a comma the REST base URL
+    /// (for a local or test server).
+    #[arg(
+        long,
+        default_value = "wss://stream.binance.com:9443,https://api.binance.com"
+    )]
+    pub endpoint: String,
+    /// Live feed: milliseconds without any message (Binance pings every 20 s)
+    /// after which the connection counts as dead and is replaced.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub silence_timeout: u64,
+    /// Live feed: seconds after which a connection is replaced before
+    /// Binance's 24-hour cut.
+    #[arg(long, default_value_t = 84_600, value_parser = clap::value_parser!(u64).range(1..=86_000))]
+    pub max_connection_age: u64,
+    /// Live feed: first reconnect delay in milliseconds (doubled per failed
+    /// attempt up to --reconnect-max, with jitter).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconnect_min: u64,
+    /// Live feed: trust exactly the CA certificates in this PEM file instead of
+    /// the built-in webpki roots (a TLS-intercepting proxy, a test server).
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Live feed: largest reconnect delay in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconnect_max: u64,
+}
+
+/// How fast a finite feed goes.
+#[derive(Debug, Args)]
+pub struct PaceArgs {
+    /// Candles per second per symbol. Default: 10 for the synthetic feed; a
+    /// replay goes as fast as the traders keep up unless --rate or --speed is given.
+    #[arg(long, conflicts_with = "speed")]
+    pub rate: Option<f64>,
+    /// Replay at this multiple of real time (60: a minute of candles per second).
+    #[arg(long)]
+    pub speed: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct BacktestArgs {
+    #[command(flatten)]
+    pub feed: FeedArgs,
+    /// Synthetic feed: closed candles per symbol (a backtest needs an end).
+    #[arg(long)]
+    pub candles: Option<u64>,
+    /// Accepted so `run`'s flags can be reused as they are; a backtest is not paced.
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// SIGKILLs to send.
+    #[arg(long, default_value_t = 50)]
+    pub kills: u32,
+    /// SIGSTOPs to send.
+    #[arg(long, default_value_t = 5)]
+    pub stops: u32,
+    /// Worker processes.
+    #[arg(long, default_value_t = 3)]
+    pub workers: u32,
+    #[command(flatten)]
+    pub feed: FeedArgs,
+    /// Closed candles per symbol (the run's length with --rate).
+    #[arg(long, default_value_t = 1200)]
+    pub candles: u64,
+    /// Candles per second per symbol.
+    #[arg(long, default_value_t = 40.0)]
+    pub rate: f64,
+    /// Milliseconds between faults. Default: the faults spread evenly over the
+    /// first 70% of the feed (--candles / --rate seconds).
+    #[arg(long)]
+    pub fault_interval: Option<u64>,
+    /// Fault schedule seed (which worker, which kind, in which order).
+    #[arg(long, default_value_t = 7)]
+    pub chaos_seed: u64,
+    /// PING interval of the run, in ms.
+    #[arg(long, default_value_t = 100)]
+    pub ping_interval: u64,
+    /// PING deadline of the run, in ms. Default: the run's (twice the interval).
+    #[arg(long)]
+    pub ping_deadline: Option<u64>,
+}
+
+/// Store capacities: memory is fixed by them at start.
+#[derive(Debug, Args)]
+pub struct CapacityArgs {
+    /// Symbol directory capacity.
+    #[arg(long, default_value_t = 256)]
+    pub max_symbols: u32,
+    /// Intervals kept per symbol, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1m,5m,15m,1h,4h,1d")]
+    pub intervals: Vec<Interval>,
+    /// Candles kept per (symbol, interval).
+    #[arg(long, default_value_t = 1440)]
+    pub candles_per_series: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChildCommand {
+    IpcEcho {
+        #[arg(long)]
+        bootstrap: String,
+    },
+    Torn {
+        #[arg(long)]
+        millis: u64,
+    },
+    Wake {
+        #[arg(long)]
+        scratch: String,
+        #[arg(long, value_enum)]
+        mode: WakeMode,
+        #[arg(long)]
+        samples: usize,
+        #[arg(long)]
+        base_ns: u64,
+    },
+}

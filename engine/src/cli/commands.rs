@@ -1,0 +1,260 @@
+//! The commands that do the work, each from its parsed arguments: `run`,
+//! `backtest`, `chaos`, the benchmarks, `store` and the benchmark children.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail, ensure};
+use protocol::InstanceName;
+
+use super::args::{
+    BacktestArgs, BenchCommand, CapacityArgs, ChaosArgs, ChildCommand, RunArgs, StoreCommand,
+};
+use super::render::emit;
+use super::{parent_at_start, worker_bin_or_default};
+use crate::bench::child;
+use crate::bench::store as store_bench;
+use crate::feed::FeedConfig;
+use crate::hold;
+
+/// `shmkline run`.
+pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
+    let opts = crate::run::RunOptions {
+        instance,
+        store: args.capacity.config(),
+        workers: args.workers,
+        worker_bin: worker_bin_or_default(args.worker_bin)?,
+        traders: args.feed.traders()?,
+        feed: args.feed.config(args.candles, &args.capacity)?,
+        pace: args.pace.pace(&args.feed.feed),
+        aggregate: args.feed.aggregate(&args.capacity.intervals)?,
+        ping_interval: Duration::from_millis(args.ping_interval),
+        ping_deadline: Duration::from_millis(args.ping_deadline.unwrap_or(2 * args.ping_interval)),
+        shutdown_timeout: Duration::from_millis(args.shutdown_timeout),
+        restart_limit: args.restart_limit,
+        restart_period: Duration::from_millis(args.restart_period),
+        quarantine_after: args.quarantine_after,
+        stall_timeout: Duration::from_millis(args.stall_timeout),
+        backpressure: !args.no_backpressure,
+        stay: args.stay,
+        parent: args.exit_with_parent.then(parent_at_start),
+    };
+    let summary = crate::run::run(opts)?;
+    tracing::info!(
+        signals = summary.signals,
+        faults = summary.faults,
+        "run finished"
+    );
+    Ok(())
+}
+
+/// `shmkline backtest`.
+pub fn backtest(args: BacktestArgs) -> Result<()> {
+    let opts = crate::backtest::BacktestOptions {
+        traders: args.feed.traders()?,
+        feed: args.feed.config(args.candles, &args.capacity)?,
+        intervals: args.capacity.intervals.clone(),
+        aggregate: args.feed.aggregate(&args.capacity.intervals)?,
+        max_symbols: args.capacity.max_symbols,
+    };
+    let n = crate::backtest::backtest(&opts, &mut std::io::stdout().lock())?;
+    tracing::info!(signals = n, "backtest done");
+    Ok(())
+}
+
+/// `shmkline chaos`, as instance `instance` (default: a private `chaos-<pid>`).
+pub fn chaos(instance: Option<InstanceName>, args: ChaosArgs) -> Result<()> {
+    let instance = match instance {
+        Some(i) => i,
+        None => InstanceName::new(&format!("chaos-{}", std::process::id()))?,
+    };
+    let symbols = match args
+        .feed
+        .config(Some(args.candles), &CapacityArgs::default())?
+    {
+        FeedConfig::Synthetic { symbols, .. } => symbols,
+        _ => bail!("chaos runs the synthetic feed only"),
+    };
+    let opts = crate::chaos::ChaosOptions {
+        instance,
+        runtime_base: crate::runtime::base_dir(),
+        shmkline: std::env::current_exe()?,
+        traders_file: args.feed.traders.clone(),
+        traders: args.feed.traders()?,
+        workers: args.workers,
+        symbols,
+        candles: args.candles,
+        rate: args.rate,
+        seed: args.feed.seed,
+        kills: args.kills,
+        stops: args.stops,
+        ping_interval_ms: args.ping_interval,
+        ping_deadline_ms: args.ping_deadline,
+        chaos_seed: args.chaos_seed,
+        fault_interval: args.fault_interval.map(Duration::from_millis),
+    };
+    let report = crate::chaos::run(&opts)?;
+    emit(&report, args.json)?;
+    ensure!(
+        report.ok,
+        "chaos run failed its checks (see the report above)"
+    );
+    Ok(())
+}
+
+/// A torn-read stress that accepted a torn read failed; one that rejected
+/// none did not exercise the race (worth a warning, not a failure).
+fn check_torn(accepted: u64, rejected: u64) -> Result<()> {
+    if rejected == 0 {
+        tracing::warn!(
+            "no torn read was rejected: the race was not exercised (too short a run, or a single CPU?)"
+        );
+    }
+    ensure!(
+        accepted == 0,
+        "{accepted} torn reads were accepted: the seqlock is broken"
+    );
+    Ok(())
+}
+
+/// `shmkline bench ...` as instance `instance`.
+pub fn bench(instance: &InstanceName, cmd: BenchCommand) -> Result<()> {
+    let this = std::env::current_exe()?;
+    match cmd {
+        BenchCommand::Store {
+            json,
+            rounds,
+            readers,
+            torn_millis,
+        } => {
+            let opts = store_bench::StoreBenchOptions {
+                rounds: rounds as usize,
+                readers: readers as usize,
+                torn_millis,
+            };
+            let report = store_bench::run(instance, &opts)?;
+            emit(&report, json)?;
+            check_torn(report.torn_accepted, report.torn_rejected)
+        }
+        BenchCommand::Torn {
+            json,
+            readers,
+            millis,
+        } => {
+            let report = store_bench::run_torn(instance, readers as usize, millis)?;
+            emit(&report, json)?;
+            check_torn(report.counts.torn_accepted, report.counts.torn_rejected)
+        }
+        BenchCommand::Feed {
+            json,
+            candles,
+            rounds,
+            live_messages,
+        } => emit(
+            &crate::bench::feed::run(
+                instance,
+                candles as usize,
+                rounds as usize,
+                live_messages as usize,
+            )?,
+            json,
+        ),
+        BenchCommand::Traders {
+            json,
+            traders,
+            symbols,
+            workers,
+            candles,
+            rate,
+        } => {
+            let opts = crate::bench::traders::TradersBench {
+                traders: traders as usize,
+                symbols: symbols as usize,
+                workers,
+                candles,
+                rate,
+            };
+            emit(
+                &crate::bench::traders::run_both(instance, &this, &opts)?,
+                json,
+            )
+        }
+        BenchCommand::Burst {
+            json,
+            traders,
+            symbols,
+            workers,
+            bursts,
+        } => {
+            let opts = crate::bench::burst::BurstBench {
+                traders: traders as usize,
+                symbols: symbols as usize,
+                workers,
+                bursts,
+            };
+            emit(&crate::bench::burst::run(instance, &this, &opts)?, json)
+        }
+        BenchCommand::Wake { json, samples } => {
+            emit(&crate::bench::wake::run(instance, samples as usize)?, json)
+        }
+        BenchCommand::Ping {
+            json,
+            samples,
+            worker_bin,
+        } => emit(
+            &crate::bench::ipc::run_ping(
+                instance,
+                worker_bin_or_default(worker_bin)?,
+                samples as usize,
+            )?,
+            json,
+        ),
+        BenchCommand::Spawn {
+            json,
+            workers,
+            worker_bin,
+        } => emit(
+            &crate::bench::ipc::run_spawn(instance, worker_bin_or_default(worker_bin)?, workers)?,
+            json,
+        ),
+    }
+}
+
+/// `shmkline store hold|inspect`.
+pub fn store(instance: &InstanceName, cmd: StoreCommand) -> Result<()> {
+    match cmd {
+        StoreCommand::Hold {
+            capacity,
+            symbols,
+            seconds,
+        } => hold::hold(instance, &capacity.config(), &symbols, seconds),
+        StoreCommand::Inspect { json } => {
+            let info = hold::inspect(instance)?;
+            if json {
+                println!("{}", serde_json::to_string(&info)?);
+            } else {
+                print!("{}", hold::render(&info));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The reader side of the cross-process benchmarks.
+pub fn bench_child(instance: &InstanceName, role: ChildCommand) -> Result<()> {
+    let report = match role {
+        ChildCommand::IpcEcho { bootstrap } => crate::bench::ipc::ipc_echo(&bootstrap)?.to_string(),
+        ChildCommand::Torn { millis } => {
+            serde_json::to_string(&child::torn_reader(instance, millis)?)?
+        }
+        ChildCommand::Wake {
+            scratch,
+            mode,
+            samples,
+            base_ns,
+        } => serde_json::to_string(&child::wake_reader(
+            instance, &scratch, mode, samples, base_ns,
+        )?)?,
+    };
+    println!("{report}");
+    Ok(())
+}

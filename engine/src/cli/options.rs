@@ -1,0 +1,153 @@
+//! From parsed flags to the engine's options: the feed, the pace, the
+//! capacities, the traders, and `run`'s options.
+
+use anyhow::Result;
+use protocol::store::StoreConfig;
+
+use protocol::{Interval, SymbolName};
+
+use super::args::{CapacityArgs, FeedArgs, PaceArgs};
+use crate::feed::replay::ReplayOptions;
+use crate::feed::{FeedConfig, FeedKind, Pace};
+
+impl FeedArgs {
+    /// The trader file's traders, or the built-in set.
+    pub fn traders(&self) -> Result<Vec<protocol::trader::TraderSpec>> {
+        match &self.traders {
+            Some(path) => crate::traders::load(path),
+            None => Ok(crate::traders::defaults()),
+        }
+    }
+
+    /// The feed, with `candles` for the synthetic one; `capacity` gives the
+    /// live feed its intervals and sizes its start-up backfill (a ring's
+    /// worth, at most 1000).
+    pub fn config(&self, candles: Option<u64>, capacity: &CapacityArgs) -> Result<FeedConfig> {
+        if self.feed != FeedKind::Synthetic && candles.is_some() {
+            anyhow::bail!("--candles is for the synthetic feed: a replay ends with its files");
+        }
+        if !matches!(self.feed, FeedKind::Replay(_))
+            && (self.symbol.is_some() || self.interval.is_some() || self.strict)
+        {
+            anyhow::bail!("--symbol, --interval and --strict are for --feed replay:PATH");
+        }
+        match &self.feed {
+            FeedKind::Synthetic => Ok(FeedConfig::Synthetic {
+                seed: self.seed,
+                symbols: self.symbols.trim().parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--symbols {:?}: the synthetic feed takes a number of symbols",
+                        self.symbols
+                    )
+                })?,
+                candles,
+            }),
+            FeedKind::Replay(paths) => Ok(FeedConfig::Replay(ReplayOptions {
+                paths: paths.clone(),
+                symbol: self.symbol.clone(),
+                interval: self.interval,
+                strict: self.strict,
+            })),
+            FeedKind::Binance => {
+                let mut symbols: Vec<SymbolName> = Vec::new();
+                for s in self
+                    .symbols
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                {
+                    let name = SymbolName::new(&s.to_ascii_uppercase())
+                        .map_err(|e| anyhow::anyhow!("--symbols: {e}"))?;
+                    if !symbols.contains(&name) {
+                        symbols.push(name);
+                    }
+                }
+                if symbols
+                    .iter()
+                    .all(|s| s.as_str().bytes().all(|b| b.is_ascii_digit()))
+                {
+                    anyhow::bail!(
+                        "--feed binance needs the symbols by name: --symbols btcusdt,ethusdt (got {:?})",
+                        self.symbols
+                    );
+                }
+                let (ws, rest) = self
+                    .endpoint
+                    .split_once(',')
+                    .unwrap_or((self.endpoint.as_str(), crate::feed::live::BINANCE_REST));
+                Ok(FeedConfig::Binance(crate::feed::live::LiveOptions {
+                    symbols,
+                    intervals: capacity.intervals.clone(),
+                    ws_url: ws.trim().to_owned(),
+                    rest_url: rest.trim().to_owned(),
+                    silence_timeout: std::time::Duration::from_millis(self.silence_timeout),
+                    max_connection_age: std::time::Duration::from_secs(self.max_connection_age),
+                    reconnect_min: std::time::Duration::from_millis(self.reconnect_min),
+                    reconnect_max: std::time::Duration::from_millis(self.reconnect_max),
+                    backfill: (capacity.candles_per_series as usize)
+                        .min(crate::feed::live::REST_PAGE),
+                    ca_file: self.ca_file.clone(),
+                    trace: false,
+                }))
+            }
+        }
+    }
+
+    /// The intervals to build from 1-minute candles, given the store's.
+    pub fn aggregate(&self, kept: &[Interval]) -> Result<Vec<Interval>> {
+        match &self.aggregate {
+            None if self.feed == FeedKind::Binance => Ok(Vec::new()),
+            Some(_) if self.feed == FeedKind::Binance => anyhow::bail!(
+                "--aggregate is for the synthetic and replay feeds: the live feed subscribes to every --intervals stream, built by the exchange"
+            ),
+            None => Ok(kept
+                .iter()
+                .copied()
+                .filter(|i| *i != Interval::M1)
+                .collect()),
+            Some(list) if list.len() == 1 && list[0] == "none" => Ok(Vec::new()),
+            Some(list) => list
+                .iter()
+                .map(|i| {
+                    let i: Interval = i.parse()?;
+                    if i == Interval::M1 {
+                        anyhow::bail!("--aggregate 1m: 1-minute candles are the input, not built");
+                    }
+                    Ok(i)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl PaceArgs {
+    pub fn pace(&self, feed: &FeedKind) -> Pace {
+        match (self.rate, self.speed) {
+            (Some(rate), _) => Pace::Rate(rate),
+            (None, Some(speed)) => Pace::Speed(speed),
+            (None, None) if *feed == FeedKind::Synthetic => Pace::Rate(10.0),
+            (None, None) => Pace::Fast,
+        }
+    }
+}
+
+impl Default for CapacityArgs {
+    fn default() -> Self {
+        let c = StoreConfig::default();
+        Self {
+            max_symbols: c.symbols,
+            intervals: c.intervals,
+            candles_per_series: c.candles_per_series,
+        }
+    }
+}
+
+impl CapacityArgs {
+    pub fn config(&self) -> StoreConfig {
+        StoreConfig {
+            symbols: self.max_symbols,
+            intervals: self.intervals.clone(),
+            candles_per_series: self.candles_per_series,
+        }
+    }
+}

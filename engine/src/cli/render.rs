@@ -1,0 +1,144 @@
+//! What the commands print: reports as aligned `key value` lines or one
+//! JSON line, and `status` for a human.
+
+use anyhow::Result;
+use serde::Serialize;
+
+/// Prints `report` as one JSON line, or as aligned `key value` lines.
+pub fn emit<T: Serialize>(report: &T, json: bool) -> Result<()> {
+    let value = serde_json::to_value(report)?;
+    if json {
+        println!("{}", serde_json::to_string(&value)?);
+        return Ok(());
+    }
+    pub fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    // Targets read best as "name  value (limit) met".
+                    if let Some(name) = v.get("name").and_then(|n| n.as_str()) {
+                        let met = if v["met"] == true { "met" } else { "NOT MET" };
+                        out.push((format!("{prefix}: {name}"), format!("{} {met}", v["value"])));
+                    } else {
+                        walk(&format!("{prefix}.{i}"), v, out);
+                    }
+                }
+            }
+            other => out.push((prefix.to_owned(), other.to_string())),
+        }
+    }
+    let mut rows = Vec::new();
+    walk("", &value, &mut rows);
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        println!("{k:width$}  {v}");
+    }
+    Ok(())
+}
+
+pub fn print_status(status: &serde_json::Value) {
+    let s = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    println!(
+        "instance {} (pid {}), {}, up {} ms",
+        s(&status["instance"]),
+        status["pid"],
+        s(&status["state"]),
+        status["uptime_ms"]
+    );
+    println!(
+        "segment  {} ({} bytes, generation {})",
+        s(&status["segment"]["name"]),
+        status["segment"]["size_bytes"],
+        status["segment"]["generation"]
+    );
+    let feed = &status["feed"];
+    let n = |k: &str| feed[k].as_u64().unwrap_or(0);
+    if feed["kind"] == "binance" {
+        println!(
+            "feed     binance: {}, {} reconnects, last message {} ago, {} candles written ({} backfilled), {} bad messages, {} gaps",
+            if feed["connected"] == true {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            n("reconnects"),
+            feed["last_message_age_ms"]
+                .as_u64()
+                .map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms")),
+            n("candles_written"),
+            n("backfilled"),
+            n("bad_messages"),
+            n("gaps"),
+        );
+        if let Some(e) = feed["last_error"].as_str() {
+            println!("         last error: {e}");
+        }
+    } else {
+        let read = match (feed["bytes_read"].as_u64(), feed["bytes_total"].as_u64()) {
+            (Some(r), Some(t)) if t > 0 => format!(", {:.0}% read", 100.0 * r as f64 / t as f64),
+            _ => String::new(),
+        };
+        println!(
+            "feed     {}: {} candles written (+{} aggregated), {} bad lines, {} gaps ({} candles missing){read}, finished: {}",
+            s(&feed["kind"]),
+            n("candles_written"),
+            n("aggregated_written"),
+            n("bad_lines"),
+            n("gaps"),
+            n("missing_candles"),
+            feed["finished"]
+        );
+    }
+    println!(
+        "signals  {} emitted, {} duplicates dropped",
+        status["signals"]["emitted"], status["signals"]["duplicates_dropped"]
+    );
+    println!(
+        "{:>3} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
+        "id", "pid", "state", "traders", "rtt_us", "pong_ms", "retries"
+    );
+    for w in status["workers"].as_array().into_iter().flatten() {
+        println!(
+            "{:>3} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
+            s(&w["id"]),
+            s(&w["pid"]),
+            s(&w["state"]),
+            s(&w["traders"]),
+            s(&w["rtt_us"]),
+            s(&w["last_pong_age_ms"]),
+            s(&w["retries"])
+        );
+    }
+}
+
+/// `traders list` for a human: one row per trader.
+pub fn print_traders(answer: &serde_json::Value) {
+    println!(
+        "{:<24} {:>4} {:<11} {:>8}  rule",
+        "id", "slot", "state", "interval"
+    );
+    for t in answer["traders"].as_array().into_iter().flatten() {
+        let s = |k: &str| {
+            t[k].as_str()
+                .map_or_else(|| t[k].to_string(), str::to_owned)
+        };
+        println!(
+            "{:<24} {:>4} {:<11} {:>8}  {}",
+            s("id"),
+            t["slot"],
+            s("state"),
+            s("interval"),
+            s("rule")
+        );
+    }
+}
