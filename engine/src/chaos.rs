@@ -18,7 +18,9 @@ use serde::Serialize;
 
 use crate::backtest::{BacktestOptions, backtest};
 use crate::bench::Percentiles;
+use crate::process::kill_and_reap;
 use crate::run::control;
+use protocol::splitmix::SplitMix64;
 use protocol::store::StoreConfig;
 
 /// What to run and what to inject.
@@ -107,31 +109,13 @@ pub struct ChaosReport {
     pub ok: bool,
 }
 
-/// A splitmix64 for the fault schedule: a seed reproduces the run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// Kills the run if the chaos driver fails half-way.
 struct RunGuard(Option<Child>);
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_and_reap(&mut c);
         }
     }
 }
@@ -320,7 +304,8 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
     let shmem_before = status_kib(coordinator, "RssShmem");
 
     // The schedule: every fault kind shuffled, evenly spaced over the first 70% of the feed.
-    let mut rng = Rng(opts.chaos_seed);
+    // A seed reproduces the fault schedule.
+    let mut rng = SplitMix64::new(opts.chaos_seed);
     let mut kinds: Vec<&'static str> = std::iter::repeat_n("kill", opts.kills as usize)
         .chain(std::iter::repeat_n("stop", opts.stops as usize))
         .collect();
@@ -401,8 +386,7 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
             break status;
         }
         if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
             bail!("the run did not finish");
         }
         std::thread::sleep(Duration::from_millis(50));

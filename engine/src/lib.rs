@@ -4,6 +4,7 @@
 //! * [`runtime`]: the instance lock (one coordinator per instance) and the
 //!   private runtime directory.
 //! * [`instance`]: a running instance's owned resources, released in order.
+//! * [`process`]: killing and reaping children.
 //! * [`bench`]: `shmkline bench ...`, figures with in-run baselines.
 //! * [`hold`]: `shmkline store hold|inspect`, the store from a shell.
 //! * [`feed`]: where candles come from: synthetic, replayed files, live Binance.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod feed;
 pub mod hold;
 pub mod instance;
+pub mod process;
 pub mod run;
 pub mod runtime;
 pub mod signal_line;

@@ -49,8 +49,15 @@ impl Samples {
     pub fn quantile(&self, q: f64) -> Option<u32> {
         let mut s = self.values.clone();
         s.sort_unstable();
-        (!s.is_empty()).then(|| s[((s.len() - 1) as f64 * q.clamp(0.0, 1.0)) as usize])
+        quantile(&s, q)
     }
+}
+
+/// The `q` quantile (0..=1) of `sorted` (ascending): the value at rank
+/// `round((len - 1) * q)`. The one definition every figure uses.
+pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let last = sorted.len().checked_sub(1)?;
+    Some(sorted[(last as f64 * q.clamp(0.0, 1.0)).round() as usize])
 }
 
 /// A duration in whole microseconds or nanoseconds, saturated to `u32`.
@@ -76,5 +83,9 @@ mod tests {
         assert_eq!(s.quantile(0.0), Some(7));
         assert_eq!(s.quantile(1.0), Some(10));
         assert_eq!(saturate(u128::MAX), u32::MAX);
+        // Nearest rank: 0.5 of [7, 8, 9, 10] is rank round(1.5) = 2.
+        assert_eq!(s.quantile(0.5), Some(9));
+        assert_eq!(quantile(&[1, 2, 3], 0.99), Some(3));
+        assert_eq!(quantile::<u32>(&[], 0.5), None);
     }
 }

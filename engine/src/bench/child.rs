@@ -29,16 +29,10 @@ pub const WARMUP: usize = 100;
 /// How long either side of a ping-pong waits before declaring the other dead.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn mix(mut z: u64) -> u64 {
-    // splitmix64 finaliser
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 fn checksum(open_time: i64, index: u64, k: u64) -> f64 {
     // 52 bits: exactly representable as f64.
-    (mix(open_time as u64 ^ index.rotate_left(21) ^ k.rotate_left(42)) & ((1 << 52) - 1)) as f64
+    (protocol::splitmix::mix(open_time as u64 ^ index.rotate_left(21) ^ k.rotate_left(42))
+        & ((1 << 52) - 1)) as f64
 }
 
 /// The stress record for update `k` of the candle at `index`: every field is

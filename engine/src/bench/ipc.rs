@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::{BenchChild, Percentiles, Target, ratio};
 use crate::instance::Instance;
+use crate::process::kill_and_reap;
 use crate::run::link::{FromWorker, Link};
 use crate::run::spawn::{Spawned, Spawner};
 
@@ -267,8 +268,7 @@ pub fn run_ping(
         Ok((raw, protocol, coordinator))
     })();
     let _ = direct_call(&Message::Cleanup);
-    let _ = direct_child.kill();
-    let _ = direct_child.wait();
+    kill_and_reap(&mut direct_child);
     let _ = live.call(Message::Cleanup);
     live.finish()?;
     drop(raw_to);

@@ -14,7 +14,10 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
 use nix::time::{ClockId, clock_gettime};
+use protocol::samples::quantile;
 use serde::Serialize;
+
+use crate::process::kill_and_reap;
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one machine.
 pub fn mono_ns() -> u64 {
@@ -43,7 +46,7 @@ impl Percentiles {
             return None;
         }
         samples.sort_unstable();
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        let at = |q: f64| quantile(samples, q).unwrap_or(0);
         Some(Self {
             samples: samples.len(),
             p50_ns: at(0.50),
@@ -146,8 +149,7 @@ impl BenchChild {
 impl Drop for BenchChild {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
         }
     }
 }

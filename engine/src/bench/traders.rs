@@ -13,6 +13,7 @@ use protocol::InstanceName;
 use serde::Serialize;
 
 use super::{Percentiles, Target};
+use crate::process::kill_and_reap;
 use crate::run::control;
 
 /// Wake-ups measured for the latency baseline.
@@ -167,8 +168,7 @@ impl Drop for RunGuard {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        kill_and_reap(&mut self.0);
     }
 }
 

@@ -1,9 +1,10 @@
 //! The built-in synthetic feed: deterministic 1-minute candles from a seed.
 //!
 //! Symbol k is `SYN000`, `SYN001`, ...; its candles are a random walk driven
-//! by splitmix64 seeded with (seed, k), so the same flags give the same
+//! by [`SplitMix64`] seeded with (seed, k), so the same flags give the same
 //! candles in every run, in `run` and in `backtest` alike.
 
+use protocol::splitmix::SplitMix64;
 use protocol::{Candle, SymbolName};
 
 /// 2024-01-01T00:00:00Z: synthetic time starts here.
@@ -11,26 +12,12 @@ pub const EPOCH_MS: i64 = 1_704_067_200_000;
 /// One minute.
 pub const STEP_MS: i64 = 60_000;
 
-/// splitmix64.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A uniform value in [0, 1).
-fn unit(state: &mut u64) -> f64 {
-    (next(state) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// One symbol's candle stream.
 #[derive(Debug, Clone)]
 pub struct SymbolStream {
     /// The symbol.
     pub name: SymbolName,
-    state: u64,
+    state: SplitMix64,
     close: f64,
     index: u64,
 }
@@ -38,8 +25,8 @@ pub struct SymbolStream {
 impl SymbolStream {
     /// The stream of symbol number `k` for `seed`.
     pub fn new(seed: u64, k: usize) -> Self {
-        let mut state = seed ^ (k as u64).wrapping_mul(0xd6e8_feb8_6659_fd93);
-        let close = 100.0 + 900.0 * unit(&mut state);
+        let mut state = SplitMix64::new(seed ^ (k as u64).wrapping_mul(0xd6e8_feb8_6659_fd93));
+        let close = 100.0 + 900.0 * state.unit();
         Self {
             // Three digits and a prefix: always a valid symbol name.
             name: SymbolName::new(&format!("SYN{k:03}"))
@@ -58,11 +45,11 @@ impl SymbolStream {
     /// The next closed candle.
     pub fn next_candle(&mut self) -> Candle {
         let open = self.close;
-        let step = (unit(&mut self.state) - 0.5) * 0.01;
+        let step = (self.state.unit() - 0.5) * 0.01;
         let close = (open * (1.0 + step)).max(0.01);
-        let high = open.max(close) * (1.0 + 0.002 * unit(&mut self.state));
-        let low = open.min(close) * (1.0 - 0.002 * unit(&mut self.state));
-        let volume = 1.0 + 100.0 * unit(&mut self.state);
+        let high = open.max(close) * (1.0 + 0.002 * self.state.unit());
+        let low = open.min(close) * (1.0 - 0.002 * self.state.unit());
+        let volume = 1.0 + 100.0 * self.state.unit();
         let candle = Candle {
             open_time: EPOCH_MS + self.index as i64 * STEP_MS,
             open,

@@ -24,6 +24,7 @@ use crate::feed::live::LiveFeed;
 use crate::feed::pump::Pump;
 use crate::feed::{FeedConfig, Source};
 use crate::instance::Instance;
+use crate::process::kill_and_reap;
 
 /// How often the segment's heartbeat is refreshed when nothing is published.
 pub(super) const HEARTBEAT: Duration = Duration::from_millis(250);
@@ -188,8 +189,7 @@ impl Coordinator {
                 // left behind unreaped.
                 if let Err(mpsc::SendError(Event::Spawned(_, _, Ok(mut spawned)))) = tx.send(event)
                 {
-                    let _ = spawned.child.kill();
-                    let _ = spawned.child.wait();
+                    kill_and_reap(&mut spawned.child);
                 }
             }),
         );
@@ -203,13 +203,12 @@ impl Coordinator {
         if no != slot.incarnations {
             // Cannot happen while `spawning` gates new spawns; never leak a child if it does.
             if let Ok(mut spawned) = result {
-                let _ = spawned.child.kill();
-                let _ = spawned.child.wait();
+                kill_and_reap(&mut spawned.child);
             }
             return;
         }
         slot.spawning = false;
-        let spawned = match result {
+        let mut spawned = match result {
             Ok(spawned) => spawned,
             Err(why) => {
                 tracing::error!(slot = slot.id, reason = %why, "could not start a worker");
@@ -219,9 +218,7 @@ impl Coordinator {
             }
         };
         if self.shutting_down.is_some() {
-            let mut child = spawned.child;
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut spawned.child);
             return;
         }
         let pid = spawned.child.id();
@@ -244,9 +241,7 @@ impl Coordinator {
         }) {
             Ok(link) => link,
             Err(e) => {
-                let mut child = spawned.child;
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_and_reap(&mut spawned.child);
                 self.failed = Some(format!("could not start a reader thread: {e:#}"));
                 return;
             }

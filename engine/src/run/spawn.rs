@@ -19,6 +19,8 @@ use ipc_channel::ipc::{IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSe
 use protocol::InstanceName;
 use protocol::bootstrap::Bootstrap;
 
+use crate::process::kill_and_reap;
+
 /// How long a spawned worker has to connect to its bootstrap server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -153,8 +155,7 @@ fn spawn_one(worker_bin: &PathBuf, instance: &InstanceName, worker_id: u32) -> R
             if accepted.recv_timeout(Duration::from_secs(1)).is_ok() {
                 let _ = acceptor.join();
             }
-            let _ = child.kill();
-            let status = child.wait().ok();
+            let status = kill_and_reap(&mut child);
             let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
             match exited {
                 Some(_) => bail!("worker {worker_id} exited before connecting ({status})"),
@@ -175,8 +176,7 @@ fn spawn_one(worker_bin: &PathBuf, instance: &InstanceName, worker_id: u32) -> R
             from_worker,
         }),
         other => {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(&mut child);
             bail!(
                 "worker {worker_id} handshake failed: {:?}",
                 other.map(|r| r.map(|_| ()))

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::coordinator::Coordinator;
 use super::slot::State;
 use super::spawn::Spawner;
+use crate::process::kill_and_reap;
 
 /// First delay before restarting a slot after a self-inflicted failure;
 /// doubled per failure within the intensity period, up to [`RESTART_BACKOFF_CAP`].
@@ -396,8 +397,7 @@ impl Coordinator {
                     );
                     inc.state = State::Exited;
                 }
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_and_reap(&mut child);
             }
         }
     }

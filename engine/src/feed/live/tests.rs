@@ -1,0 +1,61 @@
+//! The live feed's options, health and URL building, without a network.
+
+use super::*;
+
+fn opts() -> LiveOptions {
+    LiveOptions {
+        symbols: vec![
+            SymbolName::new("BTCUSDT").expect("valid"),
+            SymbolName::new("ETHUSDT").expect("valid"),
+        ],
+        intervals: vec![Interval::M1, Interval::M5],
+        ws_url: BINANCE_WS.into(),
+        rest_url: BINANCE_REST.into(),
+        silence_timeout: Duration::from_secs(30),
+        max_connection_age: Duration::from_secs(23 * 3600),
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(30),
+        backfill: 1000,
+        ca_file: None,
+        trace: false,
+    }
+}
+
+#[test]
+fn the_stream_url_names_every_symbol_and_interval() {
+    assert_eq!(
+        opts().stream_url(),
+        "wss://stream.binance.com:9443/stream?streams=btcusdt@kline_1m/btcusdt@kline_5m/ethusdt@kline_1m/ethusdt@kline_5m"
+    );
+}
+
+#[test]
+fn bad_options_name_the_flag() {
+    let mut o = opts();
+    o.symbols.clear();
+    assert!(
+        o.check()
+            .expect_err("no symbols")
+            .to_string()
+            .contains("--symbols")
+    );
+    let mut o = opts();
+    o.ws_url = "http://x".into();
+    assert!(
+        o.check()
+            .expect_err("scheme")
+            .to_string()
+            .contains("--endpoint")
+    );
+    let mut o = opts();
+    o.symbols = (0..600)
+        .map(|k| SymbolName::new(&format!("S{k}")).expect("valid"))
+        .collect();
+    assert!(
+        o.check()
+            .expect_err("too many")
+            .to_string()
+            .contains("1024")
+    );
+    assert!(opts().check().is_ok());
+}
