@@ -46,10 +46,8 @@ fn store(c: &mut Criterion) {
     let mut w = StoreWriter::create(&seg.0, &config).expect("create segment");
     let series: Vec<_> = (0..SERIES)
         .map(|k| {
-            let id = w
-                .register_symbol(&SymbolName::new(&format!("S{k}")).expect("symbol"))
-                .expect("register");
-            w.series(id, Interval::M1).expect("series")
+            let symbol = SymbolName::new(&format!("S{k}")).expect("symbol");
+            w.register_series(&symbol, Interval::M1).expect("register")
         })
         .collect();
 

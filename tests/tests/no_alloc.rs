@@ -37,10 +37,8 @@ fn upsert_publish_and_reads_do_not_allocate() {
     let mut w = StoreWriter::create(&inst.name, &config).expect("create");
     let series: Vec<_> = (0..8)
         .map(|k| {
-            let id = w
-                .register_symbol(&SymbolName::new(&format!("S{k}")).expect("symbol"))
-                .expect("register");
-            w.series(id, Interval::M1).expect("series")
+            let symbol = SymbolName::new(&format!("S{k}")).expect("symbol");
+            w.register_series(&symbol, Interval::M1).expect("register")
         })
         .collect();
     let reader = StoreReader::open(&inst.name).expect("open");

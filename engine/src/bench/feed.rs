@@ -23,7 +23,7 @@ use protocol::{Candle, InstanceName, Interval, SymbolName};
 use serde::Serialize;
 
 use super::{Percentiles, Target, median, ratio};
-use crate::feed::binance::Kline;
+use crate::feed::binance::{Kline, RowFormat, format_row};
 use crate::feed::live::{LiveFeed, LiveOptions};
 use crate::feed::mock::{End, Episode, MockBinance, timeline};
 use crate::feed::replay::{Replay, ReplayOptions};
@@ -88,20 +88,7 @@ fn write_dump(path: &std::path::Path, n: usize) -> Result<()> {
     let mut stream = SymbolStream::new(7, 0);
     for _ in 0..n {
         let c = stream.next_candle();
-        writeln!(
-            out,
-            "{}000,{:.8},{:.8},{:.8},{:.8},{:.8},{}999,{:.8},1234,{:.8},{:.8},0",
-            c.open_time,
-            c.open,
-            c.high,
-            c.low,
-            c.close,
-            c.volume,
-            c.open_time + 59_999,
-            c.volume * c.close,
-            c.volume / 2.0,
-            c.volume * c.close / 2.0
-        )?;
+        writeln!(out, "{}", format_row(&c, RowFormat::Dump12Micros))?;
     }
     out.flush()?;
     Ok(())

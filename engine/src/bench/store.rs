@@ -98,8 +98,7 @@ fn bench_config() -> StoreConfig {
 }
 
 fn register(store: &mut StoreWriter, name: &str) -> Result<SeriesId> {
-    let id = store.register_symbol(&SymbolName::new(name)?)?;
-    Ok(store.series(id, Interval::M1)?)
+    Ok(store.register_series(&SymbolName::new(name)?, Interval::M1)?)
 }
 
 fn op_candle(op: usize, open_time: i64) -> Candle {

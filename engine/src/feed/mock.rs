@@ -22,6 +22,8 @@ use anyhow::{Context, Result};
 use protocol::{Candle, SymbolName};
 use tungstenite::{Message, WebSocket};
 
+use super::binance::{RowFormat, format_row};
+
 /// How one client connection is served.
 #[derive(Debug, Clone)]
 pub struct Episode {
@@ -482,18 +484,7 @@ fn klines(target: &str, shared: &Shared) -> (&'static str, String) {
     };
     let body: Vec<String> = rows
         .iter()
-        .map(|c| {
-            format!(
-                r#"[{},"{}","{}","{}","{}","{}",{},"0",10,"0","0","0"]"#,
-                c.open_time,
-                c.open,
-                c.high,
-                c.low,
-                c.close,
-                c.volume,
-                c.open_time + 59_999
-            )
-        })
+        .map(|c| format_row(c, RowFormat::Rest))
         .collect();
     ("200 OK", format!("[{}]", body.join(",")))
 }
@@ -524,18 +515,7 @@ pub fn tls_config(
 pub fn dump_csv(candles: &[Candle]) -> String {
     candles
         .iter()
-        .map(|c| {
-            format!(
-                "{},{},{},{},{},{},{}\n",
-                c.open_time,
-                c.open,
-                c.high,
-                c.low,
-                c.close,
-                c.volume,
-                c.open_time + 59_999
-            )
-        })
+        .map(|c| format_row(c, RowFormat::Dump7) + "\n")
         .collect()
 }
 

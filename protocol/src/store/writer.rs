@@ -194,6 +194,17 @@ impl StoreWriter {
         Ok(id)
     }
 
+    /// Registers `symbol` (if new) and gives its series of `interval`: what a
+    /// feed, a benchmark or a test that writes one series needs.
+    pub fn register_series(
+        &mut self,
+        symbol: &SymbolName,
+        interval: Interval,
+    ) -> Result<SeriesId, WriteError> {
+        let id = self.register_symbol(symbol)?;
+        self.series(id, interval)
+    }
+
     /// The ring of `symbol` at `interval`.
     pub fn series(&self, symbol: SymbolId, interval: Interval) -> Result<SeriesId, WriteError> {
         if symbol.0 as usize >= self.symbols.len() {
