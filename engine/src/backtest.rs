@@ -66,7 +66,7 @@ pub fn backtest(opts: &BacktestOptions, out: &mut impl Write) -> Result<u64> {
     let compiled = opts
         .traders
         .iter()
-        .map(|t| t.compile().map(|rule| (t, rule)))
+        .map(|t| protocol::admit::admit(t).map(|rule| (t, rule)))
         .collect::<Result<Vec<_>, _>>()?;
     let sink = load(opts)?;
     let mut emitted = 0;

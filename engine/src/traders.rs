@@ -1,4 +1,5 @@
-//! Trader specs for `shmkline run`: the built-in default set, or a JSON file.
+//! Trader files (JSON or TOML) and the built-in trader set, for `run`, `backtest`,
+//! `chaos` and `traders add`.
 //!
 //! A file holds one trader object or an array of them:
 //! ```json
@@ -154,8 +155,7 @@ pub fn load(path: &Path) -> Result<Vec<TraderSpec>> {
             cooldown: e.cooldown,
             labels: e.labels,
         };
-        spec.compile()
-            .with_context(|| format!("{}", path.display()))?;
+        protocol::admit::admit(&spec).with_context(|| format!("{}", path.display()))?;
         if !seen.insert(spec.id.clone()) {
             bail!(
                 "{}: trader id {} appears twice: ids must be unique",

@@ -6,8 +6,9 @@
 //!   coordinator and a read-only reader type for workers.
 //! * [`frame`] and [`message`]: the binary IPC protocol between coordinator
 //!   and workers (fixed header, bincode payload).
-//! * [`trader`]: trader specs and their rules, as carried by ADD_TRADER, and
-//!   the frame sizes a spec and its signals can reach.
+//! * [`trader`]: trader specs and their rules, as carried by ADD_TRADER.
+//! * [`admit`]: a trader admitted where it enters: compiled, and its frames
+//!   (its spec, its largest signal) measured against the frame limit.
 //! * [`rule`]: the rule language's syntax: parser, AST, type checks, the
 //!   warm-up a rule needs (the coordinator checks windows; the worker crate
 //!   evaluates).
@@ -26,6 +27,8 @@
 
 pub mod shm;
 
+#[cfg(not(loom))]
+pub mod admit;
 #[cfg(not(loom))]
 pub mod bootstrap;
 #[cfg(not(loom))]

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::candle::Interval;
-use crate::message::{Message, RequestId, Signal};
 use crate::rule::Expr;
 
 /// Longest trader id.
@@ -190,7 +189,9 @@ pub fn trader_hash(id: &str) -> u64 {
 }
 
 impl TraderSpec {
-    /// Checks the spec and compiles its rule.
+    /// Checks the spec and compiles its rule. The frames the trader will need
+    /// are not measured here: [`crate::admit::admit`] does both, where a
+    /// trader enters.
     pub fn compile(&self) -> Result<Rule, SpecError> {
         let id_ok = (1..=MAX_TRADER_ID).contains(&self.id.len())
             && self
@@ -208,67 +209,7 @@ impl TraderSpec {
             rule: self.rule.clone(),
             why,
         })?;
-        self.check_frames(&rule)?;
         Ok(rule)
-    }
-
-    /// The encoded size of the largest signal this trader can send: its id,
-    /// the longest symbol name, the widest open time, its labels, and one
-    /// value per indicator of its rule (keyed by the indicator's text).
-    pub fn largest_signal(&self, rule: &Rule) -> usize {
-        let values = rule.compiled().map_or_else(BTreeMap::new, |c| {
-            c.expr
-                .indicators()
-                .into_iter()
-                .map(|i| (i.text.clone(), 0.0))
-                .collect()
-        });
-        crate::frame::signal_len(&Signal {
-            trader: self.id.clone(),
-            symbol: "W".repeat(crate::names::MAX_SYMBOL_LEN),
-            interval: self.interval,
-            open_time: i64::MIN,
-            close: 0.0,
-            labels: self.labels.clone(),
-            values,
-        })
-    }
-
-    /// Refuses a trader whose ADD_TRADER frame, or whose largest signal,
-    /// would not fit one frame: found here, where the trader enters, not as a
-    /// crash deep in a worker.
-    fn check_frames(&self, rule: &Rule) -> Result<(), SpecError> {
-        let add = Message::AddTrader {
-            spec: self.clone(),
-            resume_after: u64::MAX,
-        };
-        let add_bytes = crate::frame::encode(RequestId(u64::MAX), &add).map_or_else(
-            |e| match e {
-                crate::frame::FrameError::TooLarge { len } => len,
-                _ => usize::MAX,
-            },
-            |f| f.len(),
-        );
-        if add_bytes > crate::frame::MAX_FRAME {
-            return Err(SpecError::TooLarge {
-                id: self.id.clone(),
-                what: "its spec (the ADD_TRADER frame)",
-                bytes: add_bytes,
-                limit: crate::frame::MAX_FRAME,
-                fix: "shorten its labels or its symbol list (\"*\" watches every symbol), or split it into several traders",
-            });
-        }
-        let signal = self.largest_signal(rule);
-        if signal > crate::frame::MAX_SIGNAL {
-            return Err(SpecError::TooLarge {
-                id: self.id.clone(),
-                what: "its largest signal",
-                bytes: signal,
-                limit: crate::frame::MAX_SIGNAL,
-                fix: "shorten its labels or its rule (every indicator's text is a key of the signal's `values`)",
-            });
-        }
-        Ok(())
     }
 }
 
@@ -322,37 +263,5 @@ mod tests {
         s.id = "ok".into();
         s.symbols = Symbols::List(vec![]);
         assert!(matches!(s.compile(), Err(SpecError::NoSymbols(_))));
-    }
-
-    #[test]
-    fn specs_too_large_for_a_frame_are_refused_where_they_enter() {
-        // A 70 KB label: the ADD_TRADER frame itself would not fit.
-        let mut s = spec("close > 1");
-        s.labels.insert("note".into(), "x".repeat(70_000));
-        let err = s.compile().expect_err("too large").to_string();
-        assert!(
-            err.contains("trader t1") && err.contains("ADD_TRADER") && err.contains("65536"),
-            "{err}"
-        );
-        // A rule whose indicators' texts (the keys of `values`) nest: each
-        // enclosing indicator's text repeats the padded inner one, so the
-        // signal outgrows a frame while the spec is 4 KB.
-        let pad = " ".repeat(3000);
-        let mut rule = format!("sma(close{pad}, 2)");
-        for _ in 0..40 {
-            rule = format!("sma({rule}, 2)");
-        }
-        let s = spec(&format!("{rule} > 1"));
-        assert!(s.rule.len() < crate::rule::MAX_RULE_LEN);
-        let err = s.compile().expect_err("signal too large").to_string();
-        assert!(
-            err.contains("its largest signal") && err.contains("`values`"),
-            "{err}"
-        );
-        // Just under the limits: accepted, and the largest signal fits.
-        let mut s = spec("rsi(14) < 30");
-        s.labels.insert("note".into(), "x".repeat(60_000));
-        let rule = s.compile().expect("fits");
-        assert!(s.largest_signal(&rule) <= crate::frame::MAX_SIGNAL);
     }
 }

@@ -387,7 +387,7 @@ fn add_trader(
             reason: "ADD_TRADER before INIT".into(),
         };
     };
-    let rule = match spec.compile() {
+    let rule = match protocol::admit::admit(&spec) {
         Ok(rule) => rule,
         Err(e) => {
             return Message::Nack {

@@ -15,11 +15,11 @@ use protocol::trader::{TraderSpec, black_box_name};
 
 use super::control::ControlRequest;
 use super::emit::Emitter;
+use super::faults::{FaultKind, SupervisionEvent};
 use super::link::{Budget, FromWorker, Link};
 use super::options::RunOptions;
 use super::slot::{Incarnation, Purpose, Slot, State};
 use super::spawn::{Spawned, Spawner};
-use super::supervise::{FaultKind, SupervisionEvent};
 use crate::feed::live::LiveFeed;
 use crate::feed::pump::Pump;
 use crate::feed::{FeedConfig, Source};

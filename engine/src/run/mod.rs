@@ -30,6 +30,7 @@ pub mod control;
 mod coordinator;
 pub mod dedup;
 mod emit;
+mod faults;
 pub mod link;
 mod manage;
 mod options;

@@ -68,7 +68,7 @@ pub(super) fn check_trader(store: &StoreConfig, t: &TraderSpec) -> Result<()> {
     let half_ring = store.candles_per_series as usize / 2;
     // The feed runs up to half a ring ahead of the slowest worker: a
     // window longer than that could leave the ring before a verdict.
-    let window = t.compile()?.lookback() + t.cooldown as usize;
+    let window = protocol::admit::admit(t)?.lookback() + t.cooldown as usize;
     if window > half_ring {
         bail!(
             "trader {}: its rule and cooldown need {window} candles, more than half the ring ({half_ring} of --candles-per-series {}): raise --candles-per-series or shorten the rule",

@@ -10,8 +10,8 @@ use protocol::message::{Message, RequestId};
 use protocol::splitmix::SplitMix64;
 
 use super::coordinator::Coordinator;
+use super::faults::FaultKind;
 use super::slot::{Pending, Purpose, SendFailure, State};
-use super::supervise::FaultKind;
 
 /// Requests awaiting an answer per worker, at most; past it the worker is faulty.
 pub const MAX_OUTSTANDING: usize = 64;

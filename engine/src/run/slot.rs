@@ -10,8 +10,8 @@ use protocol::trader::TraderSpec;
 use serde::Serialize;
 
 use super::emit::Emitter;
+use super::faults::FaultKind;
 use super::link::{Budget, Link};
-use super::supervise::FaultKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

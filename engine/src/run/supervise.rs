@@ -10,9 +10,9 @@ use nix::sys::signal::{Signal as OsSignal, kill};
 use nix::unistd::Pid;
 use protocol::clock::now_ms;
 use protocol::trader::trader_hash;
-use serde::Serialize;
 
 use super::coordinator::Coordinator;
+use super::faults::{Cause, FaultKind, SupervisionEvent};
 use super::slot::State;
 use super::spawn::Spawner;
 use crate::process::kill_and_reap;
@@ -29,49 +29,6 @@ pub const EVENTS_KEPT: usize = 1024;
 
 /// How long a worker whose channel closed may take to exit before it is killed.
 pub(super) const CRASH_GRACE: Duration = Duration::from_millis(100);
-
-/// Why a worker was declared faulty.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum FaultKind {
-    /// It died (channel closed or reaped).
-    Crash,
-    /// A PING missed its deadline.
-    Hang,
-    /// It answers PINGs but its evaluation makes no progress.
-    Stall,
-    /// It broke the protocol (malformed frame, no answer after every retry,
-    /// wrong answer, not reading its channel).
-    Protocol,
-}
-
-/// Who caused a fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum Cause {
-    /// A signal someone else sent (an operator, a chaos script).
-    Outside,
-    /// The worker itself (panic, abort, error exit, a fault in its code, a hang
-    /// that is not a stop signal, a protocol violation).
-    SelfInflicted,
-}
-
-/// One fault and its recovery, for `status` and the chaos report.
-#[derive(Debug, Clone, Serialize)]
-pub(super) struct SupervisionEvent {
-    pub(super) slot: u32,
-    pub(super) pid: u32,
-    pub(super) kind: FaultKind,
-    pub(super) cause: Option<Cause>,
-    pub(super) reason: String,
-    pub(super) exit: Option<String>,
-    pub(super) detected_at_ms: i64,
-    pub(super) recovered_at_ms: Option<i64>,
-    /// From detection to the replacement answering a PING with all traders acked.
-    pub(super) recovery_ms: Option<f64>,
-    #[serde(skip)]
-    pub(super) detected: Instant,
-}
 
 /// Classifies a worker's exit: was it killed from outside, or did it fail?
 pub(super) fn classify(status: &ExitStatus) -> Cause {
