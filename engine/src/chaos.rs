@@ -432,9 +432,9 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
                 symbols: opts.symbols,
                 candles: Some(opts.candles),
             },
-            intervals: StoreConfig::default().intervals,
+            intervals: StoreConfig::default().intervals(),
             aggregate: StoreConfig::default()
-                .intervals
+                .intervals()
                 .into_iter()
                 .filter(|i| *i != protocol::Interval::M1)
                 .collect(),

@@ -81,6 +81,10 @@ pub fn render(info: &SegmentInfo) -> String {
         info.symbol_capacity,
         info.symbols.join(","),
         intervals.join(","),
-        info.candles_per_series,
+        info.rings
+            .iter()
+            .map(|(i, n)| format!("{i}={n}"))
+            .collect::<Vec<_>>()
+            .join(","),
     )
 }

@@ -43,16 +43,15 @@ impl Instance {
             }
             Err(e @ StoreCreateError::NoSpace { .. }) => {
                 // Nothing was created; the runtime directory goes with `runtime`.
+                let rings: Vec<String> = config
+                    .rings
+                    .iter()
+                    .map(|(i, n)| format!("{i}={n}"))
+                    .collect();
                 bail!(
-                    "{e} (the capacities are --max-symbols {}, --intervals {} and --candles-per-series {})",
+                    "{e} (the capacities are --max-symbols {} and, per interval, --candles-per-series {}; --intervals chooses the intervals)",
                     config.symbols,
-                    config
-                        .intervals
-                        .iter()
-                        .map(|i| i.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    config.candles_per_series
+                    rings.join(",")
                 );
             }
             other => other?,

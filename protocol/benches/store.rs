@@ -38,11 +38,7 @@ fn store(c: &mut Criterion) {
     let seg =
         Segment(InstanceName::new(&format!("crit{}", std::process::id())).expect("valid name"));
     let _ = StoreWriter::unlink_stale(&seg.0);
-    let config = StoreConfig {
-        symbols: SERIES as u32 + 1,
-        intervals: vec![Interval::M1],
-        candles_per_series: RING as u32,
-    };
+    let config = StoreConfig::uniform(SERIES as u32 + 1, &[Interval::M1], RING as u32);
     let mut w = StoreWriter::create(&seg.0, &config).expect("create segment");
     let series: Vec<_> = (0..SERIES)
         .map(|k| {

@@ -57,11 +57,7 @@ impl Drop for Name {
 /// The bytes of a genuine, small store with one candle in it.
 fn genuine_bytes() -> Vec<u8> {
     let name = Name::new();
-    let config = StoreConfig {
-        symbols: 2,
-        intervals: vec![Interval::M1, Interval::H1],
-        candles_per_series: 4,
-    };
+    let config = StoreConfig::uniform(2, &[Interval::M1, Interval::H1], 4);
     let mut w = StoreWriter::create(&name.0, &config).expect("create");
     let id = w
         .register_symbol(&SymbolName::new("BTCUSDT").expect("symbol"))
@@ -188,7 +184,8 @@ fn wrong_size_is_a_size_mismatch() {
 #[test]
 fn nonsense_capacities_are_a_corrupt_header() {
     let name = Name::new();
-    for (word, value) in [(2, 0), (3, 99), (4, 1), (5, 12345), (16, 7)] {
+    // Symbols, interval count, size, an interval code, a ring (line 5).
+    for (word, value) in [(2, 0), (3, 99), (5, 12345), (16, 7), (80, 1), (80, 1 << 40)] {
         let mut bytes = genuine_bytes();
         set_word(&mut bytes, word, value);
         name.write(&bytes);

@@ -31,11 +31,7 @@ impl Drop for Name {
 }
 
 fn config(symbols: u32, candles: u32) -> StoreConfig {
-    StoreConfig {
-        symbols,
-        intervals: vec![Interval::M1, Interval::M5],
-        candles_per_series: candles,
-    }
+    StoreConfig::uniform(symbols, &[Interval::M1, Interval::M5], candles)
 }
 
 fn candle(open_time: i64, close: f64) -> Candle {
@@ -283,7 +279,7 @@ fn info_reports_the_header() {
     assert_eq!(info.publish_counter, 1);
     assert_eq!(info.symbols, vec!["BTCUSDT".to_owned()]);
     assert_eq!(info.size_bytes, w.size_bytes());
-    assert_eq!(info.candles_per_series, 16);
+    assert_eq!(info.rings, vec![(Interval::M1, 16), (Interval::M5, 16)]);
 }
 
 #[test]
@@ -351,4 +347,37 @@ fn closed_flag_and_ranges() {
     let latest = r2.latest(s2).expect("read").expect("a candle");
     assert!(latest.closed);
     assert_eq!(latest.candle.close, 2.0);
+}
+
+/// Rings of different sizes per interval: each series keeps its own ring's
+/// worth, wraps at its own size, and a reader sees the sizes the writer made.
+#[test]
+fn each_interval_keeps_its_own_ring() {
+    let name = Name::new();
+    let config = StoreConfig {
+        symbols: 2,
+        rings: vec![(Interval::M1, 8), (Interval::H1, 40)],
+    };
+    let mut w = StoreWriter::create(&name.0, &config).expect("create");
+    let m1 = series(&mut w, "A", Interval::M1);
+    let h1 = series(&mut w, "A", Interval::H1);
+    let b1 = series(&mut w, "B", Interval::M1);
+    for k in 0..50 {
+        w.upsert(m1, &candle(k * 60_000, k as f64)).expect("m1");
+        w.upsert(h1, &candle(k * 3_600_000, k as f64)).expect("h1");
+        w.upsert(b1, &candle(k * 60_000, -(k as f64))).expect("b1");
+    }
+    w.publish();
+    let r = StoreReader::open(&name.0).expect("open");
+    assert_eq!((r.ring(m1), r.ring(h1)), (8, 40));
+    assert_eq!(r.ring_of(Interval::H1), Some(40));
+    let mut out = Vec::new();
+    r.last_n(m1, 100, &mut out).expect("m1");
+    assert_eq!(out.len(), 8, "a 1m ring keeps 8");
+    assert_eq!(out.last().map(|c| c.index), Some(49));
+    r.last_n(h1, 100, &mut out).expect("h1");
+    assert_eq!(out.len(), 40, "a 1h ring keeps 40");
+    assert_eq!(out.first().map(|c| c.index), Some(10));
+    r.last_n(b1, 100, &mut out).expect("b1");
+    assert!(out.iter().all(|c| c.candle.open <= 0.0), "B's ring is B's");
 }

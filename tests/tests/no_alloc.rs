@@ -29,11 +29,7 @@ fn the_counter_sees_an_allocation_when_there_is_one() {
 #[test]
 fn upsert_publish_and_reads_do_not_allocate() {
     let inst = TestInstance::new("alloc");
-    let config = StoreConfig {
-        symbols: 8,
-        intervals: vec![Interval::M1, Interval::M5],
-        candles_per_series: 64,
-    };
+    let config = StoreConfig::uniform(8, &[Interval::M1, Interval::M5], 64);
     let mut w = StoreWriter::create(&inst.name, &config).expect("create");
     let series: Vec<_> = (0..8)
         .map(|k| {

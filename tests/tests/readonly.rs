@@ -8,11 +8,7 @@ use protocol::store::{StoreConfig, StoreReader, StoreWriter};
 use protocol::{Candle, Interval, SymbolName};
 
 fn store(inst: &TestInstance) -> StoreWriter {
-    let config = StoreConfig {
-        symbols: 2,
-        intervals: vec![Interval::M1],
-        candles_per_series: 8,
-    };
+    let config = StoreConfig::uniform(2, &[Interval::M1], 8);
     let mut w = StoreWriter::create(&inst.name, &config).expect("create store");
     let id = w
         .register_symbol(&SymbolName::new("BTCUSDT").expect("symbol"))

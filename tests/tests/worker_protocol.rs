@@ -55,11 +55,7 @@ fn traders(peer: &mut Peer) -> u32 {
 #[test]
 fn init_add_nack_idempotency_remove_cleanup() {
     let inst = TestInstance::new("wp");
-    let config = StoreConfig {
-        symbols: 2,
-        intervals: vec![Interval::M1],
-        candles_per_series: 64,
-    };
+    let config = StoreConfig::uniform(2, &[Interval::M1], 64);
     let store = StoreWriter::create(&inst.name, &config).expect("store");
     let (server, name) = IpcOneShotServer::<Bootstrap>::new().expect("bootstrap server");
     let mut cmd = Command::new(bin("shmkline-worker"));

@@ -295,7 +295,7 @@ impl Trader {
         }
         let window = self.window() as u64;
         // Every candle from the first unevaluated one's window up to the head.
-        let oldest_kept = head.saturating_sub(reader.candles_per_series() as u64);
+        let oldest_kept = head.saturating_sub(reader.ring(series) as u64);
         let mut next = next;
         if next < oldest_kept {
             gaps += oldest_kept - next;

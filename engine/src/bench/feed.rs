@@ -135,13 +135,13 @@ pub fn run(
     let path = dir.path().join("BTCUSDT-1m-bench.csv");
     write_dump(&path, candles)?;
     // BTCUSDT plus two writer symbols per round.
-    let config = StoreConfig {
-        symbols: 2 * rounds as u32 + 2,
-        intervals: StoreConfig::default().intervals,
-        candles_per_series: 1440,
-    };
+    let config = StoreConfig::uniform(
+        2 * rounds as u32 + 2,
+        &StoreConfig::default().intervals(),
+        1440,
+    );
     let aggregate: Vec<Interval> = config
-        .intervals
+        .intervals()
         .iter()
         .copied()
         .filter(|i| *i != Interval::M1)
@@ -194,7 +194,7 @@ pub fn run(
         ] {
             let mut store = inst.store.lock();
             let name = SymbolName::new(&format!("W{}{round}", agg.len()))?;
-            let mut writer = FeedWriter::new(&config.intervals, agg);
+            let mut writer = FeedWriter::new(&config.intervals(), agg);
             writer.register(&mut *store, &name)?;
             let started = Instant::now();
             for k in &klines {
@@ -219,7 +219,7 @@ pub fn run(
             // As `run` writes a replay going as fast as it can: a publish
             // every FAST_BATCHES_PER_PUBLISH batches.
             let mut source = crate::feed::Source::replay(&replay_opts(&path))?;
-            let mut writer = FeedWriter::new(&config.intervals, &aggregate);
+            let mut writer = FeedWriter::new(&config.intervals(), &aggregate);
             let mut batches = 0u64;
             while crate::feed::write_batch(&mut source, &mut writer, &mut *store)?.is_some() {
                 batches += 1;
@@ -365,11 +365,7 @@ fn live_pass(base: &InstanceName, n: usize, with_reader: bool) -> Result<Pass> {
         garbage: false,
         end: End::Idle,
     }];
-    let config = StoreConfig {
-        symbols: 4,
-        intervals: vec![Interval::M1],
-        candles_per_series: LIVE_RING as u32,
-    };
+    let config = StoreConfig::uniform(4, &[Interval::M1], LIVE_RING as u32);
     let name = instance(base, "live")?;
     let inst = Instance::start(&name, &config)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -393,12 +389,12 @@ fn live_pass(base: &InstanceName, n: usize, with_reader: bool) -> Result<Pass> {
             max_connection_age: Duration::from_secs(3600),
             reconnect_min: Duration::from_millis(10),
             reconnect_max: Duration::from_millis(100),
-            backfill: LIVE_RING,
+            backfill: [(Interval::M1, LIVE_RING)].into(),
             ca_file: None,
             trace: true,
         },
         inst.store.clone(),
-        &config.intervals,
+        &config.intervals(),
     )?;
     let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_micros(400 * n as u64);
     while mock.clock() < LIVE_RING + n && Instant::now() < deadline {

@@ -119,11 +119,7 @@ impl Live {
 }
 
 fn setup(instance: &InstanceName) -> Result<Instance> {
-    let config = StoreConfig {
-        symbols: 4,
-        intervals: vec![Interval::M1],
-        candles_per_series: 16,
-    };
+    let config = StoreConfig::uniform(4, &[Interval::M1], 16);
     let inst = Instance::start(instance, &config)?;
     let _ = tempfile::env::override_temp_dir(inst.runtime.dir());
     Ok(inst)

@@ -90,11 +90,7 @@ pub struct TornReport {
 }
 
 fn bench_config() -> StoreConfig {
-    StoreConfig {
-        symbols: (WRITE_SERIES + 4) as u32,
-        intervals: vec![Interval::M1],
-        candles_per_series: 1024,
-    }
+    StoreConfig::uniform((WRITE_SERIES + 4) as u32, &[Interval::M1], 1024)
 }
 
 fn register(store: &mut StoreWriter, name: &str) -> Result<SeriesId> {
@@ -270,7 +266,7 @@ pub fn run(instance: &InstanceName, opts: &StoreBenchOptions) -> Result<StoreRep
         .map(|k| register(store, &format!("S{k}")))
         .collect::<Result<_>>()?;
 
-    let mut plain = PlainRing::new(WRITE_SERIES, store.candles_per_series());
+    let mut plain = PlainRing::new(WRITE_SERIES, store.smallest_ring());
     let (upsert_plain_baseline_ns, upsert_ns) = time_upserts_interleaved(
         opts.rounds,
         |s, c| {

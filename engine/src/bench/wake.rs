@@ -136,11 +136,7 @@ fn run_mode(
 
 /// `shmkline bench wake`.
 pub fn run(instance: &InstanceName, samples: usize) -> Result<WakeReport> {
-    let config = StoreConfig {
-        symbols: 4,
-        intervals: vec![Interval::M1],
-        candles_per_series: 1024,
-    };
+    let config = StoreConfig::uniform(4, &[Interval::M1], 1024);
     let mut inst = Instance::start(instance, &config)?;
     let scratch_name = instance.companion_segment_name("bench");
     // A scratch region left by a killed benchmark of the same instance: we hold

@@ -430,9 +430,16 @@ pub struct CapacityArgs {
     /// Intervals kept per symbol, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1m,5m,15m,1h,4h,1d")]
     pub intervals: Vec<Interval>,
-    /// Candles kept per (symbol, interval).
-    #[arg(long, default_value_t = 1440)]
-    pub candles_per_series: u32,
+    /// Candles kept per (symbol, interval): one size for every interval
+    /// (`1440`), sizes per interval (`1m=1440,1h=6000`), or both. What it
+    /// leaves out is sized from the traders: --headroom times the longest
+    /// window of the interval's traders, never below 1440.
+    #[arg(long)]
+    pub candles_per_series: Option<crate::run::plan::RingSpec>,
+    /// How many times its traders' longest window an interval's ring holds
+    /// when --candles-per-series does not size it (at least 2).
+    #[arg(long, default_value_t = 2.0)]
+    pub headroom: f64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use protocol::InstanceName;
+use protocol::store::StoreConfig;
 
-use super::args::{
-    BacktestArgs, BenchCommand, CapacityArgs, ChaosArgs, ChildCommand, RunArgs, StoreCommand,
-};
+use super::args::{BacktestArgs, BenchCommand, ChaosArgs, ChildCommand, RunArgs, StoreCommand};
 use super::render::emit;
 use super::{parent_at_start, worker_bin_or_default};
 use crate::bench::child;
@@ -18,13 +17,17 @@ use crate::hold;
 
 /// `shmkline run`.
 pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
+    let traders = args.feed.traders()?;
+    let plan = args.capacity.plan(&traders)?;
+    let store = crate::run::plan::store_config(args.capacity.max_symbols, &plan);
     let opts = crate::run::RunOptions {
         instance,
-        store: args.capacity.config(),
+        feed: args.feed.config(args.candles, &store)?,
+        store,
+        plan,
         workers: args.workers,
         worker_bin: worker_bin_or_default(args.worker_bin)?,
-        traders: args.feed.traders()?,
-        feed: args.feed.config(args.candles, &args.capacity)?,
+        traders,
         pace: args.pace.pace(&args.feed.feed),
         aggregate: args.feed.aggregate(&args.capacity.intervals)?,
         ping_interval: Duration::from_millis(args.ping_interval),
@@ -49,9 +52,11 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
 
 /// `shmkline backtest`.
 pub fn backtest(args: BacktestArgs) -> Result<()> {
+    let traders = args.feed.traders()?;
+    let store = args.capacity.config_for(&traders)?;
     let opts = crate::backtest::BacktestOptions {
-        traders: args.feed.traders()?,
-        feed: args.feed.config(args.candles, &args.capacity)?,
+        feed: args.feed.config(args.candles, &store)?,
+        traders,
         intervals: args.capacity.intervals.clone(),
         aggregate: args.feed.aggregate(&args.capacity.intervals)?,
         max_symbols: args.capacity.max_symbols,
@@ -69,7 +74,7 @@ pub fn chaos(instance: Option<InstanceName>, args: ChaosArgs) -> Result<()> {
     };
     let symbols = match args
         .feed
-        .config(Some(args.candles), &CapacityArgs::default())?
+        .config(Some(args.candles), &StoreConfig::default())?
     {
         FeedConfig::Synthetic { symbols, .. } => symbols,
         _ => bail!("chaos runs the synthetic feed only"),
@@ -226,7 +231,7 @@ pub fn store(instance: &InstanceName, cmd: StoreCommand) -> Result<()> {
             capacity,
             symbols,
             seconds,
-        } => hold::hold(instance, &capacity.config(), &symbols, seconds),
+        } => hold::hold(instance, &capacity.config_for(&[])?, &symbols, seconds),
         StoreCommand::Inspect { json } => {
             let info = hold::inspect(instance)?;
             if json {

@@ -2,6 +2,9 @@
 //! capacities, the traders, and `run`'s options.
 
 use anyhow::Result;
+use protocol::trader::TraderSpec;
+
+use crate::run::plan::{RingPlan, plan, store_config};
 use protocol::store::StoreConfig;
 
 use protocol::{Interval, SymbolName};
@@ -19,10 +22,10 @@ impl FeedArgs {
         }
     }
 
-    /// The feed, with `candles` for the synthetic one; `capacity` gives the
+    /// The feed, with `candles` for the synthetic one; `store` gives the
     /// live feed its intervals and sizes its start-up backfill (a ring's
-    /// worth, at most 1000).
-    pub fn config(&self, candles: Option<u64>, capacity: &CapacityArgs) -> Result<FeedConfig> {
+    /// worth of each interval).
+    pub fn config(&self, candles: Option<u64>, store: &StoreConfig) -> Result<FeedConfig> {
         if self.feed != FeedKind::Synthetic && candles.is_some() {
             anyhow::bail!("--candles is for the synthetic feed: a replay ends with its files");
         }
@@ -77,15 +80,14 @@ impl FeedArgs {
                     .unwrap_or((self.endpoint.as_str(), crate::feed::live::BINANCE_REST));
                 Ok(FeedConfig::Binance(crate::feed::live::LiveOptions {
                     symbols,
-                    intervals: capacity.intervals.clone(),
+                    intervals: store.intervals(),
                     ws_url: ws.trim().to_owned(),
                     rest_url: rest.trim().to_owned(),
                     silence_timeout: std::time::Duration::from_millis(self.silence_timeout),
                     max_connection_age: std::time::Duration::from_secs(self.max_connection_age),
                     reconnect_min: std::time::Duration::from_millis(self.reconnect_min),
                     reconnect_max: std::time::Duration::from_millis(self.reconnect_max),
-                    backfill: (capacity.candles_per_series as usize)
-                        .min(crate::feed::live::REST_PAGE),
+                    backfill: store.rings.iter().map(|&(i, n)| (i, n as usize)).collect(),
                     ca_file: self.ca_file.clone(),
                     trace: false,
                 }))
@@ -136,18 +138,26 @@ impl Default for CapacityArgs {
         let c = StoreConfig::default();
         Self {
             max_symbols: c.symbols,
-            intervals: c.intervals,
-            candles_per_series: c.candles_per_series,
+            intervals: c.intervals(),
+            candles_per_series: None,
+            headroom: crate::run::plan::MIN_HEADROOM,
         }
     }
 }
 
 impl CapacityArgs {
-    pub fn config(&self) -> StoreConfig {
-        StoreConfig {
-            symbols: self.max_symbols,
-            intervals: self.intervals.clone(),
-            candles_per_series: self.candles_per_series,
-        }
+    /// The rings planned for `traders` (see [`crate::run::plan`]).
+    pub fn plan(&self, traders: &[TraderSpec]) -> Result<Vec<RingPlan>> {
+        plan(
+            &self.intervals,
+            &self.candles_per_series.clone().unwrap_or_default(),
+            self.headroom,
+            traders,
+        )
+    }
+
+    /// The store for `traders`.
+    pub fn config_for(&self, traders: &[TraderSpec]) -> Result<StoreConfig> {
+        Ok(store_config(self.max_symbols, &self.plan(traders)?))
     }
 }

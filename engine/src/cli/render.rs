@@ -61,6 +61,24 @@ pub fn print_status(status: &serde_json::Value) {
         status["segment"]["size_bytes"],
         status["segment"]["generation"]
     );
+    let rings: Vec<String> = status["segment"]["rings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            format!(
+                "{} {} (needs {})",
+                s(&r["interval"]),
+                r["candles"],
+                r["needed"]
+            )
+        })
+        .collect();
+    println!(
+        "rings    {}; {} bytes touched",
+        rings.join(", "),
+        status["segment"]["touched_bytes"]
+    );
     let feed = &status["feed"];
     let n = |k: &str| feed[k].as_u64().unwrap_or(0);
     if feed["kind"] == "binance" {

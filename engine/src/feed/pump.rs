@@ -95,7 +95,9 @@ impl Pump {
         slowest: Option<u64>,
         mut published: impl FnMut(i64),
     ) -> Result<Option<u64>> {
-        let ring = store.lock().candles_per_series() as u64;
+        // Every publish may add a candle to every series: the smallest ring
+        // bounds how far the feed may run ahead.
+        let ring = store.lock().smallest_ring() as u64;
         let per_publish = per_publish(self.pacer.pace, ring);
         let mut finished = None;
         for _ in 0..FEED_PUBLISHES_PER_PASS {

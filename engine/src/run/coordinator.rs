@@ -128,7 +128,7 @@ impl Coordinator {
             .collect();
         let generation = inst.store.lock().generation();
         let mut pump = source
-            .map(|source| Pump::new(source, &opts.store.intervals, &opts.aggregate, opts.pace));
+            .map(|source| Pump::new(source, &opts.store.intervals(), &opts.aggregate, opts.pace));
         if let Some(pump) = pump.as_mut() {
             pump.register_known(&mut inst.store.lock())?;
         }
@@ -469,7 +469,7 @@ pub(super) fn drive(
                 coord.live = Some(LiveFeed::start(
                     live.clone(),
                     coord.inst.store.clone(),
-                    &coord.opts.store.intervals,
+                    &coord.opts.store.intervals(),
                 )?);
             }
         }

@@ -34,6 +34,7 @@ mod faults;
 pub mod link;
 mod manage;
 mod options;
+pub mod plan;
 mod requests;
 mod slot;
 pub mod spawn;
@@ -107,6 +108,17 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         }
         finite => Some(finite.source()?),
     };
+    for p in &opts.plan {
+        tracing::info!(
+            interval = %p.interval,
+            candles = p.candles,
+            needed = p.needed,
+            traders = p.traders,
+            bytes_per_symbol = p.ring_bytes,
+            sized_by = p.sized_by,
+            "ring plan"
+        );
+    }
     let inst = Instance::start(&opts.instance, &opts.store)?;
     // ipc-channel's one-shot sockets go into the private runtime directory
     // (short path, wiped at start) rather than the system temp directory.

@@ -19,8 +19,10 @@ pub const MAX_RATE: f64 = 1_000_000.0;
 pub struct RunOptions {
     /// The instance.
     pub instance: InstanceName,
-    /// Store capacities.
+    /// Store capacities (from the plan).
     pub store: StoreConfig,
+    /// How the rings were sized, per interval.
+    pub plan: Vec<super::plan::RingPlan>,
     /// Worker processes.
     pub workers: u32,
     /// The worker binary.
@@ -65,22 +67,24 @@ pub struct RunOptions {
 /// Refuses a trader this store cannot run: a bad spec or rule, a window
 /// longer than half the ring, an interval the store does not keep.
 pub(super) fn check_trader(store: &StoreConfig, t: &TraderSpec) -> Result<()> {
-    let half_ring = store.candles_per_series as usize / 2;
-    // The feed runs up to half a ring ahead of the slowest worker: a
-    // window longer than that could leave the ring before a verdict.
     let window = protocol::admit::admit(t)?.lookback() + t.cooldown as usize;
-    if window > half_ring {
-        bail!(
-            "trader {}: its rule and cooldown need {window} candles, more than half the ring ({half_ring} of --candles-per-series {}): raise --candles-per-series or shorten the rule",
-            t.id,
-            store.candles_per_series
-        );
-    }
-    if !store.intervals.contains(&t.interval) {
+    let Some(ring) = store.ring(t.interval) else {
         bail!(
             "trader {} uses interval {}, which the store does not keep (--intervals)",
             t.id,
             t.interval
+        );
+    };
+    // The feed runs up to half a ring ahead of the slowest worker: a
+    // window longer than that could leave the ring before a verdict.
+    let half_ring = ring as usize / 2;
+    if window > half_ring {
+        bail!(
+            "trader {}: its rule and cooldown need {window} candles, more than half the {} ring ({half_ring} of {ring}): restart with --candles-per-series {}={} (or more), or shorten the rule",
+            t.id,
+            t.interval,
+            t.interval,
+            2 * window
         );
     }
     Ok(())
@@ -116,7 +120,7 @@ pub(super) fn check_feed(opts: &RunOptions) -> Result<()> {
     if let Some(i) = opts
         .aggregate
         .iter()
-        .find(|i| !opts.store.intervals.contains(i))
+        .find(|i| opts.store.ring(**i).is_none())
     {
         bail!("--aggregate {i}: the store does not keep {i} candles: add it to --intervals");
     }

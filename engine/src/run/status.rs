@@ -104,7 +104,9 @@ impl Coordinator {
             "segment": {
                 "name": self.inst.store.lock().name(),
                 "size_bytes": self.inst.store.lock().size_bytes(),
+                "touched_bytes": self.inst.store.lock().touched_bytes(),
                 "generation": self.inst.store.lock().generation(),
+                "rings": self.opts.plan,
             },
             "feed": match (&self.pump, &self.live) {
                 (Some(pump), _) => pump.status(self.opts.feed.kind(), self.final_publish.is_some(), self.feed_done(), &stats),

@@ -15,7 +15,7 @@ mod reader;
 mod writer;
 
 pub use error::{OpenError, ReadError, StoreCreateError, UpsertError, WriteError};
-pub use layout::{LayoutError, StoreConfig};
+pub use layout::{DEFAULT_RING, LayoutError, StoreConfig, ring_bytes};
 pub use reader::{ChangedSince, SegmentInfo, StoreReader, Wait};
 pub use writer::{StoreWriter, Upsert, WriterStats};
 

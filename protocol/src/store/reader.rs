@@ -75,8 +75,8 @@ pub struct SegmentInfo {
     pub symbols: Vec<String>,
     /// Intervals kept per symbol.
     pub intervals: Vec<Interval>,
-    /// Ring length.
-    pub candles_per_series: usize,
+    /// Candles per ring, per interval.
+    pub rings: Vec<(Interval, usize)>,
 }
 
 /// A read-only view of a store segment. It has no method that writes: the
@@ -164,8 +164,13 @@ impl StoreReader {
                     .ok_or_else(|| corrupt(format!("unknown interval code {code}")))?,
             );
         }
-        let layout = Layout::from_parts(load(H_SYMBOL_CAP), &intervals, load(H_RING_CAP))
-            .map_err(|e| corrupt(e.to_string()))?;
+        let rings: Vec<(Interval, u64)> = intervals
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| (i, load(H_RINGS + k)))
+            .collect();
+        let layout =
+            Layout::from_parts(load(H_SYMBOL_CAP), &rings).map_err(|e| corrupt(e.to_string()))?;
         let declared = load(H_SIZE);
         if declared != layout.size_bytes() as u64 {
             return Err(corrupt(format!(
@@ -215,9 +220,16 @@ impl StoreReader {
         &self.layout.intervals
     }
 
-    /// Candles kept per series.
-    pub fn candles_per_series(&self) -> usize {
-        self.layout.ring
+    /// Candles kept in the ring of `series`.
+    pub fn ring(&self, series: SeriesId) -> usize {
+        self.layout.ring_of(series.0 as usize)
+    }
+
+    /// Candles kept in the rings of `interval`, if the store keeps it.
+    pub fn ring_of(&self, interval: Interval) -> Option<usize> {
+        self.layout
+            .interval_index(interval)
+            .map(|k| self.layout.rings[k])
     }
 
     /// Failed seqlock attempts (retries) since this reader was opened.
@@ -402,7 +414,8 @@ impl StoreReader {
             if head == 0 {
                 return Ok(None);
             }
-            let c = self.read_candle(series, rw, head - 1, self.layout.pos(head - 1))?;
+            let ring = self.layout.ring_of(series.0 as usize);
+            let c = self.read_candle(series, rw, head - 1, Layout::pos(ring, head - 1))?;
             if c.index == head - 1 {
                 return Ok(Some(c));
             }
@@ -424,7 +437,9 @@ impl StoreReader {
         let (hw, _) = self.series_words(series)?;
         for _ in 0..LAP_RETRIES {
             let head = self.words()[hw + S_HEAD].load(Ordering::Acquire);
-            let n = (n as u64).min(head).min(self.layout.ring as u64);
+            let n = (n as u64)
+                .min(head)
+                .min(self.layout.ring_of(series.0 as usize) as u64);
             match self.read_range(series, head - n, head, out) {
                 Err(ReadError::Gone { .. }) => continue, // lapped mid-read: from the new head
                 other => return other,
@@ -461,7 +476,8 @@ impl StoreReader {
         if start >= end {
             return Ok(());
         }
-        let oldest = head.saturating_sub(self.layout.ring as u64);
+        let ring = self.layout.ring_of(series.0 as usize);
+        let oldest = head.saturating_sub(ring as u64);
         if start < oldest {
             return Err(ReadError::Gone {
                 series: series.0,
@@ -470,7 +486,7 @@ impl StoreReader {
             });
         }
         out.reserve((end - start) as usize);
-        let mut pos = self.layout.pos(start);
+        let mut pos = Layout::pos(ring, start);
         for index in start..end {
             let slot = self.slot(rw, pos);
             // Load straight into the caller's buffer (private memory) and
@@ -496,10 +512,10 @@ impl StoreReader {
                 return Err(ReadError::Gone {
                     series: series.0,
                     index,
-                    oldest: head.saturating_sub(self.layout.ring as u64),
+                    oldest: head.saturating_sub(ring as u64),
                 });
             }
-            pos = self.layout.next_pos(pos);
+            pos = Layout::next_pos(ring, pos);
         }
         Ok(())
     }
@@ -519,16 +535,17 @@ impl StoreReader {
             return Ok(ChangedSince::default());
         }
         let w = self.words();
+        let ring = self.layout.ring_of(series.0 as usize);
         'attempt: for _ in 0..LAP_RETRIES {
             out.clear();
             let head = w[hw + S_HEAD].load(Ordering::Acquire);
-            let oldest = head.saturating_sub(self.layout.ring as u64);
+            let oldest = head.saturating_sub(ring as u64);
             let mut index = head;
-            let mut pos = self.layout.pos(head);
+            let mut pos = Layout::pos(ring, head);
             let mut reached_oldest = true;
             while index > oldest {
                 index -= 1;
-                pos = self.layout.prev_pos(pos);
+                pos = Layout::prev_pos(ring, pos);
                 let slot = self.slot(rw, pos);
                 let stamp_word = &w[self.layout.stamp_word(rw, pos)];
                 let (c, stamp) = self.read_consistent(series, index, &slot[0], || {
@@ -606,7 +623,10 @@ impl StoreReader {
         index: u64,
     ) -> Result<Attempt<StoredCandle>, ReadError> {
         let (_, rw) = self.series_words(series)?;
-        let slot = self.slot(rw, self.layout.pos(index));
+        let slot = self.slot(
+            rw,
+            Layout::pos(self.layout.ring_of(series.0 as usize), index),
+        );
         Ok(seqlock::read_once(&slot[0], || load_candle(slot)))
     }
 
@@ -634,7 +654,13 @@ impl StoreReader {
             symbol_capacity: self.layout.symbols,
             symbols: self.symbols(),
             intervals: self.layout.intervals.clone(),
-            candles_per_series: self.layout.ring,
+            rings: self
+                .layout
+                .intervals
+                .iter()
+                .copied()
+                .zip(self.layout.rings.iter().copied())
+                .collect(),
         }
     }
 }

@@ -100,13 +100,14 @@ impl StoreWriter {
         put(H_VERSION, LAYOUT_VERSION);
         put(H_SYMBOL_CAP, layout.symbols as u64);
         put(H_INTERVAL_COUNT, layout.intervals.len() as u64);
-        put(H_RING_CAP, layout.ring as u64);
+        put(H_RING_CAP, layout.largest_ring() as u64);
         put(H_SIZE, layout.size_bytes() as u64);
         put(H_GENERATION, generation);
         put(H_WRITER_PID, u64::from(std::process::id()));
         put(H_CREATED_MS, now_ms_u64());
         for (k, interval) in layout.intervals.iter().enumerate() {
             put(H_INTERVALS + k, interval.millis());
+            put(H_RINGS + k, layout.rings[k] as u64);
         }
         put(H_HEARTBEAT, now_ms_u64());
         // Last, with Release: a reader that sees the magic sees the whole header.
@@ -153,9 +154,33 @@ impl StoreWriter {
         self.layout.size_bytes()
     }
 
-    /// Candles kept per series.
-    pub fn candles_per_series(&self) -> usize {
-        self.layout.ring
+    /// Candles kept in the rings of `interval`, if the store keeps it.
+    pub fn ring_of(&self, interval: Interval) -> Option<usize> {
+        self.layout
+            .interval_index(interval)
+            .map(|k| self.layout.rings[k])
+    }
+
+    /// Bytes of the segment written so far: the header, the directory, the
+    /// series headers, and of each ring the groups its candles fill. With
+    /// the whole segment reserved at creation this is not what it costs;
+    /// it is what the feed's symbols use of it.
+    pub fn touched_bytes(&self) -> u64 {
+        let layout = &self.layout;
+        let w = self.words();
+        let rings: u64 = (0..self.symbols.len() * layout.intervals.len())
+            .map(|s| {
+                let head = w[layout.header_word(s) + S_HEAD].load(Ordering::Relaxed);
+                touched_bytes((head as usize).min(layout.ring_of(s)))
+            })
+            .sum();
+        layout.rings_base as u64 * 8 + rings
+    }
+
+    /// The smallest ring: how far a feed may run ahead of its readers is
+    /// bounded by it.
+    pub fn smallest_ring(&self) -> usize {
+        self.layout.rings.iter().copied().min().unwrap_or(0)
     }
 
     /// Counters since creation.
@@ -274,8 +299,9 @@ impl StoreWriter {
         // Where the next append goes; kept by the writer so the hot path needs
         // no 64-bit division. `min` keeps a wild value from indexing outside
         // the ring (it cannot happen: only this code writes it).
-        let next_pos = (header[S_NEXT_POS].load(Ordering::Relaxed) as usize).min(layout.ring - 1);
-        let last_pos = layout.prev_pos(next_pos);
+        let ring = layout.ring_of(series.0 as usize);
+        let next_pos = (header[S_NEXT_POS].load(Ordering::Relaxed) as usize).min(ring - 1);
+        let last_pos = Layout::prev_pos(ring, next_pos);
         let (outcome, pos) = if head == 0 {
             (Upsert::Appended(0), next_pos)
         } else {
@@ -314,7 +340,7 @@ impl StoreWriter {
             // After the slot's final Release: a reader that sees the new head
             // finds the slot complete (or retries on its seqlock).
             header[S_HEAD].store(head + 1, Ordering::Release);
-            header[S_NEXT_POS].store(layout.next_pos(next_pos) as u64, Ordering::Relaxed);
+            header[S_NEXT_POS].store(Layout::next_pos(ring, next_pos) as u64, Ordering::Relaxed);
             self.stats.appended += 1;
         } else {
             self.stats.updated += 1;
@@ -372,7 +398,8 @@ impl StoreWriter {
     #[cfg(feature = "testing")]
     pub fn simulate_death_mid_write(&mut self, series: SeriesId, index: u64) {
         let rw = self.layout.ring_word(series.0 as usize);
-        let slot = self.layout.slot_word(rw, self.layout.pos(index));
+        let ring = self.layout.ring_of(series.0 as usize);
+        let slot = self.layout.slot_word(rw, Layout::pos(ring, index));
         let w = self.mapping.words();
         let s = w[slot].load(Ordering::Relaxed);
         w[slot].store(s | 1, Ordering::Release);

@@ -38,6 +38,54 @@ struct Conn {
     last: Instant,
 }
 
+/// Which rows a REST page asks for.
+#[derive(Debug, Clone, Copy)]
+enum Page {
+    /// Opening at or after this time, oldest first.
+    From(i64),
+    /// The newest ones opening at or before this time (none: the newest).
+    Before(Option<i64>),
+}
+
+/// Weight of one `/api/v3/klines` request (any limit up to 1,000).
+pub(super) const KLINES_WEIGHT: u32 = 2;
+/// Request weight per minute this client allows itself: 40% of the 6,000
+/// Binance gives an IP, so a backfill never gets it banned and leaves room
+/// for whatever else shares the address.
+pub(super) const REST_WEIGHT_PER_MINUTE: u32 = 2_400;
+
+/// A token bucket of request weight: full at start (a burst of 1,200
+/// requests), then refilled at [`REST_WEIGHT_PER_MINUTE`] per minute.
+#[derive(Debug)]
+pub(super) struct Budget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Budget {
+    pub(super) fn new(now: Instant) -> Self {
+        Self {
+            tokens: f64::from(REST_WEIGHT_PER_MINUTE),
+            at: now,
+        }
+    }
+
+    /// Takes `weight` if the bucket holds it (None); else how long until it will.
+    pub(super) fn take(&mut self, weight: u32, now: Instant) -> Option<Duration> {
+        let per_second = f64::from(REST_WEIGHT_PER_MINUTE) / 60.0;
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(f64::from(REST_WEIGHT_PER_MINUTE));
+        self.at = now;
+        let weight = f64::from(weight);
+        if self.tokens >= weight {
+            self.tokens -= weight;
+            None
+        } else {
+            Some(Duration::from_secs_f64((weight - self.tokens) / per_second))
+        }
+    }
+}
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum Ended {
@@ -60,6 +108,8 @@ pub(super) struct Client {
     pub(super) health: Arc<LiveHealth>,
     /// Reconnect jitter.
     pub(super) rng: SplitMix64,
+    /// REST request weight left.
+    pub(super) budget: Budget,
 }
 
 impl Client {
@@ -399,53 +449,15 @@ impl Client {
         let intervals = self.opts.intervals.clone();
         for symbol in &symbols {
             for &interval in &intervals {
-                let len = interval.millis() as i64;
-                let mut start = self.writer.latest(symbol, interval).map(|(t, _)| t);
-                // Never more pages than a ring can hold, plus one.
-                let pages = self.opts.backfill.div_ceil(REST_PAGE) + 1;
-                for _ in 0..pages {
-                    self.drain(conn, queue)?;
-                    let limit = match start {
-                        Some(_) => REST_PAGE,
-                        None => self.opts.backfill.clamp(1, REST_PAGE),
-                    };
-                    let rows = match self.fetch(symbol, interval, start, limit) {
-                        Ok(rows) => rows,
-                        Err(e) => {
-                            self.health
-                                .backfill_failures
-                                .fetch_add(1, Ordering::Relaxed);
-                            return Err(Ended::Failed(format!("backfill: {e:#}")));
-                        }
-                    };
-                    let mut store = self.store.lock();
-                    let mut written = 0;
-                    let mut newest = None;
-                    for kline in &rows {
-                        match self.writer.apply(&mut *store, kline) {
-                            Ok(Applied::Written) => written += 1,
-                            Ok(Applied::Repeat) | Err(Refused::Bad(BadLine::Stale { .. })) => {}
-                            Err(e) => {
-                                return Err(Ended::Failed(format!(
-                                    "backfill of {symbol} {interval}: {e}"
-                                )));
-                            }
-                        }
-                        newest = newest.max(Some(kline.candle.open_time));
-                    }
-                    if written > 0 {
-                        store.publish();
-                    }
-                    drop(store);
-                    self.health.backfilled.fetch_add(written, Ordering::Relaxed);
-                    *lock(&self.health.counters) = self.writer.counters();
-                    match newest {
-                        // A full page: there may be more after its newest row.
-                        Some(t) if rows.len() >= limit && start.is_some() => {
-                            start = Some(t + len);
-                        }
-                        _ => break,
-                    }
+                let want = self
+                    .opts
+                    .backfill
+                    .get(&interval)
+                    .copied()
+                    .unwrap_or(REST_PAGE);
+                match self.writer.latest(symbol, interval).map(|(t, _)| t) {
+                    None => self.fill_fresh(conn, queue, symbol, interval, want)?,
+                    Some(latest) => self.fill_since(conn, queue, symbol, interval, latest, want)?,
                 }
                 filled.insert((symbol.clone(), interval));
             }
@@ -453,11 +465,123 @@ impl Client {
         self.drain(conn, queue)
     }
 
+    /// A series with nothing stored: its newest `want` candles, newest page
+    /// first (`endTime` paging: the exchange's clock decides what is
+    /// newest, not ours), written oldest first once all are in.
+    fn fill_fresh(
+        &mut self,
+        conn: &mut Conn,
+        queue: &mut Vec<WsMessage>,
+        symbol: &SymbolName,
+        interval: Interval,
+        want: usize,
+    ) -> Result<(), Ended> {
+        let mut pages: Vec<Vec<binance::Kline>> = Vec::new();
+        let mut have = 0;
+        let mut end = None;
+        while have < want {
+            let limit = (want - have).min(REST_PAGE);
+            let rows = self.fetch_paced(conn, queue, symbol, interval, Page::Before(end), limit)?;
+            let (n, oldest) = (rows.len(), rows.first().map(|k| k.candle.open_time));
+            have += n;
+            pages.push(rows);
+            match oldest {
+                Some(t) if n >= limit => end = Some(t - 1),
+                _ => break, // the exchange has no older candle
+            }
+        }
+        for rows in pages.iter().rev() {
+            self.write_rows(symbol, interval, rows)?;
+        }
+        Ok(())
+    }
+
+    /// A series with candles stored: what closed since its latest one, page
+    /// by page, at most a ring's worth (a longer outage leaves a gap, which
+    /// the writer reports).
+    fn fill_since(
+        &mut self,
+        conn: &mut Conn,
+        queue: &mut Vec<WsMessage>,
+        symbol: &SymbolName,
+        interval: Interval,
+        latest: i64,
+        want: usize,
+    ) -> Result<(), Ended> {
+        let len = interval.millis() as i64;
+        let mut start = latest;
+        for _ in 0..want.div_ceil(REST_PAGE) + 1 {
+            let rows =
+                self.fetch_paced(conn, queue, symbol, interval, Page::From(start), REST_PAGE)?;
+            self.write_rows(symbol, interval, &rows)?;
+            match rows.last() {
+                // A full page: there may be more after its newest row.
+                Some(k) if rows.len() >= REST_PAGE => start = k.candle.open_time + len,
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// One REST page, once the weight budget allows it (the socket is
+    /// drained while waiting: pings answered, events queued).
+    fn fetch_paced(
+        &mut self,
+        conn: &mut Conn,
+        queue: &mut Vec<WsMessage>,
+        symbol: &SymbolName,
+        interval: Interval,
+        page: Page,
+        limit: usize,
+    ) -> Result<Vec<binance::Kline>, Ended> {
+        self.drain(conn, queue)?;
+        while let Some(wait) = self.budget.take(KLINES_WEIGHT, Instant::now()) {
+            std::thread::sleep(wait.min(DRAIN_BUDGET));
+            self.drain(conn, queue)?;
+        }
+        self.health.rest_requests.fetch_add(1, Ordering::Relaxed);
+        self.fetch(symbol, interval, page, limit).map_err(|e| {
+            self.health
+                .backfill_failures
+                .fetch_add(1, Ordering::Relaxed);
+            Ended::Failed(format!("backfill: {e:#}"))
+        })
+    }
+
+    /// Writes one page's rows and publishes them.
+    fn write_rows(
+        &mut self,
+        symbol: &SymbolName,
+        interval: Interval,
+        rows: &[binance::Kline],
+    ) -> Result<(), Ended> {
+        let mut store = self.store.lock();
+        let mut written = 0;
+        for kline in rows {
+            match self.writer.apply(&mut *store, kline) {
+                Ok(Applied::Written) => written += 1,
+                Ok(Applied::Repeat) | Err(Refused::Bad(BadLine::Stale { .. })) => {}
+                Err(e) => {
+                    return Err(Ended::Failed(format!(
+                        "backfill of {symbol} {interval}: {e}"
+                    )));
+                }
+            }
+        }
+        if written > 0 {
+            store.publish();
+        }
+        drop(store);
+        self.health.backfilled.fetch_add(written, Ordering::Relaxed);
+        *lock(&self.health.counters) = self.writer.counters();
+        Ok(())
+    }
+
     fn fetch(
         &self,
         symbol: &SymbolName,
         interval: Interval,
-        start: Option<i64>,
+        page: Page,
         limit: usize,
     ) -> Result<Vec<binance::Kline>> {
         let url = format!("{}/api/v3/klines", self.opts.rest_url.trim_end_matches('/'));
@@ -467,8 +591,10 @@ impl Client {
             .query("symbol", symbol.as_str())
             .query("interval", interval.as_str())
             .query("limit", limit.to_string());
-        if let Some(t) = start {
-            req = req.query("startTime", t.to_string());
+        match page {
+            Page::From(t) => req = req.query("startTime", t.to_string()),
+            Page::Before(Some(t)) => req = req.query("endTime", t.to_string()),
+            Page::Before(None) => {}
         }
         let mut resp = req.call().with_context(|| format!("GET {url}"))?;
         let status = resp.status();

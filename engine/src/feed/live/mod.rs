@@ -21,6 +21,7 @@
 //! store's symbol directory) and a 64 Ki-sample latency ring. Nothing is
 //! kept per connection, so reconnecting does not grow memory.
 
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -82,7 +83,7 @@ pub struct LiveOptions {
     /// Largest reconnect delay.
     pub reconnect_max: Duration,
     /// Candles fetched per series at start (at most the ring).
-    pub backfill: usize,
+    pub backfill: BTreeMap<Interval, usize>,
     /// Trust exactly the CA certificates of this PEM file instead of the
     /// built-in webpki roots (a TLS-intercepting proxy, a test server).
     pub ca_file: Option<std::path::PathBuf>,
@@ -155,6 +156,7 @@ pub struct LiveHealth {
     deferred: AtomicU64,
     backfilled: AtomicU64,
     backfill_failures: AtomicU64,
+    rest_requests: AtomicU64,
     counters: Mutex<FeedCounters>,
     /// The last [`LATENCY_SAMPLES`] message-received-to-published times, ns.
     latency: Mutex<Option<Samples>>,
@@ -184,6 +186,8 @@ pub struct LiveStatus {
     pub deferred: u64,
     /// Candles written from REST.
     pub backfilled: u64,
+    /// REST requests made (backfills), within the weight budget.
+    pub rest_requests: u64,
     /// Backfills that failed (the connection was then retried).
     pub backfill_failures: u64,
     /// The writer's counters (candles written, gaps...).
@@ -218,6 +222,7 @@ impl LiveHealth {
             stale: self.stale.load(Ordering::Relaxed),
             deferred: self.deferred.load(Ordering::Relaxed),
             backfilled: self.backfilled.load(Ordering::Relaxed),
+            rest_requests: self.rest_requests.load(Ordering::Relaxed),
             backfill_failures: self.backfill_failures.load(Ordering::Relaxed),
             counters: *lock(&self.counters),
             latency_p50_ns: q(0.5),
@@ -297,6 +302,7 @@ impl LiveFeed {
             stop: Arc::clone(&stop),
             health: Arc::clone(&health),
             rng: SplitMix64::new(RandomState::new().hash_one(std::process::id())),
+            budget: client::Budget::new(Instant::now()),
         };
         let thread = std::thread::Builder::new()
             .name("live-feed".into())

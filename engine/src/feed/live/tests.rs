@@ -15,7 +15,7 @@ fn opts() -> LiveOptions {
         max_connection_age: Duration::from_secs(23 * 3600),
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(30),
-        backfill: 1000,
+        backfill: [(Interval::M1, 1000), (Interval::M5, 1000)].into(),
         ca_file: None,
         trace: false,
     }
