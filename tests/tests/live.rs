@@ -487,3 +487,129 @@ fn tls_streams_and_backfills_and_an_untrusted_server_is_refused() {
     assert!(exit.success(), "run failed: {stderr}");
     inst.assert_clean();
 }
+
+/// Issue 13: a fresh live start with a 1m and a 1h `ema(close, 200)` trader
+/// (each reads about 2,550 candles). The rings are planned from the traders
+/// (twice the window each), the backfill fetches each series' ring of
+/// history in pages of 1,000 (the server's log shows them, newest first by
+/// `endTime`), and the first candle of each interval that closes live gets
+/// its verdict at once: no waiting hours (1m) or weeks (1h) for a window.
+#[test]
+fn a_fresh_live_start_backfills_each_series_to_its_traders_need() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = dir.path().join("ema.json");
+    std::fs::write(
+        &traders,
+        serde_json::json!([
+            {"id": "m1", "symbols": "*", "interval": "1m", "rule": "ema(close, 200) > 0"},
+            {"id": "h1", "symbols": "*", "interval": "1h", "rule": "ema(close, 200) > 0"},
+        ])
+        .to_string(),
+    )
+    .expect("write traders");
+    // 5,400 hours of minutes closed before the start (more than the 1h
+    // ring's ~5,100), then two hours streamed live.
+    let history = 5_400 * 60;
+    let series = timeline(&["BTCUSDT"], history + 120).expect("timeline");
+    let live = Episode {
+        skip: 0,
+        stream: 120,
+        updates: 0,
+        pause: Duration::from_millis(10),
+        garbage: false,
+        end: End::Idle,
+    };
+    let mock =
+        MockBinance::start_intervals(series, history, vec![live], &[Interval::M1, Interval::H1])
+            .expect("mock");
+    let inst = TestInstance::new("need");
+    let endpoint = format!("{},{}", mock.ws_url, mock.rest_url);
+    let mut cmd = inst.command("shmkline");
+    cmd.args(["run", "--feed", "binance", "--symbols", "btcusdt"])
+        .args([
+            "--intervals",
+            "1m,1h",
+            "--endpoint",
+            &endpoint,
+            "--max-symbols",
+            "4",
+        ])
+        .args(["--workers", "1", "--ping-interval", "50", "--traders"])
+        .arg(&traders);
+    let mut run = ChildGuard::spawn(&mut cmd);
+    run.capture_stdout();
+    let status = inst.status_when(WAIT, |_| mock.script_done());
+    let rings = &status["segment"]["rings"];
+    let window = rings[0]["needed"].as_u64().expect("needed");
+    assert!(window > 2_500, "{rings}");
+    for r in rings.as_array().expect("rings") {
+        assert_eq!(r["candles"].as_u64(), Some(2 * window), "{r}");
+        assert_eq!(r["sized_by"], "traders", "{r}");
+    }
+    let first_live_minute = 1_704_067_200_000 + history as i64 * 60_000;
+    // Everything written is evaluated: the worker's progress reached the
+    // store's last publish, after the last streamed candle was stored.
+    let last = mock.closed()[0].1.last().map(|c| c.open_time);
+    let reader = StoreReader::open(&inst.name).expect("store");
+    let m1_series = reader
+        .symbol_id("BTCUSDT")
+        .and_then(|id| reader.series(id, Interval::M1).ok())
+        .expect("series");
+    let deadline = Instant::now() + WAIT;
+    while reader
+        .latest(m1_series)
+        .ok()
+        .flatten()
+        .is_none_or(|c| !c.closed || Some(c.candle.open_time) != last)
+    {
+        assert!(Instant::now() < deadline, "the last minute never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    inst.status_when(WAIT, |s| {
+        s["workers"][0]["last_publish"].as_u64() == Some(reader.publish_counter())
+    });
+    run.signal(Signal::SIGTERM);
+    let (st, stdout, stderr) = run.wait_output(WAIT);
+    assert!(st.success(), "{stderr}");
+    let signals = normalized_signals(&stdout);
+    let times = |trader: &str| -> Vec<i64> {
+        signals
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["trader"] == trader)
+            .filter_map(|v| v["open_time"].as_i64())
+            .collect()
+    };
+    let (m1, h1) = (times("m1"), times("h1"));
+    assert!(
+        m1.contains(&first_live_minute),
+        "the first minute closed live has its verdict ({} 1m signals)",
+        m1.len()
+    );
+    assert!(
+        h1.contains(&first_live_minute),
+        "so has the first hour closed live ({} 1h signals)",
+        h1.len()
+    );
+    // The backfill was paged: each series' ring of history, 1,000 rows a
+    // request, newest page first.
+    let log = mock.rest_log();
+    for interval in ["1m", "1h"] {
+        let pages: Vec<&String> = log
+            .iter()
+            .filter(|t| t.contains(&format!("interval={interval}&")))
+            .collect();
+        let expected = (2 * window).div_ceil(1000) as usize;
+        assert_eq!(pages.len(), expected, "{interval}: {pages:?}");
+        assert!(
+            !pages[0].contains("Time="),
+            "the newest page first: {}",
+            pages[0]
+        );
+        assert!(
+            pages[1..].iter().all(|p| p.contains("endTime=")),
+            "{pages:?}"
+        );
+    }
+    inst.assert_clean();
+}

@@ -88,7 +88,11 @@ fn write_dump(path: &std::path::Path, n: usize) -> Result<()> {
     let mut stream = SymbolStream::new(7, 0);
     for _ in 0..n {
         let c = stream.next_candle();
-        writeln!(out, "{}", format_row(&c, RowFormat::Dump12Micros))?;
+        writeln!(
+            out,
+            "{}",
+            format_row(&c, Interval::M1, RowFormat::Dump12Micros)
+        )?;
     }
     out.flush()?;
     Ok(())

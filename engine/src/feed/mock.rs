@@ -4,6 +4,12 @@
 //! `/api/v3/klines` from the same timeline. The live-feed tests and `bench
 //! feed` run against it; it binds 127.0.0.1 only.
 //!
+//! Longer intervals (1h, ...) are built from the minutes, bucket by bucket,
+//! when the server is asked for them (`start_intervals`): their closes are
+//! streamed with the minute that completes them, and REST serves them with
+//! `startTime` and `endTime` paging as Binance does. Every REST request's
+//! target is logged (`rest_log`).
+//!
 //! The timeline has a clock: the number of candles the "exchange" has closed.
 //! Streaming a candle closes it; an episode's `skip` closes candles while
 //! no client is connected, which only a REST backfill can recover. REST
@@ -19,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use protocol::{Candle, SymbolName};
+use protocol::{Candle, Interval, SymbolName};
 use tungstenite::{Message, WebSocket};
 
 use super::binance::{RowFormat, format_row};
@@ -57,9 +63,23 @@ pub enum End {
     IdleFor(Duration),
 }
 
+/// A series of a longer interval, built from the minutes.
+#[derive(Debug)]
+struct Longer {
+    interval: Interval,
+    /// Minutes per candle.
+    ratio: usize,
+    series: Vec<(SymbolName, Vec<Candle>)>,
+}
+
+/// REST request targets kept, at most (the oldest go first).
+const REST_LOG: usize = 100_000;
+
 #[derive(Debug)]
 struct State {
     series: Vec<(SymbolName, Vec<Candle>)>,
+    longer: Vec<Longer>,
+    rest_log: VecDeque<String>,
     clock: usize,
     script: VecDeque<Episode>,
     /// When each candle's close was sent (bench), by candle index.
@@ -102,7 +122,19 @@ impl MockBinance {
         history: usize,
         script: Vec<Episode>,
     ) -> Result<Self> {
-        Self::start_with(series, history, script, None)
+        Self::start_with(series, history, script, None, &[])
+    }
+
+    /// [`start`](Self::start), also serving `intervals` longer than a
+    /// minute, built from the minutes (the series must start on a bucket
+    /// boundary of each, as 2024-01-01 does).
+    pub fn start_intervals(
+        series: Vec<(SymbolName, Vec<Candle>)>,
+        history: usize,
+        script: Vec<Episode>,
+        intervals: &[Interval],
+    ) -> Result<Self> {
+        Self::start_with(series, history, script, None, intervals)
     }
 
     /// [`start`](Self::start) over TLS (`wss://localhost:PORT`,
@@ -113,7 +145,7 @@ impl MockBinance {
         script: Vec<Episode>,
         tls: Arc<rustls::ServerConfig>,
     ) -> Result<Self> {
-        Self::start_with(series, history, script, Some(tls))
+        Self::start_with(series, history, script, Some(tls), &[])
     }
 
     fn start_with(
@@ -121,14 +153,29 @@ impl MockBinance {
         history: usize,
         script: Vec<Episode>,
         tls: Option<Arc<rustls::ServerConfig>>,
+        intervals: &[Interval],
     ) -> Result<Self> {
         let len = series.first().map_or(0, |s| s.1.len());
+        let longer = intervals
+            .iter()
+            .filter(|&&i| i != Interval::M1)
+            .map(|&interval| Longer {
+                interval,
+                ratio: (interval.millis() / 60_000) as usize,
+                series: series
+                    .iter()
+                    .map(|(s, minutes)| (s.clone(), buckets(minutes, interval)))
+                    .collect(),
+            })
+            .collect();
         let secure = tls.is_some();
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             tls,
             state: Mutex::new(State {
                 series,
+                longer,
+                rest_log: VecDeque::new(),
                 clock: history.min(len),
                 script: script.into(),
                 sent: vec![None; len],
@@ -207,6 +254,11 @@ impl MockBinance {
         self.shared.pongs.load(Ordering::Relaxed)
     }
 
+    /// The targets of the last REST requests (at most 100,000), oldest first.
+    pub fn rest_log(&self) -> Vec<String> {
+        lock(&self.shared).rest_log.iter().cloned().collect()
+    }
+
     /// REST requests answered.
     pub fn rest_requests(&self) -> u64 {
         self.shared.rest_requests.load(Ordering::Relaxed)
@@ -243,11 +295,21 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, serve: fn(TcpStream
 }
 
 fn event(symbol: &SymbolName, c: &Candle, closed: bool, event_time: i64) -> String {
+    interval_event(symbol, Interval::M1, c, closed, event_time)
+}
+
+fn interval_event(
+    symbol: &SymbolName,
+    interval: Interval,
+    c: &Candle,
+    closed: bool,
+    event_time: i64,
+) -> String {
     format!(
-        r#"{{"stream":"{lower}@kline_1m","data":{{"e":"kline","E":{event_time},"s":"{symbol}","k":{{"t":{t},"T":{tt},"s":"{symbol}","i":"1m","f":1,"L":2,"o":"{o}","c":"{c}","h":"{h}","l":"{l}","v":"{v}","n":10,"x":{closed},"q":"0","V":"0","Q":"0","B":"0"}}}}}}"#,
+        r#"{{"stream":"{lower}@kline_{interval}","data":{{"e":"kline","E":{event_time},"s":"{symbol}","k":{{"t":{t},"T":{tt},"s":"{symbol}","i":"{interval}","f":1,"L":2,"o":"{o}","c":"{c}","h":"{h}","l":"{l}","v":"{v}","n":10,"x":{closed},"q":"0","V":"0","Q":"0","B":"0"}}}}}}"#,
         lower = symbol.as_str().to_ascii_lowercase(),
         t = c.open_time,
-        tt = c.open_time + 59_999,
+        tt = c.open_time + interval.millis() as i64 - 1,
         o = c.open,
         c = c.close,
         h = c.high,
@@ -325,6 +387,17 @@ fn ws_session<S: Read + Write>(tcp: TcpStream, stream: S, shared: &Shared) {
                     messages.push(event(symbol, &part, false, c.open_time + 1 + u as i64));
                 }
                 messages.push(event(symbol, &c, true, c.open_time + 60_000));
+            }
+            // The minute that completes a longer candle closes it too.
+            for longer in &st.longer {
+                if (k + 1).is_multiple_of(longer.ratio) {
+                    for (symbol, candles) in &longer.series {
+                        if let Some(c) = candles.get((k + 1) / longer.ratio - 1) {
+                            let at = c.open_time + longer.interval.millis() as i64;
+                            messages.push(interval_event(symbol, longer.interval, c, true, at));
+                        }
+                    }
+                }
             }
             (messages, k)
         };
@@ -449,20 +522,27 @@ fn klines(target: &str, shared: &Shared) -> (&'static str, String) {
             .split('&')
             .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
     };
-    if param("interval") != Some("1m") {
-        return (
-            "400 Bad Request",
-            r#"{"code":-1120,"msg":"Invalid interval."}"#.into(),
-        );
+    let mut st = lock(shared);
+    if st.rest_log.len() == REST_LOG {
+        st.rest_log.pop_front();
     }
+    st.rest_log.push_back(target.to_owned());
+    let interval = param("interval").and_then(|i| i.parse::<Interval>().ok());
+    let (series, closed) = match interval {
+        Some(Interval::M1) => (&st.series, st.clock),
+        Some(i) => match st.longer.iter().find(|l| l.interval == i) {
+            Some(l) => (&l.series, st.clock / l.ratio),
+            None => return invalid_interval(),
+        },
+        None => return invalid_interval(),
+    };
     let limit = param("limit")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(500)
         .clamp(1, 1000);
     let start = param("startTime").and_then(|v| v.parse::<i64>().ok());
-    let st = lock(shared);
-    let Some((_, candles)) = st
-        .series
+    let end = param("endTime").and_then(|v| v.parse::<i64>().ok());
+    let Some((_, candles)) = series
         .iter()
         .find(|(s, _)| Some(s.as_str()) == param("symbol"))
     else {
@@ -471,22 +551,48 @@ fn klines(target: &str, shared: &Shared) -> (&'static str, String) {
             r#"{"code":-1121,"msg":"Invalid symbol."}"#.into(),
         );
     };
-    let closed = &candles[..st.clock.min(candles.len())];
-    let rows: Vec<&Candle> = match start {
-        Some(t) => closed
+    let closed = &candles[..closed.min(candles.len())];
+    let rows: Vec<&Candle> = match (start, end) {
+        (Some(t), _) => closed
             .iter()
-            .filter(|c| c.open_time >= t)
+            .filter(|c| c.open_time >= t && end.is_none_or(|e| c.open_time <= e))
             .take(limit)
             .collect(),
-        None => closed[closed.len().saturating_sub(limit)..]
-            .iter()
-            .collect(),
+        (None, end) => {
+            let upto = closed.partition_point(|c| end.is_none_or(|e| c.open_time <= e));
+            closed[upto.saturating_sub(limit)..upto].iter().collect()
+        }
     };
     let body: Vec<String> = rows
         .iter()
-        .map(|c| format_row(c, RowFormat::Rest))
+        .map(|c| format_row(c, interval.unwrap_or(Interval::M1), RowFormat::Rest))
         .collect();
     ("200 OK", format!("[{}]", body.join(",")))
+}
+
+fn invalid_interval() -> (&'static str, String) {
+    (
+        "400 Bad Request",
+        r#"{"code":-1120,"msg":"Invalid interval."}"#.into(),
+    )
+}
+
+/// The complete `interval` candles of `minutes` (which start on a bucket
+/// boundary): open of the first minute, close of the last, extremes, summed
+/// volume.
+fn buckets(minutes: &[Candle], interval: Interval) -> Vec<Candle> {
+    let ratio = (interval.millis() / 60_000) as usize;
+    minutes
+        .chunks_exact(ratio)
+        .map(|m| Candle {
+            open_time: super::binance::bucket_start(m[0].open_time, interval),
+            open: m[0].open,
+            high: m.iter().map(|c| c.high).fold(f64::MIN, f64::max),
+            low: m.iter().map(|c| c.low).fold(f64::MAX, f64::min),
+            close: m[ratio - 1].close,
+            volume: m.iter().map(|c| c.volume).sum(),
+        })
+        .collect()
 }
 
 /// A TLS server configuration from PEM files: a certificate chain and its
@@ -515,7 +621,7 @@ pub fn tls_config(
 pub fn dump_csv(candles: &[Candle]) -> String {
     candles
         .iter()
-        .map(|c| format_row(c, RowFormat::Dump7) + "\n")
+        .map(|c| format_row(c, Interval::M1, RowFormat::Dump7) + "\n")
         .collect()
 }
 

@@ -550,11 +550,11 @@ pub enum RowFormat {
     Rest,
 }
 
-/// `c`, a 1-minute candle, as one row in `format` (no line end). The
+/// `c`, an `interval` candle, as one row in `format` (no line end). The
 /// columns Binance has and shmkline does not keep are made up consistently:
 /// quote volume = volume x close, 1,234 trades, half of it taker-bought.
-pub fn format_row(c: &Candle, format: RowFormat) -> String {
-    let close_time = c.open_time + 59_999;
+pub fn format_row(c: &Candle, interval: Interval, format: RowFormat) -> String {
+    let close_time = c.open_time + interval.millis() as i64 - 1;
     match format {
         RowFormat::Dump7 => format!(
             "{},{},{},{},{},{},{close_time}",

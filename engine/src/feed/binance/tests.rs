@@ -185,12 +185,12 @@ fn every_row_format_parses_back_to_the_candle_written() {
     for format in [RowFormat::Dump7, RowFormat::Dump12Micros] {
         let mut file = CsvFile::new(symbol.clone(), Interval::M1);
         let k = file
-            .parse_line(&format_row(&c, format))
+            .parse_line(&format_row(&c, Interval::M1, format))
             .expect("parses")
             .expect("a candle");
         assert_eq!(k.candle, c, "{format:?}");
     }
-    let body = format!("[{}]", format_row(&c, RowFormat::Rest));
+    let body = format!("[{}]", format_row(&c, Interval::M1, RowFormat::Rest));
     let (rows, bad) =
         parse_rest(&body, &symbol, Interval::M1, c.open_time + 3_600_000).expect("parses");
     assert!(bad.is_empty(), "{bad:?}");
