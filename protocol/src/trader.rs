@@ -147,14 +147,15 @@ pub enum SpecError {
     Rule {
         /// The trader.
         id: String,
-        /// The rule as written.
+        /// The rule as written, or the part of it the error is about
+        /// (at most [`EXCERPT`] characters).
         rule: String,
         /// What to write instead.
         why: String,
     },
 }
 
-fn parse_rule(rule: &str) -> Result<Rule, String> {
+fn parse_rule(rule: &str) -> Result<Rule, crate::rule::ParseError> {
     #[cfg(feature = "testing")]
     {
         let compact: String = rule.chars().filter(|c| !c.is_whitespace()).collect();
@@ -171,9 +172,44 @@ fn parse_rule(rule: &str) -> Result<Rule, String> {
             return Ok(Rule::TestSpinAfter { after });
         }
     }
-    let expr = crate::rule::parse(rule).map_err(|e| e.to_string())?;
+    let expr = crate::rule::parse(rule)?;
     let lookback = expr.warmup() + 1;
     Ok(Rule::Expr(Box::new(Compiled { expr, lookback })))
+}
+
+/// Characters of a rule an error message quotes, at most.
+pub const EXCERPT: usize = 80;
+
+/// The part of `rule` an error at `line` and `column` (1-based) is about:
+/// the whole rule if it is short, else at most [`EXCERPT`] characters of
+/// that line around the column, with `...` where it was cut.
+pub fn excerpt(rule: &str, line: usize, column: usize) -> String {
+    if rule.chars().count() <= EXCERPT {
+        return rule.to_owned();
+    }
+    let text: Vec<char> = rule
+        .lines()
+        .nth(line.saturating_sub(1))
+        .unwrap_or_default()
+        .chars()
+        .collect();
+    if text.len() <= EXCERPT {
+        return text.into_iter().collect();
+    }
+    let start = column
+        .saturating_sub(1)
+        .saturating_sub(EXCERPT / 2)
+        .min(text.len() - EXCERPT);
+    let end = start + EXCERPT;
+    let mut out = String::new();
+    if start > 0 {
+        out.push_str("...");
+    }
+    out.extend(&text[start..end]);
+    if end < text.len() {
+        out.push_str("...");
+    }
+    out
 }
 
 /// The name of worker slot `slot`'s black box: a small shared region the
@@ -204,10 +240,10 @@ impl TraderSpec {
         if matches!(&self.symbols, Symbols::List(l) if l.is_empty()) {
             return Err(SpecError::NoSymbols(self.id.clone()));
         }
-        let rule = parse_rule(&self.rule).map_err(|why| SpecError::Rule {
+        let rule = parse_rule(&self.rule).map_err(|e| SpecError::Rule {
             id: self.id.clone(),
-            rule: self.rule.clone(),
-            why,
+            rule: excerpt(&self.rule, e.line, e.column),
+            why: e.to_string(),
         })?;
         Ok(rule)
     }
@@ -245,6 +281,35 @@ mod tests {
                 .map(|r| r.lookback()),
             Ok(21)
         );
+    }
+
+    #[test]
+    fn a_refused_rule_is_quoted_around_the_error_not_whole() {
+        // 100,000 characters: refused for its length, quoted in part.
+        let long = format!("close > 1{}", " ".repeat(99_991));
+        let err = spec(&long).compile().expect_err("too long").to_string();
+        assert!(err.len() < 300, "{} characters: {err}", err.len());
+        assert!(err.contains("at most 4096"), "{err}");
+        // An error in the middle of a long rule: the quote is around it.
+        let rule = format!("close > {}foo(2)", "1 + ".repeat(500));
+        let err = spec(&rule)
+            .compile()
+            .expect_err("unknown function")
+            .to_string();
+        let quoted = err.split('"').nth(1).unwrap_or_default();
+        assert!(quoted.chars().count() <= EXCERPT + 6, "{quoted}");
+        assert!(
+            quoted.starts_with("...") && quoted.ends_with("foo(2)") && err.contains("column 2009"),
+            "{err}"
+        );
+        assert_eq!(excerpt("short", 1, 3), "short");
+        let line: String = (0..200)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let cut = excerpt(&line, 1, 100);
+        assert_eq!(cut.chars().count(), EXCERPT + 6, "{cut}");
+        assert!(cut.starts_with("...") && cut.ends_with("..."), "{cut}");
+        assert!(excerpt(&line, 1, 1).ends_with("...") && !excerpt(&line, 1, 1).starts_with("..."));
     }
 
     #[test]

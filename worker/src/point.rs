@@ -321,8 +321,12 @@ impl<'a> Point<'a> {
         Self { window, base, memo }
     }
 
-    /// The value of `e` at window position `i` (conditions as 1.0 / 0.0),
-    /// NaN when the window does not hold its warm-up.
+    /// The value of `e` at window position `i`: conditions as 1.0 / 0.0,
+    /// numbers as numbers, and *no value* (NaN) for a number that has none:
+    /// the window does not hold its warm-up, or it divides by zero. As
+    /// TradingView's `na`: arithmetic with no value has no value; a
+    /// comparison or a cross involving no value is false (so `not` of it is
+    /// true); `and`, `or` and `not` combine conditions, which always have one.
     pub fn value(&mut self, e: &Expr, i: usize) -> f64 {
         let Some(candle) = self.window.get(i) else {
             return f64::NAN;
@@ -349,42 +353,44 @@ impl<'a> Point<'a> {
                     "+" => x + y,
                     "-" => x - y,
                     "*" => x * y,
+                    // Division by zero has no value (not infinity, which
+                    // would compare greater than anything).
+                    _ if y == 0.0 => f64::NAN,
                     _ => x / y,
                 })
             }
             Expr::Cmp(op, a, b) => {
                 let (x, y) = both(self, a, b);
-                defined(x, y, &|x, y| {
-                    truth(match *op {
-                        "<" => x < y,
-                        "<=" => x <= y,
-                        ">" => x > y,
-                        ">=" => x >= y,
-                        "==" => x == y,
-                        _ => x != y,
-                    })
-                })
+                truth(
+                    !x.is_nan()
+                        && !y.is_nan()
+                        && match *op {
+                            "<" => x < y,
+                            "<=" => x <= y,
+                            ">" => x > y,
+                            ">=" => x >= y,
+                            "==" => x == y,
+                            _ => x != y,
+                        },
+                )
             }
             Expr::And(a, b) => {
                 let (x, y) = both(self, a, b);
-                defined(x, y, &|x, y| truth(x == 1.0 && y == 1.0))
+                truth(x == 1.0 && y == 1.0)
             }
             Expr::Or(a, b) => {
                 let (x, y) = both(self, a, b);
-                defined(x, y, &|x, y| truth(x == 1.0 || y == 1.0))
+                truth(x == 1.0 || y == 1.0)
             }
-            Expr::Not(x) => {
-                let v = self.value(x, i);
-                if v.is_nan() { v } else { truth(v != 1.0) }
-            }
+            Expr::Not(x) => truth(self.value(x, i) != 1.0),
             Expr::Cross(above, a, b) => {
                 if i == 0 {
-                    return f64::NAN;
+                    return truth(false);
                 }
                 let (a0, b0) = (self.value(a, i - 1), self.value(b, i - 1));
                 let (a1, b1) = (self.value(a, i), self.value(b, i));
                 if [a0, b0, a1, b1].iter().any(|v| v.is_nan()) {
-                    return f64::NAN;
+                    return truth(false);
                 }
                 truth(if *above {
                     a0 <= b0 && a1 > b1

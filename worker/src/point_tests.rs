@@ -87,36 +87,44 @@ fn series(e: &Expr, cols: &Columns) -> Vec<f64> {
                 "+" => zip(&a, &b, |x, y| x + y),
                 "-" => zip(&a, &b, |x, y| x - y),
                 "*" => zip(&a, &b, |x, y| x * y),
-                _ => zip(&a, &b, |x, y| x / y),
+                _ => zip(&a, &b, |x, y| if y == 0.0 { f64::NAN } else { x / y }),
             }
         }
         Expr::Cmp(op, a, b) => {
+            // No value compares false: 0.0 where either side has none.
             let (a, b) = (series(a, cols), series(b, cols));
+            let cmp = |f: fn(f64, f64) -> bool| -> Vec<f64> {
+                a.iter().zip(&b).map(|(&x, &y)| truth(f(x, y))).collect()
+            };
             match *op {
-                "<" => zip(&a, &b, |x, y| truth(x < y)),
-                "<=" => zip(&a, &b, |x, y| truth(x <= y)),
-                ">" => zip(&a, &b, |x, y| truth(x > y)),
-                ">=" => zip(&a, &b, |x, y| truth(x >= y)),
-                "==" => zip(&a, &b, |x, y| truth(x == y)),
-                _ => zip(&a, &b, |x, y| truth(x != y)),
+                "<" => cmp(|x, y| x < y),
+                "<=" => cmp(|x, y| x <= y),
+                ">" => cmp(|x, y| x > y),
+                ">=" => cmp(|x, y| x >= y),
+                "==" => cmp(|x, y| x == y),
+                _ => cmp(|x, y| !x.is_nan() && !y.is_nan() && x != y),
             }
         }
-        Expr::And(a, b) => zip(&series(a, cols), &series(b, cols), |x, y| {
-            truth(x == 1.0 && y == 1.0)
-        }),
-        Expr::Or(a, b) => zip(&series(a, cols), &series(b, cols), |x, y| {
-            truth(x == 1.0 || y == 1.0)
-        }),
+        Expr::And(a, b) => series(a, cols)
+            .into_iter()
+            .zip(series(b, cols))
+            .map(|(x, y)| truth(x == 1.0 && y == 1.0))
+            .collect(),
+        Expr::Or(a, b) => series(a, cols)
+            .into_iter()
+            .zip(series(b, cols))
+            .map(|(x, y)| truth(x == 1.0 || y == 1.0))
+            .collect(),
         Expr::Not(a) => series(a, cols)
             .into_iter()
-            .map(|v| if v.is_nan() { v } else { truth(v != 1.0) })
+            .map(|v| truth(v != 1.0))
             .collect(),
         Expr::Cross(above, a, b) => {
             let (a, b) = (series(a, cols), series(b, cols));
             (0..n)
                 .map(|i| {
                     if i == 0 || [a[i - 1], b[i - 1], a[i], b[i]].iter().any(|v| v.is_nan()) {
-                        return f64::NAN;
+                        return truth(false);
                     }
                     truth(if *above {
                         a[i - 1] <= b[i - 1] && a[i] > b[i]
@@ -189,9 +197,10 @@ fn verdicts_read_the_window_and_values_name_each_indicator_as_written() {
     assert_eq!(rule.warmup(), 3);
     let cols = Columns::of(&candles(&[1.0, 1.0, 1.0, 5.0]));
     assert_eq!(series(&rule, &cols)[3], 1.0);
-    assert!(
-        series(&rule, &cols)[2].is_nan(),
-        "undefined before the warm-up"
+    assert_eq!(
+        series(&rule, &cols)[2],
+        0.0,
+        "false before the warm-up: its operands have no value yet"
     );
     let cols = Columns::of(&candles(&[5.0, 5.0, 5.0, 1.0]));
     assert_eq!(series(&rule, &cols)[3], 0.0);
@@ -255,16 +264,22 @@ fn a_value_is_the_same_from_any_window_holding_its_warmup_and_memos_change_nothi
                 .value(&e, need - 1);
             assert_eq!(stepped.to_bits(), short.to_bits(), "{text} at {at}");
             assert!(!stepped.is_nan(), "{text} at {at}");
-            // One candle too short: undefined, never a guess. (An anchor
-            // is not always as far back as it can be, so the shorter window
-            // sometimes holds it; then the value is the same.)
+            // One candle too short: an indicator has no value, never a
+            // guess. (An anchor is not always as far back as it can be, so
+            // the shorter window sometimes holds it; then the value is the
+            // same.) The rule is only ever judged on a full window.
             let too_short = &candles[base + 1..=at];
-            let shorter =
-                Point::new(too_short, base as u64 + 1, &mut Memo::new(64)).value(&e, need - 2);
-            if shorter.is_nan() {
-                undefined += 1;
-            } else {
-                assert_eq!(shorter.to_bits(), short.to_bits(), "{text} at {at}");
+            for ind in e.indicators() {
+                let ie = Expr::Ind(ind.clone());
+                let full = Point::new(&candles[base..=at], base as u64, &mut Memo::new(64))
+                    .value(&ie, need - 1);
+                let shorter =
+                    Point::new(too_short, base as u64 + 1, &mut Memo::new(64)).value(&ie, need - 2);
+                if shorter.is_nan() {
+                    undefined += 1;
+                } else {
+                    assert_eq!(shorter.to_bits(), full.to_bits(), "{} at {at}", ind.text);
+                }
             }
         }
         assert!(undefined > 0, "{text}: the warm-up is needed somewhere");
@@ -380,4 +395,79 @@ fn the_deepest_rules_accepted_evaluate_on_a_small_stack() {
         .expect("thread")
         .join()
         .expect("no stack overflow");
+}
+
+/// No value (TradingView's `na`): division by zero and an indicator
+/// without its warm-up have none; arithmetic with no value has none; a
+/// comparison or a cross involving no value is false, so `not` of it is
+/// true; `and` and `or` combine conditions; a signal's `values` entry for
+/// it is null.
+#[test]
+fn no_value_semantics_case_by_case() {
+    // Zero volume throughout, closes 1, 2, 3, ...: `x / 0` has no value.
+    let quiet: Vec<Candle> = candles(&(1..=40).map(f64::from).collect::<Vec<_>>())
+        .into_iter()
+        .map(|c| Candle { volume: 0.0, ..c })
+        .collect();
+    let at = quiet.len() - 1;
+    let cases: &[(&str, f64)] = &[
+        ("close / 0 > 1", 0.0),
+        ("close / 0 < 1", 0.0),
+        ("close / 0 == close / 0", 0.0),
+        ("close / 0 != 1", 0.0),
+        ("not (close / 0 > 1)", 1.0),
+        ("close / 0 + 1 > 0", 0.0),
+        ("-(close / 0) < 0", 0.0),
+        ("close / 0 > 1 or close > 0", 1.0),
+        ("close / 0 > 1 and close > 0", 0.0),
+        ("crosses_above(close / 0, 1)", 0.0),
+        ("crosses_below(close, close / 0)", 0.0),
+        ("volume / sma(volume, 20) > 3", 0.0),
+        ("sma(close / 0, 3) > 0", 0.0),
+        ("close / 2 > 0", 1.0),
+        ("0 / close == 0", 1.0),
+    ];
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|&(text, want)| {
+            let e = parse(text).unwrap_or_else(|err| panic!("{text}: {err}"));
+            let got = point::Point::new(&quiet, 0, &mut point::Memo::new(64)).value(&e, at);
+            let series_says = series(&e, &Columns::of(&quiet))[at];
+            (got != want || series_says != want).then(|| {
+                format!("{text}: {got} (the series evaluator: {series_says}), want {want}")
+            })
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The number itself has none, and a signal's `values` say null for it.
+    let ratio = parse("close / 0 > 1 or close > 0").expect("valid");
+    let Expr::Or(cmp, _) = &ratio else {
+        panic!("an or")
+    };
+    let Expr::Cmp(_, division, _) = cmp.as_ref() else {
+        panic!("a comparison")
+    };
+    let v = point::Point::new(&quiet, 0, &mut point::Memo::new(64)).value(division, at);
+    assert!(v.is_nan(), "{v}");
+    let rule = protocol::admit::admit(&protocol::trader::TraderSpec {
+        id: "thin".into(),
+        version: 0,
+        symbols: protocol::trader::Symbols::All,
+        interval: protocol::Interval::M1,
+        rule: "close > sma(volume, 3) / sma(volume, 3) or close > 0".into(),
+        cooldown: 0,
+        labels: Default::default(),
+    })
+    .expect("valid");
+    let values = crate::verdict::values(&rule, &quiet);
+    assert_eq!(values["sma(volume, 3)"], 0.0);
+    let line = serde_json::to_string(&values).expect("json");
+    assert_eq!(line, r#"{"sma(volume, 3)":0.0}"#);
+    let mut with_none = values.clone();
+    with_none.insert("x".into(), f64::NAN);
+    assert_eq!(
+        serde_json::to_string(&with_none).expect("json"),
+        r#"{"sma(volume, 3)":0.0,"x":null}"#,
+        "no value is null in JSON"
+    );
 }
