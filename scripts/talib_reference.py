@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """TA-Lib reference values for the indicator tests.
 
-Reads the first 2,000 candles of ../shared/data/BTCUSDT-1m-2021-02-19_25.csv
-and writes tests/fixtures/talib/btcusdt-2000.json: every indicator the rule
-language has, as TA-Lib (the `ta-lib` wheel) computes it over the whole
-series, null where TA-Lib has no value yet. VWAP is not in TA-Lib: it is the
-rolling volume-weighted typical price, computed here with numpy.
+Reads ../shared/data/BTCUSDT-1m-2021-02-19_25.csv and writes
+tests/fixtures/talib/btcusdt-2000.json: every indicator the rule language
+has, as TA-Lib (the `ta-lib` wheel) computes it over the first 2,000
+candles, null where TA-Lib has no value yet (VWAP is not in TA-Lib: it is the
+rolling volume-weighted typical price, computed here with numpy); and
+tests/fixtures/talib/btcusdt-ema-week.json: EMA(50) and EMA(200) over the
+whole week (10,080 candles), for the long-period rules.
 
 The output is committed; to regenerate it:
 
@@ -30,9 +32,8 @@ rows = []
 with open(os.path.join(DATA, "BTCUSDT-1m-2021-02-19_25.csv")) as f:
     for line in f:
         rows.append([float(x) for x in line.strip().split(",")])
-        if len(rows) == N:
-            break
-a = np.array(rows)
+week = np.array(rows)
+a = week[:N]
 o, h, l, c, v = a[:, 1], a[:, 2], a[:, 3], a[:, 4], a[:, 5]
 
 macd, macd_signal, macd_hist = talib.MACD(c, 12, 26, 9)
@@ -76,3 +77,18 @@ path = os.path.join(ROOT, "tests", "fixtures", "talib", "btcusdt-2000.json")
 with open(path, "w") as f:
     json.dump(out, f, separators=(",", ":"))
 print(f"wrote {path}: {len(series)} series x {N} candles (ta-lib {talib.__version__})", file=sys.stderr)
+
+closes = week[:, 4]
+ema = {
+    "generated_by": "scripts/talib_reference.py",
+    "talib": talib.__version__,
+    "candles": len(closes),
+    "series": {
+        f"ema(close, {n})": [None if math.isnan(x) else float(x) for x in talib.EMA(closes, n)]
+        for n in (50, 200)
+    },
+}
+path = os.path.join(ROOT, "tests", "fixtures", "talib", "btcusdt-ema-week.json")
+with open(path, "w") as f:
+    json.dump(ema, f, separators=(",", ":"))
+print(f"wrote {path}: EMA(50), EMA(200) x {len(closes)} candles", file=sys.stderr)

@@ -1,6 +1,9 @@
 //! `traders add`, `remove` and `list` on a running engine.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use protocol::trader::Symbols;
+use protocol::{Interval, SymbolName};
 
 use protocol::message::Message;
 use protocol::trader::{MAX_TRADERS_PER_WORKER, TraderSpec};
@@ -27,16 +30,41 @@ pub(super) enum TradersCommand {
 
 impl Coordinator {
     /// Every trader: where it runs and whether its worker holds it.
+    /// Each trader's window (the candles a verdict reads: its rule's
+    /// warm-up and its cooldown) and, per series it watches, whether the
+    /// store holds that many yet (`warm`): a trader gives verdicts on a
+    /// series from its first warm candle on.
     pub(super) fn traders_list(&self) -> serde_json::Value {
         let mut list = Vec::new();
+        let mut held: BTreeMap<Interval, Vec<(SymbolName, u64)>> = BTreeMap::new();
         for slot in &self.slots {
             let acked = slot.live.as_ref().map(|i| &i.acked);
             for t in slot.traders.values() {
+                let window = t
+                    .compile()
+                    .map_or(0, |r| (r.lookback() + t.cooldown as usize) as u64);
+                let series = held
+                    .entry(t.interval)
+                    .or_insert_with(|| self.inst.store.lock().held(t.interval));
+                let watched: Vec<serde_json::Value> = series
+                    .iter()
+                    .filter(|(symbol, _)| match &t.symbols {
+                        Symbols::All => true,
+                        Symbols::List(l) => l.iter().any(|s| s == symbol.as_str()),
+                    })
+                    .map(|(symbol, n)| {
+                        serde_json::json!({
+                            "symbol": symbol.as_str(), "held": n, "needed": window, "warm": *n >= window,
+                        })
+                    })
+                    .collect();
                 list.push(serde_json::json!({
                     "id": t.id, "slot": slot.id, "interval": t.interval, "symbols": t.symbols,
                     "rule": t.rule, "cooldown": t.cooldown, "labels": t.labels,
                     "state": if acked.is_some_and(|a| a.contains(&t.id)) { "running" } else { "pending" },
                     "added_at_publish": slot.starts.get(&t.id),
+                    "window": window,
+                    "series": watched,
                 }));
             }
         }

@@ -161,6 +161,26 @@ impl StoreWriter {
             .map(|k| self.layout.rings[k])
     }
 
+    /// The registered symbols and, for `interval`, how many candles each
+    /// holds now (at most its ring), in directory order.
+    pub fn held(&self, interval: Interval) -> Vec<(SymbolName, u64)> {
+        let Some(k) = self.layout.interval_index(interval) else {
+            return Vec::new();
+        };
+        let w = self.words();
+        let mut out: Vec<(SymbolName, u64, u32)> = self
+            .symbols
+            .iter()
+            .map(|(name, id)| {
+                let s = id.0 as usize * self.layout.intervals.len() + k;
+                let head = w[self.layout.header_word(s) + S_HEAD].load(Ordering::Relaxed);
+                (name.clone(), head.min(self.layout.rings[k] as u64), id.0)
+            })
+            .collect();
+        out.sort_by_key(|&(_, _, id)| id);
+        out.into_iter().map(|(n, h, _)| (n, h)).collect()
+    }
+
     /// Bytes of the segment written so far: the header, the directory, the
     /// series headers, and of each ring the groups its candles fill. With
     /// the whole segment reserved at creation this is not what it costs;
