@@ -298,7 +298,7 @@ impl Replay {
                     (Ok(line), Format::JsonLines) => {
                         binance::parse_ws(line.trim_end()).map(|m| match m {
                             Message::Kline(k) => Some(k),
-                            Message::Other => None,
+                            Message::ServerShutdown | Message::Other => None,
                         })
                     }
                 }

@@ -264,7 +264,11 @@ impl CsvFile {
                 expected: expected.name(),
             });
         }
-        let open_time = unit.to_millis(open_raw);
+        // Old dumps (2017-2018) hold rows with an open time off the
+        // interval's grid and close times cut short: such a row is read as
+        // what Binance recorded, the candle of the interval it falls in.
+        let recorded = unit.to_millis(open_raw);
+        let open_time = bucket_start(recorded, self.interval);
         let close_time = unit.to_millis(close_raw);
         let candle = Candle {
             open_time,
@@ -274,7 +278,7 @@ impl CsvFile {
             close: float(4)?,
             volume: float(5)?,
         };
-        check_span(open_time, close_time, self.interval)?;
+        check_span_within(recorded, close_time, self.interval)?;
         check(&candle, self.interval)?;
         Ok(Some(Kline {
             symbol: self.symbol.clone(),
@@ -320,6 +324,23 @@ fn check_span(open_time: i64, close_time: i64, interval: Interval) -> Result<(),
         span_ms: span.unwrap_or(i64::MAX),
         expected_ms,
     })
+}
+
+/// Like [`check_span`], for old dump rows: the close time may be cut short,
+/// but must lie within the candle's interval.
+fn check_span_within(open_time: i64, close_time: i64, interval: Interval) -> Result<(), BadLine> {
+    let expected_ms = interval.millis() as i64;
+    let span = close_time
+        .checked_sub(open_time)
+        .and_then(|d| d.checked_add(1));
+    match span {
+        Some(s) if (1..=expected_ms).contains(&s) => Ok(()),
+        _ => Err(BadLine::Span {
+            interval,
+            span_ms: span.unwrap_or(i64::MAX),
+            expected_ms,
+        }),
+    }
 }
 
 /// A timestamp that must be in milliseconds.
@@ -392,7 +413,8 @@ pub const fn bucket_start(t: i64, interval: Interval) -> i64 {
 }
 
 /// A WebSocket message, single (`{"e":"kline",...}`) or combined-stream
-/// (`{"stream":...,"data":{...}}`); other fields are ignored.
+/// (`{"stream":...,"data":{...}}`), or a connection event
+/// (`{"event":{"e":"serverShutdown",...}}`); other fields are ignored.
 #[derive(Debug, Default, Deserialize)]
 struct Event<'a> {
     #[serde(rename = "e", borrow, default)]
@@ -404,6 +426,9 @@ struct Event<'a> {
     /// The combined-stream wrapper's payload.
     #[serde(borrow, default)]
     data: Option<Box<Event<'a>>>,
+    /// A connection event's payload.
+    #[serde(borrow, default)]
+    event: Option<Box<Event<'a>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,6 +451,9 @@ struct WsKline<'a> {
 pub enum Message {
     /// A kline event.
     Kline(Kline),
+    /// The server is about to shut down: connect again now (Binance sends
+    /// it before maintenance cuts the connection).
+    ServerShutdown,
     /// Valid JSON of another kind (a subscription answer, another stream).
     Other,
 }
@@ -433,12 +461,14 @@ pub enum Message {
 /// Parses one WebSocket message or one line of a JSON-lines recording of them.
 pub fn parse_ws(text: &str) -> Result<Message, BadLine> {
     let outer: Event<'_> = serde_json::from_str(text).map_err(|e| BadLine::Json(e.to_string()))?;
-    let event = match outer.data {
-        Some(inner) => *inner,
-        None => outer,
+    let mut outer = outer;
+    let event = match (outer.data.take(), outer.event.take()) {
+        (Some(inner), _) | (None, Some(inner)) => *inner,
+        (None, None) => outer,
     };
     let Some(k) = event.k else {
         return match event.kind {
+            Some("serverShutdown") => Ok(Message::ServerShutdown),
             Some("kline") => Err(BadLine::Json(
                 "a kline event without its \"k\" object".into(),
             )),
@@ -475,21 +505,43 @@ pub fn parse_ws(text: &str) -> Result<Message, BadLine> {
 
 /// One row of a REST `/api/v3/klines` answer:
 /// `[open_time, "o", "h", "l", "c", "v", close_time, "q", n, "V", "Q", "ignore"]`.
-#[derive(Debug, Deserialize)]
-struct RestRow(
-    i64,
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    #[serde(default)] serde::de::IgnoredAny,
-    #[serde(default)] serde::de::IgnoredAny,
-    #[serde(default)] serde::de::IgnoredAny,
-    #[serde(default)] serde::de::IgnoredAny,
-    #[serde(default)] serde::de::IgnoredAny,
-);
+/// Only the first seven are read, and columns Binance may add are skipped.
+#[derive(Debug)]
+struct RestRow(i64, String, String, String, String, String, i64);
+
+impl<'de> Deserialize<'de> for RestRow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Row;
+        impl<'de> serde::de::Visitor<'de> for Row {
+            type Value = RestRow;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a kline row: an array of at least 7 columns")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RestRow, A::Error> {
+                fn need<T, E: serde::de::Error>(v: Option<T>, k: usize) -> Result<T, E> {
+                    v.ok_or_else(|| E::invalid_length(k, &Row))
+                }
+                let row = RestRow(
+                    need(seq.next_element()?, 0)?,
+                    need(seq.next_element()?, 1)?,
+                    need(seq.next_element()?, 2)?,
+                    need(seq.next_element()?, 3)?,
+                    need(seq.next_element()?, 4)?,
+                    need(seq.next_element()?, 5)?,
+                    need(seq.next_element()?, 6)?,
+                );
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(row)
+            }
+        }
+        d.deserialize_seq(Row)
+    }
+}
 
 /// How long after its close time a REST row counts as final: the exchange
 /// may still be finishing the candle, and the local clock may run ahead.

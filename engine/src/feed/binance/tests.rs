@@ -45,9 +45,9 @@ fn bad_lines_say_what_is_wrong() {
             "1613692860000000,1,1,1,1,1,1613692919999999",
             "microseconds",
         ),
-        ("1613692860000,1,1,1,1,1,1613692900000", "spans"),
+        ("1613692860000,1,1,1,1,1,1613692990000", "spans"),
+        ("1613692860000,1,1,1,1,1,1613692850000", "spans"),
         ("1613692860000,2,1,1.5,1,1,1613692919999", "inconsistent"),
-        ("1613692860001,1,1,1,1,1,1613692920000", "boundary"),
         ("1613692860000,1,1,1,1,-1,1613692919999", "negative volume"),
         ("1613692860000,NaN,1,1,1,1,1613692919999", "not finite"),
         ("16,1,1,1,1,1,75", "out of range"),
@@ -55,6 +55,60 @@ fn bad_lines_say_what_is_wrong() {
     for (line, want) in cases {
         let err = f.parse_line(line).expect_err(line).to_string();
         assert!(err.contains(want), "{line}: {err}");
+    }
+}
+
+#[test]
+fn old_dump_rows_are_read_as_binance_recorded_them() {
+    // binance-public-data #14 and #77: 2017-2018 dumps hold candles whose
+    // close time is cut short (the exchange stopped mid-minute) and open
+    // times off the minute grid. Each is the candle of the minute it falls in.
+    let mut f = btc();
+    let cut = f
+        .parse_line("1613692800000,1,2,0.5,1.5,3,1613692830123")
+        .expect("a cut-short close time")
+        .expect("a candle");
+    assert_eq!(cut.candle.open_time, 1_613_692_800_000);
+    assert_eq!(cut.candle.close, 1.5);
+    let unaligned = f
+        .parse_line("1613692860437,1,2,0.5,1.5,3,1613692919999")
+        .expect("an unaligned open time")
+        .expect("a candle");
+    assert_eq!(unaligned.candle.open_time, 1_613_692_860_000);
+    // Strict where it matters: a close before the open, or past the
+    // candle's interval, is still refused.
+    assert!(
+        f.parse_line("1613692920000,1,1,1,1,1,1613692919999")
+            .is_err()
+    );
+    assert!(
+        f.parse_line("1613692980000,1,1,1,1,1,1613693100000")
+            .is_err()
+    );
+}
+
+#[test]
+fn rest_rows_and_events_with_columns_binance_may_add_still_parse() {
+    let sym = SymbolName::new("BTCUSDT").expect("valid");
+    let body = r#"[[1613692800000,"1","2","0.5","1.5","3",1613692859999,"1",3000,"1","1","0","a 13th column",{"and":"more"}]]"#;
+    let (rows, bad) = parse_rest(body, &sym, Interval::M1, i64::MAX).expect("rows");
+    assert_eq!((rows.len(), bad.len()), (1, 0));
+    assert_eq!(rows[0].candle.close, 1.5);
+    let short = r#"[[1613692800000,"1","2","0.5","1.5","3"]]"#;
+    let err = parse_rest(short, &sym, Interval::M1, i64::MAX).expect_err("six columns");
+    assert!(err.to_string().contains("at least 7 columns"), "{err}");
+    let ws = r#"{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1613692860001,"s":"BTCUSDT","new":[1,2],"k":{"t":1613692800000,"T":1613692859999,"s":"BTCUSDT","i":"1m","o":"1","c":"1.5","h":"2","l":"0.5","v":"3","x":true,"extra":{"x":1}}},"more":true}"#;
+    assert!(matches!(parse_ws(ws), Ok(Message::Kline(_))));
+}
+
+#[test]
+fn server_shutdown_is_recognized_in_each_wrapping() {
+    for text in [
+        r#"{"e":"serverShutdown","E":1700000000000}"#,
+        r#"{"event":{"e":"serverShutdown","E":1700000000000}}"#,
+        r#"{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1700000000000}}"#,
+    ] {
+        assert_eq!(parse_ws(text), Ok(Message::ServerShutdown), "{text}");
     }
 }
 

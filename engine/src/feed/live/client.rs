@@ -93,6 +93,9 @@ enum Ended {
     Silent,
     Aged,
     Closed,
+    /// The server announced its shutdown (`serverShutdown`): connect again
+    /// at once.
+    ShutdownNotice,
     Failed(String),
 }
 
@@ -110,6 +113,8 @@ pub(super) struct Client {
     pub(super) rng: SplitMix64,
     /// REST request weight left.
     pub(super) budget: Budget,
+    /// The current connection received `serverShutdown`.
+    pub(super) shutdown_notice: bool,
 }
 
 impl Client {
@@ -145,10 +150,14 @@ impl Client {
             };
             match &ended {
                 Ended::Stopped => break,
-                Ended::Aged => {
-                    tracing::info!(
-                        "connection reached --max-connection-age: reconnecting before the exchange cuts it"
-                    );
+                Ended::Aged | Ended::ShutdownNotice => {
+                    if matches!(ended, Ended::Aged) {
+                        tracing::info!(
+                            "connection reached --max-connection-age: reconnecting before the exchange cuts it"
+                        );
+                    } else {
+                        tracing::info!("the server announced its shutdown: reconnecting now");
+                    }
                     delay = self.opts.reconnect_min;
                     continue;
                 }
@@ -315,6 +324,9 @@ impl Client {
                 Ok(None) => {}
                 Err(ended) => return ended,
             }
+            if std::mem::take(&mut self.shutdown_notice) {
+                return Ended::ShutdownNotice;
+            }
         }
     }
 
@@ -371,6 +383,10 @@ impl Client {
         let kline = match binance::parse_ws(text) {
             Ok(Message::Kline(k)) => k,
             Ok(Message::Other) => return,
+            Ok(Message::ServerShutdown) => {
+                self.shutdown_notice = true;
+                return;
+            }
             Err(e) => return self.bad(&e),
         };
         if !self.subscribed.contains(&kline.symbol)

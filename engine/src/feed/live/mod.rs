@@ -303,6 +303,7 @@ impl LiveFeed {
             health: Arc::clone(&health),
             rng: SplitMix64::new(RandomState::new().hash_one(std::process::id())),
             budget: client::Budget::new(Instant::now()),
+            shutdown_notice: false,
         };
         let thread = std::thread::Builder::new()
             .name("live-feed".into())
