@@ -208,6 +208,18 @@ impl ChildGuard {
         kill(Pid::from_raw(self.pid() as i32), signal).expect("signal child");
     }
 
+    /// What the child wrote to stderr so far (its log), for a failure message.
+    pub fn stderr_so_far(&self) -> String {
+        let bytes = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        let text = String::from_utf8_lossy(&bytes);
+        // The end is what explains a failure; a long log is cut at its start.
+        let cut = text.len().saturating_sub(20_000);
+        let cut = (cut..text.len())
+            .find(|&k| text.is_char_boundary(k))
+            .unwrap_or(cut);
+        text[cut..].to_owned()
+    }
+
     /// Waits for the child to exit (at most `timeout`) and returns its status
     /// and stderr.
     pub fn wait(self, timeout: Duration) -> (ExitStatus, String) {

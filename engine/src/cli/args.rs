@@ -356,6 +356,20 @@ pub struct FeedArgs {
     /// Live feed: largest reconnect delay in milliseconds.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub reconnect_max: u64,
+    /// Live feed: REST request weight spent per minute at most (Binance
+    /// allows an IP 6,000; klines cost 2). Backfills go at this pace.
+    #[arg(long, default_value_t = crate::feed::live::DEFAULT_WEIGHT_PER_MINUTE,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::feed::live::EXCHANGE_WEIGHT_LIMIT)))]
+    pub rest_weight_per_minute: u32,
+    /// Live feed: WebSocket connections opened per 5 minutes at most
+    /// (Binance's limit per IP: 300); reconnects past it wait.
+    #[arg(long, default_value_t = crate::feed::live::OPENS_PER_WINDOW as u32,
+        value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_connection_opens: u32,
+    /// Live feed: leave out --symbols the exchange does not list or does not
+    /// trade (named in the log and in status) instead of refusing to start.
+    #[arg(long)]
+    pub skip_unknown: bool,
 }
 
 /// How fast a finite feed goes.

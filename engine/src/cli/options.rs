@@ -23,8 +23,8 @@ impl FeedArgs {
     }
 
     /// The feed, with `candles` for the synthetic one; `store` gives the
-    /// live feed its intervals and sizes its start-up backfill (a ring's
-    /// worth of each interval).
+    /// live feed its intervals and sizes its backfills (three quarters of
+    /// each interval's ring).
     pub fn config(&self, candles: Option<u64>, store: &StoreConfig) -> Result<FeedConfig> {
         if self.feed != FeedKind::Synthetic && candles.is_some() {
             anyhow::bail!("--candles is for the synthetic feed: a replay ends with its files");
@@ -87,9 +87,17 @@ impl FeedArgs {
                     max_connection_age: std::time::Duration::from_secs(self.max_connection_age),
                     reconnect_min: std::time::Duration::from_millis(self.reconnect_min),
                     reconnect_max: std::time::Duration::from_millis(self.reconnect_max),
-                    backfill: store.rings.iter().map(|&(i, n)| (i, n as usize)).collect(),
+                    backfill: store
+                        .rings
+                        .iter()
+                        .map(|&(i, n)| (i, crate::feed::live::backfill_for_ring(n as usize)))
+                        .collect(),
                     ca_file: self.ca_file.clone(),
                     trace: false,
+                    rest_weight_per_minute: self.rest_weight_per_minute,
+                    skip_unknown: self.skip_unknown,
+                    opens_per_window: self.max_connection_opens as usize,
+                    max_queued_bytes: crate::feed::live::DEFAULT_QUEUED_BYTES,
                 }))
             }
         }

@@ -83,12 +83,9 @@ pub fn print_status(status: &serde_json::Value) {
     let n = |k: &str| feed[k].as_u64().unwrap_or(0);
     if feed["kind"] == "binance" {
         println!(
-            "feed     binance: {}, {} reconnects, last message {} ago, {} candles written ({} backfilled), {} bad messages, {} gaps",
-            if feed["connected"] == true {
-                "connected"
-            } else {
-                "DISCONNECTED"
-            },
+            "feed     binance: {}/{} connections up, {} reconnects, last message {} ago, {} candles written ({} backfilled), {} bad messages, {} gaps",
+            n("connected"),
+            n("connections_planned"),
             n("reconnects"),
             feed["last_message_age_ms"]
                 .as_u64()
@@ -98,6 +95,45 @@ pub fn print_status(status: &serde_json::Value) {
             n("bad_messages"),
             n("gaps"),
         );
+        let series = &feed["series"];
+        let s = |k: &str| series[k].as_u64().unwrap_or(0);
+        println!(
+            "series   {} live, {} behind ({} failing), {} closes repairing; closes: {} missing, {} from REST, {} late, {} provisional",
+            s("live"),
+            s("behind"),
+            s("failing"),
+            s("repairing"),
+            n("missing_closes"),
+            n("repaired_closes"),
+            n("late_closes"),
+            n("provisional_closes"),
+        );
+        println!(
+            "rest     {} requests, weight used {} (peak {}), {} rate limited, {} bans, {} server errors{}",
+            n("rest_requests"),
+            n("used_weight"),
+            n("peak_used_weight"),
+            n("rate_limited"),
+            n("bans"),
+            n("server_errors"),
+            match (feed["rest_pause"].as_str(), feed["rest_paused_ms"].as_u64()) {
+                (Some(why), Some(ms)) => format!("; PAUSED {ms} ms more: {why}"),
+                _ => String::new(),
+            }
+        );
+        for (title, key) in [("failing", "failing_series"), ("gap", "gaps")] {
+            for note in series[key].as_array().into_iter().flatten() {
+                println!(
+                    "         {title}: {} ({}): {}",
+                    note["series"].as_str().unwrap_or("?"),
+                    note["count"],
+                    note["detail"].as_str().unwrap_or("")
+                );
+            }
+        }
+        for skipped in series["skipped_symbols"].as_array().into_iter().flatten() {
+            println!("         skipped: {}", skipped.as_str().unwrap_or("?"));
+        }
         if let Some(e) = feed["last_error"].as_str() {
             println!("         last error: {e}");
         }

@@ -474,8 +474,11 @@ pub(super) fn drive(
             }
         }
         coord.feed()?;
-        if coord.live.as_ref().is_some_and(LiveFeed::is_finished) {
-            bail!("the live feed thread stopped unexpectedly (see the log)");
+        if let Some(live) = coord.live.as_ref().filter(|l| l.is_finished()) {
+            match live.health().fatal() {
+                Some(e) => bail!("the live feed cannot start: {e}"),
+                None => bail!("the live feed thread stopped unexpectedly (see the log)"),
+            }
         }
         if coord.last_heartbeat.elapsed() >= HEARTBEAT {
             coord.last_heartbeat = Instant::now();

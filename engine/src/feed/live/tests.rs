@@ -18,13 +18,19 @@ fn opts() -> LiveOptions {
         backfill: [(Interval::M1, 1000), (Interval::M5, 1000)].into(),
         ca_file: None,
         trace: false,
+        rest_weight_per_minute: DEFAULT_WEIGHT_PER_MINUTE,
+        skip_unknown: false,
+        max_queued_bytes: DEFAULT_QUEUED_BYTES,
+        opens_per_window: OPENS_PER_WINDOW,
     }
 }
 
 #[test]
 fn the_stream_url_names_every_symbol_and_interval() {
+    let groups = opts().groups();
+    assert_eq!(groups.len(), 1);
     assert_eq!(
-        opts().stream_url(),
+        groups[0].url,
         "wss://stream.binance.com:9443/stream?streams=btcusdt@kline_1m/btcusdt@kline_5m/ethusdt@kline_1m/ethusdt@kline_5m"
     );
 }
@@ -48,14 +54,18 @@ fn bad_options_name_the_flag() {
             .contains("--endpoint")
     );
     let mut o = opts();
-    o.symbols = (0..600)
-        .map(|k| SymbolName::new(&format!("S{k}")).expect("valid"))
+    o.symbols = (0..2_000)
+        .map(|k| SymbolName::new(&format!("S{k}USDT")).expect("valid"))
         .collect();
-    assert!(
-        o.check()
-            .expect_err("too many")
-            .to_string()
-            .contains("1024")
-    );
+    assert!(o.check().is_ok(), "4,000 streams fit in a few connections");
+    o.symbols = (0..12_000)
+        .map(|k| SymbolName::new(&format!("S{k}USDT")).expect("valid"))
+        .collect();
+    let err = o.check().expect_err("too many").to_string();
+    assert!(err.contains("--symbols") && err.contains("64"), "{err}");
+    let mut o = opts();
+    o.rest_weight_per_minute = 6_001;
+    let err = o.check().expect_err("over the exchange's").to_string();
+    assert!(err.contains("--rest-weight-per-minute"), "{err}");
     assert!(opts().check().is_ok());
 }

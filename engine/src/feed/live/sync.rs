@@ -1,0 +1,774 @@
+//! The live feed's sync thread: the one writer of the live series. It
+//! checks the symbols against the exchange, starts the connection threads,
+//! applies what they stream, and backfills each series over REST: at start,
+//! after its connection was lost, and when a candle closed without its
+//! `x: true` (a repair).
+//!
+//! Per series: `Behind` (its events are dropped: the backfill to come
+//! brings them) until a backfill brings it up to the exchange's newest
+//! candle, then `Live` (events written as they come). While a series is
+//! being backfilled its events are stashed and applied after the pages, so
+//! nothing that arrives during the backfill is lost. A series whose
+//! backfill is refused (an unknown symbol, a bad answer) is retried on its
+//! own schedule, with backoff, while every other one goes on; exchange-wide
+//! trouble (429, 418, 5xx, timeouts) pauses REST for everyone (see `rest`).
+//!
+//! Backfill pages go newest first (`endTime` paging, the exchange's clock
+//! deciding what is newest), down to the series' stored latest candle or
+//! its ring's worth, whichever comes first, and are written oldest first:
+//! after an outage longer than the ring holds, the newest ring's worth is
+//! brought and the gap before it reported (the store's rings are written in
+//! time order, so older candles could not be put before newer ones).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use protocol::samples::{Samples, saturate};
+use protocol::splitmix::SplitMix64;
+use protocol::store::SeriesId;
+use serde::Serialize;
+
+use super::super::binance::{BadLine, Kline};
+use super::super::writer::{Applied, FeedWriter, Refused};
+use super::conn::{self, EVENT_BYTES, Event, Stream, plan_groups};
+use super::rest::{KLINES_WEIGHT, Page, Rest, RestError};
+use super::{LATENCY_SAMPLES, LiveHealth, LiveOptions, POLL, REST_PAGE, lock};
+use crate::instance::SharedStore;
+
+/// Longest a successor's events are held while the close of the candle
+/// before it is fetched; then that candle stays as last streamed
+/// (provisional).
+pub const REPAIR_WAIT: Duration = Duration::from_secs(30);
+/// Events held per series during a repair, or stashed during a backfill,
+/// at most (one per open time; past it the oldest goes, and is brought
+/// again by REST).
+pub const HELD: usize = 256;
+/// A series' retry delays after refused backfills: doubled from the first
+/// to the last.
+pub const SERIES_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+/// Series listed by name in `status` (failing ones, ones with gaps), at most.
+pub const LISTED: usize = 32;
+/// Events taken from the queue between two looks at REST.
+const BATCH: usize = 4_096;
+/// How often the series summary is published for `status`.
+const SUMMARY_EVERY: Duration = Duration::from_millis(250);
+
+/// Where a series is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its connection is not open yet: a backfill now could miss what
+    /// happens before it opens.
+    Unsubscribed,
+    /// Waiting for a backfill, due then.
+    Behind { due: Instant },
+    /// Written as streamed.
+    Live,
+}
+
+/// A candle closed by its successor without `x: true`: its close is being
+/// fetched; the successor's events wait.
+#[derive(Debug)]
+struct Repair {
+    open_time: i64,
+    due: Instant,
+    deadline: Instant,
+    held: BTreeMap<i64, Kline>,
+}
+
+#[derive(Debug)]
+struct Series {
+    stream: Stream,
+    group: usize,
+    phase: Phase,
+    /// Failed backfills in a row.
+    failures: u32,
+    last_error: Option<String>,
+    repair: Option<Repair>,
+    /// Candles the last backfill could not bring (older than a ring).
+    missing: u64,
+}
+
+/// The backfill in progress (one series at a time).
+#[derive(Debug)]
+struct Filling {
+    series: usize,
+    /// Candles wanted at most (the ring's).
+    want: usize,
+    /// The stored latest open time: paging stops there.
+    latest: Option<i64>,
+    /// The next page's `endTime`.
+    end: Option<i64>,
+    pages: Vec<Vec<Kline>>,
+    have: usize,
+    /// Events streamed meanwhile, by open time (the latest of each).
+    stash: BTreeMap<i64, Kline>,
+}
+
+/// A series named in `status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SeriesNote {
+    /// `SYMBOL interval`.
+    pub series: String,
+    /// Failed backfills in a row, or candles missing.
+    pub count: u64,
+    /// The last error, or where the gap is.
+    pub detail: String,
+}
+
+/// The series, as `status` shows them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SeriesSummary {
+    /// Series written as streamed.
+    pub live: usize,
+    /// Series waiting for (or in) a backfill.
+    pub behind: usize,
+    /// Of those, ones whose last backfill was refused (retried on their
+    /// own schedule).
+    pub failing: usize,
+    /// Closes being repaired now.
+    pub repairing: usize,
+    /// Up to [`LISTED`] failing series with their last error.
+    pub failing_series: Vec<SeriesNote>,
+    /// Up to [`LISTED`] series whose last backfill left a gap (an outage
+    /// longer than the ring), with the candles missing.
+    pub gaps: Vec<SeriesNote>,
+    /// Symbols left out at start (`--skip-unknown`): not listed, or not trading.
+    pub skipped_symbols: Vec<String>,
+}
+
+/// The sync thread.
+pub struct Sync {
+    pub(super) opts: LiveOptions,
+    pub(super) store: SharedStore,
+    pub(super) writer: FeedWriter<SeriesId>,
+    pub(super) rest: Rest,
+    pub(super) health: Arc<LiveHealth>,
+    pub(super) shared: Arc<conn::Shared>,
+    pub(super) rx: Receiver<Event>,
+    /// Given to the connection threads, then dropped.
+    pub(super) tx: Option<Sender<Event>>,
+    pub(super) rng: SplitMix64,
+    series: Vec<Series>,
+    index: HashMap<Stream, usize>,
+    groups: Vec<Vec<usize>>,
+    filling: Option<Filling>,
+    /// Where the search for the next series to backfill starts.
+    cursor: usize,
+    skipped: Vec<String>,
+    summary_at: Instant,
+}
+
+impl Sync {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        opts: LiveOptions,
+        store: SharedStore,
+        writer: FeedWriter<SeriesId>,
+        rest: Rest,
+        health: Arc<LiveHealth>,
+        shared: Arc<conn::Shared>,
+        rx: Receiver<Event>,
+        tx: Sender<Event>,
+        seed: u64,
+    ) -> Self {
+        Self {
+            opts,
+            store,
+            writer,
+            rest,
+            health,
+            shared,
+            rx,
+            tx: Some(tx),
+            rng: SplitMix64::new(seed),
+            series: Vec::new(),
+            index: HashMap::new(),
+            groups: Vec::new(),
+            filling: None,
+            cursor: 0,
+            skipped: Vec::new(),
+            summary_at: Instant::now(),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire)
+    }
+
+    /// Runs until stopped; a fatal error (a symbol the exchange does not
+    /// trade) is kept in the health for the coordinator to report.
+    pub(super) fn run(mut self) {
+        let threads = match self.start() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "the live feed cannot start");
+                *lock(&self.health.fatal) = Some(e);
+                self.shared.stop.store(true, Ordering::Release);
+                return;
+            }
+        };
+        while !self.stopped() {
+            let now = Instant::now();
+            let wake = self.next_wake(now);
+            match self.rx.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(event) => {
+                    self.on_event(event);
+                    for _ in 0..BATCH {
+                        match self.rx.try_recv() {
+                            Ok(e) => self.on_event(e),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.take_overflowed();
+            self.expire_repairs();
+            self.rest_step();
+            if self.summary_at.elapsed() >= SUMMARY_EVERY {
+                self.publish_summary();
+            }
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a live connection thread panicked");
+            }
+        }
+    }
+
+    /// Checks the symbols, lays out the series and starts a thread per
+    /// connection group.
+    fn start(&mut self) -> Result<Vec<JoinHandle<()>>, String> {
+        let symbols = self.check_symbols()?;
+        let streams: Vec<Stream> = symbols
+            .iter()
+            .flat_map(|s| self.opts.intervals.iter().map(move |&i| (s.clone(), i)))
+            .collect();
+        let groups = plan_groups(&self.opts.ws_url, &streams);
+        for g in &groups {
+            let mut members = Vec::with_capacity(g.streams.len());
+            for s in &g.streams {
+                self.index.insert(s.clone(), self.series.len());
+                members.push(self.series.len());
+                self.series.push(Series {
+                    stream: s.clone(),
+                    group: g.index,
+                    phase: Phase::Unsubscribed,
+                    failures: 0,
+                    last_error: None,
+                    repair: None,
+                    missing: 0,
+                });
+            }
+            self.groups.push(members);
+        }
+        tracing::info!(
+            series = streams.len(),
+            connections = groups.len(),
+            "live feed: streams split over connections"
+        );
+        let tx = self.tx.take().ok_or("started twice")?;
+        let mut threads = Vec::with_capacity(groups.len());
+        for g in groups {
+            let name = format!("live-conn-{}", g.index);
+            let worker =
+                conn::Worker::new(g, Arc::clone(&self.shared), tx.clone(), self.rng.next_u64());
+            match std::thread::Builder::new()
+                .name(name)
+                .spawn(move || worker.run())
+            {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.shared.stop.store(true, Ordering::Release);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(format!("starting a live connection thread: {e}"));
+                }
+            }
+        }
+        Ok(threads)
+    }
+
+    /// The symbols to subscribe: those the exchange trades. Unknown or
+    /// halted ones are an error naming them, or left out with
+    /// `--skip-unknown`. An exchange that cannot be asked (down, or
+    /// refusing) leaves them unchecked: a bad one then fails its own
+    /// backfills and is reported, without holding up the others.
+    fn check_symbols(&mut self) -> Result<Vec<protocol::SymbolName>, String> {
+        let mut tries = 0;
+        let info = loop {
+            if self.stopped() {
+                return Err("stopped".into());
+            }
+            match self.rest.exchange_info() {
+                Ok(info) => break Some(info),
+                Err(RestError::Paused { until, .. }) => {
+                    let wait = until.saturating_duration_since(Instant::now());
+                    std::thread::sleep(wait.min(POLL));
+                }
+                Err(e @ RestError::Exchange(_)) if tries < 3 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "asking the exchange for its symbols");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e,
+                        "could not check --symbols against the exchange: going on unchecked (a bad symbol's backfills will fail and be reported)");
+                    break None;
+                }
+            }
+        };
+        let symbols = self.opts.symbols.clone();
+        let Some(info) = info else {
+            return Ok(symbols);
+        };
+        let mut bad = Vec::new();
+        let mut good = Vec::new();
+        for s in symbols {
+            match info.get(s.as_str()).map(String::as_str) {
+                Some("TRADING") => good.push(s),
+                Some(status) => bad.push(format!("{s} is {status}, not TRADING")),
+                None => bad.push(format!("{s} is not listed by the exchange")),
+            }
+        }
+        if bad.is_empty() {
+            return Ok(good);
+        }
+        if !self.opts.skip_unknown {
+            return Err(format!(
+                "--symbols: {}; fix --symbols, or pass --skip-unknown to go on without them",
+                bad.join(", ")
+            ));
+        }
+        for b in &bad {
+            tracing::warn!(symbol = %b, "--skip-unknown: left out");
+        }
+        if good.is_empty() {
+            return Err(format!(
+                "--symbols: {}: no symbol left to stream",
+                bad.join(", ")
+            ));
+        }
+        self.skipped = bad;
+        Ok(good)
+    }
+
+    /// When the loop has something to do without an event: a REST request
+    /// ready, a repair due or expiring, a series' retry due; at the latest
+    /// after [`POLL`] (to see the stop flag).
+    fn next_wake(&mut self, now: Instant) -> Instant {
+        let mut wake = now + POLL;
+        let mut work = self.filling.is_some();
+        for s in &self.series {
+            if let Some(r) = &s.repair {
+                wake = wake.min(r.deadline);
+                work |= r.due <= now;
+                wake = wake.min(r.due.max(now));
+            }
+            if let Phase::Behind { due } = s.phase {
+                work |= due <= now;
+                wake = wake.min(due.max(now));
+            }
+        }
+        if work {
+            wake = wake.min(self.rest.next_slot(KLINES_WEIGHT, now));
+        }
+        wake
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Opened { group, overlap } => {
+                if overlap {
+                    return;
+                }
+                // What closed while no connection was open: backfilled.
+                let now = Instant::now();
+                for k in self.groups.get(group).cloned().unwrap_or_default() {
+                    self.fall_behind(k, now);
+                }
+            }
+            Event::Kline(kline, received) => {
+                self.shared.queued.fetch_sub(EVENT_BYTES, Ordering::AcqRel);
+                let stream = (kline.symbol.clone(), kline.interval);
+                let Some(&k) = self.index.get(&stream) else {
+                    return;
+                };
+                if let Some(f) = self.filling.as_mut().filter(|f| f.series == k) {
+                    hold(&mut f.stash, *kline);
+                    return;
+                }
+                match self.series[k].phase {
+                    Phase::Behind { .. } | Phase::Unsubscribed => {
+                        self.health.deferred.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Phase::Live => self.live(k, *kline, Some(received)),
+                }
+            }
+        }
+    }
+
+    /// Series `k` needs a backfill now (its connection was replaced without
+    /// overlap, or its events overflowed the queue).
+    fn fall_behind(&mut self, k: usize, now: Instant) {
+        if self.filling.as_ref().is_some_and(|f| f.series == k) {
+            // Started over: the pages so far may miss what was dropped.
+            self.filling = None;
+        }
+        let s = &mut self.series[k];
+        s.repair = None;
+        if matches!(s.phase, Phase::Live | Phase::Unsubscribed) {
+            s.phase = Phase::Behind { due: now };
+        }
+    }
+
+    fn take_overflowed(&mut self) {
+        let streams: Vec<Stream> = lock(&self.shared.overflowed).drain().collect();
+        let now = Instant::now();
+        for s in streams {
+            if let Some(&k) = self.index.get(&s) {
+                self.fall_behind(k, now);
+            }
+        }
+    }
+
+    /// A streamed event of a live series. A candle that would be closed by
+    /// its successor without having had its `x: true` is repaired first.
+    fn live(&mut self, k: usize, kline: Kline, received: Option<Instant>) {
+        let open = kline.candle.open_time;
+        if let Some(repairing) = self.series[k].repair.as_ref().map(|r| r.open_time) {
+            if open == repairing && kline.closed {
+                // The close came after all, late.
+                self.health.late_closes.fetch_add(1, Ordering::Relaxed);
+                self.write(&kline, received);
+                self.release(k);
+            } else if open > repairing {
+                if let Some(r) = self.series[k].repair.as_mut() {
+                    hold(&mut r.held, kline);
+                }
+            } else {
+                self.write(&kline, received);
+            }
+            return;
+        }
+        if let Some((latest, false)) = self.writer.latest(&kline.symbol, kline.interval)
+            && open > latest
+        {
+            self.health.missing_closes.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
+            let wait = REPAIR_WAIT.min(Duration::from_millis(kline.interval.millis()));
+            let mut held = BTreeMap::new();
+            held.insert(open, kline);
+            self.series[k].repair = Some(Repair {
+                open_time: latest,
+                due: now,
+                deadline: now + wait,
+                held,
+            });
+            return;
+        }
+        self.write(&kline, received);
+    }
+
+    /// Ends series `k`'s repair: its held events are written.
+    fn release(&mut self, k: usize) {
+        if let Some(r) = self.series[k].repair.take() {
+            for kline in r.held.into_values() {
+                self.write(&kline, None);
+            }
+        }
+    }
+
+    fn expire_repairs(&mut self) {
+        let now = Instant::now();
+        for k in 0..self.series.len() {
+            if self.series[k]
+                .repair
+                .as_ref()
+                .is_some_and(|r| r.deadline <= now)
+            {
+                self.health
+                    .provisional_closes
+                    .fetch_add(1, Ordering::Relaxed);
+                let (symbol, interval) = &self.series[k].stream;
+                tracing::warn!(%symbol, %interval,
+                    "a candle's close could not be fetched in time: it stays as last streamed (provisional)");
+                self.release(k);
+            }
+        }
+    }
+
+    /// Writes one candle and publishes it.
+    fn write(&mut self, kline: &Kline, received: Option<Instant>) {
+        let mut store = self.store.lock();
+        match self.writer.apply(&mut *store, kline) {
+            Ok(Applied::Written) => {
+                store.publish();
+                drop(store);
+                if let Some(received) = received {
+                    lock(&self.health.latency)
+                        .get_or_insert_with(|| Samples::new(LATENCY_SAMPLES))
+                        .push(saturate(received.elapsed().as_nanos()));
+                    if self.opts.trace {
+                        let mut r = lock(&self.health.receipts);
+                        if r.len() < LATENCY_SAMPLES {
+                            r.push((kline.candle.open_time, received));
+                        }
+                    }
+                }
+                *lock(&self.health.counters) = self.writer.counters();
+            }
+            Ok(Applied::Repeat) => {}
+            Err(Refused::Bad(BadLine::Stale { .. })) => {
+                self.health.stale.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Refused::Bad(e)) => {
+                drop(store);
+                self.health.bad(&e);
+            }
+            Err(Refused::Store(e)) => {
+                drop(store);
+                self.health.bad(&BadLine::Json(e.to_string()));
+            }
+        }
+    }
+
+    /// At most one REST request: a due repair first, then the backfill in
+    /// progress, then the next series due for one.
+    fn rest_step(&mut self) {
+        let now = Instant::now();
+        if self.rest.next_slot(KLINES_WEIGHT, now) > now {
+            return;
+        }
+        if let Some(k) = (0..self.series.len())
+            .find(|&k| self.series[k].repair.as_ref().is_some_and(|r| r.due <= now))
+        {
+            return self.repair_step(k);
+        }
+        if self.filling.is_none() {
+            let n = self.series.len();
+            let due = (0..n)
+                .map(|d| (self.cursor + d) % n)
+                .find(|&k| matches!(self.series[k].phase, Phase::Behind { due } if due <= now));
+            let Some(k) = due else { return };
+            self.cursor = (k + 1) % n.max(1);
+            let (symbol, interval) = &self.series[k].stream;
+            self.filling = Some(Filling {
+                series: k,
+                want: self
+                    .opts
+                    .backfill
+                    .get(interval)
+                    .copied()
+                    .unwrap_or(REST_PAGE)
+                    .max(1),
+                latest: self.writer.latest(symbol, *interval).map(|(t, _)| t),
+                end: None,
+                pages: Vec::new(),
+                have: 0,
+                stash: BTreeMap::new(),
+            });
+        }
+        self.fill_step();
+    }
+
+    /// Asks for the close of the candle being repaired.
+    fn repair_step(&mut self, k: usize) {
+        let (symbol, interval) = self.series[k].stream.clone();
+        let Some(open) = self.series[k].repair.as_ref().map(|r| r.open_time) else {
+            return;
+        };
+        let retry = Instant::now() + Duration::from_secs(1);
+        match self.rest.klines(&symbol, interval, Page::From(open), 1) {
+            Ok(rows) => match rows.into_iter().find(|r| r.candle.open_time == open) {
+                Some(row) if row.closed => {
+                    self.health.repaired_closes.fetch_add(1, Ordering::Relaxed);
+                    self.write(&row, None);
+                    self.release(k);
+                }
+                // The exchange is still finishing it: ask again soon.
+                Some(_) => self.set_repair_due(k, retry),
+                None => {
+                    self.health
+                        .provisional_closes
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.release(k);
+                }
+            },
+            Err(RestError::Paused { .. }) => {}
+            Err(RestError::Exchange(_)) => self.set_repair_due(k, retry),
+            Err(RestError::Refused(e)) => {
+                tracing::warn!(%symbol, %interval, error = %e, "a candle's close could not be fetched: it stays provisional");
+                self.health
+                    .provisional_closes
+                    .fetch_add(1, Ordering::Relaxed);
+                self.release(k);
+            }
+        }
+    }
+
+    fn set_repair_due(&mut self, k: usize, due: Instant) {
+        if let Some(r) = self.series[k].repair.as_mut() {
+            r.due = due;
+        }
+    }
+
+    /// One page of the backfill in progress; the last one writes them all.
+    fn fill_step(&mut self) {
+        let Some(f) = self.filling.as_mut() else {
+            return;
+        };
+        let k = f.series;
+        let (symbol, interval) = self.series[k].stream.clone();
+        let limit = (f.want - f.have.min(f.want)).clamp(1, REST_PAGE);
+        match self
+            .rest
+            .klines(&symbol, interval, Page::Before(f.end), limit)
+        {
+            Ok(rows) => {
+                let oldest = rows.first().map(|r| r.candle.open_time);
+                let n = rows.len();
+                f.have += n;
+                f.pages.push(rows);
+                let reached = matches!((oldest, f.latest), (Some(o), Some(l)) if o <= l);
+                match oldest {
+                    Some(o) if n >= limit && !reached && f.have < f.want => f.end = Some(o - 1),
+                    _ => {
+                        self.series[k].failures = 0;
+                        self.finish_fill();
+                    }
+                }
+            }
+            Err(RestError::Paused { .. }) => {}
+            Err(e) => {
+                self.health
+                    .backfill_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let s = &mut self.series[k];
+                s.failures += 1;
+                s.last_error = Some(e.to_string());
+                // A refusal is this series' own; other trouble is the
+                // exchange's, and pauses everyone (see `rest`) unless it
+                // keeps coming back for this series.
+                if e.is_refusal() || s.failures >= 3 {
+                    let wait = SERIES_RETRY.0 * 2u32.saturating_pow(s.failures.min(16) - 1);
+                    let wait = wait
+                        .min(SERIES_RETRY.1)
+                        .mul_f64(0.75 + 0.25 * self.rng.unit());
+                    if s.failures.is_power_of_two() {
+                        tracing::warn!(symbol = %symbol, %interval, failures = s.failures, retry_ms = wait.as_millis() as u64,
+                            error = %e, "backfill failed: this series is retried on its own schedule, the others go on");
+                    }
+                    s.phase = Phase::Behind {
+                        due: Instant::now() + wait,
+                    };
+                    self.filling = None;
+                }
+                self.health.error(e.to_string());
+            }
+        }
+    }
+
+    /// Writes a finished backfill's pages oldest first, then what streamed
+    /// meanwhile; the series is live from here.
+    fn finish_fill(&mut self) {
+        let Some(f) = self.filling.take() else { return };
+        let k = f.series;
+        let (symbol, interval) = self.series[k].stream.clone();
+        let len = interval.millis() as i64;
+        let oldest = f
+            .pages
+            .last()
+            .and_then(|p| p.first())
+            .map(|r| r.candle.open_time);
+        let missing = match (f.latest, oldest) {
+            (Some(l), Some(o)) if o > l + len => ((o - l) / len - 1) as u64,
+            _ => 0,
+        };
+        let mut store = self.store.lock();
+        let mut written = 0;
+        for kline in f.pages.iter().rev().flatten() {
+            match self.writer.apply(&mut *store, kline) {
+                Ok(Applied::Written) => written += 1,
+                Ok(Applied::Repeat) | Err(Refused::Bad(BadLine::Stale { .. })) => {}
+                Err(e) => {
+                    tracing::warn!(%symbol, %interval, error = %e, "a backfilled candle was refused");
+                }
+            }
+        }
+        if written > 0 {
+            store.publish();
+        }
+        drop(store);
+        self.health.backfilled.fetch_add(written, Ordering::Relaxed);
+        *lock(&self.health.counters) = self.writer.counters();
+        if missing > 0 {
+            tracing::warn!(%symbol, %interval, missing,
+                "the outage was longer than the ring holds: the newest candles were brought, a gap before them remains");
+        }
+        let s = &mut self.series[k];
+        s.missing = missing;
+        s.last_error = None;
+        s.phase = Phase::Live;
+        for kline in f.stash.into_values() {
+            self.live(k, kline, None);
+        }
+    }
+
+    fn publish_summary(&mut self) {
+        self.summary_at = Instant::now();
+        let mut sum = SeriesSummary {
+            skipped_symbols: self.skipped.clone(),
+            ..SeriesSummary::default()
+        };
+        let now = Instant::now();
+        for s in &self.series {
+            let name = || format!("{} {}", s.stream.0, s.stream.1);
+            match s.phase {
+                Phase::Live => sum.live += 1,
+                Phase::Unsubscribed => sum.behind += 1,
+                Phase::Behind { due } => {
+                    sum.behind += 1;
+                    if s.failures > 0 && s.last_error.is_some() {
+                        sum.failing += 1;
+                        if sum.failing_series.len() < LISTED {
+                            sum.failing_series.push(SeriesNote {
+                                series: name(),
+                                count: u64::from(s.failures),
+                                detail: format!(
+                                    "{} (retry in {} ms)",
+                                    s.last_error.as_deref().unwrap_or(""),
+                                    due.saturating_duration_since(now).as_millis()
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+            sum.repairing += usize::from(s.repair.is_some());
+            if s.missing > 0 && sum.gaps.len() < LISTED {
+                sum.gaps.push(SeriesNote {
+                    series: name(),
+                    count: s.missing,
+                    detail: format!("group {}: older than the ring could hold", s.group),
+                });
+            }
+        }
+        *lock(&self.health.series) = sum;
+    }
+}
+
+/// Keeps `kline` as its open time's latest event, dropping the oldest past
+/// [`HELD`] (a backfill brings it back).
+fn hold(held: &mut BTreeMap<i64, Kline>, kline: Kline) {
+    held.insert(kline.candle.open_time, kline);
+    while held.len() > HELD {
+        held.pop_first();
+    }
+}
