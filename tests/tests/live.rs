@@ -7,118 +7,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use engine::feed::mock::{End, Episode, MockBinance, dump_csv, timeline};
+use engine::feed::mock::{End, Episode, MockBinance, timeline};
 use harness::{ChildGuard, TestInstance, normalized_signals};
 use nix::sys::signal::Signal;
+use protocol::Interval;
 use protocol::store::StoreReader;
-use protocol::{Candle, Interval, SymbolName};
 
-const WAIT: Duration = Duration::from_secs(60);
-
-fn episode(skip: usize, stream: usize, garbage: bool, end: End) -> Episode {
-    Episode {
-        skip,
-        stream,
-        updates: 2,
-        pause: Duration::from_millis(2),
-        garbage,
-        end,
-    }
-}
-
-fn live_run(
-    inst: &TestInstance,
-    mock: &MockBinance,
-    symbols: &str,
-    traders: &Path,
-    extra: &[&str],
-) -> ChildGuard {
-    let endpoint = format!("{},{}", mock.ws_url, mock.rest_url);
-    let mut cmd = inst.command("shmkline");
-    cmd.args([
-        "run",
-        "--feed",
-        "binance",
-        "--symbols",
-        symbols,
-        "--intervals",
-        "1m",
-    ])
-    .args([
-        "--endpoint",
-        &endpoint,
-        "--max-symbols",
-        "4",
-        "--candles-per-series",
-        "2048",
-    ])
-    .args(["--ping-interval", "50"])
-    .arg("--traders")
-    .arg(traders)
-    .args(extra);
-    let mut child = ChildGuard::spawn(&mut cmd);
-    child.capture_stdout();
-    child
-}
-
-fn traders_file(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("traders.json");
-    let traders = serde_json::json!([
-        {"id": "up", "symbols": "*", "interval": "1m", "rule": "crosses_above(close, sma(close, 5))"},
-        {"id": "down", "symbols": "*", "interval": "1m", "rule": "crosses_below(close, sma(close, 5))"},
-    ]);
-    std::fs::write(&path, traders.to_string()).expect("write traders");
-    path
-}
-
-/// Every candle of `symbol`'s 1m series, with its closed flag.
-fn stored(inst: &TestInstance, symbol: &str) -> Vec<(u64, Candle, bool)> {
-    let Ok(reader) = StoreReader::open(&inst.name) else {
-        return Vec::new();
-    };
-    let Some(id) = reader.symbol_id(symbol) else {
-        return Vec::new();
-    };
-    let series = reader.series(id, Interval::M1).expect("series");
-    let head = reader.appended(series).expect("head");
-    let mut out = Vec::new();
-    reader.read_range(series, 0, head, &mut out).expect("read");
-    out.into_iter()
-        .map(|s| (s.index, s.candle, s.closed))
-        .collect()
-}
-
-/// Waits until the store holds the server's closed candles for every symbol.
-fn wait_in_sync(inst: &TestInstance, mock: &MockBinance, child: &ChildGuard) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let synced = mock.script_done()
-            && mock.closed().iter().all(|(symbol, candles)| {
-                let got = stored(inst, symbol.as_str());
-                got.len() == candles.len()
-                    && got
-                        .last()
-                        .is_some_and(|(_, c, closed)| *closed && c == &candles[candles.len() - 1])
-            });
-        if synced {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the store never caught up with the server (clock {}); status: {}\nlog: {}",
-            mock.clock(),
-            String::from_utf8_lossy(&inst.shmkline(&["status", "--json"]).stdout),
-            child.stderr_so_far()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn write_csv(dir: &Path, symbol: &SymbolName, candles: &[Candle]) -> String {
-    let path = dir.join(format!("{symbol}-1m-live.csv"));
-    std::fs::write(&path, dump_csv(candles)).expect("write csv");
-    path.display().to_string()
-}
+mod support;
+use support::*;
 
 #[test]
 fn cut_closed_silent_and_garbage_connections_lose_and_duplicate_nothing() {
@@ -161,17 +57,8 @@ fn cut_closed_silent_and_garbage_connections_lose_and_duplicate_nothing() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let closed = mock.closed();
     assert_eq!(mock.clock(), 50 + 30 + 10 + 20 + 5 + 10 + 7 + 15);
-    for (symbol, candles) in &closed {
-        let got = stored(&inst, symbol.as_str());
-        assert_eq!(got.len(), candles.len(), "{symbol}: a gap or a duplicate");
-        for (k, ((index, c, closed), want)) in got.iter().zip(candles).enumerate() {
-            assert_eq!(*index, k as u64);
-            assert_eq!(c, want, "{symbol} candle {k}");
-            assert!(*closed || k + 1 < got.len());
-        }
-    }
+    assert_store_equals_server(&inst, &mock);
     let status = inst.status_when(WAIT, |s| s["feed"]["connected"].as_u64() >= Some(1));
     let feed = &status["feed"];
     assert_eq!(feed["kind"], "binance");
@@ -202,20 +89,7 @@ fn cut_closed_silent_and_garbage_connections_lose_and_duplicate_nothing() {
     assert!(!signals.is_empty());
 
     // The oracle: a backtest over the server's candles.
-    let files: Vec<String> = closed
-        .iter()
-        .map(|(s, c)| write_csv(dir.path(), s, c))
-        .collect();
-    let feed = format!("replay:{}", files.join(","));
-    let traders_arg = traders.to_string_lossy().into_owned();
-    let oracle = inst.backtest_signals(&[
-        "--feed",
-        &feed,
-        "--traders",
-        &traders_arg,
-        "--intervals",
-        "1m",
-    ]);
+    let oracle = oracle(&inst, &mock, dir.path(), &traders);
     assert_eq!(
         signals, oracle,
         "live signals differ from the backtest of the server's candles"

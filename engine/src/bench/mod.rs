@@ -2,6 +2,7 @@
 //! in the same run on the same machine, so ratios are meaningful on shared,
 //! noisy hosts where absolute numbers are not.
 
+pub mod backfill;
 pub mod burst;
 pub mod child;
 pub mod feed;

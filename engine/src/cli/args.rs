@@ -151,6 +151,28 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
         live_messages: u64,
     },
+    /// A fresh live start of many series against the loopback Binance
+    /// stand-in: time to all-live, REST requests and peak weight a minute,
+    /// vs the floor the weight budget sets.
+    Backfill {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Series (symbols, 1m each).
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        series: u64,
+        /// Closed candles the stand-in holds per series at start (a ring of
+        /// 1,440 wants 1,080 of them).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        history: u64,
+        /// The client's REST budget, weight per minute (Binance allows 6,000).
+        #[arg(long, default_value_t = crate::feed::live::DEFAULT_WEIGHT_PER_MINUTE,
+            value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::feed::live::EXCHANGE_WEIGHT_LIMIT)))]
+        rest_weight_per_minute: u32,
+        /// A candle closes this often while the backfill runs, ms.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+        stream_every_ms: u64,
+    },
     /// A real run with many traders on many symbols: evaluation pass and
     /// signal latency percentiles, as the workers and coordinator measure them.
     Traders {
@@ -370,6 +392,12 @@ pub struct FeedArgs {
     /// trade (named in the log and in status) instead of refusing to start.
     #[arg(long)]
     pub skip_unknown: bool,
+    /// Live feed: MiB of received events held for the sync thread at most;
+    /// past it an event is dropped and its series backfilled again (counted
+    /// as `overflowed` in status).
+    #[arg(long, default_value_t = (crate::feed::live::DEFAULT_QUEUED_BYTES >> 20) as u64,
+        value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_queued_mib: u64,
 }
 
 /// How fast a finite feed goes.

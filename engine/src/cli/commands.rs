@@ -149,6 +149,22 @@ pub fn bench(instance: &InstanceName, cmd: BenchCommand) -> Result<()> {
             emit(&report, json)?;
             check_torn(report.counts.torn_accepted, report.counts.torn_rejected)
         }
+        BenchCommand::Backfill {
+            json,
+            series,
+            history,
+            rest_weight_per_minute,
+            stream_every_ms,
+        } => emit(
+            &crate::bench::backfill::run(
+                instance,
+                series as usize,
+                history as usize,
+                rest_weight_per_minute,
+                std::time::Duration::from_millis(stream_every_ms),
+            )?,
+            json,
+        ),
         BenchCommand::Feed {
             json,
             candles,

@@ -97,7 +97,7 @@ impl FeedArgs {
                     rest_weight_per_minute: self.rest_weight_per_minute,
                     skip_unknown: self.skip_unknown,
                     opens_per_window: self.max_connection_opens as usize,
-                    max_queued_bytes: crate::feed::live::DEFAULT_QUEUED_BYTES,
+                    max_queued_bytes: (self.max_queued_mib as usize) << 20,
                 }))
             }
         }

@@ -269,6 +269,7 @@ impl Coordinator {
             stopped: false,
             reached_ready: false,
             progress: None,
+            behind_since: None,
             kill_at: None,
         });
         let init = Init {

@@ -99,6 +99,9 @@ pub(super) struct Incarnation {
     /// The progress its PONGs last reported (publish counter covered,
     /// candles judged), and when either last advanced.
     pub(super) progress: Option<((u64, u64), Instant)>,
+    /// Since when a batch it has not covered waits (seen by the watchdog):
+    /// a worker idle for long is not stuck the moment a batch comes.
+    pub(super) behind_since: Option<Instant>,
     /// For a crash seen on the channel: when to SIGKILL if it has not exited
     /// by itself (so its own exit status, not our kill, tells why it went).
     pub(super) kill_at: Option<Instant>,

@@ -316,19 +316,32 @@ impl Coordinator {
     /// A worker that still answers PINGs but whose progress (neither the
     /// batches it covered nor the candles it judged) has not moved for
     /// `stall_timeout` while newer batches wait is stuck in its evaluation.
-    /// A slow one is not: its passes are bounded and report as they go.
+    /// A slow one is not: its passes are bounded and report as they go. The
+    /// clock runs from the later of its last progress and the moment a batch
+    /// it had not covered was first seen waiting: after a quiet minute (a
+    /// live feed waiting out a rate limit), the next batch is not late.
     pub(super) fn stall_due(&mut self) {
         let published = self.inst.store.lock().stats().publishes;
+        let now = Instant::now();
         for s in 0..self.slots.len() {
-            let Some(inc) = self.slots[s].live.as_ref() else {
+            let Some(inc) = self.slots[s].live.as_mut() else {
                 continue;
             };
             if inc.state != State::Ready {
                 continue;
             }
+            let behind = inc
+                .progress
+                .is_some_and(|((value, _), _)| value < published);
+            inc.behind_since = if behind {
+                Some(inc.behind_since.unwrap_or(now))
+            } else {
+                None
+            };
             if let Some(((value, _), since)) = inc.progress
+                && let Some(waiting) = inc.behind_since
                 && value < published
-                && since.elapsed() > self.opts.stall_timeout
+                && since.max(waiting).elapsed() > self.opts.stall_timeout
             {
                 let why = format!(
                     "its evaluation made no progress for {:?} (stuck at batch {value} of {published})",

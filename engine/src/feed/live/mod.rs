@@ -256,8 +256,8 @@ pub struct LiveStatus {
     pub bad_messages: u64,
     /// Events older than the stored candle (normal after a backfill).
     pub stale: u64,
-    /// Events left out because their series was waiting for a backfill
-    /// (which brings them).
+    /// Events that came while their series waited for a backfill: the
+    /// newest `sync::HELD` per series are applied after it.
     pub deferred: u64,
     /// Candles written from REST.
     pub backfilled: u64,

@@ -50,6 +50,9 @@ pub const HELD: usize = 256;
 /// A series' retry delays after refused backfills: doubled from the first
 /// to the last.
 pub const SERIES_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+/// Backfills a gap in the stream may start in a row without bringing a
+/// candle (see `Series::gap_fills`).
+const GAP_FILLS: u8 = 2;
 /// Series listed by name in `status` (failing ones, ones with gaps), at most.
 pub const LISTED: usize = 32;
 /// Events taken from the queue between two looks at REST.
@@ -88,8 +91,16 @@ struct Series {
     failures: u32,
     last_error: Option<String>,
     repair: Option<Repair>,
-    /// Candles the last backfill could not bring (older than a ring).
+    /// Candles its backfills could not bring (outages longer than the
+    /// ring), in all.
     missing: u64,
+    /// Events that came while it waited for a backfill (bounded by
+    /// [`HELD`]): the exchange's REST may answer before it counts the
+    /// candle whose close was just streamed, so they are applied after.
+    early: BTreeMap<i64, Kline>,
+    /// Backfills in a row started by a gap in the stream that brought
+    /// nothing: past [`GAP_FILLS`] the gap is the exchange's, and kept.
+    gap_fills: u8,
 }
 
 /// The backfill in progress (one series at a time).
@@ -264,6 +275,8 @@ impl Sync {
                     last_error: None,
                     repair: None,
                     missing: 0,
+                    early: BTreeMap::new(),
+                    gap_fills: 0,
                 });
             }
             self.groups.push(members);
@@ -407,6 +420,7 @@ impl Sync {
                 match self.series[k].phase {
                     Phase::Behind { .. } | Phase::Unsubscribed => {
                         self.health.deferred.fetch_add(1, Ordering::Relaxed);
+                        hold(&mut self.series[k].early, *kline);
                     }
                     Phase::Live => self.live(k, *kline, Some(received)),
                 }
@@ -417,11 +431,13 @@ impl Sync {
     /// Series `k` needs a backfill now (its connection was replaced without
     /// overlap, or its events overflowed the queue).
     fn fall_behind(&mut self, k: usize, now: Instant) {
-        if self.filling.as_ref().is_some_and(|f| f.series == k) {
-            // Started over: the pages so far may miss what was dropped.
-            self.filling = None;
-        }
         let s = &mut self.series[k];
+        if let Some(f) = self.filling.take_if(|f| f.series == k) {
+            // Started over: the pages so far may miss what was dropped.
+            for kline in f.stash.into_values() {
+                hold(&mut s.early, kline);
+            }
+        }
         s.repair = None;
         if matches!(s.phase, Phase::Live | Phase::Unsubscribed) {
             s.phase = Phase::Behind { due: now };
@@ -457,7 +473,19 @@ impl Sync {
             }
             return;
         }
-        if let Some((latest, false)) = self.writer.latest(&kline.symbol, kline.interval)
+        let latest = self.writer.latest(&kline.symbol, kline.interval);
+        if let Some((latest, _)) = latest
+            && open > latest + kline.interval.millis() as i64
+            && self.series[k].gap_fills < GAP_FILLS
+        {
+            // A candle never streamed (or not yet counted by REST when the
+            // backfill asked): brought by a backfill, this event after it.
+            let now = Instant::now();
+            self.fall_behind(k, now);
+            hold(&mut self.series[k].early, kline);
+            return;
+        }
+        if let Some((latest, false)) = latest
             && open > latest
         {
             self.health.missing_closes.fetch_add(1, Ordering::Relaxed);
@@ -572,7 +600,7 @@ impl Sync {
                 end: None,
                 pages: Vec::new(),
                 have: 0,
-                stash: BTreeMap::new(),
+                stash: std::mem::take(&mut self.series[k].early),
             });
         }
         self.fill_step();
@@ -713,11 +741,22 @@ impl Sync {
                 "the outage was longer than the ring holds: the newest candles were brought, a gap before them remains");
         }
         let s = &mut self.series[k];
-        s.missing = missing;
+        // Kept: a later backfill does not bring these back.
+        s.missing += missing;
         s.last_error = None;
         s.phase = Phase::Live;
+        s.gap_fills = if written > 0 {
+            0
+        } else {
+            s.gap_fills.saturating_add(1)
+        };
+        // What streamed meanwhile; should it skip ahead, the series falls
+        // behind again and the rest waits for that backfill.
         for kline in f.stash.into_values() {
-            self.live(k, kline, None);
+            match self.series[k].phase {
+                Phase::Live => self.live(k, kline, None),
+                _ => hold(&mut self.series[k].early, kline),
+            }
         }
     }
 

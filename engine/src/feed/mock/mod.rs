@@ -110,6 +110,12 @@ pub struct Behavior {
     pub halted: Vec<String>,
     /// Symbols `exchangeInfo` does not list (and klines refuses, -1121).
     pub unlisted: Vec<String>,
+    /// Symbols `exchangeInfo` lists as trading but klines refuses (-1121):
+    /// delisted between the check and the backfill.
+    pub refused: Vec<String>,
+    /// Every klines answer is this late (a slow exchange: the client's
+    /// events pile up meanwhile).
+    pub rest_delay: Duration,
 }
 
 impl Default for Behavior {
@@ -129,6 +135,8 @@ impl Default for Behavior {
             extra_column: false,
             halted: Vec::new(),
             unlisted: Vec::new(),
+            refused: Vec::new(),
+            rest_delay: Duration::ZERO,
         }
     }
 }

@@ -279,6 +279,8 @@ fn klines(query: &str, shared: &Shared) -> Reply {
             .split('&')
             .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
     };
+    // Before the state's lock: streaming goes on meanwhile.
+    std::thread::sleep(shared.behavior.rest_delay);
     let st = lock(&shared.state);
     let interval = param("interval").and_then(|i| i.parse::<Interval>().ok());
     let (series, closed) = match interval {
@@ -296,10 +298,11 @@ fn klines(query: &str, shared: &Shared) -> Reply {
     let start = param("startTime").and_then(|v| v.parse::<i64>().ok());
     let end = param("endTime").and_then(|v| v.parse::<i64>().ok());
     let symbol = param("symbol");
-    let unlisted = shared
-        .behavior
+    let b = &shared.behavior;
+    let unlisted = b
         .unlisted
         .iter()
+        .chain(&b.refused)
         .any(|u| Some(u.as_str()) == symbol);
     let Some((_, candles)) = series
         .iter()

@@ -1,0 +1,619 @@
+//! The live feed against a stand-in as unkind as Binance (issue 14): 429
+//! storms and 418 bans, server errors, unknown and refused symbols, 2,000
+//! series at once, dropped and late closes, `serverShutdown`, a 13th REST
+//! column, a 40-hour outage and a queue driven past its bound. Each test
+//! shows the fault happened (the stand-in's own counters) and that the store
+//! ended equal to the stand-in's candles.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use engine::feed::mock::{Behavior, End, Episode, MockBinance, timeline};
+use harness::{TestInstance, normalized_signals};
+use nix::sys::signal::Signal;
+use protocol::Candle;
+use protocol::store::StoreReader;
+use serde_json::Value;
+
+mod support;
+use support::*;
+
+/// Room for 4 symbols of 2,048 candles (PINGs at the default interval: the
+/// suite runs tests side by side, and a loaded machine must not look like a
+/// hung worker).
+const RING_2048: [&str; 4] = ["--max-symbols", "4", "--candles-per-series", "2048"];
+
+fn status(inst: &TestInstance) -> Value {
+    inst.status_when(WAIT, |_| true)
+}
+
+/// One trader that never fires: these tests are about the candles.
+fn quiet_traders(dir: &Path) -> PathBuf {
+    let path = dir.join("quiet.json");
+    let traders = serde_json::json!([
+        {"id": "never", "symbols": "*", "interval": "1m", "rule": "close < 0"},
+    ]);
+    std::fs::write(&path, traders.to_string()).expect("write traders");
+    path
+}
+
+fn klines_requests(mock: &MockBinance) -> Vec<String> {
+    mock.rest_log()
+        .into_iter()
+        .filter(|t| t.starts_with("/api/v3/klines"))
+        .collect()
+}
+
+/// Ends the run; no worker was faulted meanwhile (a paused REST or a
+/// backfill must not look like a stuck worker).
+fn stop(inst: &TestInstance, child: harness::ChildGuard) -> (Vec<u8>, String) {
+    let s = status(inst);
+    assert_eq!(s["supervision"]["faults"], 0, "{}", s["supervision"]);
+    child.signal(Signal::SIGTERM);
+    let (exit, stdout, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "run failed: {stderr}");
+    (stdout, stderr)
+}
+
+/// A fresh start of `names` whose backfill takes two pages per series (1,400
+/// candles of history; a 2,048 ring wants 1,536), `stream` candles closing
+/// meanwhile, against a stand-in behaving so.
+fn two_page_start(
+    inst: &TestInstance,
+    traders: &Path,
+    names: &[&str],
+    stream: usize,
+    behavior: Behavior,
+) -> (MockBinance, harness::ChildGuard) {
+    let mock = MockBinance::start_behaving(
+        timeline(names, 1500).expect("timeline"),
+        1400,
+        vec![episode(0, stream, false, End::Idle)],
+        behavior,
+    )
+    .expect("mock");
+    let max = names.len().to_string();
+    let flags = ["--max-symbols", &max, "--candles-per-series", "2048"];
+    let child = live_command(inst, &mock, &names.join(","), traders, &flags);
+    (mock, child)
+}
+
+/// A 429 storm and server errors mid-backfill: every `Retry-After` is waited
+/// out (the stand-in saw no request inside one), 5xx answers are retried,
+/// and the store ends complete. The pauses (1 + 3 + 5 s) outlast the stall
+/// timeout (5 s): the batch after them must not get the workers killed as
+/// stuck (they were, before the watchdog timed from the batch).
+#[test]
+fn a_429_storm_and_server_errors_mid_backfill_are_waited_out() {
+    let inst = TestInstance::new("b429");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = quiet_traders(dir.path());
+    let names = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT"];
+    let behavior = Behavior {
+        // Request 1 is the symbol check; the backfill is under way by 4.
+        storm: Some((4, 3)),
+        retry_after_s: 1,
+        server_error_every: 5,
+        ..Behavior::default()
+    };
+    let (mock, child) = two_page_start(&inst, &traders, &names, 20, behavior);
+    wait_in_sync(&inst, &mock, &child);
+    assert_store_equals_server(&inst, &mock);
+    let (rate_limited, banned, server_errors) = mock.rest_refusals();
+    assert_eq!(rate_limited, 3, "the storm landed: 3 answers 429");
+    assert!(server_errors >= 2, "server errors landed: {server_errors}");
+    assert_eq!(banned, 0);
+    assert_eq!(
+        mock.violations(),
+        0,
+        "a request came inside a Retry-After window"
+    );
+    // The series summary is published every 250 ms.
+    let feed = &inst.status_when(WAIT, |s| s["feed"]["series"]["live"] == 5)["feed"];
+    assert_eq!(feed["rate_limited"], 3, "{feed}");
+    assert_eq!(
+        feed["server_errors"].as_u64(),
+        Some(server_errors),
+        "{feed}"
+    );
+    let (_, stderr) = stop(&inst, child);
+    assert!(
+        stderr.contains("429"),
+        "the 429 is not in the log:\n{stderr}"
+    );
+    inst.assert_clean();
+}
+
+/// A 418 ban: REST stops for the ban's length (the stand-in saw no request
+/// during it), `status` says why while it lasts, and the backfill then ends.
+#[test]
+fn a_418_ban_stops_rest_until_it_ends_and_status_says_so() {
+    let inst = TestInstance::new("b418");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = quiet_traders(dir.path());
+    let names = ["BTCUSDT", "ETHUSDT", "BNBUSDT"];
+    let behavior = Behavior {
+        ban_at: Some(3),
+        ban_s: 3,
+        ..Behavior::default()
+    };
+    let (mock, child) = two_page_start(&inst, &traders, &names, 10, behavior);
+    let banned = inst.status_when(WAIT, |s| s["feed"]["bans"] == 1);
+    let feed = &banned["feed"];
+    let pause = feed["rest_pause"].as_str().unwrap_or_default();
+    assert!(pause.contains("418"), "status does not say why: {feed}");
+    assert!(feed["rest_paused_ms"].as_u64() > Some(0), "{feed}");
+    let requests_when_banned = mock.rest_requests();
+    wait_in_sync(&inst, &mock, &child);
+    assert_store_equals_server(&inst, &mock);
+    assert_eq!(mock.rest_refusals().1, 1, "the ban landed");
+    assert_eq!(mock.violations(), 0, "a request came during the ban");
+    assert!(mock.rest_requests() > requests_when_banned);
+    let after = status(&inst);
+    assert_eq!(after["feed"]["rest_pause"], Value::Null, "{after}");
+    let (_, stderr) = stop(&inst, child);
+    assert!(
+        stderr.contains("banned"),
+        "the ban is not in the log:\n{stderr}"
+    );
+    inst.assert_clean();
+}
+
+/// An unknown symbol among five: refused at start with its name; with
+/// `--skip-unknown` left out and named in `status`. A symbol the exchange
+/// lists but whose klines it refuses is isolated (retried on its own
+/// schedule, named in `status`) while the others go live and give the
+/// backtest's signals.
+#[test]
+fn unknown_and_refused_symbols_are_named_and_the_others_go_live() {
+    let inst = TestInstance::new("bsym");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = traders_file(dir.path());
+    let good = ["BTCUSDT", "ETHUSDT", "BNBUSDT"];
+    let mut listed: Vec<&str> = good.to_vec();
+    listed.push("GONEUSDT");
+    let behavior = Behavior {
+        refused: vec!["GONEUSDT".into()],
+        ..Behavior::default()
+    };
+    let mock = MockBinance::start_behaving(
+        timeline(&listed, 300).expect("timeline"),
+        100,
+        Vec::new(),
+        behavior,
+    )
+    .expect("mock");
+    let symbols = "btcusdt,ETHUSDT,BNBUSDT,GONEUSDT,NOPEUSDT";
+    let flags = ["--max-symbols", "5", "--candles-per-series", "2048"];
+
+    let refused = live_command(&inst, &mock, symbols, &traders, &flags);
+    let (exit, _, stderr) = refused.wait_output(WAIT);
+    assert!(!exit.success(), "an unknown symbol was accepted");
+    assert!(
+        stderr.contains("NOPEUSDT is not listed by the exchange")
+            && stderr.contains("--skip-unknown"),
+        "the error does not name the symbol and the way out:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("GONEUSDT is"),
+        "a listed symbol was called unknown:\n{stderr}"
+    );
+    inst.assert_clean();
+
+    let mut flags = flags.to_vec();
+    flags.push("--skip-unknown");
+    let child = live_command(&inst, &mock, symbols, &traders, &flags);
+    let isolated = inst.status_when(WAIT, |s| {
+        s["feed"]["series"]["live"] == 3 && s["feed"]["series"]["failing"] == 1
+    });
+    let summary = &isolated["feed"]["series"];
+    assert_eq!(
+        summary["skipped_symbols"],
+        serde_json::json!(["NOPEUSDT is not listed by the exchange"]),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["failing_series"][0]["series"], "GONEUSDT 1m",
+        "{summary}"
+    );
+    assert!(
+        summary["failing_series"][0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("-1121")),
+        "{summary}"
+    );
+    mock.stream(40, 2, Duration::from_millis(2));
+    let deadline = Instant::now() + WAIT;
+    while !good_in_sync(&inst, &mock, &good) {
+        assert!(Instant::now() < deadline, "the good series never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = inst.status_when(WAIT, |s| s["feed"]["series"]["live"] == 3);
+    assert_eq!(after["feed"]["series"]["failing"], 1, "{after}");
+    let retries = klines_requests(&mock)
+        .iter()
+        .filter(|t| t.contains("symbol=GONEUSDT"))
+        .count();
+    assert!(retries >= 1, "the refused series was never tried");
+    let (stdout, stderr) = stop(&inst, child);
+    assert!(
+        stderr.contains("NOPEUSDT") && stderr.contains("GONEUSDT"),
+        "the log does not name both:\n{stderr}"
+    );
+    let signals = normalized_signals(&stdout);
+    assert!(!signals.is_empty());
+    let good_only = tempfile::tempdir().expect("tempdir");
+    let files: Vec<String> = mock
+        .closed()
+        .iter()
+        .filter(|(s, _)| good.contains(&s.as_str()))
+        .map(|(s, c)| write_csv(good_only.path(), s, c))
+        .collect();
+    let oracle = inst.backtest_signals(&[
+        "--feed",
+        &format!("replay:{}", files.join(",")),
+        "--traders",
+        &traders.to_string_lossy(),
+        "--intervals",
+        "1m",
+    ]);
+    assert_eq!(
+        signals, oracle,
+        "the good series' signals differ from the backtest"
+    );
+    inst.assert_clean();
+}
+
+fn good_in_sync(inst: &TestInstance, mock: &MockBinance, good: &[&str]) -> bool {
+    let Ok(reader) = StoreReader::open(&inst.name) else {
+        return false;
+    };
+    mock.closed()
+        .iter()
+        .filter(|(s, _)| good.contains(&s.as_str()))
+        .all(|(s, candles)| {
+            let got = stored_in(&reader, s.as_str());
+            got.len() == candles.len()
+                && got.iter().zip(candles).all(|((_, c, _), want)| c == want)
+                && got.last().is_some_and(|l| l.2)
+        })
+}
+
+/// 2,000 series at once: the streams split over several connections (by
+/// count and URL length), every series backfilled by one request within the
+/// weight budget while candles stream, all live, nothing overflowed.
+#[test]
+fn two_thousand_series_backfill_within_the_budget_and_go_live() {
+    const N: usize = 2000;
+    let inst = TestInstance::new("b2000");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = quiet_traders(dir.path());
+    let names: Vec<String> = (0..N).map(|k| format!("S{k:04}USDT")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mock =
+        MockBinance::start(timeline(&refs, 160).expect("timeline"), 100, Vec::new()).expect("mock");
+    let budget = 3_000;
+    let child = live_command(
+        &inst,
+        &mock,
+        &names.join(","),
+        &traders,
+        &[
+            "--max-symbols",
+            "2000",
+            "--candles-per-series",
+            "1440",
+            "--rest-weight-per-minute",
+            &budget.to_string(),
+        ],
+    );
+    // Candles close while the backfill goes on (it needs more weight than
+    // the budget holds at start: 2,000 x 2 + 20 > 3,000, so it is paced).
+    let up = inst.status_when(WAIT, |s| {
+        s["feed"]["connected"].as_u64() >= Some(2)
+            && s["feed"]["connected"] == s["feed"]["connections_planned"]
+    });
+    let planned = up["feed"]["connections_planned"].as_u64().expect("planned");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut streamed = 0;
+    loop {
+        let s = status(&inst);
+        if s["feed"]["series"]["live"] == N {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all live: {}", s["feed"]);
+        if streamed < 40 {
+            mock.stream(1, 1, Duration::ZERO);
+            streamed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    mock.stream(3, 1, Duration::from_millis(20));
+    wait_in_sync_for(&inst, &mock, &child, Duration::from_secs(120));
+    assert_store_equals_server(&inst, &mock);
+    let feed = status(&inst)["feed"].clone();
+    eprintln!("2,000 series: {feed}");
+    assert!(streamed >= 2, "nothing streamed during the backfill");
+    assert_eq!(mock.open_connections() as u64, planned, "{feed}");
+    assert!(planned >= 2, "2,000 streams on one connection");
+    assert_eq!(feed["overflowed"], 0, "{feed}");
+    assert_eq!(
+        klines_requests(&mock).len(),
+        N,
+        "one backfill request per series"
+    );
+    let (rate_limited, _, _) = mock.rest_refusals();
+    assert_eq!(
+        rate_limited, 0,
+        "the budget let the exchange's limit be hit"
+    );
+    assert_eq!(mock.violations(), 0);
+    assert!(
+        mock.peak_weight() <= 2 * budget,
+        "peak weight {} in a minute, budget {budget} (a bucket full at start spends at most twice it in one wall minute)",
+        mock.peak_weight()
+    );
+    assert!(feed["peak_used_weight"].as_u64() > Some(0), "{feed}");
+    stop(&inst, child);
+    inst.assert_clean();
+}
+
+/// Dropped and late `x: true` and a 13th REST column: each candle closed by
+/// its successor is repaired (from REST, or by the late close with its final
+/// values), none stays provisional, and the store equals the stand-in.
+#[test]
+fn dropped_and_late_closes_are_repaired_and_a_13th_column_is_read() {
+    let inst = TestInstance::new("bclose");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = traders_file(dir.path());
+    let behavior = Behavior {
+        drop_close_every: 5,
+        delay_close_every: 7,
+        extra_column: true,
+        ..Behavior::default()
+    };
+    // 50 + 61 candles: the last one (111th) is neither dropped nor late.
+    let stream = Episode {
+        pause: Duration::from_millis(15),
+        ..episode(0, 61, false, End::Idle)
+    };
+    let mock = MockBinance::start_behaving(
+        timeline(&["BTCUSDT", "ETHUSDT"], 200).expect("timeline"),
+        50,
+        vec![stream],
+        behavior,
+    )
+    .expect("mock");
+    let child = live_command(&inst, &mock, "BTCUSDT,ETHUSDT", &traders, &RING_2048);
+    wait_in_sync(&inst, &mock, &child);
+    let feed = inst.status_when(WAIT, |s| s["feed"]["series"]["repairing"] == 0)["feed"].clone();
+    assert_store_equals_server(&inst, &mock);
+    let n = |k: &str| feed[k].as_u64().unwrap_or_else(|| panic!("{k}: {feed}"));
+    assert!(
+        n("repaired_closes") > 0,
+        "no close repaired from REST: {feed}"
+    );
+    assert!(n("late_closes") > 0, "no late close: {feed}");
+    assert_eq!(n("provisional_closes"), 0, "{feed}");
+    assert_eq!(
+        n("missing_closes"),
+        n("repaired_closes") + n("late_closes"),
+        "{feed}"
+    );
+    // Candles 50..111 with (k + 1) a multiple of 5 or 7, per symbol.
+    let faulty = (50..111)
+        .filter(|k: &usize| (k + 1).is_multiple_of(5) || (k + 1).is_multiple_of(7))
+        .count() as u64;
+    assert_eq!(n("missing_closes"), 2 * faulty, "{feed}");
+    assert!(n("backfilled") > 0, "13-column rows not read: {feed}");
+    let (stdout, _) = stop(&inst, child);
+    let oracle = oracle(&inst, &mock, dir.path(), &traders);
+    assert_eq!(normalized_signals(&stdout), oracle);
+    inst.assert_clean();
+}
+
+/// `serverShutdown`: a new connection opens at once and the old one is
+/// drained and closed; no candle is missed, so nothing is backfilled after.
+#[test]
+fn server_shutdown_opens_a_new_connection_first_and_needs_no_backfill() {
+    let inst = TestInstance::new("bshut");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = quiet_traders(dir.path());
+    let script = vec![
+        episode(0, 20, false, End::ShutdownNotice(Duration::from_secs(2))),
+        episode(0, 30, false, End::Idle),
+    ];
+    let mock = MockBinance::start(
+        timeline(&["BTCUSDT", "ETHUSDT"], 200).expect("timeline"),
+        50,
+        script,
+    )
+    .expect("mock");
+    let child = live_command(&inst, &mock, "BTCUSDT,ETHUSDT", &traders, &RING_2048);
+    wait_in_sync(&inst, &mock, &child);
+    let feed = inst.status_when(WAIT, |s| s["feed"]["replacements"] == 1)["feed"].clone();
+    assert_store_equals_server(&inst, &mock);
+    assert_eq!(feed["shutdown_notices"], 1, "{feed}");
+    assert_eq!(mock.connections(), 2, "{feed}");
+    assert_eq!(
+        klines_requests(&mock).len(),
+        2,
+        "only the start-up backfill of each series: {:?}",
+        klines_requests(&mock)
+    );
+    assert_eq!(feed["gaps"], 0, "{feed}");
+    stop(&inst, child);
+    inst.assert_clean();
+}
+
+/// A 1m series cut off for 40 hours (2,400 candles): with a ring of 4,096
+/// the backfill pages newest first down to the stored candle and the store
+/// equals the stand-in; with a ring of 1,440 it brings the newest 1,080 and
+/// reports the gap it left, per series.
+#[test]
+fn a_forty_hour_outage_is_backfilled_and_a_gap_longer_than_the_ring_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = quiet_traders(dir.path());
+    let script = || {
+        vec![
+            episode(0, 10, false, End::Drop),
+            episode(2400, 10, false, End::Idle),
+        ]
+    };
+    let outage_start = 110;
+
+    let inst = TestInstance::new("bout");
+    let mock = MockBinance::start(
+        timeline(&["BTCUSDT"], 2600).expect("timeline"),
+        100,
+        script(),
+    )
+    .expect("mock");
+    let flags = ["--max-symbols", "1", "--candles-per-series", "4096"];
+    let child = live_command(&inst, &mock, "BTCUSDT", &traders, &flags);
+    wait_in_sync(&inst, &mock, &child);
+    assert_store_equals_server(&inst, &mock);
+    assert_eq!(stored(&inst, "BTCUSDT").len(), 2520);
+    let feed = inst.status_when(WAIT, |s| s["feed"]["series"]["live"] == 1)["feed"].clone();
+    assert_eq!(feed["series"]["gaps"], serde_json::json!([]), "{feed}");
+    let pages = klines_requests(&mock).len();
+    assert!(pages >= 4, "the outage took more than a page: {pages}");
+    stop(&inst, child);
+    inst.assert_clean();
+
+    let inst = TestInstance::new("bgap");
+    let mock = MockBinance::start(
+        timeline(&["BTCUSDT"], 2600).expect("timeline"),
+        100,
+        script(),
+    )
+    .expect("mock");
+    let flags = ["--max-symbols", "1", "--candles-per-series", "1440"];
+    let child = live_command(&inst, &mock, "BTCUSDT", &traders, &flags);
+    let server: Vec<Candle> = loop {
+        let closed = mock.closed().remove(0).1;
+        let got = stored(&inst, "BTCUSDT");
+        if mock.script_done()
+            && got
+                .last()
+                .is_some_and(|l| l.2 && l.1 == closed[closed.len() - 1])
+        {
+            break closed;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let got = stored(&inst, "BTCUSDT");
+    // The candles before the outage, then the newest ones: between them the
+    // gap the ring could not take.
+    let missing = server.len() - got.len();
+    assert!(
+        missing >= 2520 - outage_start - 1080 - 10 && missing <= 2520 - 1080 - outage_start,
+        "missing {missing}"
+    );
+    for (k, (_, c, _)) in got.iter().enumerate() {
+        let want = if k < outage_start {
+            &server[k]
+        } else {
+            &server[k + missing]
+        };
+        assert_eq!(c, want, "candle {k}");
+    }
+    let feed = inst.status_when(WAIT, |s| s["feed"]["series"]["live"] == 1)["feed"].clone();
+    let gaps = &feed["series"]["gaps"];
+    assert_eq!(gaps[0]["series"], "BTCUSDT 1m", "{feed}");
+    assert_eq!(gaps[0]["count"].as_u64(), Some(missing as u64), "{feed}");
+    let (_, stderr) = stop(&inst, child);
+    assert!(stderr.contains("a gap before them remains"), "{stderr}");
+    inst.assert_clean();
+}
+
+/// Events past `--max-queued-mib` while the sync thread waits on a slow
+/// exchange: dropped, counted, their series backfilled again; the store still
+/// ends equal to the stand-in.
+#[test]
+fn events_past_the_queue_bound_are_dropped_and_their_series_backfilled_again() {
+    let inst = TestInstance::new("bqueue");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = quiet_traders(dir.path());
+    let names = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT"];
+    let behavior = Behavior {
+        rest_delay: Duration::from_millis(700),
+        ..Behavior::default()
+    };
+    // 4 symbols x 1,000 candles x 5 events = 20,000 events, past 1 MiB of
+    // queue while the first backfill page is held up.
+    let burst = Episode {
+        updates: 4,
+        pause: Duration::ZERO,
+        ..episode(0, 1000, false, End::Idle)
+    };
+    let mock = MockBinance::start_behaving(
+        timeline(&names, 1200).expect("timeline"),
+        100,
+        vec![burst],
+        behavior,
+    )
+    .expect("mock");
+    let child = live_command(
+        &inst,
+        &mock,
+        &names.join(","),
+        &traders,
+        &[
+            "--max-symbols",
+            "4",
+            "--candles-per-series",
+            "2048",
+            "--max-queued-mib",
+            "1",
+        ],
+    );
+    wait_in_sync_for(&inst, &mock, &child, Duration::from_secs(120));
+    assert_store_equals_server(&inst, &mock);
+    let feed = status(&inst)["feed"].clone();
+    let overflowed = feed["overflowed"].as_u64().expect("overflowed");
+    assert!(overflowed > 0, "the queue never reached its bound: {feed}");
+    assert!(
+        klines_requests(&mock).len() > names.len(),
+        "no series was backfilled again"
+    );
+    let (_, stderr) = stop(&inst, child);
+    assert!(stderr.contains("max_queued_bytes"), "{stderr}");
+    eprintln!("{overflowed} events dropped at the bound");
+    inst.assert_clean();
+}
+
+/// `bench backfill` runs a fresh start end to end and reports its figures
+/// from what the stand-in counted; nothing is left behind.
+#[test]
+fn bench_backfill_reports_its_figures_and_leaves_nothing_behind() {
+    let inst = TestInstance::new("bbf");
+    let out = inst.shmkline(&[
+        "bench",
+        "backfill",
+        "--series",
+        "40",
+        "--history",
+        "300",
+        "--rest-weight-per-minute",
+        "6000",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["series"], 40, "{report}");
+    // The symbol check, then one page per series (300 < the 1,080 wanted).
+    assert_eq!(report["rest_requests"], 41, "{report}");
+    assert_eq!(report["rest_weight"], 40.0 * 2.0 + 20.0, "{report}");
+    assert_eq!(report["refusals"], 0, "{report}");
+    assert!(report["to_all_live_s"].as_f64() > Some(0.0), "{report}");
+    assert!(report["streamed"].as_u64() >= Some(1), "{report}");
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 3, "{report}");
+    assert!(targets.iter().all(|t| t["met"] == true), "{report}");
+    inst.assert_clean();
+}

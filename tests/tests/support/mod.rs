@@ -1,0 +1,193 @@
+//! What the live-feed test binaries (`live.rs`, `binance.rs`) share: a run
+//! against the loopback stand-in, the store read back, the wait for the
+//! store to equal the stand-in's candles, and the backtest oracle's input.
+// Each test binary uses its own subset of these.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use engine::feed::mock::{End, Episode, MockBinance, dump_csv};
+use harness::{ChildGuard, TestInstance};
+use protocol::store::StoreReader;
+use protocol::{Candle, Interval, SymbolName};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn episode(skip: usize, stream: usize, garbage: bool, end: End) -> Episode {
+    Episode {
+        skip,
+        stream,
+        updates: 2,
+        pause: Duration::from_millis(2),
+        garbage,
+        end,
+    }
+}
+
+/// `shmkline run` on the stand-in's 1m streams of `symbols`, with `flags`
+/// (ring, symbol capacity and anything else) and `traders`.
+pub fn live_command(
+    inst: &TestInstance,
+    mock: &MockBinance,
+    symbols: &str,
+    traders: &Path,
+    flags: &[&str],
+) -> ChildGuard {
+    let endpoint = format!("{},{}", mock.ws_url, mock.rest_url);
+    let mut cmd = inst.command("shmkline");
+    cmd.args(["run", "--feed", "binance", "--symbols", symbols])
+        .args(["--intervals", "1m", "--endpoint", &endpoint])
+        .arg("--traders")
+        .arg(traders)
+        .args(flags);
+    let mut child = ChildGuard::spawn(&mut cmd);
+    child.capture_stdout();
+    child
+}
+
+/// [`live_command`] with room for 4 symbols of 2,048 candles, and PINGs
+/// every 50 ms (a fault is seen at once).
+pub fn live_run(
+    inst: &TestInstance,
+    mock: &MockBinance,
+    symbols: &str,
+    traders: &Path,
+    extra: &[&str],
+) -> ChildGuard {
+    let mut flags = vec![
+        "--max-symbols",
+        "4",
+        "--candles-per-series",
+        "2048",
+        "--ping-interval",
+        "50",
+    ];
+    flags.extend_from_slice(extra);
+    live_command(inst, mock, symbols, traders, &flags)
+}
+
+pub fn traders_file(dir: &Path) -> PathBuf {
+    let path = dir.join("traders.json");
+    let traders = serde_json::json!([
+        {"id": "up", "symbols": "*", "interval": "1m", "rule": "crosses_above(close, sma(close, 5))"},
+        {"id": "down", "symbols": "*", "interval": "1m", "rule": "crosses_below(close, sma(close, 5))"},
+    ]);
+    std::fs::write(&path, traders.to_string()).expect("write traders");
+    path
+}
+
+/// Every candle of `symbol`'s 1m series, with its closed flag.
+pub fn stored(inst: &TestInstance, symbol: &str) -> Vec<(u64, Candle, bool)> {
+    let Ok(reader) = StoreReader::open(&inst.name) else {
+        return Vec::new();
+    };
+    stored_in(&reader, symbol)
+}
+
+/// [`stored`] from an open reader.
+pub fn stored_in(reader: &StoreReader, symbol: &str) -> Vec<(u64, Candle, bool)> {
+    let Some(id) = reader.symbol_id(symbol) else {
+        return Vec::new();
+    };
+    let series = reader.series(id, Interval::M1).expect("series");
+    let head = reader.appended(series).expect("head");
+    let mut out = Vec::new();
+    reader.read_range(series, 0, head, &mut out).expect("read");
+    out.into_iter()
+        .map(|s| (s.index, s.candle, s.closed))
+        .collect()
+}
+
+/// The symbols whose stored series is not yet the stand-in's closed
+/// candles, its last one closed.
+pub fn out_of_sync(inst: &TestInstance, mock: &MockBinance) -> Vec<SymbolName> {
+    let Ok(reader) = StoreReader::open(&inst.name) else {
+        return mock.closed().into_iter().map(|(s, _)| s).collect();
+    };
+    mock.closed()
+        .into_iter()
+        .filter(|(symbol, candles)| {
+            let got = stored_in(&reader, symbol.as_str());
+            !(got.len() == candles.len()
+                && got
+                    .last()
+                    .is_some_and(|(_, c, closed)| *closed && c == &candles[candles.len() - 1]))
+        })
+        .map(|(s, _)| s)
+        .collect()
+}
+
+/// Waits until the store holds the server's closed candles for every symbol.
+pub fn wait_in_sync(inst: &TestInstance, mock: &MockBinance, child: &ChildGuard) {
+    wait_in_sync_for(inst, mock, child, WAIT);
+}
+
+/// [`wait_in_sync`] for at most `timeout`.
+pub fn wait_in_sync_for(
+    inst: &TestInstance,
+    mock: &MockBinance,
+    child: &ChildGuard,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let behind = out_of_sync(inst, mock);
+        if mock.script_done() && behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never caught up with the server (clock {}; {} series behind, first {:?}); status: {}\nlog: {}",
+            mock.clock(),
+            behind.len(),
+            behind.first(),
+            String::from_utf8_lossy(&inst.shmkline(&["status", "--json"]).stdout),
+            child.stderr_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts every stored candle of every symbol equals the stand-in's, in
+/// order from index 0, all but the newest closed.
+pub fn assert_store_equals_server(inst: &TestInstance, mock: &MockBinance) {
+    let reader = StoreReader::open(&inst.name).expect("store");
+    for (symbol, candles) in mock.closed() {
+        let got = stored_in(&reader, symbol.as_str());
+        assert_eq!(got.len(), candles.len(), "{symbol}: a gap or a duplicate");
+        for (k, ((index, c, closed), want)) in got.iter().zip(&candles).enumerate() {
+            assert_eq!(*index, k as u64);
+            assert_eq!(c, want, "{symbol} candle {k}");
+            assert!(
+                *closed || k + 1 < got.len(),
+                "{symbol} candle {k} not closed"
+            );
+        }
+    }
+}
+
+pub fn write_csv(dir: &Path, symbol: &SymbolName, candles: &[Candle]) -> String {
+    let path = dir.join(format!("{symbol}-1m-live.csv"));
+    std::fs::write(&path, dump_csv(candles)).expect("write csv");
+    path.display().to_string()
+}
+
+/// The signals a backtest of the stand-in's closed candles gives `traders`.
+pub fn oracle(inst: &TestInstance, mock: &MockBinance, dir: &Path, traders: &Path) -> Vec<String> {
+    let files: Vec<String> = mock
+        .closed()
+        .iter()
+        .map(|(s, c)| write_csv(dir, s, c))
+        .collect();
+    let feed = format!("replay:{}", files.join(","));
+    let traders_arg = traders.to_string_lossy().into_owned();
+    inst.backtest_signals(&[
+        "--feed",
+        &feed,
+        "--traders",
+        &traders_arg,
+        "--intervals",
+        "1m",
+    ])
+}
