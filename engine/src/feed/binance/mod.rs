@@ -641,3 +641,6 @@ pub fn format_row(c: &Candle, interval: Interval, format: RowFormat) -> String {
 
 #[cfg(test)]
 mod tests;
+
+mod http_date;
+pub use http_date::{http_date, http_date_ms};

@@ -344,16 +344,19 @@ impl Rest {
             Page::Before(None) => {}
         }
         let what = format!("{symbol} {interval}");
-        let body = self.get(
+        let (body, date) = self.get(
             "/api/v3/klines",
             &query,
             KLINES_WEIGHT,
             MAX_REST_BODY,
             &what,
         )?;
-        let (rows, bad) =
-            binance::parse_rest(&body, symbol, interval, protocol::clock::now_ms())
-                .map_err(|e| RestError::Refused(format!("GET /api/v3/klines ({what}): {e}")))?;
+        // Rows are judged closed by the exchange's clock when it answered
+        // (its `Date`), not ours: a local clock running ahead would take the
+        // candle in progress for a closed one.
+        let now = date.unwrap_or_else(protocol::clock::now_ms);
+        let (rows, bad) = binance::parse_rest(&body, symbol, interval, now)
+            .map_err(|e| RestError::Refused(format!("GET /api/v3/klines ({what}): {e}")))?;
         for e in &bad {
             self.health.bad(e);
         }
@@ -362,7 +365,7 @@ impl Rest {
 
     /// Every symbol the exchange lists, with its status (`TRADING`, `BREAK`...).
     pub fn exchange_info(&mut self) -> Result<HashMap<String, String>, RestError> {
-        let body = self.get(
+        let (body, _) = self.get(
             "/api/v3/exchangeInfo",
             &[("showPermissionSets", "false".into())],
             EXCHANGE_INFO_WEIGHT,
@@ -388,7 +391,7 @@ impl Rest {
         weight: u32,
         limit: u64,
         what: &str,
-    ) -> Result<String, RestError> {
+    ) -> Result<(String, Option<i64>), RestError> {
         let now = Instant::now();
         self.gate
             .admit(weight, now)
@@ -408,24 +411,29 @@ impl Rest {
                     .and_then(|v| v.trim().parse::<u64>().ok())
             };
             let retry_after = header("retry-after");
+            let date = resp
+                .headers()
+                .get("date")
+                .and_then(|v| v.to_str().ok())
+                .and_then(binance::http_date_ms);
             let used = header("x-mbx-used-weight-1m").map(|w| w.min(u64::from(u32::MAX)) as u32);
             let body = resp
                 .body_mut()
                 .with_config()
                 .limit(limit)
                 .read_to_string()?;
-            Ok((status, retry_after, used, body))
+            Ok((status, retry_after, used, body, date))
         });
         let minute_ms = (protocol::clock::now_ms().rem_euclid(60_000)) as u64;
         let (answer, result) = match answer {
-            Ok((status, retry_after, used_weight, body)) => (
+            Ok((status, retry_after, used_weight, body, date)) => (
                 Answer {
                     status: Some(status),
                     retry_after,
                     used_weight,
                     minute_ms,
                 },
-                Ok((status, body)),
+                Ok((status, body, date)),
             ),
             Err(e) => (
                 Answer {
@@ -444,11 +452,11 @@ impl Rest {
         if let Some((until, why)) = paused {
             self.health.pause(until, why);
         }
-        let (status, body) = result
+        let (status, body, date) = result
             .map_err(|e| RestError::Exchange(format!("GET {path} ({what}): no answer: {e}")))?;
         let excerpt = || body.chars().take(200).collect::<String>();
         match status {
-            200..=299 => Ok(body),
+            200..=299 => Ok((body, date)),
             429 | 418 => Err(RestError::Exchange(format!(
                 "GET {path} ({what}): HTTP {status} ({}s Retry-After): {}",
                 answer.retry_after.map_or("no".into(), |s| s.to_string()),

@@ -18,10 +18,9 @@
 //! closed. Streaming a candle closes it; an episode's `skip` closes candles
 //! while no client is connected, which only a REST backfill can recover.
 //! Longer intervals (1h, ...) are built from the minutes (`start_intervals`).
-//! The timeline lies in the past (2024), so REST answers closed candles
-//! only: Binance's last row, the candle in progress, is left out (a row's
-//! closed flag is judged by its close time, which for a past timeline would
-//! call a partial candle final).
+//! The timeline lies in the past (2024); the REST answers' `Date` tells the
+//! stand-in's time (half-way through the candle in progress), and their last
+//! row is that candle, partial, as Binance's is.
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -488,21 +487,55 @@ fn accept_loop(
 }
 
 /// The complete `interval` candles of `minutes` (which start on a bucket
-/// boundary): open of the first minute, close of the last, extremes, summed
-/// volume.
+/// boundary).
 fn buckets(minutes: &[Candle], interval: Interval) -> Vec<Candle> {
     let ratio = (interval.millis() / 60_000) as usize;
     minutes
         .chunks_exact(ratio)
-        .map(|m| Candle {
-            open_time: super::binance::bucket_start(m[0].open_time, interval),
-            open: m[0].open,
-            high: m.iter().map(|c| c.high).fold(f64::MIN, f64::max),
-            low: m.iter().map(|c| c.low).fold(f64::MAX, f64::min),
-            close: m[ratio - 1].close,
-            volume: m.iter().map(|c| c.volume).sum(),
+        .filter_map(|m| {
+            let at = super::binance::bucket_start(m[0].open_time, interval);
+            fold(m.iter().copied(), at)
         })
         .collect()
+}
+
+/// One candle opening at `open_time` of `minutes`: open of the first,
+/// close of the last, extremes, summed volume; `None` if there are none.
+fn fold(minutes: impl Iterator<Item = Candle>, open_time: i64) -> Option<Candle> {
+    let c = minutes.reduce(|a, b| Candle {
+        open_time: a.open_time,
+        open: a.open,
+        high: a.high.max(b.high),
+        low: a.low.min(b.low),
+        close: b.close,
+        volume: a.volume + b.volume,
+    })?;
+    Some(Candle { open_time, ..c })
+}
+
+/// Candle `c` part of the way through (`done` of its volume traded): the
+/// close still at the open, the extremes as far as they are.
+fn partial(c: &Candle, done: f64) -> Candle {
+    Candle {
+        close: c.open,
+        high: c.open.max(c.close),
+        low: c.open.min(c.close),
+        volume: c.volume * done,
+        ..*c
+    }
+}
+
+/// The stand-in's clock: half-way through the candle in progress (the
+/// first series' candle `clock`), as its REST answers' `Date` says. The
+/// last candle closed 30 s ago; the one in progress closes in 30 s.
+fn timeline_now(st: &State) -> i64 {
+    st.series
+        .first()
+        .map_or_else(protocol::clock::now_ms, |(_, c)| {
+            let last = c.len().saturating_sub(1);
+            let open = c.get(st.clock.min(last)).map_or(0, |c| c.open_time);
+            open + 30_000 + if st.clock > last { 60_000 } else { 0 }
+        })
 }
 
 /// A TLS server configuration from PEM files: a certificate chain and its

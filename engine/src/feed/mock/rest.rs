@@ -38,6 +38,8 @@ struct Reply {
     status: &'static str,
     retry_after: Option<u64>,
     body: String,
+    /// The stand-in's clock when it answered (`Date`); now if unset.
+    date_ms: Option<i64>,
 }
 
 impl Reply {
@@ -45,6 +47,7 @@ impl Reply {
         Self {
             status,
             retry_after: None,
+            date_ms: None,
             body: body.into(),
         }
     }
@@ -101,9 +104,13 @@ fn session(mut stream: impl Read + Write, shared: &Shared) {
         let retry = reply
             .retry_after
             .map_or_else(String::new, |s| format!("Retry-After: {s}\r\n"));
+        let date = reply
+            .date_ms
+            .unwrap_or_else(|| super::timeline_now(&lock(&shared.state)));
         let out = format!(
-            "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-MBX-USED-WEIGHT-1M: {used}\r\n{retry}Connection: keep-alive\r\n\r\n{}",
+            "HTTP/1.1 {}\r\nDate: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-MBX-USED-WEIGHT-1M: {used}\r\n{retry}Connection: keep-alive\r\n\r\n{}",
             reply.status,
+            super::super::binance::http_date(date),
             reply.body.len(),
             reply.body
         );
@@ -153,6 +160,7 @@ fn answer(target: &str, shared: &Shared) -> (Reply, u32) {
         Reply {
             status: "418 I'm a teapot",
             retry_after: Some(b.ban_s),
+            date_ms: None,
             body: r#"{"code":-1003,"msg":"Way too many requests; IP banned."}"#.into(),
         }
     };
@@ -163,6 +171,7 @@ fn answer(target: &str, shared: &Shared) -> (Reply, u32) {
         Reply {
             status: "429 Too Many Requests",
             retry_after: Some(secs),
+            date_ms: None,
             body: r#"{"code":-1003,"msg":"Too many requests; current limit is exceeded."}"#.into(),
         }
     };
@@ -173,6 +182,7 @@ fn answer(target: &str, shared: &Shared) -> (Reply, u32) {
             Reply {
                 status: "418 I'm a teapot",
                 retry_after: Some(secs_left(until)),
+                date_ms: None,
                 body: r#"{"code":-1003,"msg":"Way too many requests; IP banned."}"#.into(),
             },
             used,
@@ -189,6 +199,7 @@ fn answer(target: &str, shared: &Shared) -> (Reply, u32) {
             Reply {
                 status: "429 Too Many Requests",
                 retry_after: Some(secs),
+                date_ms: None,
                 body: r#"{"code":-1003,"msg":"Too many requests; current limit is exceeded."}"#
                     .into(),
             }
@@ -283,14 +294,15 @@ fn klines(query: &str, shared: &Shared) -> Reply {
     std::thread::sleep(shared.behavior.rest_delay);
     let st = lock(&shared.state);
     let interval = param("interval").and_then(|i| i.parse::<Interval>().ok());
-    let (series, closed) = match interval {
-        Some(Interval::M1) => (&st.series, st.clock),
+    let (series, closed, ratio) = match interval {
+        Some(Interval::M1) => (&st.series, st.clock, 1),
         Some(i) => match st.longer.iter().find(|l| l.interval == i) {
-            Some(l) => (&l.series, st.clock / l.ratio),
+            Some(l) => (&l.series, st.clock / l.ratio, l.ratio),
             None => return invalid(-1120, "Invalid interval."),
         },
         None => return invalid(-1120, "Invalid interval."),
     };
+    let interval = interval.unwrap_or(Interval::M1);
     let limit = param("limit")
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(500)
@@ -304,14 +316,28 @@ fn klines(query: &str, shared: &Shared) -> Reply {
         .iter()
         .chain(&b.refused)
         .any(|u| Some(u.as_str()) == symbol);
-    let Some((_, candles)) = series
+    let Some(k) = series
         .iter()
-        .find(|(s, _)| Some(s.as_str()) == symbol)
+        .position(|(s, _)| Some(s.as_str()) == symbol)
         .filter(|_| !unlisted)
     else {
         return invalid(-1121, "Invalid symbol.");
     };
-    let closed = &candles[..closed.min(candles.len())];
+    let candles = &series[k].1;
+    // Closed candles, then the one in progress (as Binance's last row): the
+    // minutes of its bucket closed so far and half of the current one.
+    let mut visible = candles[..closed.min(candles.len())].to_vec();
+    let minutes = &st.series[k].1;
+    let first = closed * ratio;
+    if let Some(now) = minutes.get(st.clock) {
+        let part = minutes[first.min(st.clock)..st.clock]
+            .iter()
+            .copied()
+            .chain([super::partial(now, 0.5)]);
+        let at = super::super::binance::bucket_start(now.open_time, interval);
+        visible.extend(super::fold(part, at));
+    }
+    let closed = &visible[..];
     let rows: Vec<&Candle> = match (start, end) {
         (Some(t), _) => closed
             .iter()
@@ -327,7 +353,7 @@ fn klines(query: &str, shared: &Shared) -> Reply {
     let body: Vec<String> = rows
         .iter()
         .map(|c| {
-            let row = format_row(c, interval.unwrap_or(Interval::M1), RowFormat::Rest);
+            let row = format_row(c, interval, RowFormat::Rest);
             if extra {
                 // A column Binance might add one day, and an object.
                 format!(r#"{},"13th",{{"new":1}}]"#, row.trim_end_matches(']'))
@@ -336,5 +362,8 @@ fn klines(query: &str, shared: &Shared) -> Reply {
             }
         })
         .collect();
-    Reply::json("200 OK", format!("[{}]", body.join(",")))
+    Reply {
+        date_ms: Some(super::timeline_now(&st)),
+        ..Reply::json("200 OK", format!("[{}]", body.join(",")))
+    }
 }

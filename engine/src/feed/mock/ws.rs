@@ -353,13 +353,7 @@ fn candle_messages(
         let stream = stream_name(symbol, Interval::M1);
         for u in 0..updates {
             // Partial values: the close drifts, the volume grows.
-            let part = Candle {
-                close: c.open,
-                high: c.open.max(c.close),
-                low: c.open.min(c.close),
-                volume: c.volume * (u + 1) as f64 / (updates + 1) as f64,
-                ..c
-            };
+            let part = super::partial(&c, (u + 1) as f64 / (updates + 1) as f64);
             messages.push((
                 stream.clone(),
                 event(
