@@ -21,6 +21,7 @@ pub mod cli;
 pub mod feed;
 pub mod hold;
 pub mod instance;
+pub mod locked;
 pub mod process;
 pub mod run;
 pub mod runtime;

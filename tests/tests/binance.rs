@@ -277,10 +277,7 @@ fn unknown_and_refused_symbols_are_named_and_the_others_go_live() {
         "--intervals",
         "1m",
     ]);
-    assert_eq!(
-        signals, oracle,
-        "the good series' signals differ from the backtest"
-    );
+    assert_same_signals(&signals, &oracle, "the good series against the backtest");
     inst.assert_clean();
 }
 
@@ -637,5 +634,74 @@ fn bench_backfill_reports_its_figures_and_leaves_nothing_behind() {
     let targets = report["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 3, "{report}");
     assert!(targets.iter().all(|t| t["met"] == true), "{report}");
+    inst.assert_clean();
+}
+
+/// SIGTERM right after candles reached the store: the feed stops, and the
+/// workers judge what was published before CLEANUP, so every one of those
+/// candles has its signals printed. The worker is stopped while the candles
+/// are written and continued only after the SIGTERM, so the CLEANUP is
+/// already waiting for it (before, its signals for the new candles were
+/// lost).
+#[test]
+fn sigterm_right_after_candles_reach_the_store_loses_none_of_their_signals() {
+    let inst = TestInstance::new("bterm");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = dir.path().join("every.json");
+    // Many traders: the worker checks for CLEANUP between traders, so a pass
+    // cut short by it leaves most of them unjudged.
+    let every: Vec<serde_json::Value> = (0..50)
+        .map(|k| serde_json::json!({"id": format!("every{k:02}"), "symbols": "*", "interval": "1m", "rule": "close > 0"}))
+        .collect();
+    let every = serde_json::Value::from(every);
+    std::fs::write(&traders, every.to_string()).expect("write traders");
+    let mock = MockBinance::start(
+        timeline(&["BTCUSDT", "ETHUSDT"], 300).expect("timeline"),
+        50,
+        vec![episode(0, 5, false, End::Idle)],
+    )
+    .expect("mock");
+    let child = live_command(
+        &inst,
+        &mock,
+        "BTCUSDT,ETHUSDT",
+        &traders,
+        &[
+            "--max-symbols",
+            "2",
+            "--workers",
+            "1",
+            "--ping-interval",
+            "1000",
+            "--ping-deadline",
+            "10000",
+            "--shutdown-timeout",
+            "5000",
+        ],
+    );
+    wait_in_sync(&inst, &mock, &child);
+    let ready = inst.status_when(WAIT, |s| s["workers"][0]["state"] == "ready");
+    let worker =
+        nix::unistd::Pid::from_raw(ready["workers"][0]["pid"].as_u64().expect("pid") as i32);
+    nix::sys::signal::kill(worker, Signal::SIGSTOP).expect("SIGSTOP");
+    mock.stream(3, 1, Duration::from_millis(5));
+    wait_in_sync(&inst, &mock, &child);
+    child.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(worker, Signal::SIGCONT).expect("SIGCONT");
+    let (exit, stdout, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "{stderr}");
+    assert!(
+        stderr.contains("the workers judge what was published"),
+        "{stderr}"
+    );
+    let got = normalized_signals(&stdout);
+    let want = oracle(&inst, &mock, dir.path(), &traders);
+    assert_eq!(
+        want.len(),
+        50 * 2 * 58,
+        "every trader on every closed candle"
+    );
+    assert_same_signals(&got, &want, "signals after SIGTERM");
     inst.assert_clean();
 }

@@ -259,7 +259,20 @@ fn exit_with_parent_shuts_down_when_the_parent_is_gone() {
 #[test]
 fn a_stopped_worker_is_killed_at_the_shutdown_deadline() {
     let inst = TestInstance::new("stop");
-    let run = infinite(&inst, &["--workers", "2", "--shutdown-timeout", "500"], &[]);
+    // The stopped worker must reach CLEANUP (not be replaced as hung while
+    // the coordinator waits for the workers to judge what was published).
+    let run = infinite(
+        &inst,
+        &[
+            "--workers",
+            "2",
+            "--shutdown-timeout",
+            "500",
+            "--ping-deadline",
+            "60000",
+        ],
+        &[],
+    );
     let status = inst.status_when(STARTUP, |s| all_ready(s, 2));
     let pids = TestInstance::worker_pids(&status);
     kill(Pid::from_raw(pids[0] as i32), Signal::SIGSTOP).expect("SIGSTOP a worker");
@@ -483,18 +496,28 @@ fn a_worker_that_never_connects_does_not_hang_the_coordinator() {
 #[test]
 fn a_second_sigint_skips_the_wait() {
     let inst = TestInstance::new("int2");
-    // A long deadline and a stopped worker: only the second SIGINT can make
-    // the coordinator stop waiting.
+    // Long deadlines and a stopped worker: only the second SIGINT can make
+    // the coordinator stop waiting (for the workers to judge what was
+    // published, then for CLEANUP).
     let run = infinite(
         &inst,
-        &["--workers", "2", "--shutdown-timeout", "60000"],
+        &[
+            "--workers",
+            "2",
+            "--shutdown-timeout",
+            "60000",
+            "--ping-deadline",
+            "60000",
+        ],
         &[],
     );
     let status = inst.status_when(STARTUP, |s| all_ready(s, 2));
     let pids = TestInstance::worker_pids(&status);
     kill(Pid::from_raw(pids[0] as i32), Signal::SIGSTOP).expect("SIGSTOP a worker");
     run.signal(Signal::SIGINT);
-    inst.status_when(STARTUP, |s| s["state"] == "shutting_down");
+    inst.status_when(STARTUP, |s| {
+        s["state"] == "draining" || s["state"] == "shutting_down"
+    });
     let started = Instant::now();
     run.signal(Signal::SIGINT);
     let (st, stderr) = run.wait(Duration::from_secs(30));

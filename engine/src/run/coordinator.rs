@@ -64,6 +64,10 @@ pub(super) struct Coordinator {
     pub(super) started: Instant,
     pub(super) jitter: SplitMix64,
     pub(super) shutting_down: Option<Instant>,
+    /// Asked to stop: the feed is stopped, and the workers get up to
+    /// `--shutdown-timeout` to judge what was published (since when, the
+    /// store's publish count then, why) before CLEANUP.
+    pub(super) draining: Option<(Instant, u64, &'static str)>,
     pub(super) budget: Budget,
     pub(super) events: VecDeque<SupervisionEvent>,
     /// Links of dead incarnations whose reader threads are finishing.
@@ -146,6 +150,7 @@ impl Coordinator {
             emitter,
             started: Instant::now(),
             shutting_down: None,
+            draining: None,
             budget: Budget::from_system(),
             events: VecDeque::new(),
             graveyard: Vec::new(),
@@ -365,6 +370,34 @@ impl Coordinator {
         self.slots.iter().map(|s| s.gaps).sum()
     }
 
+    /// Stops the feed, then shuts down once every worker has judged what
+    /// was published before (or `--shutdown-timeout` has passed): a candle
+    /// that reached the store before SIGTERM has its signals printed.
+    pub(super) fn begin_drain(&mut self, why: &'static str) {
+        if self.shutting_down.is_some() || self.draining.is_some() {
+            return;
+        }
+        if let Some(mut live) = self.live.take() {
+            live.stop();
+        }
+        let target = self.inst.store.lock().stats().publishes;
+        tracing::info!(
+            reason = why,
+            publish = target,
+            "stopping: the feed is stopped; the workers judge what was published"
+        );
+        self.draining = Some((Instant::now(), target, why));
+    }
+
+    /// Whether every slot's live worker has judged publish `target` (a
+    /// slot whose worker died meanwhile is not restarted: nothing to wait
+    /// for).
+    fn drained(&self, target: u64) -> bool {
+        self.slots
+            .iter()
+            .all(|slot| !slot.live.as_ref().is_some_and(|i| i.live()) || slot.confirmed >= target)
+    }
+
     pub(super) fn begin_shutdown(&mut self, why: &str) {
         if self.shutting_down.is_some() {
             return;
@@ -429,14 +462,21 @@ pub(super) fn drive(
             return Ok(());
         }
         if sigints + sigterms > 0 {
-            coord.begin_shutdown(if sigints > 0 { "SIGINT" } else { "SIGTERM" });
+            coord.begin_drain(if sigints > 0 { "SIGINT" } else { "SIGTERM" });
         }
         if coord
             .opts
             .parent
             .is_some_and(|p| nix::unistd::getppid().as_raw() != p)
         {
-            coord.begin_shutdown("the parent process exited (--exit-with-parent)");
+            coord.begin_drain("the parent process exited (--exit-with-parent)");
+        }
+        if let Some((since, target, why)) = coord.draining
+            && (coord.feed_started.is_none()
+                || coord.drained(target)
+                || since.elapsed() >= coord.opts.shutdown_timeout)
+        {
+            coord.begin_shutdown(why);
         }
         coord.reap();
         if let Some(why) = coord.failed.take() {
@@ -452,10 +492,13 @@ pub(super) fn drive(
             }
             continue;
         }
-        coord.restart_due(spawner);
+        if coord.draining.is_none() {
+            coord.restart_due(spawner);
+        }
         // The feed starts once every slot's traders are acknowledged, so no
         // candle precedes a trader.
         if coord.feed_started.is_none()
+            && coord.draining.is_none()
             && coord
                 .slots
                 .iter()
@@ -474,7 +517,9 @@ pub(super) fn drive(
                 )?);
             }
         }
-        coord.feed()?;
+        if coord.draining.is_none() {
+            coord.feed()?;
+        }
         if let Some(live) = coord.live.as_ref().filter(|l| l.is_finished()) {
             match live.health().fatal() {
                 Some(e) => bail!("the live feed cannot start: {e}"),

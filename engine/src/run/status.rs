@@ -99,7 +99,11 @@ impl Coordinator {
         serde_json::json!({
             "instance": self.opts.instance.as_str(),
             "pid": std::process::id(),
-            "state": if self.shutting_down.is_some() { "shutting_down" } else { "running" },
+            "state": match (self.shutting_down, self.draining) {
+                (Some(_), _) => "shutting_down",
+                (None, Some(_)) => "draining",
+                (None, None) => "running",
+            },
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "segment": {
                 "name": self.inst.store.lock().name(),

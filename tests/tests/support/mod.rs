@@ -197,3 +197,16 @@ pub fn oracle(inst: &TestInstance, mock: &MockBinance, dir: &Path, traders: &Pat
         "1m",
     ])
 }
+
+/// Asserts two sets of normalized signals are equal, naming what one has
+/// and the other lacks.
+pub fn assert_same_signals(got: &[String], want: &[String], what: &str) {
+    let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).collect();
+    let extra: Vec<&String> = got.iter().filter(|g| !want.contains(g)).collect();
+    assert!(
+        got == want,
+        "{what}: {} signals vs {} expected; missing {missing:?}; extra {extra:?}",
+        got.len(),
+        want.len()
+    );
+}

@@ -30,7 +30,9 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message as WsMessage, WebSocket};
 
 use super::super::binance::{self, BadLine, Kline, Message};
-use super::{LiveHealth, LiveOptions, MAX_MESSAGE, POLL, lock};
+use super::health::LiveHealth;
+use super::options::{LiveOptions, MAX_MESSAGE, POLL};
+use crate::locked::lock;
 use protocol::splitmix::SplitMix64;
 
 /// Streams on one connection, Binance's limit.

@@ -19,7 +19,8 @@ use protocol::{Interval, SymbolName};
 use serde::Deserialize;
 
 use super::super::binance;
-use super::{LiveHealth, LiveOptions, MAX_REST_BODY, lock};
+use super::health::{LiveHealth, Pause};
+use super::options::{LiveOptions, MAX_REST_BODY};
 
 /// Weight of one `/api/v3/klines` request (any limit up to 1,000).
 pub const KLINES_WEIGHT: u32 = 2;
@@ -42,35 +43,6 @@ const RATE_LIMIT_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Durati
 /// When a 429 or 418 comes without `Retry-After` (Binance always sends it).
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 const DEFAULT_BAN: Duration = Duration::from_secs(120);
-
-/// Why REST is paused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pause {
-    /// A 429: too many requests; `Retry-After` is obeyed.
-    RateLimited,
-    /// A 418: the IP is banned for the `Retry-After` it names.
-    Banned,
-    /// The exchange counts its weight limit nearly used for this minute.
-    WeightCeiling,
-    /// Server errors or timeouts: backing off.
-    ServerTrouble,
-    /// This client's own budget (`--rest-weight-per-minute`).
-    Budget,
-}
-
-impl std::fmt::Display for Pause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::RateLimited => "rate limited (HTTP 429): waiting out Retry-After",
-            Self::Banned => "IP banned by the exchange (HTTP 418): no request until the ban ends",
-            Self::WeightCeiling => {
-                "the exchange's used weight is near its limit: waiting for the next minute"
-            }
-            Self::ServerTrouble => "server errors or timeouts: backing off",
-            Self::Budget => "the --rest-weight-per-minute budget is spent",
-        })
-    }
-}
 
 /// Why a request gave no rows.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -471,46 +443,6 @@ impl Rest {
                 excerpt()
             ))),
         }
-    }
-}
-
-impl LiveHealth {
-    fn used_weight(&self, w: u32) {
-        self.used_weight.store(u64::from(w), Ordering::Relaxed);
-        self.peak_used_weight
-            .fetch_max(u64::from(w), Ordering::Relaxed);
-    }
-
-    fn pause(&self, until: Instant, why: Pause) {
-        let ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
-        match why {
-            Pause::RateLimited => {
-                self.rate_limited.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    wait_ms = ms,
-                    "REST rate limited (429): no request until Retry-After has passed"
-                );
-            }
-            Pause::Banned => {
-                self.bans.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    ban_ms = ms,
-                    "the exchange banned this IP (418): REST stopped until the ban ends"
-                );
-            }
-            Pause::WeightCeiling => {
-                tracing::info!(
-                    wait_ms = ms,
-                    "the exchange counts its weight limit nearly used: waiting for the next minute"
-                );
-            }
-            Pause::ServerTrouble => {
-                self.server_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(wait_ms = ms, "REST server error or timeout: backing off");
-            }
-            Pause::Budget => {}
-        }
-        *lock(&self.rest_pause) = Some((protocol::clock::now_ms() as u64 + ms, why));
     }
 }
 

@@ -4,11 +4,12 @@
 //! after its connection was lost, and when a candle closed without its
 //! `x: true` (a repair).
 //!
-//! Per series: `Behind` (its events are dropped: the backfill to come
-//! brings them) until a backfill brings it up to the exchange's newest
-//! candle, then `Live` (events written as they come). While a series is
-//! being backfilled its events are stashed and applied after the pages, so
-//! nothing that arrives during the backfill is lost. A series whose
+//! Per series: `Behind` (its newest events held, [`HELD`] at most: the
+//! backfill to come brings the older ones) until a backfill brings it up to
+//! the exchange's newest candle, then `Live` (events written as they come).
+//! While a series is being backfilled its events are stashed and applied
+//! after the pages, so nothing that arrives during the backfill is lost; an
+//! event that skips a candle sends its series back for another backfill. A series whose
 //! backfill is refused (an unknown symbol, a bad answer) is retried on its
 //! own schedule, with backoff, while every other one goes on; exchange-wide
 //! trouble (429, 418, 5xx, timeouts) pauses REST for everyone (see `rest`).
@@ -30,19 +31,22 @@ use std::time::{Duration, Instant};
 use protocol::samples::{Samples, saturate};
 use protocol::splitmix::SplitMix64;
 use protocol::store::SeriesId;
-use serde::Serialize;
 
 use super::super::binance::{BadLine, Kline};
 use super::super::writer::{Applied, FeedWriter, Refused};
 use super::conn::{self, EVENT_BYTES, Event, Stream, plan_groups};
+use super::health::{LATENCY_SAMPLES, LiveHealth};
+use super::options::{LiveOptions, POLL, REST_PAGE};
 use super::rest::{KLINES_WEIGHT, Page, Rest, RestError};
-use super::{LATENCY_SAMPLES, LiveHealth, LiveOptions, POLL, REST_PAGE, lock};
 use crate::instance::SharedStore;
+use crate::locked::lock;
 
-/// Longest a successor's events are held while the close of the candle
-/// before it is fetched; then that candle stays as last streamed
-/// (provisional).
-pub const REPAIR_WAIT: Duration = Duration::from_secs(30);
+mod repair;
+mod summary;
+
+use repair::Repair;
+use summary::SUMMARY_EVERY;
+
 /// Events held per series during a repair, or stashed during a backfill,
 /// at most (one per open time; past it the oldest goes, and is brought
 /// again by REST).
@@ -53,13 +57,8 @@ pub const SERIES_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration
 /// Backfills a gap in the stream may start in a row without bringing a
 /// candle (see `Series::gap_fills`).
 const GAP_FILLS: u8 = 2;
-/// Series listed by name in `status` (failing ones, ones with gaps), at most.
-pub const LISTED: usize = 32;
 /// Events taken from the queue between two looks at REST.
 const BATCH: usize = 4_096;
-/// How often the series summary is published for `status`.
-const SUMMARY_EVERY: Duration = Duration::from_millis(250);
-
 /// Where a series is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -72,20 +71,9 @@ enum Phase {
     Live,
 }
 
-/// A candle closed by its successor without `x: true`: its close is being
-/// fetched; the successor's events wait.
-#[derive(Debug)]
-struct Repair {
-    open_time: i64,
-    due: Instant,
-    deadline: Instant,
-    held: BTreeMap<i64, Kline>,
-}
-
 #[derive(Debug)]
 struct Series {
     stream: Stream,
-    group: usize,
     phase: Phase,
     /// Failed backfills in a row.
     failures: u32,
@@ -117,38 +105,6 @@ struct Filling {
     have: usize,
     /// Events streamed meanwhile, by open time (the latest of each).
     stash: BTreeMap<i64, Kline>,
-}
-
-/// A series named in `status`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct SeriesNote {
-    /// `SYMBOL interval`.
-    pub series: String,
-    /// Failed backfills in a row, or candles missing.
-    pub count: u64,
-    /// The last error, or where the gap is.
-    pub detail: String,
-}
-
-/// The series, as `status` shows them.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct SeriesSummary {
-    /// Series written as streamed.
-    pub live: usize,
-    /// Series waiting for (or in) a backfill.
-    pub behind: usize,
-    /// Of those, ones whose last backfill was refused (retried on their
-    /// own schedule).
-    pub failing: usize,
-    /// Closes being repaired now.
-    pub repairing: usize,
-    /// Up to [`LISTED`] failing series with their last error.
-    pub failing_series: Vec<SeriesNote>,
-    /// Up to [`LISTED`] series whose last backfill left a gap (an outage
-    /// longer than the ring), with the candles missing.
-    pub gaps: Vec<SeriesNote>,
-    /// Symbols left out at start (`--skip-unknown`): not listed, or not trading.
-    pub skipped_symbols: Vec<String>,
 }
 
 /// The sync thread.
@@ -269,7 +225,6 @@ impl Sync {
                 members.push(self.series.len());
                 self.series.push(Series {
                     stream: s.clone(),
-                    group: g.index,
                     phase: Phase::Unsubscribed,
                     failures: 0,
                     last_error: None,
@@ -458,20 +413,8 @@ impl Sync {
     /// its successor without having had its `x: true` is repaired first.
     fn live(&mut self, k: usize, kline: Kline, received: Option<Instant>) {
         let open = kline.candle.open_time;
-        if let Some(repairing) = self.series[k].repair.as_ref().map(|r| r.open_time) {
-            if open == repairing && kline.closed {
-                // The close came after all, late.
-                self.health.late_closes.fetch_add(1, Ordering::Relaxed);
-                self.write(&kline, received);
-                self.release(k);
-            } else if open > repairing {
-                if let Some(r) = self.series[k].repair.as_mut() {
-                    hold(&mut r.held, kline);
-                }
-            } else {
-                self.write(&kline, received);
-            }
-            return;
+        if self.series[k].repair.is_some() {
+            return self.while_repairing(k, kline, received);
         }
         let latest = self.writer.latest(&kline.symbol, kline.interval);
         if let Some((latest, _)) = latest
@@ -488,48 +431,9 @@ impl Sync {
         if let Some((latest, false)) = latest
             && open > latest
         {
-            self.health.missing_closes.fetch_add(1, Ordering::Relaxed);
-            let now = Instant::now();
-            let wait = REPAIR_WAIT.min(Duration::from_millis(kline.interval.millis()));
-            let mut held = BTreeMap::new();
-            held.insert(open, kline);
-            self.series[k].repair = Some(Repair {
-                open_time: latest,
-                due: now,
-                deadline: now + wait,
-                held,
-            });
-            return;
+            return self.start_repair(k, latest, kline);
         }
         self.write(&kline, received);
-    }
-
-    /// Ends series `k`'s repair: its held events are written.
-    fn release(&mut self, k: usize) {
-        if let Some(r) = self.series[k].repair.take() {
-            for kline in r.held.into_values() {
-                self.write(&kline, None);
-            }
-        }
-    }
-
-    fn expire_repairs(&mut self) {
-        let now = Instant::now();
-        for k in 0..self.series.len() {
-            if self.series[k]
-                .repair
-                .as_ref()
-                .is_some_and(|r| r.deadline <= now)
-            {
-                self.health
-                    .provisional_closes
-                    .fetch_add(1, Ordering::Relaxed);
-                let (symbol, interval) = &self.series[k].stream;
-                tracing::warn!(%symbol, %interval,
-                    "a candle's close could not be fetched in time: it stays as last streamed (provisional)");
-                self.release(k);
-            }
-        }
     }
 
     /// Writes one candle and publishes it.
@@ -604,47 +508,6 @@ impl Sync {
             });
         }
         self.fill_step();
-    }
-
-    /// Asks for the close of the candle being repaired.
-    fn repair_step(&mut self, k: usize) {
-        let (symbol, interval) = self.series[k].stream.clone();
-        let Some(open) = self.series[k].repair.as_ref().map(|r| r.open_time) else {
-            return;
-        };
-        let retry = Instant::now() + Duration::from_secs(1);
-        match self.rest.klines(&symbol, interval, Page::From(open), 1) {
-            Ok(rows) => match rows.into_iter().find(|r| r.candle.open_time == open) {
-                Some(row) if row.closed => {
-                    self.health.repaired_closes.fetch_add(1, Ordering::Relaxed);
-                    self.write(&row, None);
-                    self.release(k);
-                }
-                // The exchange is still finishing it: ask again soon.
-                Some(_) => self.set_repair_due(k, retry),
-                None => {
-                    self.health
-                        .provisional_closes
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.release(k);
-                }
-            },
-            Err(RestError::Paused { .. }) => {}
-            Err(RestError::Exchange(_)) => self.set_repair_due(k, retry),
-            Err(RestError::Refused(e)) => {
-                tracing::warn!(%symbol, %interval, error = %e, "a candle's close could not be fetched: it stays provisional");
-                self.health
-                    .provisional_closes
-                    .fetch_add(1, Ordering::Relaxed);
-                self.release(k);
-            }
-        }
-    }
-
-    fn set_repair_due(&mut self, k: usize, due: Instant) {
-        if let Some(r) = self.series[k].repair.as_mut() {
-            r.due = due;
-        }
     }
 
     /// One page of the backfill in progress; the last one writes them all.
@@ -758,48 +621,6 @@ impl Sync {
                 _ => hold(&mut self.series[k].early, kline),
             }
         }
-    }
-
-    fn publish_summary(&mut self) {
-        self.summary_at = Instant::now();
-        let mut sum = SeriesSummary {
-            skipped_symbols: self.skipped.clone(),
-            ..SeriesSummary::default()
-        };
-        let now = Instant::now();
-        for s in &self.series {
-            let name = || format!("{} {}", s.stream.0, s.stream.1);
-            match s.phase {
-                Phase::Live => sum.live += 1,
-                Phase::Unsubscribed => sum.behind += 1,
-                Phase::Behind { due } => {
-                    sum.behind += 1;
-                    if s.failures > 0 && s.last_error.is_some() {
-                        sum.failing += 1;
-                        if sum.failing_series.len() < LISTED {
-                            sum.failing_series.push(SeriesNote {
-                                series: name(),
-                                count: u64::from(s.failures),
-                                detail: format!(
-                                    "{} (retry in {} ms)",
-                                    s.last_error.as_deref().unwrap_or(""),
-                                    due.saturating_duration_since(now).as_millis()
-                                ),
-                            });
-                        }
-                    }
-                }
-            }
-            sum.repairing += usize::from(s.repair.is_some());
-            if s.missing > 0 && sum.gaps.len() < LISTED {
-                sum.gaps.push(SeriesNote {
-                    series: name(),
-                    count: s.missing,
-                    detail: format!("group {}: older than the ring could hold", s.group),
-                });
-            }
-        }
-        *lock(&self.health.series) = sum;
     }
 }
 

@@ -1,5 +1,9 @@
 //! The live feed's options, health and URL building, without a network.
 
+use std::time::Duration;
+
+use protocol::SymbolName;
+
 use super::*;
 
 fn opts() -> LiveOptions {

@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use anyhow::{Context, Result};
 use protocol::{Candle, Interval, SymbolName};
 
 use super::binance::{RowFormat, format_row};
+use crate::locked::lock;
 
 mod rest;
 mod ws;
@@ -194,10 +195,6 @@ struct Shared {
     /// An episode is being streamed.
     streaming: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The two servers; stopped and joined on drop.

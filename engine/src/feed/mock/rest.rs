@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use protocol::{Candle, Interval};
 
 use super::super::binance::{RowFormat, format_row};
-use super::{REST_LOG, Shared, lock};
+use super::{REST_LOG, Shared};
+use crate::locked::lock;
 
 /// An idle keep-alive connection is closed after this long.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);

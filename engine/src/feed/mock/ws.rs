@@ -15,7 +15,8 @@ use protocol::{Candle, Interval, SymbolName};
 use tungstenite::handshake::server::{Request, Response};
 use tungstenite::{Message, WebSocket};
 
-use super::{End, Episode, Shared, lock};
+use super::{End, Episode, Shared};
+use crate::locked::lock;
 
 /// Messages waiting for one connection, at most; past it the connection
 /// is cut (Binance drops a client that does not keep up).

@@ -1,0 +1,308 @@
+//! What the live feed counts for `status`: written by its threads, read by
+//! the coordinator at any time (atomics, and small mutexes held for a copy).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use protocol::samples::Samples;
+use serde::Serialize;
+
+use super::super::binance::BadLine;
+use super::super::writer::FeedCounters;
+use crate::locked::lock;
+
+/// Latency samples kept for `status` and `bench feed`.
+pub const LATENCY_SAMPLES: usize = 1 << 16;
+
+/// Why REST is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// A 429: too many requests; `Retry-After` is obeyed.
+    RateLimited,
+    /// A 418: the IP is banned for the `Retry-After` it names.
+    Banned,
+    /// The exchange counts its weight limit nearly used for this minute.
+    WeightCeiling,
+    /// Server errors or timeouts: backing off.
+    ServerTrouble,
+    /// This client's own budget (`--rest-weight-per-minute`).
+    Budget,
+}
+
+impl std::fmt::Display for Pause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RateLimited => "rate limited (HTTP 429): waiting out Retry-After",
+            Self::Banned => "IP banned by the exchange (HTTP 418): no request until the ban ends",
+            Self::WeightCeiling => {
+                "the exchange's used weight is near its limit: waiting for the next minute"
+            }
+            Self::ServerTrouble => "server errors or timeouts: backing off",
+            Self::Budget => "the --rest-weight-per-minute budget is spent",
+        })
+    }
+}
+
+/// Series listed by name in `status` (failing ones, ones with gaps), at most.
+pub const LISTED: usize = 32;
+
+/// A series named in `status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SeriesNote {
+    /// `SYMBOL interval`.
+    pub series: String,
+    /// Failed backfills in a row, or candles missing.
+    pub count: u64,
+    /// The last error, or where the gap is.
+    pub detail: String,
+}
+
+/// The series, as `status` shows them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SeriesSummary {
+    /// Series written as streamed.
+    pub live: usize,
+    /// Series waiting for (or in) a backfill.
+    pub behind: usize,
+    /// Of those, ones whose last backfill was refused (retried on their
+    /// own schedule).
+    pub failing: usize,
+    /// Closes being repaired now.
+    pub repairing: usize,
+    /// Up to 32 (`LISTED`) failing series with their last error.
+    pub failing_series: Vec<SeriesNote>,
+    /// Up to 32 (`LISTED`) series whose backfills left a gap (outages
+    /// longer than the ring's need), with the candles missing.
+    pub gaps: Vec<SeriesNote>,
+    /// Symbols left out at start (`--skip-unknown`): not listed, or not trading.
+    pub skipped_symbols: Vec<String>,
+}
+
+/// Shared counters: written by the feed thread, read by `status`.
+#[derive(Debug, Default)]
+pub struct LiveHealth {
+    /// Connections open now.
+    pub(super) connected: AtomicU64,
+    pub(super) connections: AtomicU64,
+    pub(super) replacements: AtomicU64,
+    pub(super) shutdown_notices: AtomicU64,
+    pub(super) overflowed: AtomicU64,
+    pub(super) rate_limited: AtomicU64,
+    pub(super) bans: AtomicU64,
+    pub(super) server_errors: AtomicU64,
+    pub(super) used_weight: AtomicU64,
+    pub(super) peak_used_weight: AtomicU64,
+    /// Until when (wall ms) and why REST was last paused.
+    pub(super) rest_pause: Mutex<Option<(u64, Pause)>>,
+    pub(super) missing_closes: AtomicU64,
+    pub(super) repaired_closes: AtomicU64,
+    pub(super) late_closes: AtomicU64,
+    pub(super) provisional_closes: AtomicU64,
+    pub(super) series: Mutex<SeriesSummary>,
+    /// Why the feed could not start (an unknown symbol).
+    pub(super) fatal: Mutex<Option<String>>,
+    pub(super) reconnects: AtomicU64,
+    pub(super) last_message_ms: AtomicU64,
+    pub(super) messages: AtomicU64,
+    pub(super) bad_messages: AtomicU64,
+    pub(super) stale: AtomicU64,
+    pub(super) deferred: AtomicU64,
+    pub(super) backfilled: AtomicU64,
+    pub(super) backfill_failures: AtomicU64,
+    pub(super) rest_requests: AtomicU64,
+    pub(super) counters: Mutex<FeedCounters>,
+    /// The last [`LATENCY_SAMPLES`] message-received-to-published times, ns.
+    pub(super) latency: Mutex<Option<Samples>>,
+    pub(super) last_error: Mutex<Option<String>>,
+    pub(super) receipts: Mutex<Vec<(i64, Instant)>>,
+    pub(super) planned: AtomicU64,
+}
+
+/// What `status` shows of a live feed.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveStatus {
+    /// Connections open now.
+    pub connected: u64,
+    /// Connections the streams are split over.
+    pub connections_planned: usize,
+    /// Connections opened.
+    pub connections: u64,
+    /// Connections replaced by a new one opened first (the 24 h cut,
+    /// `serverShutdown`): no gap, no backfill.
+    pub replacements: u64,
+    /// `serverShutdown` notices received.
+    pub shutdown_notices: u64,
+    /// Events dropped at the queue's bound (their series backfilled again).
+    pub overflowed: u64,
+    /// REST answers 429 (each paused REST for its `Retry-After`).
+    pub rate_limited: u64,
+    /// REST answers 418 (IP bans).
+    pub bans: u64,
+    /// REST server errors and timeouts.
+    pub server_errors: u64,
+    /// The exchange's count of weight used this minute, last answer.
+    pub used_weight: u64,
+    /// The highest such count seen.
+    pub peak_used_weight: u64,
+    /// While REST is paused: for how much longer, ms, and why.
+    pub rest_paused_ms: Option<u64>,
+    /// Why REST is paused.
+    pub rest_pause: Option<String>,
+    /// Candles whose successor came before their `x: true`.
+    pub missing_closes: u64,
+    /// Of those, closed from REST.
+    pub repaired_closes: u64,
+    /// Of those, closed by an `x: true` that came late.
+    pub late_closes: u64,
+    /// Of those, left as last streamed (REST could not tell in time).
+    pub provisional_closes: u64,
+    /// The series: live, behind, failing ones named, gaps left.
+    pub series: SeriesSummary,
+    /// Reconnects (connections after the first, failed attempts included).
+    pub reconnects: u64,
+    /// Since the last message, ping or pong, ms; `None` before the first.
+    pub last_message_age_ms: Option<u64>,
+    /// Messages received.
+    pub messages: u64,
+    /// Messages that were not valid kline events (skipped).
+    pub bad_messages: u64,
+    /// Events older than the stored candle (normal after a backfill).
+    pub stale: u64,
+    /// Events that came while their series waited for a backfill: the
+    /// newest `sync::HELD` per series are applied after it.
+    pub deferred: u64,
+    /// Candles written from REST.
+    pub backfilled: u64,
+    /// REST requests made (backfills, repairs, the symbol check).
+    pub rest_requests: u64,
+    /// Backfill requests that failed.
+    pub backfill_failures: u64,
+    /// The writer's counters (candles written, gaps...).
+    #[serde(flatten)]
+    pub counters: FeedCounters,
+    /// Received-to-published latency over the recent samples, ns.
+    pub latency_p50_ns: Option<u32>,
+    /// p99 of the same.
+    pub latency_p99_ns: Option<u32>,
+    /// The last connection error.
+    pub last_error: Option<String>,
+}
+
+impl LiveHealth {
+    /// A snapshot for `status`.
+    pub fn status(&self) -> LiveStatus {
+        let last = self.last_message_ms.load(Ordering::Relaxed);
+        let lat = lock(&self.latency).clone();
+        let q = |p: f64| lat.as_ref().and_then(|s| s.quantile(p));
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let now_ms = protocol::clock::now_ms() as u64;
+        let pause = (*lock(&self.rest_pause)).filter(|(until, _)| *until > now_ms);
+        LiveStatus {
+            connected: g(&self.connected),
+            connections_planned: self.planned.load(Ordering::Relaxed) as usize,
+            connections: g(&self.connections),
+            replacements: g(&self.replacements),
+            shutdown_notices: g(&self.shutdown_notices),
+            overflowed: g(&self.overflowed),
+            rate_limited: g(&self.rate_limited),
+            bans: g(&self.bans),
+            server_errors: g(&self.server_errors),
+            used_weight: g(&self.used_weight),
+            peak_used_weight: g(&self.peak_used_weight),
+            rest_paused_ms: pause.map(|(until, _)| until - now_ms),
+            rest_pause: pause.map(|(_, why)| why.to_string()),
+            missing_closes: g(&self.missing_closes),
+            repaired_closes: g(&self.repaired_closes),
+            late_closes: g(&self.late_closes),
+            provisional_closes: g(&self.provisional_closes),
+            series: lock(&self.series).clone(),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            last_message_age_ms: (last > 0)
+                .then(|| (protocol::clock::now_ms() as u64).saturating_sub(last)),
+            messages: self.messages.load(Ordering::Relaxed),
+            bad_messages: self.bad_messages.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
+            deferred: self.deferred.load(Ordering::Relaxed),
+            backfilled: self.backfilled.load(Ordering::Relaxed),
+            rest_requests: self.rest_requests.load(Ordering::Relaxed),
+            backfill_failures: self.backfill_failures.load(Ordering::Relaxed),
+            counters: *lock(&self.counters),
+            latency_p50_ns: q(0.5),
+            latency_p99_ns: q(0.99),
+            last_error: lock(&self.last_error).clone(),
+        }
+    }
+
+    /// Every latency sample kept (for `bench feed`).
+    pub fn latency_samples(&self) -> Vec<u32> {
+        lock(&self.latency)
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.values().to_vec())
+    }
+
+    /// With [`LiveOptions::trace`]: when each streamed candle was received.
+    pub fn receipts(&self) -> Vec<(i64, Instant)> {
+        lock(&self.receipts).clone()
+    }
+
+    pub(super) fn touch(&self) {
+        self.last_message_ms
+            .store(protocol::clock::now_ms() as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn error(&self, e: String) {
+        *lock(&self.last_error) = Some(e);
+    }
+
+    /// Why the feed could not start, if it could not.
+    pub fn fatal(&self) -> Option<String> {
+        lock(&self.fatal).clone()
+    }
+
+    pub(super) fn bad(&self, reason: &BadLine) {
+        let n = self.bad_messages.fetch_add(1, Ordering::Relaxed) + 1;
+        // Every one counted; the log is thinned past the first hundred.
+        if n <= 100 || n.is_power_of_two() {
+            tracing::warn!(%reason, bad_messages = n, "message skipped");
+        }
+    }
+
+    pub(super) fn used_weight(&self, w: u32) {
+        self.used_weight.store(u64::from(w), Ordering::Relaxed);
+        self.peak_used_weight
+            .fetch_max(u64::from(w), Ordering::Relaxed);
+    }
+
+    pub(super) fn pause(&self, until: Instant, why: Pause) {
+        let ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
+        match why {
+            Pause::RateLimited => {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    wait_ms = ms,
+                    "REST rate limited (429): no request until Retry-After has passed"
+                );
+            }
+            Pause::Banned => {
+                self.bans.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    ban_ms = ms,
+                    "the exchange banned this IP (418): REST stopped until the ban ends"
+                );
+            }
+            Pause::WeightCeiling => {
+                tracing::info!(
+                    wait_ms = ms,
+                    "the exchange counts its weight limit nearly used: waiting for the next minute"
+                );
+            }
+            Pause::ServerTrouble => {
+                self.server_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(wait_ms = ms, "REST server error or timeout: backing off");
+            }
+            Pause::Budget => {}
+        }
+        *lock(&self.rest_pause) = Some((protocol::clock::now_ms() as u64 + ms, why));
+    }
+}
