@@ -345,6 +345,9 @@ fn large_trader_specs_go_out_as_fast_as_the_worker_takes_them() {
     inst.assert_clean();
 }
 
+/// A running instance. PINGs every 50 ms, but a worker is taken for hung
+/// only after 2 s: these tests count faults, and on a loaded 2-core machine
+/// (two tests side by side) a PING can wait past 100 ms.
 fn running(inst: &TestInstance, extra: &[&str]) -> ChildGuard {
     let mut cmd = inst.command("shmkline");
     cmd.args([
@@ -355,6 +358,8 @@ fn running(inst: &TestInstance, extra: &[&str]) -> ChildGuard {
         "2",
         "--ping-interval",
         "50",
+        "--ping-deadline",
+        "2000",
     ])
     .args(extra);
     let mut run = ChildGuard::spawn(&mut cmd);
@@ -487,7 +492,7 @@ fn a_finite_run_exits_0_only_if_every_signal_reached_stdout() {
     );
     inst.assert_clean();
 
-    // A reader that takes ten lines and goes.
+    // A reader that takes a few lines and goes.
     let inst = TestInstance::new("gone");
     let mut gone = ChildGuard::spawn(inst.command("shmkline").args(args));
     let mut out = gone.stdout();
@@ -495,9 +500,12 @@ fn a_finite_run_exits_0_only_if_every_signal_reached_stdout() {
     let _ = out.read(&mut first).expect("read some");
     drop(out);
     let (st, stderr) = gone.wait(Duration::from_secs(60));
+    // The run stops there (a closed stdout ends it, as it ends any Unix
+    // tool: `delivery.rs`), in error, counting what was not printed.
     assert_eq!(st.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("of {expected} signals were not written to stdout")),
+        stderr.contains("stdout was closed (its reader went away)")
+            && stderr.contains("signals were not written to stdout"),
         "{stderr}"
     );
     inst.assert_clean();

@@ -471,6 +471,9 @@ pub(super) fn drive(
         {
             coord.begin_drain("the parent process exited (--exit-with-parent)");
         }
+        if coord.emitter.stdout_closed() {
+            coord.begin_drain("stdout was closed (its reader went away)");
+        }
         if let Some((since, target, why)) = coord.draining
             && (coord.feed_started.is_none()
                 || coord.drained(target)

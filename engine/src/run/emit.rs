@@ -14,21 +14,23 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use protocol::message::Signal;
 use protocol::samples::{Samples, saturate};
 
-use super::dedup::{self, Dedup};
+use super::dedup::Dedup;
 use crate::signal_line::SignalLine;
 
 /// Publish instants kept for the signal latency.
 const PUBLISH_TIMES: usize = 4096;
 /// Latency samples kept for the percentiles.
 const LATENCY_SAMPLES: usize = 4096;
+/// How often an idle output thread looks whether stdout's reader is gone.
+const OUTPUT_POLL: Duration = Duration::from_millis(100);
 /// How often a reader thread retries a full output queue.
 const OUTPUT_RETRY: Duration = Duration::from_millis(1);
 
@@ -52,6 +54,8 @@ pub struct Output {
     lost: AtomicU64,
     /// When the output last moved (a batch written or failed), ms after `started`.
     moved_ms: AtomicU64,
+    /// A write failed: stdout is closed (its reader went away).
+    closed: AtomicBool,
 }
 
 impl Default for Output {
@@ -61,6 +65,7 @@ impl Default for Output {
             written: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             moved_ms: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         }
     }
 }
@@ -85,11 +90,18 @@ impl Output {
     pub fn lost(&self) -> u64 {
         self.lost.load(Ordering::Acquire)
     }
+
+    /// Whether stdout is closed: nothing more can be printed.
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
 }
 
 /// The output thread: writes each batch to stdout in one write, counting
-/// what was written. A closed stdout (the reader of a pipe went away) must
-/// not stop the engine: its lines count as lost, and the run ends in error.
+/// what was written. A closed stdout (the reader of a pipe went away, as
+/// with `| head`) ends the run, as it ends any Unix tool: its lines count
+/// as lost, the coordinator sees [`Output::closed`], stops in order and
+/// exits in error.
 pub fn spawn_output(
     batches: Receiver<Batch>,
     output: Arc<Output>,
@@ -99,7 +111,21 @@ pub fn spawn_output(
         .spawn(move || {
             let stdout = std::io::stdout();
             let mut closed = false;
-            for batch in batches {
+            loop {
+                let batch = match batches.recv_timeout(OUTPUT_POLL) {
+                    Ok(batch) => batch,
+                    Err(RecvTimeoutError::Timeout) => {
+                        // Quiet: a reader that went away shows on the pipe
+                        // itself, so the run ends without waiting for a signal.
+                        if !closed && reader_gone(&stdout) {
+                            tracing::error!("stdout was closed (its reader went away): stopping");
+                            closed = true;
+                            output.closed.store(true, Ordering::Release);
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
                 let mut out = stdout.lock();
                 let ok = !closed
                     && out
@@ -110,14 +136,27 @@ pub fn spawn_output(
                     output.written.fetch_add(batch.lines, Ordering::AcqRel);
                 } else {
                     if !closed {
-                        tracing::error!("stdout is closed: signals from here on are not printed");
+                        tracing::error!("stdout was closed (its reader went away): stopping");
                     }
                     closed = true;
+                    output.closed.store(true, Ordering::Release);
                     output.lost.fetch_add(batch.lines, Ordering::AcqRel);
                 }
                 output.moved();
             }
         })
+}
+
+/// Whether stdout is a pipe or socket whose reader is gone (poll says
+/// POLLERR or POLLHUP); a terminal or a file never is.
+fn reader_gone(stdout: &std::io::Stdout) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
 }
 
 /// Counters for `status` and the run's summary.
@@ -182,7 +221,7 @@ impl Emitter {
             accept: vec![None; slots],
             traders: vec![HashSet::new(); slots],
             received: vec![0; slots],
-            dedup: Dedup::new(dedup::DEFAULT_CAPACITY),
+            dedup: Dedup::default(),
             publish_times: VecDeque::with_capacity(PUBLISH_TIMES),
             latency: Samples::new(LATENCY_SAMPLES),
             emitted: 0,
@@ -214,10 +253,14 @@ impl Emitter {
     /// Slot `s` now holds these traders: signals of any other are dropped
     /// (a trader removed a moment ago may still have signals in flight).
     pub fn holds<'a>(&self, s: usize, ids: impl Iterator<Item = &'a str>) {
-        if let Some(t) = self.lock().traders.get_mut(s) {
+        let mut inner = self.lock();
+        if let Some(t) = inner.traders.get_mut(s) {
             t.clear();
             t.extend(ids.map(str::to_owned));
         }
+        // A trader no slot holds any more takes its watermarks with it.
+        let Inner { traders, dedup, .. } = &mut *inner;
+        dedup.keep_only(|id| traders.iter().any(|t| t.contains(id)));
     }
 
     /// A publish of the finite feed whose last batch was delivered at `at`.
@@ -343,6 +386,11 @@ impl Emitter {
     /// long as it keeps reading).
     pub fn give_up_after(&self, within: Duration) {
         self.lock().give_up = Some((Instant::now(), within));
+    }
+
+    /// Whether stdout is closed (see [`spawn_output`]).
+    pub fn stdout_closed(&self) -> bool {
+        self.output.closed()
     }
 
     /// Signals handed to the output so far, and what became of them.

@@ -185,6 +185,12 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
 fn outcome(coord: &Coordinator, output: &emit::Output) -> Result<RunSummary> {
     let (emitted, _) = coord.emitter.delivery();
     let written = output.written();
+    if output.closed() {
+        bail!(
+            "stdout was closed (its reader went away): the run stopped; {} of {emitted} signals were not written to stdout",
+            emitted - written.min(emitted)
+        );
+    }
     if written < emitted {
         bail!(
             "{} of {emitted} signals were not written to stdout ({}): its reader closed it or stopped reading",
