@@ -311,6 +311,16 @@ pub struct RunArgs {
     /// leave the engine, its workers and its segment behind).
     #[arg(long)]
     pub exit_with_parent: bool,
+    /// Where signals go: `stdout`, or `file:PATH` (append-only JSON lines,
+    /// fsynced per batch; a restarted run appends only what the file lacks).
+    /// Repeatable; default: stdout alone.
+    #[arg(long = "sink", value_name = "SPEC")]
+    pub sinks: Vec<crate::run::sink::SinkSpec>,
+    /// Which signals the sinks get: `resume` (a file sink appends what it
+    /// lacks; stdout gets this run's), `now` (only candles closing after
+    /// the start), `all` (everything again, whatever a file holds).
+    #[arg(long, value_enum, default_value_t = crate::run::sink::SignalsFrom::Resume)]
+    pub signals_from: crate::run::sink::SignalsFrom,
     #[command(flatten)]
     pub capacity: CapacityArgs,
 }

@@ -40,6 +40,12 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
         backpressure: !args.no_backpressure,
         stay: args.stay,
         parent: args.exit_with_parent.then(parent_at_start),
+        signals_from: args.signals_from,
+        sinks: if args.sinks.is_empty() {
+            vec![crate::run::sink::SinkSpec::Stdout]
+        } else {
+            args.sinks
+        },
     };
     let summary = crate::run::run(opts)?;
     tracing::info!(

@@ -91,6 +91,13 @@ impl Output {
         self.lost.load(Ordering::Acquire)
     }
 
+    /// Counts `lines` as written (or lost), and the output as moved.
+    pub fn count(&self, lines: u64, written: bool) {
+        let counter = if written { &self.written } else { &self.lost };
+        counter.fetch_add(lines, Ordering::AcqRel);
+        self.moved();
+    }
+
     /// Whether stdout is closed: nothing more can be printed.
     pub fn closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
@@ -189,6 +196,18 @@ pub struct Emitter {
     output: Arc<Output>,
 }
 
+/// A file sink as the emitter sees it: what it holds, where its lines go.
+#[derive(Debug)]
+struct FileOut {
+    /// The file's path, for `status`.
+    path: String,
+    dedup: Dedup,
+    out: Option<SyncSender<Batch>>,
+    output: Arc<Output>,
+    /// Signals handed to it this run.
+    emitted: u64,
+}
+
 #[derive(Debug)]
 struct Inner {
     /// Per slot: the incarnation whose signals count (none between them).
@@ -208,6 +227,13 @@ struct Inner {
     out: Option<SyncSender<Batch>>,
     /// When a reader last got room after waiting for it.
     resumed: Option<Instant>,
+    /// Whether stdout is a sink (`--sink`; by default it is the only one).
+    stdout: bool,
+    /// `--signals-from now`: signals of candles closing at or before this
+    /// (wall ms) go nowhere.
+    closing_after: Option<i64>,
+    /// The file sinks, each with its own watermarks.
+    files: Vec<FileOut>,
     /// Set at teardown: from when, and after how long without the output
     /// moving, a reader stops waiting for room and drops what it holds.
     give_up: Option<(Instant, Duration)>,
@@ -228,12 +254,82 @@ impl Emitter {
             out: Some(out),
             resumed: None,
             give_up: None,
+            stdout: true,
+            closing_after: None,
+            files: Vec::new(),
         });
         Self {
             inner,
             waiting: AtomicUsize::new(0),
             output,
         }
+    }
+
+    /// From now on only signals of candles closing after `ms` go out.
+    pub fn only_closing_after(&self, ms: i64) {
+        self.lock().closing_after = Some(ms);
+    }
+
+    /// Whether signals are printed on stdout.
+    pub fn print_to_stdout(&self, on: bool) {
+        self.lock().stdout = on;
+    }
+
+    /// Adds a file sink whose file holds what `dedup` marks, its lines
+    /// queued to `out`, counted in `output`.
+    pub fn add_file_sink(
+        &self,
+        path: String,
+        dedup: Dedup,
+        out: SyncSender<Batch>,
+        output: Arc<Output>,
+    ) {
+        self.lock().files.push(FileOut {
+            path,
+            dedup,
+            out: Some(out),
+            output,
+            emitted: 0,
+        });
+    }
+
+    /// Each sink as `status` shows it: what it was handed this run, what
+    /// it delivered (written; for a file, fsynced), what it lost, and how
+    /// many series it holds a watermark for.
+    pub fn sinks_status(&self) -> Vec<serde_json::Value> {
+        let inner = self.lock();
+        let stdout = inner.stdout.then(|| {
+            serde_json::json!({
+                "kind": "stdout",
+                "emitted": inner.emitted,
+                "delivered": self.output.written(),
+                "lost": self.output.lost(),
+                "closed": self.output.closed(),
+                "series": inner.dedup.len(),
+            })
+        });
+        stdout
+            .into_iter()
+            .chain(inner.files.iter().map(|f| {
+                serde_json::json!({
+                    "kind": "file",
+                    "path": f.path,
+                    "emitted": f.emitted,
+                    "delivered": f.output.written(),
+                    "lost": f.output.lost(),
+                    "series": f.dedup.len(),
+                })
+            }))
+            .collect()
+    }
+
+    /// Per file sink: signals handed to it this run, and what became of them.
+    pub fn file_delivery(&self) -> Vec<(u64, Arc<Output>)> {
+        self.lock()
+            .files
+            .iter()
+            .map(|f| (f.emitted, f.output.clone()))
+            .collect()
     }
 
     /// A panic elsewhere while the lock was held leaves nothing half-done
@@ -279,23 +375,40 @@ impl Emitter {
     pub fn signals(&self, s: usize, no: u64, signals: &[Signal]) {
         let mut lines = Vec::new();
         let mut count = 0;
-        let out = {
-            let mut inner = self.lock();
+        let (out, files) = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
             if inner.accept.get(s).copied().flatten() != Some(no) {
                 return;
             }
+            let mut files: Vec<(Vec<u8>, u64)> = vec![(Vec::new(), 0); inner.files.len()];
             for signal in signals {
                 inner.received[s] += 1;
                 if !inner.traders[s].contains(&signal.trader) {
                     tracing::debug!(trader = %signal.trader, "signal of a removed trader dropped");
                     continue;
                 }
-                if !inner.dedup.first(signal) {
+                let closes_at = signal.open_time + signal.interval.millis() as i64;
+                if inner.closing_after.is_some_and(|t| closes_at <= t) {
+                    continue;
+                }
+                let mut line = Vec::new();
+                for (f, (text, n)) in inner.files.iter_mut().zip(files.iter_mut()) {
+                    if f.dedup.first(signal) {
+                        if line.is_empty() {
+                            SignalLine::new(signal, Some(s as u32)).write_to(&mut line);
+                            line.push(b'\n');
+                        }
+                        text.extend_from_slice(&line);
+                        *n += 1;
+                        f.emitted += 1;
+                    }
+                }
+                if !inner.stdout || !inner.dedup.first(signal) {
                     continue;
                 }
                 // The candle became visible with the first publish whose
                 // last batch was delivered at or after its close.
-                let closes_at = signal.open_time + signal.interval.millis() as i64;
                 let k = inner
                     .publish_times
                     .partition_point(|(at, _)| *at < closes_at);
@@ -305,14 +418,30 @@ impl Emitter {
                 }
                 inner.emitted += 1;
                 count += 1;
-                SignalLine::new(signal, Some(s as u32)).write_to(&mut lines);
-                lines.push(b'\n');
+                if line.is_empty() {
+                    SignalLine::new(signal, Some(s as u32)).write_to(&mut line);
+                    line.push(b'\n');
+                }
+                lines.extend_from_slice(&line);
             }
-            if lines.is_empty() {
-                return;
-            }
-            inner.out.clone()
+            let files: Vec<_> = inner
+                .files
+                .iter()
+                .zip(files)
+                .filter(|(_, (_, n))| *n > 0)
+                .map(|(f, (text, n))| (f.out.clone(), f.output.clone(), Batch { text, lines: n }))
+                .collect();
+            (inner.out.clone(), files)
         };
+        for (out, output, batch) in files {
+            match out {
+                Some(out) => self.queue(&out, batch, &output),
+                None => output.count(batch.lines, false),
+            }
+        }
+        if lines.is_empty() {
+            return;
+        }
         let Some(out) = out else {
             tracing::warn!("output closed: signals not printed");
             self.output.lost.fetch_add(count, Ordering::AcqRel);
@@ -324,45 +453,48 @@ impl Emitter {
                 text: lines,
                 lines: count,
             },
+            &self.output,
         );
     }
 
     /// Whether teardown gave up on the output: it has not moved for the
     /// drain time since teardown began (or since it last moved).
-    fn given_up(&self) -> bool {
+    fn given_up(&self, output: &Output) -> bool {
         let Some((since, within)) = self.lock().give_up else {
             return false;
         };
-        since.max(self.output.last_moved()) + within <= Instant::now()
+        since.max(output.last_moved()) + within <= Instant::now()
     }
 
-    /// Queues `batch`, waiting for room if the queue is full (until teardown
-    /// gives up on a stdout that stopped moving).
-    fn queue(&self, out: &SyncSender<Batch>, mut batch: Batch) {
+    /// Queues `batch` for `output`'s thread, waiting for room if its queue
+    /// is full (until teardown gives up on an output that stopped moving).
+    fn queue(&self, out: &SyncSender<Batch>, mut batch: Batch, output: &Output) {
         let mut waited = false;
         loop {
             match out.try_send(batch) {
                 Ok(()) => break,
                 Err(TrySendError::Full(back)) => {
-                    if self.given_up() {
+                    if self.given_up(output) {
                         tracing::error!(
                             lines = back.lines,
-                            "stdout is not being read: signals not printed"
+                            "an output (stdout or a sink) is not taking signals: not delivered"
                         );
-                        self.output.lost.fetch_add(back.lines, Ordering::AcqRel);
+                        output.count(back.lines, false);
                         break;
                     }
                     if !waited {
                         waited = true;
                         self.waiting.fetch_add(1, Ordering::AcqRel);
-                        tracing::warn!("stdout is not keeping up: signals wait for it");
+                        tracing::warn!(
+                            "an output (stdout or a sink) is not keeping up: signals wait for it"
+                        );
                     }
                     batch = back;
                     std::thread::sleep(OUTPUT_RETRY);
                 }
                 Err(TrySendError::Disconnected(back)) => {
-                    tracing::warn!("the output thread is gone: signals not printed");
-                    self.output.lost.fetch_add(back.lines, Ordering::AcqRel);
+                    tracing::warn!("an output thread is gone: signals not delivered");
+                    output.count(back.lines, false);
                     break;
                 }
             }
@@ -423,10 +555,14 @@ impl Emitter {
         }
     }
 
-    /// Closes the output queue: the output thread ends once it has written
-    /// what is queued.
+    /// Closes the output queues: each output thread ends once it has
+    /// written what is queued.
     pub fn close_output(&self) {
-        self.lock().out = None;
+        let mut inner = self.lock();
+        inner.out = None;
+        for f in &mut inner.files {
+            f.out = None;
+        }
     }
 }
 

@@ -36,6 +36,7 @@ mod manage;
 mod options;
 pub mod plan;
 mod requests;
+pub mod sink;
 mod slot;
 pub mod spawn;
 mod status;
@@ -119,6 +120,17 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             "ring plan"
         );
     }
+    // The sinks first: a file that cannot be ours stops the run before
+    // anything starts.
+    let mut files = Vec::new();
+    for spec in &opts.sinks {
+        if let sink::SinkSpec::File(path) = spec {
+            let file = sink::FileSink::open(path)?;
+            tracing::info!(path = %path.display(), lines = file.held, series = file.dedup.len(),
+                "file sink: appending what it does not hold yet");
+            files.push(file);
+        }
+    }
     let inst = Instance::start(&opts.instance, &opts.store)?;
     // ipc-channel's one-shot sockets go into the private runtime directory
     // (short path, wiped at start) rather than the system temp directory.
@@ -132,6 +144,26 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let emitter = Arc::new(Emitter::new(opts.workers as usize, out_tx, output.clone()));
     let output_thread =
         emit::spawn_output(out_rx, output.clone()).context("starting the output thread")?;
+    emitter.print_to_stdout(opts.sinks.contains(&sink::SinkSpec::Stdout));
+    if opts.signals_from == sink::SignalsFrom::Now {
+        emitter.only_closing_after(protocol::clock::now_ms());
+    }
+    let mut sink_threads = Vec::new();
+    for mut file in files {
+        let (tx, rx) = mpsc::sync_channel::<emit::Batch>(OUTPUT_BOUND);
+        let counted = Arc::new(emit::Output::default());
+        let path = file.path.display().to_string();
+        let held = std::mem::take(&mut file.dedup);
+        let marks = match opts.signals_from {
+            sink::SignalsFrom::All => dedup::Dedup::default(),
+            sink::SignalsFrom::Resume | sink::SignalsFrom::Now => held,
+        };
+        emitter.add_file_sink(path, marks, tx, counted.clone());
+        sink_threads.push(
+            file.spawn(rx, counted)
+                .context("starting a file sink's thread")?,
+        );
+    }
     let control = ControlServer::start(inst.runtime.dir(), control::forward_to(events_tx.clone()))?;
     let spawner = Spawner::start(opts.worker_bin.clone(), opts.instance.clone())?;
     let os_signals = signal_thread.counts();
@@ -176,6 +208,10 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     if output_thread.is_finished() {
         let _ = output_thread.join();
     }
+    // File sinks write and fsync what is queued (a full disk fails fast).
+    for t in sink_threads {
+        let _ = t.join();
+    }
     result?;
     outcome(&coord, &output)
 }
@@ -183,6 +219,15 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
 /// What a run that ended in order amounts to: an error if anything it was
 /// asked to do was not done, else its summary.
 fn outcome(coord: &Coordinator, output: &emit::Output) -> Result<RunSummary> {
+    for (k, (emitted, out)) in coord.emitter.file_delivery().into_iter().enumerate() {
+        if out.written() < emitted {
+            bail!(
+                "file sink {}: {} of {emitted} signals were not written and fsynced (see the log)",
+                k + 1,
+                emitted - out.written()
+            );
+        }
+    }
     let (emitted, _) = coord.emitter.delivery();
     let written = output.written();
     if output.closed() {

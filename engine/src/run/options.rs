@@ -41,6 +41,10 @@ pub struct RunOptions {
     /// Shut down once the parent is no longer this process (it exited and
     /// this one was re-parented).
     pub parent: Option<i32>,
+    /// Where signals go (`--sink`; stdout alone by default).
+    pub sinks: Vec<super::sink::SinkSpec>,
+    /// Which signals the sinks get (`--signals-from`).
+    pub signals_from: super::sink::SignalsFrom,
     /// PING interval.
     pub ping_interval: Duration,
     /// A PING unanswered for this long means the worker hangs. A stop is

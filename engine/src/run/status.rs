@@ -128,6 +128,7 @@ impl Coordinator {
                 "latency_p50_us": signals.latency_p50_us,
                 "latency_p99_us": signals.latency_p99_us,
             },
+            "sinks": self.emitter.sinks_status(),
             "gaps": self.gaps(),
             "quarantined": self.quarantined.iter().map(|(t, slot)| serde_json::json!({
                 "trader": t, "slot": slot, "strikes": self.strikes.get(t).copied().unwrap_or(0),
