@@ -26,4 +26,5 @@ pub mod process;
 pub mod run;
 pub mod runtime;
 pub mod signal_line;
+pub mod state;
 pub mod traders;

@@ -38,6 +38,8 @@ pub struct TestInstance {
     pub name: InstanceName,
     /// Its private runtime base directory (`SHMKLINE_RUNTIME_DIR`).
     pub runtime_dir: PathBuf,
+    /// Its state directory (`SHMKLINE_STATE_DIR`): what survives restarts.
+    pub state_dir: PathBuf,
 }
 
 impl TestInstance {
@@ -49,7 +51,13 @@ impl TestInstance {
             .expect("valid test instance name");
         let runtime_dir = std::env::temp_dir().join(format!("shmkline-test-{name}"));
         let _ = std::fs::remove_dir_all(&runtime_dir);
-        Self { name, runtime_dir }
+        let state_dir = std::env::temp_dir().join(format!("shmkline-state-{name}"));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        Self {
+            name,
+            runtime_dir,
+            state_dir,
+        }
     }
 
     /// A command for `binary` with this instance's name and runtime directory.
@@ -57,6 +65,7 @@ impl TestInstance {
         let mut cmd = Command::new(bin(binary));
         cmd.env("SHMKLINE_INSTANCE", self.name.as_str())
             .env("SHMKLINE_RUNTIME_DIR", &self.runtime_dir)
+            .env("SHMKLINE_STATE_DIR", &self.state_dir)
             .env("SHMKLINE_LOG", "info")
             .stdin(Stdio::null());
         cmd
@@ -107,6 +116,7 @@ impl Drop for TestInstance {
             let _ = nix::sys::mman::shm_unlink(format!("/{entry}").as_str());
         }
         let _ = std::fs::remove_dir_all(&self.runtime_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 

@@ -253,3 +253,125 @@ fn signals_from_all_and_now_and_each_sink_in_status() {
     assert!(st.success(), "{stderr}");
     assert_nothing_left(&inst);
 }
+
+fn trader_ids(inst: &TestInstance) -> Vec<String> {
+    let out = inst.shmkline(&["traders", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mut ids: Vec<String> = v["traders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The trader set lives in the state directory: a trader added and one
+/// removed at run time are still so after the coordinator is SIGKILLed and
+/// started again without `--traders`; a `--traders` file given on the
+/// command line wins, and the log says so.
+#[test]
+fn traders_added_and_removed_at_run_time_survive_a_sigkill() {
+    let inst = TestInstance::new("keep");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = |extra: &[&str]| {
+        let mut cmd = inst.command("shmkline");
+        cmd.args(["run", "--rate", "20", "--symbols", "2"])
+            .args(extra);
+        let mut run = harness::ChildGuard::spawn(&mut cmd);
+        run.capture_stdout();
+        inst.status_when(Duration::from_secs(60), |s| {
+            s["workers"]
+                .as_array()
+                .is_some_and(|ws| !ws.is_empty() && ws.iter().all(|w| w["state"] == "ready"))
+        });
+        run
+    };
+    let write = |name: &str, id: &str| {
+        let path = dir.path().join(name);
+        let t = serde_json::json!([{"id": id, "symbols": "*", "interval": "1m", "rule": "crosses_above(close, sma(close, 7))"}]);
+        std::fs::write(&path, t.to_string()).expect("write");
+        path.display().to_string()
+    };
+    let run = start(&[]);
+    let defaults = trader_ids(&inst);
+    assert_eq!(defaults.len(), 4, "{defaults:?}");
+    let extra = write("extra.json", "extra");
+    let added = inst.shmkline(&["traders", "add", &extra]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let removed = inst.shmkline(&["traders", "remove", "sma10-up"]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let changed = trader_ids(&inst);
+    assert!(changed.contains(&"extra".to_owned()) && !changed.contains(&"sma10-up".to_owned()));
+    run.signal(Signal::SIGKILL);
+    let (status, _, _) = run.wait_output(Duration::from_secs(30));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+
+    let run = start(&[]);
+    assert_eq!(trader_ids(&inst), changed, "restored after the SIGKILL");
+    run.signal(Signal::SIGTERM);
+    let (st, _, stderr) = run.wait_output(Duration::from_secs(30));
+    assert!(st.success(), "{stderr}");
+    assert!(
+        stderr.contains("traders restored from the state directory"),
+        "{stderr}"
+    );
+
+    let file = write("other.json", "other");
+    let run = start(&["--traders", &file]);
+    assert_eq!(trader_ids(&inst), vec!["other".to_owned()]);
+    run.signal(Signal::SIGTERM);
+    let (st, _, stderr) = run.wait_output(Duration::from_secs(30));
+    assert!(st.success(), "{stderr}");
+    assert!(stderr.contains("the --traders file wins"), "{stderr}");
+    assert_nothing_left(&inst);
+}
+
+/// A state directory that cannot be used is a clear start-up error naming
+/// it and the way out; nothing is started or left behind.
+#[test]
+fn an_unusable_state_directory_is_refused_naming_it() {
+    let inst = TestInstance::new("badstate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "").expect("write");
+    for (state, want) in [
+        (open.clone(), "lets others in"),
+        (plain.join("sub"), "creating it"),
+    ] {
+        let out = inst
+            .command("shmkline")
+            .args(["run", "--candles", "5", "--state-dir"])
+            .arg(&state)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&state.display().to_string()) && stderr.contains(want),
+            "{stderr}"
+        );
+        inst.assert_clean();
+    }
+}

@@ -321,6 +321,12 @@ pub struct RunArgs {
     /// the start), `all` (everything again, whatever a file holds).
     #[arg(long, value_enum, default_value_t = crate::run::sink::SignalsFrom::Resume)]
     pub signals_from: crate::run::sink::SignalsFrom,
+    /// Where this instance keeps what survives a restart (the trader set,
+    /// with every `traders add` and `remove`). Default:
+    /// `$XDG_STATE_HOME/shmkline/<instance>`, else
+    /// `~/.local/state/shmkline/<instance>`.
+    #[arg(long, env = "SHMKLINE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub capacity: CapacityArgs,
 }

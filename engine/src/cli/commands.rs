@@ -17,7 +17,22 @@ use crate::hold;
 
 /// `shmkline run`.
 pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
-    let traders = args.feed.traders()?;
+    let state_dir = crate::state::StateDir::locate(args.state_dir.as_deref(), &instance)?;
+    let state = crate::state::StateDir::open(&state_dir)?;
+    let kept = state.traders()?;
+    let traders = match (&args.feed.traders, kept) {
+        (None, Some(kept)) => {
+            tracing::info!(traders = kept.len(), state_dir = %state.path().display(),
+                "traders restored from the state directory (with the last run's adds and removes)");
+            kept
+        }
+        (Some(file), Some(kept)) => {
+            tracing::info!(file = %file.display(), replaced = kept.len(),
+                "the --traders file wins over the trader set in the state directory");
+            args.feed.traders()?
+        }
+        (_, None) => args.feed.traders()?,
+    };
     let plan = args.capacity.plan(&traders)?;
     let store = crate::run::plan::store_config(args.capacity.max_symbols, &plan);
     let opts = crate::run::RunOptions {
@@ -41,6 +56,7 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
         stay: args.stay,
         parent: args.exit_with_parent.then(parent_at_start),
         signals_from: args.signals_from,
+        state,
         sinks: if args.sinks.is_empty() {
             vec![crate::run::sink::SinkSpec::Stdout]
         } else {

@@ -135,7 +135,8 @@ impl Coordinator {
                 self.send_traders(s);
             }
         }
-        serde_json::json!({ "added": added, "from_publish": from_publish, "last_batch_at": self.last_batch_at() })
+        let persisted = self.persist_traders();
+        serde_json::json!({ "added": added, "from_publish": from_publish, "last_batch_at": self.last_batch_at(), "persisted": persisted })
     }
 
     /// Removes a trader; its worker stops evaluating it at once.
@@ -173,7 +174,21 @@ impl Coordinator {
             );
         }
         tracing::info!(trader = id, slot = s, "trader removed from its slot");
-        serde_json::json!({ "removed": id, "slot": s, "last_batch_at": self.last_batch_at() })
+        let persisted = self.persist_traders();
+        serde_json::json!({ "removed": id, "slot": s, "last_batch_at": self.last_batch_at(), "persisted": persisted })
+    }
+
+    /// Keeps the trader set in the state directory, before the client gets
+    /// its answer: true, or the error (the change holds for this run only).
+    fn persist_traders(&self) -> serde_json::Value {
+        let held: Vec<&TraderSpec> = self.slots.iter().flat_map(|s| s.traders.values()).collect();
+        match self.opts.state.save_traders(&held) {
+            Ok(()) => serde_json::Value::Bool(true),
+            Err(e) => {
+                tracing::error!(error = %e, "the trader set could not be kept: this change holds until the coordinator stops");
+                serde_json::Value::String(e.to_string())
+            }
+        }
     }
 
     /// The delivery time (ms) of the last batch a finite feed wrote.

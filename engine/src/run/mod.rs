@@ -132,6 +132,10 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         }
     }
     let inst = Instance::start(&opts.instance, &opts.store)?;
+    // Checked, and the instance is ours (its lock held): this is the trader
+    // set from now on.
+    opts.state
+        .save_traders(&opts.traders.iter().collect::<Vec<_>>())?;
     // ipc-channel's one-shot sockets go into the private runtime directory
     // (short path, wiped at start) rather than the system temp directory.
     let _ = tempfile::env::override_temp_dir(inst.runtime.dir());

@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub parent: Option<i32>,
     /// Where signals go (`--sink`; stdout alone by default).
     pub sinks: Vec<super::sink::SinkSpec>,
+    /// What survives a restart: the trader set, kept after every change.
+    pub state: crate::state::StateDir,
     /// Which signals the sinks get (`--signals-from`).
     pub signals_from: super::sink::SignalsFrom,
     /// PING interval.
