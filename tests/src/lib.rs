@@ -79,6 +79,23 @@ impl TestInstance {
             .expect("run shmkline")
     }
 
+    /// The ids `traders list` shows, sorted.
+    pub fn trader_ids(&self) -> std::collections::BTreeSet<String> {
+        let out = self.shmkline(&["traders", "list", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        v["traders"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|t| t["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Shared-memory objects of this instance that exist now.
     pub fn shm_entries(&self) -> Vec<String> {
         let prefix = format!("shmkline-{}", self.name);

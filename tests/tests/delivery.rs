@@ -255,21 +255,7 @@ fn signals_from_all_and_now_and_each_sink_in_status() {
 }
 
 fn trader_ids(inst: &TestInstance) -> Vec<String> {
-    let out = inst.shmkline(&["traders", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let mut ids: Vec<String> = v["traders"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["id"].as_str().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids
+    inst.trader_ids().into_iter().collect()
 }
 
 /// The trader set lives in the state directory: a trader added and one

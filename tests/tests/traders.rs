@@ -12,19 +12,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const STEP_MS: i64 = 60_000;
 
 fn traders_in(inst: &TestInstance) -> BTreeSet<String> {
-    let out = inst.shmkline(&["traders", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    v["traders"]
-        .as_array()
-        .expect("a list")
-        .iter()
-        .filter_map(|t| t["id"].as_str().map(str::to_owned))
-        .collect()
+    inst.trader_ids()
 }
 
 #[test]
