@@ -214,8 +214,13 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
         "instance {} already has a segment: {shm_before:?}",
         opts.instance
     );
+    // A state directory of its own: the run's traders are the built-in
+    // ones the report expects, whatever an earlier run of this instance kept.
+    let state = tempfile::tempdir().context("a temporary state directory")?;
     let mut cmd = Command::new(&opts.shmkline);
     cmd.args(["--instance", opts.instance.as_str(), "run"])
+        .arg("--state-dir")
+        .arg(state.path().join("state"))
         .args([
             "--workers",
             &opts.workers.to_string(),

@@ -116,6 +116,9 @@ fn start(
         .args(["run", "--stay", "--exit-with-parent", "--intervals", "1m"])
         .arg("--traders")
         .arg(file)
+        // Its own state directory, next to the trader file (a temporary one).
+        .arg("--state-dir")
+        .arg(file.with_file_name("state"))
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

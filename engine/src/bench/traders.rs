@@ -194,6 +194,9 @@ pub fn run(
             "--ping-interval",
             "100",
         ])
+        // Its own state directory, gone with the trader file.
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
         .arg("--max-symbols")
         .arg((opts.symbols + 1).to_string())
         .arg("--workers")
