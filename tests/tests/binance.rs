@@ -537,7 +537,10 @@ fn a_forty_hour_outage_is_backfilled_and_a_gap_longer_than_the_ring_is_reported(
         };
         assert_eq!(c, want, "candle {k}");
     }
-    let feed = inst.status_when(WAIT, |s| s["feed"]["series"]["live"] == 1)["feed"].clone();
+    // The summary is published every 250 ms: wait for the one after the
+    // outage's backfill.
+    let feed =
+        inst.status_when(WAIT, |s| s["feed"]["series"]["gaps"][0].is_object())["feed"].clone();
     let gaps = &feed["series"]["gaps"];
     assert_eq!(gaps[0]["series"], "BTCUSDT 1m", "{feed}");
     assert_eq!(gaps[0]["count"].as_u64(), Some(missing as u64), "{feed}");
@@ -703,5 +706,68 @@ fn sigterm_right_after_candles_reach_the_store_loses_none_of_their_signals() {
         "every trader on every closed candle"
     );
     assert_same_signals(&got, &want, "signals after SIGTERM");
+    inst.assert_clean();
+}
+
+/// A live session into `--sink file:PATH` across coordinator SIGKILLs, with
+/// candles closing while it is down: each start backfills what it missed,
+/// and the file ends equal to a backtest of the stand-in's candles (0 lost,
+/// 0 twice).
+#[test]
+fn a_file_sink_over_a_live_session_is_exactly_once_across_sigkills() {
+    let inst = TestInstance::new("blivefile");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = traders_file(dir.path());
+    let file = dir.path().join("signals.jsonl");
+    let sink = format!("file:{}", file.display());
+    let mock = MockBinance::start(
+        timeline(&["BTCUSDT", "ETHUSDT"], 600).expect("timeline"),
+        60,
+        Vec::new(),
+    )
+    .expect("mock");
+    let flags = [
+        "--max-symbols",
+        "4",
+        "--candles-per-series",
+        "2048",
+        "--sink",
+        sink.as_str(),
+    ];
+    let lines = || {
+        std::fs::read_to_string(&file)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let mut grew = 0;
+    for round in 0..4 {
+        let child = live_command(&inst, &mock, "BTCUSDT,ETHUSDT", &traders, &flags);
+        wait_in_sync(&inst, &mock, &child);
+        let before = lines();
+        // Candles close while it runs; it is killed mid-stream.
+        std::thread::scope(|scope| {
+            scope.spawn(|| mock.stream(30, 1, Duration::from_millis(10)));
+            std::thread::sleep(Duration::from_millis(150));
+            child.signal(Signal::SIGKILL);
+        });
+        let (status, _, _) = child.wait_output(WAIT);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        grew += usize::from(lines() > before);
+        // And more close while it is down: only a backfill brings them.
+        mock.stream(20, 1, Duration::ZERO);
+        eprintln!("round {round}: the file holds {} lines", lines());
+    }
+    let child = live_command(&inst, &mock, "BTCUSDT,ETHUSDT", &traders, &flags);
+    wait_in_sync(&inst, &mock, &child);
+    let (stdout, _) = stop(&inst, child);
+    assert!(stdout.is_empty(), "stdout is not a sink here");
+    assert!(grew >= 2, "signals were written between the kills: {grew}");
+    let got = normalized_signals(&std::fs::read(&file).expect("the sink"));
+    let want = oracle(&inst, &mock, dir.path(), &traders);
+    assert!(want.len() > 30, "{}", want.len());
+    assert_same_signals(&got, &want, "the file against the backtest");
     inst.assert_clean();
 }
