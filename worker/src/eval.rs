@@ -78,7 +78,11 @@ impl SeriesRead {
     ) -> Result<bool, ReadError> {
         let valid = self.head;
         let reaches = valid > 0 && self.start <= from;
-        if reaches && valid == head {
+        // The same head is not the same copy when its last candle was in
+        // progress: the feed updates and closes a candle in place. Kept as
+        // it was, a close with no successor yet (a live feed's newest
+        // candle, or its last before a stop) would never be judged.
+        if reaches && valid == head && self.stored.last().is_none_or(|c| c.closed) {
             return Ok(false);
         }
         let mut corrected = false;
