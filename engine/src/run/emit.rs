@@ -354,7 +354,11 @@ impl Emitter {
             t.clear();
             t.extend(ids.map(str::to_owned));
         }
-        // A trader no slot holds any more takes its watermarks with it.
+        // A trader no slot holds any more takes its stdout watermarks with
+        // it. Not the file sinks': theirs come from the file at start, before
+        // every slot has been told its traders (pruning here would forget
+        // slot 1's marks while slot 0 is told, and repeat them into the
+        // file); they are bounded by the series the file holds.
         let Inner { traders, dedup, .. } = &mut *inner;
         dedup.keep_only(|id| traders.iter().any(|t| t.contains(id)));
     }
