@@ -41,17 +41,17 @@ pub enum StateError {
         /// What is wrong.
         why: String,
     },
-    /// The trader file in it does not parse.
-    #[error(
-        "state directory {path}: {file} does not parse ({why}): fix or remove it, or pass --traders"
-    )]
+    /// A file in it does not parse.
+    #[error("state directory {path}: {file} does not parse ({why}): {fix}")]
     Corrupt {
         /// The directory.
         path: String,
         /// The file.
-        file: &'static str,
+        file: String,
         /// The parse error.
         why: String,
+        /// What the user can do.
+        fix: &'static str,
     },
 }
 
@@ -134,24 +134,16 @@ impl StateDir {
 
     /// The trader set kept here, if any.
     pub fn traders(&self) -> Result<Option<Vec<TraderSpec>>, StateError> {
-        let path = self.dir.join(TRADERS);
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(StateError::Io {
-                    path: path.display().to_string(),
-                    what: "reading it",
-                    source,
-                });
-            }
+        let Some(text) = self.read(TRADERS)? else {
+            return Ok(None);
         };
         serde_json::from_slice(&text)
             .map(Some)
             .map_err(|e| StateError::Corrupt {
                 path: self.dir.display().to_string(),
-                file: TRADERS,
+                file: TRADERS.into(),
                 why: e.to_string(),
+                fix: "fix or remove it, or pass --traders",
             })
     }
 
@@ -165,9 +157,23 @@ impl StateDir {
         self.write_atomically(TRADERS, &text)
     }
 
+    /// The bytes of file `name` kept here, if it exists.
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let path = self.dir.join(name);
+        match std::fs::read(&path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io {
+                path: path.display().to_string(),
+                what: "reading it",
+                source,
+            }),
+        }
+    }
+
     /// `name` holds `bytes` after this returns, whole, even across a crash
     /// of the machine: a temporary file, fsync, rename, fsync the directory.
-    fn write_atomically(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+    pub fn write_atomically(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
         let target = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let io = |what| {

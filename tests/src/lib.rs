@@ -339,6 +339,28 @@ pub fn live_processes_mentioning(needle: &str) -> Vec<u32> {
     pids
 }
 
+impl TestInstance {
+    /// Starts `shmkline ARGS` of this instance, lets it run for `after`
+    /// (it must still be running then), SIGKILLs it and reaps it.
+    pub fn run_and_sigkill(&self, args: &[&str], after: Duration) {
+        let mut cmd = self.command("shmkline");
+        cmd.args(args);
+        let run = ChildGuard::spawn(&mut cmd);
+        std::thread::sleep(after);
+        assert!(
+            process_alive(run.pid()),
+            "`shmkline {args:?}` ended before its kill at {after:?}"
+        );
+        run.signal(Signal::SIGKILL);
+        let (status, _, _) = run.wait_output(Duration::from_secs(30));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "killed"
+        );
+    }
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

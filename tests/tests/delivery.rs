@@ -147,21 +147,7 @@ fn a_file_sink_is_exactly_once_across_ten_sigkills() {
             .wrapping_add(1_442_695_040_888_963_407);
         let after = Duration::from_millis(150 + (seed >> 33) % 2350);
         let before = lines();
-        let mut cmd = inst.command("shmkline");
-        cmd.args(args);
-        let run = harness::ChildGuard::spawn(&mut cmd);
-        std::thread::sleep(after);
-        assert!(
-            harness::process_alive(run.pid()),
-            "run {kill} ended before its kill at {after:?}"
-        );
-        run.signal(Signal::SIGKILL);
-        let (status, _, _) = run.wait_output(Duration::from_secs(30));
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "killed"
-        );
+        inst.run_and_sigkill(&args, after);
         let now = lines();
         mid_stream += usize::from(now > before);
         eprintln!("kill {kill} at {after:?}: the file holds {now} lines");
@@ -360,4 +346,92 @@ fn an_unusable_state_directory_is_refused_naming_it() {
         );
         inst.assert_clean();
     }
+}
+
+/// A file sink on a full disk: the coordinator's file size limit
+/// (`ulimit -f`, SIGXFSZ ignored: writes past it fail with EFBIG as on a
+/// full filesystem) lets the file grow by about 50 KB. The run says which
+/// file failed and how many signals it did not write, and exits in error;
+/// the next start, with room again, cuts whatever torn line the failed
+/// write left and appends exactly what the file lacks.
+#[test]
+fn a_file_sink_on_a_full_disk_fails_loudly_and_the_next_start_completes_it() {
+    let Some(data) = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv") else {
+        return;
+    };
+    let inst = TestInstance::new("fullfs");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("signals.jsonl");
+    // The file already holds ~1 MiB of another trader's signals, so the
+    // limit is reached soon after the run begins appending (the segment,
+    // about 100 KB with one symbol and one interval, is well under it).
+    let old: String = (0..3_400)
+        .map(|k| {
+            format!(
+                "{{\"trader\":\"old\",\"symbol\":\"OLDUSDT\",\"interval\":\"1m\",\"open_time\":{},\"close\":1.0,\"labels\":{{}},\"values\":{{}},\"emitted_at\":0,\"worker\":0,\"pad\":\"{}\"}}\n",
+                k * 60_000,
+                "x".repeat(160)
+            )
+        })
+        .collect();
+    std::fs::write(&file, &old).expect("prefill");
+    let limit_kib = old.len() / 1024 + 50;
+    let feed = format!("replay:{}", data.display());
+    let sink = format!("file:{}", file.display());
+    let args = [
+        "run",
+        "--feed",
+        &feed,
+        "--rate",
+        "20000",
+        "--sink",
+        &sink,
+        "--max-symbols",
+        "1",
+        "--intervals",
+        "1m",
+    ];
+    let probe = inst.command("shmkline");
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -f {limit_kib} && trap '' XFSZ && exec \"$0\" \"$@\""
+        ))
+        .arg(probe.get_program())
+        .args(args);
+    for (k, v) in probe.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd.output().expect("the run on a full disk");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let size = std::fs::metadata(&file).expect("meta").len() as usize;
+    assert!(
+        size > old.len() && size <= limit_kib * 1024,
+        "the disk filled up: {size} bytes, limit {}",
+        limit_kib * 1024
+    );
+    assert!(
+        stderr.contains(&format!("file:{}", file.display()))
+            && stderr.contains("not confirmed")
+            && stderr.contains("File too large"),
+        "names the file, the count and the cause: {stderr}"
+    );
+
+    let out = inst.command("shmkline").args(args).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert!(text.starts_with(&old), "what was there stays");
+    let appended = &text[old.len()..];
+    let got = harness::normalized_signals(appended.as_bytes());
+    let want = inst.backtest_signals(&["--feed", &feed]);
+    assert!(want.len() > 1000);
+    assert!(got == want, "the file holds the backtest once");
+    assert_nothing_left(&inst);
 }

@@ -128,7 +128,7 @@ fn start(
 }
 
 /// `status` once `pred` holds (or an error after `within`, or if the run ended).
-fn status_when(
+pub(super) fn status_when(
     instance: &InstanceName,
     run: &mut RunGuard,
     within: Duration,
@@ -148,7 +148,7 @@ fn status_when(
         if Instant::now() > deadline {
             bail!("the run did not get there within {within:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -215,6 +215,27 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         bursts: u64,
     },
+    /// What each sink costs in a real run: signals per second into stdout,
+    /// a file (fsync per batch), a webhook and a batch webhook (a loopback
+    /// receiver), publish-to-delivered latency per sink, and a live
+    /// coordinator's SIGKILL to its first new signal after a restart.
+    Sinks {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Traders, each firing on every candle.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+        traders: u64,
+        /// Synthetic symbols.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+        symbols: u64,
+        /// Candles per symbol in the throughput runs.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        candles: u64,
+        /// Coordinator restarts measured.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+        restarts: u64,
+    },
     /// The cross-process torn-read stress alone.
     Torn {
         /// Print one JSON object instead of a table.
@@ -311,9 +332,12 @@ pub struct RunArgs {
     /// leave the engine, its workers and its segment behind).
     #[arg(long)]
     pub exit_with_parent: bool,
-    /// Where signals go: `stdout`, or `file:PATH` (append-only JSON lines,
-    /// fsynced per batch; a restarted run appends only what the file lacks).
-    /// Repeatable; default: stdout alone.
+    /// Where signals go: `stdout`; `file:PATH` (append-only JSON lines,
+    /// fsynced per batch; a restarted run appends only what the file lacks);
+    /// `webhook:URL` (a POST per signal, header `Idempotency-Key:
+    /// trader|symbol|interval|open_time`, retried with backoff; its position
+    /// kept in the state directory) or `webhook-batch:URL` (a JSON array per
+    /// batch). Repeatable; default: stdout alone.
     #[arg(long = "sink", value_name = "SPEC")]
     pub sinks: Vec<crate::run::sink::SinkSpec>,
     /// Which signals the sinks get: `resume` (a file sink appends what it
@@ -321,6 +345,18 @@ pub struct RunArgs {
     /// the start), `all` (everything again, whatever a file holds).
     #[arg(long, value_enum, default_value_t = crate::run::sink::SignalsFrom::Resume)]
     pub signals_from: crate::run::sink::SignalsFrom,
+    /// Signals a file or webhook sink may hold queued (handed, not yet
+    /// confirmed). A sink whose queue is full is behind: it gets nothing
+    /// more this run (evaluation and the other sinks go on) and the next
+    /// start delivers what it lacks; a finite run then exits in error.
+    #[arg(long, default_value_t = crate::run::sink::DEFAULT_SINK_QUEUE,
+        value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub sink_queue: u64,
+    /// Milliseconds a file or webhook sink gets at shutdown to deliver what
+    /// is queued (a webhook keeps retrying until then); what is left is
+    /// counted, the run exits in error, and the next start re-sends it.
+    #[arg(long, default_value_t = 30_000)]
+    pub drain_timeout: u64,
     /// Where this instance keeps what survives a restart (the trader set,
     /// with every `traders add` and `remove`). Default:
     /// `$XDG_STATE_HOME/shmkline/<instance>`, else

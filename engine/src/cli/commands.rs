@@ -56,6 +56,8 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
         stay: args.stay,
         parent: args.exit_with_parent.then(parent_at_start),
         signals_from: args.signals_from,
+        sink_queue: args.sink_queue,
+        drain_timeout: Duration::from_millis(args.drain_timeout),
         state,
         sinks: if args.sinks.is_empty() {
             vec![crate::run::sink::SinkSpec::Stdout]
@@ -235,6 +237,21 @@ pub fn bench(instance: &InstanceName, cmd: BenchCommand) -> Result<()> {
                 bursts,
             };
             emit(&crate::bench::burst::run(instance, &this, &opts)?, json)
+        }
+        BenchCommand::Sinks {
+            json,
+            traders,
+            symbols,
+            candles,
+            restarts,
+        } => {
+            let opts = crate::bench::sinks::SinksBench {
+                traders: traders as usize,
+                symbols: symbols as usize,
+                candles,
+                restarts: restarts as usize,
+            };
+            emit(&crate::bench::sinks::run(instance, &this, &opts)?, json)
         }
         BenchCommand::Wake { json, samples } => {
             emit(&crate::bench::wake::run(instance, samples as usize)?, json)

@@ -19,7 +19,7 @@ use protocol::Interval;
 use protocol::message::Signal;
 
 /// The deduplicator.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Dedup {
     /// Trader -> (symbol, interval) -> open time of the last signal printed.
     marks: HashMap<String, HashMap<(String, Interval), i64>>,
@@ -55,6 +55,15 @@ impl Dedup {
     /// traders: their memory goes with them).
     pub fn keep_only(&mut self, held: impl Fn(&str) -> bool) {
         self.marks.retain(|trader, _| held(trader));
+    }
+
+    /// Every watermark: (trader, symbol, interval, open time).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, Interval, i64)> {
+        self.marks.iter().flat_map(|(trader, series)| {
+            series.iter().map(move |((symbol, interval), t)| {
+                (trader.as_str(), symbol.as_str(), *interval, *t)
+            })
+        })
     }
 
     /// Series with a watermark now.

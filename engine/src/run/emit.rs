@@ -13,9 +13,8 @@
 //! never sees progress whose signals are not out yet.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,147 +22,61 @@ use protocol::message::Signal;
 use protocol::samples::{Samples, saturate};
 
 use super::dedup::Dedup;
+use super::sink::{Batch, Output, SinkSpec};
 use crate::signal_line::SignalLine;
 
 /// Publish instants kept for the signal latency.
 const PUBLISH_TIMES: usize = 4096;
 /// Latency samples kept for the percentiles.
 const LATENCY_SAMPLES: usize = 4096;
-/// How often an idle output thread looks whether stdout's reader is gone.
-const OUTPUT_POLL: Duration = Duration::from_millis(100);
 /// How often a reader thread retries a full output queue.
 const OUTPUT_RETRY: Duration = Duration::from_millis(1);
 
-/// Signal lines for the output thread, written in one piece.
-#[derive(Debug)]
-pub struct Batch {
-    /// The lines, each ending in a newline: one write.
-    pub text: Vec<u8>,
-    /// How many.
-    pub lines: u64,
-}
-
-/// What the output thread got written, shared with the emitter and the
-/// teardown: a signal counts as delivered once its line is written.
-#[derive(Debug)]
-pub struct Output {
-    started: Instant,
-    /// Lines written.
-    written: AtomicU64,
-    /// Lines that could not be written (stdout closed) or were given up.
-    lost: AtomicU64,
-    /// When the output last moved (a batch written or failed), ms after `started`.
-    moved_ms: AtomicU64,
-    /// A write failed: stdout is closed (its reader went away).
-    closed: AtomicBool,
-}
-
-impl Default for Output {
-    fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            written: AtomicU64::new(0),
-            lost: AtomicU64::new(0),
-            moved_ms: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
+/// Hands a share of signals to a durable sink without waiting: if its
+/// queue cannot take them, the sink is behind from here on (see
+/// [`super::sink`]): nothing more is handed to it this run, and what it
+/// lacks is delivered from its confirmed position at the next start.
+fn offer(f: &mut SinkOut, share: Share, published: Option<Instant>) {
+    if f.behind {
+        f.output.fell_behind(share.lines);
+        return;
+    }
+    let Some(out) = &f.out else {
+        f.output.fell_behind(share.lines);
+        return;
+    };
+    let full = f.output.queued() + share.lines > f.bound;
+    let batch = Batch {
+        text: share.text,
+        lines: share.lines,
+        newest: share.newest,
+        published,
+    };
+    let refused = if full {
+        Some(batch)
+    } else {
+        match out.try_send(batch) {
+            Ok(()) => None,
+            Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => Some(b),
+        }
+    };
+    match refused {
+        None => {
+            f.emitted += share.lines;
+            f.output.handed(share.lines, share.newest);
+        }
+        Some(b) => {
+            f.behind = true;
+            f.output.fell_behind(b.lines);
+            tracing::error!(sink = %f.spec, queued = f.output.queued(), bound = f.bound,
+                "a sink is not keeping up: its queue is full, so it is handed nothing more this run \
+                 (its confirmed position stays; the next start delivers what it lacks; --sink-queue moves the bound)");
+            f.output.error(format!(
+                "behind: its queue of {} signals was full (--sink-queue); the next start delivers what it lacks",
+                f.bound
+            ));
         }
     }
-}
-
-impl Output {
-    fn moved(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.moved_ms.fetch_max(ms, Ordering::AcqRel);
-    }
-
-    /// When the output last moved.
-    pub fn last_moved(&self) -> Instant {
-        self.started + Duration::from_millis(self.moved_ms.load(Ordering::Acquire))
-    }
-
-    /// Lines written so far.
-    pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Acquire)
-    }
-
-    /// Lines lost so far.
-    pub fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Acquire)
-    }
-
-    /// Counts `lines` as written (or lost), and the output as moved.
-    pub fn count(&self, lines: u64, written: bool) {
-        let counter = if written { &self.written } else { &self.lost };
-        counter.fetch_add(lines, Ordering::AcqRel);
-        self.moved();
-    }
-
-    /// Whether stdout is closed: nothing more can be printed.
-    pub fn closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-}
-
-/// The output thread: writes each batch to stdout in one write, counting
-/// what was written. A closed stdout (the reader of a pipe went away, as
-/// with `| head`) ends the run, as it ends any Unix tool: its lines count
-/// as lost, the coordinator sees [`Output::closed`], stops in order and
-/// exits in error.
-pub fn spawn_output(
-    batches: Receiver<Batch>,
-    output: Arc<Output>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("output".into())
-        .spawn(move || {
-            let stdout = std::io::stdout();
-            let mut closed = false;
-            loop {
-                let batch = match batches.recv_timeout(OUTPUT_POLL) {
-                    Ok(batch) => batch,
-                    Err(RecvTimeoutError::Timeout) => {
-                        // Quiet: a reader that went away shows on the pipe
-                        // itself, so the run ends without waiting for a signal.
-                        if !closed && reader_gone(&stdout) {
-                            tracing::error!("stdout was closed (its reader went away): stopping");
-                            closed = true;
-                            output.closed.store(true, Ordering::Release);
-                        }
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                };
-                let mut out = stdout.lock();
-                let ok = !closed
-                    && out
-                        .write_all(&batch.text)
-                        .and_then(|()| out.flush())
-                        .is_ok();
-                if ok {
-                    output.written.fetch_add(batch.lines, Ordering::AcqRel);
-                } else {
-                    if !closed {
-                        tracing::error!("stdout was closed (its reader went away): stopping");
-                    }
-                    closed = true;
-                    output.closed.store(true, Ordering::Release);
-                    output.lost.fetch_add(batch.lines, Ordering::AcqRel);
-                }
-                output.moved();
-            }
-        })
-}
-
-/// Whether stdout is a pipe or socket whose reader is gone (poll says
-/// POLLERR or POLLHUP); a terminal or a file never is.
-fn reader_gone(stdout: &std::io::Stdout) -> bool {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::AsFd;
-    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
-    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-        && fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
 }
 
 /// Counters for `status` and the run's summary.
@@ -196,16 +109,32 @@ pub struct Emitter {
     output: Arc<Output>,
 }
 
-/// A file sink as the emitter sees it: what it holds, where its lines go.
+/// A durable sink (file, webhook) as the emitter sees it: what it holds,
+/// where its lines go.
 #[derive(Debug)]
-struct FileOut {
-    /// The file's path, for `status`.
-    path: String,
+struct SinkOut {
+    spec: SinkSpec,
+    /// What it was handed (or holds from before): a signal at or below is
+    /// not handed again.
     dedup: Dedup,
     out: Option<SyncSender<Batch>>,
     output: Arc<Output>,
     /// Signals handed to it this run.
     emitted: u64,
+    /// Signals it may hold queued, at most (`--sink-queue`).
+    bound: u64,
+    /// Its queue was full: it is handed nothing more this run.
+    behind: bool,
+}
+
+/// One sink's share of a frame's signals, built under the lock.
+#[derive(Debug, Default, Clone)]
+struct Share {
+    text: Vec<u8>,
+    lines: u64,
+    newest: i64,
+    /// The latest close among them (wall ms).
+    closes_at: i64,
 }
 
 #[derive(Debug)]
@@ -232,8 +161,8 @@ struct Inner {
     /// `--signals-from now`: signals of candles closing at or before this
     /// (wall ms) go nowhere.
     closing_after: Option<i64>,
-    /// The file sinks, each with its own watermarks.
-    files: Vec<FileOut>,
+    /// The durable sinks, each with its own watermarks.
+    sinks: Vec<SinkOut>,
     /// Set at teardown: from when, and after how long without the output
     /// moving, a reader stops waiting for room and drops what it holds.
     give_up: Option<(Instant, Duration)>,
@@ -256,7 +185,7 @@ impl Emitter {
             give_up: None,
             stdout: true,
             closing_after: None,
-            files: Vec::new(),
+            sinks: Vec::new(),
         });
         Self {
             inner,
@@ -275,60 +204,79 @@ impl Emitter {
         self.lock().stdout = on;
     }
 
-    /// Adds a file sink whose file holds what `dedup` marks, its lines
-    /// queued to `out`, counted in `output`.
-    pub fn add_file_sink(
+    /// Adds a durable sink that holds what `dedup` marks, its lines queued
+    /// to `out` (at most `bound` signals at a time), counted in `output`.
+    pub fn add_sink(
         &self,
-        path: String,
+        spec: SinkSpec,
         dedup: Dedup,
         out: SyncSender<Batch>,
         output: Arc<Output>,
+        bound: u64,
     ) {
-        self.lock().files.push(FileOut {
-            path,
+        self.lock().sinks.push(SinkOut {
+            spec,
             dedup,
             out: Some(out),
             output,
             emitted: 0,
+            bound,
+            behind: false,
         });
     }
 
     /// Each sink as `status` shows it: what it was handed this run, what
-    /// it delivered (written; for a file, fsynced), what it lost, and how
-    /// many series it holds a watermark for.
+    /// it delivered (written; for a file, fsynced; for a webhook, answered
+    /// 2xx), what waits, failed or was refused, how far its confirmed
+    /// position trails, and how many series it holds a watermark for.
     pub fn sinks_status(&self) -> Vec<serde_json::Value> {
         let inner = self.lock();
+        let with = |mut v: serde_json::Value, extra: serde_json::Value| {
+            if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+                v.extend(extra);
+            }
+            v
+        };
         let stdout = inner.stdout.then(|| {
-            serde_json::json!({
-                "kind": "stdout",
-                "emitted": inner.emitted,
-                "delivered": self.output.written(),
-                "lost": self.output.lost(),
-                "closed": self.output.closed(),
-                "series": inner.dedup.len(),
-            })
+            let mut v = with(
+                serde_json::json!({
+                    "kind": "stdout",
+                    "spec": "stdout",
+                    "emitted": inner.emitted,
+                    "closed": self.output.closed(),
+                    "series": inner.dedup.len(),
+                }),
+                self.output.status(),
+            );
+            // Stdout's latency ends where its line is handed to its thread.
+            v["latency_p50_us"] = inner.latency.quantile(0.5).into();
+            v["latency_p99_us"] = inner.latency.quantile(0.99).into();
+            v
         });
         stdout
             .into_iter()
-            .chain(inner.files.iter().map(|f| {
-                serde_json::json!({
-                    "kind": "file",
-                    "path": f.path,
-                    "emitted": f.emitted,
-                    "delivered": f.output.written(),
-                    "lost": f.output.lost(),
-                    "series": f.dedup.len(),
-                })
+            .chain(inner.sinks.iter().map(|f| {
+                with(
+                    serde_json::json!({
+                        "kind": f.spec.kind(),
+                        "spec": f.spec.to_string(),
+                        "emitted": f.emitted,
+                        "series": f.dedup.len(),
+                        "queue_bound": f.bound,
+                    }),
+                    f.output.status(),
+                )
             }))
             .collect()
     }
 
-    /// Per file sink: signals handed to it this run, and what became of them.
-    pub fn file_delivery(&self) -> Vec<(u64, Arc<Output>)> {
+    /// Per durable sink: its spec, signals handed to it this run, and what
+    /// became of them.
+    pub fn sink_delivery(&self) -> Vec<(String, u64, Arc<Output>)> {
         self.lock()
-            .files
+            .sinks
             .iter()
-            .map(|f| (f.emitted, f.output.clone()))
+            .map(|f| (f.spec.to_string(), f.emitted, f.output.clone()))
             .collect()
     }
 
@@ -379,13 +327,13 @@ impl Emitter {
     pub fn signals(&self, s: usize, no: u64, signals: &[Signal]) {
         let mut lines = Vec::new();
         let mut count = 0;
-        let (out, files) = {
+        let out = {
             let mut guard = self.lock();
             let inner = &mut *guard;
             if inner.accept.get(s).copied().flatten() != Some(no) {
                 return;
             }
-            let mut files: Vec<(Vec<u8>, u64)> = vec![(Vec::new(), 0); inner.files.len()];
+            let mut shares = vec![Share::default(); inner.sinks.len()];
             for signal in signals {
                 inner.received[s] += 1;
                 if !inner.traders[s].contains(&signal.trader) {
@@ -397,15 +345,16 @@ impl Emitter {
                     continue;
                 }
                 let mut line = Vec::new();
-                for (f, (text, n)) in inner.files.iter_mut().zip(files.iter_mut()) {
+                for (f, share) in inner.sinks.iter_mut().zip(shares.iter_mut()) {
                     if f.dedup.first(signal) {
                         if line.is_empty() {
                             SignalLine::new(signal, Some(s as u32)).write_to(&mut line);
                             line.push(b'\n');
                         }
-                        text.extend_from_slice(&line);
-                        *n += 1;
-                        f.emitted += 1;
+                        share.text.extend_from_slice(&line);
+                        share.lines += 1;
+                        share.newest = share.newest.max(signal.open_time);
+                        share.closes_at = share.closes_at.max(closes_at);
                     }
                 }
                 if !inner.stdout || !inner.dedup.first(signal) {
@@ -428,27 +377,23 @@ impl Emitter {
                 }
                 lines.extend_from_slice(&line);
             }
-            let files: Vec<_> = inner
-                .files
-                .iter()
-                .zip(files)
-                .filter(|(_, (_, n))| *n > 0)
-                .map(|(f, (text, n))| (f.out.clone(), f.output.clone(), Batch { text, lines: n }))
-                .collect();
-            (inner.out.clone(), files)
-        };
-        for (out, output, batch) in files {
-            match out {
-                Some(out) => self.queue(&out, batch, &output),
-                None => output.count(batch.lines, false),
+            for (f, share) in inner.sinks.iter_mut().zip(shares) {
+                if share.lines > 0 {
+                    let k = inner
+                        .publish_times
+                        .partition_point(|(at, _)| *at < share.closes_at);
+                    let published = inner.publish_times.get(k).map(|(_, t)| *t);
+                    offer(f, share, published);
+                }
             }
-        }
+            inner.out.clone()
+        };
         if lines.is_empty() {
             return;
         }
         let Some(out) = out else {
             tracing::warn!("output closed: signals not printed");
-            self.output.lost.fetch_add(count, Ordering::AcqRel);
+            self.output.count(count, false);
             return;
         };
         self.queue(
@@ -456,6 +401,8 @@ impl Emitter {
             Batch {
                 text: lines,
                 lines: count,
+                newest: 0,
+                published: None,
             },
             &self.output,
         );
@@ -564,7 +511,7 @@ impl Emitter {
     pub fn close_output(&self) {
         let mut inner = self.lock();
         inner.out = None;
-        for f in &mut inner.files {
+        for f in &mut inner.sinks {
             f.out = None;
         }
     }
@@ -671,5 +618,48 @@ mod tests {
         assert_eq!(rx.try_iter().count(), 1, "the last batch was dropped");
         let (emitted, output) = e.delivery();
         assert_eq!((emitted, output.lost()), (4, 1), "and counted as lost");
+    }
+
+    /// A durable sink whose queue is full is behind: it is handed nothing
+    /// more this run, while stdout and the other sinks go on, and nobody waits.
+    #[test]
+    fn a_full_durable_sink_falls_behind_without_holding_anyone_up() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let e = Emitter::new(1, tx, Arc::default());
+        let (slow_tx, slow_rx) = std::sync::mpsc::sync_channel(16);
+        let slow = Arc::new(Output::default());
+        let spec = SinkSpec::File("/x".into());
+        e.add_sink(spec, Dedup::default(), slow_tx, slow.clone(), 3);
+        let (ok_tx, ok_rx) = std::sync::mpsc::sync_channel(16);
+        let ok = Arc::new(Output::default());
+        let spec = SinkSpec::File("/y".into());
+        e.add_sink(spec, Dedup::default(), ok_tx, ok.clone(), 100);
+        e.holds(0, ["a"].into_iter());
+        e.accept(0, Some(1));
+        e.signals(0, 1, &[signal("a", 0), signal("a", 60_000)]);
+        assert_eq!(slow.queued(), 2, "under the bound: handed");
+        // Two more would make four queued, over the bound of three.
+        e.signals(0, 1, &[signal("a", 120_000), signal("a", 180_000)]);
+        e.signal(0, 1, &signal("a", 240_000));
+        assert_eq!((slow.queued(), slow.behind()), (2, 3));
+        assert!(!e.output_stalled(Duration::ZERO), "nobody waited");
+        assert_eq!(slow_rx.try_iter().map(|b| b.lines).sum::<u64>(), 2);
+        assert_eq!(ok_rx.try_iter().map(|b| b.lines).sum::<u64>(), 5);
+        assert_eq!(rx.try_iter().map(|b| b.lines).sum::<u64>(), 5, "stdout");
+        // Its queue drained: still behind for this run (its watermarks
+        // passed what it was not handed).
+        slow.count(2, true);
+        e.signal(0, 1, &signal("a", 300_000));
+        assert_eq!((slow.queued(), slow.behind()), (0, 4));
+        let status = e.sinks_status();
+        assert_eq!(status.len(), 3);
+        assert_eq!(status[1]["behind"], 4);
+        assert!(
+            status[1]["last_error"]
+                .as_str()
+                .is_some_and(|t| t.contains("--sink-queue")),
+            "{status:?}"
+        );
+        assert_eq!(status[2]["behind"], 0);
     }
 }

@@ -60,6 +60,13 @@ use spawn::Spawner;
 
 pub use options::{MAX_RATE, RunOptions};
 
+/// A durable sink opened, before its thread starts.
+enum Durable {
+    File(sink::FileSink),
+    /// The spec, the sink, and what its receiver has confirmed.
+    Webhook(sink::SinkSpec, sink::webhook::WebhookSink, dedup::Dedup),
+}
+
 /// Batches of signal lines waiting for the output thread, at most. A batch
 /// is the signals of one SIGNALS frame (at most 64 KiB encoded, about three
 /// times that as JSON), usually one or a few lines: so at most ~800 MiB in
@@ -120,15 +127,29 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             "ring plan"
         );
     }
-    // The sinks first: a file that cannot be ours stops the run before
-    // anything starts.
-    let mut files = Vec::new();
+    // The sinks first: a file that cannot be ours, or a position that does
+    // not parse, stops the run before anything starts.
+    let mut durable = Vec::new();
     for spec in &opts.sinks {
-        if let sink::SinkSpec::File(path) = spec {
-            let file = sink::FileSink::open(path)?;
-            tracing::info!(path = %path.display(), lines = file.held, series = file.dedup.len(),
-                "file sink: appending what it does not hold yet");
-            files.push(file);
+        match spec {
+            sink::SinkSpec::Stdout => {}
+            sink::SinkSpec::File(path) => {
+                let file = sink::FileSink::open(path)?;
+                tracing::info!(path = %path.display(), lines = file.held, series = file.dedup.len(),
+                    "file sink: appending what it does not hold yet");
+                durable.push(Durable::File(file));
+            }
+            sink::SinkSpec::Webhook { url, batch } => {
+                let marks = sink::marks::MarksFile::new(opts.state.clone(), &spec.to_string());
+                let confirmed = marks.load()?;
+                tracing::info!(sink = %spec, series = confirmed.len(), state = marks.name(),
+                    "webhook sink: sending what it has not confirmed yet");
+                durable.push(Durable::Webhook(
+                    spec.clone(),
+                    sink::webhook::WebhookSink::new(url, *batch, confirmed.clone(), marks),
+                    confirmed,
+                ));
+            }
         }
     }
     let inst = Instance::start(&opts.instance, &opts.store)?;
@@ -143,30 +164,33 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let (events_tx, events_rx) = mpsc::sync_channel::<Event>(EVENT_BOUND);
     // Joined on every way out of this function, early error returns included.
     let signal_thread = signals.start(events_tx.clone())?;
-    let (out_tx, out_rx) = mpsc::sync_channel::<emit::Batch>(OUTPUT_BOUND);
-    let output = Arc::new(emit::Output::default());
+    let (out_tx, out_rx) = mpsc::sync_channel::<sink::Batch>(OUTPUT_BOUND);
+    let output = Arc::new(sink::Output::default());
     let emitter = Arc::new(Emitter::new(opts.workers as usize, out_tx, output.clone()));
     let output_thread =
-        emit::spawn_output(out_rx, output.clone()).context("starting the output thread")?;
+        sink::stdout::spawn_output(out_rx, output.clone()).context("starting the output thread")?;
     emitter.print_to_stdout(opts.sinks.contains(&sink::SinkSpec::Stdout));
     if opts.signals_from == sink::SignalsFrom::Now {
         emitter.only_closing_after(protocol::clock::now_ms());
     }
     let mut sink_threads = Vec::new();
-    for mut file in files {
-        let (tx, rx) = mpsc::sync_channel::<emit::Batch>(OUTPUT_BOUND);
-        let counted = Arc::new(emit::Output::default());
-        let path = file.path.display().to_string();
-        let held = std::mem::take(&mut file.dedup);
+    for sink in durable {
+        let (tx, rx) = mpsc::sync_channel::<sink::Batch>(OUTPUT_BOUND);
+        let counted = Arc::new(sink::Output::default());
+        let (spec, held, thread) = match sink {
+            Durable::File(mut file) => {
+                let held = std::mem::take(&mut file.dedup);
+                let spec = sink::SinkSpec::File(file.path.clone());
+                (spec, held, file.spawn(rx, counted.clone()))
+            }
+            Durable::Webhook(spec, hook, held) => (spec, held, hook.spawn(rx, counted.clone())),
+        };
         let marks = match opts.signals_from {
             sink::SignalsFrom::All => dedup::Dedup::default(),
             sink::SignalsFrom::Resume | sink::SignalsFrom::Now => held,
         };
-        emitter.add_file_sink(path, marks, tx, counted.clone());
-        sink_threads.push(
-            file.spawn(rx, counted)
-                .context("starting a file sink's thread")?,
-        );
+        emitter.add_sink(spec, marks, tx, counted.clone(), opts.sink_queue);
+        sink_threads.push((counted, thread.context("starting a sink's thread")?));
     }
     let control = ControlServer::start(inst.runtime.dir(), control::forward_to(events_tx.clone()))?;
     let spawner = Spawner::start(opts.worker_bin.clone(), opts.instance.clone())?;
@@ -212,8 +236,12 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     if output_thread.is_finished() {
         let _ = output_thread.join();
     }
-    // File sinks write and fsync what is queued (a full disk fails fast).
-    for t in sink_threads {
+    // Durable sinks deliver what is queued: a file writes and fsyncs it (a
+    // full disk fails fast); a webhook retries until --drain-timeout, then
+    // gives up (what it did not confirm is re-sent at the next start).
+    let drain_by = Instant::now() + coord.opts.drain_timeout;
+    for (counted, t) in sink_threads {
+        counted.stop_by(drain_by);
         let _ = t.join();
     }
     result?;
@@ -222,15 +250,31 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
 
 /// What a run that ended in order amounts to: an error if anything it was
 /// asked to do was not done, else its summary.
-fn outcome(coord: &Coordinator, output: &emit::Output) -> Result<RunSummary> {
-    for (k, (emitted, out)) in coord.emitter.file_delivery().into_iter().enumerate() {
-        if out.written() < emitted {
-            bail!(
-                "file sink {}: {} of {emitted} signals were not written and fsynced (see the log)",
-                k + 1,
-                emitted - out.written()
-            );
+fn outcome(coord: &Coordinator, output: &sink::Output) -> Result<RunSummary> {
+    let mut failed = Vec::new();
+    for (spec, emitted, out) in coord.emitter.sink_delivery() {
+        let rejected = out.rejected.load(std::sync::atomic::Ordering::Acquire);
+        let undelivered = emitted.saturating_sub(out.written() + rejected);
+        if undelivered > 0 {
+            failed.push(format!(
+                "{spec}: {undelivered} of {emitted} signals not confirmed (a write failed or --drain-timeout ran out; see the log); the next start delivers them"
+            ));
         }
+        if out.behind() > 0 {
+            failed.push(format!(
+                "{spec}: fell behind (its queue of {} signals was full: --sink-queue), {} signals not handed to it; the next start delivers them while the feed still has their candles",
+                coord.opts.sink_queue,
+                out.behind()
+            ));
+        }
+        if rejected > 0 {
+            failed.push(format!(
+                "{spec}: {rejected} signals refused by the receiver (HTTP 4xx, not retried: see the log)"
+            ));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("not every signal reached its sink: {}", failed.join("; "));
     }
     let (emitted, _) = coord.emitter.delivery();
     let written = output.written();

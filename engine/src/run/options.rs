@@ -47,6 +47,10 @@ pub struct RunOptions {
     pub state: crate::state::StateDir,
     /// Which signals the sinks get (`--signals-from`).
     pub signals_from: super::sink::SignalsFrom,
+    /// Signals a durable sink may hold queued before it is behind (`--sink-queue`).
+    pub sink_queue: u64,
+    /// How long teardown lets durable sinks deliver what is queued (`--drain-timeout`).
+    pub drain_timeout: Duration,
     /// PING interval.
     pub ping_interval: Duration,
     /// A PING unanswered for this long means the worker hangs. A stop is

@@ -1,4 +1,4 @@
-//! Where signals go besides stdout: `--sink file:PATH`, an append-only file
+//! The `file:PATH` sink: an append-only file
 //! of JSON lines (the same line as stdout) that is its own journal. A batch
 //! counts as delivered once it is written and fsynced; on start a torn last
 //! line (a coordinator killed mid-write) is cut off and the lines give this
@@ -11,50 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
-use protocol::Interval;
-use protocol::message::Signal;
-use serde::Deserialize;
-
-use super::dedup::Dedup;
-use super::emit::{Batch, Output};
-
-/// Where signals are delivered (`--sink`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinkSpec {
-    /// Standard output: every signal of this run (no durable position).
-    Stdout,
-    /// An append-only file of signal lines, fsynced per batch.
-    File(PathBuf),
-}
-
-impl std::str::FromStr for SinkSpec {
-    type Err = String;
-
-    fn from_str(spec: &str) -> Result<Self, String> {
-        match spec.split_once(':') {
-            _ if spec == "stdout" => Ok(Self::Stdout),
-            Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
-            Some(("webhook" | "webhook-batch" | "nats", _)) => Err(format!(
-                "{spec:?}: this sink is not built yet (stdout and file:PATH are)"
-            )),
-            _ => Err(format!("{spec:?}: a sink is stdout or file:PATH")),
-        }
-    }
-}
-
-/// Which signals the sinks get (`--signals-from`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum SignalsFrom {
-    /// Each sink from where it stands: a file sink appends what it lacks;
-    /// stdout gets every signal of this run.
-    #[default]
-    Resume,
-    /// Only signals of candles that close after the start (a live start
-    /// onto stdout without the backfilled history).
-    Now,
-    /// Everything again: file sinks ignore what they hold.
-    All,
-}
+use super::super::dedup::Dedup;
+use super::{Batch, Key, Output};
 
 /// Why a file sink cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -81,15 +39,6 @@ pub enum SinkError {
         /// The parse error.
         why: String,
     },
-}
-
-/// What a line must carry to be a signal line (the rest is not checked).
-#[derive(Deserialize)]
-struct Key {
-    trader: String,
-    symbol: String,
-    interval: Interval,
-    open_time: i64,
 }
 
 /// A file sink opened for appending, its watermarks read from it.
@@ -119,6 +68,13 @@ impl FileSink {
                 source,
             }
         };
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(SinkError::Io {
+                path: name,
+                what: "opening it",
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -143,15 +99,7 @@ impl FileSink {
                 line: held + 1,
                 why: e.to_string(),
             })?;
-            dedup.first(&Signal {
-                trader: key.trader,
-                symbol: key.symbol,
-                interval: key.interval,
-                open_time: key.open_time,
-                close: 0.0,
-                labels: Default::default(),
-                values: Default::default(),
-            });
+            dedup.first(&key.as_signal());
             held += 1;
             complete += n as u64;
         }
@@ -187,6 +135,9 @@ impl FileSink {
             .spawn(move || {
                 let mut failed = false;
                 for batch in batches {
+                    // After a failed write the file may end in a torn line:
+                    // nothing more is appended to it this run (the next start
+                    // cuts it and appends what the file lacks).
                     let ok = !failed
                         && self
                             .file
@@ -194,10 +145,15 @@ impl FileSink {
                             .and_then(|()| self.file.sync_data())
                             .map_err(|e| {
                                 tracing::error!(path = %self.path.display(), error = %e,
-                                    "the file sink cannot write: signals from here on are not delivered to it");
+                                    "the file sink cannot write: signals from here on are not delivered to it this run");
+                                output.error(format!("writing {}: {e}", self.path.display()));
                             })
                             .is_ok();
                     failed |= !ok;
+                    if ok {
+                        output.confirmed(batch.newest);
+                        output.delivered_since(batch.published);
+                    }
                     output.count(batch.lines, ok);
                 }
             })
@@ -207,21 +163,8 @@ impl FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn specs_parse_or_say_what_a_sink_is() {
-        assert_eq!("stdout".parse::<SinkSpec>(), Ok(SinkSpec::Stdout));
-        assert_eq!(
-            "file:/tmp/x.jsonl".parse::<SinkSpec>(),
-            Ok(SinkSpec::File("/tmp/x.jsonl".into()))
-        );
-        for bad in ["", "file:", "stdout:", "ftp://x", "file"] {
-            let e = bad.parse::<SinkSpec>().expect_err(bad);
-            assert!(e.contains("stdout or file:PATH"), "{e}");
-        }
-        let e = "webhook:http://x".parse::<SinkSpec>().expect_err("later");
-        assert!(e.contains("not built yet"), "{e}");
-    }
+    use protocol::Interval;
+    use protocol::message::Signal;
 
     #[test]
     fn a_torn_line_is_cut_and_the_lines_give_the_watermarks() {
