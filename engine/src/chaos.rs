@@ -125,7 +125,7 @@ fn fd_count(pid: u32) -> usize {
 }
 
 /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `RssAnon`, `RssShmem`, ...).
-fn status_kib(pid: u32, field: &str) -> u64 {
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -67,7 +67,17 @@ fn a_webhook_is_exactly_once_by_key_across_sigkills_and_failures() {
     let hook = Receiver::start().expect("receiver");
     let feed = format!("replay:{}", data.display());
     let sink = format!("webhook:{}/signals", hook.base);
-    let args = ["run", "--feed", &feed, "--rate", "2000", "--sink", &sink];
+    let args = [
+        "run",
+        "--feed",
+        &feed,
+        "--rate",
+        "2000",
+        "--sink",
+        &sink,
+        "--webhook-timeout",
+        "200",
+    ];
     let mut seed: u64 = 0x0bad_5eed;
     let mut mid_stream = 0;
     for kill in 0..6 {
@@ -76,7 +86,9 @@ fn a_webhook_is_exactly_once_by_key_across_sigkills_and_failures() {
         hook.script(
             ok(20)
                 .chain([Reply::Status(503, None), Reply::Drop])
-                .chain(ok(100))
+                .chain(ok(50))
+                .chain([Reply::Stall(Duration::from_millis(400))])
+                .chain(ok(50))
                 .chain([Reply::Status(429, Some(1))]),
         );
         seed = seed
@@ -86,7 +98,18 @@ fn a_webhook_is_exactly_once_by_key_across_sigkills_and_failures() {
         // only past what was confirmed, which moves on with every run.
         let after = Duration::from_millis(1400 + 500 * kill + (seed >> 33) % 400);
         let before = hook.accepted_lines().len();
-        inst.run_and_sigkill(&args, after);
+        std::thread::scope(|scope| {
+            if kill == 2 {
+                // A stretch of being down, mid-run.
+                scope.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(600));
+                    hook.outage(Some(Reply::Status(503, None)));
+                    std::thread::sleep(Duration::from_millis(800));
+                    hook.outage(None);
+                });
+            }
+            inst.run_and_sigkill(&args, after);
+        });
         let now = hook.accepted_lines().len();
         mid_stream += usize::from(now > before);
         eprintln!("kill {kill} at {after:?}: {now} accepted");
@@ -109,7 +132,13 @@ fn a_webhook_is_exactly_once_by_key_across_sigkills_and_failures() {
         "{} requests, {failed} failed, {again} keys accepted again after a kill",
         hook.count()
     );
+    let timeouts = hook
+        .requests()
+        .iter()
+        .filter(|r| r.status.is_none())
+        .count();
     assert!(failed >= 15, "the failures happened: {failed}");
+    assert!(timeouts >= 12, "drops and timeouts happened: {timeouts}");
     assert!(
         mid_stream >= 3,
         "the kills landed while signals were being delivered: {mid_stream} of 6"
@@ -123,21 +152,45 @@ fn a_webhook_is_exactly_once_by_key_across_sigkills_and_failures() {
     assert_nothing_left(&inst);
 }
 
-/// A receiver that takes 30 ms a signal cannot keep up with a fast replay:
-/// with `--sink-queue 20` its sink falls behind, stdout gets every signal
-/// anyway, the run exits in error saying so, and `status` showed it; the
-/// next start (the receiver quick again) delivers exactly what it lacks.
+/// A receiver that takes 30 ms a signal cannot keep up with 12,000
+/// signals: with `--sink-queue 10000` its sink falls behind (handed
+/// nothing more) while stdout gets every signal; the receiver quick again,
+/// the queue drains, the workers judge again from where they stood and the
+/// sink gets exactly what it missed, in the same run: one line per key
+/// equals the backtest, and stdout printed nothing twice.
 #[test]
-fn a_slow_webhook_falls_behind_alone_and_the_next_start_catches_it_up() {
+fn a_slow_webhook_falls_behind_alone_and_is_caught_up_in_the_run() {
     let inst = TestInstance::new("slowhook");
     let hook = Receiver::start().expect("receiver");
     hook.delay(Duration::from_millis(30));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = dir.path().join("traders.json");
+    let set: Vec<serde_json::Value> = (0..40)
+        .map(|k| {
+            serde_json::json!({"id": format!("s{k:02}"), "symbols": "*", "interval": "1m",
+                "rule": "close > 0"})
+        })
+        .collect();
+    std::fs::write(&traders, serde_json::Value::Array(set).to_string()).expect("traders");
+    let traders = traders.display().to_string();
     let sink = format!("webhook:{}/in", hook.base);
-    let feed = ["--candles", "300", "--rate", "5000"];
-    let base: Vec<&str> = [&["run"], &feed[..], &["--sink", &sink]].concat();
+    let feed = [
+        "--traders",
+        &traders,
+        "--symbols",
+        "10",
+        "--max-symbols",
+        "11",
+        "--intervals",
+        "1m",
+        "--candles",
+        "30",
+    ];
     let mut cmd = inst.command("shmkline");
-    cmd.args(&base)
-        .args(["--sink", "stdout", "--sink-queue", "20", "--stay"]);
+    cmd.arg("run")
+        .args(feed)
+        .args(["--rate", "5000", "--sink", &sink, "--sink", "stdout"])
+        .args(["--sink-queue", "10000", "--stay"]);
     let mut run = harness::ChildGuard::spawn(&mut cmd);
     run.capture_stdout();
     let hook_of = |s: &serde_json::Value| {
@@ -146,52 +199,52 @@ fn a_slow_webhook_falls_behind_alone_and_the_next_start_catches_it_up() {
             .and_then(|a| a.iter().find(|k| k["kind"] == "webhook").cloned())
             .unwrap_or_default()
     };
-    let status = inst.status_when(Duration::from_secs(60), |s| {
-        s["feed"]["evaluated"] == true && hook_of(s)["behind"].as_u64() > Some(0)
+    let behind = inst.status_when(Duration::from_secs(60), |s| {
+        hook_of(s)["is_behind"] == true && hook_of(s)["behind"].as_u64() > Some(0)
     });
-    let hook_status = &hook_of(&status);
-    assert_eq!(hook_status["kind"], "webhook", "{status}");
-    assert_eq!(hook_status["queue_bound"], 20, "{status}");
+    // The run is not done while its sink catches up (it still moves).
+    assert_eq!(behind["feed"]["evaluated"], false, "{behind}");
+    let shown = hook_of(&behind);
+    assert!(shown["behind"].as_u64() > Some(0), "{behind}");
+    assert_eq!(shown["queue_bound"], 10_000, "{behind}");
     assert!(
-        hook_status["last_error"]
+        shown["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("--sink-queue")),
-        "{status}"
+        "{behind}"
     );
+    hook.delay(Duration::ZERO);
+    let want = inst.backtest_signals(&feed);
+    assert_eq!(want.len(), 12_000);
+    let done = inst.status_when(Duration::from_secs(120), |s| {
+        hook_of(s)["is_behind"] == false && hook_of(s)["delivered"].as_u64() == Some(12_000)
+    });
+    assert_eq!(hook_of(&done)["catch_ups"], 1, "{done}");
     run.signal(Signal::SIGTERM);
     let (st, stdout, stderr) = run.wait_output(Duration::from_secs(60));
-    assert!(!st.success(), "behind is an error for a finite run");
+    assert!(st.success(), "{stderr}");
     assert!(
-        stderr.contains("fell behind") && stderr.contains("--sink-queue"),
-        "{stderr}"
+        stderr.contains("judge again from its behind point"),
+        "the catch-up is logged"
     );
-    let want = inst.backtest_signals(&["--candles", "300"]);
-    assert!(want.len() > 50, "{}", want.len());
-    assert_eq!(normalized_signals(&stdout), want, "stdout got every signal");
-    let (partial, _) = by_key(&hook);
+    assert_eq!(
+        normalized_signals(&stdout),
+        want,
+        "stdout: each signal once"
+    );
+    let (got, again) = by_key(&hook);
     assert!(
-        partial.len() < want.len(),
-        "{} of {}",
-        partial.len(),
-        want.len()
+        got == want,
+        "the webhook: each signal, caught up in the run"
     );
-
-    hook.delay(Duration::ZERO);
-    let out = inst.command("shmkline").args(&base).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (got, _) = by_key(&hook);
-    assert!(got == want, "caught up: every signal once per key");
+    assert_eq!(again, 0, "and none twice");
     assert_keys_match_bodies(&hook);
     assert_nothing_left(&inst);
 }
 
 /// A receiver that refuses a trader's signals (400) gets each once (a 4xx
-/// is final: not retried, not re-sent by the next start) and the run says
-/// so; one that is down for good is retried until `--drain-timeout`, the
+/// is final: not retried, not re-sent by the next start), `status` and the
+/// run say so; one that is down for good is retried until `--drain-timeout`, the
 /// run names what it did not confirm, and the next start sends it.
 #[test]
 fn refusals_are_final_and_an_outage_is_resent_after_the_drain_time() {
@@ -243,17 +296,38 @@ fn refusals_are_final_and_an_outage_is_resent_after_the_drain_time() {
         "--sink",
         &sink_single,
     ];
-    let out = inst.command("shmkline").args(single).output().expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let refused_want = want.iter().filter(|l| l.contains(&needle)).count() as u64;
+    assert!(refused_want > 0);
+    let mut cmd = inst.command("shmkline");
+    cmd.args(single).arg("--stay");
+    let run = harness::ChildGuard::spawn(&mut cmd);
+    let status = inst.status_when(Duration::from_secs(60), |s| {
+        s["feed"]["evaluated"] == true
+            && s["sinks"][0]["queued"] == 0
+            && s["sinks"][0]["rejected"].as_u64() == Some(refused_want)
+    });
+    let shown = &status["sinks"][0];
+    assert_eq!(shown["kind"], "webhook", "{status}");
+    assert_eq!(
+        shown["delivered"].as_u64(),
+        Some(want.len() as u64 - refused_want),
+        "{status}"
+    );
+    assert!(
+        shown["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 400: unknown trader")),
+        "{status}"
+    );
+    run.signal(Signal::SIGTERM);
+    let (st, _, stderr) = run.wait_output(Duration::from_secs(60));
+    assert!(!st.success());
     assert!(stderr.contains("refused by the receiver"), "{stderr}");
     let refused_requests = hook
         .requests()
         .iter()
         .filter(|r| r.status == Some(400))
-        .count();
-    let refused_want = want.iter().filter(|l| l.contains(&needle)).count();
-    assert!(refused_want > 0);
+        .count() as u64;
     assert_eq!(refused_requests, refused_want, "each refused once");
     let before = hook.count();
     let out = inst.command("shmkline").args(single).output().expect("run");
@@ -329,7 +403,45 @@ fn bench_sinks_reports_each_sink_and_the_restart_latency() {
         assert!(l["p99_us"].as_u64() >= l["p50_us"].as_u64(), "{report}");
         assert!(l["p50_us"].as_u64() > Some(0), "{report}");
     }
-    assert_eq!(report["restart_to_first_signal"]["samples"], 2, "{report}");
-    assert!(report["restart_to_first_signal"]["p50_ns"].as_u64() > Some(0));
+    for restart in ["live", "replay"] {
+        let r = &report[format!("{restart}_restart_to_first_signal")];
+        assert_eq!(r["samples"], 2, "{report}");
+        assert!(r["p50_ns"].as_u64() > Some(0), "{report}");
+    }
+    assert_nothing_left(&inst);
+}
+
+/// A malformed `--sink` is refused before anything starts, naming the flag,
+/// the value and what a sink is.
+#[test]
+fn a_malformed_sink_is_refused_naming_it() {
+    let inst = TestInstance::new("badsink");
+    for (spec, says) in [
+        ("webhook:ftp://x", "starts with http:// or https://"),
+        ("webhook:http://", "needs a host"),
+        ("kafka:x", "a sink is stdout, file:PATH, webhook:URL"),
+    ] {
+        let out = inst.shmkline(&["run", "--candles", "5", "--sink", spec]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--sink") && stderr.contains(spec) && stderr.contains(says),
+            "{stderr}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = inst.shmkline(&[
+        "run",
+        "--candles",
+        "5",
+        "--sink",
+        &format!("file:{}", dir.path().display()),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&dir.path().display().to_string()) && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
     assert_nothing_left(&inst);
 }

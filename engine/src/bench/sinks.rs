@@ -10,10 +10,11 @@
 //!   candle published to
 //!   signal delivered (fsynced, answered 2xx) per sink, p50 and p99, as each
 //!   sink measures it (stdout: handed to its thread).
-//! * Restart: a live session on the loopback Binance stand-in into a file
-//!   sink, the coordinator SIGKILLed, a candle closed while it is down, and
-//!   the same command started again: from the kill to the first new line
-//!   in the file (start-up, REST backfill, evaluation, fsync), p50 and p99.
+//! * Restart: the coordinator SIGKILLed and the same command started again,
+//!   from the kill to the first new line in its file sink, p50 and p99: a
+//!   live session on the loopback Binance stand-in with a candle closed while
+//!   it is down (start-up, REST backfill, evaluation, fsync), and a replay
+//!   (start-up, the file replayed from its start past what the sink holds).
 
 use std::io::BufReader;
 use std::path::Path;
@@ -79,7 +80,10 @@ pub struct SinksReport {
     /// All four at once, paced (25 signals a candle, 10 candles a second).
     pub latency: Vec<Latency>,
     /// SIGKILL of a live coordinator to its first new signal in a file sink.
-    pub restart_to_first_signal: Option<Percentiles>,
+    pub live_restart_to_first_signal: Option<Percentiles>,
+    /// The same for a replay (as fast as the traders keep up): the restart
+    /// replays from the start, so this grows with how far the killed run got.
+    pub replay_restart_to_first_signal: Option<Percentiles>,
     /// Restarts measured.
     pub restarts: usize,
 }
@@ -156,7 +160,9 @@ fn throughput(
         "--sink",
         spec,
         "--sink-queue",
-        &(expected + 1).to_string(),
+        &(expected + 1)
+            .max(crate::run::sink::MIN_SINK_QUEUE)
+            .to_string(),
         "--stay",
     ]
     .map(str::to_owned)
@@ -248,51 +254,43 @@ fn lines(file: &Path) -> usize {
     std::fs::read(file).map_or(0, |t| t.iter().filter(|b| **b == b'\n').count())
 }
 
-/// SIGKILL of a live coordinator to its first new signal, `rounds` times.
-fn restarts(instance: &InstanceName, shmkline: &Path, rounds: usize) -> Result<Vec<u64>> {
-    let dir = tempfile::tempdir().context("a temporary directory")?;
-    let traders = trader_file(dir.path(), 1)?;
-    let file = dir.path().join("signals.jsonl");
-    let mock = MockBinance::start(timeline(&["BTCUSDT"], 200 + 40 * rounds)?, 60, Vec::new())?;
-    let endpoint = format!("{},{}", mock.ws_url, mock.rest_url);
-    let args: Vec<String> = [
-        "--feed",
-        "binance",
-        "--symbols",
-        "BTCUSDT",
-        "--endpoint",
-        &endpoint,
-        "--traders",
-        &traders.display().to_string(),
-        "--max-symbols",
-        "2",
-        "--sink",
-        &format!("file:{}", file.display()),
-    ]
-    .map(str::to_owned)
-    .to_vec();
+/// SIGKILL of a coordinator to its first new line in its file sink,
+/// `rounds` times: `step` makes a new signal come while it runs, and is
+/// called once more while it is down.
+fn restarts(
+    instance: &InstanceName,
+    shmkline: &Path,
+    dir: &Path,
+    args: &[String],
+    rounds: usize,
+    step: impl Fn(),
+) -> Result<Vec<u64>> {
+    let file = dir.join("signals.jsonl");
+    let mut args = args.to_vec();
+    args.extend(["--sink".to_owned(), format!("file:{}", file.display())]);
     let mut took = Vec::with_capacity(rounds);
-    let (mut run, mut reader) = start(instance, shmkline, dir.path(), &args)?;
+    let (mut run, mut reader) = start(instance, shmkline, dir, &args)?;
     for _ in 0..rounds {
-        // Live and signalling: a candle streamed lands in the file.
+        // Running and signalling: new lines land in the file.
         let before = lines(&file);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while lines(&file) == before {
+        while lines(&file) < before + 2 {
+            if let Ok(Some(exit)) = run.0.try_wait() {
+                bail!("the run ended ({exit}) before its kill");
+            }
             if Instant::now() > deadline {
                 bail!("no signal reached the file within 60 s");
             }
-            mock.stream(1, 1, Duration::ZERO);
-            std::thread::sleep(Duration::from_millis(100));
+            step();
+            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = run.0.kill();
         let killed = Instant::now();
         let _ = run.0.wait();
         let _ = reader.join();
         let held = lines(&file);
-        // A candle closes while it is down: only the next start's backfill
-        // brings it, and its signal is the first new line.
-        mock.stream(1, 1, Duration::ZERO);
-        (run, reader) = start(instance, shmkline, dir.path(), &args)?;
+        step();
+        (run, reader) = start(instance, shmkline, dir, &args)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while lines(&file) == held {
             if let Ok(Some(exit)) = run.0.try_wait() {
@@ -308,6 +306,51 @@ fn restarts(instance: &InstanceName, shmkline: &Path, rounds: usize) -> Result<V
     drop(run);
     let _ = reader.join();
     Ok(took)
+}
+
+/// Restarts of a live session on the stand-in: a candle closes while the
+/// coordinator is down (only the next start's backfill brings it).
+fn live_restarts(instance: &InstanceName, shmkline: &Path, rounds: usize) -> Result<Vec<u64>> {
+    let dir = tempfile::tempdir().context("a temporary directory")?;
+    let traders = trader_file(dir.path(), 1)?;
+    let mock = MockBinance::start(timeline(&["BTCUSDT"], 200 + 80 * rounds)?, 60, Vec::new())?;
+    let endpoint = format!("{},{}", mock.ws_url, mock.rest_url);
+    let args = [
+        "--feed",
+        "binance",
+        "--symbols",
+        "BTCUSDT",
+        "--endpoint",
+        &endpoint,
+        "--traders",
+        &traders.display().to_string(),
+        "--max-symbols",
+        "2",
+    ]
+    .map(str::to_owned);
+    restarts(instance, shmkline, dir.path(), &args, rounds, || {
+        mock.stream(1, 1, Duration::ZERO);
+    })
+}
+
+/// Restarts of a replay as fast as the traders keep up: the next start
+/// replays from the file's start and sends past what the sink holds.
+fn replay_restarts(instance: &InstanceName, shmkline: &Path, rounds: usize) -> Result<Vec<u64>> {
+    let dir = tempfile::tempdir().context("a temporary directory")?;
+    let traders = trader_file(dir.path(), 1)?;
+    let candles = timeline(&["BTCUSDT"], 400_000)?;
+    let csv = dir.path().join("BTCUSDT-1m-bench.csv");
+    std::fs::write(&csv, crate::feed::mock::dump_csv(&candles[0].1))?;
+    let args = [
+        "--feed",
+        &format!("replay:{}", csv.display()),
+        "--traders",
+        &traders.display().to_string(),
+        "--max-symbols",
+        "2",
+    ]
+    .map(str::to_owned);
+    restarts(instance, shmkline, dir.path(), &args, rounds, || {})
 }
 
 /// Runs the measurements, one after the other.
@@ -342,12 +385,14 @@ pub fn run(instance: &InstanceName, shmkline: &Path, opts: &SinksBench) -> Resul
         })
         .collect();
     let latency = latency(instance, shmkline, opts, &hook)?;
-    let mut took = restarts(instance, shmkline, opts.restarts)?;
+    let mut live = live_restarts(instance, shmkline, opts.restarts)?;
+    let mut replay = replay_restarts(instance, shmkline, opts.restarts)?;
     Ok(SinksReport {
         signals_per_run: (opts.traders * opts.symbols) as u64 * opts.candles,
         throughput,
         latency,
-        restart_to_first_signal: Percentiles::of(&mut took),
+        live_restart_to_first_signal: Percentiles::of(&mut live),
+        replay_restart_to_first_signal: Percentiles::of(&mut replay),
         restarts: opts.restarts,
     })
 }

@@ -346,17 +346,23 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = crate::run::sink::SignalsFrom::Resume)]
     pub signals_from: crate::run::sink::SignalsFrom,
     /// Signals a file or webhook sink may hold queued (handed, not yet
-    /// confirmed). A sink whose queue is full is behind: it gets nothing
-    /// more this run (evaluation and the other sinks go on) and the next
-    /// start delivers what it lacks; a finite run then exits in error.
+    /// confirmed), at least 10,000 (more than a frame's). A sink whose queue
+    /// is full is behind: it is handed nothing (evaluation and the other
+    /// sinks go on) until it has drained; then every worker is replaced to
+    /// judge again from where it stood, and the sink gets what it missed
+    /// (candles that left the ring meanwhile are a reported gap).
     #[arg(long, default_value_t = crate::run::sink::DEFAULT_SINK_QUEUE,
-        value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        value_parser = clap::value_parser!(u64).range(crate::run::sink::MIN_SINK_QUEUE..=10_000_000))]
     pub sink_queue: u64,
     /// Milliseconds a file or webhook sink gets at shutdown to deliver what
     /// is queued (a webhook keeps retrying until then); what is left is
     /// counted, the run exits in error, and the next start re-sends it.
     #[arg(long, default_value_t = 30_000)]
     pub drain_timeout: u64,
+    /// Milliseconds a webhook request may take (connect, send, answer)
+    /// before it is given up and retried.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub webhook_timeout: u64,
     /// Where this instance keeps what survives a restart (the trader set,
     /// with every `traders add` and `remove`). Default:
     /// `$XDG_STATE_HOME/shmkline/<instance>`, else

@@ -58,6 +58,7 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
         signals_from: args.signals_from,
         sink_queue: args.sink_queue,
         drain_timeout: Duration::from_millis(args.drain_timeout),
+        webhook_timeout: Duration::from_millis(args.webhook_timeout),
         state,
         sinks: if args.sinks.is_empty() {
             vec![crate::run::sink::SinkSpec::Stdout]

@@ -361,7 +361,28 @@ impl Coordinator {
         let Some(last) = self.final_publish else {
             return false;
         };
-        self.slots.iter().all(|slot| slot.confirmed >= last)
+        // A sink that fell behind is caught up first, while it moves (one
+        // that stopped moving is left to the drain time and named).
+        let catching_up =
+            self.emitter.any_behind() && self.emitter.sinks_moved_within(self.opts.drain_timeout);
+        !catching_up && self.slots.iter().all(|slot| slot.confirmed >= last)
+    }
+
+    /// A sink fell behind and has drained its queue: every worker is
+    /// replaced, its replacement judging again from `from[slot]` (the
+    /// publish the slot had confirmed when the sink fell behind), so the
+    /// sink gets the signals it was not handed; every other sink drops them
+    /// as repeats. Candles that left the ring since are a gap, reported as
+    /// any other.
+    pub(super) fn catch_up(&mut self, from: &[u64]) {
+        for s in 0..self.slots.len() {
+            let point = from.get(s).copied().unwrap_or(0);
+            let slot = &mut self.slots[s];
+            slot.confirmed = slot.confirmed.min(point);
+            self.emitter.confirmed(s, slot.confirmed);
+            let why = format!("a sink's catch-up: judging again from publish {point}");
+            self.fault(s, FaultKind::CatchUp, why);
+        }
     }
 
     /// Gap events reported by the workers (candles that left the ring before
@@ -532,6 +553,13 @@ pub(super) fn drive(
         if coord.last_heartbeat.elapsed() >= HEARTBEAT {
             coord.last_heartbeat = Instant::now();
             coord.inst.store.lock().heartbeat();
+        }
+        // Not while stopping: the workers then judge what is published and go.
+        if coord.draining.is_none()
+            && coord.shutting_down.is_none()
+            && let Some(from) = coord.emitter.take_catch_up()
+        {
+            coord.catch_up(&from);
         }
         // A stdout that does not keep up stops the reader threads from
         // reading the workers' answers: no deadline means anything then.

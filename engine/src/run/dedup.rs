@@ -51,6 +51,15 @@ impl Dedup {
         }
     }
 
+    /// Whether `s` is above its series' watermark, without moving it.
+    pub fn is_new(&self, s: &Signal) -> bool {
+        self.marks.get(&s.trader).is_none_or(|series| {
+            series
+                .get(&(s.symbol.clone(), s.interval))
+                .is_none_or(|mark| s.open_time > *mark)
+        })
+    }
+
     /// Forgets the watermarks of every trader `held` does not name (removed
     /// traders: their memory goes with them).
     pub fn keep_only(&mut self, held: impl Fn(&str) -> bool) {

@@ -14,7 +14,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::{Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,50 +32,39 @@ const LATENCY_SAMPLES: usize = 4096;
 /// How often a reader thread retries a full output queue.
 const OUTPUT_RETRY: Duration = Duration::from_millis(1);
 
-/// Hands a share of signals to a durable sink without waiting: if its
-/// queue cannot take them, the sink is behind from here on (see
-/// [`super::sink`]): nothing more is handed to it this run, and what it
-/// lacks is delivered from its confirmed position at the next start.
+/// A sink whose queue is full falls behind (see [`super::sink`]): it is
+/// handed nothing until its queue has drained; then the workers judge again
+/// from `points` (per slot, the publish confirmed now: every signal it is
+/// not handed from here on is of a later candle) and it takes what it lacks.
+fn fall_behind(f: &mut SinkOut, points: Vec<u64>) {
+    tracing::error!(sink = %f.spec, queued = f.output.queued(), bound = f.bound,
+        "a sink is not keeping up: its queue is full, so it is handed nothing until it drains; \
+         then it is caught up from the candles the store still holds (--sink-queue moves the bound)");
+    f.output.error(format!(
+        "behind: its queue of {} signals was full (--sink-queue); caught up once it drains",
+        f.bound
+    ));
+    f.behind = Some(points);
+}
+
+/// Hands a share of signals to a durable sink without waiting (its queue
+/// is bounded by the caller, in signals).
 fn offer(f: &mut SinkOut, share: Share, published: Option<Instant>) {
-    if f.behind {
-        f.output.fell_behind(share.lines);
-        return;
-    }
-    let Some(out) = &f.out else {
-        f.output.fell_behind(share.lines);
-        return;
-    };
-    let full = f.output.queued() + share.lines > f.bound;
     let batch = Batch {
         text: share.text,
         lines: share.lines,
         newest: share.newest,
         published,
     };
-    let refused = if full {
-        Some(batch)
+    let sent = f.out.as_ref().is_some_and(|out| out.send(batch).is_ok());
+    if sent {
+        f.emitted += share.lines;
+        f.output.handed(share.lines, share.newest);
     } else {
-        match out.try_send(batch) {
-            Ok(()) => None,
-            Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => Some(b),
-        }
-    };
-    match refused {
-        None => {
-            f.emitted += share.lines;
-            f.output.handed(share.lines, share.newest);
-        }
-        Some(b) => {
-            f.behind = true;
-            f.output.fell_behind(b.lines);
-            tracing::error!(sink = %f.spec, queued = f.output.queued(), bound = f.bound,
-                "a sink is not keeping up: its queue is full, so it is handed nothing more this run \
-                 (its confirmed position stays; the next start delivers what it lacks; --sink-queue moves the bound)");
-            f.output.error(format!(
-                "behind: its queue of {} signals was full (--sink-queue); the next start delivers what it lacks",
-                f.bound
-            ));
-        }
+        // Closed at teardown, or its thread is gone: not delivered.
+        f.emitted += share.lines;
+        f.output.handed(share.lines, share.newest);
+        f.output.count(share.lines, false);
     }
 }
 
@@ -117,14 +106,18 @@ struct SinkOut {
     /// What it was handed (or holds from before): a signal at or below is
     /// not handed again.
     dedup: Dedup,
-    out: Option<SyncSender<Batch>>,
+    out: Option<Sender<Batch>>,
     output: Arc<Output>,
     /// Signals handed to it this run.
     emitted: u64,
     /// Signals it may hold queued, at most (`--sink-queue`).
     bound: u64,
-    /// Its queue was full: it is handed nothing more this run.
-    behind: bool,
+    /// Its queue was full: it is handed nothing until it has caught up.
+    /// Per slot, the publish the slot had confirmed then: every signal not
+    /// handed since is of a candle published after it.
+    behind: Option<Vec<u64>>,
+    /// Times it fell behind and was caught up.
+    catch_ups: u64,
 }
 
 /// One sink's share of a frame's signals, built under the lock.
@@ -145,6 +138,10 @@ struct Inner {
     traders: Vec<HashSet<String>>,
     /// Per slot: signals received (printed or not).
     received: Vec<u64>,
+    /// Per slot: when its live incarnation's last signals arrived.
+    last_signals: Vec<Option<Instant>>,
+    /// Per slot: the publish it has confirmed (all its signals up to it sent).
+    confirmed: Vec<u64>,
     dedup: Dedup,
     /// When each recent publish happened, by the delivery time of its last
     /// batch (ascending; the last [`PUBLISH_TIMES`]).
@@ -176,6 +173,8 @@ impl Emitter {
             accept: vec![None; slots],
             traders: vec![HashSet::new(); slots],
             received: vec![0; slots],
+            last_signals: vec![None; slots],
+            confirmed: vec![0; slots],
             dedup: Dedup::default(),
             publish_times: VecDeque::with_capacity(PUBLISH_TIMES),
             latency: Samples::new(LATENCY_SAMPLES),
@@ -210,7 +209,7 @@ impl Emitter {
         &self,
         spec: SinkSpec,
         dedup: Dedup,
-        out: SyncSender<Batch>,
+        out: Sender<Batch>,
         output: Arc<Output>,
         bound: u64,
     ) {
@@ -221,8 +220,60 @@ impl Emitter {
             output,
             emitted: 0,
             bound,
-            behind: false,
+            behind: None,
+            catch_ups: 0,
         });
+    }
+
+    /// Slot `s` has confirmed publish `p`.
+    pub fn confirmed(&self, s: usize, p: u64) {
+        if let Some(c) = self.lock().confirmed.get_mut(s) {
+            *c = p;
+        }
+    }
+
+    /// A sink behind whose queue has drained is caught up: from now on no
+    /// slot's signals count until its next incarnation (in flight ones of
+    /// the present ones would pass the sink's watermark over what it
+    /// missed), and the sinks that were behind take signals again. Returns,
+    /// per slot, the publish to judge again from (the least of the behind
+    /// points); the caller replaces every worker from there.
+    pub fn take_catch_up(&self) -> Option<Vec<u64>> {
+        let mut inner = self.lock();
+        let mut from: Option<Vec<u64>> = None;
+        for f in &mut inner.sinks {
+            if f.output.queued() > 0 {
+                continue;
+            }
+            let Some(points) = f.behind.take() else {
+                continue;
+            };
+            f.catch_ups += 1;
+            tracing::warn!(sink = %f.spec, behind = f.output.behind(),
+                "a sink that fell behind has drained its queue: the workers judge again from its behind point");
+            from = Some(match from {
+                None => points,
+                Some(prev) => prev.iter().zip(&points).map(|(a, b)| *a.min(b)).collect(),
+            });
+        }
+        if from.is_some() {
+            inner.accept.iter_mut().for_each(|a| *a = None);
+        }
+        from
+    }
+
+    /// Whether some behind sink delivered something within `d`.
+    pub fn sinks_moved_within(&self, d: Duration) -> bool {
+        self.lock()
+            .sinks
+            .iter()
+            .filter(|f| f.behind.is_some())
+            .any(|f| f.output.last_moved().elapsed() < d)
+    }
+
+    /// Whether a sink is behind now.
+    pub fn any_behind(&self) -> bool {
+        self.lock().sinks.iter().any(|f| f.behind.is_some())
     }
 
     /// Each sink as `status` shows it: what it was handed this run, what
@@ -263,6 +314,8 @@ impl Emitter {
                         "emitted": f.emitted,
                         "series": f.dedup.len(),
                         "queue_bound": f.bound,
+                        "is_behind": f.behind.is_some(),
+                        "catch_ups": f.catch_ups,
                     }),
                     f.output.status(),
                 )
@@ -270,13 +323,16 @@ impl Emitter {
             .collect()
     }
 
-    /// Per durable sink: its spec, signals handed to it this run, and what
-    /// became of them.
-    pub fn sink_delivery(&self) -> Vec<(String, u64, Arc<Output>)> {
+    /// Per durable sink: its spec, signals handed to it this run, what
+    /// became of them, and whether it is behind now.
+    pub fn sink_delivery(&self) -> Vec<(String, u64, Arc<Output>, bool)> {
         self.lock()
             .sinks
             .iter()
-            .map(|f| (f.spec.to_string(), f.emitted, f.output.clone()))
+            .map(|f| {
+                let spec = f.spec.to_string();
+                (spec, f.emitted, f.output.clone(), f.behind.is_some())
+            })
             .collect()
     }
 
@@ -289,9 +345,21 @@ impl Emitter {
     /// From now on slot `s`'s signals count only from incarnation `no`
     /// (`None`: from none).
     pub fn accept(&self, s: usize, no: Option<u64>) {
-        if let Some(a) = self.lock().accept.get_mut(s) {
+        let mut inner = self.lock();
+        if let Some(a) = inner.accept.get_mut(s) {
             *a = no;
         }
+        if let Some(t) = inner.last_signals.get_mut(s) {
+            *t = None;
+        }
+    }
+
+    /// When slot `s`'s live incarnation last sent signals. A worker whose
+    /// signals keep arriving is neither hung nor stuck, even while its PONGs
+    /// wait behind them in its socket for a reader thread that is busy with
+    /// its burst (a debug-build coordinator took 50 s over a million).
+    pub fn last_signals(&self, s: usize) -> Option<Instant> {
+        self.lock().last_signals.get(s).copied().flatten()
     }
 
     /// Slot `s` now holds these traders: signals of any other are dropped
@@ -333,6 +401,14 @@ impl Emitter {
             if inner.accept.get(s).copied().flatten() != Some(no) {
                 return;
             }
+            inner.last_signals[s] = Some(Instant::now());
+            // A sink whose queue cannot take this frame falls behind before
+            // any of it is marked, so its watermarks stay what it was handed.
+            for f in &mut inner.sinks {
+                if f.behind.is_none() && f.output.queued() + signals.len() as u64 > f.bound {
+                    fall_behind(f, inner.confirmed.clone());
+                }
+            }
             let mut shares = vec![Share::default(); inner.sinks.len()];
             for signal in signals {
                 inner.received[s] += 1;
@@ -346,6 +422,12 @@ impl Emitter {
                 }
                 let mut line = Vec::new();
                 for (f, share) in inner.sinks.iter_mut().zip(shares.iter_mut()) {
+                    if f.behind.is_some() {
+                        if f.dedup.is_new(signal) {
+                            f.output.fell_behind(1);
+                        }
+                        continue;
+                    }
                     if f.dedup.first(signal) {
                         if line.is_empty() {
                             SignalLine::new(signal, Some(s as u32)).write_to(&mut line);
@@ -621,45 +703,67 @@ mod tests {
     }
 
     /// A durable sink whose queue is full is behind: it is handed nothing
-    /// more this run, while stdout and the other sinks go on, and nobody waits.
+    /// while stdout and the other sinks go on, and nobody waits; once it has
+    /// drained, the slots judge again from where they stood when it fell
+    /// behind, and it takes exactly what it missed.
     #[test]
-    fn a_full_durable_sink_falls_behind_without_holding_anyone_up() {
+    fn a_full_durable_sink_falls_behind_and_is_caught_up_once_drained() {
         let (tx, rx) = std::sync::mpsc::sync_channel(16);
         let e = Emitter::new(1, tx, Arc::default());
-        let (slow_tx, slow_rx) = std::sync::mpsc::sync_channel(16);
+        let (slow_tx, slow_rx) = std::sync::mpsc::channel();
         let slow = Arc::new(Output::default());
         let spec = SinkSpec::File("/x".into());
         e.add_sink(spec, Dedup::default(), slow_tx, slow.clone(), 3);
-        let (ok_tx, ok_rx) = std::sync::mpsc::sync_channel(16);
+        let (ok_tx, ok_rx) = std::sync::mpsc::channel();
         let ok = Arc::new(Output::default());
         let spec = SinkSpec::File("/y".into());
         e.add_sink(spec, Dedup::default(), ok_tx, ok.clone(), 100);
         e.holds(0, ["a"].into_iter());
         e.accept(0, Some(1));
         e.signals(0, 1, &[signal("a", 0), signal("a", 60_000)]);
+        e.confirmed(0, 7);
         assert_eq!(slow.queued(), 2, "under the bound: handed");
         // Two more would make four queued, over the bound of three.
         e.signals(0, 1, &[signal("a", 120_000), signal("a", 180_000)]);
         e.signal(0, 1, &signal("a", 240_000));
         assert_eq!((slow.queued(), slow.behind()), (2, 3));
         assert!(!e.output_stalled(Duration::ZERO), "nobody waited");
-        assert_eq!(slow_rx.try_iter().map(|b| b.lines).sum::<u64>(), 2);
-        assert_eq!(ok_rx.try_iter().map(|b| b.lines).sum::<u64>(), 5);
+        assert!(e.any_behind());
+        assert_eq!(e.take_catch_up(), None, "not drained yet");
+        let lines = |rx: &std::sync::mpsc::Receiver<Batch>| {
+            rx.try_iter()
+                .map(|b| String::from_utf8_lossy(&b.text).into_owned())
+                .collect::<String>()
+        };
+        assert_eq!(lines(&slow_rx).lines().count(), 2);
+        assert_eq!(lines(&ok_rx).lines().count(), 5);
         assert_eq!(rx.try_iter().map(|b| b.lines).sum::<u64>(), 5, "stdout");
-        // Its queue drained: still behind for this run (its watermarks
-        // passed what it was not handed).
-        slow.count(2, true);
-        e.signal(0, 1, &signal("a", 300_000));
-        assert_eq!((slow.queued(), slow.behind()), (0, 4));
         let status = e.sinks_status();
-        assert_eq!(status.len(), 3);
-        assert_eq!(status[1]["behind"], 4);
+        assert_eq!(status[1]["is_behind"], true);
         assert!(
             status[1]["last_error"]
                 .as_str()
                 .is_some_and(|t| t.contains("--sink-queue")),
             "{status:?}"
         );
-        assert_eq!(status[2]["behind"], 0);
+        // Drained: caught up from the publish slot 0 had confirmed then.
+        slow.count(2, true);
+        assert_eq!(e.take_catch_up(), Some(vec![7]));
+        assert!(!e.any_behind());
+        e.signal(0, 1, &signal("a", 300_000));
+        assert_eq!(slow.queued(), 0, "the old incarnation no longer counts");
+        // Its replacement judges again from there: the slow sink takes what
+        // it missed, every other output drops the repeats.
+        e.accept(0, Some(2));
+        e.signals(0, 2, &[signal("a", 120_000), signal("a", 180_000)]);
+        slow.count(2, true);
+        e.signals(0, 2, &[signal("a", 240_000), signal("a", 300_000)]);
+        let caught = lines(&slow_rx);
+        assert_eq!(caught.lines().count(), 4, "{caught}");
+        assert!(caught.lines().next().is_some_and(|l| l.contains("120000")));
+        assert_eq!(lines(&ok_rx).lines().count(), 1, "only the new one");
+        assert_eq!(rx.try_iter().map(|b| b.lines).sum::<u64>(), 1);
+        assert_eq!(e.sinks_status()[1]["catch_ups"], 1);
+        assert!(!e.any_behind());
     }
 }

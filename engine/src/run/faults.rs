@@ -18,6 +18,10 @@ pub(super) enum FaultKind {
     /// It broke the protocol (malformed frame, no answer after every retry,
     /// wrong answer, not reading its channel).
     Protocol,
+    /// Not a fault of the worker: the coordinator replaced it on purpose, so
+    /// that its replacement judges again from a sink's behind point and the
+    /// sink catches up.
+    CatchUp,
 }
 
 /// Who caused a fault.
@@ -29,6 +33,8 @@ pub(super) enum Cause {
     /// The worker itself (panic, abort, error exit, a fault in its code, a hang
     /// that is not a stop signal, a protocol violation).
     SelfInflicted,
+    /// The coordinator, on purpose (a sink's catch-up): no backoff, no blame.
+    Planned,
 }
 
 /// One fault and its recovery, for `status` and the chaos report.

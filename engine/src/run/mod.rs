@@ -146,7 +146,13 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                     "webhook sink: sending what it has not confirmed yet");
                 durable.push(Durable::Webhook(
                     spec.clone(),
-                    sink::webhook::WebhookSink::new(url, *batch, confirmed.clone(), marks),
+                    sink::webhook::WebhookSink::new(
+                        url,
+                        *batch,
+                        opts.webhook_timeout,
+                        confirmed.clone(),
+                        marks,
+                    ),
                     confirmed,
                 ));
             }
@@ -175,7 +181,8 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     }
     let mut sink_threads = Vec::new();
     for sink in durable {
-        let (tx, rx) = mpsc::sync_channel::<sink::Batch>(OUTPUT_BOUND);
+        // Unbounded as a channel: the emitter bounds it, in signals.
+        let (tx, rx) = mpsc::channel::<sink::Batch>();
         let counted = Arc::new(sink::Output::default());
         let (spec, held, thread) = match sink {
             Durable::File(mut file) => {
@@ -252,7 +259,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
 /// asked to do was not done, else its summary.
 fn outcome(coord: &Coordinator, output: &sink::Output) -> Result<RunSummary> {
     let mut failed = Vec::new();
-    for (spec, emitted, out) in coord.emitter.sink_delivery() {
+    for (spec, emitted, out, behind) in coord.emitter.sink_delivery() {
         let rejected = out.rejected.load(std::sync::atomic::Ordering::Acquire);
         let undelivered = emitted.saturating_sub(out.written() + rejected);
         if undelivered > 0 {
@@ -260,11 +267,10 @@ fn outcome(coord: &Coordinator, output: &sink::Output) -> Result<RunSummary> {
                 "{spec}: {undelivered} of {emitted} signals not confirmed (a write failed or --drain-timeout ran out; see the log); the next start delivers them"
             ));
         }
-        if out.behind() > 0 {
+        if behind {
             failed.push(format!(
-                "{spec}: fell behind (its queue of {} signals was full: --sink-queue), {} signals not handed to it; the next start delivers them while the feed still has their candles",
+                "{spec}: fell behind (its queue of {} signals was full: --sink-queue) and had not caught up at the end; the next start delivers what it lacks while the feed still has the candles",
                 coord.opts.sink_queue,
-                out.behind()
             ));
         }
         if rejected > 0 {

@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub sink_queue: u64,
     /// How long teardown lets durable sinks deliver what is queued (`--drain-timeout`).
     pub drain_timeout: Duration,
+    /// A webhook request's whole time before it is given up and retried (`--webhook-timeout`).
+    pub webhook_timeout: Duration,
     /// PING interval.
     pub ping_interval: Duration,
     /// A PING unanswered for this long means the worker hangs. A stop is

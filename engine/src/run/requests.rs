@@ -157,6 +157,7 @@ impl Coordinator {
                     // Asked after every trader was acked: the progress it
                     // reports covers all of them.
                     slot.confirmed = slot.confirmed.max(pong.last_publish);
+                    self.emitter.confirmed(s, slot.confirmed);
                     if let Some(ev) = slot.recovering.take()
                         && let Some(event) = self.events.get_mut(ev)
                     {
@@ -361,8 +362,14 @@ impl Coordinator {
                 Purpose::Ping(sent) => Some(sent),
                 _ => None,
             });
+            // Its signals arriving since the PING prove it alive: the PONG
+            // waits behind them in its socket.
+            let sending = self
+                .emitter
+                .last_signals(s)
+                .is_some_and(|t| t.elapsed() <= self.opts.ping_deadline);
             match outstanding {
-                Some(sent) if sent.elapsed() > self.opts.ping_deadline => {
+                Some(sent) if sent.elapsed() > self.opts.ping_deadline && !sending => {
                     let waited = sent.elapsed();
                     self.fault(
                         s,

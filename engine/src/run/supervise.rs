@@ -211,6 +211,7 @@ impl Coordinator {
             // Why did it go?
             let ev = inc.fault;
             let cause = match ev.and_then(|i| self.events.get(i)).map(|e| e.kind) {
+                Some(FaultKind::CatchUp) => Cause::Planned,
                 _ if inc.stopped => Cause::Outside,
                 Some(FaultKind::Hang | FaultKind::Stall | FaultKind::Protocol) => {
                     Cause::SelfInflicted
@@ -233,7 +234,7 @@ impl Coordinator {
             slot.restarts += 1;
             slot.recovering = ev;
             match cause {
-                Cause::Outside => slot.restart_at = Some(Instant::now()),
+                Cause::Outside | Cause::Planned => slot.restart_at = Some(Instant::now()),
                 Cause::SelfInflicted
                     if ev
                         .and_then(|i| self.events.get(i))
@@ -338,10 +339,17 @@ impl Coordinator {
             } else {
                 None
             };
+            // Signals arriving are progress too: its reports of candles
+            // judged may wait behind them in its socket.
+            let signalled = self.emitter.last_signals(s);
             if let Some(((value, _), since)) = inc.progress
                 && let Some(waiting) = inc.behind_since
                 && value < published
-                && since.max(waiting).elapsed() > self.opts.stall_timeout
+                && signalled
+                    .map_or(since, |t| t.max(since))
+                    .max(waiting)
+                    .elapsed()
+                    > self.opts.stall_timeout
             {
                 let why = format!(
                     "its evaluation made no progress for {:?} (stuck at batch {value} of {published})",

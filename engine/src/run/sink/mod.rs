@@ -8,9 +8,13 @@
 //! directory, keyed by its spec ([`marks`], [`webhook`]). A durable sink
 //! that is slow or down never holds up evaluation or the other sinks: its
 //! queue is bounded (`--sink-queue` signals), and once it is full the sink
-//! is *behind*: it is handed nothing more this run, its confirmed position
-//! stays where it is, and the next start delivers what it lacks from there
-//! (while the feed can still supply those candles), reported, never silent.
+//! is *behind*: it is handed nothing, its watermarks stay what it was
+//! handed, and once its queue has drained every worker is replaced to judge
+//! again from the publish its slot had confirmed when the sink fell behind
+//! (the emitter, `Coordinator::catch_up`): the sink gets what it missed,
+//! the other outputs drop the repeats. Candles that left the ring meanwhile
+//! are a gap, reported as any other; a sink still behind at shutdown is
+//! named, and the next start delivers what it lacks from its position.
 
 pub mod file;
 pub mod marks;
@@ -33,6 +37,10 @@ pub use file::FileSink;
 /// Signals a durable sink may hold queued (handed, not yet confirmed) by
 /// default (`--sink-queue`): about 30 MB of lines.
 pub const DEFAULT_SINK_QUEUE: u64 = 100_000;
+/// The least `--sink-queue`: more signals than one SIGNALS frame can carry
+/// (a 64 KiB frame of the smallest signals holds about 1,600), so a frame
+/// always fits an empty queue.
+pub const MIN_SINK_QUEUE: u64 = 10_000;
 /// Latency samples a sink keeps for its percentiles.
 const LATENCY_SAMPLES: usize = 4096;
 

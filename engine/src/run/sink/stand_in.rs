@@ -27,6 +27,8 @@ pub enum Reply {
     Status(u16, Option<u64>),
     /// The connection closed without an answer.
     Drop,
+    /// No answer for this long (a client's timeout), then the connection closed.
+    Stall(Duration),
 }
 
 /// One request as received.
@@ -242,7 +244,7 @@ fn answer(stream: &mut TcpStream, head: &str, body: String, shared: &Shared) -> 
     };
     let status = match reply {
         Reply::Status(s, _) => Some(s),
-        Reply::Drop => None,
+        Reply::Drop | Reply::Stall(_) => None,
     };
     lock(&shared.log).push(Request {
         key,
@@ -250,8 +252,13 @@ fn answer(stream: &mut TcpStream, head: &str, body: String, shared: &Shared) -> 
         status,
         at: Instant::now(),
     });
-    let Reply::Status(status, retry_after) = reply else {
-        return false;
+    let (status, retry_after) = match reply {
+        Reply::Status(status, retry_after) => (status, retry_after),
+        Reply::Drop => return false,
+        Reply::Stall(d) => {
+            std::thread::sleep(d);
+            return false;
+        }
     };
     let text = if refused { "unknown trader" } else { "" };
     let retry = retry_after.map_or_else(String::new, |s| format!("Retry-After: {s}\r\n"));

@@ -21,8 +21,8 @@ use super::super::dedup::Dedup;
 use super::marks::MarksFile;
 use super::{Batch, Key, Output};
 
-/// A request's whole time (connect, send, answer).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's whole time (connect, send, answer) by default (`--webhook-timeout`).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Backoff between tries: doubled from the first to the cap, each wait
 /// drawn from its upper half (jitter, so many engines do not retry in step).
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
@@ -94,11 +94,18 @@ pub struct WebhookSink {
 }
 
 impl WebhookSink {
-    /// A sink posting to `url` (arrays if `batch`), whose receiver has
-    /// confirmed `confirmed`, saved in `marks`.
-    pub fn new(url: &str, batch: bool, confirmed: Dedup, marks: MarksFile) -> Self {
+    /// A sink posting to `url` (arrays if `batch`), each request given up
+    /// (and retried) after `timeout`, whose receiver has confirmed
+    /// `confirmed`, saved in `marks`.
+    pub fn new(
+        url: &str,
+        batch: bool,
+        timeout: Duration,
+        confirmed: Dedup,
+        marks: MarksFile,
+    ) -> Self {
         let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(REQUEST_TIMEOUT))
+            .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
             .build()
@@ -357,7 +364,13 @@ mod tests {
     ) {
         let spec = format!("webhook:{url}");
         let marks = MarksFile::new(state.clone(), &spec);
-        let sink = WebhookSink::new(url, batch, marks.load().expect("marks"), marks.clone());
+        let sink = WebhookSink::new(
+            url,
+            batch,
+            Duration::from_millis(300),
+            marks.load().expect("marks"),
+            marks.clone(),
+        );
         let (tx, rx) = std::sync::mpsc::sync_channel(16);
         let output = Arc::new(Output::default());
         let thread = sink.spawn(rx, output.clone()).expect("thread");
@@ -377,6 +390,7 @@ mod tests {
             Reply::Drop,
             Reply::Status(429, Some(1)),
             Reply::Status(500, None),
+            Reply::Stall(Duration::from_millis(600)),
         ]);
         hook.refuse(Some("\"trader\":\"bad\""));
         let url = format!("{}/signals", hook.base);
@@ -399,7 +413,11 @@ mod tests {
             assert!(line.contains(&format!("\"open_time\":{t},")), "{line}");
         }
         let requests = hook.requests();
-        assert_eq!(requests.len(), 8, "4 failures + 1 refusal + 3 deliveries");
+        assert_eq!(
+            requests.len(),
+            9,
+            "4 failures + 1 timeout + 1 refusal + 3 deliveries"
+        );
         for r in &requests {
             let key: Key = serde_json::from_str(&r.body).expect("a signal line");
             assert_eq!(r.key.as_deref(), Some(key.idempotency_key().as_str()));
@@ -413,8 +431,9 @@ mod tests {
             requests[3].at - requests[2].at >= Duration::from_millis(990),
             "Retry-After: 1 honoured"
         );
-        assert_eq!(requests[5].status, Some(400));
-        assert_eq!(output.retries.load(Ordering::Acquire), 4);
+        assert_eq!(requests[4].status, None, "no answer within the timeout");
+        assert_eq!(requests[6].status, Some(400));
+        assert_eq!(output.retries.load(Ordering::Acquire), 5);
         assert_eq!(output.rejected.load(Ordering::Acquire), 1);
         assert_eq!(output.written(), 3);
         let (p50, p99) = output.latency_us();
