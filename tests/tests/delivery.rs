@@ -513,3 +513,59 @@ fn a_million_signals_leave_the_coordinators_memory_flat() {
     assert!(st.success(), "{stderr}");
     assert_nothing_left(&inst);
 }
+
+/// A file sink on a read-only filesystem (a tmpfs remounted read-only in a
+/// private mount namespace, holding one signal line): a start-up error
+/// naming the sink, the file and the cause, before anything starts; the
+/// file keeps what it held. Skipped, saying so, where mount namespaces are
+/// not allowed.
+#[test]
+fn a_file_sink_on_a_read_only_filesystem_is_a_clear_start_up_error() {
+    let probe = Command::new("unshare")
+        .args(["-m", "true"])
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: no mount namespace here (unshare -m failed)");
+        return;
+    }
+    let inst = TestInstance::new("rofs");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().join("ro");
+    std::fs::create_dir(&mnt).expect("mount point");
+    let file = mnt.join("s.jsonl");
+    let held = "{\"trader\":\"a\",\"symbol\":\"X\",\"interval\":\"1m\",\"open_time\":0}\n";
+    let probe = inst.command("shmkline");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs -o size=1m tmpfs \"$1\" && printf '%s' \"$2\" > \"$1/s.jsonl\" \
+             && mount -o remount,ro \"$1\" && d=\"$1\" && shift 2 || exit 99; \
+             \"$@\"; rc=$?; cat \"$d/s.jsonl\"; exit $rc",
+        )
+        .arg("sh")
+        .arg(&mnt)
+        .arg(held)
+        .arg(probe.get_program())
+        .args(["run", "--candles", "20", "--sink"])
+        .arg(format!("file:{}", file.display()));
+    for (k, v) in probe.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd.output().expect("unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "shmkline's error: {stderr}");
+    assert!(
+        stderr.contains(&format!("--sink file:{}", file.display()))
+            && stderr.contains("Read-only file system"),
+        "names the sink and the cause: {stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        held,
+        "the file keeps what it held (and nothing was printed)"
+    );
+    assert_nothing_left(&inst);
+}
