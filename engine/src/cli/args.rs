@@ -230,7 +230,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
         symbols: u64,
         /// Candles per symbol in the throughput runs.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         candles: u64,
         /// Coordinator restarts measured.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000))]
