@@ -771,3 +771,73 @@ fn a_file_sink_over_a_live_session_is_exactly_once_across_sigkills() {
     assert_same_signals(&got, &want, "the file against the backtest");
     inst.assert_clean();
 }
+
+/// A coordinator down longer than its start-up backfill reaches: once every
+/// series is live, its file sink is told which candles' signals are out of
+/// reach (log and `status`, with the count), never a silent drop; a restart
+/// within reach tells nothing.
+#[test]
+fn a_sink_whose_position_is_older_than_the_backfill_is_told_so() {
+    let inst = TestInstance::new("breach");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = traders_file(dir.path());
+    let file = dir.path().join("signals.jsonl");
+    let sink = format!("file:{}", file.display());
+    let mock = MockBinance::start(
+        timeline(&["BTCUSDT"], 2600).expect("timeline"),
+        200,
+        Vec::new(),
+    )
+    .expect("mock");
+    let flags = [
+        "--max-symbols",
+        "2",
+        "--candles-per-series",
+        "1440",
+        "--sink",
+        sink.as_str(),
+    ];
+    let file_sink = |s: &Value| {
+        s["sinks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|k| k["kind"] == "file").cloned())
+            .unwrap_or_default()
+    };
+    let run = |down: usize| {
+        mock.stream(down, 1, Duration::ZERO);
+        let child = live_command(&inst, &mock, "BTCUSDT", &traders, &flags);
+        if down < 1000 {
+            wait_in_sync(&inst, &mock, &child);
+        }
+        // Checked once every series is live (null until then).
+        let s = inst.status_when(WAIT, |s| file_sink(s)["out_of_reach"].is_array());
+        let (_, stderr) = stop(&inst, child);
+        (file_sink(&s), stderr)
+    };
+    let (first, _) = run(0);
+    assert!(first["delivered"].as_u64() > Some(10), "{first}");
+    assert_eq!(first["out_of_reach"], serde_json::json!([]), "{first}");
+    let (within, stderr) = run(50);
+    assert_eq!(within["out_of_reach"], serde_json::json!([]), "{within}");
+    assert!(!stderr.contains("out of the backfill's reach"), "{stderr}");
+    // Down while 1,500 candles close: the backfill brings the last 1,080.
+    let (beyond, stderr) = run(1500);
+    let told = beyond["out_of_reach"].as_array().expect("a list").clone();
+    assert_eq!(told.len(), 1, "{beyond}");
+    let told = told[0].as_str().expect("text");
+    assert!(
+        told.starts_with("1m:") && told.contains("cannot be delivered"),
+        "{told}"
+    );
+    assert!(
+        stderr.contains("out of the backfill's reach"),
+        "logged: {stderr}"
+    );
+    assert!(
+        beyond["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("out of the backfill's reach")),
+        "{beyond}"
+    );
+    inst.assert_clean();
+}

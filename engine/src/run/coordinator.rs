@@ -56,6 +56,9 @@ pub(super) struct Coordinator {
     pub(super) pump: Option<Pump>,
     /// The live feed, written by its own thread.
     pub(super) live: Option<LiveFeed>,
+    /// Whether the durable sinks' positions were checked against what the
+    /// live start's backfill brought (once, when every series is live).
+    reach_checked: bool,
     pub(super) last_heartbeat: Instant,
     pub(super) feed_started: Option<Instant>,
     pub(super) final_publish: Option<u64>,
@@ -150,6 +153,7 @@ impl Coordinator {
             emitter,
             started: Instant::now(),
             shutting_down: None,
+            reach_checked: false,
             draining: None,
             budget: Budget::from_system(),
             events: VecDeque::new(),
@@ -368,6 +372,36 @@ impl Coordinator {
         !catching_up && self.slots.iter().all(|slot| slot.confirmed >= last)
     }
 
+    /// Every series live after a live start: per interval, the oldest
+    /// candle the store holds (the backfill's reach), and each durable sink
+    /// whose position is older told so.
+    fn check_reach(&self) {
+        let Ok(reader) = protocol::store::StoreReader::open(&self.opts.instance) else {
+            return;
+        };
+        let mut reach: std::collections::BTreeMap<protocol::Interval, i64> = Default::default();
+        for (symbol, _) in reader.symbols_with_ids() {
+            for &interval in reader.intervals() {
+                let Ok(series) = reader.series(symbol, interval) else {
+                    continue;
+                };
+                let (Ok(Some(latest)), Ok(appended)) =
+                    (reader.latest(series), reader.appended(series))
+                else {
+                    continue;
+                };
+                let held = appended.min(reader.ring(series) as u64).max(1) as i64;
+                let oldest = latest.candle.open_time - (held - 1) * interval.millis() as i64;
+                // The reach of an interval is its series' furthest: a
+                // symbol listed yesterday holds little, and says nothing
+                // about what the others brought back.
+                let r = reach.entry(interval).or_insert(oldest);
+                *r = (*r).min(oldest);
+            }
+        }
+        self.emitter.check_reach(&reach);
+    }
+
     /// A sink fell behind and has drained its queue: every worker is
     /// replaced, its replacement judging again from `from[slot]` (the
     /// publish the slot had confirmed when the sink fell behind), so the
@@ -548,6 +582,15 @@ pub(super) fn drive(
             match live.health().fatal() {
                 Some(e) => bail!("the live feed cannot start: {e}"),
                 None => bail!("the live feed thread stopped unexpectedly (see the log)"),
+            }
+        }
+        if !coord.reach_checked
+            && let Some(live) = coord.live.as_ref()
+        {
+            let series = live.health().status().series;
+            if series.live > 0 && series.behind == 0 && series.repairing == 0 {
+                coord.reach_checked = true;
+                coord.check_reach();
             }
         }
         if coord.last_heartbeat.elapsed() >= HEARTBEAT {

@@ -118,6 +118,11 @@ struct SinkOut {
     behind: Option<Vec<u64>>,
     /// Times it fell behind and was caught up.
     catch_ups: u64,
+    /// Its position at start: per interval, its newest signal's open time.
+    start_newest: std::collections::BTreeMap<protocol::Interval, i64>,
+    /// What a live start could not bring back to it (see
+    /// [`super::sink::out_of_reach`]); `None` until checked.
+    out_of_reach: Option<Vec<String>>,
 }
 
 /// One sink's share of a frame's signals, built under the lock.
@@ -213,8 +218,11 @@ impl Emitter {
         output: Arc<Output>,
         bound: u64,
     ) {
+        let start_newest = super::sink::newest_per_interval(&dedup);
         self.lock().sinks.push(SinkOut {
             spec,
+            start_newest,
+            out_of_reach: None,
             dedup,
             out: Some(out),
             output,
@@ -260,6 +268,28 @@ impl Emitter {
             inner.accept.iter_mut().for_each(|a| *a = None);
         }
         from
+    }
+
+    /// A live start's backfill brought candles from `reach` (per interval,
+    /// the oldest open time held): each durable sink whose position is
+    /// older is told what it cannot get back. Returns how many were told.
+    pub fn check_reach(
+        &self,
+        reach: &std::collections::BTreeMap<protocol::Interval, i64>,
+    ) -> usize {
+        let mut inner = self.lock();
+        let mut told = 0;
+        for f in &mut inner.sinks {
+            let gaps = super::sink::out_of_reach(&f.start_newest, reach);
+            for gap in &gaps {
+                tracing::warn!(sink = %f.spec, "out of the backfill's reach: {gap}");
+                f.output
+                    .error(format!("out of the backfill's reach: {gap}"));
+            }
+            told += usize::from(!gaps.is_empty());
+            f.out_of_reach = Some(gaps);
+        }
+        told
     }
 
     /// Whether some behind sink delivered something within `d`.
@@ -316,6 +346,7 @@ impl Emitter {
                         "queue_bound": f.bound,
                         "is_behind": f.behind.is_some(),
                         "catch_ups": f.catch_ups,
+                        "out_of_reach": f.out_of_reach,
                     }),
                     f.output.status(),
                 )

@@ -22,6 +22,7 @@ pub mod stand_in;
 pub mod stdout;
 pub mod webhook;
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -365,9 +366,76 @@ impl Output {
     }
 }
 
+/// Per interval, the open time of the newest signal in `marks`: a sink's
+/// position at start.
+pub fn newest_per_interval(marks: &super::dedup::Dedup) -> BTreeMap<Interval, i64> {
+    let mut newest = BTreeMap::new();
+    for (_, _, interval, open_time) in marks.entries() {
+        let n = newest.entry(interval).or_insert(open_time);
+        *n = (*n).max(open_time);
+    }
+    newest
+}
+
+/// What a restarted live run cannot bring back to a durable sink: per
+/// interval, if the newest signal the sink had confirmed (`newest`) is
+/// older than the oldest candle the start-up backfill brought into the
+/// store (`reach`, open time ms), signals of the candles between, if any,
+/// are out of reach. Said once the feed is live (log and `status`), never
+/// a silent drop.
+pub fn out_of_reach(
+    newest: &BTreeMap<Interval, i64>,
+    reach: &BTreeMap<Interval, i64>,
+) -> Vec<String> {
+    newest
+        .iter()
+        .filter_map(|(interval, last)| {
+            let from = *reach.get(interval)?;
+            let next = last + interval.millis() as i64;
+            (next < from).then(|| {
+                format!(
+                    "{interval}: its last confirmed signal is of the candle opened at {last} ms \
+                     and the store holds candles from {from} ms: signals of the {} candles \
+                     between, if any, cannot be delivered",
+                    (from - next) / interval.millis() as i64
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_older_than_the_backfill_is_named_per_interval() {
+        let mut marks = super::super::dedup::Dedup::default();
+        let key = |trader: &str, interval, open_time| Key {
+            trader: trader.into(),
+            symbol: "X".into(),
+            interval,
+            open_time,
+        };
+        marks.first(&key("a", Interval::M1, 60_000).as_signal());
+        marks.first(&key("b", Interval::M1, 600_000).as_signal());
+        marks.first(&key("a", Interval::H1, 3_600_000).as_signal());
+        let newest = newest_per_interval(&marks);
+        assert_eq!(newest.get(&Interval::M1), Some(&600_000));
+        let reach = [(Interval::M1, 660_000), (Interval::H1, 0)].into();
+        assert!(
+            out_of_reach(&newest, &reach).is_empty(),
+            "the next candle is in reach"
+        );
+        let reach = [(Interval::M1, 900_000), (Interval::H1, 0)].into();
+        let gaps = out_of_reach(&newest, &reach);
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert!(
+            gaps[0].starts_with("1m:") && gaps[0].contains("the 4 candles between"),
+            "{gaps:?}"
+        );
+        assert!(out_of_reach(&BTreeMap::new(), &reach).is_empty());
+    }
 
     #[test]
     fn specs_parse_or_say_what_a_sink_is() {
