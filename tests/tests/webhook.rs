@@ -429,6 +429,26 @@ fn a_malformed_sink_is_refused_naming_it() {
             "{stderr}"
         );
     }
+    let out = inst.shmkline(&[
+        "run",
+        "--candles",
+        "5",
+        "--sink",
+        "stdout",
+        "--sink",
+        "stdout",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--sink stdout is given twice"), "{stderr}");
+    // A queue smaller than a frame could carry is refused, naming its range.
+    let out = inst.shmkline(&["run", "--candles", "5", "--sink-queue", "9999"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--sink-queue") && stderr.contains("10000..=10000000"),
+        "{stderr}"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let out = inst.shmkline(&[
         "run",

@@ -357,7 +357,7 @@ pub struct RunArgs {
     /// Milliseconds a file or webhook sink gets at shutdown to deliver what
     /// is queued (a webhook keeps retrying until then); what is left is
     /// counted, the run exits in error, and the next start re-sends it.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub drain_timeout: u64,
     /// Milliseconds a webhook request may take (connect, send, answer)
     /// before it is given up and retried.

@@ -60,7 +60,17 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
         drain_timeout: Duration::from_millis(args.drain_timeout),
         webhook_timeout: Duration::from_millis(args.webhook_timeout),
         state,
-        sinks: if args.sinks.is_empty() {
+        sinks: if let Some(twice) = args
+            .sinks
+            .iter()
+            .enumerate()
+            .find(|(k, spec)| args.sinks[..*k].contains(spec))
+        {
+            anyhow::bail!(
+                "--sink {} is given twice: each sink once (two would share one position)",
+                twice.1
+            );
+        } else if args.sinks.is_empty() {
             vec![crate::run::sink::SinkSpec::Stdout]
         } else {
             args.sinks

@@ -59,6 +59,8 @@ pub(super) struct Coordinator {
     /// Whether the durable sinks' positions were checked against what the
     /// live start's backfill brought (once, when every series is live).
     reach_checked: bool,
+    /// A catch-up under way: done once every slot has confirmed this publish.
+    catching_up_to: Option<u64>,
     pub(super) last_heartbeat: Instant,
     pub(super) feed_started: Option<Instant>,
     pub(super) final_publish: Option<u64>,
@@ -154,6 +156,7 @@ impl Coordinator {
             started: Instant::now(),
             shutting_down: None,
             reach_checked: false,
+            catching_up_to: None,
             draining: None,
             budget: Budget::from_system(),
             events: VecDeque::new(),
@@ -409,6 +412,7 @@ impl Coordinator {
     /// as repeats. Candles that left the ring since are a gap, reported as
     /// any other.
     pub(super) fn catch_up(&mut self, from: &[u64]) {
+        self.catching_up_to = Some(self.inst.store.lock().stats().publishes);
         for s in 0..self.slots.len() {
             let point = from.get(s).copied().unwrap_or(0);
             let slot = &mut self.slots[s];
@@ -603,6 +607,16 @@ pub(super) fn drive(
             && let Some(from) = coord.emitter.take_catch_up()
         {
             coord.catch_up(&from);
+        }
+        if let Some(target) = coord.catching_up_to
+            && coord.slots.iter().all(|slot| slot.confirmed >= target)
+        {
+            coord.catching_up_to = None;
+            coord.emitter.caught_up();
+            tracing::info!(
+                publish = target,
+                "the catch-up is done: every worker judged again up to where the run was"
+            );
         }
         // A stdout that does not keep up stops the reader threads from
         // reading the workers' answers: no deadline means anything then.

@@ -10,8 +10,9 @@
 //! replacement re-judges from the slot's confirmed publish, which covers
 //! only signals already sent, so everything it sends again is at or below
 //! what was printed and everything new is above. Memory is fixed: one entry
-//! per series a trader has fired on, dropped with the trader (at most the
-//! traders held x the store's series), whatever the number of signals.
+//! per series a trader has fired on (at most the traders x the store's
+//! series), whatever the number of signals; stdout's are dropped with the
+//! trader, a durable sink's are kept (its file or state file holds them).
 
 use std::collections::HashMap;
 

@@ -118,12 +118,23 @@ struct SinkOut {
     behind: Option<Vec<u64>>,
     /// Times it fell behind and was caught up.
     catch_ups: u64,
+    /// Caught up: the workers judge again what it missed, and it takes it.
+    /// Until they have (the coordinator says so), it counts as behind.
+    catching: bool,
+    /// Traders removed (or quarantined) while it was behind or catching up:
+    /// what they would have given it since it fell behind cannot be
+    /// judged again.
+    lost_traders: Vec<String>,
     /// Its position at start: per interval, its newest signal's open time.
     start_newest: std::collections::BTreeMap<protocol::Interval, i64>,
     /// What a live start could not bring back to it (see
     /// [`super::sink::out_of_reach`]); `None` until checked.
     out_of_reach: Option<Vec<String>>,
 }
+
+/// A durable sink at the end: spec, signals handed, their fate, behind or
+/// catching up, traders removed while it was.
+pub type SinkDelivery = (String, u64, Arc<Output>, bool, Vec<String>);
 
 /// One sink's share of a frame's signals, built under the lock.
 #[derive(Debug, Default, Clone)]
@@ -230,6 +241,8 @@ impl Emitter {
             bound,
             behind: None,
             catch_ups: 0,
+            catching: false,
+            lost_traders: Vec::new(),
         });
     }
 
@@ -257,6 +270,7 @@ impl Emitter {
                 continue;
             };
             f.catch_ups += 1;
+            f.catching = true;
             tracing::warn!(sink = %f.spec, behind = f.output.behind(),
                 "a sink that fell behind has drained its queue: the workers judge again from its behind point");
             from = Some(match from {
@@ -297,13 +311,23 @@ impl Emitter {
         self.lock()
             .sinks
             .iter()
-            .filter(|f| f.behind.is_some())
+            .filter(|f| f.behind.is_some() || f.catching)
             .any(|f| f.output.last_moved().elapsed() < d)
     }
 
-    /// Whether a sink is behind now.
+    /// Whether a sink is behind now, or catching up.
     pub fn any_behind(&self) -> bool {
-        self.lock().sinks.iter().any(|f| f.behind.is_some())
+        self.lock()
+            .sinks
+            .iter()
+            .any(|f| f.behind.is_some() || f.catching)
+    }
+
+    /// The workers have judged again everything a catch-up was for.
+    pub fn caught_up(&self) {
+        for f in &mut self.lock().sinks {
+            f.catching = false;
+        }
     }
 
     /// Each sink as `status` shows it: what it was handed this run, what
@@ -344,8 +368,10 @@ impl Emitter {
                         "emitted": f.emitted,
                         "series": f.dedup.len(),
                         "queue_bound": f.bound,
-                        "is_behind": f.behind.is_some(),
+                        "is_behind": f.behind.is_some() || f.catching,
+                        "catching_up": f.catching,
                         "catch_ups": f.catch_ups,
+                        "lost_traders": f.lost_traders,
                         "out_of_reach": f.out_of_reach,
                     }),
                     f.output.status(),
@@ -355,14 +381,22 @@ impl Emitter {
     }
 
     /// Per durable sink: its spec, signals handed to it this run, what
-    /// became of them, and whether it is behind now.
-    pub fn sink_delivery(&self) -> Vec<(String, u64, Arc<Output>, bool)> {
+    /// became of them, whether it is behind (or catching up) now, and the
+    /// traders removed while it was.
+    pub fn sink_delivery(&self) -> Vec<SinkDelivery> {
         self.lock()
             .sinks
             .iter()
             .map(|f| {
                 let spec = f.spec.to_string();
-                (spec, f.emitted, f.output.clone(), f.behind.is_some())
+                let behind = f.behind.is_some() || f.catching;
+                (
+                    spec,
+                    f.emitted,
+                    f.output.clone(),
+                    behind,
+                    f.lost_traders.clone(),
+                )
             })
             .collect()
     }
@@ -397,9 +431,32 @@ impl Emitter {
     /// (a trader removed a moment ago may still have signals in flight).
     pub fn holds<'a>(&self, s: usize, ids: impl Iterator<Item = &'a str>) {
         let mut inner = self.lock();
+        let watch = inner.sinks.iter().any(|f| f.behind.is_some() || f.catching);
+        let before = match inner.traders.get(s) {
+            Some(t) if watch => t.clone(),
+            _ => HashSet::new(),
+        };
         if let Some(t) = inner.traders.get_mut(s) {
             t.clear();
             t.extend(ids.map(str::to_owned));
+        }
+        let Inner { traders, sinks, .. } = &mut *inner;
+        for gone in before
+            .iter()
+            .filter(|id| !traders.iter().any(|t| t.contains(*id)))
+        {
+            for f in sinks
+                .iter_mut()
+                .filter(|f| f.behind.is_some() || f.catching)
+            {
+                tracing::error!(sink = %f.spec, trader = %gone,
+                    "a trader left while this sink was behind: its signals since then cannot be judged again for it");
+                f.output
+                    .error(format!("trader {gone} left while this sink was behind"));
+                if f.lost_traders.len() < 100 {
+                    f.lost_traders.push(gone.clone());
+                }
+            }
         }
         // A trader no slot holds any more takes its stdout watermarks with
         // it. Not the file sinks': theirs come from the file at start, before
@@ -436,7 +493,13 @@ impl Emitter {
             // A sink whose queue cannot take this frame falls behind before
             // any of it is marked, so its watermarks stay what it was handed.
             for f in &mut inner.sinks {
-                if f.behind.is_none() && f.output.queued() + signals.len() as u64 > f.bound {
+                if f.behind.is_some() {
+                    continue;
+                }
+                // Only what it would be handed (repeats of a replay it
+                // already holds take no room).
+                let new = signals.iter().filter(|x| f.dedup.is_new(x)).count() as u64;
+                if f.output.queued() + new > f.bound {
                     fall_behind(f, inner.confirmed.clone());
                 }
             }
@@ -780,7 +843,10 @@ mod tests {
         // Drained: caught up from the publish slot 0 had confirmed then.
         slow.count(2, true);
         assert_eq!(e.take_catch_up(), Some(vec![7]));
-        assert!(!e.any_behind());
+        assert!(
+            e.any_behind(),
+            "catching up until the workers have judged again"
+        );
         e.signal(0, 1, &signal("a", 300_000));
         assert_eq!(slow.queued(), 0, "the old incarnation no longer counts");
         // Its replacement judges again from there: the slow sink takes what
@@ -795,6 +861,15 @@ mod tests {
         assert_eq!(lines(&ok_rx).lines().count(), 1, "only the new one");
         assert_eq!(rx.try_iter().map(|b| b.lines).sum::<u64>(), 1);
         assert_eq!(e.sinks_status()[1]["catch_ups"], 1);
+        assert_eq!(e.sinks_status()[1]["catching_up"], true);
+        // A trader leaving while a sink catches up is named for it.
+        e.holds(0, std::iter::empty());
+        assert_eq!(
+            e.sinks_status()[1]["lost_traders"],
+            serde_json::json!(["a"])
+        );
+        assert_eq!(e.sinks_status()[2]["lost_traders"], serde_json::json!([]));
+        e.caught_up();
         assert!(!e.any_behind());
     }
 }

@@ -64,7 +64,11 @@ pub use options::{MAX_RATE, RunOptions};
 enum Durable {
     File(sink::FileSink),
     /// The spec, the sink, and what its receiver has confirmed.
-    Webhook(sink::SinkSpec, sink::webhook::WebhookSink, dedup::Dedup),
+    Webhook(
+        sink::SinkSpec,
+        Box<sink::webhook::WebhookSink>,
+        dedup::Dedup,
+    ),
 }
 
 /// Batches of signal lines waiting for the output thread, at most. A batch
@@ -146,13 +150,13 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                     "webhook sink: sending what it has not confirmed yet");
                 durable.push(Durable::Webhook(
                     spec.clone(),
-                    sink::webhook::WebhookSink::new(
+                    Box::new(sink::webhook::WebhookSink::new(
                         url,
                         *batch,
                         opts.webhook_timeout,
                         confirmed.clone(),
                         marks,
-                    ),
+                    )),
                     confirmed,
                 ));
             }
@@ -259,7 +263,13 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
 /// asked to do was not done, else its summary.
 fn outcome(coord: &Coordinator, output: &sink::Output) -> Result<RunSummary> {
     let mut failed = Vec::new();
-    for (spec, emitted, out, behind) in coord.emitter.sink_delivery() {
+    for (spec, emitted, out, behind, lost_traders) in coord.emitter.sink_delivery() {
+        if !lost_traders.is_empty() {
+            failed.push(format!(
+                "{spec}: traders removed while it was behind, whose signals since then it cannot get: {}",
+                lost_traders.join(", ")
+            ));
+        }
         let rejected = out.rejected.load(std::sync::atomic::Ordering::Acquire);
         let undelivered = emitted.saturating_sub(out.written() + rejected);
         if undelivered > 0 {

@@ -200,8 +200,8 @@ pub struct Output {
     pub rejected: AtomicU64,
     /// Requests made again (connection errors, timeouts, 429, 5xx).
     pub retries: AtomicU64,
-    /// Signals not handed to this sink because its queue was full (or was
-    /// before, this run): they are delivered from its position at the next start.
+    /// Signals not handed to this sink while it was behind (a catch-up
+    /// hands them later; counted again if a frame repeats them).
     behind: AtomicU64,
     /// When the output last moved (a batch delivered or failed), ms after `started`.
     moved_ms: AtomicU64,

@@ -12,6 +12,7 @@
 //! [`SAVE_EVERY`] and when the thread ends; a restart re-sends what was
 //! confirmed after the last save, under the same key.
 
+use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -89,6 +90,8 @@ pub struct WebhookSink {
     /// What the receiver has confirmed (or finally refused).
     confirmed: Dedup,
     marks: MarksFile,
+    /// When the confirmed watermarks were last saved, and whether they moved since.
+    saved: (Instant, bool),
     /// xorshift state for the jitter.
     rng: u64,
 }
@@ -116,6 +119,7 @@ impl WebhookSink {
             agent,
             confirmed,
             marks,
+            saved: (Instant::now(), false),
             rng: u64::from(std::process::id()) << 32 | protocol::clock::now_ms() as u64 | 1,
         }
     }
@@ -129,26 +133,29 @@ impl WebhookSink {
         std::thread::Builder::new()
             .name("webhook-sink".into())
             .spawn(move || {
-                let mut saved = Instant::now();
-                let mut dirty = false;
                 loop {
                     match batches.recv_timeout(SAVE_EVERY) {
-                        Ok(batch) => dirty |= self.deliver(&batch, &output),
-                        Err(RecvTimeoutError::Timeout) => {}
+                        Ok(batch) => self.deliver(&batch, &output),
+                        Err(RecvTimeoutError::Timeout) => self.save_due(&output),
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    if dirty && saved.elapsed() >= SAVE_EVERY {
-                        self.save(&output);
-                        (saved, dirty) = (Instant::now(), false);
-                    }
                 }
-                if dirty {
+                if self.saved.1 {
                     self.save(&output);
                 }
             })
     }
 
-    fn save(&self, output: &Output) {
+    /// Saves the watermarks if they moved and [`SAVE_EVERY`] has passed
+    /// (also between the requests of a long batch).
+    fn save_due(&mut self, output: &Output) {
+        if self.saved.1 && self.saved.0.elapsed() >= SAVE_EVERY {
+            self.save(output);
+        }
+    }
+
+    fn save(&mut self, output: &Output) {
+        self.saved = (Instant::now(), false);
         if let Err(e) = self.marks.save(&self.confirmed) {
             tracing::error!(url = %self.url, error = %e,
                 "the webhook sink's position cannot be saved: a restart re-sends from the last save");
@@ -156,8 +163,8 @@ impl WebhookSink {
         }
     }
 
-    /// Delivers one batch; true if the confirmed position moved.
-    fn deliver(&mut self, batch: &Batch, output: &Output) -> bool {
+    /// Delivers one batch, saving the position as it goes.
+    fn deliver(&mut self, batch: &Batch, output: &Output) {
         let mut lines = Vec::new();
         for line in batch.text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             match serde_json::from_slice::<Key>(line) {
@@ -170,7 +177,6 @@ impl WebhookSink {
             }
         }
         let chunk = if self.batch { MAX_BATCH_SIGNALS } else { 1 };
-        let mut moved = false;
         for part in lines.chunks(chunk) {
             let (body, key) = if self.batch {
                 let mut body = Vec::with_capacity(part.iter().map(|(_, l)| l.len() + 1).sum());
@@ -209,9 +215,9 @@ impl WebhookSink {
                 self.confirmed.first(&key.as_signal());
                 output.confirmed(key.open_time);
             }
-            moved = true;
+            self.saved.1 = true;
+            self.save_due(output);
         }
-        moved
     }
 
     /// Posts `body` until it is delivered or finally refused; `None` once
@@ -238,11 +244,14 @@ impl WebhookSink {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
                     classify(status, retry_after.as_deref(), || {
-                        resp.body_mut()
-                            .with_config()
-                            .limit(BODY_EXCERPT)
-                            .read_to_string()
-                            .unwrap_or_default()
+                        // The start of it, however long it is.
+                        let mut start = Vec::new();
+                        let _ = resp
+                            .body_mut()
+                            .as_reader()
+                            .take(BODY_EXCERPT)
+                            .read_to_end(&mut start);
+                        String::from_utf8_lossy(&start).into_owned()
                     })
                 }
                 Err(e) => Answer::Retry(None, e.to_string()),
