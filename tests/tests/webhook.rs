@@ -465,3 +465,68 @@ fn a_malformed_sink_is_refused_naming_it() {
     );
     assert_nothing_left(&inst);
 }
+
+/// `webhook:https://...` against a receiver with a private CA: with
+/// `--webhook-ca-file` every signal arrives once per key; without it the
+/// server's certificate is not trusted, every request fails and is retried
+/// until the drain time, and `status` and the exit say why.
+#[test]
+fn an_https_webhook_trusts_the_ca_it_is_given_and_only_that() {
+    let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
+    let identity = engine::feed::mock::tls_config(&tls.join("server.pem"), &tls.join("server.key"))
+        .expect("identity");
+    let hook = Receiver::start_tls(identity).expect("receiver");
+    assert!(hook.base.starts_with("https://"));
+    let inst = TestInstance::new("tlshook");
+    let sink = format!("webhook:{}/in", hook.base);
+    let base = ["run", "--candles", "150", "--rate", "5000", "--sink", &sink];
+    let want = inst.backtest_signals(&["--candles", "150"]);
+    assert!(want.len() > 20, "{}", want.len());
+
+    let out = inst
+        .command("shmkline")
+        .args(base)
+        .args(["--drain-timeout", "1000"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("not confirmed") && stderr.to_lowercase().contains("certificate"),
+        "untrusted: {stderr}"
+    );
+    assert!(hook.requests().is_empty(), "no request got through TLS");
+
+    let ca = tls.join("ca.pem");
+    let out = inst
+        .command("shmkline")
+        .args(base)
+        .arg("--webhook-ca-file")
+        .arg(&ca)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (got, again) = by_key(&hook);
+    assert!(got == want, "every signal over https");
+    assert_eq!(again, 0);
+    assert_keys_match_bodies(&hook);
+
+    let out = inst.shmkline(&[
+        "run",
+        "--candles",
+        "5",
+        "--webhook-ca-file",
+        "/nonexistent.pem",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--webhook-ca-file /nonexistent.pem"),
+        "{stderr}"
+    );
+    assert_nothing_left(&inst);
+}

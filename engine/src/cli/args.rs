@@ -363,6 +363,10 @@ pub struct RunArgs {
     /// before it is given up and retried.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub webhook_timeout: u64,
+    /// Webhooks over https trust exactly the CA certificates in this PEM
+    /// file instead of the built-in webpki roots (a private CA, a test server).
+    #[arg(long, value_name = "PEM")]
+    pub webhook_ca_file: Option<std::path::PathBuf>,
     /// Where this instance keeps what survives a restart (the trader set,
     /// with every `traders add` and `remove`). Default:
     /// `$XDG_STATE_HOME/shmkline/<instance>`, else

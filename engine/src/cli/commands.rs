@@ -59,6 +59,7 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
         sink_queue: args.sink_queue,
         drain_timeout: Duration::from_millis(args.drain_timeout),
         webhook_timeout: Duration::from_millis(args.webhook_timeout),
+        webhook_ca_file: args.webhook_ca_file,
         state,
         sinks: if let Some(twice) = args
             .sinks

@@ -133,6 +133,10 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     }
     // The sinks first: a file that cannot be ours, or a position that does
     // not parse, stops the run before anything starts.
+    let hook_tls = match &opts.webhook_ca_file {
+        Some(pem) => crate::feed::live::trust_only_named(pem, "--webhook-ca-file")?.1,
+        None => ureq::tls::TlsConfig::default(),
+    };
     let mut durable = Vec::new();
     for spec in &opts.sinks {
         match spec {
@@ -154,6 +158,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                         url,
                         *batch,
                         opts.webhook_timeout,
+                        hook_tls.clone(),
                         confirmed.clone(),
                         marks,
                     )),

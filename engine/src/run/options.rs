@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// A webhook request's whole time before it is given up and retried (`--webhook-timeout`).
     pub webhook_timeout: Duration,
+    /// Webhooks over https trust exactly these CA certificates (`--webhook-ca-file`).
+    pub webhook_ca_file: Option<std::path::PathBuf>,
     /// PING interval.
     pub ping_interval: Duration,
     /// A PING unanswered for this long means the worker hangs. A stop is

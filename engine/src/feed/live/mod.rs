@@ -205,22 +205,28 @@ impl Drop for LiveFeed {
 fn trust_only(
     path: &std::path::Path,
 ) -> Result<(Option<Arc<rustls::ClientConfig>>, ureq::tls::TlsConfig)> {
+    trust_only_named(path, "--ca-file")
+}
+
+/// [`trust_only`], its errors naming `flag`; the HTTP half also serves the
+/// webhook sinks (`--webhook-ca-file`).
+pub fn trust_only_named(
+    path: &std::path::Path,
+    flag: &str,
+) -> Result<(Option<Arc<rustls::ClientConfig>>, ureq::tls::TlsConfig)> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let pem = std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?;
+    let pem = std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("--ca-file {}: not PEM certificates", path.display()))?;
+        .with_context(|| format!("{flag} {}: not PEM certificates", path.display()))?;
     if certs.is_empty() {
-        bail!("--ca-file {}: no certificate in it", path.display());
+        bail!("{flag} {}: no certificate in it", path.display());
     }
     let mut roots = rustls::RootCertStore::empty();
     for cert in &certs {
         roots.add(cert.clone()).with_context(|| {
-            format!(
-                "--ca-file {}: a certificate rustls cannot use",
-                path.display()
-            )
+            format!("{flag} {}: a certificate rustls cannot use", path.display())
         })?;
     }
     let ws = rustls::ClientConfig::builder()

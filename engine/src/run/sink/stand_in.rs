@@ -1,7 +1,8 @@
 //! A loopback webhook receiver for the tests and `bench sinks`: it records
 //! every request (its `Idempotency-Key` and body) and answers from a script
-//! (statuses, `Retry-After`, dropped connections, an outage), else 200. It
-//! binds 127.0.0.1 only and stops (its threads joined) on drop.
+//! (statuses, `Retry-After`, dropped connections, an outage), else 200,
+//! over HTTP or HTTPS. It binds 127.0.0.1 only and stops (its threads
+//! joined) on drop.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -47,6 +48,8 @@ pub struct Request {
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
+    /// Serve HTTPS with this identity.
+    tls: Option<Arc<rustls::ServerConfig>>,
     script: Mutex<VecDeque<Reply>>,
     /// While set, every request is answered this (an outage).
     outage: Mutex<Option<Reply>>,
@@ -69,10 +72,24 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on a free loopback port.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts an HTTPS receiver with this identity (see
+    /// [`crate::feed::mock::tls_config`]).
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> Result<Self> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the webhook stand-in")?;
         listener.set_nonblocking(true)?;
-        let base = format!("http://{}", listener.local_addr()?);
-        let shared = Arc::new(Shared::default());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", listener.local_addr()?);
+        let shared = Arc::new(Shared {
+            tls,
+            ..Shared::default()
+        });
         let s = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
             .name("hook-accept".into())
@@ -171,8 +188,25 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
+/// One connection, in the clear or under TLS, until it closes.
+fn session(stream: TcpStream, shared: &Shared) {
+    let Ok(tcp) = stream.try_clone() else { return };
+    match &shared.tls {
+        None => serve(stream, shared),
+        Some(cfg) => {
+            if let Ok(conn) = rustls::ServerConnection::new(Arc::clone(cfg)) {
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                serve(&mut tls, shared);
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        }
+    }
+    let _ = tcp.shutdown(Shutdown::Both);
+}
+
 /// Requests one after another on one connection until it closes.
-fn session(mut stream: TcpStream, shared: &Shared) {
+fn serve(mut stream: impl Read + Write, shared: &Shared) {
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = [0u8; 16 << 10];
     while !shared.stop.load(Ordering::Acquire) {
@@ -202,7 +236,6 @@ fn session(mut stream: TcpStream, shared: &Shared) {
             Err(_) => break,
         }
     }
-    let _ = stream.shutdown(Shutdown::Both);
 }
 
 /// The head's length (through the blank line) and the body's
@@ -220,7 +253,7 @@ fn request_bounds(pending: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// Answers one request; false if the connection is to close.
-fn answer(stream: &mut TcpStream, head: &str, body: String, shared: &Shared) -> bool {
+fn answer(stream: &mut impl Write, head: &str, body: String, shared: &Shared) -> bool {
     let key = head
         .lines()
         .filter_map(|l| l.split_once(':'))

@@ -98,16 +98,18 @@ pub struct WebhookSink {
 
 impl WebhookSink {
     /// A sink posting to `url` (arrays if `batch`), each request given up
-    /// (and retried) after `timeout`, whose receiver has confirmed
-    /// `confirmed`, saved in `marks`.
+    /// (and retried) after `timeout`, trusting `tls`'s roots for https,
+    /// whose receiver has confirmed `confirmed`, saved in `marks`.
     pub fn new(
         url: &str,
         batch: bool,
         timeout: Duration,
+        tls: ureq::tls::TlsConfig,
         confirmed: Dedup,
         marks: MarksFile,
     ) -> Self {
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
@@ -377,6 +379,7 @@ mod tests {
             url,
             batch,
             Duration::from_millis(300),
+            ureq::tls::TlsConfig::default(),
             marks.load().expect("marks"),
             marks.clone(),
         );
