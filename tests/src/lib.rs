@@ -361,6 +361,20 @@ impl TestInstance {
     }
 }
 
+/// Writes `n` traders that fire on every 1m candle of every symbol
+/// (`close > 0`), ids `<prefix>000`..., into `dir/traders.json`.
+pub fn firing_traders(dir: &Path, n: usize, prefix: &str) -> PathBuf {
+    let set: Vec<serde_json::Value> = (0..n)
+        .map(|k| {
+            serde_json::json!({"id": format!("{prefix}{k:03}"), "symbols": "*", "interval": "1m",
+                "rule": "close > 0"})
+        })
+        .collect();
+    let path = dir.join("traders.json");
+    std::fs::write(&path, serde_json::Value::Array(set).to_string()).expect("write traders");
+    path
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -447,14 +447,7 @@ fn a_million_signals_leave_the_coordinators_memory_flat() {
     use std::io::{BufRead, BufReader, Read};
     let inst = TestInstance::new("million");
     let dir = tempfile::tempdir().expect("tempdir");
-    let traders = dir.path().join("traders.json");
-    let set: Vec<serde_json::Value> = (0..100)
-        .map(|k| {
-            serde_json::json!({"id": format!("m{k:03}"), "symbols": "*", "interval": "1m",
-                "rule": "close > 0"})
-        })
-        .collect();
-    std::fs::write(&traders, serde_json::Value::Array(set).to_string()).expect("traders");
+    let traders = harness::firing_traders(dir.path(), 100, "m");
     let file = dir.path().join("signals.jsonl");
     let sink = format!("file:{}", file.display());
     let mut cmd = inst.command("shmkline");

@@ -164,15 +164,9 @@ fn a_slow_webhook_falls_behind_alone_and_is_caught_up_in_the_run() {
     let hook = Receiver::start().expect("receiver");
     hook.delay(Duration::from_millis(30));
     let dir = tempfile::tempdir().expect("tempdir");
-    let traders = dir.path().join("traders.json");
-    let set: Vec<serde_json::Value> = (0..40)
-        .map(|k| {
-            serde_json::json!({"id": format!("s{k:02}"), "symbols": "*", "interval": "1m",
-                "rule": "close > 0"})
-        })
-        .collect();
-    std::fs::write(&traders, serde_json::Value::Array(set).to_string()).expect("traders");
-    let traders = traders.display().to_string();
+    let traders = harness::firing_traders(dir.path(), 40, "s")
+        .display()
+        .to_string();
     let sink = format!("webhook:{}/in", hook.base);
     let feed = [
         "--traders",
