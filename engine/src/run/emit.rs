@@ -57,13 +57,10 @@ fn offer(f: &mut SinkOut, share: Share, published: Option<Instant>) {
         published,
     };
     let sent = f.out.as_ref().is_some_and(|out| out.send(batch).is_ok());
-    if sent {
-        f.emitted += share.lines;
-        f.output.handed(share.lines, share.newest);
-    } else {
+    f.emitted += share.lines;
+    f.output.handed(share.lines, share.newest);
+    if !sent {
         // Closed at teardown, or its thread is gone: not delivered.
-        f.emitted += share.lines;
-        f.output.handed(share.lines, share.newest);
         f.output.count(share.lines, false);
     }
 }
@@ -496,10 +493,14 @@ impl Emitter {
                 if f.behind.is_some() {
                     continue;
                 }
-                // Only what it would be handed (repeats of a replay it
-                // already holds take no room).
-                let new = signals.iter().filter(|x| f.dedup.is_new(x)).count() as u64;
-                if f.output.queued() + new > f.bound {
+                // Only what it would be handed counts (repeats of a replay it
+                // already holds take no room); the exact count costs a
+                // lookup per signal, so it is made only near the bound.
+                let queued = f.output.queued();
+                if queued + signals.len() as u64 > f.bound
+                    && queued + signals.iter().filter(|x| f.dedup.is_new(x)).count() as u64
+                        > f.bound
+                {
                     fall_behind(f, inner.confirmed.clone());
                 }
             }

@@ -63,15 +63,13 @@ impl MarksFile {
         }
         let mut dedup = Dedup::default();
         for (trader, symbol, interval, open_time) in saved.marks {
-            dedup.first(&protocol::message::Signal {
+            let key = super::Key {
                 trader,
                 symbol,
                 interval,
                 open_time,
-                close: 0.0,
-                labels: Default::default(),
-                values: Default::default(),
-            });
+            };
+            dedup.first(&key.as_signal());
         }
         dedup.duplicates = 0;
         Ok(dedup)
