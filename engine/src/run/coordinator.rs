@@ -590,12 +590,10 @@ pub(super) fn drive(
         }
         if !coord.reach_checked
             && let Some(live) = coord.live.as_ref()
+            && live.health().all_live()
         {
-            let series = live.health().status().series;
-            if series.live > 0 && series.behind == 0 && series.repairing == 0 {
-                coord.reach_checked = true;
-                coord.check_reach();
-            }
+            coord.reach_checked = true;
+            coord.check_reach();
         }
         if coord.last_heartbeat.elapsed() >= HEARTBEAT {
             coord.last_heartbeat = Instant::now();

@@ -190,6 +190,14 @@ pub struct LiveStatus {
 }
 
 impl LiveHealth {
+    /// Whether every series is live: none behind, none being repaired.
+    /// Cheap (one lock, no copy), for the coordinator's loop; `status`
+    /// sorts latency samples and is for the control socket only.
+    pub fn all_live(&self) -> bool {
+        let series = lock(&self.series);
+        series.live > 0 && series.behind == 0 && series.repairing == 0
+    }
+
     /// A snapshot for `status`.
     pub fn status(&self) -> LiveStatus {
         let last = self.last_message_ms.load(Ordering::Relaxed);
