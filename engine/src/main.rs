@@ -12,7 +12,7 @@ use engine::cli::{bench_instance, client, commands, instance_or_default};
 fn run(cli: Cli) -> Result<()> {
     let instance = cli.instance;
     match cli.command {
-        Command::Run(args) => commands::run(instance_or_default(instance)?, args),
+        Command::Run(args) => commands::run(instance_or_default(instance)?, *args),
         Command::Backtest(args) => commands::backtest(args),
         Command::Chaos(args) => commands::chaos(instance, args),
         Command::Traders(cmd) => client::traders(&instance_or_default(instance)?, cmd),

@@ -12,6 +12,16 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use protocol::InstanceName;
 
+pub mod nats;
+
+/// A loopback port free now (for a server a test starts next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// Path of a workspace binary (`shmkline`, `shmkline-worker`), built next to
 /// the test executable by `cargo test --workspace`.
 pub fn bin(name: &str) -> PathBuf {
@@ -318,6 +328,18 @@ pub fn normalized_signals(stdout: &[u8]) -> Vec<String> {
         .collect();
     lines.sort();
     lines
+}
+
+/// A signal's key, `trader|symbol|interval|open_time`, from its JSON line
+/// (a webhook's `Idempotency-Key`, a NATS `Nats-Msg-Id`).
+pub fn signal_key(v: &serde_json::Value) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        v["trader"].as_str().expect("trader"),
+        v["symbol"].as_str().expect("symbol"),
+        v["interval"].as_str().expect("interval"),
+        v["open_time"]
+    )
 }
 
 /// Pids of live (not zombie) processes whose command line mentions `needle`.

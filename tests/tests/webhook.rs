@@ -25,13 +25,7 @@ fn by_key(hook: &Receiver) -> (Vec<String>, usize) {
     let mut again = 0;
     for line in hook.accepted_lines() {
         let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON signal");
-        let key = format!(
-            "{}|{}|{}|{}",
-            v["trader"].as_str().expect("trader"),
-            v["symbol"].as_str().expect("symbol"),
-            v["interval"].as_str().expect("interval"),
-            v["open_time"]
-        );
+        let key = harness::signal_key(&v);
         again += usize::from(seen.insert(key, line).is_some());
     }
     let text: String = seen.into_values().map(|l| l + "\n").collect();
@@ -42,13 +36,7 @@ fn by_key(hook: &Receiver) -> (Vec<String>, usize) {
 fn assert_keys_match_bodies(hook: &Receiver) {
     for r in hook.requests() {
         let v: serde_json::Value = serde_json::from_str(&r.body).expect("a JSON signal");
-        let want = format!(
-            "{}|{}|{}|{}",
-            v["trader"].as_str().expect("trader"),
-            v["symbol"].as_str().expect("symbol"),
-            v["interval"].as_str().expect("interval"),
-            v["open_time"]
-        );
+        let want = harness::signal_key(&v);
         assert_eq!(r.key.as_deref(), Some(want.as_str()));
     }
 }

@@ -27,7 +27,7 @@ pub struct Cli {
 pub enum Command {
     /// The main job: create the store, start the workers, register the traders,
     /// run the synthetic feed and print every signal as a JSON line on stdout.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The same traders over the same feed in one process (no workers, no
     /// shared memory), printing the same signal lines: the oracle for `run`.
     Backtest(BacktestArgs),
@@ -367,6 +367,13 @@ pub struct RunArgs {
     /// file instead of the built-in webpki roots (a private CA, a test server).
     #[arg(long, value_name = "PEM")]
     pub webhook_ca_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Take only the symbols of shard K of N (`K/N`, 0 <= K < N): those
+    /// whose FNV-1a digest of the upper-case name is K modulo N, the same on
+    /// every host, so N coordinators cover every symbol exactly once.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::nats::Shard>,
     /// Where this instance keeps what survives a restart (the trader set,
     /// with every `traders add` and `remove`). Default:
     /// `$XDG_STATE_HOME/shmkline/<instance>`, else
@@ -566,4 +573,58 @@ pub enum ChildCommand {
         #[arg(long)]
         base_ns: u64,
     },
+}
+
+/// How NATS is used (`--sink nats://...`).
+#[derive(Debug, clap::Args)]
+pub struct NatsArgs {
+    /// Seconds to wait for the NATS server at start, retrying with backoff;
+    /// 0 (the default) fails at once, naming the server.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub nats_wait: u64,
+    /// Seconds a stream this engine creates remembers a `Nats-Msg-Id` to
+    /// drop a repeat (the broker's memory grows with it).
+    #[arg(long, default_value_t = crate::nats::DEFAULT_DUPLICATE_WINDOW.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub nats_duplicate_window: u64,
+    /// Seconds a stream this engine creates keeps messages (0: no limit).
+    #[arg(long, default_value_t = crate::nats::DEFAULT_MAX_AGE.as_secs(),
+        value_parser = clap::value_parser!(u64).range(0..=315_360_000))]
+    pub nats_max_age: u64,
+    /// Signals published to NATS and not yet acknowledged, at most.
+    #[arg(long, default_value_t = crate::nats::DEFAULT_IN_FLIGHT as u64,
+        value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub nats_in_flight: u64,
+    /// The signal stream's name (default: the prefix upper-cased, then
+    /// `_SIGNALS`: `SHMKLINE_SIGNALS`).
+    #[arg(long, value_name = "NAME", value_parser = stream_name)]
+    pub nats_signal_stream: Option<String>,
+}
+
+impl NatsArgs {
+    /// The settings these flags make.
+    pub fn settings(&self) -> crate::nats::NatsSettings {
+        crate::nats::NatsSettings {
+            wait: std::time::Duration::from_secs(self.nats_wait),
+            duplicate_window: std::time::Duration::from_secs(self.nats_duplicate_window),
+            max_age: std::time::Duration::from_secs(self.nats_max_age),
+            in_flight: self.nats_in_flight as usize,
+            signal_stream: self.nats_signal_stream.clone(),
+        }
+    }
+}
+
+/// A JetStream stream name: 1 to 64 of A-Z, a-z, 0-9, '_' and '-'.
+fn stream_name(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "{s:?}: a stream name is 1 to 64 of A-Z, a-z, 0-9, '_' and '-'"
+        ));
+    }
+    Ok(s.to_owned())
 }

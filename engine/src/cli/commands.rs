@@ -35,9 +35,21 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
     };
     let plan = args.capacity.plan(&traders)?;
     let store = crate::run::plan::store_config(args.capacity.max_symbols, &plan);
+    let mut feed = args.feed.config(args.candles, &store)?;
+    let shard = args.shard.unwrap_or(crate::nats::Shard::WHOLE);
+    if let crate::feed::FeedConfig::Binance(live) = &mut feed {
+        let given = live.symbols.len();
+        live.symbols.retain(|s| shard.owns(s.as_str()));
+        if live.symbols.is_empty() {
+            anyhow::bail!(
+                "--shard {shard}: none of the {given} symbols given is in this shard: give more symbols or fewer shards"
+            );
+        }
+    }
     let opts = crate::run::RunOptions {
         instance,
-        feed: args.feed.config(args.candles, &store)?,
+        feed,
+        shard,
         store,
         plan,
         workers: args.workers,
@@ -60,6 +72,7 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
         drain_timeout: Duration::from_millis(args.drain_timeout),
         webhook_timeout: Duration::from_millis(args.webhook_timeout),
         webhook_ca_file: args.webhook_ca_file,
+        nats: args.nats.settings(),
         state,
         sinks: if let Some(twice) = args
             .sinks

@@ -173,6 +173,17 @@ impl Source {
         Ok(Source::Replay(Box::new(Replay::open(opts)?)))
     }
 
+    /// Only `shard`'s symbols from now on (`--shard K/N`).
+    pub fn sharded(mut self, shard: crate::nats::Shard) -> Self {
+        match &mut self {
+            Source::Synthetic { streams, .. } => {
+                streams.retain(|s| shard.owns(s.name.as_str()));
+            }
+            Source::Replay(r) => r.only(shard),
+        }
+        self
+    }
+
     /// The symbols known before the first candle (a replay finds its own).
     pub fn known_symbols(&self) -> Vec<protocol::SymbolName> {
         match self {

@@ -162,6 +162,8 @@ pub struct Replay {
     strict: bool,
     bad: BadLines,
     total_bytes: u64,
+    /// Only this shard's symbols are handed out (`--shard`).
+    shard: crate::nats::Shard,
     /// Candles handed out.
     pub candles: u64,
 }
@@ -228,8 +230,15 @@ impl Replay {
             strict: opts.strict,
             bad: BadLines::default(),
             total_bytes,
+            shard: crate::nats::Shard::WHOLE,
             candles: 0,
         })
+    }
+
+    /// Hands out only `shard`'s symbols from now on (the others are read
+    /// and passed over: every shard reads the same files).
+    pub fn only(&mut self, shard: crate::nats::Shard) {
+        self.shard = shard;
     }
 
     /// The files' total size, for progress.
@@ -356,6 +365,9 @@ impl Replay {
                 let Some((kline, line)) = self.files[k].next.take() else {
                     break;
                 };
+                if !self.shard.owns(kline.symbol.as_str()) {
+                    continue;
+                }
                 self.candles += 1;
                 if let Err(reason) = each(&kline) {
                     self.reject(Origin { file: k, line }, reason)?;

@@ -69,6 +69,8 @@ enum Durable {
         Box<sink::webhook::WebhookSink>,
         dedup::Dedup,
     ),
+    /// The spec, the sink, and what the stream holds.
+    Nats(sink::SinkSpec, Box<sink::nats::NatsSink>, dedup::Dedup),
 }
 
 /// Batches of signal lines waiting for the output thread, at most. A batch
@@ -118,7 +120,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             live.check()?;
             None
         }
-        finite => Some(finite.source()?),
+        finite => Some(finite.source()?.sharded(opts.shard)),
     };
     for p in &opts.plan {
         tracing::info!(
@@ -165,6 +167,12 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                     confirmed,
                 ));
             }
+            sink::SinkSpec::Nats(addr) => {
+                let marks = sink::marks::MarksFile::new(opts.state.clone(), &spec.to_string());
+                let (sink, confirmed) = sink::nats::NatsSink::open(addr, &opts.nats, marks)
+                    .with_context(|| format!("sink {spec}"))?;
+                durable.push(Durable::Nats(spec.clone(), Box::new(sink), confirmed));
+            }
         }
     }
     let inst = Instance::start(&opts.instance, &opts.store)?;
@@ -200,6 +208,10 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 (spec, held, file.spawn(rx, counted.clone()))
             }
             Durable::Webhook(spec, hook, held) => (spec, held, hook.spawn(rx, counted.clone())),
+            Durable::Nats(spec, nats, held) => {
+                let _ = counted.connection.set(nats.health());
+                (spec, held, nats.spawn(rx, counted.clone()))
+            }
         };
         let marks = match opts.signals_from {
             sink::SignalsFrom::All => dedup::Dedup::default(),

@@ -55,6 +55,10 @@ pub struct RunOptions {
     pub webhook_timeout: Duration,
     /// Webhooks over https trust exactly these CA certificates (`--webhook-ca-file`).
     pub webhook_ca_file: Option<std::path::PathBuf>,
+    /// The symbols this coordinator takes (`--shard K/N`).
+    pub shard: crate::nats::Shard,
+    /// NATS settings (`--nats-*`): the wait for the broker, the streams made.
+    pub nats: crate::nats::NatsSettings,
     /// PING interval.
     pub ping_interval: Duration,
     /// A PING unanswered for this long means the worker hangs. A stop is

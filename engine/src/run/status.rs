@@ -129,6 +129,12 @@ impl Coordinator {
                 "latency_p99_us": signals.latency_p99_us,
             },
             "sinks": self.emitter.sinks_status(),
+            "shard": {
+                "shard": self.opts.shard.to_string(),
+                "symbols": self.opts.store.intervals().first().map(|i| {
+                    self.inst.store.lock().held(*i).into_iter().map(|(s, _)| s.as_str().to_owned()).collect::<Vec<_>>()
+                }),
+            },
             "gaps": self.gaps(),
             "quarantined": self.quarantined.iter().map(|(t, slot)| serde_json::json!({
                 "trader": t, "slot": slot, "strikes": self.strikes.get(t).copied().unwrap_or(0),

@@ -3,12 +3,18 @@
 //! too), written atomically. A webhook's position survives a restart this
 //! way; what it had confirmed after the last save is sent again, under the
 //! same `Idempotency-Key` (at-least-once, exactly-once for a receiver that
-//! keys on it).
+//! keys on it). Also what such a sink's thread shares: its [`Position`],
+//! the loop that delivers and saves ([`spawn_delivering`]), retry jitter.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use protocol::Interval;
 use serde::{Deserialize, Serialize};
 
 use super::super::dedup::Dedup;
+use super::Batch;
 use crate::state::{StateDir, StateError};
 
 /// The file's content.
@@ -18,6 +24,9 @@ struct Saved {
     spec: String,
     /// (trader, symbol, interval, open time of the last confirmed signal).
     marks: Vec<(String, String, Interval, i64)>,
+    /// When they were saved (ms since the epoch; older files lack it).
+    #[serde(default)]
+    saved_ms: Option<i64>,
 }
 
 /// Where one sink's watermarks are kept.
@@ -34,7 +43,7 @@ impl MarksFile {
         Self {
             state,
             spec: spec.to_owned(),
-            name: format!("sink-{:016x}.json", fnv1a(spec.as_bytes())),
+            name: format!("sink-{:016x}.json", protocol::rule::fnv1a(spec)),
         }
     }
 
@@ -45,8 +54,13 @@ impl MarksFile {
 
     /// The watermarks saved last, none if never saved.
     pub fn load(&self) -> Result<Dedup, StateError> {
+        Ok(self.load_with_time()?.0)
+    }
+
+    /// The watermarks saved last and when (ms since the epoch), none if never saved.
+    pub fn load_with_time(&self) -> Result<(Dedup, Option<i64>), StateError> {
         let Some(bytes) = self.state.read(&self.name)? else {
-            return Ok(Dedup::default());
+            return Ok((Dedup::default(), None));
         };
         let corrupt = |why: String| StateError::Corrupt {
             path: self.state.path().display().to_string(),
@@ -72,7 +86,7 @@ impl MarksFile {
             dedup.first(&key.as_signal());
         }
         dedup.duplicates = 0;
-        Ok(dedup)
+        Ok((dedup, saved.saved_ms))
     }
 
     /// Keeps `marks` as the confirmed position, atomically.
@@ -83,6 +97,7 @@ impl MarksFile {
                 .entries()
                 .map(|(t, s, i, o)| (t.to_owned(), s.to_owned(), i, o))
                 .collect(),
+            saved_ms: Some(protocol::clock::now_ms()),
         };
         let bytes = serde_json::to_vec(&saved).map_err(|e| StateError::Io {
             path: self.name.clone(),
@@ -93,11 +108,109 @@ impl MarksFile {
     }
 }
 
-/// FNV-1a, 64 bits: a stable name for a spec (not a defence against anyone).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// What a sink that keeps its position in the state directory (webhook,
+/// NATS) has confirmed, and when it last saved it.
+pub struct Position {
+    /// What the receiver has confirmed (or finally refused).
+    pub confirmed: Dedup,
+    marks: MarksFile,
+    /// When the confirmed watermarks were last saved, and whether they moved since.
+    saved: (Instant, bool),
+    /// The sink, as the log names it.
+    what: &'static str,
+}
+
+impl Position {
+    /// `confirmed`, saved in `marks`, of a sink the log calls `what`.
+    pub fn new(confirmed: Dedup, marks: MarksFile, what: &'static str) -> Self {
+        Self {
+            confirmed,
+            marks,
+            saved: (Instant::now(), false),
+            what,
+        }
+    }
+
+    /// The receiver confirmed `key`.
+    pub fn confirm(&mut self, key: &super::Key) {
+        self.confirmed.first(&key.as_signal());
+        self.saved.1 = true;
+    }
+
+    /// Saves the watermarks if they moved and `SAVE_EVERY` has passed.
+    pub fn save_due(&mut self, output: &super::Output) {
+        if self.saved.1 && self.saved.0.elapsed() >= SAVE_EVERY {
+            self.save(output);
+        }
+    }
+
+    /// Saves the watermarks if they moved at all (the thread's end).
+    pub fn save_last(&mut self, output: &super::Output) {
+        if self.saved.1 {
+            self.save(output);
+        }
+    }
+
+    fn save(&mut self, output: &super::Output) {
+        self.saved = (Instant::now(), false);
+        if let Err(e) = self.marks.save(&self.confirmed) {
+            tracing::error!(sink = self.what, error = %e,
+                "a sink's position cannot be saved: a restart sends again from the last save");
+            output.error(e.to_string());
+        }
+    }
+}
+
+/// How often a position is saved while signals flow.
+pub const SAVE_EVERY: Duration = Duration::from_millis(200);
+
+/// A sink that keeps a [`Position`] and delivers batch by batch.
+pub trait Delivers: Send + 'static {
+    /// Delivers one batch (retrying as the sink does), confirming as it goes.
+    fn deliver(&mut self, batch: &Batch, output: &super::Output);
+    /// Its position.
+    fn position(&mut self) -> &mut Position;
+}
+
+/// The thread of a sink that keeps a [`Position`]: each batch delivered
+/// before the next is taken; the position saved while idle and at the end.
+pub fn spawn_delivering<D: Delivers>(
+    name: &str,
+    mut sink: D,
+    batches: Receiver<Batch>,
+    output: Arc<super::Output>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            loop {
+                match batches.recv_timeout(SAVE_EVERY) {
+                    Ok(batch) => sink.deliver(&batch, &output),
+                    Err(RecvTimeoutError::Timeout) => sink.position().save_due(&output),
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            sink.position().save_last(&output);
+        })
+}
+
+/// xorshift draws in [0, 1), for retry jitter (so many engines do not retry in step).
+pub struct Jitter(u64);
+
+impl Default for Jitter {
+    fn default() -> Self {
+        Self(u64::from(std::process::id()) << 32 | protocol::clock::now_ms() as u64 | 1)
+    }
+}
+
+impl Jitter {
+    /// A draw in [0, 1).
+    pub fn draw(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 
 pub mod file;
 pub mod marks;
+pub mod nats;
 pub mod stand_in;
 pub mod stdout;
 pub mod webhook;
@@ -59,6 +60,8 @@ pub enum SinkSpec {
         /// `webhook-batch:`.
         batch: bool,
     },
+    /// A JetStream stream.
+    Nats(crate::nats::NatsAddr),
 }
 
 impl std::str::FromStr for SinkSpec {
@@ -86,11 +89,9 @@ impl std::str::FromStr for SinkSpec {
                     batch: kind == "webhook-batch",
                 })
             }
-            Some(("nats", _)) => Err(format!(
-                "{spec:?}: the NATS sink is not built yet (stdout, file:PATH, webhook:URL and webhook-batch:URL are)"
-            )),
+            Some(("nats", _)) => spec.parse().map(Self::Nats),
             _ => Err(format!(
-                "{spec:?}: a sink is stdout, file:PATH, webhook:URL or webhook-batch:URL"
+                "{spec:?}: a sink is stdout, file:PATH, webhook:URL, webhook-batch:URL or nats://HOST:PORT[/PREFIX]"
             )),
         }
     }
@@ -103,6 +104,7 @@ impl std::fmt::Display for SinkSpec {
             Self::File(p) => write!(f, "file:{}", p.display()),
             Self::Webhook { url, batch: false } => write!(f, "webhook:{url}"),
             Self::Webhook { url, batch: true } => write!(f, "webhook-batch:{url}"),
+            Self::Nats(addr) => addr.fmt(f),
         }
     }
 }
@@ -115,6 +117,7 @@ impl SinkSpec {
             Self::File(_) => "file",
             Self::Webhook { batch: false, .. } => "webhook",
             Self::Webhook { batch: true, .. } => "webhook-batch",
+            Self::Nats(_) => "nats",
         }
     }
 }
@@ -184,6 +187,24 @@ pub struct Batch {
     pub published: Option<Instant>,
 }
 
+impl Batch {
+    /// Each line with its key. A line without one is counted as not
+    /// delivered and logged: lines are our own, so that would be a bug.
+    pub fn keyed(&self, output: &Output) -> Vec<(Key, &[u8])> {
+        let mut lines = Vec::new();
+        for line in self.text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            match serde_json::from_slice::<Key>(line) {
+                Ok(key) => lines.push((key, line)),
+                Err(e) => {
+                    tracing::error!(error = %e, "a signal line without its key: not delivered");
+                    output.count(1, false);
+                }
+            }
+        }
+        lines
+    }
+}
+
 /// What became of the signals handed to one sink, shared by its thread, the
 /// emitter, `status` and the teardown.
 #[derive(Debug)]
@@ -200,6 +221,8 @@ pub struct Output {
     pub rejected: AtomicU64,
     /// Requests made again (connection errors, timeouts, 429, 5xx).
     pub retries: AtomicU64,
+    /// Signals a broker acknowledged as repeats of ones it held (NATS).
+    pub duplicates: AtomicU64,
     /// Signals not handed to this sink while it was behind (a catch-up
     /// hands them later; counted again if a frame repeats them).
     behind: AtomicU64,
@@ -212,6 +235,8 @@ pub struct Output {
     pub(super) newest_confirmed: AtomicI64,
     /// The last error, for `status`.
     pub last_error: Mutex<Option<String>>,
+    /// A broker connection's health (NATS), for `status`.
+    pub connection: std::sync::OnceLock<std::sync::Arc<crate::nats::NatsHealth>>,
     /// Teardown: the sink gives up retrying at this instant.
     stop_by: Mutex<Option<Instant>>,
     /// Candle published to signal delivered (for a file: fsynced; for a
@@ -228,12 +253,14 @@ impl Default for Output {
             lost: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             behind: AtomicU64::new(0),
             moved_ms: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             newest_handed: AtomicI64::new(i64::MIN),
             newest_confirmed: AtomicI64::new(i64::MIN),
             last_error: Mutex::new(None),
+            connection: std::sync::OnceLock::new(),
             stop_by: Mutex::new(None),
             latency: Mutex::new(Samples::new(LATENCY_SAMPLES)),
         }
@@ -348,6 +375,15 @@ impl Output {
         *lock(&self.stop_by)
     }
 
+    /// Waits `wait` before a retry, but not past teardown's drain time.
+    pub fn pause(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let until = self.deadline().map_or(until, |d| d.min(until));
+        while Instant::now() < until {
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+    }
+
     /// The counters as `status` shows them.
     pub fn status(&self) -> serde_json::Value {
         let (p50, p99) = self.latency_us();
@@ -359,9 +395,11 @@ impl Output {
             "lost": self.lost(),
             "rejected": self.rejected.load(Ordering::Acquire),
             "retries": self.retries.load(Ordering::Acquire),
+            "broker_duplicates": self.duplicates.load(Ordering::Acquire),
             "behind": self.behind(),
             "lag_ms": self.lag_ms(),
             "last_error": *lock(&self.last_error),
+            "connection": self.connection.get().map(|c| c.status()),
         })
     }
 }
@@ -470,8 +508,16 @@ mod tests {
             let e = bad.parse::<SinkSpec>().expect_err(bad);
             assert!(e.contains("needs a host"), "{e}");
         }
-        let e = "nats://x".parse::<SinkSpec>().expect_err("later");
-        assert!(e.contains("not built yet"), "{e}");
+        let e = "nats://x".parse::<SinkSpec>().expect_err("no port");
+        assert!(e.contains("HOST:PORT"), "{e}");
+        let spec: SinkSpec = "nats://127.0.0.1:4222/desk".parse().expect("nats");
+        assert_eq!(spec.kind(), "nats");
+        assert_eq!(spec.to_string(), "nats://127.0.0.1:4222/desk");
+        assert_eq!(
+            "nats://127.0.0.1:4222".parse::<SinkSpec>().map(|s| s.to_string()),
+            Ok("nats://127.0.0.1:4222/shmkline".to_owned()),
+            "the default prefix is part of the position's key"
+        );
     }
 
     #[test]

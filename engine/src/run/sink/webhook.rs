@@ -9,18 +9,18 @@
 //! other answer (4xx, or a 3xx: redirects are not followed) is final: the
 //! signal is *rejected*, counted, logged with the answer, not retried. The
 //! confirmed watermarks are saved in the state directory at most every
-//! [`SAVE_EVERY`] and when the thread ends; a restart re-sends what was
+//! [`super::marks::SAVE_EVERY`] and when the thread ends; a restart re-sends what was
 //! confirmed after the last save, under the same key.
 
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
 
 use super::super::dedup::Dedup;
-use super::marks::MarksFile;
-use super::{Batch, Key, Output};
+use super::marks::{Delivers, Jitter, MarksFile, Position, spawn_delivering};
+use super::{Batch, Output};
 
 /// A request's whole time (connect, send, answer) by default (`--webhook-timeout`).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,8 +34,6 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 pub const MAX_BATCH_SIGNALS: usize = 500;
 /// Bytes of a refusal's body kept for the log and `status`.
 const BODY_EXCERPT: u64 = 512;
-/// How often the confirmed watermarks are saved while signals flow.
-pub const SAVE_EVERY: Duration = Duration::from_millis(200);
 
 /// What became of one request.
 #[derive(Debug, PartialEq, Eq)]
@@ -74,7 +72,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// The wait before try `attempt + 1` (0-based), given a jitter draw in [0, 1).
-fn backoff(attempt: u32, draw: f64) -> Duration {
+pub(super) fn backoff(attempt: u32, draw: f64) -> Duration {
     let full = BACKOFF
         .0
         .saturating_mul(1 << attempt.min(16))
@@ -87,13 +85,9 @@ pub struct WebhookSink {
     url: String,
     batch: bool,
     agent: ureq::Agent,
-    /// What the receiver has confirmed (or finally refused).
-    confirmed: Dedup,
-    marks: MarksFile,
-    /// When the confirmed watermarks were last saved, and whether they moved since.
-    saved: (Instant, bool),
-    /// xorshift state for the jitter.
-    rng: u64,
+    /// What the receiver has confirmed (or finally refused), and its saves.
+    position: Position,
+    jitter: Jitter,
 }
 
 impl WebhookSink {
@@ -119,65 +113,29 @@ impl WebhookSink {
             url: url.to_owned(),
             batch,
             agent,
-            confirmed,
-            marks,
-            saved: (Instant::now(), false),
-            rng: u64::from(std::process::id()) << 32 | protocol::clock::now_ms() as u64 | 1,
+            position: Position::new(confirmed, marks, "webhook"),
+            jitter: Jitter::default(),
         }
     }
 
     /// The sink's thread: each batch delivered before the next is taken.
     pub fn spawn(
-        mut self,
+        self,
         batches: Receiver<Batch>,
         output: Arc<Output>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("webhook-sink".into())
-            .spawn(move || {
-                loop {
-                    match batches.recv_timeout(SAVE_EVERY) {
-                        Ok(batch) => self.deliver(&batch, &output),
-                        Err(RecvTimeoutError::Timeout) => self.save_due(&output),
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                if self.saved.1 {
-                    self.save(&output);
-                }
-            })
+        spawn_delivering("webhook-sink", self, batches, output)
     }
+}
 
-    /// Saves the watermarks if they moved and [`SAVE_EVERY`] has passed
-    /// (also between the requests of a long batch).
-    fn save_due(&mut self, output: &Output) {
-        if self.saved.1 && self.saved.0.elapsed() >= SAVE_EVERY {
-            self.save(output);
-        }
-    }
-
-    fn save(&mut self, output: &Output) {
-        self.saved = (Instant::now(), false);
-        if let Err(e) = self.marks.save(&self.confirmed) {
-            tracing::error!(url = %self.url, error = %e,
-                "the webhook sink's position cannot be saved: a restart re-sends from the last save");
-            output.error(e.to_string());
-        }
+impl Delivers for WebhookSink {
+    fn position(&mut self) -> &mut Position {
+        &mut self.position
     }
 
     /// Delivers one batch, saving the position as it goes.
     fn deliver(&mut self, batch: &Batch, output: &Output) {
-        let mut lines = Vec::new();
-        for line in batch.text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            match serde_json::from_slice::<Key>(line) {
-                Ok(key) => lines.push((key, line)),
-                Err(e) => {
-                    // Lines are our own: this would be a bug, not input.
-                    tracing::error!(error = %e, "a signal line without its key: not sent");
-                    output.count(1, false);
-                }
-            }
-        }
+        let lines = batch.keyed(output);
         let chunk = if self.batch { MAX_BATCH_SIGNALS } else { 1 };
         for part in lines.chunks(chunk) {
             let (body, key) = if self.batch {
@@ -214,14 +172,15 @@ impl WebhookSink {
                 }
             }
             for (key, _) in part {
-                self.confirmed.first(&key.as_signal());
+                self.position.confirm(key);
                 output.confirmed(key.open_time);
             }
-            self.saved.1 = true;
-            self.save_due(output);
+            self.position.save_due(output);
         }
     }
+}
 
+impl WebhookSink {
     /// Posts `body` until it is delivered or finally refused; `None` once
     /// teardown's drain time is over.
     fn post(&mut self, body: &[u8], key: Option<&str>, output: &Output) -> Option<Answer> {
@@ -262,32 +221,23 @@ impl WebhookSink {
                 return Some(answer);
             };
             output.retries.fetch_add(1, Ordering::AcqRel);
-            let wait = backoff(attempt, self.draw()).max(after.unwrap_or_default());
+            let wait = backoff(attempt, self.jitter.draw()).max(after.unwrap_or_default());
             if attempt == 0 || attempt.is_power_of_two() {
                 tracing::warn!(url = %self.url, error = %why, attempt = attempt + 1,
                     retry_in_ms = wait.as_millis() as u64, "webhook delivery failed: retrying");
             }
             output.error(why);
             attempt += 1;
-            let until = Instant::now() + wait;
-            let until = output.deadline().map_or(until, |d| d.min(until));
-            while Instant::now() < until {
-                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
-            }
+            output.pause(wait);
         }
-    }
-
-    /// A draw in [0, 1).
-    fn draw(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use super::super::Key;
     use super::*;
     use crate::locked::lock;
 

@@ -1,0 +1,294 @@
+//! The `nats://HOST:PORT[/PREFIX]` sink: each signal published to a
+//! JetStream stream on `<prefix>.signals.<SYMBOL>.<interval>.<trader>`, its
+//! payload the stdout line, its `Nats-Msg-Id` the signal key, so the broker
+//! drops a repeat inside the stream's duplicate window.
+//!
+//! A signal is delivered when its publish is acknowledged. Up to
+//! `--nats-in-flight` publishes wait for their acknowledgement at once; they
+//! are confirmed in the order sent, so a series' watermark only passes
+//! acknowledged signals. A failed or timed-out acknowledgement sends that
+//! signal and every later one again, same ids (the broker drops the ones it
+//! has), after a backoff, until `--drain-timeout` at shutdown.
+//!
+//! The position survives a restart in two parts: the watermarks saved in
+//! the state directory (at most every [`super::marks::SAVE_EVERY`]), then the stream's own
+//! tail since that save ([`NatsSink::open`] reads it), so what was
+//! acknowledged after the last save is known without relying on the
+//! duplicate window, however long the coordinator was down. With no saved
+//! position the whole stream is read. Why both: reading only the stream
+//! would mean reading all of it at every start (a week of signals); the
+//! state file alone would leave the signals acknowledged in the last save
+//! interval to the duplicate window.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::context::PublishAckFuture;
+use futures_util::StreamExt;
+
+use super::super::dedup::Dedup;
+use super::marks::{Delivers, Jitter, MarksFile, Position, spawn_delivering};
+use super::webhook::backoff;
+use super::{Batch, Key, Output};
+use crate::nats::{Nats, NatsAddr, NatsSettings, token};
+
+/// How far before the last save the stream's tail is read: covers clocks
+/// of the engine's and the broker's hosts that differ by up to this.
+const CLOCK_MARGIN: Duration = Duration::from_secs(60);
+
+/// A NATS sink and its thread's state.
+pub struct NatsSink {
+    nats: Nats,
+    stream: String,
+    settings: NatsSettings,
+    position: Position,
+    jitter: Jitter,
+}
+
+impl NatsSink {
+    /// Connects, makes the stream if missing, and recovers the position:
+    /// the saved watermarks, raised by the stream's tail since they were saved.
+    pub fn open(
+        addr: &NatsAddr,
+        settings: &NatsSettings,
+        marks: MarksFile,
+    ) -> anyhow::Result<(Self, Dedup)> {
+        let nats = Nats::connect(addr, settings)?;
+        let stream = settings
+            .signal_stream
+            .clone()
+            .unwrap_or_else(|| addr.stream_name("SIGNALS"));
+        let subjects = addr.subjects("signals");
+        let handle = nats.stream(&stream, &subjects, settings)?;
+        let (mut confirmed, saved_ms) = marks.load_with_time()?;
+        let from = saved_ms.map(|ms| ms - CLOCK_MARGIN.as_millis() as i64);
+        let read = nats
+            .block_on(read_tail(&handle, &subjects, from, &mut confirmed))
+            .map_err(|why| crate::nats::NatsError::Stream {
+                server: addr.server.clone(),
+                stream: stream.clone(),
+                why: format!("reading what it holds: {why}"),
+            })?;
+        tracing::info!(sink = %addr, stream, read, series = confirmed.len(),
+            since_ms = from, "NATS sink: position recovered (state dir, then the stream's tail)");
+        let sink = Self {
+            nats,
+            stream,
+            settings: settings.clone(),
+            position: Position::new(confirmed.clone(), marks, "nats"),
+            jitter: Jitter::default(),
+        };
+        Ok((sink, confirmed))
+    }
+
+    /// The connection's health, for `status`.
+    pub fn health(&self) -> Arc<crate::nats::NatsHealth> {
+        self.nats.health.clone()
+    }
+
+    /// The sink's thread: each batch acknowledged before the next is taken.
+    pub fn spawn(
+        self,
+        batches: Receiver<Batch>,
+        output: Arc<Output>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        spawn_delivering("nats-sink", self, batches, output)
+    }
+}
+
+impl Delivers for NatsSink {
+    fn position(&mut self) -> &mut Position {
+        &mut self.position
+    }
+
+    /// Publishes one batch until every signal is acknowledged (or the
+    /// drain time is over).
+    fn deliver(&mut self, batch: &Batch, output: &Output) {
+        let lines = batch.keyed(output);
+        let prefix = self.nats.addr.prefix.clone();
+        let mut done = 0;
+        let mut attempt = 0;
+        while done < lines.len() {
+            if output.out_of_time() {
+                output.count((lines.len() - done) as u64, false);
+                return;
+            }
+            let js = self.nats.js.clone();
+            let window = self.settings.in_flight;
+            let acked = self.nats.block_on(publish_from(
+                &js,
+                &prefix,
+                &lines[done..],
+                window,
+                |duplicate| {
+                    if duplicate {
+                        output.duplicates.fetch_add(1, Ordering::AcqRel);
+                    }
+                    output.delivered_since(batch.published);
+                    output.count(1, true);
+                },
+            ));
+            for (key, _) in &lines[done..done + acked.count] {
+                self.position.confirm(key);
+                output.confirmed(key.open_time);
+            }
+            done += acked.count;
+            if acked.count > 0 {
+                self.position.save_due(output);
+                attempt = 0;
+            }
+            if let Some(why) = acked.failed {
+                output.retries.fetch_add(1, Ordering::AcqRel);
+                let wait = backoff(attempt, self.jitter.draw());
+                if attempt == 0 || attempt.is_power_of_two() {
+                    tracing::warn!(stream = %self.stream, error = %why, attempt = attempt + 1,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "NATS publish not acknowledged: publishing again from the first unacknowledged signal");
+                }
+                output.error(why);
+                attempt += 1;
+                output.pause(wait);
+            }
+        }
+    }
+}
+
+/// How far one publishing run got.
+struct Acked {
+    /// Signals acknowledged, from the first, in order.
+    count: usize,
+    /// Why the next one was not, if it was not.
+    failed: Option<String>,
+}
+
+/// The subject of a signal.
+pub fn subject(prefix: &str, key: &Key) -> String {
+    format!(
+        "{prefix}.signals.{}.{}.{}",
+        token(&key.symbol),
+        key.interval,
+        token(&key.trader)
+    )
+}
+
+/// Publishes `lines` in order with up to `window` awaiting acknowledgement,
+/// calling `acked(duplicate)` for each acknowledged one in order;
+/// stops at the first that fails.
+async fn publish_from(
+    js: &jetstream::Context,
+    prefix: &str,
+    lines: &[(Key, &[u8])],
+    window: usize,
+    mut acked: impl FnMut(bool),
+) -> Acked {
+    let mut pending: VecDeque<PublishAckFuture> = VecDeque::with_capacity(window);
+    let mut next = 0;
+    let mut count = 0;
+    while count < lines.len() {
+        while next < lines.len() && pending.len() < window.max(1) {
+            let (key, line) = &lines[next];
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                key.idempotency_key().as_str(),
+            );
+            match js
+                .publish_with_headers(subject(prefix, key), headers, line.to_vec().into())
+                .await
+            {
+                Ok(ack) => pending.push_back(ack),
+                Err(e) if pending.is_empty() => {
+                    return Acked {
+                        count,
+                        failed: Some(e.to_string()),
+                    };
+                }
+                // Await what is in flight first; this one goes again.
+                Err(_) => break,
+            }
+            next += 1;
+        }
+        let Some(front) = pending.pop_front() else {
+            break;
+        };
+        match front.await {
+            Ok(ack) => {
+                acked(ack.duplicate);
+                count += 1;
+            }
+            Err(e) => {
+                return Acked {
+                    count,
+                    failed: Some(e.to_string()),
+                };
+            }
+        }
+    }
+    Acked {
+        count,
+        failed: None,
+    }
+}
+
+/// Raises `confirmed` by every signal the stream holds on `subjects`
+/// published since `from_ms` (all of them if `None`); how many were read.
+async fn read_tail(
+    stream: &jetstream::stream::Stream,
+    subjects: &str,
+    from_ms: Option<i64>,
+    confirmed: &mut Dedup,
+) -> Result<u64, String> {
+    let deliver_policy = match from_ms {
+        Some(ms) => jetstream::consumer::DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(ms.max(0)) * 1_000_000,
+            )
+            .map_err(|e| e.to_string())?,
+        },
+        None => jetstream::consumer::DeliverPolicy::All,
+    };
+    let mut info = stream.clone();
+    let state = info.info().await.map_err(|e| e.to_string())?.state.clone();
+    let newest_ms = (state.last_timestamp.unix_timestamp_nanos() / 1_000_000) as i64;
+    // Nothing since the save: no consumer, no wait for an empty tail.
+    if state.messages == 0 || from_ms.is_some_and(|from| newest_ms < from) {
+        return Ok(0);
+    }
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subjects.to_owned(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut read = 0;
+    loop {
+        // An empty tail never sends anything: the wait ends it.
+        let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
+        let message = match next {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) | Err(_) => break,
+        };
+        read += 1;
+        match serde_json::from_slice::<Key>(&message.payload) {
+            Ok(key) => {
+                confirmed.first(&key.as_signal());
+            }
+            Err(e) => tracing::warn!(subject = %message.subject, error = %e,
+                "a message on the signal stream that is not a signal: skipped"),
+        }
+        let pending = message.info().map(|i| i.pending).unwrap_or(0);
+        if pending == 0 {
+            break;
+        }
+    }
+    confirmed.duplicates = 0;
+    Ok(read)
+}

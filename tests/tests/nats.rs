@@ -1,0 +1,228 @@
+//! NATS JetStream (issue 16) against a real `nats-server` on loopback:
+//! signals published with their key as `Nats-Msg-Id`, exactly once in the
+//! stream across coordinator SIGKILLs and a broker restart; a broker that
+//! is not there is named, or waited for when asked.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use harness::nats::NatsServer;
+use harness::{TestInstance, live_processes_mentioning, normalized_signals};
+
+fn assert_nothing_left(inst: &TestInstance) {
+    let left = live_processes_mentioning(&format!("--instance {} ", inst.name));
+    assert!(left.is_empty(), "worker processes left behind: {left:?}");
+    inst.assert_clean();
+}
+
+/// The stream's signals, checked one by one (subject and `Nats-Msg-Id`
+/// agree with the payload), normalised like stdout; and how many keys it
+/// holds more than once.
+fn stream_signals(server: &NatsServer, stream: &str, prefix: &str) -> (Vec<String>, usize) {
+    let mut keys = BTreeSet::new();
+    let mut again = 0;
+    let mut text = String::new();
+    for (subject, id, payload) in server.messages(stream) {
+        let v: serde_json::Value = serde_json::from_str(&payload).expect("a JSON signal");
+        let key = harness::signal_key(&v);
+        assert_eq!(id.as_deref(), Some(key.as_str()), "Nats-Msg-Id is the key");
+        let want = format!(
+            "{prefix}.signals.{}.{}.{}",
+            v["symbol"].as_str().expect("symbol"),
+            v["interval"].as_str().expect("interval"),
+            v["trader"].as_str().expect("trader").replace('.', "%2E")
+        );
+        assert_eq!(subject, want);
+        again += usize::from(!keys.insert(key));
+        text.push_str(&payload);
+        text.push('\n');
+    }
+    (normalized_signals(text.as_bytes()), again)
+}
+
+/// A paced replay of the real BTCUSDT week into JetStream, the coordinator
+/// SIGKILLed at five moments and started again each time, the broker
+/// SIGKILLed and restarted (same store) during one of those runs; the last
+/// run ends in order. The stream holds exactly the backtest's signals, each
+/// once: nothing lost, nothing duplicated.
+#[test]
+fn signals_are_exactly_once_in_the_stream_across_sigkills_and_a_broker_restart() {
+    let Some(data) = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv") else {
+        return;
+    };
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    let inst = TestInstance::new("natsig");
+    let feed = format!("replay:{}", data.display());
+    let sink = server.url();
+    let args = [
+        "run",
+        "--feed",
+        &feed,
+        "--rate",
+        "1000",
+        "--sink",
+        &sink,
+        "--nats-wait",
+        "20",
+    ];
+    let mut mid_stream = 0;
+    let mut held = 0;
+    for kill in 0..5u64 {
+        // Later each time: a run replays the week from its start and publishes
+        // only past what the stream holds, which moves on with every run.
+        let after = Duration::from_millis(2000 + 1300 * kill + (kill * 7919) % 300);
+        if kill == 2 {
+            // The broker killed mid-run and back (same store): the run
+            // reconnects, publishes again what was not acknowledged, goes on.
+            let mut cmd = inst.command("shmkline");
+            cmd.args(args);
+            let run = harness::ChildGuard::spawn(&mut cmd);
+            inst.status_when(Duration::from_secs(30), |s| {
+                s["sinks"][0]["delivered"].as_u64() > Some(50)
+            });
+            server.kill();
+            std::thread::sleep(Duration::from_millis(700));
+            server.restart();
+            let s = inst.status_when(Duration::from_secs(30), |s| {
+                let c = &s["sinks"][0]["connection"];
+                c["reconnects"].as_u64() >= Some(1) && c["connected"] == true
+            });
+            eprintln!("after the broker's restart: {}", s["sinks"][0]);
+            assert!(s["sinks"][0]["connection"]["disconnects"].as_u64() >= Some(1));
+            std::thread::sleep(Duration::from_millis(300));
+            run.signal(nix::sys::signal::Signal::SIGKILL);
+            let (status, _, stderr) = run.wait_output(Duration::from_secs(30));
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(9),
+                "killed, not ended: {stderr}"
+            );
+            assert!(stderr.contains("NATS connection lost"), "{stderr}");
+        } else {
+            inst.run_and_sigkill(&args, after);
+        }
+        let now = server.messages("SHMKLINE_SIGNALS").len();
+        mid_stream += usize::from(now > held);
+        eprintln!("kill {kill} at {after:?}: the stream holds {now}");
+        held = now;
+    }
+    let out = inst.command("shmkline").args(args).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(out.stdout.is_empty(), "stdout is not a sink here");
+    assert!(
+        mid_stream >= 3,
+        "the kills landed while signals were being published: {mid_stream} of 5"
+    );
+    let (got, again) = stream_signals(&server, "SHMKLINE_SIGNALS", "shmkline");
+    let want = inst.backtest_signals(&["--feed", &feed]);
+    assert!(want.len() > 1000, "{}", want.len());
+    assert_eq!(again, 0, "keys held twice in the stream");
+    let missing = want.iter().filter(|w| !got.contains(w)).count();
+    assert_eq!(missing, 0, "lost");
+    assert!(got == want, "the stream equals the backtest");
+    assert_nothing_left(&inst);
+}
+
+/// No broker: the run fails at once naming the server and the flag that
+/// waits; with `--nats-wait` it waits for one started later and delivers
+/// everything, into a stream named by flag under a prefix of the address.
+#[test]
+fn an_absent_broker_is_named_or_waited_for() {
+    let inst = TestInstance::new("natswait");
+    let port = harness::free_port();
+    let sink = format!("nats://127.0.0.1:{port}");
+    let out = inst
+        .command("shmkline")
+        .args(["run", "--candles", "50", "--sink", &sink])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("no NATS server at 127.0.0.1:{port}"))
+            && stderr.contains("--nats-wait"),
+        "{stderr}"
+    );
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    // Another port, the same as the run waits on: stopped first, started later.
+    server.kill();
+    let sink = format!("{}/desk.one", server.url());
+    let mut cmd = inst.command("shmkline");
+    cmd.args(["run", "--candles", "120", "--rate", "5000", "--sink", &sink])
+        .args(["--nats-wait", "30", "--nats-signal-stream", "DESK"]);
+    let run = harness::ChildGuard::spawn(&mut cmd);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(harness::process_alive(run.pid()), "it waits");
+    server.restart();
+    let (status, _, stderr) = run.wait_output(Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("waiting (--nats-wait)"), "{stderr}");
+    let (got, again) = stream_signals(&server, "DESK", "desk.one");
+    let want = inst.backtest_signals(&["--candles", "120"]);
+    assert!(!want.is_empty());
+    assert_eq!(again, 0);
+    assert!(got == want, "{} of {}", got.len(), want.len());
+    assert_nothing_left(&inst);
+}
+
+/// Two coordinators, `--shard 0/2` and `--shard 1/2`, over the same
+/// synthetic feed of 24 symbols, both into one stream: each takes a part
+/// of the symbols, the parts are disjoint and cover them all, and the
+/// stream holds exactly the backtest of the whole feed, each signal once.
+#[test]
+fn two_shards_cover_every_symbol_once_into_one_stream() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let traders = harness::firing_traders(dir.path(), 3, "f")
+        .display()
+        .to_string();
+    let feed = ["--traders", &traders, "--symbols", "24", "--candles", "60"];
+    let sink = server.url();
+    let shards: Vec<_> = (0..2)
+        .map(|k| {
+            let inst = TestInstance::new(&format!("shard{k}"));
+            let mut cmd = inst.command("shmkline");
+            cmd.arg("run")
+                .args(feed)
+                .args(["--rate", "200", "--stay", "--sink", &sink])
+                .args(["--shard", &format!("{k}/2")]);
+            let run = harness::ChildGuard::spawn(&mut cmd);
+            (inst, run)
+        })
+        .collect();
+    let mut all = BTreeSet::new();
+    for (k, (inst, _)) in shards.iter().enumerate() {
+        let s = inst.status_when(Duration::from_secs(90), |s| {
+            s["feed"]["evaluated"] == true && s["sinks"][0]["queued"] == 0
+        });
+        assert_eq!(s["shard"]["shard"], format!("{k}/2"));
+        let symbols: Vec<String> =
+            serde_json::from_value(s["shard"]["symbols"].clone()).expect("the shard's symbols");
+        eprintln!("shard {k}/2: {} symbols", symbols.len());
+        assert!(
+            (4..=20).contains(&symbols.len()),
+            "a hash split, not all or none: {symbols:?}"
+        );
+        for symbol in symbols {
+            assert!(all.insert(symbol.clone()), "{symbol} in both shards");
+        }
+    }
+    assert_eq!(all.len(), 24, "every symbol in a shard: {all:?}");
+    let (got, again) = stream_signals(&server, "SHMKLINE_SIGNALS", "shmkline");
+    let want = shards[0].0.backtest_signals(&feed);
+    assert_eq!(again, 0);
+    assert!(got == want, "{} of {}", got.len(), want.len());
+    for (inst, run) in shards {
+        run.signal(nix::sys::signal::Signal::SIGTERM);
+        let (status, _, stderr) = run.wait_output(Duration::from_secs(30));
+        assert!(status.success(), "{stderr}");
+        assert_nothing_left(&inst);
+    }
+}
