@@ -109,14 +109,25 @@ impl NatsServer {
         self.up();
     }
 
+    /// Publishes `payload` on `subject` to JetStream, acknowledged.
+    pub fn publish(&self, subject: &str, payload: Vec<u8>) {
+        let url = self.url();
+        let subject = subject.to_owned();
+        block_on(async move {
+            let client = async_nats::connect(url).await.expect("connect");
+            let js = async_nats::jetstream::new(client);
+            js.publish(subject, payload.into())
+                .await
+                .expect("published")
+                .await
+                .expect("acknowledged");
+        });
+    }
+
     /// Every message `stream` holds: (subject, `Nats-Msg-Id`, payload).
     pub fn messages(&self, stream: &str) -> Vec<(String, Option<String>, String)> {
         let url = self.url();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
+        block_on(async move {
             let client = async_nats::connect(url).await.expect("connect");
             let js = async_nats::jetstream::new(client);
             let mut s = js.get_stream(stream).await.expect("the stream exists");
@@ -151,6 +162,15 @@ impl NatsServer {
             out
         })
     }
+}
+
+/// Runs `f` on a runtime of its own, to the end.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
 }
 
 impl Drop for NatsServer {

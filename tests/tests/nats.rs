@@ -226,3 +226,216 @@ fn two_shards_cover_every_symbol_once_into_one_stream() {
         assert_nothing_left(&inst);
     }
 }
+
+/// The week of real BTCUSDT minutes and five more symbols made from it
+/// (prices scaled), written as Binance CSV files into `dir`; the feed spec.
+fn six_symbol_replay(dir: &std::path::Path) -> Option<String> {
+    let data = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv")?;
+    let text = std::fs::read_to_string(&data).expect("the data file");
+    let mut paths = vec![data.display().to_string()];
+    for (k, symbol) in ["ETHUSDT", "XRPUSDT", "ADAUSDT", "SOLUSDT", "LTCUSDT"]
+        .iter()
+        .enumerate()
+    {
+        let scale = 0.5 / (k as f64 + 1.0);
+        let lines: Vec<String> = text
+            .lines()
+            .map(|line| {
+                let mut f: Vec<String> = line.split(',').map(str::to_owned).collect();
+                for v in &mut f[1..5] {
+                    let x: f64 = v.parse().expect("a price");
+                    *v = format!("{:.8}", x * scale);
+                }
+                f.join(",")
+            })
+            .collect();
+        let path = dir.join(format!("{symbol}-1m-2021-02-19_25.csv"));
+        std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+        paths.push(path.display().to_string());
+    }
+    Some(format!("replay:{}", paths.join(",")))
+}
+
+/// An engine coordinator reading the candle stream for one shard and
+/// publishing its signals to the signal stream.
+fn engine(inst: &TestInstance, url: &str, shard: &str) -> harness::ChildGuard {
+    let mut cmd = inst.command("shmkline");
+    cmd.args(["run", "--feed", url, "--shard", shard, "--sink", url])
+        .args(["--nats-wait", "20", "--max-symbols", "16"]);
+    harness::ChildGuard::spawn(&mut cmd)
+}
+
+/// The issue's scale-out run: one ingest coordinator replays six symbols
+/// (the real BTCUSDT week and five made from it) and publishes every candle
+/// to the candle stream; two engine coordinators, `--shard 0/2` and
+/// `--shard 1/2`, follow the stream and publish their signals to one
+/// signal stream. The engines are SIGKILLed and started again at random
+/// moments and the broker is SIGKILLed and restarted once (same store).
+/// The signal stream ends up holding exactly the backtest of all six
+/// symbols: none lost, none twice.
+#[test]
+fn an_ingest_and_two_engine_shards_are_exactly_once_through_kills_and_a_broker_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(feed) = six_symbol_replay(dir.path()) else {
+        return;
+    };
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let ingest = TestInstance::new("ingest");
+    let engines = [TestInstance::new("eng0"), TestInstance::new("eng1")];
+    let shards = ["0/2", "1/2"];
+    let mut running: Vec<Option<harness::ChildGuard>> = engines
+        .iter()
+        .zip(shards)
+        .map(|(inst, shard)| Some(engine(inst, &url, shard)))
+        .collect();
+    let mut cmd = ingest.command("shmkline");
+    cmd.args([
+        "run",
+        "--feed",
+        &feed,
+        "--rate",
+        "800",
+        "--publish-candles",
+        &url,
+    ])
+    .args(["--nats-wait", "20", "--sink"])
+    .arg(format!(
+        "file:{}",
+        dir.path().join("ingest.jsonl").display()
+    ));
+    let ingest_run = harness::ChildGuard::spawn(&mut cmd);
+    let mut seed: u64 = 0x5eed_0016;
+    let mut kills = 0;
+    let mut restarted = false;
+    let started = std::time::Instant::now();
+    while harness::process_alive(ingest_run.pid()) && started.elapsed() < Duration::from_secs(120) {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        std::thread::sleep(Duration::from_millis(800 + (seed >> 33) % 1200));
+        if !restarted && kills == 3 {
+            server.kill();
+            std::thread::sleep(Duration::from_millis(500));
+            server.restart();
+            restarted = true;
+            continue;
+        }
+        let k = (seed >> 40) as usize % 2;
+        if let Some(run) = running[k].take() {
+            run.signal(nix::sys::signal::Signal::SIGKILL);
+            let (status, _, _) = run.wait_output(Duration::from_secs(30));
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(9)
+            );
+            kills += 1;
+        }
+        std::thread::sleep(Duration::from_millis((seed >> 20) % 700));
+        running[k] = Some(engine(&engines[k], &url, shards[k]));
+    }
+    let (status, _, stderr) = ingest_run.wait_output(Duration::from_secs(60));
+    assert!(status.success(), "the ingest: {stderr}");
+    assert!(
+        kills >= 3 && restarted,
+        "{kills} kills landed, broker restarted: {restarted}"
+    );
+    let want = ingest.backtest_signals(&["--feed", &feed]);
+    assert!(want.len() > 1000, "{}", want.len());
+    // The engines catch up with the stream; then nothing more may come.
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let (got, again) = loop {
+        let (got, again) = stream_signals(&server, "SHMKLINE_SIGNALS", "shmkline");
+        if got.len() >= want.len() || std::time::Instant::now() > deadline {
+            break (got, again);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let (settled, _) = stream_signals(&server, "SHMKLINE_SIGNALS", "shmkline");
+    assert_eq!(
+        settled.len(),
+        got.len(),
+        "more came after the stream matched"
+    );
+    eprintln!(
+        "{kills} engine kills, a broker restart: {} signals in the stream, {} in the backtest",
+        got.len(),
+        want.len()
+    );
+    assert_eq!(again, 0, "signals held twice in the stream");
+    let missing = want.iter().filter(|w| !got.contains(w)).count();
+    assert_eq!(missing, 0, "lost");
+    assert!(got == want, "the stream equals the backtest");
+    for (k, inst) in engines.iter().enumerate() {
+        let s = inst.status_when(Duration::from_secs(30), |s| s["feed"]["nats"].is_object());
+        let nats = &s["feed"]["nats"];
+        assert_eq!(nats["shard"], shards[k]);
+        assert!(nats["other_shard"].as_u64() > Some(0), "{nats}");
+        assert_eq!(nats["bad_messages"], 0, "{nats}");
+    }
+    for (inst, run) in engines.iter().zip(running) {
+        let run = run.expect("running");
+        run.signal(nix::sys::signal::Signal::SIGTERM);
+        let (status, _, stderr) = run.wait_output(Duration::from_secs(30));
+        assert!(status.success(), "{stderr}");
+        assert_nothing_left(inst);
+    }
+    assert_nothing_left(&ingest);
+}
+
+/// Bad input on the candle stream: a message that is not JSON, one too
+/// large, one with a bad symbol: each counted, logged with its stream
+/// sequence and skipped; the candles after them are written and judged.
+#[test]
+fn bad_candle_messages_are_counted_and_skipped() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let url = server.url();
+    // The candle stream, made by an ingest of a few synthetic candles.
+    let ingest = TestInstance::new("ingestbad");
+    let out = ingest
+        .command("shmkline")
+        .args([
+            "run",
+            "--candles",
+            "30",
+            "--rate",
+            "1000",
+            "--publish-candles",
+            &url,
+        ])
+        .output()
+        .expect("ingest");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.publish("shmkline.candles.SYN000.1m", b"not json".to_vec());
+    server.publish("shmkline.candles.SYN000.1m", vec![b' '; 5000]);
+    let bad_symbol = r#"{"symbol":"BAD SYMBOL","interval":"1m","open_time":0,"open":1,"high":1,"low":1,"close":1,"volume":1,"closed":true,"at":1}"#;
+    server.publish("shmkline.candles.BAD.1m", bad_symbol.as_bytes().to_vec());
+    let inst = TestInstance::new("enginebad");
+    let mut cmd = inst.command("shmkline");
+    cmd.args(["run", "--feed", &url]);
+    let run = harness::ChildGuard::spawn(&mut cmd);
+    let s = inst.status_when(Duration::from_secs(60), |s| {
+        s["feed"]["nats"]["bad_messages"] == 3 && s["feed"]["candles_written"].as_u64() >= Some(30)
+    });
+    eprintln!("{}", s["feed"]);
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, _, stderr) = run.wait_output(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not a candle")
+            && stderr.contains("over the 1024")
+            && stderr.contains("seq="),
+        "{stderr}"
+    );
+    assert_nothing_left(&inst);
+    assert_nothing_left(&ingest);
+}

@@ -107,6 +107,7 @@ pub fn run(
         },
         inst.store.clone(),
         &config.intervals(),
+        None,
     )?;
     let mut streamed = 0;
     let mut next_candle = started + stream_every;

@@ -403,6 +403,7 @@ fn live_pass(base: &InstanceName, n: usize, with_reader: bool) -> Result<Pass> {
         },
         inst.store.clone(),
         &config.intervals(),
+        None,
     )?;
     let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_micros(400 * n as u64);
     while mock.clock() < LIVE_RING + n && Instant::now() < deadline {

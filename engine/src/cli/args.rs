@@ -374,6 +374,13 @@ pub struct RunArgs {
     /// every host, so N coordinators cover every symbol exactly once.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<crate::nats::Shard>,
+    /// Publish every candle update and close this coordinator writes (its
+    /// feed: live Binance, a replay, synthetic) to the JetStream candle
+    /// stream at `nats://HOST:PORT[/PREFIX]` (stream `<PREFIX>_CANDLES`,
+    /// subjects `<prefix>.candles.<SYMBOL>.<interval>`), for engines that
+    /// run with `--feed nats://...`.
+    #[arg(long, value_name = "NATS")]
+    pub publish_candles: Option<crate::nats::NatsAddr>,
     /// Where this instance keeps what survives a restart (the trader set,
     /// with every `traders add` and `remove`). Default:
     /// `$XDG_STATE_HOME/shmkline/<instance>`, else

@@ -50,6 +50,7 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
         instance,
         feed,
         shard,
+        publish_candles: args.publish_candles,
         store,
         plan,
         workers: args.workers,

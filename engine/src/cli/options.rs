@@ -45,6 +45,7 @@ impl FeedArgs {
                 })?,
                 candles,
             }),
+            FeedKind::Nats(addr) => Ok(FeedConfig::Nats(addr.clone())),
             FeedKind::Replay(paths) => Ok(FeedConfig::Replay(ReplayOptions {
                 paths: paths.clone(),
                 symbol: self.symbol.clone(),

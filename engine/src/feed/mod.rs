@@ -16,6 +16,7 @@ pub mod aggregate;
 pub mod binance;
 pub mod live;
 pub mod mock;
+pub mod nats;
 
 pub mod progress;
 pub mod pump;
@@ -42,6 +43,8 @@ pub enum FeedKind {
     Replay(Vec<PathBuf>),
     /// Live Binance.
     Binance,
+    /// A JetStream candle stream (`nats://HOST:PORT[/PREFIX]`).
+    Nats(crate::nats::NatsAddr),
 }
 
 impl FromStr for FeedKind {
@@ -51,6 +54,7 @@ impl FromStr for FeedKind {
         match s {
             "synthetic" => Ok(FeedKind::Synthetic),
             "binance" => Ok(FeedKind::Binance),
+            _ if s.starts_with("nats://") => s.parse().map(FeedKind::Nats),
             _ => match s.strip_prefix("replay:") {
                 Some(paths) if !paths.is_empty() => Ok(FeedKind::Replay(
                     paths
@@ -60,7 +64,7 @@ impl FromStr for FeedKind {
                         .collect(),
                 )),
                 _ => Err(format!(
-                    "unknown feed {s:?}: use synthetic, binance, or replay:PATH[,PATH...] (Binance kline CSV dumps or JSON lines of WebSocket kline payloads)"
+                    "unknown feed {s:?}: use synthetic, binance, replay:PATH[,PATH...] (Binance kline CSV dumps or JSON lines of WebSocket kline payloads) or nats://HOST:PORT[/PREFIX] (a candle stream another coordinator publishes)"
                 )),
             },
         }
@@ -83,6 +87,8 @@ pub enum FeedConfig {
     Replay(ReplayOptions),
     /// Live Binance.
     Binance(live::LiveOptions),
+    /// A JetStream candle stream.
+    Nats(crate::nats::NatsAddr),
 }
 
 impl FeedConfig {
@@ -92,6 +98,7 @@ impl FeedConfig {
             FeedConfig::Synthetic { .. } => "synthetic",
             FeedConfig::Replay(_) => "replay",
             FeedConfig::Binance(_) => "binance",
+            FeedConfig::Nats(_) => "nats",
         }
     }
 
@@ -104,7 +111,7 @@ impl FeedConfig {
                 candles,
             } => Ok(Source::synthetic(*seed, *symbols, *candles)),
             FeedConfig::Replay(opts) => Source::replay(opts),
-            FeedConfig::Binance(_) => Err(SourceError::NotFinite),
+            FeedConfig::Binance(_) | FeedConfig::Nats(_) => Err(SourceError::NotFinite),
         }
     }
 }
@@ -146,6 +153,8 @@ pub enum Source {
     },
     /// Recorded files.
     Replay(Box<Replay>),
+    /// A JetStream candle stream: never ends.
+    Nats(Box<nats::NatsSource>),
 }
 
 /// A source that cannot go on.
@@ -155,7 +164,9 @@ pub enum SourceError {
     #[error(transparent)]
     Replay(#[from] ReplayError),
     /// A live feed has no end: it cannot be replayed or backtested.
-    #[error("the live feed has no end: backtest and chaos take --feed synthetic or replay:PATH")]
+    #[error(
+        "a live or NATS feed has no end: backtest and chaos take --feed synthetic or replay:PATH"
+    )]
     NotFinite,
 }
 
@@ -180,6 +191,8 @@ impl Source {
                 streams.retain(|s| shard.owns(s.name.as_str()));
             }
             Source::Replay(r) => r.only(shard),
+            // Sharded as it consumes (it was opened with its shard).
+            Source::Nats(_) => {}
         }
         self
     }
@@ -188,7 +201,7 @@ impl Source {
     pub fn known_symbols(&self) -> Vec<protocol::SymbolName> {
         match self {
             Source::Synthetic { streams, .. } => streams.iter().map(|s| s.name.clone()).collect(),
-            Source::Replay(_) => Vec::new(),
+            Source::Replay(_) | Source::Nats(_) => Vec::new(),
         }
     }
 
@@ -205,6 +218,8 @@ impl Source {
                 ))
             }
             Source::Replay(r) => Ok(r.peek()?),
+            // Never done: `waiting` tells the pump when nothing is there.
+            Source::Nats(n) => Ok(Some(n.peek().unwrap_or(i64::MAX))),
         }
     }
 
@@ -235,6 +250,7 @@ impl Source {
                 Ok(Some(at))
             }
             Source::Replay(r) => Ok(r.next_batch(each)?),
+            Source::Nats(n) => Ok(n.next_batch(each)),
         }
     }
 
@@ -242,8 +258,22 @@ impl Source {
     pub fn as_replay(&self) -> Option<&Replay> {
         match self {
             Source::Replay(r) => Some(r),
-            Source::Synthetic { .. } => None,
+            Source::Synthetic { .. } | Source::Nats(_) => None,
         }
+    }
+
+    /// The NATS feed, if this is one.
+    pub fn as_nats(&mut self) -> Option<&mut nats::NatsSource> {
+        match self {
+            Source::Nats(n) => Some(n),
+            Source::Synthetic { .. } | Source::Replay(_) => None,
+        }
+    }
+
+    /// Whether nothing is there to write now (a stream between messages);
+    /// a finite source is never waiting.
+    pub fn waiting(&mut self) -> bool {
+        self.as_nats().is_some_and(|n| n.waiting())
     }
 }
 

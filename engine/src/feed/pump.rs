@@ -74,6 +74,19 @@ impl Pump {
         Ok(())
     }
 
+    /// Hands every candle written to `tap` too (`--publish-candles`).
+    pub fn tap(&mut self, tap: crate::nats::candles::CandleTap) {
+        self.writer.tap(tap);
+    }
+
+    /// Every worker judged up to publish `slowest` (a NATS feed keeps its
+    /// position by it).
+    pub fn judged_up_to(&mut self, slowest: u64) {
+        if let Some(n) = self.source.as_nats() {
+            n.judged_up_to(slowest);
+        }
+    }
+
     /// Starts the pace's clock.
     pub fn start(&mut self) {
         self.pacer.start();
@@ -108,6 +121,9 @@ impl Pump {
             let mut wrote = 0;
             let mut done = false;
             while wrote < per_publish {
+                if self.source.waiting() {
+                    break;
+                }
                 let Some(at) = self.source.peek()? else {
                     done = true;
                     break;
@@ -119,7 +135,10 @@ impl Pump {
                 wrote += 1;
             }
             if wrote > 0 {
-                store.publish();
+                let publish = store.publish();
+                if let Some(n) = self.source.as_nats() {
+                    n.published(publish);
+                }
                 self.publishes += 1;
                 if let Some(at) = self.last_at {
                     published(at);
@@ -208,6 +227,10 @@ impl Pump {
             "rejected": stats.rejected_stale + stats.rejected_invalid,
             "finished": finished,
             "evaluated": evaluated,
+            "nats": match &self.source {
+                Source::Nats(n) => Some(n.status()),
+                _ => None,
+            },
         })
     }
 }

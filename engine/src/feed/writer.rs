@@ -208,6 +208,8 @@ pub struct FeedWriter<T> {
     /// Bounded by the sink's symbol capacity: a symbol it refuses is not added.
     symbols: HashMap<SymbolName, SymbolState<T>>,
     counters: FeedCounters,
+    /// Every candle written is also handed here (`--publish-candles`).
+    tap: Option<crate::nats::candles::CandleTap>,
 }
 
 fn slot(interval: Interval) -> usize {
@@ -242,7 +244,13 @@ impl<T: Copy> FeedWriter<T> {
                 .collect(),
             symbols: HashMap::new(),
             counters: FeedCounters::default(),
+            tap: None,
         }
+    }
+
+    /// Hands every candle written from now on to `tap` too.
+    pub fn tap(&mut self, tap: crate::nats::candles::CandleTap) {
+        self.tap = Some(tap);
     }
 
     /// The counters so far.
@@ -266,8 +274,21 @@ impl<T: Copy> FeedWriter<T> {
         symbol_state(&mut self.symbols, &self.kept, &self.aggregate, sink, symbol).map(drop)
     }
 
-    /// Checks and writes one candle (and the aggregates it changes).
+    /// Checks and writes one candle (and the aggregates it changes); a
+    /// candle written goes to the tap too, if there is one.
     pub fn apply<S: Sink<Series = T>>(
+        &mut self,
+        sink: &mut S,
+        kline: &Kline,
+    ) -> Result<Applied, Refused> {
+        let applied = self.apply_untapped(sink, kline);
+        if let (Ok(Applied::Written), Some(tap)) = (&applied, &self.tap) {
+            tap.send(kline);
+        }
+        applied
+    }
+
+    fn apply_untapped<S: Sink<Series = T>>(
         &mut self,
         sink: &mut S,
         kline: &Kline,
@@ -283,6 +304,7 @@ impl<T: Copy> FeedWriter<T> {
             aggregate,
             symbols,
             counters,
+            ..
         } = self;
         let state = symbol_state(symbols, kept, aggregate, sink, &kline.symbol)?;
         let Some(series) = state.fed[slot(kline.interval)].as_mut() else {

@@ -9,6 +9,7 @@
 //! (`shmkline.signals.*.*.rsi_low`). A `.` inside a symbol or trader id
 //! (both allow it) is written `%2E`, which neither can contain.
 
+pub mod candles;
 pub mod shard;
 
 use std::sync::Arc;
@@ -269,6 +270,15 @@ impl Nats {
             health,
             addr: addr.clone(),
         })
+    }
+
+    /// Runs `f` on the client's runtime in the background.
+    pub fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(f)
     }
 
     /// Runs `f` on the client's runtime until done.

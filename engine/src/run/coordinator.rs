@@ -56,6 +56,10 @@ pub(super) struct Coordinator {
     pub(super) pump: Option<Pump>,
     /// The live feed, written by its own thread.
     pub(super) live: Option<LiveFeed>,
+    /// `--publish-candles`: the publisher, and the tap the live feed's
+    /// writer gets when it starts (the pump's has it already).
+    pub(super) publisher: Option<crate::nats::candles::CandlePublisher>,
+    pub(super) candle_tap: Option<crate::nats::candles::CandleTap>,
     /// Whether the durable sinks' positions were checked against what the
     /// live start's backfill brought (once, when every series is live).
     reach_checked: bool,
@@ -149,6 +153,8 @@ impl Coordinator {
             events_tx,
             pump,
             live: None,
+            publisher: None,
+            candle_tap: None,
             last_heartbeat: Instant::now(),
             feed_started: None,
             final_publish: None,
@@ -360,6 +366,7 @@ impl Coordinator {
         if let Some(last) = pump.step(&self.inst.store, backpressure, |at| emitter.published(at))? {
             self.final_publish = Some(last);
         }
+        pump.judged_up_to(slowest);
         Ok(())
     }
 
@@ -576,6 +583,7 @@ pub(super) fn drive(
                     live.clone(),
                     coord.inst.store.clone(),
                     &coord.opts.store.intervals(),
+                    coord.candle_tap.clone(),
                 )?);
             }
         }

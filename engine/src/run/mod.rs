@@ -120,6 +120,47 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             live.check()?;
             None
         }
+        FeedConfig::Nats(addr) => {
+            if opts.publish_candles.as_ref() == Some(addr) {
+                bail!(
+                    "--publish-candles {addr} is the stream this engine reads (--feed): it would read its own candles back"
+                );
+            }
+            // Restarted: the traders' warm-up before the last candle judged;
+            // fresh: what the rings hold.
+            let span =
+                |candles: u32, p: &plan::RingPlan| i64::from(candles) * p.interval.millis() as i64;
+            let longest = opts
+                .plan
+                .iter()
+                .map(|p| p.interval.millis() as i64)
+                .max()
+                .unwrap_or(0);
+            let warm_ms = opts
+                .plan
+                .iter()
+                .map(|p| span(p.needed, p))
+                .max()
+                .unwrap_or(0)
+                + longest;
+            let hold_ms = opts
+                .plan
+                .iter()
+                .map(|p| span(p.candles, p))
+                .max()
+                .unwrap_or(0);
+            let nats = crate::feed::nats::NatsSource::open(
+                addr,
+                &opts.nats,
+                opts.state.clone(),
+                opts.shard,
+                warm_ms,
+                hold_ms,
+                opts.store.symbols as usize,
+            )
+            .with_context(|| format!("--feed {addr}"))?;
+            Some(crate::feed::Source::Nats(Box::new(nats)))
+        }
         finite => Some(finite.source()?.sharded(opts.shard)),
     };
     for p in &opts.plan {
@@ -223,7 +264,21 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let control = ControlServer::start(inst.runtime.dir(), control::forward_to(events_tx.clone()))?;
     let spawner = Spawner::start(opts.worker_bin.clone(), opts.instance.clone())?;
     let os_signals = signal_thread.counts();
+    let publishing = match &opts.publish_candles {
+        Some(addr) => Some(
+            crate::nats::candles::CandlePublisher::start(addr, &opts.nats)
+                .with_context(|| format!("--publish-candles {addr}"))?,
+        ),
+        None => None,
+    };
     let mut coord = Coordinator::new(opts, inst, source, events_tx, emitter, os_signals)?;
+    if let Some((publisher, tap)) = publishing {
+        if let Some(pump) = coord.pump.as_mut() {
+            pump.tap(tap.clone());
+        }
+        coord.candle_tap = Some(tap);
+        coord.publisher = Some(publisher);
+    }
 
     let result = drive(&mut coord, &spawner, &events_rx);
 
@@ -271,6 +326,19 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     for (counted, t) in sink_threads {
         counted.stop_by(drain_by);
         let _ = t.join();
+    }
+    // The candles written reach the candle stream: the writers' taps go
+    // (the live feed's went with it), then the publisher finishes its queue.
+    coord.pump.take();
+    coord.candle_tap.take();
+    if let Some(publisher) = coord.publisher.take() {
+        let stream = publisher.stream.clone();
+        if !publisher.finish(coord.opts.drain_timeout) {
+            tracing::error!(
+                stream,
+                "candles still unpublished when --drain-timeout ran out: engines reading the stream miss them until an ingest publishes them again"
+            );
+        }
     }
     result?;
     outcome(&coord, &output)

@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub webhook_timeout: Duration,
     /// Webhooks over https trust exactly these CA certificates (`--webhook-ca-file`).
     pub webhook_ca_file: Option<std::path::PathBuf>,
+    /// Where every candle written is published too (`--publish-candles`).
+    pub publish_candles: Option<crate::nats::NatsAddr>,
     /// The symbols this coordinator takes (`--shard K/N`).
     pub shard: crate::nats::Shard,
     /// NATS settings (`--nats-*`): the wait for the broker, the streams made.

@@ -129,6 +129,7 @@ impl Coordinator {
                 "latency_p99_us": signals.latency_p99_us,
             },
             "sinks": self.emitter.sinks_status(),
+            "candles_published": self.publisher.as_ref().map(|p| p.status()),
             "shard": {
                 "shard": self.opts.shard.to_string(),
                 "symbols": self.opts.store.intervals().first().map(|i| {

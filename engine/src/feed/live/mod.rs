@@ -116,12 +116,20 @@ pub struct LiveFeed {
 impl LiveFeed {
     /// Registers every symbol's series in the store (so readers see them at
     /// once) and starts the feed thread.
-    pub fn start(opts: LiveOptions, store: SharedStore, kept: &[Interval]) -> Result<Self> {
+    pub fn start(
+        opts: LiveOptions,
+        store: SharedStore,
+        kept: &[Interval],
+        tap: Option<crate::nats::candles::CandleTap>,
+    ) -> Result<Self> {
         opts.check()?;
         if let Some(i) = opts.intervals.iter().find(|i| !kept.contains(i)) {
             bail!("interval {i} is not kept by the store (--intervals)");
         }
         let mut writer = FeedWriter::new(kept, &[]);
+        if let Some(tap) = tap {
+            writer.tap(tap);
+        }
         {
             let mut s = store.lock();
             for symbol in &opts.symbols {

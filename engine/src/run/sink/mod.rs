@@ -514,7 +514,9 @@ mod tests {
         assert_eq!(spec.kind(), "nats");
         assert_eq!(spec.to_string(), "nats://127.0.0.1:4222/desk");
         assert_eq!(
-            "nats://127.0.0.1:4222".parse::<SinkSpec>().map(|s| s.to_string()),
+            "nats://127.0.0.1:4222"
+                .parse::<SinkSpec>()
+                .map(|s| s.to_string()),
             Ok("nats://127.0.0.1:4222/shmkline".to_owned()),
             "the default prefix is part of the position's key"
         );

@@ -1,0 +1,362 @@
+//! Candles over JetStream: the message (one JSON object per candle update
+//! or close, on `<prefix>.candles.<SYMBOL>.<interval>`), and the ingest
+//! side (`--publish-candles`): a tap on the feed's writer and the thread
+//! that publishes what it takes.
+//!
+//! A closed candle carries `Nats-Msg-Id: SYMBOL|interval|open_time|closed`,
+//! so the broker drops a repeat (a publish retried after a broker restart,
+//! an ingest restarted on the same replay) inside the duplicate window; an
+//! update carries none (a later update or the close supersedes it, and an
+//! engine writes a repeated one as the same candle). The tap's queue is
+//! bounded ([`TAP_BOUND`]): a broker slower than the feed holds the feed
+//! up rather than dropping a candle.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::Duration;
+
+use protocol::{Candle, Interval, SymbolName};
+use serde::{Deserialize, Serialize};
+
+use super::{Nats, NatsAddr, NatsSettings, token};
+use crate::feed::binance::Kline;
+
+/// Candle updates queued for the publisher, at most (about 10 MB).
+pub const TAP_BOUND: usize = 65_536;
+/// The largest candle message an engine reads; a larger one is bad input.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// A candle on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandleMessage {
+    /// The symbol.
+    pub symbol: String,
+    /// The interval.
+    pub interval: Interval,
+    /// Open time, ms.
+    pub open_time: i64,
+    /// Prices and volume.
+    pub open: f64,
+    /// Highest.
+    pub high: f64,
+    /// Lowest.
+    pub low: f64,
+    /// Last.
+    pub close: f64,
+    /// Base-asset volume.
+    pub volume: f64,
+    /// Final.
+    pub closed: bool,
+    /// When the ingest's feed delivered it, ms (replays are paced by it).
+    pub at: i64,
+}
+
+impl CandleMessage {
+    /// The message of `kline`.
+    pub fn of(kline: &Kline) -> Self {
+        let c = &kline.candle;
+        Self {
+            symbol: kline.symbol.as_str().to_owned(),
+            interval: kline.interval,
+            open_time: c.open_time,
+            open: c.open,
+            high: c.high,
+            low: c.low,
+            close: c.close,
+            volume: c.volume,
+            closed: kline.closed,
+            at: kline.at,
+        }
+    }
+
+    /// Its subject under `prefix`.
+    pub fn subject(&self, prefix: &str) -> String {
+        format!("{prefix}.candles.{}.{}", token(&self.symbol), self.interval)
+    }
+
+    /// Its `Nats-Msg-Id`: closed candles only.
+    pub fn msg_id(&self) -> Option<String> {
+        self.closed.then(|| {
+            format!(
+                "{}|{}|{}|closed",
+                self.symbol, self.interval, self.open_time
+            )
+        })
+    }
+
+    /// Reads a message off the wire: bounded, valid JSON of this shape, a
+    /// valid symbol, finite values (the writer checks the rest).
+    pub fn parse(payload: &[u8]) -> Result<Kline, String> {
+        if payload.len() > MAX_MESSAGE {
+            return Err(format!(
+                "{} bytes, over the {MAX_MESSAGE} a candle message may have",
+                payload.len()
+            ));
+        }
+        let m: CandleMessage =
+            serde_json::from_slice(payload).map_err(|e| format!("not a candle message: {e}"))?;
+        let symbol = SymbolName::new(&m.symbol).map_err(|e| e.to_string())?;
+        let candle = Candle {
+            open_time: m.open_time,
+            open: m.open,
+            high: m.high,
+            low: m.low,
+            close: m.close,
+            volume: m.volume,
+        };
+        Ok(Kline {
+            symbol,
+            interval: m.interval,
+            candle,
+            closed: m.closed,
+            at: m.at,
+        })
+    }
+}
+
+/// The feed writer's side of the publisher: every candle it writes.
+#[derive(Debug, Clone)]
+pub struct CandleTap {
+    tx: SyncSender<CandleMessage>,
+}
+
+impl CandleTap {
+    /// Hands `kline` to the publisher, waiting while its queue is full.
+    pub fn send(&self, kline: &Kline) {
+        // A closed channel means the publisher ended (its error is logged).
+        let _ = self.tx.send(CandleMessage::of(kline));
+    }
+}
+
+/// What the publisher did, for `status`.
+#[derive(Debug, Default)]
+pub struct PublisherCounters {
+    /// Candle messages acknowledged by the stream.
+    pub published: AtomicU64,
+    /// Of those, closes the stream already held (dropped by their id).
+    pub duplicates: AtomicU64,
+    /// Publishes sent again after a failure.
+    pub retries: AtomicU64,
+}
+
+/// The ingest's publisher: a thread taking the tap's candles and
+/// publishing them in order, a window at a time.
+pub struct CandlePublisher {
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Counters.
+    pub counters: Arc<PublisherCounters>,
+    /// The connection's health.
+    pub health: Arc<super::NatsHealth>,
+    /// The stream's name.
+    pub stream: String,
+}
+
+impl CandlePublisher {
+    /// Connects, makes the candle stream if missing, starts the thread;
+    /// returns it and the tap for the feed's writer.
+    pub fn start(
+        addr: &NatsAddr,
+        settings: &NatsSettings,
+    ) -> Result<(Self, CandleTap), super::NatsError> {
+        let nats = Nats::connect(addr, settings)?;
+        let stream = addr.stream_name("CANDLES");
+        nats.stream(&stream, &addr.subjects("candles"), settings)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(TAP_BOUND);
+        let counters = Arc::new(PublisherCounters::default());
+        let health = nats.health.clone();
+        let window = settings.in_flight;
+        let c = counters.clone();
+        let name = stream.clone();
+        let thread = std::thread::Builder::new()
+            .name("candle-publisher".into())
+            .spawn(move || publish_all(nats, rx, window, &c, &name))
+            .map_err(super::NatsError::Runtime)?;
+        Ok((
+            Self {
+                thread: Some(thread),
+                counters,
+                health,
+                stream,
+            },
+            CandleTap { tx },
+        ))
+    }
+
+    /// For `status`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "stream": self.stream,
+            "published": self.counters.published.load(Ordering::Acquire),
+            "duplicates": self.counters.duplicates.load(Ordering::Acquire),
+            "retries": self.counters.retries.load(Ordering::Acquire),
+            "connection": self.health.status(),
+        })
+    }
+
+    /// Waits until everything tapped is acknowledged, or `timeout`; the
+    /// taps must be dropped first (their channel ends the thread).
+    pub fn finish(mut self, timeout: Duration) -> bool {
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        let until = std::time::Instant::now() + timeout;
+        while !thread.is_finished() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The publisher's loop: a window of candles published, acknowledged in
+/// order; a failure sends that one and the later ones again, same ids.
+fn publish_all(
+    nats: Nats,
+    rx: Receiver<CandleMessage>,
+    window: usize,
+    counters: &PublisherCounters,
+    stream: &str,
+) {
+    let prefix = nats.addr.prefix.clone();
+    let mut pending: Vec<CandleMessage> = Vec::with_capacity(window);
+    let mut attempt = 0u32;
+    let mut open = true;
+    while open || !pending.is_empty() {
+        while open && pending.len() < window {
+            let wait = if pending.is_empty() {
+                Duration::from_millis(200)
+            } else {
+                Duration::ZERO
+            };
+            match rx.recv_timeout(wait) {
+                Ok(m) => pending.push(m),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let js = nats.js.clone();
+        let (acked, failed) = nats.block_on(async {
+            let mut futures = Vec::with_capacity(pending.len());
+            for m in &pending {
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(id) = m.msg_id() {
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                }
+                let payload = serde_json::to_vec(m).unwrap_or_default();
+                match js
+                    .publish_with_headers(m.subject(&prefix), headers, payload.into())
+                    .await
+                {
+                    Ok(f) => futures.push(f),
+                    Err(e) => return (futures_acked(futures, counters).await, Some(e.to_string())),
+                }
+            }
+            let n = futures.len();
+            let acked = futures_acked(futures, counters).await;
+            let failed = (acked < n).then(|| "a publish was not acknowledged".to_owned());
+            (acked, failed)
+        });
+        pending.drain(..acked);
+        if let Some(why) = failed {
+            counters.retries.fetch_add(1, Ordering::AcqRel);
+            let wait = Duration::from_millis(100 << attempt.min(6));
+            if attempt.is_power_of_two() || attempt == 0 {
+                tracing::warn!(stream, error = %why, retry_in_ms = wait.as_millis() as u64,
+                    "candle publish not acknowledged: publishing again from the first unacknowledged");
+            }
+            attempt += 1;
+            std::thread::sleep(wait);
+        } else {
+            attempt = 0;
+        }
+    }
+}
+
+/// Awaits `futures` in order, counting; how many were acknowledged before
+/// the first that was not.
+async fn futures_acked(
+    futures: Vec<async_nats::jetstream::context::PublishAckFuture>,
+    counters: &PublisherCounters,
+) -> usize {
+    let mut acked = 0;
+    for f in futures {
+        match f.await {
+            Ok(ack) => {
+                counters.published.fetch_add(1, Ordering::AcqRel);
+                if ack.duplicate {
+                    counters.duplicates.fetch_add(1, Ordering::AcqRel);
+                }
+                acked += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kline(closed: bool) -> Kline {
+        Kline {
+            symbol: SymbolName::new("BTC.X").expect("symbol"),
+            interval: Interval::M1,
+            candle: Candle {
+                open_time: 60_000,
+                open: 1.0,
+                high: 2.0,
+                low: 0.5,
+                close: 1.5,
+                volume: 3.0,
+            },
+            closed,
+            at: 120_000,
+        }
+    }
+
+    #[test]
+    fn a_candle_round_trips_with_its_subject_and_id() {
+        let m = CandleMessage::of(&kline(true));
+        assert_eq!(m.subject("p"), "p.candles.BTC%2EX.1m");
+        assert_eq!(m.msg_id().as_deref(), Some("BTC.X|1m|60000|closed"));
+        assert_eq!(CandleMessage::of(&kline(false)).msg_id(), None);
+        let wire = serde_json::to_vec(&m).expect("json");
+        let back = CandleMessage::parse(&wire).expect("parses");
+        assert_eq!(CandleMessage::of(&back), m);
+    }
+
+    #[test]
+    fn bad_messages_say_why() {
+        let too_big = vec![b' '; MAX_MESSAGE + 1];
+        assert!(
+            CandleMessage::parse(&too_big)
+                .expect_err("big")
+                .contains("over the 1024")
+        );
+        assert!(
+            CandleMessage::parse(b"{}")
+                .expect_err("shape")
+                .contains("not a candle message")
+        );
+        let mut m = serde_json::to_value(CandleMessage::of(&kline(true))).expect("json");
+        m["symbol"] = "no spaces allowed".into();
+        assert!(CandleMessage::parse(m.to_string().as_bytes()).is_err());
+        m["symbol"] = "OK".into();
+        m["extra"] = 1.into();
+        assert!(
+            CandleMessage::parse(m.to_string().as_bytes())
+                .expect_err("unknown field")
+                .contains("unknown field")
+        );
+    }
+}
