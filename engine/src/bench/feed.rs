@@ -288,10 +288,10 @@ pub fn run(
 }
 
 /// Live latency figures.
-struct Live {
-    received_to_published: Option<Percentiles>,
-    received_to_seen: Option<Percentiles>,
-    sent_to_seen: Option<Percentiles>,
+pub(super) struct Live {
+    pub(super) received_to_published: Option<Percentiles>,
+    pub(super) received_to_seen: Option<Percentiles>,
+    pub(super) sent_to_seen: Option<Percentiles>,
 }
 
 /// What one streaming pass recorded.
@@ -313,7 +313,7 @@ struct Pass {
 /// bounds received-to-visible from above, on one thread's clock); with a
 /// reader polling the publish counter, when that reader saw each candle
 /// (which adds the reader's own scheduling on a shared machine).
-fn live(base: &InstanceName, n: usize) -> Result<Live> {
+pub(super) fn live(base: &InstanceName, n: usize) -> Result<Live> {
     if n == 0 {
         return Ok(Live {
             received_to_published: None,

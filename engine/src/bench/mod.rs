@@ -7,6 +7,7 @@ pub mod burst;
 pub mod child;
 pub mod feed;
 pub mod ipc;
+pub mod nats;
 pub mod sinks;
 pub mod store;
 pub mod traders;

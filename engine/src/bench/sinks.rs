@@ -88,7 +88,7 @@ pub struct SinksReport {
     pub restarts: usize,
 }
 
-fn trader_file(dir: &Path, traders: usize) -> Result<std::path::PathBuf> {
+pub(super) fn trader_file(dir: &Path, traders: usize) -> Result<std::path::PathBuf> {
     let set: Vec<_> = (0..traders)
         .map(|k| {
             serde_json::json!({
@@ -128,7 +128,10 @@ fn start(
 }
 
 /// The sink of `kind` in a status.
-fn sink_of<'a>(status: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
+pub(super) fn sink_of<'a>(
+    status: &'a serde_json::Value,
+    kind: &str,
+) -> Option<&'a serde_json::Value> {
     status["sinks"]
         .as_array()?
         .iter()
@@ -136,7 +139,7 @@ fn sink_of<'a>(status: &'a serde_json::Value, kind: &str) -> Option<&'a serde_js
 }
 
 /// One throughput run into `spec` alone.
-fn throughput(
+pub(super) fn throughput(
     instance: &InstanceName,
     shmkline: &Path,
     opts: &SinksBench,

@@ -236,6 +236,30 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000))]
         restarts: u64,
     },
+    /// NATS JetStream on loopback (a real nats-server, from PATH or
+    /// $NATS_SERVER_BIN): candles from an ingest coordinator to visible in
+    /// an engine's segment, next to the local path in the same run; signals
+    /// into JetStream against stdout, and published to acknowledged.
+    Nats {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Synthetic symbols the ingest publishes.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+        symbols: u64,
+        /// Candles per symbol.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=100_000))]
+        candles: u64,
+        /// Batches a second (one candle per symbol each).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        rate: u64,
+        /// Traders (each firing on every candle) in the signal throughput run.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+        traders: u64,
+        /// Candles per symbol in the signal throughput run.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        signal_candles: u64,
+    },
     /// The cross-process torn-read stress alone.
     Torn {
         /// Print one JSON object instead of a table.
@@ -598,9 +622,10 @@ pub struct NatsArgs {
     #[arg(long, default_value_t = crate::nats::DEFAULT_MAX_AGE.as_secs(),
         value_parser = clap::value_parser!(u64).range(0..=315_360_000))]
     pub nats_max_age: u64,
-    /// Signals published to NATS and not yet acknowledged, at most.
+    /// Signals (and candles) published to NATS and not yet acknowledged, at
+    /// most; below the client's own limit of 5,000 unacknowledged publishes.
     #[arg(long, default_value_t = crate::nats::DEFAULT_IN_FLIGHT as u64,
-        value_parser = clap::value_parser!(u64).range(1..=65_536))]
+        value_parser = clap::value_parser!(u64).range(1..=crate::nats::MAX_IN_FLIGHT as u64))]
     pub nats_in_flight: u64,
     /// The signal stream's name (default: the prefix upper-cased, then
     /// `_SIGNALS`: `SHMKLINE_SIGNALS`).

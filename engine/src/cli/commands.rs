@@ -279,6 +279,28 @@ pub fn bench(instance: &InstanceName, cmd: BenchCommand) -> Result<()> {
             };
             emit(&crate::bench::sinks::run(instance, &this, &opts)?, json)
         }
+        BenchCommand::Nats {
+            json,
+            symbols,
+            candles,
+            rate,
+            traders,
+            signal_candles,
+        } => {
+            let opts = crate::bench::nats::NatsBench {
+                symbols: symbols as usize,
+                candles,
+                rate,
+                throughput: crate::bench::sinks::SinksBench {
+                    traders: traders as usize,
+                    symbols: symbols as usize,
+                    candles: signal_candles,
+                    restarts: 0,
+                },
+                local_messages: 2000,
+            };
+            emit(&crate::bench::nats::run(instance, &this, &opts)?, json)
+        }
         BenchCommand::Wake { json, samples } => {
             emit(&crate::bench::wake::run(instance, samples as usize)?, json)
         }

@@ -34,6 +34,8 @@ use crate::state::StateDir;
 pub const INCOMING_BOUND: usize = 8192;
 /// How often the judged position is saved.
 const SAVE_EVERY: Duration = Duration::from_millis(500);
+/// Latency samples kept.
+const LATENCY_SAMPLES: usize = 4096;
 /// Batches remembered to map a publish to its last stream sequence.
 const HISTORY: usize = 65_536;
 
@@ -43,6 +45,7 @@ enum Incoming {
         seq: u64,
         published_ms: i64,
         kline: Kline,
+        sent_us: Option<i64>,
     },
     Bad {
         seq: u64,
@@ -94,6 +97,12 @@ pub struct NatsSource {
     /// Symbols written so far, at most the store's `--max-symbols`.
     symbols: std::collections::HashSet<String>,
     max_symbols: usize,
+    /// The front candle's send time on the ingest (us), then the oldest
+    /// among those written since the last publish: the path's latency.
+    sent: Option<i64>,
+    unpublished_sent: Option<i64>,
+    /// Ingest sent to visible here (store published), us.
+    latency: protocol::samples::Samples,
 }
 
 impl std::fmt::Debug for NatsSource {
@@ -170,6 +179,9 @@ impl NatsSource {
             judged: saved.map(|s| (s.judged_seq, s.judged_ms)),
             symbols: std::collections::HashSet::new(),
             max_symbols,
+            sent: None,
+            unpublished_sent: None,
+            latency: protocol::samples::Samples::new(LATENCY_SAMPLES),
         })
     }
 
@@ -181,8 +193,10 @@ impl NatsSource {
                     seq,
                     published_ms,
                     kline,
+                    sent_us,
                 }) => {
                     self.counters.last_seq.store(seq, Ordering::Release);
+                    self.sent = sent_us;
                     let symbol = kline.symbol.as_str();
                     if !self.shard.owns(symbol) {
                         self.counters.other_shard.fetch_add(1, Ordering::AcqRel);
@@ -234,6 +248,9 @@ impl NatsSource {
                     "a candle from the stream the store refuses: skipped");
             }
             last = Some((seq, ms));
+            if let Some(sent) = self.sent.take() {
+                self.unpublished_sent = Some(self.unpublished_sent.map_or(sent, |s| s.min(sent)));
+            }
             self.fill();
         }
         if let Some((seq, ms)) = last {
@@ -248,6 +265,11 @@ impl NatsSource {
 
     /// The store published `publish` with what was written so far.
     pub fn published(&mut self, publish: u64) {
+        if let Some(sent) = self.unpublished_sent.take() {
+            let us = crate::nats::candles::now_us() - sent;
+            self.latency
+                .push(protocol::samples::saturate(us.max(0) as u128));
+        }
         self.publishes.push_back((publish, self.batch_no));
         if self.publishes.len() > HISTORY {
             self.publishes.pop_front();
@@ -271,8 +293,11 @@ impl NatsSource {
         while self.batches.len() > 1 && self.batches.get(1).is_some_and(|&(b, _, _)| b <= batch) {
             self.batches.pop_front();
         }
+        // Never backwards: after a resume the first batches are re-read
+        // history, older than the position saved.
         if let Some(&(b, seq, ms)) = self.batches.front()
             && b <= batch
+            && self.judged.is_none_or(|(s, _)| seq > s)
         {
             self.judged = Some((seq, ms));
             self.counters.judged_seq.store(seq, Ordering::Release);
@@ -311,6 +336,8 @@ impl NatsSource {
             "last_seq": g(&c.last_seq),
             "judged_seq": g(&c.judged_seq),
             "consumer_restarts": g(&c.consumer_restarts),
+            "sent_to_visible_p50_us": self.latency.quantile(0.5),
+            "sent_to_visible_p99_us": self.latency.quantile(0.99),
             "connection": self.nats.health.status(),
         })
     }
@@ -382,10 +409,11 @@ async fn consume(
             next_seq = Some(seq + 1);
             counters.received.fetch_add(1, Ordering::AcqRel);
             let incoming = match CandleMessage::parse(&message.payload) {
-                Ok(kline) => Incoming::Candle {
+                Ok((kline, sent_us)) => Incoming::Candle {
                     seq,
                     published_ms,
                     kline,
+                    sent_us,
                 },
                 Err(why) => Incoming::Bad { seq, why },
             };

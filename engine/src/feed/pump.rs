@@ -121,7 +121,7 @@ impl Pump {
             let mut wrote = 0;
             let mut done = false;
             while wrote < per_publish {
-                if self.source.waiting() {
+                if self.source.waiting() || !self.writer.tap_has_room() {
                     break;
                 }
                 let Some(at) = self.source.peek()? else {

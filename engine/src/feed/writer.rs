@@ -248,6 +248,15 @@ impl<T: Copy> FeedWriter<T> {
         }
     }
 
+    /// Whether a batch may be written now: without a tap always; with one,
+    /// while its queue holds a candle per symbol and interval (a finite
+    /// feed waits for the publisher rather than have a candle dropped).
+    pub fn tap_has_room(&self) -> bool {
+        self.tap
+            .as_ref()
+            .is_none_or(|t| t.has_room(self.symbols.len().max(1) * self.kept.len()))
+    }
+
     /// Hands every candle written from now on to `tap` too.
     pub fn tap(&mut self, tap: crate::nats::candles::CandleTap) {
         self.tap = Some(tap);

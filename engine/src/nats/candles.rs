@@ -8,8 +8,16 @@
 //! an ingest restarted on the same replay) inside the duplicate window; an
 //! update carries none (a later update or the close supersedes it, and an
 //! engine writes a repeated one as the same candle). The tap's queue is
-//! bounded ([`TAP_BOUND`]): a broker slower than the feed holds the feed
-//! up rather than dropping a candle.
+//! bounded ([`TAP_BOUND`]) and never waited on under the store's lock: a
+//! finite feed (replay, synthetic) waits before writing while it is half
+//! full, so nothing is dropped; the live feed cannot wait on the exchange,
+//! so a candle that finds it full is counted (`dropped`, a WARN, `status`,
+//! and the run's exit) rather than freezing the coordinator.
+//!
+//! At most one publish per subject awaits its acknowledgement: if a
+//! connection drops the first of two publishes of a subject and the second
+//! is stored, the first, sent again, would land after it (a close behind a
+//! later candle, refused as stale by the engines).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +59,17 @@ pub struct CandleMessage {
     pub closed: bool,
     /// When the ingest's feed delivered it, ms (replays are paced by it).
     pub at: i64,
+    /// When the ingest handed it to its publisher (wall clock, us since the
+    /// epoch): an engine on a host with the same clock measures the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_us: Option<i64>,
+}
+
+/// The wall clock in microseconds since the epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 impl CandleMessage {
@@ -68,6 +87,7 @@ impl CandleMessage {
             volume: c.volume,
             closed: kline.closed,
             at: kline.at,
+            sent_us: None,
         }
     }
 
@@ -88,7 +108,7 @@ impl CandleMessage {
 
     /// Reads a message off the wire: bounded, valid JSON of this shape, a
     /// valid symbol, finite values (the writer checks the rest).
-    pub fn parse(payload: &[u8]) -> Result<Kline, String> {
+    pub fn parse(payload: &[u8]) -> Result<(Kline, Option<i64>), String> {
         if payload.len() > MAX_MESSAGE {
             return Err(format!(
                 "{} bytes, over the {MAX_MESSAGE} a candle message may have",
@@ -98,6 +118,15 @@ impl CandleMessage {
         let m: CandleMessage =
             serde_json::from_slice(payload).map_err(|e| format!("not a candle message: {e}"))?;
         let symbol = SymbolName::new(&m.symbol).map_err(|e| e.to_string())?;
+        // Times of 2000-2200 in ms, on the interval's grid, as every feed's.
+        const MS_2000: i64 = 946_684_800_000;
+        const MS_2200: i64 = 7_258_118_400_000;
+        if !(MS_2000..MS_2200).contains(&m.open_time) || !(MS_2000..MS_2200).contains(&m.at) {
+            return Err(format!(
+                "open_time {} or at {}: not a time of 2000-2200 in milliseconds",
+                m.open_time, m.at
+            ));
+        }
         let candle = Candle {
             open_time: m.open_time,
             open: m.open,
@@ -106,13 +135,15 @@ impl CandleMessage {
             close: m.close,
             volume: m.volume,
         };
-        Ok(Kline {
+        crate::feed::binance::check(&candle, m.interval).map_err(|e| e.to_string())?;
+        let kline = Kline {
             symbol,
             interval: m.interval,
             candle,
             closed: m.closed,
             at: m.at,
-        })
+        };
+        Ok((kline, m.sent_us))
     }
 }
 
@@ -120,13 +151,37 @@ impl CandleMessage {
 #[derive(Debug, Clone)]
 pub struct CandleTap {
     tx: SyncSender<CandleMessage>,
+    counters: Arc<PublisherCounters>,
 }
 
 impl CandleTap {
-    /// Hands `kline` to the publisher, waiting while its queue is full.
+    /// Hands `kline` to the publisher; never waits (see the module's notes).
     pub fn send(&self, kline: &Kline) {
-        // A closed channel means the publisher ended (its error is logged).
-        let _ = self.tx.send(CandleMessage::of(kline));
+        let mut m = CandleMessage::of(kline);
+        m.sent_us = Some(now_us());
+        match self.tx.try_send(m) {
+            Ok(()) => {
+                self.counters.queued.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(_) => {
+                let n = self.counters.dropped.fetch_add(1, Ordering::AcqRel) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = n,
+                        bound = TAP_BOUND,
+                        "candles not published: the publisher's queue is full (the broker is slower than the live feed, or down)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether a finite feed may write a batch of `candles` now: the
+    /// queue holds it (or is empty: a batch larger than the bound then
+    /// waits for nothing but itself, and `--max-symbols` keeps it below).
+    pub fn has_room(&self, candles: usize) -> bool {
+        let queued = self.counters.queued.load(Ordering::Acquire) as usize;
+        queued == 0 || queued + candles <= TAP_BOUND
     }
 }
 
@@ -139,6 +194,10 @@ pub struct PublisherCounters {
     pub duplicates: AtomicU64,
     /// Publishes sent again after a failure.
     pub retries: AtomicU64,
+    /// Candles in the tap's queue.
+    pub queued: AtomicU64,
+    /// Candles the live feed wrote that found the queue full.
+    pub dropped: AtomicU64,
 }
 
 /// The ingest's publisher: a thread taking the tap's candles and
@@ -168,6 +227,7 @@ impl CandlePublisher {
         let health = nats.health.clone();
         let window = settings.in_flight;
         let c = counters.clone();
+        let counters_for_tap = counters.clone();
         let name = stream.clone();
         let thread = std::thread::Builder::new()
             .name("candle-publisher".into())
@@ -180,7 +240,10 @@ impl CandlePublisher {
                 health,
                 stream,
             },
-            CandleTap { tx },
+            CandleTap {
+                tx,
+                counters: counters_for_tap,
+            },
         ))
     }
 
@@ -191,8 +254,15 @@ impl CandlePublisher {
             "published": self.counters.published.load(Ordering::Acquire),
             "duplicates": self.counters.duplicates.load(Ordering::Acquire),
             "retries": self.counters.retries.load(Ordering::Acquire),
+            "queued": self.counters.queued.load(Ordering::Acquire),
+            "dropped": self.counters.dropped.load(Ordering::Acquire),
             "connection": self.health.status(),
         })
+    }
+
+    /// Live candles that found the queue full.
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Acquire)
     }
 
     /// Waits until everything tapped is acknowledged, or `timeout`; the
@@ -235,7 +305,10 @@ fn publish_all(
                 Duration::ZERO
             };
             match rx.recv_timeout(wait) {
-                Ok(m) => pending.push(m),
+                Ok(m) => {
+                    counters.queued.fetch_sub(1, Ordering::AcqRel);
+                    pending.push(m);
+                }
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => open = false,
             }
@@ -246,7 +319,12 @@ fn publish_all(
         let js = nats.js.clone();
         let (acked, failed) = nats.block_on(async {
             let mut futures = Vec::with_capacity(pending.len());
+            let mut subjects = std::collections::HashSet::new();
             for m in &pending {
+                // One per subject in flight: a later one goes in the next window.
+                if !subjects.insert(m.subject(&prefix)) {
+                    break;
+                }
                 let mut headers = async_nats::HeaderMap::new();
                 if let Some(id) = m.msg_id() {
                     headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
@@ -312,7 +390,7 @@ mod tests {
             symbol: SymbolName::new("BTC.X").expect("symbol"),
             interval: Interval::M1,
             candle: Candle {
-                open_time: 60_000,
+                open_time: 1_613_692_800_000,
                 open: 1.0,
                 high: 2.0,
                 low: 0.5,
@@ -320,7 +398,7 @@ mod tests {
                 volume: 3.0,
             },
             closed,
-            at: 120_000,
+            at: 1_613_692_860_000,
         }
     }
 
@@ -328,11 +406,11 @@ mod tests {
     fn a_candle_round_trips_with_its_subject_and_id() {
         let m = CandleMessage::of(&kline(true));
         assert_eq!(m.subject("p"), "p.candles.BTC%2EX.1m");
-        assert_eq!(m.msg_id().as_deref(), Some("BTC.X|1m|60000|closed"));
+        assert_eq!(m.msg_id().as_deref(), Some("BTC.X|1m|1613692800000|closed"));
         assert_eq!(CandleMessage::of(&kline(false)).msg_id(), None);
         let wire = serde_json::to_vec(&m).expect("json");
-        let back = CandleMessage::parse(&wire).expect("parses");
-        assert_eq!(CandleMessage::of(&back), m);
+        let (back, sent) = CandleMessage::parse(&wire).expect("parses");
+        assert_eq!((CandleMessage::of(&back), sent), (m, None));
     }
 
     #[test]
@@ -352,6 +430,26 @@ mod tests {
         m["symbol"] = "no spaces allowed".into();
         assert!(CandleMessage::parse(m.to_string().as_bytes()).is_err());
         m["symbol"] = "OK".into();
+        let good = m.clone();
+        m["open_time"] = i64::MAX.into();
+        assert!(
+            CandleMessage::parse(m.to_string().as_bytes())
+                .expect_err("far future")
+                .contains("2000-2200")
+        );
+        m = good.clone();
+        m["low"] = (-1.0).into();
+        assert!(
+            CandleMessage::parse(m.to_string().as_bytes()).is_err(),
+            "a low at or below zero"
+        );
+        m = good.clone();
+        m["open_time"] = 1_613_692_800_001i64.into();
+        assert!(
+            CandleMessage::parse(m.to_string().as_bytes()).is_err(),
+            "off the minute grid"
+        );
+        m = good;
         m["extra"] = 1.into();
         assert!(
             CandleMessage::parse(m.to_string().as_bytes())

@@ -10,6 +10,7 @@
 //! (both allow it) is written `%2E`, which neither can contain.
 
 pub mod candles;
+pub mod server;
 pub mod shard;
 
 use std::sync::Arc;
@@ -146,6 +147,9 @@ impl Default for NatsSettings {
 
 /// Publishes awaiting their acknowledgement by default.
 pub const DEFAULT_IN_FLIGHT: usize = 256;
+/// The most (`--nats-in-flight`): async-nats holds at most 5,000
+/// unacknowledged publishes and waits, without a timeout, for a free one.
+pub const MAX_IN_FLIGHT: usize = 4096;
 
 /// Why NATS could not be used.
 #[derive(Debug, thiserror::Error)]

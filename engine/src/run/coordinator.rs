@@ -366,7 +366,11 @@ impl Coordinator {
         if let Some(last) = pump.step(&self.inst.store, backpressure, |at| emitter.published(at))? {
             self.final_publish = Some(last);
         }
-        pump.judged_up_to(slowest);
+        // The NATS feed's saved position: what was judged, once every
+        // durable sink holds its signals (a restart judges the rest again).
+        if self.emitter.sinks_settled() {
+            pump.judged_up_to(slowest);
+        }
         Ok(())
     }
 

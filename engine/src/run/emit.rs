@@ -320,6 +320,16 @@ impl Emitter {
             .any(|f| f.behind.is_some() || f.catching)
     }
 
+    /// Whether every durable sink has confirmed everything it was handed
+    /// and none is behind: only then may a feed's saved position pass what
+    /// the workers judged (their signals are all delivered).
+    pub fn sinks_settled(&self) -> bool {
+        self.lock()
+            .sinks
+            .iter()
+            .all(|f| f.behind.is_none() && !f.catching && f.output.queued() == 0)
+    }
+
     /// The workers have judged again everything a catch-up was for.
     pub fn caught_up(&self) {
         for f in &mut self.lock().sinks {

@@ -331,16 +331,24 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     // (the live feed's went with it), then the publisher finishes its queue.
     coord.pump.take();
     coord.candle_tap.take();
+    let mut unpublished = None;
     if let Some(publisher) = coord.publisher.take() {
         let stream = publisher.stream.clone();
+        let dropped = publisher.dropped();
         if !publisher.finish(coord.opts.drain_timeout) {
-            tracing::error!(
-                stream,
-                "candles still unpublished when --drain-timeout ran out: engines reading the stream miss them until an ingest publishes them again"
-            );
+            unpublished = Some(format!(
+                "candles were still unpublished to {stream} when --drain-timeout ran out"
+            ));
+        } else if dropped > 0 {
+            unpublished = Some(format!(
+                "{dropped} live candles were not published to {stream} (its queue was full: the broker was slower than the feed)"
+            ));
         }
     }
     result?;
+    if let Some(why) = unpublished {
+        bail!("{why}: engines reading the stream miss them until an ingest publishes them again");
+    }
     outcome(&coord, &output)
 }
 

@@ -27,6 +27,19 @@ struct Saved {
     /// When they were saved (ms since the epoch; older files lack it).
     #[serde(default)]
     saved_ms: Option<i64>,
+    /// A stream sink's highest acknowledged stream sequence (NATS).
+    #[serde(default)]
+    stream_seq: Option<u64>,
+}
+
+/// What a marks file held.
+pub struct Loaded {
+    /// The watermarks.
+    pub marks: Dedup,
+    /// When they were saved (ms since the epoch).
+    pub saved_ms: Option<i64>,
+    /// A stream sink's highest acknowledged stream sequence then.
+    pub stream_seq: Option<u64>,
 }
 
 /// Where one sink's watermarks are kept.
@@ -54,13 +67,17 @@ impl MarksFile {
 
     /// The watermarks saved last, none if never saved.
     pub fn load(&self) -> Result<Dedup, StateError> {
-        Ok(self.load_with_time()?.0)
+        Ok(self.load_saved()?.marks)
     }
 
-    /// The watermarks saved last and when (ms since the epoch), none if never saved.
-    pub fn load_with_time(&self) -> Result<(Dedup, Option<i64>), StateError> {
+    /// What was saved last, none if never saved.
+    pub fn load_saved(&self) -> Result<Loaded, StateError> {
         let Some(bytes) = self.state.read(&self.name)? else {
-            return Ok((Dedup::default(), None));
+            return Ok(Loaded {
+                marks: Dedup::default(),
+                saved_ms: None,
+                stream_seq: None,
+            });
         };
         let corrupt = |why: String| StateError::Corrupt {
             path: self.state.path().display().to_string(),
@@ -86,11 +103,20 @@ impl MarksFile {
             dedup.first(&key.as_signal());
         }
         dedup.duplicates = 0;
-        Ok((dedup, saved.saved_ms))
+        Ok(Loaded {
+            marks: dedup,
+            saved_ms: saved.saved_ms,
+            stream_seq: saved.stream_seq,
+        })
     }
 
     /// Keeps `marks` as the confirmed position, atomically.
     pub fn save(&self, marks: &Dedup) -> Result<(), StateError> {
+        self.save_with(marks, None)
+    }
+
+    /// The same, with a stream sink's highest acknowledged sequence.
+    pub fn save_with(&self, marks: &Dedup, stream_seq: Option<u64>) -> Result<(), StateError> {
         let saved = Saved {
             spec: self.spec.clone(),
             marks: marks
@@ -98,6 +124,7 @@ impl MarksFile {
                 .map(|(t, s, i, o)| (t.to_owned(), s.to_owned(), i, o))
                 .collect(),
             saved_ms: Some(protocol::clock::now_ms()),
+            stream_seq,
         };
         let bytes = serde_json::to_vec(&saved).map_err(|e| StateError::Io {
             path: self.name.clone(),
@@ -118,6 +145,8 @@ pub struct Position {
     saved: (Instant, bool),
     /// The sink, as the log names it.
     what: &'static str,
+    /// A stream sink's highest acknowledged sequence (0: none; NATS).
+    pub stream_seq: u64,
 }
 
 impl Position {
@@ -128,6 +157,7 @@ impl Position {
             marks,
             saved: (Instant::now(), false),
             what,
+            stream_seq: 0,
         }
     }
 
@@ -153,7 +183,8 @@ impl Position {
 
     fn save(&mut self, output: &super::Output) {
         self.saved = (Instant::now(), false);
-        if let Err(e) = self.marks.save(&self.confirmed) {
+        let seq = (self.stream_seq > 0).then_some(self.stream_seq);
+        if let Err(e) = self.marks.save_with(&self.confirmed, seq) {
             tracing::error!(sink = self.what, error = %e,
                 "a sink's position cannot be saved: a restart sends again from the last save");
             output.error(e.to_string());

@@ -36,13 +36,14 @@ use super::webhook::backoff;
 use super::{Batch, Key, Output};
 use crate::nats::{Nats, NatsAddr, NatsSettings, token};
 
-/// How far before the last save the stream's tail is read: covers clocks
-/// of the engine's and the broker's hosts that differ by up to this.
-const CLOCK_MARGIN: Duration = Duration::from_secs(60);
+/// How long one message of the stream's tail may take to arrive at start.
+const TAIL_WAIT: Duration = Duration::from_secs(10);
 
 /// A NATS sink and its thread's state.
 pub struct NatsSink {
     nats: Nats,
+    /// The signal stream (the last message of a subject, after a failure).
+    handle: jetstream::stream::Stream,
     stream: String,
     settings: NatsSettings,
     position: Position,
@@ -64,22 +65,25 @@ impl NatsSink {
             .unwrap_or_else(|| addr.stream_name("SIGNALS"));
         let subjects = addr.subjects("signals");
         let handle = nats.stream(&stream, &subjects, settings)?;
-        let (mut confirmed, saved_ms) = marks.load_with_time()?;
-        let from = saved_ms.map(|ms| ms - CLOCK_MARGIN.as_millis() as i64);
+        let saved = marks.load_saved()?;
+        let (mut confirmed, after) = (saved.marks, saved.stream_seq);
         let read = nats
-            .block_on(read_tail(&handle, &subjects, from, &mut confirmed))
+            .block_on(read_tail(&handle, &subjects, after, &mut confirmed))
             .map_err(|why| crate::nats::NatsError::Stream {
                 server: addr.server.clone(),
                 stream: stream.clone(),
                 why: format!("reading what it holds: {why}"),
             })?;
         tracing::info!(sink = %addr, stream, read, series = confirmed.len(),
-            since_ms = from, "NATS sink: position recovered (state dir, then the stream's tail)");
+            after_seq = after, "NATS sink: position recovered (state dir, then the stream's tail)");
+        let mut position = Position::new(confirmed.clone(), marks, "nats");
+        position.stream_seq = after.unwrap_or(0);
         let sink = Self {
             nats,
             stream,
             settings: settings.clone(),
-            position: Position::new(confirmed.clone(), marks, "nats"),
+            position,
+            handle,
             jitter: Jitter::default(),
         };
         Ok((sink, confirmed))
@@ -132,10 +136,31 @@ impl Delivers for NatsSink {
                     output.count(1, true);
                 },
             ));
-            for (key, _) in &lines[done..done + acked.count] {
+            let mut count = acked.count;
+            if acked.failed.is_some() {
+                // Stored, its acknowledgement lost (a broker restart): the
+                // last message of its subject says so, exactly, as a
+                // subject has one publish in flight; past the duplicate
+                // window a publish again would store it twice.
+                let stored = self.nats.block_on(stored_already(
+                    &self.handle,
+                    &prefix,
+                    &lines[done + count..],
+                    window,
+                ));
+                for _ in 0..stored {
+                    output.count(1, true);
+                }
+                count += stored;
+            }
+            for (key, _) in &lines[done..done + count] {
                 self.position.confirm(key);
                 output.confirmed(key.open_time);
             }
+            if let Some(seq) = acked.last_seq {
+                self.position.stream_seq = self.position.stream_seq.max(seq);
+            }
+            let acked = Acked { count, ..acked };
             done += acked.count;
             if acked.count > 0 {
                 self.position.save_due(output);
@@ -161,8 +186,35 @@ impl Delivers for NatsSink {
 struct Acked {
     /// Signals acknowledged, from the first, in order.
     count: usize,
+    /// The highest stream sequence among their acknowledgements.
+    last_seq: Option<u64>,
     /// Why the next one was not, if it was not.
     failed: Option<String>,
+}
+
+/// How many of `lines`, from the first (at most `window`), the stream holds
+/// as the last message of their subject under their key.
+async fn stored_already(
+    stream: &jetstream::stream::Stream,
+    prefix: &str,
+    lines: &[(Key, &[u8])],
+    window: usize,
+) -> usize {
+    let mut stored = 0;
+    for (key, _) in lines.iter().take(window) {
+        let Ok(last) = stream
+            .get_last_raw_message_by_subject(&subject(prefix, key))
+            .await
+        else {
+            break;
+        };
+        let id = last.headers.get(async_nats::header::NATS_MESSAGE_ID);
+        if id.map(|v| v.as_str()) != Some(key.idempotency_key().as_str()) {
+            break;
+        }
+        stored += 1;
+    }
+    stored
 }
 
 /// The subject of a signal.
@@ -175,9 +227,11 @@ pub fn subject(prefix: &str, key: &Key) -> String {
     )
 }
 
-/// Publishes `lines` in order with up to `window` awaiting acknowledgement,
-/// calling `acked(duplicate)` for each acknowledged one in order;
-/// stops at the first that fails.
+/// Publishes `lines` in order with up to `window` awaiting acknowledgement
+/// and at most one per subject (a series: if a connection lost the first of
+/// two and the second were stored, the stream's last message of the series
+/// would pass a signal it does not hold), calling `acked(duplicate)` for
+/// each acknowledged one in order; stops at the first that fails.
 async fn publish_from(
     js: &jetstream::Context,
     prefix: &str,
@@ -185,83 +239,88 @@ async fn publish_from(
     window: usize,
     mut acked: impl FnMut(bool),
 ) -> Acked {
-    let mut pending: VecDeque<PublishAckFuture> = VecDeque::with_capacity(window);
+    let mut pending: VecDeque<(String, PublishAckFuture)> = VecDeque::with_capacity(window);
+    let mut in_flight = std::collections::HashSet::new();
     let mut next = 0;
     let mut count = 0;
+    let mut last_seq = None;
+    let failed = |count, last_seq, e: String| Acked {
+        count,
+        last_seq,
+        failed: Some(e),
+    };
     while count < lines.len() {
         while next < lines.len() && pending.len() < window.max(1) {
             let (key, line) = &lines[next];
+            let subject = subject(prefix, key);
+            if in_flight.contains(&subject) {
+                break;
+            }
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
                 key.idempotency_key().as_str(),
             );
             match js
-                .publish_with_headers(subject(prefix, key), headers, line.to_vec().into())
+                .publish_with_headers(subject.clone(), headers, line.to_vec().into())
                 .await
             {
-                Ok(ack) => pending.push_back(ack),
-                Err(e) if pending.is_empty() => {
-                    return Acked {
-                        count,
-                        failed: Some(e.to_string()),
-                    };
+                Ok(ack) => {
+                    in_flight.insert(subject.clone());
+                    pending.push_back((subject, ack));
                 }
+                Err(e) if pending.is_empty() => return failed(count, last_seq, e.to_string()),
                 // Await what is in flight first; this one goes again.
                 Err(_) => break,
             }
             next += 1;
         }
-        let Some(front) = pending.pop_front() else {
+        let Some((subject, front)) = pending.pop_front() else {
             break;
         };
+        in_flight.remove(&subject);
         match front.await {
             Ok(ack) => {
                 acked(ack.duplicate);
+                last_seq = Some(last_seq.unwrap_or(0).max(ack.sequence));
                 count += 1;
             }
-            Err(e) => {
-                return Acked {
-                    count,
-                    failed: Some(e.to_string()),
-                };
-            }
+            Err(e) => return failed(count, last_seq, e.to_string()),
         }
     }
     Acked {
         count,
+        last_seq,
         failed: None,
     }
 }
 
-/// Raises `confirmed` by every signal the stream holds on `subjects`
-/// published since `from_ms` (all of them if `None`); how many were read.
+/// Raises `confirmed` by every signal the stream holds on `subjects` after
+/// sequence `after` (all of them if `None`), up to its last message now;
+/// how many were read.
 async fn read_tail(
     stream: &jetstream::stream::Stream,
     subjects: &str,
-    from_ms: Option<i64>,
+    after: Option<u64>,
     confirmed: &mut Dedup,
 ) -> Result<u64, String> {
-    let deliver_policy = match from_ms {
-        Some(ms) => jetstream::consumer::DeliverPolicy::ByStartTime {
-            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
-                i128::from(ms.max(0)) * 1_000_000,
-            )
-            .map_err(|e| e.to_string())?,
-        },
-        None => jetstream::consumer::DeliverPolicy::All,
-    };
     let mut info = stream.clone();
-    let state = info.info().await.map_err(|e| e.to_string())?.state.clone();
-    let newest_ms = (state.last_timestamp.unix_timestamp_nanos() / 1_000_000) as i64;
-    // Nothing since the save: no consumer, no wait for an empty tail.
-    if state.messages == 0 || from_ms.is_some_and(|from| newest_ms < from) {
+    let last = info
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
+    let start = after.map_or(1, |s| s + 1);
+    if last < start {
         return Ok(0);
     }
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subject: subjects.to_owned(),
-            deliver_policy,
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
             ..Default::default()
         })
         .await
@@ -269,12 +328,15 @@ async fn read_tail(
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     let mut read = 0;
     loop {
-        // An empty tail never sends anything: the wait ends it.
-        let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
-        let message = match next {
+        let message = match tokio::time::timeout(TAIL_WAIT, messages.next()).await {
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(format!(
+                    "sequences {start} to {last} did not all arrive within {TAIL_WAIT:?} (read {read})"
+                ));
+            }
         };
         read += 1;
         match serde_json::from_slice::<Key>(&message.payload) {
@@ -284,8 +346,11 @@ async fn read_tail(
             Err(e) => tracing::warn!(subject = %message.subject, error = %e,
                 "a message on the signal stream that is not a signal: skipped"),
         }
-        let pending = message.info().map(|i| i.pending).unwrap_or(0);
-        if pending == 0 {
+        // Up to the last message when we looked (others may keep publishing).
+        let (seq, pending) = message
+            .info()
+            .map_or((last, 0), |i| (i.stream_sequence, i.pending));
+        if seq >= last || pending == 0 {
             break;
         }
     }

