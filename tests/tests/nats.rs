@@ -462,3 +462,48 @@ fn bad_candle_messages_are_counted_and_skipped() {
     assert_nothing_left(&inst);
     assert_nothing_left(&ingest);
 }
+
+/// `bench nats` runs end to end at a small size and reports every figure
+/// (no timed assertion: the figures are for the README), leaving nothing.
+#[test]
+fn bench_nats_reports_every_figure() {
+    if engine::nats::server::find_binary().is_none() {
+        // server() fails in CI, skips elsewhere.
+        let _ = server();
+        return;
+    }
+    let inst = TestInstance::new("bnats");
+    let out = inst.shmkline(&[
+        "bench",
+        "nats",
+        "--json",
+        "--symbols",
+        "3",
+        "--candles",
+        "30",
+        "--rate",
+        "50",
+        "--traders",
+        "2",
+        "--signal-candles",
+        "30",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    for figure in [
+        "/candle_ingest_to_engine_visible/p50_us",
+        "/candle_ingest_to_engine_visible/p99_us",
+        "/candle_local_sent_to_seen/p50_ns",
+        "/signal_published_to_acked/p99_us",
+        "/nats_signals_per_second",
+        "/stdout_signals_per_second",
+        "/nats_vs_stdout",
+    ] {
+        let v = report.pointer(figure).and_then(serde_json::Value::as_f64);
+        assert!(v > Some(0.0), "{figure}: {report}");
+    }
+    assert_eq!(report["candles"], 90, "{report}");
+    assert_eq!(report["signals_per_run"], 2 * 3 * 30, "{report}");
+    inst.assert_clean();
+}

@@ -192,6 +192,10 @@ impl Position {
     }
 }
 
+/// Signals a sink's thread takes in one delivery, at most (batches queued
+/// are merged up to this).
+pub const MERGE_LINES: u64 = 4096;
+
 /// How often a position is saved while signals flow.
 pub const SAVE_EVERY: Duration = Duration::from_millis(200);
 
@@ -216,7 +220,17 @@ pub fn spawn_delivering<D: Delivers>(
         .spawn(move || {
             loop {
                 match batches.recv_timeout(SAVE_EVERY) {
-                    Ok(batch) => sink.deliver(&batch, &output),
+                    Ok(mut batch) => {
+                        // What else is queued goes with it, up to a bound:
+                        // a request (or a window of publishes) per frame
+                        // would leave the receiver idle between them.
+                        while batch.lines < MERGE_LINES
+                            && let Ok(more) = batches.try_recv()
+                        {
+                            batch.merge(more);
+                        }
+                        sink.deliver(&batch, &output)
+                    }
                     Err(RecvTimeoutError::Timeout) => sink.position().save_due(&output),
                     Err(RecvTimeoutError::Disconnected) => break,
                 }

@@ -188,6 +188,18 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Appends `later`'s lines: the newest open time of both, and the
+    /// earlier publish (the latency then counts from the older candle).
+    pub fn merge(&mut self, later: Batch) {
+        self.text.extend_from_slice(&later.text);
+        self.lines += later.lines;
+        self.newest = self.newest.max(later.newest);
+        self.published = match (self.published, later.published) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     /// Each line with its key. A line without one is counted as not
     /// delivered and logged: lines are our own, so that would be a bug.
     pub fn keyed(&self, output: &Output) -> Vec<(Key, &[u8])> {

@@ -20,7 +20,7 @@
 //! state file alone would leave the signals acknowledged in the last save
 //! interval to the duplicate window.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -114,65 +114,58 @@ impl Delivers for NatsSink {
     fn deliver(&mut self, batch: &Batch, output: &Output) {
         let lines = batch.keyed(output);
         let prefix = self.nats.addr.prefix.clone();
-        let mut done = 0;
+        let subjects: Vec<String> = lines.iter().map(|(k, _)| subject(&prefix, k)).collect();
+        let mut remaining: Vec<usize> = (0..lines.len()).collect();
         let mut attempt = 0;
-        while done < lines.len() {
+        while !remaining.is_empty() {
             if output.out_of_time() {
-                output.count((lines.len() - done) as u64, false);
+                output.count(remaining.len() as u64, false);
                 return;
             }
             let js = self.nats.js.clone();
             let window = self.settings.in_flight;
-            let acked = self.nats.block_on(publish_from(
-                &js,
-                &prefix,
-                &lines[done..],
-                window,
-                |duplicate| {
-                    if duplicate {
-                        output.duplicates.fetch_add(1, Ordering::AcqRel);
-                    }
-                    output.delivered_since(batch.published);
-                    output.count(1, true);
-                },
-            ));
-            let mut count = acked.count;
-            if acked.failed.is_some() {
+            let round = self
+                .nats
+                .block_on(publish_round(&js, &lines, &subjects, &remaining, window));
+            let mut done = round.acked;
+            if round.failed.is_some() {
                 // Stored, its acknowledgement lost (a broker restart): the
                 // last message of its subject says so, exactly, as a
                 // subject has one publish in flight; past the duplicate
                 // window a publish again would store it twice.
-                let stored = self.nats.block_on(stored_already(
+                done.extend(self.nats.block_on(stored_already(
                     &self.handle,
-                    &prefix,
-                    &lines[done + count..],
-                    window,
-                ));
-                for _ in 0..stored {
-                    output.count(1, true);
-                }
-                count += stored;
+                    &lines,
+                    &subjects,
+                    &round.in_flight,
+                )));
             }
-            for (key, _) in &lines[done..done + count] {
+            for &(i, duplicate) in &done {
+                if duplicate {
+                    output.duplicates.fetch_add(1, Ordering::AcqRel);
+                }
+                let key = &lines[i].0;
                 self.position.confirm(key);
+                output.delivered_since(batch.published);
+                output.count(1, true);
                 output.confirmed(key.open_time);
             }
-            if let Some(seq) = acked.last_seq {
+            if let Some(seq) = round.last_seq {
                 self.position.stream_seq = self.position.stream_seq.max(seq);
             }
-            let acked = Acked { count, ..acked };
-            done += acked.count;
-            if acked.count > 0 {
+            if !done.is_empty() {
+                let done: std::collections::HashSet<usize> = done.iter().map(|&(i, _)| i).collect();
+                remaining.retain(|i| !done.contains(i));
                 self.position.save_due(output);
                 attempt = 0;
             }
-            if let Some(why) = acked.failed {
+            if let Some(why) = round.failed {
                 output.retries.fetch_add(1, Ordering::AcqRel);
                 let wait = backoff(attempt, self.jitter.draw());
                 if attempt == 0 || attempt.is_power_of_two() {
                     tracing::warn!(stream = %self.stream, error = %why, attempt = attempt + 1,
                         retry_in_ms = wait.as_millis() as u64,
-                        "NATS publish not acknowledged: publishing again from the first unacknowledged signal");
+                        "NATS publish not acknowledged: publishing again what was not");
                 }
                 output.error(why);
                 attempt += 1;
@@ -182,37 +175,35 @@ impl Delivers for NatsSink {
     }
 }
 
-/// How far one publishing run got.
-struct Acked {
-    /// Signals acknowledged, from the first, in order.
-    count: usize,
-    /// The highest stream sequence among their acknowledgements.
+/// How far one publishing round got.
+struct Round {
+    /// Signals acknowledged (index, whether the stream had it already).
+    acked: Vec<(usize, bool)>,
+    /// Signals published and not acknowledged when it failed.
+    in_flight: Vec<usize>,
+    /// The highest stream sequence among the acknowledgements.
     last_seq: Option<u64>,
-    /// Why the next one was not, if it was not.
+    /// Why it stopped, if not done.
     failed: Option<String>,
 }
 
-/// How many of `lines`, from the first (at most `window`), the stream holds
-/// as the last message of their subject under their key.
+/// Which of the signals `in_flight` (of distinct subjects) the stream holds
+/// as the last message of their subject, under their key.
 async fn stored_already(
     stream: &jetstream::stream::Stream,
-    prefix: &str,
     lines: &[(Key, &[u8])],
-    window: usize,
-) -> usize {
-    let mut stored = 0;
-    for (key, _) in lines.iter().take(window) {
-        let Ok(last) = stream
-            .get_last_raw_message_by_subject(&subject(prefix, key))
-            .await
-        else {
-            break;
+    subjects: &[String],
+    in_flight: &[usize],
+) -> Vec<(usize, bool)> {
+    let mut stored = Vec::new();
+    for &i in in_flight {
+        let Ok(last) = stream.get_last_raw_message_by_subject(&subjects[i]).await else {
+            continue;
         };
         let id = last.headers.get(async_nats::header::NATS_MESSAGE_ID);
-        if id.map(|v| v.as_str()) != Some(key.idempotency_key().as_str()) {
-            break;
+        if id.map(|v| v.as_str()) == Some(lines[i].0.idempotency_key().as_str()) {
+            stored.push((i, false));
         }
-        stored += 1;
     }
     stored
 }
@@ -227,71 +218,87 @@ pub fn subject(prefix: &str, key: &Key) -> String {
     )
 }
 
-/// Publishes `lines` in order with up to `window` awaiting acknowledgement
-/// and at most one per subject (a series: if a connection lost the first of
-/// two and the second were stored, the stream's last message of the series
-/// would pass a signal it does not hold), calling `acked(duplicate)` for
-/// each acknowledged one in order; stops at the first that fails.
-async fn publish_from(
+/// Publishes the signals `remaining` (indices into `lines`, in order) with
+/// up to `window` awaiting acknowledgement and at most one per subject (a
+/// series: if a connection lost the first of two and the second were
+/// stored, the stream's last message of the series would pass a signal it
+/// does not hold), so a series' signals go in order while the others'
+/// overlap; stops at the first failure.
+async fn publish_round(
     js: &jetstream::Context,
-    prefix: &str,
     lines: &[(Key, &[u8])],
+    subjects: &[String],
+    remaining: &[usize],
     window: usize,
-    mut acked: impl FnMut(bool),
-) -> Acked {
-    let mut pending: VecDeque<(String, PublishAckFuture)> = VecDeque::with_capacity(window);
-    let mut in_flight = std::collections::HashSet::new();
-    let mut next = 0;
-    let mut count = 0;
-    let mut last_seq = None;
-    let failed = |count, last_seq, e: String| Acked {
-        count,
-        last_seq,
-        failed: Some(e),
+) -> Round {
+    // Per subject, its signals in order; subjects with one to send, ready.
+    let mut waiting: HashMap<&str, VecDeque<usize>> = HashMap::new();
+    let mut ready: VecDeque<&str> = VecDeque::new();
+    for &i in remaining {
+        let queue = waiting.entry(subjects[i].as_str()).or_default();
+        if queue.is_empty() {
+            ready.push_back(subjects[i].as_str());
+        }
+        queue.push_back(i);
+    }
+    let mut pending: VecDeque<(usize, PublishAckFuture)> = VecDeque::with_capacity(window);
+    let mut round = Round {
+        acked: Vec::new(),
+        in_flight: Vec::new(),
+        last_seq: None,
+        failed: None,
     };
-    while count < lines.len() {
-        while next < lines.len() && pending.len() < window.max(1) {
-            let (key, line) = &lines[next];
-            let subject = subject(prefix, key);
-            if in_flight.contains(&subject) {
-                break;
-            }
+    loop {
+        while pending.len() < window.max(1)
+            && let Some(subject) = ready.pop_front()
+        {
+            let Some(&i) = waiting.get(subject).and_then(|q| q.front()) else {
+                continue;
+            };
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
-                key.idempotency_key().as_str(),
+                lines[i].0.idempotency_key().as_str(),
             );
             match js
-                .publish_with_headers(subject.clone(), headers, line.to_vec().into())
+                .publish_with_headers(subjects[i].clone(), headers, lines[i].1.to_vec().into())
                 .await
             {
-                Ok(ack) => {
-                    in_flight.insert(subject.clone());
-                    pending.push_back((subject, ack));
+                Ok(ack) => pending.push_back((i, ack)),
+                Err(e) => {
+                    ready.push_front(subject);
+                    if pending.is_empty() {
+                        round.failed = Some(e.to_string());
+                        return round;
+                    }
+                    // Await what is in flight first; this one goes again.
+                    break;
                 }
-                Err(e) if pending.is_empty() => return failed(count, last_seq, e.to_string()),
-                // Await what is in flight first; this one goes again.
-                Err(_) => break,
             }
-            next += 1;
         }
-        let Some((subject, front)) = pending.pop_front() else {
-            break;
+        let Some((i, front)) = pending.pop_front() else {
+            return round;
         };
-        in_flight.remove(&subject);
         match front.await {
             Ok(ack) => {
-                acked(ack.duplicate);
-                last_seq = Some(last_seq.unwrap_or(0).max(ack.sequence));
-                count += 1;
+                round.acked.push((i, ack.duplicate));
+                round.last_seq = Some(round.last_seq.unwrap_or(0).max(ack.sequence));
+                let subject = subjects[i].as_str();
+                if let Some(queue) = waiting.get_mut(subject) {
+                    queue.pop_front();
+                    if !queue.is_empty() {
+                        ready.push_back(subject);
+                    }
+                }
             }
-            Err(e) => return failed(count, last_seq, e.to_string()),
+            Err(e) => {
+                round.in_flight = std::iter::once(i)
+                    .chain(pending.iter().map(|(j, _)| *j))
+                    .collect();
+                round.failed = Some(e.to_string());
+                return round;
+            }
         }
-    }
-    Acked {
-        count,
-        last_seq,
-        failed: None,
     }
 }
 
