@@ -353,7 +353,7 @@ fn an_ingest_and_two_engine_shards_are_exactly_once_through_kills_and_a_broker_r
         std::thread::sleep(Duration::from_millis((seed >> 20) % 700));
         running[k] = Some(engine(&engines[k], &url, shards[k]));
     }
-    let (status, _, stderr) = ingest_run.wait_output(Duration::from_secs(60));
+    let (status, _, stderr) = ingest_run.wait_output(Duration::from_secs(240));
     assert!(status.success(), "the ingest: {stderr}");
     assert!(
         kills >= 3 && restarted,
@@ -442,12 +442,17 @@ fn bad_candle_messages_are_counted_and_skipped() {
     server
         .publish("shmkline.candles.BAD.1m", bad_symbol.as_bytes().to_vec())
         .expect("published");
+    // A valid candle of a fifth symbol, one more than the engine's store holds.
+    let unknown = r#"{"symbol":"NEWUSDT","interval":"1m","open_time":1704067200000,"open":1,"high":1,"low":1,"close":1,"volume":1,"closed":true,"at":1704067260000}"#;
+    server
+        .publish("shmkline.candles.NEWUSDT.1m", unknown.as_bytes().to_vec())
+        .expect("published");
     let inst = TestInstance::new("enginebad");
     let mut cmd = inst.command("shmkline");
-    cmd.args(["run", "--feed", &url]);
+    cmd.args(["run", "--feed", &url, "--max-symbols", "4"]);
     let run = harness::ChildGuard::spawn(&mut cmd);
     let s = inst.status_when(Duration::from_secs(60), |s| {
-        s["feed"]["nats"]["bad_messages"] == 3 && s["feed"]["candles_written"].as_u64() >= Some(30)
+        s["feed"]["nats"]["bad_messages"] == 4 && s["feed"]["candles_written"].as_u64() >= Some(30)
     });
     eprintln!("{}", s["feed"]);
     run.signal(nix::sys::signal::Signal::SIGTERM);
@@ -456,7 +461,8 @@ fn bad_candle_messages_are_counted_and_skipped() {
     assert!(
         stderr.contains("not a candle")
             && stderr.contains("over the 1024")
-            && stderr.contains("seq="),
+            && stderr.contains("seq=")
+            && stderr.contains("raise --max-symbols"),
         "{stderr}"
     );
     assert_nothing_left(&inst);
@@ -506,4 +512,165 @@ fn bench_nats_reports_every_figure() {
     assert_eq!(report["candles"], 90, "{report}");
     assert_eq!(report["signals_per_run"], 2 * 3 * 30, "{report}");
     inst.assert_clean();
+}
+
+/// A TCP relay to the broker whose connections can be cut (the broker
+/// stays up): a network cut between one engine and NATS.
+struct Relay {
+    port: u16,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(upstream: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::net::TcpStream>::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, s) = (conns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Acquire) {
+                let Ok((down, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = down.set_nonblocking(false);
+                let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (
+                        down.try_clone().expect("clone"),
+                        up.try_clone().expect("clone"),
+                    ),
+                    (
+                        up.try_clone().expect("clone"),
+                        down.try_clone().expect("clone"),
+                    ),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                let mut held = c.lock().expect("conns");
+                held.push(down);
+                held.push(up);
+            }
+        });
+        Self { port, conns, stop }
+    }
+
+    /// Cuts every connection through it now; how many.
+    fn cut(&self) -> usize {
+        let mut held = self.conns.lock().expect("conns");
+        for c in held.iter() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        let n = held.len() / 2;
+        held.clear();
+        n
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.cut();
+    }
+}
+
+/// The other faults on the way: one engine's connections to the broker cut
+/// twice mid-stream (the broker up), the other engine frozen (SIGSTOP) so it
+/// falls behind the stream, then let go. Each resumes where it was; the
+/// signal stream equals the backtest, none twice, and `status` shows the
+/// cut engine's disconnects and reconnects, for its feed and its sink.
+#[test]
+fn an_engine_cut_from_the_broker_and_one_frozen_behind_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(feed) = six_symbol_replay(dir.path()) else {
+        return;
+    };
+    let Some(server) = server() else {
+        return;
+    };
+    let url = server.url();
+    let relay = Relay::start(server.port);
+    let relayed = format!("nats://127.0.0.1:{}", relay.port);
+    let ingest = TestInstance::new("ingcut");
+    let engines = [TestInstance::new("engcut"), TestInstance::new("engfrz")];
+    let cut = engine(&engines[0], &relayed, "0/2");
+    let frozen = engine(&engines[1], &url, "1/2");
+    let mut cmd = ingest.command("shmkline");
+    cmd.args([
+        "run",
+        "--feed",
+        &feed,
+        "--rate",
+        "800",
+        "--publish-candles",
+        &url,
+    ])
+    .arg("--sink")
+    .arg(format!(
+        "file:{}",
+        dir.path().join("ingest.jsonl").display()
+    ));
+    let ingest_run = harness::ChildGuard::spawn(&mut cmd);
+    for inst in &engines {
+        inst.status_when(Duration::from_secs(60), |s| {
+            s["sinks"][0]["delivered"].as_u64() > Some(100)
+        });
+    }
+    frozen.signal(nix::sys::signal::Signal::SIGSTOP);
+    let mut cuts = 0;
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1200));
+        cuts += relay.cut();
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    frozen.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(cuts >= 2, "connections cut: {cuts}");
+    let (status, _, stderr) = ingest_run.wait_output(Duration::from_secs(240));
+    assert!(status.success(), "the ingest: {stderr}");
+    let want = ingest.backtest_signals(&["--feed", &feed]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let (got, again) = loop {
+        let (got, again) = stream_signals(&server, "SHMKLINE_SIGNALS", "shmkline");
+        if got.len() >= want.len() || std::time::Instant::now() > deadline {
+            break (got, again);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let (settled, _) = stream_signals(&server, "SHMKLINE_SIGNALS", "shmkline");
+    assert_eq!(
+        settled.len(),
+        got.len(),
+        "more came after the stream matched"
+    );
+    assert_eq!(again, 0, "signals held twice in the stream");
+    let missing = want.iter().filter(|w| !got.contains(w)).count();
+    assert_eq!(missing, 0, "lost");
+    assert!(got == want, "the stream equals the backtest");
+    let s = engines[0].status_when(Duration::from_secs(30), |_| true);
+    let feed_conn = &s["feed"]["nats"]["connection"];
+    let sink_conn = &s["sinks"][0]["connection"];
+    eprintln!("cut engine: feed {feed_conn}, sink {sink_conn}");
+    for c in [feed_conn, sink_conn] {
+        assert!(c["disconnects"].as_u64() >= Some(1), "{c}");
+        assert!(c["reconnects"].as_u64() >= Some(1), "{c}");
+        assert_eq!(c["connected"], true, "{c}");
+    }
+    for (inst, run) in engines.iter().zip([cut, frozen]) {
+        run.signal(nix::sys::signal::Signal::SIGTERM);
+        let (status, _, stderr) = run.wait_output(Duration::from_secs(30));
+        assert!(status.success(), "{stderr}");
+        assert_nothing_left(inst);
+    }
+    assert_nothing_left(&ingest);
+    drop(relay);
 }

@@ -9,8 +9,8 @@
 //! update carries none (a later update or the close supersedes it, and an
 //! engine writes a repeated one as the same candle). The tap's queue is
 //! bounded ([`TAP_BOUND`]) and never waited on under the store's lock: a
-//! finite feed (replay, synthetic) waits before writing while it is half
-//! full, so nothing is dropped; the live feed cannot wait on the exchange,
+//! finite feed (replay, synthetic) waits before writing a batch while
+//! [`FINITE_BOUND`] are queued, so nothing is dropped; the live feed cannot wait on the exchange,
 //! so a candle that finds it full is counted (`dropped`, a WARN, `status`,
 //! and the run's exit) rather than freezing the coordinator.
 //!
@@ -32,6 +32,10 @@ use crate::feed::binance::Kline;
 
 /// Candle updates queued for the publisher, at most (about 10 MB).
 pub const TAP_BOUND: usize = 65_536;
+/// Candles queued past which a finite feed waits before its next batch:
+/// the backlog between the ingest and the engines stays short, and so does
+/// the wait at the end of a replay.
+pub const FINITE_BOUND: usize = 8192;
 /// The largest candle message an engine reads; a larger one is bad input.
 pub const MAX_MESSAGE: usize = 1024;
 
@@ -181,7 +185,7 @@ impl CandleTap {
     /// waits for nothing but itself, and `--max-symbols` keeps it below).
     pub fn has_room(&self, candles: usize) -> bool {
         let queued = self.counters.queued.load(Ordering::Acquire) as usize;
-        queued == 0 || queued + candles <= TAP_BOUND
+        queued == 0 || queued + candles <= FINITE_BOUND
     }
 }
 
@@ -265,15 +269,25 @@ impl CandlePublisher {
         self.counters.dropped.load(Ordering::Acquire)
     }
 
-    /// Waits until everything tapped is acknowledged, or `timeout`; the
-    /// taps must be dropped first (their channel ends the thread).
+    /// Waits until everything tapped is acknowledged, or until `timeout`
+    /// passes with nothing acknowledged; the taps must be dropped first
+    /// (their channel ends the thread).
     pub fn finish(mut self, timeout: Duration) -> bool {
         let Some(thread) = self.thread.take() else {
             return true;
         };
-        let until = std::time::Instant::now() + timeout;
-        while !thread.is_finished() && std::time::Instant::now() < until {
+        // Waited for as long as it makes progress, like stdout at the end
+        // of a run; given up after `timeout` without any.
+        let mut moved = (
+            std::time::Instant::now(),
+            self.counters.published.load(Ordering::Acquire),
+        );
+        while !thread.is_finished() && moved.0.elapsed() < timeout {
             std::thread::sleep(Duration::from_millis(10));
+            let now = self.counters.published.load(Ordering::Acquire);
+            if now != moved.1 {
+                moved = (std::time::Instant::now(), now);
+            }
         }
         if thread.is_finished() {
             let _ = thread.join();

@@ -337,7 +337,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         let dropped = publisher.dropped();
         if !publisher.finish(coord.opts.drain_timeout) {
             unpublished = Some(format!(
-                "candles were still unpublished to {stream} when --drain-timeout ran out"
+                "candles were still unpublished to {stream} after --drain-timeout without progress"
             ));
         } else if dropped > 0 {
             unpublished = Some(format!(
