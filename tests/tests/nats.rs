@@ -244,6 +244,32 @@ fn two_shards_cover_every_symbol_once_into_one_stream() {
     }
 }
 
+/// Waits (up to 3 minutes) for the signal stream to hold as many signals as
+/// `want`, checks nothing more comes, and that it holds exactly `want`,
+/// each key once; how many it holds.
+fn assert_stream_becomes(server: &NatsServer, want: &[String]) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let (got, again) = loop {
+        let (got, again) = stream_signals(server, "SHMKLINE_SIGNALS", "shmkline");
+        if got.len() >= want.len() || std::time::Instant::now() > deadline {
+            break (got, again);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let (settled, _) = stream_signals(server, "SHMKLINE_SIGNALS", "shmkline");
+    assert_eq!(
+        settled.len(),
+        got.len(),
+        "more came after the stream matched"
+    );
+    assert_eq!(again, 0, "signals held twice in the stream");
+    let missing = want.iter().filter(|w| !got.contains(w)).count();
+    assert_eq!(missing, 0, "lost");
+    assert!(got == want, "the stream equals the backtest");
+    got.len()
+}
+
 /// The week of real BTCUSDT minutes and five more symbols made from it
 /// (prices scaled), written as Binance CSV files into `dir`; the feed spec.
 fn six_symbol_replay(dir: &std::path::Path) -> Option<String> {
@@ -361,31 +387,10 @@ fn an_ingest_and_two_engine_shards_are_exactly_once_through_kills_and_a_broker_r
     );
     let want = ingest.backtest_signals(&["--feed", &feed]);
     assert!(want.len() > 1000, "{}", want.len());
-    // The engines catch up with the stream; then nothing more may come.
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    let (got, again) = loop {
-        let (got, again) = stream_signals(&server, "SHMKLINE_SIGNALS", "shmkline");
-        if got.len() >= want.len() || std::time::Instant::now() > deadline {
-            break (got, again);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    std::thread::sleep(Duration::from_secs(2));
-    let (settled, _) = stream_signals(&server, "SHMKLINE_SIGNALS", "shmkline");
-    assert_eq!(
-        settled.len(),
-        got.len(),
-        "more came after the stream matched"
-    );
+    let held = assert_stream_becomes(&server, &want);
     eprintln!(
-        "{kills} engine kills, a broker restart: {} signals in the stream, {} in the backtest",
-        got.len(),
-        want.len()
+        "{kills} engine kills, a broker restart: {held} signals in the stream, as in the backtest"
     );
-    assert_eq!(again, 0, "signals held twice in the stream");
-    let missing = want.iter().filter(|w| !got.contains(w)).count();
-    assert_eq!(missing, 0, "lost");
-    assert!(got == want, "the stream equals the backtest");
     for (k, inst) in engines.iter().enumerate() {
         let s = inst.status_when(Duration::from_secs(30), |s| s["feed"]["nats"].is_object());
         let nats = &s["feed"]["nats"];
@@ -637,25 +642,7 @@ fn an_engine_cut_from_the_broker_and_one_frozen_behind_lose_nothing() {
     let (status, _, stderr) = ingest_run.wait_output(Duration::from_secs(240));
     assert!(status.success(), "the ingest: {stderr}");
     let want = ingest.backtest_signals(&["--feed", &feed]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    let (got, again) = loop {
-        let (got, again) = stream_signals(&server, "SHMKLINE_SIGNALS", "shmkline");
-        if got.len() >= want.len() || std::time::Instant::now() > deadline {
-            break (got, again);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    std::thread::sleep(Duration::from_secs(2));
-    let (settled, _) = stream_signals(&server, "SHMKLINE_SIGNALS", "shmkline");
-    assert_eq!(
-        settled.len(),
-        got.len(),
-        "more came after the stream matched"
-    );
-    assert_eq!(again, 0, "signals held twice in the stream");
-    let missing = want.iter().filter(|w| !got.contains(w)).count();
-    assert_eq!(missing, 0, "lost");
-    assert!(got == want, "the stream equals the backtest");
+    assert_stream_becomes(&server, &want);
     let s = engines[0].status_when(Duration::from_secs(30), |_| true);
     let feed_conn = &s["feed"]["nats"]["connection"];
     let sink_conn = &s["sinks"][0]["connection"];

@@ -19,11 +19,13 @@
 //! is stored, the first, sent again, would land after it (a close behind a
 //! later candle, refused as stale by the engines).
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishAckFuture;
 use protocol::{Candle, Interval, SymbolName};
 use serde::{Deserialize, Serialize};
 
@@ -298,8 +300,11 @@ impl CandlePublisher {
     }
 }
 
-/// The publisher's loop: a window of candles published, acknowledged in
-/// order; a failure sends that one and the later ones again, same ids.
+/// The publisher's loop. Per subject a queue of candles in order; a subject
+/// with one to send is *ready*; up to `window` subjects have their first
+/// candle in flight, and when its acknowledgement comes the subject's next
+/// goes at once. A failure sends every subject's first again (same ids), so
+/// a subject's candles reach the stream in order whatever is lost.
 fn publish_all(
     nats: Nats,
     rx: Receiver<CandleMessage>,
@@ -308,62 +313,107 @@ fn publish_all(
     stream: &str,
 ) {
     let prefix = nats.addr.prefix.clone();
-    let mut pending: Vec<CandleMessage> = Vec::with_capacity(window);
+    let js = nats.js.clone();
+    let mut waiting: HashMap<String, VecDeque<CandleMessage>> = HashMap::new();
+    let mut ready: VecDeque<String> = VecDeque::new();
+    let mut pending: VecDeque<(String, PublishAckFuture)> = VecDeque::new();
+    let mut held = 0usize;
     let mut attempt = 0u32;
     let mut open = true;
-    while open || !pending.is_empty() {
-        while open && pending.len() < window {
-            let wait = if pending.is_empty() {
-                Duration::from_millis(200)
-            } else {
-                Duration::ZERO
-            };
-            match rx.recv_timeout(wait) {
-                Ok(m) => {
-                    counters.queued.fetch_sub(1, Ordering::AcqRel);
-                    pending.push(m);
-                }
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => open = false,
-            }
+    let take = |m: CandleMessage,
+                waiting: &mut HashMap<String, VecDeque<CandleMessage>>,
+                ready: &mut VecDeque<String>,
+                held: &mut usize| {
+        counters.queued.fetch_sub(1, Ordering::AcqRel);
+        let subject = m.subject(&prefix);
+        let queue = waiting.entry(subject.clone()).or_default();
+        if queue.is_empty() {
+            ready.push_back(subject);
         }
-        if pending.is_empty() {
-            continue;
-        }
-        let js = nats.js.clone();
-        let (acked, failed) = nats.block_on(async {
-            let mut futures = Vec::with_capacity(pending.len());
-            let mut subjects = std::collections::HashSet::new();
-            for m in &pending {
-                // One per subject in flight: a later one goes in the next window.
-                if !subjects.insert(m.subject(&prefix)) {
+        queue.push_back(m);
+        *held += 1;
+    };
+    loop {
+        // What the tap queued, up to a bound (the rest waits in its channel).
+        while held < TAKE {
+            match rx.try_recv() {
+                Ok(m) => take(m, &mut waiting, &mut ready, &mut held),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    open = false;
                     break;
                 }
+            }
+        }
+        if pending.is_empty() && ready.is_empty() {
+            if !open {
+                return;
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(m) => take(m, &mut waiting, &mut ready, &mut held),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+            continue;
+        }
+        let failed = nats.block_on(async {
+            while pending.len() < window.max(1)
+                && let Some(subject) = ready.pop_front()
+            {
+                let Some(m) = waiting.get(&subject).and_then(|q| q.front()) else {
+                    continue;
+                };
                 let mut headers = async_nats::HeaderMap::new();
                 if let Some(id) = m.msg_id() {
                     headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
                 }
                 let payload = serde_json::to_vec(m).unwrap_or_default();
                 match js
-                    .publish_with_headers(m.subject(&prefix), headers, payload.into())
+                    .publish_with_headers(subject.clone(), headers, payload.into())
                     .await
                 {
-                    Ok(f) => futures.push(f),
-                    Err(e) => return (futures_acked(futures, counters).await, Some(e.to_string())),
+                    Ok(f) => pending.push_back((subject, f)),
+                    Err(e) => {
+                        ready.push_front(subject);
+                        if pending.is_empty() {
+                            return Some(e.to_string());
+                        }
+                        break;
+                    }
                 }
             }
-            let n = futures.len();
-            let acked = futures_acked(futures, counters).await;
-            let failed = (acked < n).then(|| "a publish was not acknowledged".to_owned());
-            (acked, failed)
+            let (subject, front) = pending.pop_front()?;
+            match front.await {
+                Ok(ack) => {
+                    counters.published.fetch_add(1, Ordering::AcqRel);
+                    if ack.duplicate {
+                        counters.duplicates.fetch_add(1, Ordering::AcqRel);
+                    }
+                    if let Some(queue) = waiting.get_mut(&subject) {
+                        queue.pop_front();
+                        held -= 1;
+                        if queue.is_empty() {
+                            waiting.remove(&subject);
+                        } else {
+                            ready.push_back(subject);
+                        }
+                    }
+                    None
+                }
+                Err(e) => {
+                    // Every subject in flight sends its first again.
+                    ready.push_front(subject);
+                    ready.extend(pending.drain(..).map(|(s, _)| s));
+                    Some(e.to_string())
+                }
+            }
         });
-        pending.drain(..acked);
         if let Some(why) = failed {
             counters.retries.fetch_add(1, Ordering::AcqRel);
             let wait = Duration::from_millis(100 << attempt.min(6));
             if attempt.is_power_of_two() || attempt == 0 {
                 tracing::warn!(stream, error = %why, retry_in_ms = wait.as_millis() as u64,
-                    "candle publish not acknowledged: publishing again from the first unacknowledged");
+                    "candle publish not acknowledged: publishing again from each series' first unacknowledged");
             }
             attempt += 1;
             std::thread::sleep(wait);
@@ -373,27 +423,9 @@ fn publish_all(
     }
 }
 
-/// Awaits `futures` in order, counting; how many were acknowledged before
-/// the first that was not.
-async fn futures_acked(
-    futures: Vec<async_nats::jetstream::context::PublishAckFuture>,
-    counters: &PublisherCounters,
-) -> usize {
-    let mut acked = 0;
-    for f in futures {
-        match f.await {
-            Ok(ack) => {
-                counters.published.fetch_add(1, Ordering::AcqRel);
-                if ack.duplicate {
-                    counters.duplicates.fetch_add(1, Ordering::AcqRel);
-                }
-                acked += 1;
-            }
-            Err(_) => break,
-        }
-    }
-    acked
-}
+/// Candles the publisher holds in its per-subject queues, at most (besides
+/// the tap's channel).
+const TAKE: usize = 16_384;
 
 #[cfg(test)]
 mod tests {
