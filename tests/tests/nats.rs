@@ -299,6 +299,29 @@ fn six_symbol_replay(dir: &std::path::Path) -> Option<String> {
     Some(format!("replay:{}", paths.join(",")))
 }
 
+/// An ingest coordinator replaying `feed` (paced) onto the candle stream at
+/// `url`, its own signals into a file in `dir`.
+fn start_ingest(
+    inst: &TestInstance,
+    feed: &str,
+    url: &str,
+    dir: &std::path::Path,
+) -> harness::ChildGuard {
+    let mut cmd = inst.command("shmkline");
+    cmd.args([
+        "run",
+        "--feed",
+        feed,
+        "--rate",
+        "800",
+        "--publish-candles",
+        url,
+    ])
+    .args(["--nats-wait", "20", "--sink"])
+    .arg(format!("file:{}", dir.join("ingest.jsonl").display()));
+    harness::ChildGuard::spawn(&mut cmd)
+}
+
 /// An engine coordinator reading the candle stream for one shard and
 /// publishing its signals to the signal stream.
 fn engine(inst: &TestInstance, url: &str, shard: &str) -> harness::ChildGuard {
@@ -334,22 +357,7 @@ fn an_ingest_and_two_engine_shards_are_exactly_once_through_kills_and_a_broker_r
         .zip(shards)
         .map(|(inst, shard)| Some(engine(inst, &url, shard)))
         .collect();
-    let mut cmd = ingest.command("shmkline");
-    cmd.args([
-        "run",
-        "--feed",
-        &feed,
-        "--rate",
-        "800",
-        "--publish-candles",
-        &url,
-    ])
-    .args(["--nats-wait", "20", "--sink"])
-    .arg(format!(
-        "file:{}",
-        dir.path().join("ingest.jsonl").display()
-    ));
-    let ingest_run = harness::ChildGuard::spawn(&mut cmd);
+    let ingest_run = start_ingest(&ingest, &feed, &url, dir.path());
     let mut seed: u64 = 0x5eed_0016;
     let mut kills = 0;
     let mut restarted = false;
@@ -609,22 +617,7 @@ fn an_engine_cut_from_the_broker_and_one_frozen_behind_lose_nothing() {
     let engines = [TestInstance::new("engcut"), TestInstance::new("engfrz")];
     let cut = engine(&engines[0], &relayed, "0/2");
     let frozen = engine(&engines[1], &url, "1/2");
-    let mut cmd = ingest.command("shmkline");
-    cmd.args([
-        "run",
-        "--feed",
-        &feed,
-        "--rate",
-        "800",
-        "--publish-candles",
-        &url,
-    ])
-    .arg("--sink")
-    .arg(format!(
-        "file:{}",
-        dir.path().join("ingest.jsonl").display()
-    ));
-    let ingest_run = harness::ChildGuard::spawn(&mut cmd);
+    let ingest_run = start_ingest(&ingest, &feed, &url, dir.path());
     for inst in &engines {
         inst.status_when(Duration::from_secs(60), |s| {
             s["sinks"][0]["delivered"].as_u64() > Some(100)
