@@ -1,35 +1,67 @@
 //! The instance's unix control socket, `<runtime>/<instance>/control.sock`
-//! (directory 0700, socket 0600). One request line in, one JSON line out.
-//! Requests are answered by the coordinator's loop, so every answer is a
-//! consistent snapshot. Requests: `status`, `events`, `traders`, and the
-//! JSON trader commands (`{"cmd":"add",...}`, `{"cmd":"remove",...}`). A
-//! request line is at most [`MAX_REQUEST`] bytes: longer ones are refused
-//! with an error naming the limit, by the client before it connects and by
-//! the server if one arrives anyway.
+//! (directory 0700, socket 0600): many clients at once (`top`, scripts,
+//! `status`), each on its own thread, each request answered by the
+//! coordinator's loop so every answer is a consistent snapshot.
+//!
+//! A connection carries request lines (`status`, `events`, `traders`, the
+//! JSON trader commands `{"cmd":"add",...}` and `{"cmd":"remove",...}`),
+//! one JSON line answering each, until the client closes it. Bounds, so
+//! that no client can hold the others or the coordinator:
+//! - at most [`MAX_CLIENTS`] connections are served at once; one more gets
+//!   an error line naming the limit and is closed;
+//! - a connection idle (between requests) for [`IDLE_TIMEOUT`] is closed;
+//! - a request line must be complete [`LINE_TIMEOUT`] after its first byte
+//!   (a client trickling bytes is answered with an error and closed);
+//! - a request line is at most [`MAX_REQUEST`] bytes: longer ones are refused
+//!   with an error naming the limit, by the client before it connects and
+//!   by the server if one arrives anyway;
+//! - the loop has [`REQUEST_TIMEOUT`] to answer, and requests wait in the
+//!   loop's bounded event channel: when it is full the answer says the
+//!   coordinator is busy, instead of queueing without end.
 
-use std::io::{BufRead, BufReader, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::locked::lock;
+
 /// The socket's file name in the instance's runtime directory.
 pub const SOCKET: &str = "control.sock";
-/// How long one request may take end to end.
+/// How long the coordinator's loop has to answer one request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client waits for an answer: the loop's time, and as much again.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
 /// Longest request line: a large trader file's specs fit; memory stays bounded.
 pub const MAX_REQUEST: usize = 1 << 20;
+/// Connections served at once. Each costs a thread with a small stack and
+/// at most one request line ([`MAX_REQUEST`]) of memory.
+pub const MAX_CLIENTS: usize = 64;
+/// A connection with no request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request line must be complete this long after its first byte.
+pub const LINE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The error for a request over [`MAX_REQUEST`].
 fn too_long(len: usize) -> String {
     format!(
         "the request is {len} bytes, over the control socket's limit of {MAX_REQUEST} bytes (1 MiB): split the trader file and add the parts one by one"
+    )
+}
+
+/// The error a client past [`MAX_CLIENTS`] gets.
+fn too_many() -> String {
+    format!(
+        "the control socket already serves {MAX_CLIENTS} clients, its limit: close idle ones (shmkline top, scripts holding a connection; idle ones are closed after {} s) and try again",
+        IDLE_TIMEOUT.as_secs()
     )
 }
 
@@ -41,10 +73,29 @@ pub struct ControlRequest {
     pub reply: mpsc::Sender<String>,
 }
 
-/// The listening side; dropping it stops the thread and removes the socket.
+/// Whether the loop took a request.
+pub enum Handed {
+    /// Queued for the loop.
+    Queued,
+    /// The loop's event channel is full.
+    Busy,
+    /// The loop is gone (shutting down).
+    Gone,
+}
+
+/// Connections being served: a clone of each stream, so that stopping can
+/// shut them down and wake their threads at once.
+#[derive(Default)]
+struct Clients {
+    next: u64,
+    open: HashMap<u64, (UnixStream, JoinHandle<()>)>,
+}
+
+/// The listening side; dropping it stops every thread and removes the socket.
 pub struct ControlServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    clients: Arc<Mutex<Clients>>,
     path: PathBuf,
 }
 
@@ -52,7 +103,7 @@ impl ControlServer {
     /// Binds the socket in `dir` and forwards requests through `requests`.
     pub fn start(
         dir: &Path,
-        requests: impl Fn(ControlRequest) -> bool + Send + 'static,
+        requests: impl Fn(ControlRequest) -> Handed + Send + Sync + 'static,
     ) -> Result<Self> {
         let path = dir.join(SOCKET);
         let listener = UnixListener::bind(&path)
@@ -65,17 +116,15 @@ impl ControlServer {
             .set_nonblocking(true)
             .context("configuring the control socket")?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let clients = Arc::new(Mutex::new(Clients::default()));
+        let (flag, served) = (Arc::clone(&stop), Arc::clone(&clients));
+        let requests = Arc::new(requests);
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
                 while !flag.load(Ordering::Acquire) {
                     match listener.accept() {
-                        Ok((stream, _)) => {
-                            if let Err(e) = serve(stream, &requests) {
-                                tracing::debug!(error = %format!("{e:#}"), "control request failed");
-                            }
-                        }
+                        Ok((stream, _)) => admit(stream, &served, &requests),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(20))
                         }
@@ -90,8 +139,14 @@ impl ControlServer {
         Ok(Self {
             stop,
             thread: Some(thread),
+            clients,
             path,
         })
+    }
+
+    /// Connections being served now.
+    pub fn clients(&self) -> usize {
+        lock(&self.clients).open.len()
     }
 }
 
@@ -101,61 +156,284 @@ impl Drop for ControlServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // No new client can come now; wake the served ones and wait for them.
+        let open: Vec<_> = lock(&self.clients).open.drain().collect();
+        for (_, (stream, thread)) in open {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = thread.join();
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-fn serve(stream: UnixStream, requests: &impl Fn(ControlRequest) -> bool) -> Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+/// Serves `stream` on a thread of its own, or refuses it past [`MAX_CLIENTS`].
+fn admit<F>(stream: UnixStream, clients: &Arc<Mutex<Clients>>, requests: &Arc<F>)
+where
+    F: Fn(ControlRequest) -> Handed + Send + Sync + 'static,
+{
+    let mut guard = lock(clients);
+    // Finished threads leave their entry behind; collect them first.
+    guard.open.retain(|_, (_, t)| !t.is_finished());
+    if guard.open.len() >= MAX_CLIENTS {
+        drop(guard);
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+        let answer = serde_json::json!({ "error": too_many() });
+        let _ = (&stream).write_all(format!("{answer}\n").as_bytes());
+        tracing::warn!(
+            limit = MAX_CLIENTS,
+            "control socket: a client refused, at the limit"
+        );
+        return;
+    }
+    let Ok(waker) = stream.try_clone() else {
+        return;
+    };
+    let id = guard.next;
+    guard.next += 1;
+    let requests = Arc::clone(requests);
+    let spawned = std::thread::Builder::new()
+        .name("control-client".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            if let Err(e) = serve(&stream, &*requests) {
+                tracing::debug!(error = %format!("{e:#}"), "control client ended");
+            }
+            // The server's registry holds a clone of this socket: close the
+            // connection itself, not only this handle, so the client sees EOF.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        });
+    match spawned {
+        Ok(thread) => {
+            guard.open.insert(id, (waker, thread));
+        }
+        Err(e) => tracing::warn!(error = %e, "control socket: no thread for a client"),
+    }
+}
+
+/// What reading one request line gave.
+enum Line {
+    Request(Vec<u8>),
+    /// The client closed the connection (or was idle too long).
+    Closed,
+    /// Over [`MAX_REQUEST`]: this many bytes, counted to the newline.
+    TooLong(usize),
+    /// Not complete within [`LINE_TIMEOUT`] of its first byte.
+    Slow,
+}
+
+/// Reads one request line within the idle and line timeouts.
+fn read_line(reader: &mut BufReader<&UnixStream>) -> Result<Line> {
     let mut line = Vec::new();
-    BufReader::new(std::io::Read::take(&stream, MAX_REQUEST as u64 + 1))
-        .read_until(b'\n', &mut line)?;
-    if line.len() > MAX_REQUEST {
-        // Read the rest (bounded by the timeout), so the client gets the
-        // answer instead of a broken pipe.
-        let mut len = line.len();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut rest = &stream;
-        while len < 64 * MAX_REQUEST {
-            match std::io::Read::read(&mut rest, &mut buf) {
-                Ok(n) if n > 0 && !buf[..n].contains(&b'\n') => len += n,
-                Ok(n) => {
-                    len += buf[..n].iter().position(|&b| b == b'\n').unwrap_or(n);
+    let idle_until = Instant::now() + IDLE_TIMEOUT;
+    let mut line_until: Option<Instant> = None;
+    loop {
+        let until = line_until.unwrap_or(idle_until);
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(if line_until.is_some() {
+                Line::Slow
+            } else {
+                Line::Closed
+            });
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if buf.is_empty() {
+            return Ok(Line::Closed);
+        }
+        line_until.get_or_insert_with(|| Instant::now() + LINE_TIMEOUT);
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if line.len() <= MAX_REQUEST {
+            line.extend_from_slice(&buf[..take.min(MAX_REQUEST + 1 - line.len())]);
+        }
+        let counted = line.len().max(take);
+        reader.consume(take);
+        if done {
+            if line.len() > MAX_REQUEST {
+                return Ok(Line::TooLong(counted));
+            }
+            return Ok(Line::Request(line));
+        }
+        if line.len() > MAX_REQUEST {
+            // Drain the rest (bounded by the line timeout), so the client
+            // gets the answer instead of a broken pipe.
+            let mut len = line.len();
+            let mut sink = [0u8; 64 * 1024];
+            while len < 64 * MAX_REQUEST {
+                let left = line_until.map_or(LINE_TIMEOUT, |u| {
+                    u.saturating_duration_since(Instant::now())
+                });
+                if left.is_zero() {
                     break;
                 }
-                Err(_) => break,
+                reader.get_ref().set_read_timeout(Some(left))?;
+                match reader.read(&mut sink) {
+                    Ok(n) if n > 0 && !sink[..n].contains(&b'\n') => len += n,
+                    Ok(n) => {
+                        len += sink[..n].iter().position(|&b| b == b'\n').unwrap_or(n);
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
+            return Ok(Line::TooLong(len));
         }
-        let answer = serde_json::json!({ "error": too_long(len) });
-        let mut stream = stream;
-        stream.write_all(format!("{answer}\n").as_bytes())?;
-        return Ok(());
     }
-    let line = String::from_utf8(line).map_err(|_| anyhow::anyhow!("the request is not UTF-8"))?;
+}
+
+fn serve(stream: &UnixStream, requests: &impl Fn(ControlRequest) -> Handed) -> Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    loop {
+        let answer = match read_line(&mut reader)? {
+            Line::Closed => return Ok(()),
+            Line::TooLong(len) => {
+                reply(
+                    stream,
+                    &serde_json::json!({ "error": too_long(len) }).to_string(),
+                )?;
+                return Ok(());
+            }
+            Line::Slow => {
+                let error = format!(
+                    "the request line did not end within {} s of its first byte: send it whole, ending in a newline",
+                    LINE_TIMEOUT.as_secs()
+                );
+                reply(stream, &serde_json::json!({ "error": error }).to_string())?;
+                return Ok(());
+            }
+            Line::Request(line) => match String::from_utf8(line) {
+                Ok(line) => ask_loop(line.trim(), requests),
+                Err(_) => serde_json::json!({ "error": "the request is not UTF-8" }).to_string(),
+            },
+        };
+        reply(stream, &answer)?;
+    }
+}
+
+/// Hands one request to the loop and waits for its answer.
+fn ask_loop(line: &str, requests: &impl Fn(ControlRequest) -> Handed) -> String {
     let (reply, answer) = mpsc::channel();
-    let answer_line = if requests(ControlRequest {
-        line: line.trim().to_owned(),
+    let error = match requests(ControlRequest {
+        line: line.to_owned(),
         reply,
     }) {
-        answer
-            .recv_timeout(REQUEST_TIMEOUT)
-            .unwrap_or_else(|_| r#"{"error":"the coordinator did not answer in time"}"#.to_owned())
-    } else {
-        r#"{"error":"the coordinator is shutting down"}"#.to_owned()
+        Handed::Queued => match answer.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(answer) => return answer,
+            Err(_) => format!(
+                "the coordinator is busy: its loop did not answer within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        },
+        Handed::Busy => {
+            "the coordinator is busy: its event queue is full; try again in a moment".to_owned()
+        }
+        Handed::Gone => "the coordinator is shutting down".to_owned(),
     };
-    let mut stream = stream;
-    stream.write_all(answer_line.as_bytes())?;
+    serde_json::json!({ "error": error }).to_string()
+}
+
+fn reply(mut stream: &UnixStream, answer: &str) -> Result<()> {
+    stream.write_all(answer.as_bytes())?;
     stream.write_all(b"\n")?;
     Ok(())
 }
 
-/// Forwards control requests into a bounded channel; false when it is full or gone.
+/// Forwards control requests into the loop's bounded event channel.
 pub fn forward_to(
     events: SyncSender<super::Event>,
-) -> impl Fn(ControlRequest) -> bool + Send + 'static {
-    move |req| events.try_send(super::Event::Control(req)).is_ok()
+) -> impl Fn(ControlRequest) -> Handed + Send + Sync + 'static {
+    move |req| match events.try_send(super::Event::Control(req)) {
+        Ok(()) => Handed::Queued,
+        Err(TrySendError::Full(_)) => Handed::Busy,
+        Err(TrySendError::Disconnected(_)) => Handed::Gone,
+    }
+}
+
+/// A connection to an instance's control socket, for several requests.
+pub struct ControlClient {
+    reader: BufReader<UnixStream>,
+    path: PathBuf,
+}
+
+impl ControlClient {
+    /// Connects to the instance whose runtime directory is `dir`.
+    pub fn connect(dir: &Path) -> Result<Self> {
+        let path = dir.join(SOCKET);
+        let stream = match UnixStream::connect(&path) {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(protocol::exit::NotRunning(path).into());
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
+        };
+        stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+        stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            path,
+        })
+    }
+
+    /// Sends `request` and returns the JSON answer; an answer with an
+    /// `error` is an error.
+    pub fn ask(&mut self, request: &str) -> Result<serde_json::Value> {
+        if request.len() > MAX_REQUEST {
+            bail!("{}", too_long(request.len()));
+        }
+        self.reader
+            .get_mut()
+            .write_all(format!("{request}\n").as_bytes())
+            .with_context(|| format!("sending the request to {}", self.path.display()))?;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => bail!(
+                "the coordinator closed the connection without answering (it is stopping, or this connection was idle for {} s)",
+                IDLE_TIMEOUT.as_secs()
+            ),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!(
+                    "no answer from the coordinator within {} s: it is busy or stopped (is its process running? its log says why)",
+                    ANSWER_TIMEOUT.as_secs()
+                )
+            }
+            Err(e) => return Err(e).context("reading the answer"),
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(line.trim()).context("the answer is not JSON")?;
+        if let Some(err) = value.get("error").and_then(|e| e.as_str()) {
+            bail!("the coordinator refused: {err}");
+        }
+        Ok(value)
+    }
 }
 
 /// Sends `request` to the instance whose runtime directory is `dir` and
@@ -164,29 +442,5 @@ pub fn ask(dir: &Path, request: &str) -> Result<serde_json::Value> {
     if request.len() > MAX_REQUEST {
         bail!("{}", too_long(request.len()));
     }
-    let path = dir.join(SOCKET);
-    let mut stream = match UnixStream::connect(&path) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Err(protocol::exit::NotRunning(path).into());
-        }
-        Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
-    };
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT * 2))?;
-    stream.write_all(format!("{request}\n").as_bytes())?;
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .context("reading the answer")?;
-    let value: serde_json::Value =
-        serde_json::from_str(line.trim()).context("the answer is not JSON")?;
-    if let Some(err) = value.get("error").and_then(|e| e.as_str()) {
-        bail!("the coordinator refused: {err}");
-    }
-    Ok(value)
+    ControlClient::connect(dir)?.ask(request)
 }

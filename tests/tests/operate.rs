@@ -1,0 +1,141 @@
+//! The operator's view (issue 17): a control socket many clients use at
+//! once, JSON logs, the config file, the memory-growth alarm, metrics, top.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use harness::{ChildGuard, TestInstance};
+use nix::sys::signal::Signal;
+
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// A synthetic run that stays up until SIGTERM, once every worker is ready.
+fn running(inst: &TestInstance, extra: &[&str]) -> ChildGuard {
+    let mut cmd = inst.command("shmkline");
+    cmd.args(["run", "--rate", "20", "--symbols", "2"])
+        .args(extra);
+    let mut run = ChildGuard::spawn(&mut cmd);
+    run.capture_stdout();
+    inst.status_when(STARTUP, |s| {
+        s["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().all(|w| w["state"] == "ready"))
+    });
+    run
+}
+
+fn socket(inst: &TestInstance) -> PathBuf {
+    inst.runtime_dir
+        .join(inst.name.as_str())
+        .join("control.sock")
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Item 5: twenty idle connections and a client trickling a byte a second
+/// do not hold `status` (one at a time, the sixth connection waited out
+/// the others' timeouts and failed); a client past the limit gets an error
+/// naming it; idle connections are closed after the idle timeout; a
+/// connection carries several requests.
+#[test]
+fn many_clients_at_once_idle_ones_timed_out_and_a_clear_limit() {
+    let inst = TestInstance::new("ctlmany");
+    let run = running(&inst, &[]);
+    let path = socket(&inst);
+    let idle: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&path).expect("connect"))
+        .collect();
+    let opened = Instant::now();
+    // A slow client: one byte a second of a "status" line.
+    let slow = UnixStream::connect(&path).expect("connect");
+    let trickle = {
+        let mut w = slow.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for b in b"status".iter() {
+                if w.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    for _ in 0..3 {
+        let out = inst.shmkline(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status with 21 other clients connected: {}",
+            stderr_of(&out)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(v["instance"], inst.name.as_str());
+    }
+    // The trickling client is answered with the line timeout and closed.
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut answer = String::new();
+    BufReader::new(&slow)
+        .read_line(&mut answer)
+        .expect("an answer to the slow client");
+    assert!(
+        answer.contains("did not end within 2 s of its first byte"),
+        "{answer}"
+    );
+    let _ = trickle.join();
+    // One connection, several requests.
+    let mut one = UnixStream::connect(&path).expect("connect");
+    one.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut reader = BufReader::new(one.try_clone().expect("clone"));
+    for request in ["status", "traders", "status"] {
+        one.write_all(format!("{request}\n").as_bytes())
+            .expect("send");
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("answer");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert!(v.get("error").is_none(), "{request}: {line}");
+    }
+    drop((one, reader));
+    // Up to the limit of 64: 20 idle, 44 more.
+    let more: Vec<UnixStream> = (0..44)
+        .map(|_| UnixStream::connect(&path).expect("connect"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let out = inst.shmkline(&["status", "--json"]);
+        if !out.status.success() {
+            break stderr_of(&out);
+        }
+        // The server may not have admitted every connection yet.
+        assert!(
+            Instant::now() < deadline,
+            "status kept answering with 64 clients connected"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        refused.contains("already serves 64 clients, its limit") && refused.contains("idle"),
+        "{refused}"
+    );
+    drop(more);
+    inst.status_when(Duration::from_secs(30), |_| true);
+    // The idle ones are closed by the server after 30 s.
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        assert_eq!(c.read(&mut buf).expect("EOF, not an error"), 0);
+    }
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_secs(29),
+        "closed after {waited:?}, before the idle timeout"
+    );
+    run.signal(Signal::SIGTERM);
+    let (st, stderr) = run.wait(Duration::from_secs(30));
+    assert!(st.success(), "{stderr}");
+    inst.assert_clean();
+}
