@@ -29,7 +29,7 @@ fn run(cli: Cli) -> Result<()> {
 fn main() -> ExitCode {
     engine::cli::remember_parent();
     let cli = Cli::parse();
-    protocol::exit::init_logging();
+    protocol::exit::init_logging(cli.log_format, cli.log_level.as_deref());
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => protocol::exit::report(err.as_ref()),

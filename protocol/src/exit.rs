@@ -37,16 +37,125 @@ pub fn code_for(err: &(dyn std::error::Error + 'static)) -> u8 {
 #[error("no instance is running there: no control socket at {}", .0.display())]
 pub struct NotRunning(pub PathBuf);
 
-/// Logs to stderr, filtered by `$SHMKLINE_LOG` (default `info`), coloured
-/// only on a terminal.
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_env("SHMKLINE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event (coloured on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, the event's
+    /// fields, and `spans` (the fields of every span it happened in: a
+    /// worker's slot and pid, a trader).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("{other:?} is not a log format: text or json")),
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
+}
+
+/// The environment variable with the log filter (`info`, `debug`,
+/// `info,engine=debug`): what `--log-level` sets, and what a coordinator
+/// hands its workers.
+pub const LOG_ENV: &str = "SHMKLINE_LOG";
+/// The environment variable with the log format (`text` or `json`).
+pub const LOG_FORMAT_ENV: &str = "SHMKLINE_LOG_FORMAT";
+
+/// How this process logs, as [`init_logging`] set it up; a coordinator
+/// starts its workers with the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Text or JSON.
+    pub format: LogFormat,
+    /// The filter directives.
+    pub filter: String,
+}
+
+static SETTINGS: std::sync::OnceLock<LogSettings> = std::sync::OnceLock::new();
+
+/// How this process logs (the defaults before [`init_logging`]).
+pub fn log_settings() -> LogSettings {
+    SETTINGS.get().cloned().unwrap_or(LogSettings {
+        format: LogFormat::Text,
+        filter: "info".to_owned(),
+    })
+}
+
+/// Checks a filter (`--log-level`, `$SHMKLINE_LOG`).
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    let bad = |why: String| {
+        format!(
+            "{filter:?} is not a log level or filter (off, error, warn, info, debug, trace, or directives like info,engine=debug){why}"
         )
-        .init();
+    };
+    // A bare word is a target to tracing ("loud" would log everything of
+    // a module named loud): alone, it must be a level.
+    let levels = ["off", "error", "warn", "info", "debug", "trace"];
+    if !filter.contains(['=', ',']) && !levels.contains(&filter.to_ascii_lowercase().as_str()) {
+        return Err(bad(String::new()));
+    }
+    EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| bad(format!(": {e}")))
+}
+
+/// Logs to stderr. The filter is `level` if given, else `$SHMKLINE_LOG`,
+/// else `info`; the format `format` if given, else `$SHMKLINE_LOG_FORMAT`,
+/// else text. Text is coloured only on a terminal. A bad filter or format
+/// from the environment is reported on stderr and the default used.
+pub fn init_logging(format: Option<LogFormat>, level: Option<&str>) {
+    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut complaints = Vec::new();
+    let format = format.unwrap_or_else(|| match from_env(LOG_FORMAT_ENV) {
+        Some(v) => v.parse().unwrap_or_else(|e| {
+            complaints.push(format!("${LOG_FORMAT_ENV}: {e}"));
+            LogFormat::Text
+        }),
+        None => LogFormat::Text,
+    });
+    let filter = match level.map(str::to_owned).or_else(|| from_env(LOG_ENV)) {
+        Some(f) => match check_log_filter(&f) {
+            Ok(()) => f,
+            Err(e) => {
+                complaints.push(e);
+                "info".to_owned()
+            }
+        },
+        None => "info".to_owned(),
+    };
+    let env_filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(env_filter);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
+    let _ = SETTINGS.set(LogSettings { format, filter });
+    for c in complaints {
+        tracing::warn!("{c}: using the default");
+    }
 }
 
 /// Reports `err` on stderr with its chain of causes (`error: what: why`)
@@ -59,6 +168,11 @@ pub fn report(err: &(dyn std::error::Error + 'static)) -> ExitCode {
         message.push_str(&c.to_string());
         cause = c.source();
     }
-    eprintln!("error: {message}");
+    if log_settings().format == LogFormat::Json {
+        // Every stderr line stays one JSON object.
+        tracing::error!(error = %message, "exiting");
+    } else {
+        eprintln!("error: {message}");
+    }
     ExitCode::from(code_for(err))
 }

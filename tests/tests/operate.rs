@@ -139,3 +139,119 @@ fn many_clients_at_once_idle_ones_timed_out_and_a_clear_limit() {
     assert!(st.success(), "{stderr}");
     inst.assert_clean();
 }
+
+/// Item 4: with `--log-format json` every stderr line of a run with kills
+/// (the coordinator's and every worker's) is one JSON object; a worker's
+/// lines carry its span (slot and pid), and so do the coordinator's lines
+/// about a faulty worker. `--log-level` filters; a bad one is refused.
+#[test]
+fn json_logs_every_line_an_object_with_the_worker_span() {
+    let inst = TestInstance::new("logjson");
+    let mut cmd = inst.command("shmkline");
+    cmd.args([
+        "--log-format",
+        "json",
+        "run",
+        "--candles",
+        "200",
+        "--rate",
+        "20",
+        "--symbols",
+        "2",
+        "--workers",
+        "2",
+    ]);
+    let mut run = ChildGuard::spawn(&mut cmd);
+    run.capture_stdout();
+    let mut killed = Vec::new();
+    for round in 0..3u32 {
+        let status = inst.status_when(STARTUP, |s| {
+            s["workers"]
+                .as_array()
+                .is_some_and(|ws| ws.iter().all(|w| w["state"] == "ready"))
+        });
+        let slot = round % 2;
+        killed.push(
+            status["workers"][slot as usize]["pid"]
+                .as_u64()
+                .expect("pid"),
+        );
+        let out = inst.shmkline(&["kill-worker", &slot.to_string()]);
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (st, stderr) = run.wait(Duration::from_secs(60));
+    assert!(st.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{stderr}"))
+        })
+        .collect();
+    let span_of = |v: &serde_json::Value| {
+        v["spans"].as_array().and_then(|s| {
+            s.iter()
+                .find(|s| s["name"] == "worker")
+                .map(|s| (s["slot"].as_u64(), s["pid"].as_u64()))
+        })
+    };
+    let from_workers: Vec<_> = lines
+        .iter()
+        .filter(|v| {
+            v["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("worker"))
+        })
+        .collect();
+    assert!(from_workers.len() >= 10, "{stderr}");
+    for v in &from_workers {
+        let (slot, pid) = span_of(v).unwrap_or_else(|| panic!("no worker span: {v}"));
+        assert!(slot.is_some() && pid.is_some(), "{v}");
+    }
+    // Each killed worker logged before its death, under its own pid.
+    for pid in &killed {
+        assert!(
+            from_workers
+                .iter()
+                .any(|v| span_of(v).and_then(|s| s.1) == Some(*pid)),
+            "no line from worker {pid}"
+        );
+    }
+    let faults: Vec<_> = lines
+        .iter()
+        .filter(|v| v["fields"]["message"] == "worker is faulty: replacing it")
+        .collect();
+    assert_eq!(faults.len(), 3, "the three kills landed: {stderr}");
+    for v in &faults {
+        let (_, pid) = span_of(v).expect("the coordinator's fault line has the worker span");
+        assert!(killed.contains(&pid.expect("pid")), "{v}");
+        assert_eq!(v["level"], "WARN");
+        assert!(v["timestamp"].is_string(), "{v}");
+    }
+    // --log-level: only warnings and errors; a bad level is refused.
+    let out = inst.shmkline(&[
+        "--log-format",
+        "json",
+        "--log-level",
+        "warn",
+        "backtest",
+        "--candles",
+        "50",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(!stderr_of(&out).contains("INFO"), "{}", stderr_of(&out));
+    let out = inst.shmkline(&["--log-format", "json", "backtest", "--candles", "50"]);
+    assert!(
+        stderr_of(&out).contains(r#""level":"INFO""#),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = inst.shmkline(&["--log-level", "loud", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("\"loud\" is not a log level"),
+        "{}",
+        stderr_of(&out)
+    );
+    inst.assert_clean();
+}

@@ -99,7 +99,8 @@ fn run(cli: Cli) -> Result<()> {
     if let (Some(bootstrap), Some(pid), Some(id)) =
         (&cli.bootstrap, cli.coordinator_pid, cli.worker_id)
     {
-        let span = tracing::info_span!("worker", id, pid = std::process::id());
+        // Every line this worker logs, from any of its threads, names it.
+        let span = tracing::info_span!("worker", slot = id, pid = std::process::id());
         let _entered = span.enter();
         return worker::runtime::serve(bootstrap, pid, id);
     }
@@ -133,7 +134,8 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    protocol::exit::init_logging();
+    // A coordinator hands its own settings down through the environment.
+    protocol::exit::init_logging(None, None);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => protocol::exit::report(err.as_ref()),

@@ -450,10 +450,13 @@ fn spawn_eval(
     out: Outbox,
     black_box: Option<Arc<SharedWords>>,
 ) -> Result<JoinHandle<u32>> {
+    // The worker's span (slot, pid), so this thread's lines name it too.
+    let span = tracing::Span::current();
     std::thread::Builder::new()
         .name("eval".into())
         .stack_size(EVAL_STACK)
         .spawn(move || {
+            let _span = span.entered();
             // A panic must not leave the worker answering PINGs with frozen
             // progress: it ends the process like an error does.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

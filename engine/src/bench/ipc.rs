@@ -76,9 +76,15 @@ impl Live {
             from_worker,
         } = spawner.spawn(id)?;
         let (tx, events) = mpsc::sync_channel(1024);
-        let link = Link::start(id, to_worker, from_worker, move |e| {
-            let _ = tx.send(e);
-        })?;
+        let link = Link::start(
+            id,
+            tracing::Span::none(),
+            to_worker,
+            from_worker,
+            move |e| {
+                let _ = tx.send(e);
+            },
+        )?;
         Ok(Self {
             spawned_child: child,
             link,

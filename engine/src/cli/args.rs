@@ -19,6 +19,15 @@ pub struct Cli {
     /// (benchmarks: a private "bench-<pid>").
     #[arg(long, global = true)]
     pub instance: Option<InstanceName>,
+    /// Log lines on stderr: `text`, or `json` (one object per line with
+    /// timestamp, level, target, fields and the spans': a worker's slot and
+    /// pid). Workers log the same way. Default: $SHMKLINE_LOG_FORMAT, else text.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<protocol::exit::LogFormat>,
+    /// What is logged: error, warn, info, debug, trace, or directives like
+    /// `info,engine::feed=debug`. Default: $SHMKLINE_LOG, else info.
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = log_level)]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -659,4 +668,9 @@ fn stream_name(s: &str) -> Result<String, String> {
         ));
     }
     Ok(s.to_owned())
+}
+
+/// A `--log-level`: a level or a list of filter directives.
+fn log_level(s: &str) -> Result<String, String> {
+    protocol::exit::check_log_filter(s).map(|()| s.to_owned())
 }

@@ -243,7 +243,8 @@ impl Coordinator {
         let tx = self.events_tx.clone();
         let id = slot.id;
         let emitter = self.emitter.clone();
-        let link = match Link::start(id, spawned.to_worker, spawned.from_worker, move |e| {
+        let span = tracing::info_span!("worker", slot = id, pid);
+        let link = match Link::start(id, span, spawned.to_worker, spawned.from_worker, move |e| {
             match e {
                 FromWorker::Frame(_, Message::Signal(signal)) => {
                     emitter.signal(id as usize, no, &signal);

@@ -90,8 +90,10 @@ pub struct Link {
 
 impl Link {
     /// Starts the reader thread; `deliver` runs on it for each frame.
+    /// Its lines are logged in `span` (the worker's slot and pid).
     pub fn start(
         worker_id: u32,
+        span: tracing::Span,
         to_worker: IpcBytesSender,
         from_worker: IpcBytesReceiver,
         deliver: impl Fn(FromWorker) + Send + 'static,
@@ -99,6 +101,7 @@ impl Link {
         let reader = std::thread::Builder::new()
             .name(format!("w{worker_id}-recv"))
             .spawn(move || {
+                let _span = span.entered();
                 loop {
                     match from_worker.recv() {
                         Ok(bytes) => {

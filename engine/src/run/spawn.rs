@@ -106,7 +106,11 @@ fn serve(worker_bin: &PathBuf, instance: &InstanceName, requests: Receiver<Reque
 fn spawn_one(worker_bin: &PathBuf, instance: &InstanceName, worker_id: u32) -> Result<Spawned> {
     let (server, name) =
         IpcOneShotServer::<Bootstrap>::new().context("creating the bootstrap server")?;
+    // Workers log as the coordinator does (`--log-format`, `--log-level`).
+    let logging = protocol::exit::log_settings();
     let mut child = Command::new(worker_bin)
+        .env(protocol::exit::LOG_FORMAT_ENV, logging.format.to_string())
+        .env(protocol::exit::LOG_ENV, &logging.filter)
         .args([
             "--instance",
             instance.as_str(),

@@ -89,6 +89,7 @@ impl Coordinator {
         // Stopped by a signal (state T) means someone else froze it, whatever
         // symptom gave it away (a missed PING, a retry that ran out).
         inc.stopped = alive && is_stopped(inc.pid);
+        let _span = tracing::info_span!("worker", slot = slot.id, pid = inc.pid).entered();
         tracing::warn!(slot = slot.id, pid = inc.pid, ?kind, reason = %why, "worker is faulty: replacing it");
         if alive && kind == FaultKind::Crash {
             // It is dying already: give it a moment to exit by itself, so its
