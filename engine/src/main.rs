@@ -2,14 +2,22 @@
 //! logging, dispatches to the `engine` library's commands and maps errors to
 //! exit codes.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser;
-use engine::cli::args::{Cli, Command};
-use engine::cli::{bench_instance, client, commands, instance_or_default};
+use engine::cli::args::{Cli, Command, ConfigCommand};
+use engine::cli::{bench_instance, client, commands, config, instance_or_default};
 
-fn run(cli: Cli) -> Result<()> {
+/// A parse error met again while printing the configuration.
+fn parse_error(e: config::ParseError) -> anyhow::Error {
+    match e {
+        config::ParseError::Clap(e) => anyhow::anyhow!("{e}"),
+        config::ParseError::Config(e) => e.into(),
+    }
+}
+
+fn run(cli: Cli, argv: Vec<OsString>) -> Result<()> {
     let instance = cli.instance;
     match cli.command {
         Command::Run(args) => commands::run(instance_or_default(instance)?, *args),
@@ -22,15 +30,31 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status { json } => client::status(&instance_or_default(instance)?, json),
         Command::Bench(cmd) => commands::bench(&bench_instance(instance)?, cmd),
         Command::Store(cmd) => commands::store(&instance_or_default(instance)?, cmd),
+        Command::Config(cmd) if matches!(*cmd, ConfigCommand::Example) => {
+            print!("{}", config::example());
+            Ok(())
+        }
+        Command::Config(_) => {
+            print!("{}", config::show(argv).map_err(parse_error)?);
+            Ok(())
+        }
         Command::BenchChild(role) => commands::bench_child(&instance_or_default(instance)?, role),
     }
 }
 
 fn main() -> ExitCode {
     engine::cli::remember_parent();
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = match config::parse(argv.clone()) {
+        Ok(cli) => cli,
+        Err(config::ParseError::Clap(e)) => e.exit(),
+        Err(config::ParseError::Config(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(protocol::exit::USAGE);
+        }
+    };
     protocol::exit::init_logging(cli.log_format, cli.log_level.as_deref());
-    match run(cli) {
+    match run(cli, argv) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => protocol::exit::report(err.as_ref()),
     }

@@ -255,3 +255,107 @@ fn json_logs_every_line_an_object_with_the_worker_span() {
     );
     inst.assert_clean();
 }
+
+/// Item 6: a config file under the command line and the environment;
+/// unknown keys and bad values named with file, line and key; `config show`
+/// round-trips through `--config`; a run takes its settings from the file.
+#[test]
+fn a_config_file_under_flags_and_environment_round_trips_through_config_show() {
+    let inst = TestInstance::new("config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a.toml");
+    std::fs::write(
+        &file,
+        "# a comment\nworkers = 3\nsymbols = 3\nping_interval = 100\nsink = [\"stdout\"]\nlog-format = \"json\"\nstate-dir = \"/nowhere/from-file\"\nno-backpressure = true\n",
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf-8");
+    let show = |args: &[&str]| {
+        let out = inst.shmkline(&[&["config", "show"], args].concat());
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    // The flag wins over the file; the environment ($SHMKLINE_STATE_DIR,
+    // set for every test instance) too; the rest comes from the file.
+    let shown = show(&["--config", path, "--workers", "1"]);
+    for line in [
+        "workers = 1\n",
+        "symbols = 3\n",
+        "ping-interval = 100\n",
+        "sink = [\"stdout\"]\n",
+        "log-format = \"json\"\n",
+        "no-backpressure = true\n",
+        "stay = false\n",
+        "seed = 1\n",
+    ] {
+        assert!(shown.contains(line), "{line:?} missing from:\n{shown}");
+    }
+    assert!(!shown.contains("from-file"), "{shown}");
+    assert!(
+        shown.contains(&format!("state-dir = \"{}\"", inst.state_dir.display())),
+        "{shown}"
+    );
+    // Round trip: what config show prints reads back to itself.
+    let once = show(&["--config", path]);
+    let again_file = dir.path().join("b.toml");
+    std::fs::write(&again_file, &once).expect("write");
+    let twice = show(&["--config", again_file.to_str().expect("utf-8")]);
+    assert_eq!(once, twice);
+    // The committed example reads as a config (every key commented out).
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../shmkline.example.toml");
+    assert_eq!(show(&["--config", example]), show(&[]));
+    // Unknown key, bad value: exit 2, file, line and key named.
+    let bad = dir.path().join("bad.toml");
+    for (text, expect) in [
+        (
+            "workers = 2\nwrokers = 3\n",
+            "bad.toml:2: key `wrokers`: not a setting",
+        ),
+        (
+            "workers = 2\n\nping-interval = \"soon\"\n",
+            "bad.toml:3: key `ping-interval`: invalid value 'soon' for '--ping-interval",
+        ),
+        ("feed = \"carrier-pigeon\"\n", "bad.toml:1: key `feed`"),
+        ("workers = [\n", "is not valid TOML"),
+    ] {
+        std::fs::write(&bad, text).expect("write");
+        for cmd in [&["config", "show"][..], &["run"][..]] {
+            let out = inst.shmkline(
+                &[
+                    cmd,
+                    &["--config", bad.to_str().expect("utf-8"), "--candles", "5"],
+                ]
+                .concat(),
+            );
+            assert_eq!(out.status.code(), Some(2), "{text}: {}", stderr_of(&out));
+            assert!(
+                stderr_of(&out).contains(expect),
+                "{text}: {}",
+                stderr_of(&out)
+            );
+        }
+    }
+    // A run takes its settings from the file: three workers, JSON logs.
+    let out = inst
+        .command("shmkline")
+        .env("SHMKLINE_CONFIG", &file)
+        .args(["run", "--candles", "40", "--rate", "100"])
+        .output()
+        .expect("run");
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    let spawned: std::collections::BTreeSet<u64> = stderr
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+        .filter(|v| v["fields"]["message"] == "worker spawned")
+        .filter_map(|v| v["fields"]["slot"].as_u64())
+        .collect();
+    assert_eq!(spawned.len(), 3, "{stderr}");
+    let symbols: std::collections::BTreeSet<String> = harness::normalized_signals(&out.stdout)
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["symbol"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(symbols.len(), 3, "three symbols from the file");
+    inst.assert_clean();
+}

@@ -67,9 +67,23 @@ pub enum Command {
     /// Create, hold and inspect a store segment from a shell.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The configuration file (`--config`): what a run would use.
+    #[command(subcommand)]
+    Config(Box<ConfigCommand>),
     /// The reader side of cross-process benchmarks (internal).
     #[command(subcommand, hide = true)]
     BenchChild(ChildCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration of `run` with these flags (and
+    /// `--config FILE`) as TOML: command line over environment over file
+    /// over defaults. `--config` reads it back.
+    Show(Box<RunArgs>),
+    /// Print a config file documenting every key with its default (what
+    /// shmkline.example.toml holds).
+    Example,
 }
 
 #[derive(Debug, Subcommand)]
@@ -307,6 +321,12 @@ pub enum StoreCommand {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// A TOML file of these flags as top-level keys named like the long
+    /// flags (`workers = 3`, `feed = "replay:..."`, `sink = ["file:..."]`);
+    /// flags on the command line and in the environment override it. Every
+    /// key is documented in shmkline.example.toml.
+    #[arg(long, env = "SHMKLINE_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// Worker processes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub workers: u32,

@@ -6,6 +6,7 @@
 pub mod args;
 pub mod client;
 pub mod commands;
+pub mod config;
 pub mod options;
 pub mod render;
 
