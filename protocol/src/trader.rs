@@ -69,6 +69,13 @@ pub enum Rule {
         /// First candle index that hangs.
         after: u64,
     },
+    /// TEST ONLY: every candle judged leaks this many KiB (touched), so
+    /// tests can prove the memory-growth alarm sees a leaking worker.
+    #[cfg(feature = "testing")]
+    TestLeakKib {
+        /// KiB leaked per candle.
+        kib: u64,
+    },
     /// A rule of the rule language.
     Expr(Box<Compiled>),
 }
@@ -98,7 +105,9 @@ impl Rule {
         match self {
             Rule::Expr(c) => c.lookback,
             #[cfg(feature = "testing")]
-            Rule::TestAbortAfter { .. } | Rule::TestSpinAfter { .. } => 1,
+            Rule::TestAbortAfter { .. } | Rule::TestSpinAfter { .. } | Rule::TestLeakKib { .. } => {
+                1
+            }
         }
     }
 }
@@ -111,6 +120,8 @@ impl fmt::Display for Rule {
             Rule::TestAbortAfter { after } => write!(f, "test_abort_after({after})"),
             #[cfg(feature = "testing")]
             Rule::TestSpinAfter { after } => write!(f, "test_spin_after({after})"),
+            #[cfg(feature = "testing")]
+            Rule::TestLeakKib { kib } => write!(f, "test_leak_kib({kib})"),
         }
     }
 }
@@ -170,6 +181,9 @@ fn parse_rule(rule: &str) -> Result<Rule, crate::rule::ParseError> {
         }
         if let Some(after) = arg("test_spin_after(") {
             return Ok(Rule::TestSpinAfter { after });
+        }
+        if let Some(kib) = arg("test_leak_kib(") {
+            return Ok(Rule::TestLeakKib { kib });
         }
     }
     let expr = crate::rule::parse(rule)?;

@@ -412,6 +412,10 @@ fn test_rule(rule: &Rule, trader: &str, index: u64) {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
         }
+        Rule::TestLeakKib { kib } => {
+            // Filled with ones, so every page is really touched.
+            std::mem::forget(vec![1u8; (kib as usize).min(1 << 20) * 1024]);
+        }
         _ => {}
     }
 }

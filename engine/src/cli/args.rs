@@ -422,6 +422,8 @@ pub struct RunArgs {
     pub webhook_ca_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub nats: NatsArgs,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
     /// Take only the symbols of shard K of N (`K/N`, 0 <= K < N): those
     /// whose FNV-1a digest of the upper-case name is K modulo N, the same on
     /// every host, so N coordinators cover every symbol exactly once.
@@ -633,6 +635,51 @@ pub enum ChildCommand {
         #[arg(long)]
         base_ns: u64,
     },
+}
+
+/// What an operator watches: the memory-growth monitor.
+#[derive(Debug, clap::Args)]
+pub struct ObserveArgs {
+    /// Growth of a process's private memory, in MB an hour, fitted over
+    /// --memory-window, past which a WARN names the process (0: never).
+    /// The figures are in `status` (memory) either way.
+    #[arg(long, value_name = "MB_PER_H", default_value_t = 10.0,
+        value_parser = non_negative)]
+    pub memory_growth_alert: f64,
+    /// Milliseconds between samples of every process's memory.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub memory_sample_interval: u64,
+    /// Seconds of a process's life not sampled for its growth (start-up
+    /// allocations); a replaced worker warms up again.
+    #[arg(long, value_name = "SECS", default_value_t = 120,
+        value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub memory_warmup: u64,
+    /// Seconds of samples the growth is fitted over (a figure once half of
+    /// it is in; at most 4,096 samples are kept).
+    #[arg(long, value_name = "SECS", default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub memory_window: u64,
+}
+
+impl ObserveArgs {
+    /// The monitor's settings.
+    pub fn memory(&self) -> crate::run::MemorySettings {
+        crate::run::MemorySettings {
+            alert_mb_per_h: self.memory_growth_alert,
+            every: std::time::Duration::from_millis(self.memory_sample_interval),
+            warmup: std::time::Duration::from_secs(self.memory_warmup),
+            window: std::time::Duration::from_secs(self.memory_window),
+        }
+    }
+}
+
+/// A finite number, 0 or more.
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?}: a number, 0 or more")),
+    }
 }
 
 /// How NATS is used (`--sink nats://...`).

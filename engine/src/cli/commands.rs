@@ -74,6 +74,7 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
         webhook_timeout: Duration::from_millis(args.webhook_timeout),
         webhook_ca_file: args.webhook_ca_file,
         nats: args.nats.settings(),
+        memory: args.observe.memory(),
         state,
         sinks: if let Some(twice) = args
             .sinks

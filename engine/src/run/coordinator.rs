@@ -95,6 +95,8 @@ pub(super) struct Coordinator {
     pub(super) quarantined: Vec<(String, u32)>,
     /// OS signals counted by the signal thread (never dropped).
     pub(super) os_signals: std::sync::Arc<OsSignals>,
+    /// Every process's memory and its growth.
+    pub(super) memory: super::memory::MemoryWatch,
 }
 
 /// SIGINT and SIGTERM counts, kept by the signal thread in atomics so that a
@@ -174,6 +176,7 @@ impl Coordinator {
             black_boxes,
             strikes: BTreeMap::new(),
             quarantined: Vec::new(),
+            memory: super::memory::MemoryWatch::new(opts.memory, opts.workers as usize),
             opts,
         };
         for slot in &coord.slots {
@@ -608,6 +611,17 @@ pub(super) fn drive(
             coord.reach_checked = true;
             coord.check_reach();
         }
+        coord
+            .memory
+            .tick(coord.slots.iter().enumerate().map(|(k, slot)| {
+                (
+                    k,
+                    slot.live
+                        .as_ref()
+                        .filter(|i| i.child.is_some())
+                        .map(|i| i.pid),
+                )
+            }));
         if coord.last_heartbeat.elapsed() >= HEARTBEAT {
             coord.last_heartbeat = Instant::now();
             coord.inst.store.lock().heartbeat();

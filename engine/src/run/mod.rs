@@ -33,6 +33,7 @@ mod emit;
 mod faults;
 pub mod link;
 mod manage;
+pub mod memory;
 mod options;
 pub mod plan;
 mod requests;
@@ -58,6 +59,7 @@ use emit::Emitter;
 use options::{check_feed, check_trader};
 use spawn::Spawner;
 
+pub use memory::MemorySettings;
 pub use options::{MAX_RATE, RunOptions};
 
 /// A durable sink opened, before its thread starts.

@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub webhook_ca_file: Option<std::path::PathBuf>,
     /// Where every candle written is published too (`--publish-candles`).
     pub publish_candles: Option<crate::nats::NatsAddr>,
+    /// The memory-growth monitor (`--memory-*`).
+    pub memory: super::memory::MemorySettings,
     /// The symbols this coordinator takes (`--shard K/N`).
     pub shard: crate::nats::Shard,
     /// NATS settings (`--nats-*`): the wait for the broker, the streams made.

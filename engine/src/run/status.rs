@@ -146,6 +146,13 @@ impl Coordinator {
                 "recent": self.events.iter().rev().take(16).collect::<Vec<_>>(),
             },
             "workers": workers,
+            "memory": {
+                "alert_mb_per_h": self.memory.settings().alert_mb_per_h,
+                "sample_interval_ms": self.memory.settings().every.as_millis() as u64,
+                "warmup_s": self.memory.settings().warmup.as_secs(),
+                "window_s": self.memory.settings().window.as_secs(),
+                "processes": self.memory.processes(),
+            },
         })
     }
 
