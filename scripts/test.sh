@@ -32,6 +32,21 @@ if ! command -v nats-server >/dev/null 2>&1 && [ -z "${NATS_SERVER_BIN:-}" ]; th
 fi
 echo "==> nats-server: $(${NATS_SERVER_BIN:-nats-server} --version)"
 
+# The operator's view is tested with the ecosystem's own tools: `top` in a
+# real terminal under tmux, /metrics with promtool and a real Prometheus
+# server (Debian's prometheus package ships both binaries).
+missing=()
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing ${missing[*]} (apt-get)"
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "==> tmux: $(tmux -V); prometheus: $(prometheus --version 2>&1 | head -1)"
+
 echo "==> cargo test --workspace"
 cargo test --workspace --locked
 

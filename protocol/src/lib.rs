@@ -40,6 +40,9 @@ pub mod exit;
 #[cfg(not(loom))]
 pub mod frame;
 #[cfg(not(loom))]
+/// Fixed log2 histograms of durations (evaluation passes, signal latency).
+pub mod histogram;
+#[cfg(not(loom))]
 pub mod message;
 #[cfg(not(loom))]
 pub mod names;

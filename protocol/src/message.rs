@@ -208,6 +208,9 @@ pub struct Pong {
     pub pass_p50_us: u64,
     /// 99th percentile of the same.
     pub pass_p99_us: u64,
+    /// Every pass since the worker started, by duration (boxed: 200 bytes
+    /// would make every message that large).
+    pub pass_histogram: Box<crate::histogram::Log2Histogram>,
 }
 
 /// CLEANUP_COMPLETE's body: what the worker released.

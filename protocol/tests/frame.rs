@@ -78,6 +78,7 @@ fn message() -> impl Strategy<Value = Message> {
                         largest_signal_frame: 6,
                         pass_p50_us: 2,
                         pass_p99_us: 3,
+                        pass_histogram: Default::default(),
                         traders,
                         last_publish,
                         uptime_ms,

@@ -505,3 +505,187 @@ fn the_growth_alarm_stays_silent_in_a_normal_run_with_kills() {
     assert!(!stderr.contains("memory grows faster"), "{stderr}");
     inst.assert_clean();
 }
+
+/// A GET over HTTP/1.0 on loopback: (status code, body).
+fn http_get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let accept = accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, body.to_owned())
+}
+
+/// Item 2: `/metrics` passes `promtool check metrics`, a real Prometheus
+/// server scrapes it (target up, `shmkline_signals_total` summing to the
+/// run's count), `/status` is `status --json`'s JSON, and nothing else is
+/// served.
+#[test]
+fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
+    for tool in ["promtool", "prometheus"] {
+        assert!(
+            std::process::Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "{tool} is missing: scripts/test.sh installs it (Debian package prometheus)"
+        );
+    }
+    let inst = TestInstance::new("metrics");
+    let mut cmd = inst.command("shmkline");
+    cmd.args([
+        "run",
+        "--candles",
+        "120",
+        "--rate",
+        "60",
+        "--symbols",
+        "3",
+        "--stay",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let mut run = ChildGuard::spawn(&mut cmd);
+    run.capture_stdout();
+    // A kill, so the restart counter has something to say.
+    inst.status_when(STARTUP, |s| s["workers"][0]["state"] == "ready");
+    let out = inst.shmkline(&["kill-worker", "0"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let status = inst.status_when(Duration::from_secs(120), |s| {
+        s["feed"]["finished"] == true
+            && s["workers"]
+                .as_array()
+                .is_some_and(|ws| ws.iter().all(|w| w["state"] == "ready"))
+            && s["sinks"][0]["queued"] == 0
+    });
+    let emitted = status["signals"]["emitted"].as_u64().expect("emitted");
+    assert!(emitted > 0, "{status}");
+    let url = status["metrics"].as_str().expect("the metrics URL");
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/metrics"))
+        .expect("http://ADDR/metrics")
+        .to_owned();
+    let (code, text) = http_get(&addr, "/metrics", None);
+    assert_eq!(code, 200, "{text}");
+    for needle in [
+        "shmkline_signals_duplicate_total ",
+        "shmkline_worker_restarts_total{slot=\"0\",cause=\"outside\"} 1",
+        "shmkline_worker_rss_bytes{slot=\"1\"} ",
+        "shmkline_eval_pass_seconds_bucket{le=\"+Inf\",slot=\"0\"} ",
+        "shmkline_signal_latency_seconds_count ",
+        "shmkline_feed_connected 1",
+        "shmkline_feed_reconnects_total 0",
+        "shmkline_feed_gaps_total 0",
+        "shmkline_candles_written_total{interval=\"1m\"} 360",
+        "shmkline_sink_queued{sink=\"stdout\"} 0",
+        "shmkline_sink_errors_total{sink=\"stdout\"} 0",
+        "shmkline_process_private_memory_bytes{process=\"coordinator\"} ",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+    }
+    let by_trader: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("shmkline_signals_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(by_trader, emitted, "{text}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scraped = dir.path().join("metrics.txt");
+    std::fs::write(&scraped, &text).expect("write");
+    let check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&scraped).expect("open"))
+        .output()
+        .expect("promtool");
+    assert!(
+        check.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // OpenMetrics when asked for (as Prometheus does).
+    let (_, open) = http_get(&addr, "/metrics", Some("application/openmetrics-text"));
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    // /status: the same JSON as status --json.
+    let (code, body) = http_get(&addr, "/status", None);
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["instance"], inst.name.as_str());
+    assert_eq!(v["signals"]["emitted"], emitted);
+    assert_eq!(http_get(&addr, "/other", None).0, 404);
+    // A real Prometheus server scrapes it.
+    let port = harness::free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: shmkline\n    static_configs:\n      - targets: ['{addr}']\n"
+        ),
+    )
+    .expect("write");
+    let listen = format!("127.0.0.1:{port}");
+    let mut prom = ChildGuard::spawn(std::process::Command::new("prometheus").args([
+        &format!("--config.file={}", config.display()),
+        &format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+        &format!("--web.listen-address={listen}"),
+    ]));
+    prom.capture_stdout();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (health, value) = loop {
+        let targets = std::net::TcpStream::connect(&listen)
+            .ok()
+            .map(|_| http_get(&listen, "/api/v1/targets", None).1);
+        let query = std::net::TcpStream::connect(&listen).ok().map(|_| {
+            http_get(
+                &listen,
+                "/api/v1/query?query=sum(shmkline_signals_total)",
+                None,
+            )
+            .1
+        });
+        let health = targets
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|t| {
+                t["data"]["activeTargets"][0]["health"]
+                    .as_str()
+                    .map(str::to_owned)
+            });
+        let value = query
+            .and_then(|q| serde_json::from_str::<serde_json::Value>(&q).ok())
+            .and_then(|q| {
+                q["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(str::to_owned)
+            });
+        if health.as_deref() == Some("up") && value.is_some() {
+            break (health, value);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never scraped it: {health:?} {value:?}\n{}",
+            prom.stderr_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(health.as_deref(), Some("up"));
+    assert_eq!(value, Some(emitted.to_string()));
+    drop(prom);
+    run.signal(Signal::SIGTERM);
+    let (st, stderr) = run.wait(Duration::from_secs(30));
+    assert!(st.success(), "{stderr}");
+    inst.assert_clean();
+}

@@ -85,6 +85,8 @@ struct Shared {
     gaps: AtomicU64,
     /// Pass durations, as the evaluation thread summarises them.
     passes: AtomicU64,
+    /// Every pass by duration (the evaluation thread writes, PONG reads).
+    pass_histogram: std::sync::Mutex<protocol::histogram::Log2Histogram>,
     pass_p50_us: AtomicU64,
     pass_p99_us: AtomicU64,
 }
@@ -116,6 +118,12 @@ const PASS_SAMPLES: usize = 1024;
 impl PassTimes {
     fn record(&mut self, took: std::time::Duration, shared: &Shared) {
         self.0.push(saturate(took.as_micros()));
+        // Uncontended but for a PONG's copy: a few ns a pass.
+        shared
+            .pass_histogram
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .observe(took.as_micros().min(u128::from(u64::MAX)) as u64);
         let passes = shared.passes.fetch_add(1, Ordering::Relaxed) + 1;
         if passes < 16 || passes.is_multiple_of(16) {
             let q = |p: f64| u64::from(self.0.quantile(p).unwrap_or(0));
@@ -333,6 +341,12 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
                 largest_signal_frame: shared.largest_signal_frame.load(Ordering::Relaxed),
                 passes: shared.passes.load(Ordering::Relaxed),
                 pass_p50_us: shared.pass_p50_us.load(Ordering::Relaxed),
+                pass_histogram: Box::new(
+                    *shared
+                        .pass_histogram
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                ),
                 pass_p99_us: shared.pass_p99_us.load(Ordering::Relaxed),
             }),
             Message::Cleanup => {

@@ -637,9 +637,16 @@ pub enum ChildCommand {
     },
 }
 
-/// What an operator watches: the memory-growth monitor.
+/// What an operator watches: metrics, the memory-growth monitor.
 #[derive(Debug, clap::Args)]
 pub struct ObserveArgs {
+    /// Serve read-only HTTP on this address (`127.0.0.1:9898`; port 0
+    /// picks a free one, shown in `status`): `GET /metrics` for Prometheus
+    /// (OpenMetrics text), `GET /status` for the JSON of `status --json`.
+    /// Off by default; it has no authentication, so keep it on loopback or
+    /// behind a proxy.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Growth of a process's private memory, in MB an hour, fitted over
     /// --memory-window, past which a WARN names the process (0: never).
     /// The figures are in `status` (memory) either way.

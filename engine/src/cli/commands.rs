@@ -75,6 +75,7 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
         webhook_ca_file: args.webhook_ca_file,
         nats: args.nats.settings(),
         memory: args.observe.memory(),
+        metrics: args.observe.metrics,
         state,
         sinks: if let Some(twice) = args
             .sinks

@@ -328,8 +328,9 @@ fn serve(stream: &UnixStream, requests: &impl Fn(ControlRequest) -> Handed) -> R
     }
 }
 
-/// Hands one request to the loop and waits for its answer.
-fn ask_loop(line: &str, requests: &impl Fn(ControlRequest) -> Handed) -> String {
+/// Hands one request to the loop and waits for its answer (an error
+/// answer when the loop is busy or gone).
+pub(super) fn ask_loop(line: &str, requests: &impl Fn(ControlRequest) -> Handed) -> String {
     let (reply, answer) = mpsc::channel();
     let error = match requests(ControlRequest {
         line: line.to_owned(),

@@ -97,6 +97,8 @@ pub(super) struct Coordinator {
     pub(super) os_signals: std::sync::Arc<OsSignals>,
     /// Every process's memory and its growth.
     pub(super) memory: super::memory::MemoryWatch,
+    /// Where `--metrics` listens (its port chosen when 0 was given).
+    pub(super) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// SIGINT and SIGTERM counts, kept by the signal thread in atomics so that a
@@ -177,6 +179,7 @@ impl Coordinator {
             strikes: BTreeMap::new(),
             quarantined: Vec::new(),
             memory: super::memory::MemoryWatch::new(opts.memory, opts.workers as usize),
+            metrics_addr: None,
             opts,
         };
         for slot in &coord.slots {

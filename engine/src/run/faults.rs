@@ -37,6 +37,17 @@ pub(super) enum Cause {
     Planned,
 }
 
+impl Cause {
+    /// Its name in `status` and the metrics' `cause` label.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Cause::Outside => "outside",
+            Cause::SelfInflicted => "self_inflicted",
+            Cause::Planned => "planned",
+        }
+    }
+}
+
 /// One fault and its recovery, for `status` and the chaos report.
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct SupervisionEvent {

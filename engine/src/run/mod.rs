@@ -34,6 +34,7 @@ mod faults;
 pub mod link;
 mod manage;
 pub mod memory;
+pub mod metrics;
 mod options;
 pub mod plan;
 mod requests;
@@ -264,6 +265,13 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         sink_threads.push((counted, thread.context("starting a sink's thread")?));
     }
     let control = ControlServer::start(inst.runtime.dir(), control::forward_to(events_tx.clone()))?;
+    let metrics = match opts.metrics {
+        Some(addr) => Some(metrics::MetricsServer::start(
+            addr,
+            control::forward_to(events_tx.clone()),
+        )?),
+        None => None,
+    };
     let spawner = Spawner::start(opts.worker_bin.clone(), opts.instance.clone())?;
     let os_signals = signal_thread.counts();
     let publishing = match &opts.publish_candles {
@@ -274,6 +282,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         None => None,
     };
     let mut coord = Coordinator::new(opts, inst, source, events_tx, emitter, os_signals)?;
+    coord.metrics_addr = metrics.as_ref().map(metrics::MetricsServer::addr);
     if let Some((publisher, tap)) = publishing {
         if let Some(pump) = coord.pump.as_mut() {
             pump.tap(tap.clone());
@@ -296,7 +305,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     coord.kill_stragglers();
     drop(events_rx);
     for slot in &mut coord.slots {
-        if let Some(link) = slot.live.take().and_then(|mut inc| inc.link.take()) {
+        if let Some(link) = slot.retire_live() {
             link.join();
         }
     }
@@ -307,6 +316,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     // delivery (to a closed channel) drops the process, which is then reaped below.
     drop(spawner);
     drop(control);
+    drop(metrics);
     drop(signal_thread);
     // Let the output thread write what is queued, as long as stdout keeps
     // taking it: a slow reader is waited for, one that stopped reading is

@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub webhook_ca_file: Option<std::path::PathBuf>,
     /// Where every candle written is published too (`--publish-candles`).
     pub publish_candles: Option<crate::nats::NatsAddr>,
+    /// Where the read-only HTTP endpoint listens (`--metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
     /// The memory-growth monitor (`--memory-*`).
     pub memory: super::memory::MemorySettings,
     /// The symbols this coordinator takes (`--shard K/N`).

@@ -191,6 +191,12 @@ pub(super) struct Slot {
     /// Frames with a valid header whose payload did not decode.
     pub(super) undecodable: u64,
     pub(super) rtt_hist: RttHistogram,
+    /// Evaluation passes of its dead incarnations (the live one's are in
+    /// its last PONG): the metric never goes back when a worker dies.
+    pub(super) passes_retired: protocol::histogram::Log2Histogram,
+    /// Restarts by cause (`outside`, `self_inflicted`, `planned`), over
+    /// the slot's life.
+    pub(super) restarts_by_cause: BTreeMap<&'static str, u64>,
 }
 
 impl Slot {
@@ -215,7 +221,28 @@ impl Slot {
             malformed: 0,
             undecodable: 0,
             rtt_hist: RttHistogram::default(),
+            passes_retired: Default::default(),
+            restarts_by_cause: BTreeMap::new(),
         }
+    }
+
+    /// Ends the live incarnation: its evaluation passes join the slot's
+    /// dead ones' (for the metrics), and its link is returned.
+    pub(super) fn retire_live(&mut self) -> Option<super::link::Link> {
+        let mut inc = self.live.take()?;
+        if let Some((_, pong)) = &inc.last_pong {
+            self.passes_retired.add(&pong.pass_histogram);
+        }
+        inc.link.take()
+    }
+
+    /// Every evaluation pass of the slot's workers, dead and live.
+    pub(super) fn passes(&self) -> protocol::histogram::Log2Histogram {
+        let mut all = self.passes_retired;
+        if let Some((_, pong)) = self.live.as_ref().and_then(|i| i.last_pong.as_ref()) {
+            all.add(&pong.pass_histogram);
+        }
+        all
     }
 
     /// Tells the emitter which traders this slot holds now: the one place

@@ -105,6 +105,7 @@ impl Coordinator {
                 (None, None) => "running",
             },
             "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "metrics": self.metrics_addr.map(|a| format!("http://{a}/metrics")),
             "segment": {
                 "name": self.inst.store.lock().name(),
                 "size_bytes": self.inst.store.lock().size_bytes(),
@@ -156,9 +157,37 @@ impl Coordinator {
         })
     }
 
+    /// `status` and what only the metrics need: every counter the
+    /// exposition reads, from one consistent snapshot.
+    pub(super) fn metrics_snapshot(&self) -> serde_json::Value {
+        let (latency, by_trader) = self.emitter.metrics();
+        let store = self.inst.store.lock();
+        let candles: serde_json::Map<String, serde_json::Value> = self
+            .opts
+            .store
+            .intervals()
+            .iter()
+            .map(|i| (i.to_string(), store.appended(*i).into()))
+            .collect();
+        drop(store);
+        serde_json::json!({
+            "status": self.status(),
+            "signals_by_trader": by_trader,
+            "signal_latency": latency,
+            "passes": self.slots.iter().map(|s| serde_json::json!({
+                "slot": s.id, "histogram": s.passes(),
+            })).collect::<Vec<_>>(),
+            "restarts": self.slots.iter().flat_map(|s| s.restarts_by_cause.iter().map(|(cause, n)| {
+                serde_json::json!({ "slot": s.id, "cause": cause, "count": n })
+            })).collect::<Vec<_>>(),
+            "candles_written": candles,
+        })
+    }
+
     pub(super) fn control(&mut self, req: ControlRequest) {
         let answer = match req.line.as_str() {
             "status" => self.status(),
+            "metrics" => self.metrics_snapshot(),
             "events" => serde_json::json!({ "events": self.events }),
             "traders" => self.traders_list(),
             line if line.starts_with('{') => match serde_json::from_str::<TradersCommand>(line) {
@@ -169,7 +198,7 @@ impl Coordinator {
                 }
             },
             other => {
-                serde_json::json!({ "error": format!("unknown request {other:?}: try status, events or traders") })
+                serde_json::json!({ "error": format!("unknown request {other:?}: try status, metrics, events or traders") })
             }
         };
         let _ = req.reply.send(answer.to_string());

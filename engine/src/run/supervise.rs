@@ -229,10 +229,11 @@ impl Coordinator {
                 slot.failed_starts += 1;
             }
             self.emitter.accept(s, None);
-            if let Some(link) = slot.live.take().and_then(|mut inc| inc.link.take()) {
+            if let Some(link) = slot.retire_live() {
                 self.graveyard.push(link);
             }
             slot.restarts += 1;
+            *slot.restarts_by_cause.entry(cause.name()).or_default() += 1;
             slot.recovering = ev;
             match cause {
                 Cause::Outside | Cause::Planned => slot.restart_at = Some(Instant::now()),

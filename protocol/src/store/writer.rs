@@ -181,6 +181,22 @@ impl StoreWriter {
         out.into_iter().map(|(n, h, _)| (n, h)).collect()
     }
 
+    /// Candles ever appended to the series of `interval` (their heads'
+    /// sum; updates of an open candle not counted).
+    pub fn appended(&self, interval: Interval) -> u64 {
+        let Some(k) = self.layout.interval_index(interval) else {
+            return 0;
+        };
+        let w = self.words();
+        self.symbols
+            .values()
+            .map(|id| {
+                let s = id.0 as usize * self.layout.intervals.len() + k;
+                w[self.layout.header_word(s) + S_HEAD].load(Ordering::Relaxed)
+            })
+            .sum()
+    }
+
     /// Bytes of the segment written so far: the header, the directory, the
     /// series headers, and of each ring the groups its candles fill. With
     /// the whole segment reserved at creation this is not what it costs;

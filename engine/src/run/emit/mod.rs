@@ -12,12 +12,13 @@
 //! frames that follow them (a PONG proving they were sent), so the loop
 //! never sees progress whose signals are not out yet.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use protocol::histogram::Log2Histogram;
 use protocol::message::Signal;
 use protocol::samples::{Samples, saturate};
 
@@ -83,7 +84,12 @@ struct Inner {
     publish_times: VecDeque<(i64, Instant)>,
     /// Candle published to signal handed to the output thread, us.
     latency: Samples,
+    /// The same, every signal since the start (the metrics' histogram).
+    latency_histogram: Log2Histogram,
     emitted: u64,
+    /// Signals handed to at least one sink, per trader held (a trader no
+    /// slot holds any more leaves: bounded by the trader set).
+    by_trader: HashMap<String, u64>,
     /// The output thread's queue; `None` once closed.
     out: Option<SyncSender<Batch>>,
     /// When a reader last got room after waiting for it.
@@ -113,7 +119,9 @@ impl Emitter {
             dedup: Dedup::default(),
             publish_times: VecDeque::with_capacity(PUBLISH_TIMES),
             latency: Samples::new(LATENCY_SAMPLES),
+            latency_histogram: Log2Histogram::default(),
             emitted: 0,
+            by_trader: HashMap::new(),
             out: Some(out),
             resumed: None,
             give_up: None,
@@ -207,8 +215,14 @@ impl Emitter {
         // every slot has been told its traders (pruning here would forget
         // slot 1's marks while slot 0 is told, and repeat them into the
         // file); they are bounded by the series the file holds.
-        let Inner { traders, dedup, .. } = &mut *inner;
+        let Inner {
+            traders,
+            dedup,
+            by_trader,
+            ..
+        } = &mut *inner;
         dedup.keep_only(|id| traders.iter().any(|t| t.contains(id)));
+        by_trader.retain(|id, _| traders.iter().any(|t| t.contains(id)));
     }
 
     /// A publish of the finite feed whose last batch was delivered at `at`.
@@ -263,6 +277,7 @@ impl Emitter {
                     continue;
                 }
                 let mut line = Vec::new();
+                let mut fresh = false;
                 for (f, share) in inner.sinks.iter_mut().zip(shares.iter_mut()) {
                     if f.behind.is_some() {
                         if f.dedup.is_new(signal) {
@@ -271,6 +286,7 @@ impl Emitter {
                         continue;
                     }
                     if f.dedup.first(signal) {
+                        fresh = true;
                         if line.is_empty() {
                             SignalLine::new(signal, Some(s as u32)).write_to(&mut line);
                             line.push(b'\n');
@@ -281,7 +297,16 @@ impl Emitter {
                         share.closes_at = share.closes_at.max(closes_at);
                     }
                 }
-                if !inner.stdout || !inner.dedup.first(signal) {
+                let printed = inner.stdout && inner.dedup.first(signal);
+                if printed || fresh {
+                    match inner.by_trader.get_mut(&signal.trader) {
+                        Some(n) => *n += 1,
+                        None => {
+                            inner.by_trader.insert(signal.trader.clone(), 1);
+                        }
+                    }
+                }
+                if !printed {
                     continue;
                 }
                 // The candle became visible with the first publish whose
@@ -292,6 +317,7 @@ impl Emitter {
                 if let Some((_, published)) = inner.publish_times.get(k) {
                     let us = saturate(published.elapsed().as_micros());
                     inner.latency.push(us);
+                    inner.latency_histogram.observe(u64::from(us));
                 }
                 inner.emitted += 1;
                 count += 1;
@@ -428,6 +454,21 @@ impl Emitter {
             latency_p50_us: latency.quantile(0.5),
             latency_p99_us: latency.quantile(0.99),
         }
+    }
+
+    /// For the metrics: every signal's latency so far, and the signals
+    /// handed to a sink per trader held.
+    pub fn metrics(&self) -> (Log2Histogram, Vec<(String, u64)>) {
+        let inner = self.lock();
+        let latency = inner.latency_histogram;
+        let mut by_trader: Vec<(String, u64)> = inner
+            .by_trader
+            .iter()
+            .map(|(t, n)| (t.clone(), *n))
+            .collect();
+        drop(inner);
+        by_trader.sort_unstable();
+        (latency, by_trader)
     }
 
     /// Closes the output queues: each output thread ends once it has

@@ -1,0 +1,276 @@
+//! `--metrics ADDR`: a read-only HTTP endpoint. `GET /metrics` answers the
+//! OpenMetrics text Prometheus scrapes ([`encode`]), or the classic text
+//! format to a client that does not ask for OpenMetrics; `GET /status` the
+//! same JSON as `shmkline status --json`. Changes stay on the 0600 control
+//! socket: nothing here writes.
+//!
+//! Each answer is one request to the coordinator's loop (a consistent
+//! snapshot, through the same bounded channel as the control socket); the
+//! encoding happens on the connection's thread. Bounds: at most
+//! [`MAX_CLIENTS`] connections at once (one more is answered 503), a request
+//! head of at most [`MAX_HEAD`] bytes (431), complete within [`HEAD_TIMEOUT`]
+//! (408); one request per connection.
+
+pub mod encode;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::control::{ControlRequest, Handed, ask_loop};
+
+/// Connections served at once.
+pub const MAX_CLIENTS: usize = 16;
+/// Longest request head (request line and headers).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// A request head must be complete this long after the connection opens.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The endpoint; dropping it stops its threads.
+pub struct MetricsServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Listens on `addr` (`--metrics`) and answers from `requests`.
+    pub fn start(
+        addr: SocketAddr,
+        requests: impl Fn(ControlRequest) -> Handed + Send + Sync + 'static,
+    ) -> Result<Self> {
+        let listener = TcpListener::bind(addr).with_context(|| {
+            format!(
+                "--metrics {addr}: cannot listen there (in use, or not an address of this host)"
+            )
+        })?;
+        let addr = listener.local_addr().context("the metrics address")?;
+        listener
+            .set_nonblocking(true)
+            .context("configuring the metrics listener")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let requests = Arc::new(requests);
+        let thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || serve(&listener, &flag, &requests))
+            .context("starting the metrics thread")?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics, status at http://{addr}/status");
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            addr,
+        })
+    }
+
+    /// Where it listens (the port chosen when `--metrics` gave port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The accept loop; it joins its connection threads before it returns.
+fn serve<F>(listener: &TcpListener, stop: &AtomicBool, requests: &Arc<F>)
+where
+    F: Fn(ControlRequest) -> Handed + Send + Sync + 'static,
+{
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        threads.retain(|t| !t.is_finished());
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if active.load(Ordering::Acquire) >= MAX_CLIENTS {
+                    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+                    let _ = respond(
+                        &stream,
+                        "503 Service Unavailable",
+                        "text/plain",
+                        &format!(
+                            "the metrics endpoint serves {MAX_CLIENTS} connections at once, its limit\n"
+                        ),
+                    );
+                    continue;
+                }
+                active.fetch_add(1, Ordering::AcqRel);
+                let (mine, requests) = (Arc::clone(&active), Arc::clone(requests));
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-client".into())
+                    .stack_size(256 * 1024)
+                    .spawn(move || {
+                        if let Err(e) = answer(&stream, &*requests) {
+                            tracing::debug!(error = %format!("{e:#}"), "metrics request failed");
+                        }
+                        mine.fetch_sub(1, Ordering::AcqRel);
+                    });
+                match spawned {
+                    Ok(t) => threads.push(t),
+                    Err(e) => {
+                        active.fetch_sub(1, Ordering::AcqRel);
+                        tracing::warn!(error = %e, "metrics: no thread for a client");
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    // Each connection ends within its timeouts (the head's, the loop's, the
+    // write's).
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// Reads the request head: what it asks for, or the status to refuse it with.
+fn read_head(stream: &TcpStream) -> Result<Result<Asked, &'static str>> {
+    let until = Instant::now() + HEAD_TIMEOUT;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Err("408 Request Timeout"));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match (&*stream).read(&mut buf) {
+            Ok(0) => return Ok(Err("400 Bad Request")),
+            Ok(k) => head.extend_from_slice(&buf[..k]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(Err("408 Request Timeout"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if head.len() > MAX_HEAD {
+            return Ok(Err("431 Request Header Fields Too Large"));
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut lines = head.lines();
+    let mut words = lines.next().unwrap_or_default().split_whitespace();
+    let openmetrics = lines.any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("accept")
+                && value.contains("application/openmetrics-text")
+        })
+    });
+    match (words.next(), words.next()) {
+        (Some(method), Some(target)) => Ok(Ok(Asked {
+            method: method.to_owned(),
+            target: target.to_owned(),
+            openmetrics,
+        })),
+        _ => Ok(Err("400 Bad Request")),
+    }
+}
+
+/// A request's line, and whether it takes OpenMetrics.
+struct Asked {
+    method: String,
+    target: String,
+    openmetrics: bool,
+}
+
+fn answer(stream: &TcpStream, requests: &impl Fn(ControlRequest) -> Handed) -> Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(HEAD_TIMEOUT))?;
+    let Asked {
+        method,
+        target,
+        openmetrics,
+    } = match read_head(stream)? {
+        Ok(asked) => asked,
+        Err(status) => return respond(stream, status, "text/plain", &format!("{status}\n")),
+    };
+    let path = target.split('?').next().unwrap_or_default();
+    if method != "GET" {
+        return respond(
+            stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            "read-only: GET /metrics or /status (changes go through the control socket)\n",
+        );
+    }
+    let request = match path {
+        "/metrics" => "metrics",
+        "/status" => "status",
+        _ => {
+            return respond(
+                stream,
+                "404 Not Found",
+                "text/plain",
+                "not here: GET /metrics (OpenMetrics text) or /status (JSON)\n",
+            );
+        }
+    };
+    let reply = ask_loop(request, requests);
+    let value: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+    if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
+        return respond(
+            stream,
+            "503 Service Unavailable",
+            "text/plain",
+            &format!("{error}\n"),
+        );
+    }
+    match request {
+        // Prometheus asks for OpenMetrics; anything else gets the classic
+        // text format.
+        "metrics" => match encode::exposition(value) {
+            Ok(text) if openmetrics => respond(
+                stream,
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                &text,
+            ),
+            Ok(text) => respond(
+                stream,
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                &encode::classic(&text),
+            ),
+            Err(_) => respond(
+                stream,
+                "500 Internal Server Error",
+                "text/plain",
+                "the metrics could not be encoded\n",
+            ),
+        },
+        _ => respond(stream, "200 OK", "application/json", &format!("{reply}\n")),
+    }
+}
+
+fn respond(mut stream: &TcpStream, status: &str, kind: &str, body: &str) -> Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()?;
+    Ok(())
+}
