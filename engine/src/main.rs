@@ -27,6 +27,10 @@ fn run(cli: Cli, argv: Vec<OsString>) -> Result<()> {
         Command::KillWorker { id, signal } => {
             client::kill_worker(&instance_or_default(instance)?, id, &signal)
         }
+        Command::Top { interval } => engine::cli::top::top(
+            &instance_or_default(instance)?,
+            std::time::Duration::from_millis(interval),
+        ),
         Command::Status { json } => client::status(&instance_or_default(instance)?, json),
         Command::Bench(cmd) => commands::bench(&bench_instance(instance)?, cmd),
         Command::Store(cmd) => commands::store(&instance_or_default(instance)?, cmd),

@@ -689,3 +689,204 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     assert!(st.success(), "{stderr}");
     inst.assert_clean();
 }
+
+/// A tmux server of its own (socket in a temp dir), killed on drop.
+struct Tmux {
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    /// A detached session `top` of `width` x `height` running `command`
+    /// with TERM=xterm; the pane stays after its command exits, so its exit
+    /// status and screen can be read.
+    fn start(width: u16, height: u16, env: &[(&str, String)], command: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("tmux.sock");
+        let conf = dir.path().join("tmux.conf");
+        std::fs::write(
+            &conf,
+            "set -g remain-on-exit on\nset -g default-terminal xterm\n",
+        )
+        .expect("write");
+        let mut cmd = std::process::Command::new("tmux");
+        cmd.arg("-S")
+            .arg(&socket)
+            .arg("-f")
+            .arg(&conf)
+            .args(["new-session", "-d", "-s", "top"])
+            .args(["-x", &width.to_string(), "-y", &height.to_string()]);
+        for (k, v) in env {
+            cmd.args(["-e", &format!("{k}={v}")]);
+        }
+        let out = cmd.arg(command).output().expect("tmux");
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        Self { socket, _dir: dir }
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "top"])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        self.tmux(&[&["send-keys", "-t", "top"], keys].concat());
+    }
+
+    fn pane(&self, format: &str) -> String {
+        self.tmux(&["display-message", "-p", "-t", "top", format])
+            .trim()
+            .to_owned()
+    }
+
+    /// The exit status of `top` in the pane, once it has exited (the
+    /// pane's shell prints it: tmux 3.3a sometimes leaves its own
+    /// `pane_dead_status` empty).
+    fn exit_status(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = self.tmux(&["capture-pane", "-p", "-J", "-S", "-100", "-t", "top"]);
+            if let Some(code) = screen
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("top exited with "))
+            {
+                return code.trim().to_owned();
+            }
+            assert!(Instant::now() < deadline, "top did not exit:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The screen once `pred` holds (panics with it after `timeout`).
+    fn screen_when(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed it:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.tmux(&["kill-server"]);
+    }
+}
+
+/// Item 1: `top` in a real terminal (tmux, TERM=xterm, 80x24): every
+/// worker's pid as `status` reports it is on the screen; `k` on a selected
+/// worker and `y` kill it, and the coordinator replaces it (its restarts go
+/// up, a new pid shows); `t` shows the traders; `q` exits 0 with the
+/// terminal restored (off the alternate screen).
+#[test]
+fn top_in_a_real_terminal_kills_a_worker_and_quits_cleanly() {
+    let inst = TestInstance::new("top");
+    // A generous PING deadline: a loaded machine must not replace a worker
+    // on its own while the test counts restarts.
+    let run = running(&inst, &["--workers", "3", "--ping-deadline", "10000"]);
+    let status = inst.status_when(STARTUP, |s| {
+        s["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().all(|w| w["state"] == "ready"))
+    });
+    let pids = TestInstance::worker_pids(&status);
+    assert_eq!(pids.len(), 3);
+    let env = [
+        ("SHMKLINE_INSTANCE", inst.name.as_str().to_owned()),
+        (
+            "SHMKLINE_RUNTIME_DIR",
+            inst.runtime_dir.display().to_string(),
+        ),
+    ];
+    let bin = harness::bin("shmkline");
+    let top = format!(
+        "{} top --interval 200; echo \"top exited with $?\"",
+        bin.display()
+    );
+    let tmux = Tmux::start(80, 24, &env, &top);
+    let screen = tmux.screen_when(Duration::from_secs(30), |s| {
+        pids.iter().all(|p| s.contains(&p.to_string()))
+    });
+    assert!(
+        screen.contains(&format!("shmkline top  {}", inst.name)),
+        "{screen}"
+    );
+    assert_eq!(
+        tmux.pane("#{alternate_on}"),
+        "1",
+        "top uses the alternate screen"
+    );
+    // Select slot 1 and kill it.
+    tmux.keys(&["Down"]);
+    tmux.keys(&["k"]);
+    let victim = pids[1];
+    tmux.screen_when(Duration::from_secs(10), |s| {
+        s.contains(&format!("kill worker 1 (pid {victim})?"))
+    });
+    tmux.keys(&["y"]);
+    let after = inst.status_when(Duration::from_secs(60), |s| {
+        s["workers"][1]["restarts"] == 1
+            && s["workers"][1]["state"] == "ready"
+            && s["workers"][1]["pid"].as_u64() != Some(u64::from(victim))
+    });
+    assert_eq!(after["workers"][0]["restarts"], 0, "only slot 1 was killed");
+    let replacement = after["workers"][1]["pid"].as_u64().expect("pid");
+    let screen = tmux.screen_when(Duration::from_secs(30), |s| {
+        s.lines()
+            .any(|l| l.starts_with("1 ") && l.contains(&replacement.to_string()))
+    });
+    assert!(
+        screen.contains(&format!("killed worker 1 (pid {victim})")),
+        "{screen}"
+    );
+    // The trader list, and back.
+    tmux.keys(&["t"]);
+    tmux.screen_when(Duration::from_secs(10), |s| s.contains("sma10-up"));
+    tmux.keys(&["t"]);
+    tmux.keys(&["q"]);
+    assert_eq!(tmux.exit_status(), "0", "top exits 0 on q");
+    assert_eq!(
+        tmux.pane("#{alternate_on}"),
+        "0",
+        "the terminal is restored"
+    );
+    // A second top, then the instance stops under it: it says so and exits 0.
+    drop(tmux);
+    let tmux = Tmux::start(80, 24, &env, &top);
+    tmux.screen_when(Duration::from_secs(30), |s| s.contains("workers"));
+    run.signal(Signal::SIGTERM);
+    let (st, stderr) = run.wait(Duration::from_secs(30));
+    assert!(st.success(), "{stderr}");
+    assert_eq!(
+        tmux.exit_status(),
+        "0",
+        "top exits 0 when the instance stops"
+    );
+    assert_eq!(tmux.pane("#{alternate_on}"), "0");
+    // With what scrolled into the history, wrapped lines joined.
+    let screen = tmux.tmux(&["capture-pane", "-p", "-J", "-S", "-100", "-t", "top"]);
+    assert!(
+        screen.contains(&format!(
+            "shmkline top: instance {} stopped (no instance is running there",
+            inst.name
+        )),
+        "{screen}"
+    );
+    inst.assert_clean();
+}

@@ -8,6 +8,7 @@ pub mod child;
 pub mod feed;
 pub mod ipc;
 pub mod nats;
+pub mod observe;
 pub mod sinks;
 pub mod store;
 pub mod traders;

@@ -55,6 +55,15 @@ pub enum Command {
     /// Manage the traders of a running instance.
     #[command(subcommand)]
     Traders(TradersCommand),
+    /// Watch a running instance full-screen: feed, signals a second,
+    /// workers (memory growth, RTT, passes, restarts), sinks. Keys: up/down
+    /// select a worker, k kills it (the coordinator replaces it), t shows
+    /// the traders, q quits.
+    Top {
+        /// Milliseconds between refreshes.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+        interval: u64,
+    },
     /// Show a running instance: workers, segment, feed, signals.
     Status {
         /// Print one JSON object.
@@ -282,6 +291,26 @@ pub enum BenchCommand {
         /// Candles per symbol in the signal throughput run.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         signal_candles: u64,
+    },
+    /// What watching a run costs its coordinator: loop time per `status`
+    /// (a `top` refresh) and per `/metrics` scrape against a `ping`, and
+    /// the coordinator's private memory across each batch.
+    Observe {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Traders.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        traders: u64,
+        /// Synthetic symbols.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        symbols: u64,
+        /// Worker processes.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+        workers: u32,
+        /// Requests of each kind.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+        requests: u64,
     },
     /// The cross-process torn-read stress alone.
     Torn {

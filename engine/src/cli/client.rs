@@ -68,11 +68,17 @@ pub fn kill_worker(instance: &InstanceName, id: u32, signal: &str) -> Result<()>
         "CONT" => Signal::SIGCONT,
         _ => Signal::SIGKILL,
     };
-    kill(Pid::from_raw(pid as i32), sig)
+    signal_pid(pid, sig)
         .map_err(|e| anyhow!("sending SIG{signal} to worker {id} (pid {pid}): {e}"))?;
     println!(
         "{}",
         serde_json::json!({ "worker": id, "pid": pid, "signal": signal })
     );
     Ok(())
+}
+
+/// Sends `sig` to the worker process `pid` (as `status` lists it).
+pub fn signal_pid(pid: u64, sig: Signal) -> Result<(), nix::Error> {
+    let pid = i32::try_from(pid).map_err(|_| nix::Error::ESRCH)?;
+    kill(Pid::from_raw(pid), sig)
 }

@@ -266,6 +266,21 @@ pub fn bench(instance: &InstanceName, cmd: BenchCommand) -> Result<()> {
             };
             emit(&crate::bench::burst::run(instance, &this, &opts)?, json)
         }
+        BenchCommand::Observe {
+            json,
+            traders,
+            symbols,
+            workers,
+            requests,
+        } => {
+            let opts = crate::bench::observe::ObserveBench {
+                traders: traders as usize,
+                symbols: symbols as usize,
+                workers,
+                requests,
+            };
+            emit(&crate::bench::observe::run(instance, &this, &opts)?, json)
+        }
         BenchCommand::Sinks {
             json,
             traders,

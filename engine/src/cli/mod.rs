@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod options;
 pub mod render;
+pub mod top;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

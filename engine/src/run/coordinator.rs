@@ -99,6 +99,8 @@ pub(super) struct Coordinator {
     pub(super) memory: super::memory::MemoryWatch,
     /// Where `--metrics` listens (its port chosen when 0 was given).
     pub(super) metrics_addr: Option<std::net::SocketAddr>,
+    /// Loop time spent answering control requests.
+    pub(super) control_costs: super::status::ControlCosts,
 }
 
 /// SIGINT and SIGTERM counts, kept by the signal thread in atomics so that a
@@ -180,6 +182,7 @@ impl Coordinator {
             quarantined: Vec::new(),
             memory: super::memory::MemoryWatch::new(opts.memory, opts.workers as usize),
             metrics_addr: None,
+            control_costs: Default::default(),
             opts,
         };
         for slot in &coord.slots {

@@ -106,6 +106,7 @@ impl Coordinator {
             },
             "uptime_ms": self.started.elapsed().as_millis() as u64,
             "metrics": self.metrics_addr.map(|a| format!("http://{a}/metrics")),
+            "control": { "loop_us": self.control_costs.status() },
             "segment": {
                 "name": self.inst.store.lock().name(),
                 "size_bytes": self.inst.store.lock().size_bytes(),
@@ -185,7 +186,13 @@ impl Coordinator {
     }
 
     pub(super) fn control(&mut self, req: ControlRequest) {
+        let started = std::time::Instant::now();
+        let kind = match req.line.as_str() {
+            k @ ("status" | "metrics" | "traders" | "events" | "ping") => k,
+            _ => "other",
+        };
         let answer = match req.line.as_str() {
+            "ping" => serde_json::json!({ "pong": true }),
             "status" => self.status(),
             "metrics" => self.metrics_snapshot(),
             "events" => serde_json::json!({ "events": self.events }),
@@ -201,6 +208,58 @@ impl Coordinator {
                 serde_json::json!({ "error": format!("unknown request {other:?}: try status, metrics, events or traders") })
             }
         };
-        let _ = req.reply.send(answer.to_string());
+        let answer = answer.to_string();
+        self.control_costs.record(kind, started.elapsed());
+        let _ = req.reply.send(answer);
+    }
+}
+
+/// Loop time spent answering control requests, per kind: what `top` (a
+/// `status` a refresh) and a Prometheus scrape (`metrics`) cost the
+/// coordinator. `bench observe` reads it from `status`.
+#[derive(Debug)]
+pub(super) struct ControlCosts(Vec<(&'static str, u64, protocol::samples::Samples)>);
+
+/// Durations kept per kind for the percentiles.
+const COST_SAMPLES: usize = 1024;
+
+impl Default for ControlCosts {
+    fn default() -> Self {
+        Self(
+            ["ping", "status", "metrics", "traders", "events", "other"]
+                .into_iter()
+                .map(|k| (k, 0, protocol::samples::Samples::new(COST_SAMPLES)))
+                .collect(),
+        )
+    }
+}
+
+impl ControlCosts {
+    fn record(&mut self, kind: &str, took: std::time::Duration) {
+        if let Some((_, count, samples)) = self.0.iter_mut().find(|(k, _, _)| *k == kind) {
+            *count += 1;
+            samples.push(protocol::samples::saturate(took.as_micros()));
+        }
+    }
+
+    /// Per kind asked at least once: count and recent p50, p99, max (µs).
+    pub(super) fn status(&self) -> serde_json::Value {
+        self.0
+            .iter()
+            .filter(|(_, count, _)| *count > 0)
+            .map(|(kind, count, samples)| {
+                let max = samples.values().iter().max().copied();
+                (
+                    (*kind).to_owned(),
+                    serde_json::json!({
+                        "count": count,
+                        "p50_us": samples.quantile(0.5),
+                        "p99_us": samples.quantile(0.99),
+                        "max_us": max,
+                    }),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 }

@@ -1,0 +1,223 @@
+//! `shmkline top`: a full-screen view of a running instance (ratatui over
+//! crossterm), refreshed from its control socket: header (instance, feed,
+//! signals a second, the coordinator's memory), a row per worker, a row per
+//! sink. Keys: up/down select a worker, `k` kills it (after a `y`) so the
+//! coordinator replaces it, `t` shows the traders, `q` or Ctrl-C quits.
+//!
+//! The terminal is restored however it ends: `q`, Ctrl-C, SIGTERM/SIGHUP,
+//! the instance stopping (said on stderr after the screen is restored), an
+//! error, or a panic (ratatui's hook). One connection is kept and asked
+//! once a refresh; nothing accumulates between refreshes (each screen is
+//! drawn from the last answer alone), so `top`'s own memory stays flat.
+
+mod view;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use protocol::InstanceName;
+use ratatui::DefaultTerminal;
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use serde_json::Value;
+
+use crate::run::control::ControlClient;
+
+/// Why `top` stopped.
+enum Ended {
+    /// The user quit.
+    Quit,
+    /// The instance went away.
+    Stopped(String),
+}
+
+/// The terminal in raw mode on the alternate screen; restored on drop.
+struct Tui(DefaultTerminal);
+
+impl Drop for Tui {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+/// `shmkline top`.
+pub fn top(instance: &InstanceName, every: Duration) -> Result<()> {
+    let dir = crate::runtime::base_dir().join(instance.as_str());
+    // Fails before the screen changes if the instance is not running.
+    let mut client = ControlClient::connect(&dir)?;
+    client.ask("status")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGINT,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing the signal handlers")?;
+    }
+    let tui = Tui(ratatui::try_init().context("setting up the terminal")?);
+    let ended = run(tui, &dir, client, every, &stop);
+    match ended? {
+        Ended::Quit => Ok(()),
+        Ended::Stopped(why) => {
+            eprintln!("shmkline top: instance {instance} stopped ({why})");
+            Ok(())
+        }
+    }
+}
+
+/// What the loop keeps between refreshes (only the last answer).
+struct State {
+    status: Value,
+    screen: view::Screen,
+    /// A kill asked for and not yet confirmed: (slot, pid).
+    confirm: Option<(u64, u64)>,
+    /// The previous refresh's signal count, for the rate.
+    last_count: Option<(Instant, u64)>,
+}
+
+fn run(
+    mut tui: Tui,
+    dir: &std::path::Path,
+    mut client: ControlClient,
+    every: Duration,
+    stop: &AtomicBool,
+) -> Result<Ended> {
+    let mut state = State {
+        status: Value::Null,
+        screen: view::Screen::default(),
+        confirm: None,
+        last_count: None,
+    };
+    let mut next = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(Ended::Quit);
+        }
+        if Instant::now() >= next {
+            next = Instant::now() + every;
+            if let Err(why) = refresh(&mut client, dir, &mut state) {
+                return Ok(Ended::Stopped(why));
+            }
+            tui.0
+                .draw(|f| view::draw(f, &state.status, &state.screen))
+                .context("drawing")?;
+        }
+        let wait = next.saturating_duration_since(Instant::now());
+        if !event::poll(wait.min(Duration::from_millis(100))).context("reading keys")? {
+            continue;
+        }
+        // crossterm's read() loops without end on a terminal that hung up
+        // (its reads return 0 bytes): look first.
+        if terminal_gone() {
+            return Ok(Ended::Quit);
+        }
+        match event::read().context("reading keys")? {
+            Event::Key(key) if key.kind != KeyEventKind::Release => {
+                let ctrl_c =
+                    key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+                if ctrl_c || (state.confirm.is_none() && key.code == KeyCode::Char('q')) {
+                    return Ok(Ended::Quit);
+                }
+                key_pressed(key.code, &mut state);
+                // Show the effect of a key at once.
+                next = Instant::now();
+            }
+            Event::Resize(..) => next = Instant::now(),
+            _ => {}
+        }
+    }
+}
+
+/// Whether the terminal on stdin hung up (its window closed, the tmux
+/// server killed, the ssh connection dropped).
+fn terminal_gone() -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let stdin = std::io::stdin();
+    let mut fds = [PollFd::new(
+        std::os::fd::AsFd::as_fd(&stdin),
+        PollFlags::POLLIN,
+    )];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0].revents().is_some_and(|r| {
+            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+        }),
+        Err(_) => false,
+    }
+}
+
+/// Asks for the status (and the traders when shown); an error says why
+/// the instance is gone.
+fn refresh(
+    client: &mut ControlClient,
+    dir: &std::path::Path,
+    state: &mut State,
+) -> Result<(), String> {
+    let status = match client.ask("status") {
+        Ok(s) => s,
+        // The server closes connections it considers idle, and one that
+        // broke: try a new one once before giving up.
+        Err(_) => {
+            *client = ControlClient::connect(dir).map_err(|e| format!("{e:#}"))?;
+            client.ask("status").map_err(|e| format!("{e:#}"))?
+        }
+    };
+    if state.screen.traders.is_some() {
+        state.screen.traders = client.ask("traders").ok();
+    }
+    let count = status["signals"]["emitted"].as_u64().unwrap_or(0);
+    let now = Instant::now();
+    if let Some((at, before)) = state.last_count {
+        let dt = now.duration_since(at).as_secs_f64();
+        if dt > 0.0 {
+            state.screen.signals_per_s = Some(count.saturating_sub(before) as f64 / dt);
+        }
+    }
+    state.last_count = Some((now, count));
+    let workers = status["workers"].as_array().map_or(0, Vec::len);
+    state.screen.selected = state.screen.selected.min(workers.saturating_sub(1));
+    state.status = status;
+    Ok(())
+}
+
+fn key_pressed(code: KeyCode, state: &mut State) {
+    if let Some((slot, pid)) = state.confirm.take() {
+        state.screen.message = Some(if code == KeyCode::Char('y') {
+            match crate::cli::client::signal_pid(pid, nix::sys::signal::Signal::SIGKILL) {
+                Ok(()) => format!("killed worker {slot} (pid {pid}): the coordinator replaces it"),
+                Err(e) => format!("could not kill worker {slot} (pid {pid}): {e}"),
+            }
+        } else {
+            "not killed".to_owned()
+        });
+        return;
+    }
+    state.screen.message = None;
+    let workers = state.status["workers"].as_array().map_or(0, Vec::len);
+    match code {
+        KeyCode::Up => state.screen.selected = state.screen.selected.saturating_sub(1),
+        KeyCode::Down => {
+            state.screen.selected = (state.screen.selected + 1).min(workers.saturating_sub(1));
+        }
+        KeyCode::Char('t') => {
+            state.screen.traders = match state.screen.traders {
+                Some(_) => None,
+                None => Some(Value::Null),
+            };
+        }
+        KeyCode::Char('k') => {
+            let worker = &state.status["workers"][state.screen.selected];
+            match (worker["id"].as_u64(), worker["pid"].as_u64()) {
+                (Some(slot), Some(pid)) if pid > 0 => {
+                    state.confirm = Some((slot, pid));
+                    state.screen.message = Some(format!(
+                        "kill worker {slot} (pid {pid})? y to confirm, any other key to keep it"
+                    ));
+                }
+                _ => state.screen.message = Some("that worker has no process now".to_owned()),
+            }
+        }
+        _ => {}
+    }
+}
