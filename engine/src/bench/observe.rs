@@ -43,11 +43,11 @@ pub struct RequestFigures {
     /// Requests made.
     pub requests: u64,
     /// Loop time per answer, as the coordinator measured it, µs.
-    pub loop_p50_us: Option<u64>,
+    pub loop_p50_us: Option<f64>,
     /// The same, 99th percentile (of the last 1,024).
-    pub loop_p99_us: Option<u64>,
+    pub loop_p99_us: Option<f64>,
     /// The same, largest.
-    pub loop_max_us: Option<u64>,
+    pub loop_max_us: Option<f64>,
     /// Round trip seen by the client (socket or HTTP, and encoding), µs, median.
     pub client_p50_us: u64,
     /// The coordinator's private memory before and after the batch, bytes.
@@ -173,9 +173,9 @@ pub fn run(
         figures.push(RequestFigures {
             request,
             requests: opts.requests,
-            loop_p50_us: cost["p50_us"].as_u64(),
-            loop_p99_us: cost["p99_us"].as_u64(),
-            loop_max_us: cost["max_us"].as_u64(),
+            loop_p50_us: cost["p50_us"].as_f64(),
+            loop_p99_us: cost["p99_us"].as_f64(),
+            loop_max_us: cost["max_us"].as_f64(),
             client_p50_us: took[took.len() / 2],
             private_before: before,
             private_after: after,
@@ -183,15 +183,15 @@ pub fn run(
         });
     }
     drop(guard);
-    let ping = figures[0].loop_p99_us.filter(|&p| p > 0);
+    let ping = figures[0].loop_p99_us.filter(|&p| p > 0.0);
     for f in &mut figures {
         f.ratio_to_ping = ping
             .zip(f.loop_p99_us)
-            .map(|(base, p)| (p as f64 / base as f64 * 10.0).round() / 10.0);
+            .map(|(base, p)| (p / base * 10.0).round() / 10.0);
     }
     let target_met = figures[1..]
         .iter()
-        .all(|f| f.loop_p99_us.is_some_and(|p| p < TARGET_LOOP_US));
+        .all(|f| f.loop_p99_us.is_some_and(|p| p < TARGET_LOOP_US as f64));
     Ok(ObserveReport {
         traders: opts.traders,
         symbols: opts.symbols,

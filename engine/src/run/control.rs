@@ -69,8 +69,8 @@ fn too_many() -> String {
 pub struct ControlRequest {
     /// The request line, trimmed.
     pub line: String,
-    /// The answer (one JSON line).
-    pub reply: mpsc::Sender<String>,
+    /// The answer, serialised by the client's thread, not the loop.
+    pub reply: mpsc::Sender<serde_json::Value>,
 }
 
 /// Whether the loop took a request.
@@ -126,7 +126,7 @@ impl ControlServer {
                     match listener.accept() {
                         Ok((stream, _)) => admit(stream, &served, &requests),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(20))
+                            wait_for_client(std::os::fd::AsFd::as_fd(&listener));
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "control socket accept failed");
@@ -164,6 +164,14 @@ impl Drop for ControlServer {
         }
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Waits until a client connects to `listener`, or 100 ms: an accept
+/// loop wakes at once for a client and still sees its stop flag soon.
+pub(super) fn wait_for_client(listener: std::os::fd::BorrowedFd<'_>) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(listener, PollFlags::POLLIN)];
+    let _ = poll(&mut fds, PollTimeout::from(100u8));
 }
 
 /// Serves `stream` on a thread of its own, or refuses it past [`MAX_CLIENTS`].
@@ -321,16 +329,19 @@ fn serve(stream: &UnixStream, requests: &impl Fn(ControlRequest) -> Handed) -> R
             }
             Line::Request(line) => match String::from_utf8(line) {
                 Ok(line) => ask_loop(line.trim(), requests),
-                Err(_) => serde_json::json!({ "error": "the request is not UTF-8" }).to_string(),
+                Err(_) => serde_json::json!({ "error": "the request is not UTF-8" }),
             },
         };
-        reply(stream, &answer)?;
+        reply(stream, &answer.to_string())?;
     }
 }
 
 /// Hands one request to the loop and waits for its answer (an error
 /// answer when the loop is busy or gone).
-pub(super) fn ask_loop(line: &str, requests: &impl Fn(ControlRequest) -> Handed) -> String {
+pub(super) fn ask_loop(
+    line: &str,
+    requests: &impl Fn(ControlRequest) -> Handed,
+) -> serde_json::Value {
     let (reply, answer) = mpsc::channel();
     let error = match requests(ControlRequest {
         line: line.to_owned(),
@@ -348,7 +359,7 @@ pub(super) fn ask_loop(line: &str, requests: &impl Fn(ControlRequest) -> Handed)
         }
         Handed::Gone => "the coordinator is shutting down".to_owned(),
     };
-    serde_json::json!({ "error": error }).to_string()
+    serde_json::json!({ "error": error })
 }
 
 fn reply(mut stream: &UnixStream, answer: &str) -> Result<()> {
@@ -404,10 +415,27 @@ impl ControlClient {
         if request.len() > MAX_REQUEST {
             bail!("{}", too_long(request.len()));
         }
-        self.reader
-            .get_mut()
-            .write_all(format!("{request}\n").as_bytes())
-            .with_context(|| format!("sending the request to {}", self.path.display()))?;
+        let line = format!("{request}\n");
+        if let Err(e) = self.reader.get_mut().write_all(line.as_bytes()) {
+            // The server closed this connection (idle too long, or it
+            // restarted): the request never went out, so a new connection
+            // may send it, once.
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::NotConnected
+            ) {
+                return Err(e)
+                    .with_context(|| format!("sending the request to {}", self.path.display()));
+            }
+            let dir = self.path.parent().unwrap_or(Path::new("/")).to_owned();
+            *self = Self::connect(&dir)?;
+            self.reader
+                .get_mut()
+                .write_all(line.as_bytes())
+                .with_context(|| format!("sending the request to {}", self.path.display()))?;
+        }
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => bail!(

@@ -208,7 +208,6 @@ impl Coordinator {
                 serde_json::json!({ "error": format!("unknown request {other:?}: try status, metrics, events or traders") })
             }
         };
-        let answer = answer.to_string();
         self.control_costs.record(kind, started.elapsed());
         let _ = req.reply.send(answer);
     }
@@ -220,7 +219,7 @@ impl Coordinator {
 #[derive(Debug)]
 pub(super) struct ControlCosts(Vec<(&'static str, u64, protocol::samples::Samples)>);
 
-/// Durations kept per kind for the percentiles.
+/// Durations (ns) kept per kind for the percentiles.
 const COST_SAMPLES: usize = 1024;
 
 impl Default for ControlCosts {
@@ -238,12 +237,14 @@ impl ControlCosts {
     fn record(&mut self, kind: &str, took: std::time::Duration) {
         if let Some((_, count, samples)) = self.0.iter_mut().find(|(k, _, _)| *k == kind) {
             *count += 1;
-            samples.push(protocol::samples::saturate(took.as_micros()));
+            samples.push(protocol::samples::saturate(took.as_nanos()));
         }
     }
 
-    /// Per kind asked at least once: count and recent p50, p99, max (µs).
+    /// Per kind asked at least once: count and recent p50, p99, max (µs,
+    /// to the tenth).
     pub(super) fn status(&self) -> serde_json::Value {
+        let us = |ns: Option<u32>| ns.map(|ns| (f64::from(ns) / 100.0).round() / 10.0);
         self.0
             .iter()
             .filter(|(_, count, _)| *count > 0)
@@ -253,9 +254,9 @@ impl ControlCosts {
                     (*kind).to_owned(),
                     serde_json::json!({
                         "count": count,
-                        "p50_us": samples.quantile(0.5),
-                        "p99_us": samples.quantile(0.99),
-                        "max_us": max,
+                        "p50_us": us(samples.quantile(0.5)),
+                        "p99_us": us(samples.quantile(0.99)),
+                        "max_us": us(max),
                     }),
                 )
             })
