@@ -866,8 +866,31 @@ fn top_in_a_real_terminal_kills_a_worker_and_quits_cleanly() {
         "0",
         "the terminal is restored"
     );
-    // A second top, then the instance stops under it: it says so and exits 0.
+    // A top whose terminal hangs up (the tmux server killed under it) ends
+    // too: crossterm alone would spin on the dead terminal for ever.
     drop(tmux);
+    let hangup = format!("{} top --interval 150", bin.display());
+    let tmux = Tmux::start(80, 24, &env, &hangup);
+    tmux.screen_when(Duration::from_secs(30), |s| s.contains("workers"));
+    // (tmux's own command line mentions it too.)
+    let tops: Vec<u32> = harness::live_processes_mentioning("top --interval 150")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "shmkline")
+        })
+        .collect();
+    assert_eq!(tops.len(), 1, "{tops:?}");
+    drop(tmux);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while harness::process_alive(tops[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "top {} outlived its terminal",
+            tops[0]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A second top, then the instance stops under it: it says so and exits 0.
     let tmux = Tmux::start(80, 24, &env, &top);
     tmux.screen_when(Duration::from_secs(30), |s| s.contains("workers"));
     run.signal(Signal::SIGTERM);

@@ -56,8 +56,10 @@ pub fn top(instance: &InstanceName, every: Duration) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing the signal handlers")?;
     }
+    let watchdog = Watchdog::start()?;
     let tui = Tui(ratatui::try_init().context("setting up the terminal")?);
     let ended = run(tui, &dir, client, every, &stop);
+    drop(watchdog);
     match ended? {
         Ended::Quit => Ok(()),
         Ended::Stopped(why) => {
@@ -104,14 +106,18 @@ fn run(
                 .draw(|f| view::draw(f, &state.status, &state.screen))
                 .context("drawing")?;
         }
+        // crossterm's reader loops without end on a terminal that hung up
+        // (its reads return 0 bytes, never an error): wait for input here,
+        // and call into crossterm only when there is some and the terminal
+        // is still there. The watchdog covers a hang-up in between.
         let wait = next.saturating_duration_since(Instant::now());
-        if !event::poll(wait.min(Duration::from_millis(100))).context("reading keys")? {
-            continue;
+        match stdin_ready(wait.min(Duration::from_millis(100))) {
+            Input::HungUp => return Ok(Ended::Quit),
+            Input::None => continue,
+            Input::Ready => {}
         }
-        // crossterm's read() loops without end on a terminal that hung up
-        // (its reads return 0 bytes): look first.
-        if terminal_gone() {
-            return Ok(Ended::Quit);
+        if !event::poll(Duration::ZERO).context("reading keys")? {
+            continue;
         }
         match event::read().context("reading keys")? {
             Event::Key(key) if key.kind != KeyEventKind::Release => {
@@ -130,20 +136,77 @@ fn run(
     }
 }
 
-/// Whether the terminal on stdin hung up (its window closed, the tmux
-/// server killed, the ssh connection dropped).
-fn terminal_gone() -> bool {
+/// What waiting on the terminal gave.
+enum Input {
+    /// Bytes to read.
+    Ready,
+    /// Nothing within the wait.
+    None,
+    /// The terminal hung up (its window closed, the tmux server killed, the
+    /// ssh connection dropped).
+    HungUp,
+}
+
+/// Waits up to `wait` for input on stdin.
+fn stdin_ready(wait: Duration) -> Input {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let stdin = std::io::stdin();
     let mut fds = [PollFd::new(
         std::os::fd::AsFd::as_fd(&stdin),
         PollFlags::POLLIN,
     )];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(_) => fds[0].revents().is_some_and(|r| {
-            r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
-        }),
-        Err(_) => false,
+    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(0) | Err(_) => Input::None,
+        Ok(_) => match fds[0].revents() {
+            Some(r)
+                if r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) =>
+            {
+                Input::HungUp
+            }
+            Some(r) if r.contains(PollFlags::POLLIN) => Input::Ready,
+            _ => Input::None,
+        },
+    }
+}
+
+/// Ends the process if the terminal hangs up while the main thread is
+/// inside crossterm (where a hung-up terminal makes it spin): checked every
+/// 200 ms until dropped. Nothing is left to restore on a terminal that is
+/// gone.
+struct Watchdog {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start() -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("top-watchdog".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    if let Input::HungUp = stdin_ready(Duration::ZERO) {
+                        std::process::exit(0);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+            .context("starting the terminal watchdog")?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
