@@ -35,21 +35,23 @@ impl Log2Histogram {
 
     /// Counts one duration.
     pub fn observe(&mut self, us: u64) {
-        self.counts[Self::bucket(us)] += 1;
+        let k = Self::bucket(us);
+        self.counts[k] = self.counts[k].saturating_add(1);
         self.sum_us = self.sum_us.saturating_add(us);
     }
 
     /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &Self) {
+        // Saturating: the counts come from another process.
         for (a, b) in self.counts.iter_mut().zip(other.counts) {
-            *a += b;
+            *a = a.saturating_add(b);
         }
         self.sum_us = self.sum_us.saturating_add(other.sum_us);
     }
 
     /// Durations counted.
     pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().fold(0u64, |n, c| n.saturating_add(*c))
     }
 }
 

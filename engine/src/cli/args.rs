@@ -699,14 +699,24 @@ pub struct ObserveArgs {
 }
 
 impl ObserveArgs {
-    /// The monitor's settings.
-    pub fn memory(&self) -> crate::run::MemorySettings {
-        crate::run::MemorySettings {
+    /// The monitor's settings; a window that needs more samples than are
+    /// kept is refused (its growth could never be fitted).
+    pub fn memory(&self) -> anyhow::Result<crate::run::MemorySettings> {
+        let samples = self.memory_window * 1000 / self.memory_sample_interval;
+        let kept = crate::run::memory::MAX_SAMPLES as u64;
+        if samples > kept {
+            anyhow::bail!(
+                "--memory-window {} s at --memory-sample-interval {} ms needs {samples} samples, over the {kept} kept: shorten the window or sample less often",
+                self.memory_window,
+                self.memory_sample_interval
+            );
+        }
+        Ok(crate::run::MemorySettings {
             alert_mb_per_h: self.memory_growth_alert,
             every: std::time::Duration::from_millis(self.memory_sample_interval),
             warmup: std::time::Duration::from_secs(self.memory_warmup),
             window: std::time::Duration::from_secs(self.memory_window),
-        }
+        })
     }
 }
 

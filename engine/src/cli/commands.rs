@@ -74,7 +74,7 @@ pub fn run(instance: InstanceName, args: RunArgs) -> Result<()> {
         webhook_timeout: Duration::from_millis(args.webhook_timeout),
         webhook_ca_file: args.webhook_ca_file,
         nats: args.nats.settings(),
-        memory: args.observe.memory(),
+        memory: args.observe.memory()?,
         metrics: args.observe.metrics,
         state,
         sinks: if let Some(twice) = args

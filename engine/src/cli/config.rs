@@ -39,11 +39,11 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is over [`MAX_CONFIG_BYTES`].
-    #[error("the config file {} is {len} bytes, over the limit of {MAX_CONFIG_BYTES}: is it the right file?", path.display())]
+    #[error("the config file {} is over the limit of {MAX_CONFIG_BYTES} bytes: is it the right file?", path.display())]
     TooLarge {
         /// The file.
         path: PathBuf,
-        /// Its size.
+        /// What was read of it (the limit and one byte).
         len: u64,
     },
     /// Not TOML.
@@ -137,21 +137,29 @@ fn line_of(text: &str, at: usize) -> usize {
 /// The flags the file at `path` stands for, leaving out those `given`
 /// (the command line's matches) already sets.
 fn flags_from_file(path: &Path, given: &clap::ArgMatches) -> Result<Vec<OsString>, ConfigError> {
-    let len = std::fs::metadata(path)
-        .map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?
-        .len();
-    if len > MAX_CONFIG_BYTES {
-        return Err(ConfigError::TooLarge {
-            path: path.to_owned(),
-            len,
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let read = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
+    };
+    // Through `take`: a FIFO or a device has no length to check first.
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_CONFIG_BYTES + 1),
+        &mut bytes,
+    )
+    .map_err(read)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+            len: bytes.len() as u64,
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "it is not UTF-8 text",
+        ))
     })?;
     flags_from_text(&text, path, given)
 }
@@ -207,17 +215,40 @@ fn flags_from_text(
         if let Err(e) = Cli::command().try_get_matches_from(alone) {
             return Err(bad(clap_message(&e)));
         }
-        let id = arg.get_id().as_str();
-        let from_elsewhere = matches!(
-            given.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) || (id == "instance"
-            && std::env::var_os("SHMKLINE_INSTANCE").is_some_and(|v| !v.is_empty()));
-        if !from_elsewhere {
+        // The command line and the environment win; so does a flag given
+        // there that this key conflicts with (`speed` over a file's `rate`).
+        let from_elsewhere = |arg: &clap::Arg| {
+            let id = arg.get_id().as_str();
+            matches!(
+                given.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) || env_only(id).is_some()
+        };
+        if !from_elsewhere(arg)
+            && !run
+                .get_arg_conflicts_with(arg)
+                .into_iter()
+                .any(from_elsewhere)
+        {
             flags.extend(args);
         }
     }
     Ok(flags)
+}
+
+/// The value of a setting read from the environment outside clap
+/// (`instance`, `log-format`, `log-level`), if set.
+fn env_only(id: &str) -> Option<(&'static str, String)> {
+    let name = match id {
+        "instance" => "SHMKLINE_INSTANCE",
+        "log_format" => protocol::exit::LOG_FORMAT_ENV,
+        "log_level" => protocol::exit::LOG_ENV,
+        _ => return None,
+    };
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| (name, v))
 }
 
 /// The closest key to an unknown one, if there is one close enough.
@@ -260,16 +291,16 @@ fn to_flags(arg: &clap::Arg, long: &str, value: &toml::Value) -> Result<Vec<OsSt
         (ArgAction::Append, toml::Value::Array(items)) => {
             let mut words = Vec::new();
             for item in items {
-                words.push(flag.clone());
-                words.push(scalar(item)?.into());
+                words.push(format!("--{long}={}", scalar(item)?).into());
             }
             Ok(words)
         }
+        // `--key=value`: a value starting with `-` stays a value.
         (_, toml::Value::Array(items)) => {
             let parts = items.iter().map(scalar).collect::<Result<Vec<_>, _>>()?;
-            Ok(vec![flag, parts.join(",").into()])
+            Ok(vec![format!("--{long}={}", parts.join(",")).into()])
         }
-        (_, v) => Ok(vec![flag, scalar(v)?.into()]),
+        (_, v) => Ok(vec![format!("--{long}={}", scalar(v)?).into()]),
     }
 }
 
@@ -294,7 +325,13 @@ pub fn show(argv: Vec<OsString>) -> Result<String, ParseError> {
         }
         let id = arg.get_id().as_str();
         let Some(raw) = m.get_raw(id) else {
-            out.push_str(&format!("# {long}: not set\n"));
+            match env_only(id) {
+                Some((name, v)) => out.push_str(&format!(
+                    "{long} = {}  # from ${name}\n",
+                    toml::Value::String(v)
+                )),
+                None => out.push_str(&format!("# {long}: not set\n")),
+            }
             continue;
         };
         let values: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
@@ -383,12 +420,16 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 
 /// A flag's text as the TOML value that reads back to it.
 fn typed(v: &str) -> toml::Value {
-    if let Ok(i) = v.parse::<i64>() {
+    // Only where the number prints back as the same text ("007" stays a
+    // string: as a number it would be 7, another instance).
+    if let Ok(i) = v.parse::<i64>()
+        && i.to_string() == v
+    {
         return toml::Value::Integer(i);
     }
-    if v.contains('.')
-        && let Ok(f) = v.parse::<f64>()
+    if let Ok(f) = v.parse::<f64>()
         && f.is_finite()
+        && toml::Value::Float(f).to_string() == v
     {
         return toml::Value::Float(f);
     }
@@ -419,16 +460,11 @@ mod tests {
         assert_eq!(
             words,
             [
-                "--ping-interval",
-                "100",
-                "--sink",
-                "stdout",
-                "--sink",
-                "file:/tmp/x",
-                "--intervals",
-                "1m",
-                "--intervals",
-                "5m",
+                "--ping-interval=100",
+                "--sink=stdout",
+                "--sink=file:/tmp/x",
+                "--intervals=1m",
+                "--intervals=5m",
                 "--no-backpressure",
             ]
         );

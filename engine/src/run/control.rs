@@ -429,6 +429,14 @@ impl ControlClient {
                 return Err(e)
                     .with_context(|| format!("sending the request to {}", self.path.display()));
             }
+            // It may have said why before it closed (a client past the limit).
+            let mut said = String::new();
+            if self.reader.read_line(&mut said).is_ok()
+                && let Ok(value) = serde_json::from_str::<serde_json::Value>(said.trim())
+                && let Some(err) = value.get("error").and_then(|e| e.as_str())
+            {
+                bail!("the coordinator refused: {err}");
+            }
             let dir = self.path.parent().unwrap_or(Path::new("/")).to_owned();
             *self = Self::connect(&dir)?;
             self.reader

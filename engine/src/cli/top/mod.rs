@@ -43,6 +43,15 @@ impl Drop for Tui {
 
 /// `shmkline top`.
 pub fn top(instance: &InstanceName, every: Duration) -> Result<()> {
+    // Keys come from stdin (crossterm would read /dev/tty instead, and the
+    // hang-up watch looks at stdin): it must be the terminal.
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin())
+        || !std::io::IsTerminal::is_terminal(&std::io::stdout())
+    {
+        anyhow::bail!(
+            "shmkline top needs a terminal on stdin and stdout: for a script, use `shmkline status --json` or --metrics"
+        );
+    }
     let dir = crate::runtime::base_dir().join(instance.as_str());
     // Fails before the screen changes if the instance is not running.
     let mut client = ControlClient::connect(&dir)?;
@@ -57,7 +66,14 @@ pub fn top(instance: &InstanceName, every: Duration) -> Result<()> {
             .context("installing the signal handlers")?;
     }
     let watchdog = Watchdog::start()?;
-    let tui = Tui(ratatui::try_init().context("setting up the terminal")?);
+    let tui = match ratatui::try_init() {
+        Ok(terminal) => Tui(terminal),
+        Err(e) => {
+            // Raw mode may be on already.
+            ratatui::restore();
+            return Err(e).context("setting up the terminal");
+        }
+    };
     let ended = run(tui, &dir, client, every, &stop);
     drop(watchdog);
     match ended? {
@@ -126,7 +142,7 @@ fn run(
                 if ctrl_c || (state.confirm.is_none() && key.code == KeyCode::Char('q')) {
                     return Ok(Ended::Quit);
                 }
-                key_pressed(key.code, &mut state);
+                key_pressed(key.code, &mut state, &mut client);
                 // Show the effect of a key at once.
                 next = Instant::now();
             }
@@ -244,15 +260,30 @@ fn refresh(
     Ok(())
 }
 
-fn key_pressed(code: KeyCode, state: &mut State) {
+fn key_pressed(code: KeyCode, state: &mut State, client: &mut ControlClient) {
     if let Some((slot, pid)) = state.confirm.take() {
-        state.screen.message = Some(if code == KeyCode::Char('y') {
-            match crate::cli::client::signal_pid(pid, nix::sys::signal::Signal::SIGKILL) {
-                Ok(()) => format!("killed worker {slot} (pid {pid}): the coordinator replaces it"),
-                Err(e) => format!("could not kill worker {slot} (pid {pid}): {e}"),
-            }
-        } else {
+        state.screen.message = Some(if code != KeyCode::Char('y') {
             "not killed".to_owned()
+        } else {
+            // The answer may come long after the question: kill only the
+            // process the slot still runs (a pid can be reused).
+            let now = client.ask("status").ok().and_then(|s| {
+                s["workers"]
+                    .as_array()?
+                    .iter()
+                    .find(|w| w["id"].as_u64() == Some(slot))?["pid"]
+                    .as_u64()
+            });
+            if now != Some(pid) {
+                format!("worker {slot} is no longer pid {pid} (replaced meanwhile): not killed")
+            } else {
+                match crate::cli::client::signal_pid(pid, nix::sys::signal::Signal::SIGKILL) {
+                    Ok(()) => {
+                        format!("killed worker {slot} (pid {pid}): the coordinator replaces it")
+                    }
+                    Err(e) => format!("could not kill worker {slot} (pid {pid}): {e}"),
+                }
+            }
         });
         return;
     }

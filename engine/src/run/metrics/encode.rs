@@ -265,11 +265,12 @@ impl Collector for Snapshot {
         let per_sink = |field: fn(&Value) -> u64, gauge: bool| -> Vec<(Labels, Write)> {
             sinks
                 .iter()
-                .map(|s| {
-                    let spec = s["spec"].as_str().unwrap_or_default().to_owned();
+                .enumerate()
+                .map(|(k, s)| {
+                    let spec = redacted(s["spec"].as_str().unwrap_or_default());
                     let v = field(s);
                     (
-                        vec![("sink", spec)],
+                        vec![("sink", spec), ("index", k.to_string())],
                         if gauge { gauge_u(v) } else { counter(v) },
                     )
                 })
@@ -305,6 +306,18 @@ impl Collector for Snapshot {
         )?;
         Ok(())
     }
+}
+
+/// A sink's spec as a label: a URL keeps its scheme, host and port only
+/// (a webhook's path, query or user often carry its secret, and labels end
+/// up in Prometheus' storage); `index` keeps two sinks on one host apart.
+fn redacted(spec: &str) -> String {
+    let Some((scheme, rest)) = spec.split_once("://") else {
+        return spec.to_owned();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    format!("{scheme}://{host}")
 }
 
 /// The OpenMetrics text of a `metrics` snapshot.
@@ -383,12 +396,21 @@ mod tests {
             "shmkline_eval_pass_seconds_bucket{le=\"0.000004\",slot=\"0\"} 1",
             "shmkline_eval_pass_seconds_bucket{le=\"+Inf\",slot=\"0\"} 2",
             "shmkline_candles_written_total{interval=\"1m\"} 120",
-            "shmkline_sink_queued{sink=\"stdout\"} 1",
+            "shmkline_sink_queued{sink=\"stdout\",index=\"0\"} 1",
             "shmkline_feed_connected 1",
             "# EOF",
         ] {
             assert!(text.contains(line), "{line:?} missing:\n{text}");
         }
+        assert_eq!(
+            redacted("webhook:https://user:pw@hooks.example.com:8443/services/T0/B0/secret?x=1"),
+            "webhook:https://hooks.example.com:8443"
+        );
+        assert_eq!(redacted("file:/var/log/s.jsonl"), "file:/var/log/s.jsonl");
+        assert_eq!(
+            redacted("nats://127.0.0.1:4222/eng"),
+            "nats://127.0.0.1:4222"
+        );
         let classic = classic(&text);
         assert!(classic.contains("# TYPE shmkline_signals_total counter\n"));
         assert!(classic.contains("# HELP shmkline_signals_total Signals"));

@@ -31,7 +31,7 @@ pub const QUEUED: usize = 16;
 /// Longest request head (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
 /// A request head must be complete this long after the connection opens.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The endpoint; dropping it stops its threads.
 pub struct MetricsServer {
@@ -95,9 +95,11 @@ where
 {
     let (queue, queued) = std::sync::mpsc::sync_channel::<TcpStream>(QUEUED);
     let queued = Arc::new(std::sync::Mutex::new(queued));
+    let stopping = Arc::new(AtomicBool::new(false));
     let servers: Vec<JoinHandle<()>> = (0..SERVERS)
         .filter_map(|k| {
             let (queued, requests) = (Arc::clone(&queued), Arc::clone(requests));
+            let stopping = Arc::clone(&stopping);
             std::thread::Builder::new()
                 .name(format!("metrics-{k}"))
                 .stack_size(256 * 1024)
@@ -106,7 +108,11 @@ where
                         // The lock is held only to take the next connection.
                         let next = crate::locked::lock(&queued).recv();
                         let Ok(stream) = next else { return };
-                        if let Err(e) = answer(&stream, &*requests) {
+                        // Stopping: what waits is dropped, not answered.
+                        if stopping.load(Ordering::Acquire) {
+                            continue;
+                        }
+                        if let Err(e) = answer(&stream, &*requests, &stopping) {
                             tracing::debug!(error = %format!("{e:#}"), "metrics request failed");
                         }
                     }
@@ -139,8 +145,10 @@ where
             }
         }
     }
-    // Closing the queue ends each server once its connection is answered
-    // (within its timeouts: the head's, the loop's, the write's).
+    // Closing the queue ends each server: queued connections are dropped,
+    // one being read gives up within 100 ms, one being answered is done
+    // within the loop's and the write's timeouts.
+    stopping.store(true, Ordering::Release);
     drop(queue);
     for t in servers {
         let _ = t.join();
@@ -148,7 +156,7 @@ where
 }
 
 /// Reads the request head: what it asks for, or the status to refuse it with.
-fn read_head(stream: &TcpStream) -> Result<Result<Asked, &'static str>> {
+fn read_head(stream: &TcpStream, stopping: &AtomicBool) -> Result<Result<Asked, &'static str>> {
     let until = Instant::now() + HEAD_TIMEOUT;
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
@@ -157,7 +165,11 @@ fn read_head(stream: &TcpStream) -> Result<Result<Asked, &'static str>> {
         if left.is_zero() {
             return Ok(Err("408 Request Timeout"));
         }
-        stream.set_read_timeout(Some(left))?;
+        if stopping.load(Ordering::Acquire) {
+            return Ok(Err("503 Service Unavailable"));
+        }
+        // In slices, so a stop is seen while a client says nothing.
+        stream.set_read_timeout(Some(left.min(Duration::from_millis(100))))?;
         match (&*stream).read(&mut buf) {
             Ok(0) => return Ok(Err("400 Bad Request")),
             Ok(k) => head.extend_from_slice(&buf[..k]),
@@ -165,10 +177,7 @@ fn read_head(stream: &TcpStream) -> Result<Result<Asked, &'static str>> {
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(Err("408 Request Timeout"));
-            }
+                ) => {}
             Err(e) => return Err(e.into()),
         }
         if head.len() > MAX_HEAD {
@@ -201,14 +210,18 @@ struct Asked {
     openmetrics: bool,
 }
 
-fn answer(stream: &TcpStream, requests: &impl Fn(ControlRequest) -> Handed) -> Result<()> {
+fn answer(
+    stream: &TcpStream,
+    requests: &impl Fn(ControlRequest) -> Handed,
+    stopping: &AtomicBool,
+) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(HEAD_TIMEOUT))?;
     let Asked {
         method,
         target,
         openmetrics,
-    } = match read_head(stream)? {
+    } = match read_head(stream, stopping)? {
         Ok(asked) => asked,
         Err(status) => return respond(stream, status, "text/plain", &format!("{status}\n")),
     };
