@@ -42,3 +42,56 @@ fn no_torn_read_is_accepted_and_the_race_really_happened() {
     assert!(field("rejected") >= field("torn_rejected"));
     inst.assert_clean();
 }
+
+/// `bench fanout` (issue 18): both sides deliver every candle to every
+/// worker, and every figure and ratio is reported; nothing is left behind.
+/// No speed is asserted: the figures are for the README, not for a test.
+#[test]
+fn bench_fanout_reports_both_sides_for_every_worker_count() {
+    let inst = TestInstance::new("fanout");
+    let out = inst.shmkline(&[
+        "bench",
+        "fanout",
+        "--json",
+        "--workers",
+        "1,3",
+        "--symbols",
+        "20",
+        "--batches",
+        "40",
+        "--rate",
+        "200",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench fanout failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{report}");
+    for (row, workers) in rows.iter().zip([1u64, 3]) {
+        assert_eq!(row["workers"], workers, "{report}");
+        for side in ["shm", "ipc"] {
+            let s = &row[side];
+            assert!(
+                s["coordinator_cpu_ns_per_candle"].as_f64() > Some(0.0),
+                "{s}"
+            );
+            assert!(s["worker_cpu_ns_per_candle"].as_f64() > Some(0.0), "{s}");
+            // Every worker saw every measured batch (40 after the warm-up),
+            // the store's readers at least once per wake-up.
+            let samples = s["visible"]["samples"].as_u64().unwrap_or(0);
+            assert!(samples >= workers && samples <= 40 * workers, "{side}: {s}");
+            assert!(s["worker_private_bytes"].as_u64() > Some(0), "{s}");
+        }
+        assert_eq!(row["ipc"]["visible"]["samples"], 40 * workers, "{row}");
+        assert!(row["shm"]["shared_bytes"].as_u64() > Some(0), "{row}");
+        for r in [
+            "coordinator_cpu_ratio",
+            "worker_cpu_ratio",
+            "visible_p50_ratio",
+            "visible_p99_ratio",
+        ] {
+            assert!(row[r].as_f64() > Some(0.0), "{r}: {row}");
+        }
+    }
+    inst.assert_clean();
+}

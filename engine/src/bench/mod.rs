@@ -5,6 +5,7 @@
 pub mod backfill;
 pub mod burst;
 pub mod child;
+pub mod fanout;
 pub mod feed;
 pub mod ipc;
 pub mod nats;

@@ -312,6 +312,28 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
         requests: u64,
     },
+    /// The comparison the design exists for: every closed candle of 100
+    /// symbols to 1, 2, 4 and 8 workers through the shared-memory store,
+    /// against bincode over ipc-channel to every worker; CPU per candle on
+    /// both sides, candle to visible, memory, and the ratios.
+    Fanout {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Worker counts compared, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8",
+            value_parser = clap::value_parser!(u32).range(1..=64))]
+        workers: Vec<u32>,
+        /// Symbols (candles per batch).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        symbols: u64,
+        /// Batches measured per run (after 20 warm-up ones).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=100_000))]
+        batches: u64,
+        /// Batches a second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+    },
     /// The cross-process torn-read stress alone.
     Torn {
         /// Print one JSON object instead of a table.
@@ -653,6 +675,22 @@ pub enum ChildCommand {
     Torn {
         #[arg(long)]
         millis: u64,
+    },
+    FanoutShm {
+        #[arg(long)]
+        symbols: usize,
+        #[arg(long)]
+        batches: usize,
+        #[arg(long)]
+        base_ns: u64,
+    },
+    FanoutIpc {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        symbols: usize,
+        #[arg(long)]
+        base_ns: u64,
     },
     Wake {
         #[arg(long)]

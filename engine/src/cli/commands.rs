@@ -318,6 +318,24 @@ pub fn bench(instance: &InstanceName, cmd: BenchCommand) -> Result<()> {
             };
             emit(&crate::bench::nats::run(instance, &this, &opts)?, json)
         }
+        BenchCommand::Fanout {
+            json,
+            workers,
+            symbols,
+            batches,
+            rate,
+        } => {
+            if !(rate.is_finite() && rate > 0.0 && rate <= 100_000.0) {
+                anyhow::bail!("--rate {rate}: give batches a second between 0 and 100000");
+            }
+            let opts = crate::bench::fanout::FanoutBench {
+                workers,
+                symbols: symbols as usize,
+                batches: batches as usize,
+                rate,
+            };
+            emit(&crate::bench::fanout::run(instance, &opts)?, json)
+        }
         BenchCommand::Wake { json, samples } => {
             emit(&crate::bench::wake::run(instance, samples as usize)?, json)
         }
@@ -368,6 +386,20 @@ pub fn store(instance: &InstanceName, cmd: StoreCommand) -> Result<()> {
 pub fn bench_child(instance: &InstanceName, role: ChildCommand) -> Result<()> {
     let report = match role {
         ChildCommand::IpcEcho { bootstrap } => crate::bench::ipc::ipc_echo(&bootstrap)?.to_string(),
+        ChildCommand::FanoutShm {
+            symbols,
+            batches,
+            base_ns,
+        } => serde_json::to_string(&crate::bench::fanout::shm_child(
+            instance, symbols, batches, base_ns,
+        )?)?,
+        ChildCommand::FanoutIpc {
+            bootstrap,
+            symbols,
+            base_ns,
+        } => serde_json::to_string(&crate::bench::fanout::ipc_child(
+            &bootstrap, symbols, base_ns,
+        )?)?,
         ChildCommand::Torn { millis } => {
             serde_json::to_string(&child::torn_reader(instance, millis)?)?
         }
