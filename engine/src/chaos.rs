@@ -120,7 +120,7 @@ impl Drop for RunGuard {
     }
 }
 
-fn fd_count(pid: u32) -> usize {
+pub(crate) fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
@@ -144,7 +144,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Children of `parent` in state Z.
-fn zombies_of(parent: u32) -> usize {
+pub(crate) fn zombies_of(parent: u32) -> usize {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -163,7 +163,7 @@ fn zombies_of(parent: u32) -> usize {
 
 /// Live worker processes of `instance` (command line holding both
 /// `--instance <name>` and `--worker-id`, as the coordinator starts them).
-fn workers_alive(instance: &InstanceName) -> usize {
+pub(crate) fn workers_alive(instance: &InstanceName) -> usize {
     let needle = format!("--instance\0{instance}\0");
     let has = |c: &[u8], n: &[u8]| c.windows(n.len()).any(|w| w == n);
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -181,7 +181,7 @@ fn workers_alive(instance: &InstanceName) -> usize {
         .count()
 }
 
-fn shm_entries(instance: &InstanceName) -> Vec<String> {
+pub(crate) fn shm_entries(instance: &InstanceName) -> Vec<String> {
     let prefix = format!("shmkline-{instance}");
     std::fs::read_dir("/dev/shm").map_or_else(
         |_| Vec::new(),

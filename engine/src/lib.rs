@@ -28,5 +28,6 @@ pub mod process;
 pub mod run;
 pub mod runtime;
 pub mod signal_line;
+pub mod soak;
 pub mod state;
 pub mod traders;

@@ -23,6 +23,7 @@ fn run(cli: Cli, argv: Vec<OsString>) -> Result<()> {
         Command::Run(args) => commands::run(instance_or_default(instance)?, *args),
         Command::Backtest(args) => commands::backtest(args),
         Command::Chaos(args) => commands::chaos(instance, args),
+        Command::Soak(args) => commands::soak(instance, args),
         Command::Traders(cmd) => client::traders(&instance_or_default(instance)?, cmd),
         Command::KillWorker { id, signal } => {
             client::kill_worker(&instance_or_default(instance)?, id, &signal)

@@ -61,3 +61,50 @@ fn fifty_kills_and_five_stops_lose_and_duplicate_nothing() {
     assert!(out.status.success(), "{stderr}");
     inst.assert_clean();
 }
+
+/// Issue 18, part 2: a one-minute smoke of `shmkline soak` (the full one is
+/// `scripts/soak.sh --minutes 60`). Exact checks only: the faults landed
+/// (kills, stops, feed cuts, trader churn, sink outages), and nothing was
+/// left: no worker, no zombie, no segment, the run's exit 0. The growth
+/// figures are reported, not judged (a minute is too short to fit them).
+#[test]
+fn a_one_minute_soak_leaves_nothing_behind() {
+    let inst = TestInstance::new("soak");
+    let out = inst.shmkline(&[
+        "soak",
+        "--minutes",
+        "1",
+        "--sample-every",
+        "2",
+        "--warmup",
+        "20",
+        "--threshold",
+        "1000000",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("a JSON report ({e}): {stderr}"));
+    assert!(out.status.success(), "soak failed: {report}\n{stderr}");
+    let n = |k: &str| {
+        report[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k}: {report}"))
+    };
+    assert!(n("kills") > 0 && n("stops") > 0, "{report}");
+    assert!(n("trader_changes") > 0 && n("sink_outages") > 0, "{report}");
+    assert!(n("feed_connections") >= 2, "the feed was cut: {report}");
+    assert!(n("faults_seen") >= n("kills"), "{report}");
+    assert_eq!(n("shm_entries_left"), 0, "{report}");
+    assert_eq!(n("workers_left"), 0, "{report}");
+    assert_eq!(report["exit_code"], 0, "{report}");
+    assert!(report["failures"].as_array().is_some_and(Vec::is_empty));
+    let procs = report["processes"].as_array().expect("processes");
+    assert!(
+        procs
+            .iter()
+            .any(|p| p["process"] == "coordinator" && p["growth_mb_per_h"].is_f64()),
+        "{report}"
+    );
+    inst.assert_clean();
+}

@@ -44,6 +44,12 @@ pub enum Command {
     /// from outside, then compare the signals with the backtest and check for
     /// leaks. Exits non-zero if anything was lost, duplicated, unexpected or leaked.
     Chaos(ChaosArgs),
+    /// Soak: a live run on the loopback stand-in exchange under chaos for
+    /// minutes (worker SIGKILLs and SIGSTOPs, feed cuts, trader churn, webhook
+    /// outages), every process's private memory sampled; per-process growth
+    /// in MB/h as a report; exits non-zero past --threshold or with anything
+    /// left behind. `scripts/soak.sh` wraps it.
+    Soak(SoakArgs),
     /// Send a signal to one worker of a running instance (by slot id).
     KillWorker {
         /// The worker slot, as `status` lists it.
@@ -606,6 +612,30 @@ pub struct BacktestArgs {
     pub pace: PaceArgs,
     #[command(flatten)]
     pub capacity: CapacityArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// How long, in minutes.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_080))]
+    pub minutes: u64,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub sample_every: u64,
+    /// Seconds of each process's life not counted (start-up allocations;
+    /// a replaced worker warms up again). Default: a tenth of the soak,
+    /// at least 30 s.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub warmup: Option<u64>,
+    /// Growth of any process's private memory, MB/h, past which it fails.
+    #[arg(long, default_value_t = 1.0)]
+    pub threshold: f64,
+    /// Seed of the fault schedule.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args)]

@@ -158,6 +158,38 @@ pub fn chaos(instance: Option<InstanceName>, args: ChaosArgs) -> Result<()> {
     Ok(())
 }
 
+/// `shmkline soak`.
+pub fn soak(instance: Option<InstanceName>, args: crate::cli::args::SoakArgs) -> Result<()> {
+    let instance = match instance {
+        Some(i) => i,
+        None => InstanceName::new(&format!("soak-{}", std::process::id()))?,
+    };
+    if !(args.threshold.is_finite() && args.threshold >= 0.0) {
+        bail!(
+            "--threshold {}: a growth in MB/h, 0 or more",
+            args.threshold
+        );
+    }
+    let duration = Duration::from_secs(args.minutes * 60);
+    let opts = crate::soak::SoakOptions {
+        instance,
+        shmkline: std::env::current_exe()?,
+        duration,
+        sample_every: Duration::from_secs(args.sample_every),
+        warmup: Duration::from_secs(args.warmup.unwrap_or((args.minutes * 6).max(30))),
+        threshold_mb_per_h: args.threshold,
+        seed: args.seed,
+    };
+    let report = crate::soak::run(&opts)?;
+    emit(&report, args.json)?;
+    ensure!(
+        report.failures.is_empty(),
+        "the soak failed: {}",
+        report.failures.join("; ")
+    );
+    Ok(())
+}
+
 /// A torn-read stress that accepted a torn read failed; one that rejected
 /// none did not exercise the race (worth a warning, not a failure).
 fn check_torn(accepted: u64, rejected: u64) -> Result<()> {
