@@ -4,6 +4,7 @@
 //! traders, kill-worker over the control socket), [`render`] (what they print).
 
 pub mod args;
+pub mod bench_args;
 pub mod client;
 pub mod commands;
 pub mod config;
