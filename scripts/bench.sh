@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked --workspace --features shmkline-engine/testing
 json=()
 [ "${1:-}" = "--json" ] && json=(--json)
-for bench in store wake ping spawn feed backfill traders burst sinks nats observe; do
+for bench in store wake ping spawn feed backfill traders burst sinks nats observe fanout; do
     echo "==> shmkline bench $bench" >&2
     ./target/release/shmkline bench "$bench" "${json[@]}"
 done
