@@ -50,6 +50,31 @@ pub struct SoakOptions {
     pub seed: u64,
 }
 
+/// What the soak does to the run at each fault time.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// SIGKILL a random ready worker.
+    Kill,
+    /// SIGSTOP one (the coordinator sees it hang and replaces it).
+    Stop,
+    /// Add the churn trader, or remove it.
+    Churn,
+}
+
+/// The rotation of fault kinds.
+const PLAN: [Fault; 10] = [
+    Fault::Kill,
+    Fault::Churn,
+    Fault::Kill,
+    Fault::Kill,
+    Fault::Stop,
+    Fault::Kill,
+    Fault::Churn,
+    Fault::Kill,
+    Fault::Churn,
+    Fault::Kill,
+];
+
 /// One process's figures.
 #[derive(Debug, Serialize)]
 pub struct ProcessGrowth {
@@ -281,6 +306,7 @@ fn soak(
     let mut outage_until: Option<Instant> = None;
     let mut next_outage = Instant::now() + Duration::from_secs(15);
     let mut added = false;
+    let mut faults = 0usize;
     while t0.elapsed() < opts.duration {
         if let Ok(Some(exit)) = child.try_wait() {
             bail!("the run died during the soak ({exit})");
@@ -329,20 +355,26 @@ fn soak(
                 .filter(|w| w["state"] == "ready")
                 .filter_map(|w| w["pid"].as_u64())
                 .collect();
-            match rng.next_u64() % 10 {
-                0..=5 if !pids.is_empty() => {
+            // The kinds in a fixed rotation (six kills, three trader
+            // changes, a stop in every ten), the targets and gaps random:
+            // every kind lands within ten faults, whatever the seed.
+            let kind = PLAN[faults % PLAN.len()];
+            faults += 1;
+            match kind {
+                Fault::Kill | Fault::Stop if pids.is_empty() => {}
+                Fault::Kill => {
                     let pid = pids[(rng.next_u64() % pids.len() as u64) as usize];
                     if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
                         kills += 1;
                     }
                 }
-                6 if !pids.is_empty() => {
+                Fault::Stop => {
                     let pid = pids[(rng.next_u64() % pids.len() as u64) as usize];
                     if kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).is_ok() {
                         stops += 1;
                     }
                 }
-                _ => {
+                Fault::Churn => {
                     let request = if added {
                         serde_json::json!({ "cmd": "remove", "id": "soak-churn" })
                     } else {
