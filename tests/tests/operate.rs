@@ -101,22 +101,34 @@ fn many_clients_at_once_idle_ones_timed_out_and_a_clear_limit() {
         assert!(v.get("error").is_none(), "{request}: {line}");
     }
     drop((one, reader));
-    // Up to the limit of 64: 20 idle, 44 more.
-    let more: Vec<UnixStream> = (0..44)
-        .map(|_| UnixStream::connect(&path).expect("connect"))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let refused = loop {
+    // Still open: the idle timeout (30 s) has not run out. Then the limit,
+    // with connections of its own: 64 at once, and `status` is refused.
+    for c in &idle {
+        c.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!((&*c).read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "an idle connection was closed {:?} after it opened, before the idle timeout",
+            opened.elapsed()
+        );
+        c.set_nonblocking(false).expect("blocking");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (refused, more) = loop {
+        let more: Vec<UnixStream> = (0..64)
+            .map(|_| UnixStream::connect(&path).expect("connect"))
+            .collect();
+        // Each is admitted once the server's accept thread has seen it.
+        std::thread::sleep(Duration::from_millis(300));
         let out = inst.shmkline(&["status", "--json"]);
         if !out.status.success() {
-            break stderr_of(&out);
+            break (stderr_of(&out), more);
         }
-        // The server may not have admitted every connection yet.
         assert!(
             Instant::now() < deadline,
-            "status kept answering with 64 clients connected"
+            "status kept answering with 64 more clients connected"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        drop(more);
     };
     assert!(
         refused.contains("already serves 64 clients, its limit") && refused.contains("idle"),
@@ -124,17 +136,7 @@ fn many_clients_at_once_idle_ones_timed_out_and_a_clear_limit() {
     );
     drop(more);
     inst.status_when(Duration::from_secs(30), |_| true);
-    // The idle ones are still open 20 s in, and closed by the server after 30 s.
-    std::thread::sleep(Duration::from_secs(20).saturating_sub(opened.elapsed()));
-    for c in &idle {
-        c.set_nonblocking(true).expect("nonblocking");
-        let mut buf = [0u8; 16];
-        assert!(
-            matches!((&*c).read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-            "an idle connection was closed before the idle timeout"
-        );
-        c.set_nonblocking(false).expect("blocking");
-    }
+    // The idle ones are closed by the server.
     for mut c in idle {
         c.set_read_timeout(Some(Duration::from_secs(60)))
             .expect("timeout");
