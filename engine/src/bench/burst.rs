@@ -22,7 +22,7 @@ use protocol::store::{StoreReader, Wait};
 use serde::Serialize;
 
 use super::Percentiles;
-use super::traders::RunGuard;
+use super::traders::{RunGuard, write_traders};
 use crate::run::control;
 
 /// What to run.
@@ -90,18 +90,6 @@ pub struct BurstReport {
     pub last_p99_vs_single_p99: Option<f64>,
     /// The catch-up.
     pub catch_up: CatchUpFigures,
-}
-
-fn write_traders(
-    dir: &tempfile::TempDir,
-    traders: &[serde_json::Value],
-) -> Result<std::path::PathBuf> {
-    let file = dir.path().join("traders.json");
-    std::fs::write(
-        &file,
-        serde_json::Value::Array(traders.to_vec()).to_string(),
-    )?;
-    Ok(file)
 }
 
 fn start(

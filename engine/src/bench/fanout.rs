@@ -153,6 +153,28 @@ fn pace(start: Instant, b: usize, rate: f64) {
     }
 }
 
+/// Delivers `total` batches at `rate` a second, each by `send(batch,
+/// stamp)` with the stamp taken as it starts; returns this thread's CPU
+/// time spent sending the measured ones (pacing excluded).
+fn deliver(
+    total: usize,
+    rate: f64,
+    base: u64,
+    mut send: impl FnMut(usize, u64) -> Result<()>,
+) -> Result<u64> {
+    let mut cpu = 0;
+    let start = Instant::now();
+    for b in 0..total {
+        pace(start, b, rate);
+        let before = thread_cpu_ns();
+        send(b, mono_ns() - base)?;
+        if b >= WARMUP {
+            cpu += thread_cpu_ns() - before;
+        }
+    }
+    Ok(cpu)
+}
+
 /// (a) through the store.
 fn run_shm(instance: &InstanceName, workers: u32, opts: &FanoutBench) -> Result<SideFigures> {
     let total = opts.batches + WARMUP;
@@ -186,20 +208,13 @@ fn run_shm(instance: &InstanceName, workers: u32, opts: &FanoutBench) -> Result<
         .collect::<Result<Vec<_>>>()?;
     // Mapped and waiting before the first batch (the warm-up absorbs the rest).
     std::thread::sleep(Duration::from_millis(300));
-    let mut cpu = 0;
-    let start = Instant::now();
-    for b in 0..total {
-        pace(start, b, opts.rate);
-        let before = thread_cpu_ns();
-        let stamp = mono_ns() - base;
+    let cpu = deliver(total, opts.rate, base, |b, stamp| {
         for (s, candle) in series.iter().zip(batch(opts.symbols, b, stamp)) {
             store.upsert_closed(*s, &candle)?;
         }
         store.publish();
-        if b >= WARMUP {
-            cpu += thread_cpu_ns() - before;
-        }
-    }
+        Ok(())
+    })?;
     drop(store);
     let reports = children
         .into_iter()
@@ -235,22 +250,15 @@ fn run_ipc(workers: u32, opts: &FanoutBench) -> Result<SideFigures> {
         };
         senders.push(to_worker);
     }
-    let mut cpu = 0;
-    let start = Instant::now();
-    for b in 0..total {
-        pace(start, b, opts.rate);
-        let before = thread_cpu_ns();
-        let stamp = mono_ns() - base;
+    let cpu = deliver(total, opts.rate, base, |b, stamp| {
         let candles: Vec<Candle> = batch(opts.symbols, b, stamp).collect();
         let bytes = bincode::serde::encode_to_vec(&candles, bincode::config::standard())
             .context("encoding a batch")?;
         for to in &senders {
             to.send(&bytes).context("sending a batch")?;
         }
-        if b >= WARMUP {
-            cpu += thread_cpu_ns() - before;
-        }
-    }
+        Ok(())
+    })?;
     // Closing the channels ends the workers.
     drop(senders);
     let reports = children

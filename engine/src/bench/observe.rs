@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use protocol::InstanceName;
 use serde::Serialize;
 
-use super::traders::{RunGuard, trader_set};
+use super::traders::{RunGuard, trader_set, write_traders};
 use crate::run::control::{self, ControlClient};
 
 /// The target: a refresh or a scrape costs the loop under 1 ms (p99).
@@ -104,11 +104,7 @@ pub fn run(
     opts: &ObserveBench,
 ) -> Result<ObserveReport> {
     let dir = tempfile::tempdir().context("a temporary directory for the trader file")?;
-    let file = dir.path().join("traders.json");
-    std::fs::write(
-        &file,
-        serde_json::Value::Array(trader_set(opts.traders)).to_string(),
-    )?;
+    let file = write_traders(&dir, &trader_set(opts.traders))?;
     let child = Command::new(shmkline)
         .arg("--instance")
         .arg(instance.as_str())

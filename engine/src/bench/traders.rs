@@ -151,6 +151,19 @@ pub fn trader_set(n: usize) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Writes `traders` as `traders.json` in `dir` (a run's `--traders`).
+pub(super) fn write_traders(
+    dir: &tempfile::TempDir,
+    traders: &[serde_json::Value],
+) -> Result<std::path::PathBuf> {
+    let file = dir.path().join("traders.json");
+    std::fs::write(
+        &file,
+        serde_json::Value::Array(traders.to_vec()).to_string(),
+    )?;
+    Ok(file)
+}
+
 /// A `shmkline run` stopped in order (SIGTERM, then SIGKILL after 10 s) and
 /// reaped however the benchmark ends.
 pub(super) struct RunGuard(pub(super) Child);
@@ -179,11 +192,7 @@ pub fn run(
     opts: &TradersBench,
 ) -> Result<TradersReport> {
     let dir = tempfile::tempdir().context("a temporary directory for the trader file")?;
-    let file = dir.path().join("traders.json");
-    std::fs::write(
-        &file,
-        serde_json::Value::Array(trader_set(opts.traders)).to_string(),
-    )?;
+    let file = write_traders(&dir, &trader_set(opts.traders))?;
     let child = Command::new(shmkline)
         .arg("--instance")
         .arg(instance.as_str())
