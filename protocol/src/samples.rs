@@ -2,52 +2,60 @@
 //! latency and duration figures that `status` and PONG report.
 
 /// The last `capacity` samples (older ones are overwritten).
+///
+/// The whole ring is allocated and written when it is made, so a process's
+/// memory does not creep up for hours while the ring fills (a ring that
+/// grew as it filled read as a leak to the memory-growth monitor and the
+/// soak: a live feed's 64 Ki-sample ring took the better part of a day).
 #[derive(Debug, Clone)]
 pub struct Samples {
-    values: Vec<u32>,
+    values: Box<[u32]>,
+    len: usize,
     next: usize,
-    capacity: usize,
 }
 
 impl Samples {
     /// An empty ring of `capacity` (at least 1).
     pub fn new(capacity: usize) -> Self {
         Self {
-            values: Vec::new(),
+            // Not zeros: a zeroed allocation may be left untouched by the
+            // allocator (calloc) and become resident only as it fills.
+            values: vec![u32::MAX; capacity.max(1)].into_boxed_slice(),
+            len: 0,
             next: 0,
-            capacity: capacity.max(1),
         }
     }
 
     /// Adds a sample, dropping the oldest when full.
     pub fn push(&mut self, v: u32) {
-        if self.values.len() < self.capacity {
-            self.values.push(v);
+        if self.len < self.values.len() {
+            self.values[self.len] = v;
+            self.len += 1;
         } else {
             self.values[self.next] = v;
-            self.next = (self.next + 1) % self.capacity;
+            self.next = (self.next + 1) % self.values.len();
         }
     }
 
     /// The samples held, in no particular order.
     pub fn values(&self) -> &[u32] {
-        &self.values
+        &self.values[..self.len]
     }
 
     /// How many are held.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.len
     }
 
     /// Whether none is held.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.len == 0
     }
 
     /// The `q` quantile (0..=1) of the samples held; sorts a copy, so call
     /// it off hot paths.
     pub fn quantile(&self, q: f64) -> Option<u32> {
-        let mut s = self.values.clone();
+        let mut s = self.values().to_vec();
         s.sort_unstable();
         quantile(&s, q)
     }

@@ -503,8 +503,10 @@ fn the_growth_alarm_stays_silent_in_a_normal_run_with_kills() {
             "4",
             "--memory-sample-interval",
             "1000",
+            // Figures from 50 s on, the alarm able to fire from 79 s (a
+            // whole window) to the end, every kill inside the window.
             "--memory-warmup",
-            "45",
+            "20",
             "--memory-window",
             "60",
         ],

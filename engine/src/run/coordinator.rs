@@ -171,7 +171,8 @@ impl Coordinator {
             catching_up_to: None,
             draining: None,
             budget: Budget::from_system(),
-            events: VecDeque::new(),
+            // At its bound from the start: no doubling copies while it fills.
+            events: VecDeque::with_capacity(super::supervise::EVENTS_KEPT),
             graveyard: Vec::new(),
             failed: None,
             refused: Vec::new(),

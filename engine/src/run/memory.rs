@@ -83,7 +83,8 @@ pub struct ProcessMemory {
     /// Whole resident set, bytes (the last sample).
     pub rss_bytes: Option<u64>,
     /// Fitted growth over the window, MB/h (10^6 bytes); none during the
-    /// warm-up and until half a window of samples is in.
+    /// warm-up and until half a window of samples is in (the alarm waits
+    /// for a whole window).
     pub growth_mb_per_h: Option<f64>,
     /// Samples in the window.
     pub samples: usize,
@@ -168,9 +169,20 @@ impl MemoryWatch {
 
 /// Takes one sample of `series` and warns if it grows too fast.
 fn sample(series: &mut Series, name: &str, settings: &MemorySettings, now: Instant) {
-    let Some((private, rss)) = read_memory(series.pid) else {
-        return;
-    };
+    if let Some((private, rss)) = read_memory(series.pid) {
+        record(series, name, settings, now, private, rss);
+    }
+}
+
+/// Adds one reading to `series`, fits its growth and warns if it is over.
+fn record(
+    series: &mut Series,
+    name: &str,
+    settings: &MemorySettings,
+    now: Instant,
+    private: u64,
+    rss: u64,
+) {
     series.private = Some(private);
     series.rss = Some(rss);
     let age = now.duration_since(series.started);
@@ -197,8 +209,14 @@ fn sample(series: &mut Series, name: &str, settings: &MemorySettings, now: Insta
     } else {
         None
     };
-    let over =
-        settings.alert_mb_per_h > 0.0 && series.growth.is_some_and(|g| g > settings.alert_mb_per_h);
+    // A figure is shown from half a window on, but only a whole window's
+    // fit raises the alarm: over half a window a single step (a replaced
+    // worker's buffers, a new allocator arena) reads as fast growth, and an
+    // alarm that cries wolf gets switched off.
+    let whole = span + settings.every.as_secs_f64() >= window;
+    let over = whole
+        && settings.alert_mb_per_h > 0.0
+        && series.growth.is_some_and(|g| g > settings.alert_mb_per_h);
     if !over {
         series.warned = None;
         return;
@@ -266,6 +284,38 @@ mod tests {
         assert_eq!(slope(&flat), Some(0.0));
         let one: VecDeque<(f64, u64)> = [(1.0, 5)].into_iter().collect();
         assert_eq!(slope(&one), None);
+    }
+
+    #[test]
+    fn a_step_shows_in_the_figure_but_only_a_whole_window_alarms() {
+        let settings = MemorySettings {
+            alert_mb_per_h: 10.0,
+            every: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            window: Duration::from_secs(60),
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Flat, then one 1 MB step half a window in: the half-window fit
+        // says far over 10 MB/h, and no alarm.
+        let mut step = Series::new(1, t0);
+        for s in 0..=40 {
+            let bytes = if s < 30 { 5_000_000 } else { 6_000_000 };
+            record(&mut step, "p", &settings, at(s), bytes, bytes);
+        }
+        assert!(step.growth.is_some_and(|g| g > 10.0), "{:?}", step.growth);
+        assert_eq!(step.alarms, 0);
+        // A steady 36 MB/h over a whole window: the alarm.
+        let mut leak = Series::new(2, t0);
+        for s in 0..=70 {
+            let bytes = 5_000_000 + s * 10_000;
+            record(&mut leak, "p", &settings, at(s), bytes, bytes);
+            if s < 59 {
+                assert_eq!(leak.alarms, 0, "at {s} s: not yet a whole window");
+            }
+        }
+        assert!(leak.growth.is_some_and(|g| (g - 36.0).abs() < 0.1));
+        assert_eq!(leak.alarms, 1, "one alarm while it lasts");
     }
 
     #[test]
