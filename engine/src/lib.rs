@@ -20,6 +20,8 @@ pub mod bench;
 pub mod chaos;
 pub mod cli;
 pub mod feed;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod hold;
 pub mod instance;
 pub mod locked;

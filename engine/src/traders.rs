@@ -80,45 +80,43 @@ pub fn load(path: &Path) -> Result<Vec<TraderSpec>> {
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading trader file {}", path.display()))?;
-    // Syntax first (errors keep their line and column), then each trader on
-    // its own (errors name the trader and the field).
     let is_toml = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    parse(&text, is_toml, &path.display().to_string())
+}
+
+/// Checks the text of a trader file (TOML when `is_toml`, else JSON);
+/// errors name `origin` (the file).
+pub fn parse(text: &str, is_toml: bool, origin: &str) -> Result<Vec<TraderSpec>> {
+    // Syntax first (errors keep their line and column), then each trader on
+    // its own (errors name the trader and the field).
     let value: serde_json::Value = if is_toml {
         // One trader as the top-level table, or many as `[[trader]]` tables.
         let table: toml::Table =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", origin))?;
         let value = serde_json::to_value(table)
-            .with_context(|| format!("{}: a value JSON cannot hold", path.display()))?;
+            .with_context(|| format!("{}: a value JSON cannot hold", origin))?;
         match value.get("trader") {
             Some(many @ serde_json::Value::Array(_)) => many.clone(),
             Some(_) => bail!(
                 "{}: `trader` must be an array of tables: write [[trader]]",
-                path.display()
+                origin
             ),
             None => value,
         }
     } else {
-        serde_json::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: line {} column {}: {e}",
-                path.display(),
-                e.line(),
-                e.column()
-            )
+        serde_json::from_str(text).map_err(|e| {
+            anyhow::anyhow!("{}: line {} column {}: {e}", origin, e.line(), e.column())
         })?
     };
     let items = match value {
         serde_json::Value::Array(items) => items,
         one @ serde_json::Value::Object(_) => vec![one],
-        _ => bail!(
-            "{}: expected a trader object or an array of them",
-            path.display()
-        ),
+        _ => bail!("{}: expected a trader object or an array of them", origin),
     };
     if items.is_empty() {
-        bail!("{}: no traders in the file", path.display());
+        bail!("{}: no traders in the file", origin);
     }
     let mut entries = Vec::with_capacity(items.len());
     for (k, item) in items.into_iter().enumerate() {
@@ -129,7 +127,7 @@ pub fn load(path: &Path) -> Result<Vec<TraderSpec>> {
         let entry: Entry = serde_json::from_value(item).map_err(|e| {
             anyhow::anyhow!(
                 "{}: trader {name}: {e} (a trader has id, symbols, interval, rule, and optionally cooldown, labels, version)",
-                path.display()
+                origin
             )
         })?;
         entries.push(entry);
@@ -141,7 +139,7 @@ pub fn load(path: &Path) -> Result<Vec<TraderSpec>> {
             SymbolsEntry::Star(s) if s == "*" => Symbols::All,
             SymbolsEntry::Star(s) => bail!(
                 "{}: trader {}: symbols {s:?}: give a list or \"*\"",
-                path.display(),
+                origin,
                 e.id
             ),
             SymbolsEntry::List(list) => Symbols::List(list),
@@ -155,11 +153,11 @@ pub fn load(path: &Path) -> Result<Vec<TraderSpec>> {
             cooldown: e.cooldown,
             labels: e.labels,
         };
-        protocol::admit::admit(&spec).with_context(|| format!("{}", path.display()))?;
+        protocol::admit::admit(&spec).with_context(|| origin.to_owned())?;
         if !seen.insert(spec.id.clone()) {
             bail!(
                 "{}: trader id {} appears twice: ids must be unique",
-                path.display(),
+                origin,
                 spec.id
             );
         }

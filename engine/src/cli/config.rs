@@ -164,6 +164,23 @@ fn flags_from_file(path: &Path, given: &clap::ArgMatches) -> Result<Vec<OsString
     flags_from_text(&text, path, given)
 }
 
+/// The `run` flags a config file's text stands for, with nothing given on
+/// the command line, then the whole command line they make parsed as
+/// `run` parses it: what `--config` checks, reachable without a file (the
+/// fuzzing targets call it).
+pub fn check_text(text: &str) -> Result<Vec<OsString>, ParseError> {
+    let origin = Path::new("<text>");
+    let bare = [OsString::from("shmkline"), OsString::from("run")];
+    let matches = Cli::command().try_get_matches_from(&bare)?;
+    let Some(given) = run_matches(&matches) else {
+        return Ok(Vec::new());
+    };
+    let flags = flags_from_text(text, origin, given).map_err(ParseError::Config)?;
+    let argv: Vec<OsString> = bare.iter().cloned().chain(flags.iter().cloned()).collect();
+    Cli::command().try_get_matches_from(&argv)?;
+    Ok(flags)
+}
+
 /// [`flags_from_file`] on the file's text.
 fn flags_from_text(
     text: &str,

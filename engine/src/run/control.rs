@@ -65,6 +65,83 @@ fn too_many() -> String {
     )
 }
 
+/// A request the loop answers: one line of the socket, parsed.
+#[derive(Debug)]
+pub enum Request {
+    /// `ping`: the loop is alive.
+    Ping,
+    /// `status`.
+    Status,
+    /// `metrics`: the snapshot the metrics endpoint encodes.
+    Metrics,
+    /// `events`: the supervision log.
+    Events,
+    /// `traders`: the trader list.
+    Traders,
+    /// `{"cmd":"add","traders":[...]}` (`shmkline traders add`).
+    Add(Vec<protocol::trader::TraderSpec>),
+    /// `{"cmd":"remove","id":...}` (`shmkline traders remove`).
+    Remove(String),
+}
+
+/// The JSON trader commands.
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+enum TradersCommand {
+    Add {
+        traders: Vec<protocol::trader::TraderSpec>,
+    },
+    Remove {
+        id: String,
+    },
+}
+
+impl Request {
+    /// Parses one request line (without its newline): the error is the
+    /// answer the client gets.
+    pub fn parse(line: &str) -> Result<Self, String> {
+        Ok(match line {
+            "ping" => Self::Ping,
+            "status" => Self::Status,
+            "metrics" => Self::Metrics,
+            "events" => Self::Events,
+            "traders" => Self::Traders,
+            line if line.starts_with('{') => match serde_json::from_str::<TradersCommand>(line) {
+                Ok(TradersCommand::Add { traders }) => Self::Add(traders),
+                Ok(TradersCommand::Remove { id }) => Self::Remove(id),
+                Err(e) => {
+                    return Err(format!(
+                        "a request the coordinator does not understand: {e}"
+                    ));
+                }
+            },
+            other => {
+                // Bounded: the error echoes the first 80 characters of a
+                // line of up to 1 MiB, and says when it cut.
+                let mut shown: String = other.chars().take(80).collect();
+                if shown.len() < other.len() {
+                    shown.push('…');
+                }
+                return Err(format!(
+                    "unknown request {shown:?}: try status, metrics, events or traders"
+                ));
+            }
+        })
+    }
+
+    /// Its kind, for the loop-time figures.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Ping => "ping",
+            Self::Status => "status",
+            Self::Metrics => "metrics",
+            Self::Events => "events",
+            Self::Traders => "traders",
+            Self::Add(_) | Self::Remove(_) => "other",
+        }
+    }
+}
+
 /// A request for the coordinator's loop and where to send the answer.
 pub struct ControlRequest {
     /// The request line, trimmed.
@@ -305,7 +382,11 @@ fn read_line(reader: &mut BufReader<&UnixStream>) -> Result<Line> {
     }
 }
 
-fn serve(stream: &UnixStream, requests: &impl Fn(ControlRequest) -> Handed) -> Result<()> {
+/// Answers one client's request lines until it closes, goes idle or misbehaves.
+pub(crate) fn serve(
+    stream: &UnixStream,
+    requests: &impl Fn(ControlRequest) -> Handed,
+) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);

@@ -12,22 +12,6 @@ use super::coordinator::Coordinator;
 use super::options::check_trader;
 use super::slot::{Purpose, State};
 
-/// A trader management request on the control socket.
-#[derive(Debug, serde::Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub(super) enum TradersCommand {
-    /// `shmkline traders add FILE`.
-    Add {
-        /// The file's traders, checked by the CLI already.
-        traders: Vec<TraderSpec>,
-    },
-    /// `shmkline traders remove ID`.
-    Remove {
-        /// The trader.
-        id: String,
-    },
-}
-
 impl Coordinator {
     /// Every trader: where it runs and whether its worker holds it.
     /// Each trader's window (the candles a verdict reads: its rule's

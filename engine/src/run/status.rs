@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use super::control::ControlRequest;
+use super::control::Request;
 use super::coordinator::Coordinator;
-use super::manage::TradersCommand;
 use super::slot::{Slot, State};
 
 #[derive(Serialize)]
@@ -187,26 +187,19 @@ impl Coordinator {
 
     pub(super) fn control(&mut self, req: ControlRequest) {
         let started = std::time::Instant::now();
-        let kind = match req.line.as_str() {
-            k @ ("status" | "metrics" | "traders" | "events" | "ping") => k,
-            _ => "other",
-        };
-        let answer = match req.line.as_str() {
-            "ping" => serde_json::json!({ "pong": true }),
-            "status" => self.status(),
-            "metrics" => self.metrics_snapshot(),
-            "events" => serde_json::json!({ "events": self.events }),
-            "traders" => self.traders_list(),
-            line if line.starts_with('{') => match serde_json::from_str::<TradersCommand>(line) {
-                Ok(TradersCommand::Add { traders }) => self.traders_add(traders),
-                Ok(TradersCommand::Remove { id }) => self.traders_remove(&id),
-                Err(e) => {
-                    serde_json::json!({ "error": format!("a request the coordinator does not understand: {e}") })
-                }
-            },
-            other => {
-                serde_json::json!({ "error": format!("unknown request {other:?}: try status, metrics, events or traders") })
-            }
+        let request = super::control::Request::parse(&req.line);
+        let kind = request
+            .as_ref()
+            .map_or("other", super::control::Request::kind);
+        let answer = match request {
+            Ok(Request::Ping) => serde_json::json!({ "pong": true }),
+            Ok(Request::Status) => self.status(),
+            Ok(Request::Metrics) => self.metrics_snapshot(),
+            Ok(Request::Events) => serde_json::json!({ "events": self.events }),
+            Ok(Request::Traders) => self.traders_list(),
+            Ok(Request::Add(traders)) => self.traders_add(traders),
+            Ok(Request::Remove(id)) => self.traders_remove(&id),
+            Err(error) => serde_json::json!({ "error": error }),
         };
         self.control_costs.record(kind, started.elapsed());
         let _ = req.reply.send(answer);
