@@ -2,8 +2,9 @@
 //! A `shmkline run` on the live feed of the loopback Binance stand-in
 //! (which cuts the connection every 20 s and closes candles meanwhile, so
 //! each reconnect backfills), with a webhook sink whose loopback receiver
-//! fails for stretches, while random workers are SIGKILLed and SIGSTOPped
-//! and traders are added and removed. Every `--sample-every` seconds:
+//! fails for stretches, while random workers (all but slot 0's, which
+//! lives the whole soak so a worker's growth is fitted too) are SIGKILLed
+//! and SIGSTOPped and traders are added and removed. Every `--sample-every` seconds:
 //! each process's private memory (`RssAnon`) and its shared pages
 //! (`RssShmem`) apart, its fds and threads, the instance's `/dev/shm`
 //! entries, the coordinator's zombies. At the end: per process, the
@@ -53,13 +54,16 @@ pub struct SoakOptions {
 /// What the soak does to the run at each fault time.
 #[derive(Clone, Copy)]
 enum Fault {
-    /// SIGKILL a random ready worker.
+    /// SIGKILL a random ready worker (not slot [`SPARED`]'s).
     Kill,
     /// SIGSTOP one (the coordinator sees it hang and replaces it).
     Stop,
     /// Add the churn trader, or remove it.
     Churn,
 }
+
+/// The worker slot no fault targets.
+const SPARED: u64 = 0;
 
 /// The rotation of fault kinds.
 const PLAN: [Fault; 10] = [
@@ -104,6 +108,9 @@ pub struct SoakReport {
     pub stops: u32,
     /// Traders added and removed at run time.
     pub trader_changes: u32,
+    /// Trader changes the coordinator refused or did not answer (tried
+    /// again at the next turn).
+    pub trader_changes_refused: u32,
     /// Webhook outages (each a stretch of 500s, then a stretch of drops).
     pub sink_outages: u32,
     /// Connections the stand-in exchange served (each but the last cut).
@@ -299,6 +306,7 @@ fn soak(
     let mut rng = SplitMix64::new(opts.seed);
     let mut series: BTreeMap<String, Series> = BTreeMap::new();
     let (mut kills, mut stops, mut changes, mut outages) = (0u32, 0u32, 0u32, 0u32);
+    let mut refused = 0u32;
     let (mut fds, mut threads) = (Vec::new(), Vec::new());
     let (mut zombies_max, mut shm_running, mut samples) = (0usize, 0usize, 0usize);
     let mut next_sample = Instant::now();
@@ -348,11 +356,13 @@ fn soak(
         if now >= next_fault {
             next_fault = now + Duration::from_millis(1_000 + rng.next_u64() % 2_000);
             let status = control::ask(&runtime, "status").unwrap_or_default();
+            // Slot 0 is spared: its worker lives the whole soak, so a
+            // worker's growth is fitted over it (the others live seconds).
             let pids: Vec<u64> = status["workers"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|w| w["state"] == "ready")
+                .filter(|w| w["state"] == "ready" && w["id"] != SPARED)
                 .filter_map(|w| w["pid"].as_u64())
                 .collect();
             // The kinds in a fixed rotation (six kills, three trader
@@ -384,9 +394,15 @@ fn soak(
                         let specs = crate::traders::load(extra)?;
                         serde_json::json!({ "cmd": "add", "traders": specs })
                     };
-                    if control::ask(&runtime, &request.to_string()).is_ok() {
-                        added = !added;
-                        changes += 1;
+                    // Only a change the coordinator made counts (and flips
+                    // what comes next); a refusal ("still being removed")
+                    // is counted apart and tried again at the next turn.
+                    match control::ask(&runtime, &request.to_string()) {
+                        Ok(answer) if answer.get("error").is_none() => {
+                            added = !added;
+                            changes += 1;
+                        }
+                        _ => refused += 1,
                     }
                 }
             }
@@ -456,6 +472,7 @@ fn soak(
         kills,
         stops,
         trader_changes: changes,
+        trader_changes_refused: refused,
         sink_outages: outages,
         feed_connections: mock.connections(),
         faults_seen: status["supervision"]["faults"].as_u64().unwrap_or(0),

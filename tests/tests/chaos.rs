@@ -106,5 +106,13 @@ fn a_one_minute_soak_leaves_nothing_behind() {
             .any(|p| p["process"] == "coordinator" && p["growth_mb_per_h"].is_f64()),
         "{report}"
     );
+    // The spared slot's worker lived through it: a worker's figure too.
+    assert!(
+        procs.iter().any(|p| p["process"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("worker 0 "))
+            && p["growth_mb_per_h"].is_f64()),
+        "{report}"
+    );
     inst.assert_clean();
 }
