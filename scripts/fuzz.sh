@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes every external input (see engine/src/fuzz.rs for the targets).
+# Fuzzes every external input (see engine/src/fuzz/mod.rs for the targets).
 #   scripts/fuzz.sh [--minutes N] [--engine libfuzzer|volume] [TARGET...]
 # libFuzzer (coverage-guided, with AddressSanitizer) through `cargo fuzz`
 # needs a nightly toolchain and cargo-fuzz: the script installs both with
