@@ -496,7 +496,7 @@ fn segment(data: &[u8]) {
     let Ok(instance) = InstanceName::new(&format!("fuzzseg{}-{n}", std::process::id())) else {
         return;
     };
-    let path = Path::new("/dev/shm").join(instance.segment_name().trim_start_matches('/'));
+    let path = segment_path(&instance);
     struct Unlink<'a>(&'a Path);
     impl Drop for Unlink<'_> {
         fn drop(&mut self) {
@@ -527,6 +527,11 @@ fn segment(data: &[u8]) {
     }
 }
 
+/// Where `instance`'s segment lives as a file.
+fn segment_path(instance: &InstanceName) -> std::path::PathBuf {
+    Path::new("/dev/shm").join(instance.segment_name().trim_start_matches('/'))
+}
+
 fn segment_seeds() -> Vec<Vec<u8>> {
     use protocol::store::StoreConfig;
     use protocol::store::StoreWriter;
@@ -546,7 +551,7 @@ fn segment_seeds() -> Vec<Vec<u8>> {
         }
         writer.publish();
     }
-    let path = Path::new("/dev/shm").join(instance.segment_name().trim_start_matches('/'));
+    let path = segment_path(&instance);
     std::fs::read(path).map(|b| vec![b]).unwrap_or_default()
 }
 
