@@ -275,3 +275,148 @@ fn a_trader_removed_and_added_again_runs_again() {
     assert!(exit.success(), "{stderr}");
     inst.assert_clean();
 }
+
+/// Writes `n` traders with ids `prefix0..` (each its own SMA length, so
+/// their rules differ) as one JSON file.
+fn many_traders(dir: &std::path::Path, prefix: &str, n: usize) -> std::path::PathBuf {
+    let path = dir.join(format!("{prefix}.json"));
+    let traders: Vec<serde_json::Value> = (0..n)
+        .map(|k| {
+            serde_json::json!({"id": format!("{prefix}{k}"), "symbols": "*", "interval": "1m",
+                "rule": format!("close > sma(close, {})", 5 + k % 50)})
+        })
+        .collect();
+    std::fs::write(&path, serde_json::Value::Array(traders).to_string()).expect("write");
+    path
+}
+
+/// The trader ids kept in the state directory.
+fn kept_ids(inst: &TestInstance) -> BTreeSet<String> {
+    let text = std::fs::read(inst.state_dir.join("traders.json")).expect("traders.json");
+    let kept: Vec<serde_json::Value> = serde_json::from_slice(&text).expect("JSON");
+    kept.iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Thousands of traders added at once, and an add the loop takes longer
+/// to apply than a status request may wait: each client gets the real
+/// outcome (added, exit 0), the set is kept, and nothing is applied behind
+/// an error. The slow loop is the `testing` hook SHMKLINE_TEST_ADD_DELAY_MS
+/// (3 s, past the 2 s a status request waits).
+#[test]
+fn traders_add_answers_what_happened_however_long_the_change_takes() {
+    let inst = TestInstance::new("traders-big");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = inst.command("shmkline");
+    cmd.args(["run", "--rate", "20", "--symbols", "2"])
+        .env("SHMKLINE_TEST_ADD_DELAY_MS", "3000");
+    let mut child = ChildGuard::spawn(&mut cmd);
+    child.capture_stdout();
+    inst.status_when(WAIT, |s| s["feed"]["batches"].as_u64() >= Some(2));
+    let mut want = traders_in(&inst);
+    for (prefix, n) in [("a", 8_000), ("b", 8_000), ("c", 2)] {
+        let file = many_traders(dir.path(), prefix, n);
+        let out = inst.shmkline(&["traders", "add", &file.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "adding {n} traders: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(answer["added"].as_array().map(Vec::len), Some(n), "{n}");
+        assert_eq!(answer["persisted"], true);
+        want.extend((0..n).map(|k| format!("{prefix}{k}")));
+    }
+    assert_eq!(traders_in(&inst).len(), 16_006);
+    assert_eq!(traders_in(&inst), want);
+    assert_eq!(kept_ids(&inst), want);
+    // The hook held the loop 3 s for each add: the adds were answered after
+    // that, not refused as busy at 2 s.
+    let status = inst.status_when(WAIT, |_| true);
+    let max_us = status["control"]["loop_us"]["other"]["max_us"]
+        .as_f64()
+        .expect("the adds' loop time");
+    assert!(
+        max_us >= 3e6,
+        "the loop was not held: {}",
+        status["control"]
+    );
+    child.signal(nix::sys::signal::Signal::SIGTERM);
+    let (exit, _, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "{stderr}");
+    inst.assert_clean();
+}
+
+/// A change the state directory cannot keep (its traders.json made a
+/// directory, so the rename into place fails as a full disk would) is not
+/// applied, and the client says so with a non-zero exit; once the directory
+/// is writable again, changes are kept, and a restart brings back exactly
+/// the set the clients were told about.
+#[test]
+fn a_trader_change_that_cannot_be_kept_is_refused_and_not_applied() {
+    let inst = TestInstance::new("traders-kept");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = |inst: &TestInstance| {
+        let mut cmd = inst.command("shmkline");
+        cmd.args(["run", "--rate", "20", "--symbols", "2"]);
+        let mut child = ChildGuard::spawn(&mut cmd);
+        child.capture_stdout();
+        inst.status_when(WAIT, |s| s["feed"]["batches"].as_u64() >= Some(2));
+        child
+    };
+    let child = start(&inst);
+    let before = traders_in(&inst);
+    let kept = inst.state_dir.join("traders.json");
+    std::fs::remove_file(&kept).expect("remove traders.json");
+    std::fs::create_dir(&kept).expect("a directory in its place");
+    std::fs::write(kept.join("blocker"), "").expect("make it non-empty");
+
+    let file = many_traders(dir.path(), "x", 3);
+    let out = inst.shmkline(&["traders", "add", &file.to_string_lossy()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an add that was not kept exited 0");
+    assert!(
+        stderr.contains("could not be kept")
+            && stderr.contains("renaming it into place")
+            && stderr.contains("nothing was added"),
+        "{stderr}"
+    );
+    let out = inst.shmkline(&["traders", "remove", "sma10-up"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a removal that was not kept exited 0"
+    );
+    assert!(stderr.contains("nothing was removed"), "{stderr}");
+    assert_eq!(traders_in(&inst), before, "a change was applied unkept");
+
+    std::fs::remove_dir_all(&kept).expect("writable again");
+    let out = inst.shmkline(&["traders", "add", &file.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = inst.shmkline(&["traders", "remove", "sma10-up"]);
+    assert!(out.status.success());
+    let told = traders_in(&inst);
+    assert!(
+        told.contains("x0") && !told.contains("sma10-up"),
+        "{told:?}"
+    );
+    child.signal(nix::sys::signal::Signal::SIGTERM);
+    let (exit, _, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "{stderr}");
+
+    let child = start(&inst);
+    assert_eq!(
+        traders_in(&inst),
+        told,
+        "the restart brought back another set"
+    );
+    child.signal(nix::sys::signal::Signal::SIGTERM);
+    let (exit, _, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "{stderr}");
+    inst.assert_clean();
+}

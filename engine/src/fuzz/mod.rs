@@ -438,7 +438,7 @@ fn control_seeds() -> Vec<Vec<u8>> {
 /// (a stand-in loop answers each parsed request): every line answered or
 /// the connection closed, never a panic or a hang.
 fn control_stream(data: &[u8]) {
-    use crate::run::control::{ControlRequest, Handed, Request, serve};
+    use crate::run::control::{ControlRequest, Handed, serve};
     use std::io::{Read, Write};
     let Ok((client, server)) = std::os::unix::net::UnixStream::pair() else {
         return;
@@ -458,11 +458,9 @@ fn control_stream(data: &[u8]) {
         answers
     });
     let answer = |req: ControlRequest| {
-        let value = match Request::parse(&req.line) {
-            Ok(r) => serde_json::json!({ "kind": r.kind() }),
-            Err(error) => serde_json::json!({ "error": error }),
-        };
-        let _ = req.reply.send(value);
+        let _ = req
+            .reply
+            .send(serde_json::json!({ "kind": req.request.kind() }));
         Handed::Queued
     };
     let _ = serve(&server, &answer);

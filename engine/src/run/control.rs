@@ -15,9 +15,13 @@
 //! - a request line is at most [`MAX_REQUEST`] bytes: longer ones are refused
 //!   with an error naming the limit, by the client before it connects and
 //!   by the server if one arrives anyway;
-//! - the loop has [`REQUEST_TIMEOUT`] to answer, and requests wait in the
-//!   loop's bounded event channel: when it is full the answer says the
-//!   coordinator is busy, instead of queueing without end.
+//! - the loop has [`REQUEST_TIMEOUT`] to answer a request that only reads,
+//!   and requests wait in the loop's bounded event channel: when it is full
+//!   the answer says the coordinator is busy, instead of queueing without
+//!   end. A request that changes the instance (traders add, remove) is
+//!   parsed and checked on the client's thread, and its answer is the
+//!   loop's real one however long it takes: an answer never hides whether
+//!   a change was applied.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -129,6 +133,13 @@ impl Request {
         })
     }
 
+    /// Whether it changes the instance: its client waits for the loop's
+    /// real answer however long the change takes, since a timeout would
+    /// hide whether it was applied.
+    pub fn changes(&self) -> bool {
+        matches!(self, Self::Add(_) | Self::Remove(_))
+    }
+
     /// Its kind, for the loop-time figures.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -144,8 +155,9 @@ impl Request {
 
 /// A request for the coordinator's loop and where to send the answer.
 pub struct ControlRequest {
-    /// The request line, trimmed.
-    pub line: String,
+    /// The request, parsed (and a trader to add checked) on the client's
+    /// thread: that work never holds the loop.
+    pub request: Request,
     /// The answer, serialised by the client's thread, not the loop.
     pub reply: mpsc::Sender<serde_json::Value>,
 }
@@ -158,6 +170,9 @@ pub enum Handed {
     Busy,
     /// The loop is gone (shutting down).
     Gone,
+    /// Answered without the loop: a request refused by checks that need
+    /// none of its state (a trader whose rule does not compile).
+    Answered(serde_json::Value),
 }
 
 /// Connections being served: a clone of each stream, so that stopping can
@@ -409,7 +424,10 @@ pub(crate) fn serve(
                 return Ok(());
             }
             Line::Request(line) => match String::from_utf8(line) {
-                Ok(line) => ask_loop(line.trim(), requests),
+                Ok(line) => match Request::parse(line.trim()) {
+                    Ok(request) => ask_loop(request, requests),
+                    Err(error) => serde_json::json!({ "error": error }),
+                },
                 Err(_) => serde_json::json!({ "error": "the request is not UTF-8" }),
             },
         };
@@ -418,16 +436,22 @@ pub(crate) fn serve(
 }
 
 /// Hands one request to the loop and waits for its answer (an error
-/// answer when the loop is busy or gone).
+/// answer when the loop is busy or gone). A request that changes the
+/// instance waits for the loop's real answer, however long: an answer
+/// always says what happened.
 pub(super) fn ask_loop(
-    line: &str,
+    request: Request,
     requests: &impl Fn(ControlRequest) -> Handed,
 ) -> serde_json::Value {
+    let changes = request.changes();
     let (reply, answer) = mpsc::channel();
-    let error = match requests(ControlRequest {
-        line: line.to_owned(),
-        reply,
-    }) {
+    let error = match requests(ControlRequest { request, reply }) {
+        Handed::Queued if changes => match answer.recv() {
+            Ok(answer) => return answer,
+            // The loop dropped the request unread (it stopped first).
+            Err(_) => "the coordinator stopped before it took the request: nothing was changed"
+                .to_owned(),
+        },
         Handed::Queued => match answer.recv_timeout(REQUEST_TIMEOUT) {
             Ok(answer) => return answer,
             Err(_) => format!(
@@ -435,10 +459,15 @@ pub(super) fn ask_loop(
                 REQUEST_TIMEOUT.as_secs()
             ),
         },
+        Handed::Busy if changes => {
+            "the coordinator is busy: its event queue is full; nothing was changed, try again in a moment"
+                .to_owned()
+        }
         Handed::Busy => {
             "the coordinator is busy: its event queue is full; try again in a moment".to_owned()
         }
         Handed::Gone => "the coordinator is shutting down".to_owned(),
+        Handed::Answered(answer) => return answer,
     };
     serde_json::json!({ "error": error })
 }
@@ -449,14 +478,29 @@ fn reply(mut stream: &UnixStream, answer: &str) -> Result<()> {
     Ok(())
 }
 
-/// Forwards control requests into the loop's bounded event channel.
+/// Forwards control requests into the loop's bounded event channel. Traders
+/// to add are checked here first, on the client's thread (compiling
+/// thousands of rules takes a while): the loop is left only what needs its
+/// state (ids taken, room in the workers).
 pub fn forward_to(
     events: SyncSender<super::Event>,
+    store: protocol::store::StoreConfig,
 ) -> impl Fn(ControlRequest) -> Handed + Send + Sync + 'static {
-    move |req| match events.try_send(super::Event::Control(req)) {
-        Ok(()) => Handed::Queued,
-        Err(TrySendError::Full(_)) => Handed::Busy,
-        Err(TrySendError::Disconnected(_)) => Handed::Gone,
+    move |req| {
+        if let Request::Add(traders) = &req.request
+            && let Err(e) = traders
+                .iter()
+                .try_for_each(|t| super::options::check_trader(&store, t))
+        {
+            return Handed::Answered(
+                serde_json::json!({ "error": format!("{e:#}; nothing was added") }),
+            );
+        }
+        match events.try_send(super::Event::Control(req)) {
+            Ok(()) => Handed::Queued,
+            Err(TrySendError::Full(_)) => Handed::Busy,
+            Err(TrySendError::Disconnected(_)) => Handed::Gone,
+        }
     }
 }
 
@@ -525,8 +569,25 @@ impl ControlClient {
                 .write_all(line.as_bytes())
                 .with_context(|| format!("sending the request to {}", self.path.display()))?;
         }
+        // The JSON requests (traders add and remove) change the instance:
+        // the server answers them when the loop has (or says why nothing
+        // changed), so their answer is waited for without a timeout; a
+        // timeout here could not say whether the change was applied.
+        let changes = request.starts_with('{');
+        if changes {
+            self.reader.get_ref().set_read_timeout(None)?;
+        }
         let mut line = String::new();
-        match self.reader.read_line(&mut line) {
+        let read = self.reader.read_line(&mut line);
+        if changes {
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(ANSWER_TIMEOUT))?;
+        }
+        match read {
+            Ok(0) if changes => bail!(
+                "the coordinator closed the connection without answering: it stopped before it took the change, so nothing was changed"
+            ),
             Ok(0) => bail!(
                 "the coordinator closed the connection without answering (it is stopping, or this connection was idle for {} s)",
                 IDLE_TIMEOUT.as_secs()

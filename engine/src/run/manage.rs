@@ -9,7 +9,6 @@ use protocol::message::Message;
 use protocol::trader::{MAX_TRADERS_PER_WORKER, TraderSpec};
 
 use super::coordinator::Coordinator;
-use super::options::check_trader;
 use super::slot::{Purpose, State};
 
 impl Coordinator {
@@ -58,19 +57,24 @@ impl Coordinator {
         serde_json::json!({ "traders": list })
     }
 
-    /// Adds traders to a running engine, all or none: each is checked (spec,
-    /// rule, window, interval, id not taken) before any is sent. Each goes
-    /// to the slot with the fewest traders and starts with the candles
-    /// written after this moment.
+    /// Adds traders to a running engine, all or none. Each was checked
+    /// (spec, rule, window, interval) on the client's thread
+    /// (`control::forward_to`); here what needs the loop's state: no id
+    /// taken, room in the workers. The new set is kept in the state
+    /// directory before anything changes: a set that cannot be kept is
+    /// not applied, and the answer says so. Each goes to the slot with the
+    /// fewest traders and starts with the candles written after this moment.
     pub(super) fn traders_add(&mut self, traders: Vec<TraderSpec>) -> serde_json::Value {
         if self.shutting_down.is_some() {
             return serde_json::json!({ "error": "the engine is shutting down: nothing was added" });
         }
-        let mut taken: BTreeSet<String> = self
+        #[cfg(feature = "testing")]
+        test_delay();
+        let mut taken: BTreeSet<&str> = self
             .slots
             .iter()
-            .flat_map(|s| s.traders.keys().cloned())
-            .chain(self.quarantined.iter().map(|(t, _)| t.clone()))
+            .flat_map(|s| s.traders.keys().map(String::as_str))
+            .chain(self.quarantined.iter().map(|(t, _)| t.as_str()))
             .collect();
         let removing: BTreeSet<&String> = self
             .slots
@@ -82,10 +86,7 @@ impl Coordinator {
             if removing.contains(&t.id) {
                 return serde_json::json!({ "error": format!("trader {} is still being removed from its worker: try again in a moment; nothing was added", t.id) });
             }
-            if let Err(e) = check_trader(&self.opts.store, t) {
-                return serde_json::json!({ "error": format!("{e:#}; nothing was added") });
-            }
-            if !taken.insert(t.id.clone()) {
+            if !taken.insert(&t.id) {
                 return serde_json::json!({ "error": format!("trader {} already exists (or appears twice): remove it first; nothing was added", t.id) });
             }
         }
@@ -102,15 +103,39 @@ impl Coordinator {
                 traders.len(), self.slots.len()
             ) });
         }
+        let kept: Vec<&TraderSpec> = self
+            .slots
+            .iter()
+            .flat_map(|s| s.traders.values())
+            .chain(&traders)
+            .collect();
+        if let Err(e) = self.opts.state.save_traders(&kept) {
+            tracing::error!(error = %e, "traders not added: the new trader set could not be kept");
+            return serde_json::json!({ "error": format!(
+                "the new trader set could not be kept ({e}): nothing was added; free space or fix the state directory and try again"
+            ) });
+        }
         let from_publish = self.inst.store.lock().stats().publishes;
-        let mut added = Vec::new();
+        let mut counts: Vec<usize> = self.slots.iter().map(|s| s.traders.len()).collect();
+        let mut touched = BTreeSet::new();
+        let mut added = Vec::with_capacity(traders.len());
         for t in traders {
-            let s = (0..self.slots.len())
-                .min_by_key(|&s| self.slots[s].traders.len())
-                .unwrap_or(0);
-            tracing::info!(trader = %t.id, slot = s, from_publish, "trader added");
+            let s = (0..counts.len()).min_by_key(|&s| counts[s]).unwrap_or(0);
+            counts[s] += 1;
+            touched.insert(s);
+            tracing::debug!(trader = %t.id, slot = s, from_publish, "trader added");
             added.push(serde_json::json!({ "id": t.id, "slot": s }));
-            self.slots[s].add_trader(t, from_publish, &self.emitter);
+            self.slots[s].add_trader(t, from_publish);
+        }
+        tracing::info!(
+            traders = added.len(),
+            from_publish,
+            "traders added and kept in the state directory"
+        );
+        // Once per slot, not per trader: thousands added at once stay
+        // linear in the number of traders.
+        for s in touched {
+            self.slots[s].tell_holds(&self.emitter);
             if self.slots[s]
                 .live
                 .as_ref()
@@ -119,20 +144,37 @@ impl Coordinator {
                 self.send_traders(s);
             }
         }
-        let persisted = self.persist_traders();
-        serde_json::json!({ "added": added, "from_publish": from_publish, "last_batch_at": self.last_batch_at(), "persisted": persisted })
+        serde_json::json!({ "added": added, "from_publish": from_publish, "last_batch_at": self.last_batch_at(), "persisted": true })
     }
 
-    /// Removes a trader; its worker stops evaluating it at once.
+    /// Removes a trader; its worker stops evaluating it at once. The set
+    /// without it is kept in the state directory first: if that fails,
+    /// nothing is removed and the answer says so.
     pub(super) fn traders_remove(&mut self, id: &str) -> serde_json::Value {
-        let before = self.quarantined.len();
-        self.quarantined.retain(|(t, _)| t != id);
-        if self.quarantined.len() < before {
-            self.strikes.remove(id);
-            return serde_json::json!({ "removed": id, "was": "quarantined" });
-        }
-        let Some(s) = self.slots.iter().position(|s| s.traders.contains_key(id)) else {
+        let quarantined = self.quarantined.iter().any(|(t, _)| t == id);
+        let slot = self.slots.iter().position(|s| s.traders.contains_key(id));
+        if !quarantined && slot.is_none() {
             return serde_json::json!({ "error": format!("no trader {id}: `shmkline traders list` shows them") });
+        }
+        let kept: Vec<&TraderSpec> = self
+            .slots
+            .iter()
+            .flat_map(|s| s.traders.values())
+            .filter(|t| t.id != id)
+            .collect();
+        if let Err(e) = self.opts.state.save_traders(&kept) {
+            tracing::error!(error = %e, trader = id, "trader not removed: the new trader set could not be kept");
+            return serde_json::json!({ "error": format!(
+                "the trader set without {id} could not be kept ({e}): nothing was removed; free space or fix the state directory and try again"
+            ) });
+        }
+        if quarantined {
+            self.quarantined.retain(|(t, _)| t != id);
+            self.strikes.remove(id);
+            return serde_json::json!({ "removed": id, "was": "quarantined", "persisted": true });
+        }
+        let Some(s) = slot else {
+            return serde_json::json!({ "error": format!("no trader {id}") });
         };
         let slot = &mut self.slots[s];
         slot.drop_trader(id, &self.emitter);
@@ -158,25 +200,24 @@ impl Coordinator {
             );
         }
         tracing::info!(trader = id, slot = s, "trader removed from its slot");
-        let persisted = self.persist_traders();
-        serde_json::json!({ "removed": id, "slot": s, "last_batch_at": self.last_batch_at(), "persisted": persisted })
-    }
-
-    /// Keeps the trader set in the state directory, before the client gets
-    /// its answer: true, or the error (the change holds for this run only).
-    fn persist_traders(&self) -> serde_json::Value {
-        let held: Vec<&TraderSpec> = self.slots.iter().flat_map(|s| s.traders.values()).collect();
-        match self.opts.state.save_traders(&held) {
-            Ok(()) => serde_json::Value::Bool(true),
-            Err(e) => {
-                tracing::error!(error = %e, "the trader set could not be kept: this change holds until the coordinator stops");
-                serde_json::Value::String(e.to_string())
-            }
-        }
+        serde_json::json!({ "removed": id, "slot": s, "last_batch_at": self.last_batch_at(), "persisted": true })
     }
 
     /// The delivery time (ms) of the last batch a finite feed wrote.
     pub(super) fn last_batch_at(&self) -> Option<i64> {
         self.pump.as_ref().and_then(|p| p.last_at())
+    }
+}
+
+/// TEST ONLY (the `testing` feature): `SHMKLINE_TEST_ADD_DELAY_MS` holds
+/// the loop this long in each `traders add`, so a test can show the client
+/// gets the real answer from a loop slower than its answer timeout.
+#[cfg(feature = "testing")]
+fn test_delay() {
+    if let Some(ms) = std::env::var("SHMKLINE_TEST_ADD_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }

@@ -264,11 +264,14 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         emitter.add_sink(spec, marks, tx, counted.clone(), opts.sink_queue);
         sink_threads.push((counted, thread.context("starting a sink's thread")?));
     }
-    let control = ControlServer::start(inst.runtime.dir(), control::forward_to(events_tx.clone()))?;
+    let control = ControlServer::start(
+        inst.runtime.dir(),
+        control::forward_to(events_tx.clone(), opts.store.clone()),
+    )?;
     let metrics = match opts.metrics {
         Some(addr) => Some(metrics::MetricsServer::start(
             addr,
-            control::forward_to(events_tx.clone()),
+            control::forward_to(events_tx.clone(), opts.store.clone()),
         )?),
         None => None,
     };

@@ -251,14 +251,14 @@ impl Slot {
         emitter.holds(self.id as usize, self.traders.keys().map(String::as_str));
     }
 
-    /// Holds `t` from publish `from_publish` on.
-    pub(super) fn add_trader(&mut self, t: TraderSpec, from_publish: u64, emitter: &Emitter) {
+    /// Holds `t` from publish `from_publish` on; the caller tells the
+    /// emitter ([`Self::tell_holds`]) once it has added them all.
+    pub(super) fn add_trader(&mut self, t: TraderSpec, from_publish: u64) {
         self.starts.insert(t.id.clone(), from_publish);
         if let Some(inc) = self.live.as_mut() {
             inc.unsent.push_back(t.id.clone());
         }
         self.traders.insert(t.id.clone(), t);
-        self.tell_holds(emitter);
     }
 
     /// Stops holding trader `id` (refused, quarantined or removed): its

@@ -187,19 +187,15 @@ impl Coordinator {
 
     pub(super) fn control(&mut self, req: ControlRequest) {
         let started = std::time::Instant::now();
-        let request = super::control::Request::parse(&req.line);
-        let kind = request
-            .as_ref()
-            .map_or("other", super::control::Request::kind);
-        let answer = match request {
-            Ok(Request::Ping) => serde_json::json!({ "pong": true }),
-            Ok(Request::Status) => self.status(),
-            Ok(Request::Metrics) => self.metrics_snapshot(),
-            Ok(Request::Events) => serde_json::json!({ "events": self.events }),
-            Ok(Request::Traders) => self.traders_list(),
-            Ok(Request::Add(traders)) => self.traders_add(traders),
-            Ok(Request::Remove(id)) => self.traders_remove(&id),
-            Err(error) => serde_json::json!({ "error": error }),
+        let kind = req.request.kind();
+        let answer = match req.request {
+            Request::Ping => serde_json::json!({ "pong": true }),
+            Request::Status => self.status(),
+            Request::Metrics => self.metrics_snapshot(),
+            Request::Events => serde_json::json!({ "events": self.events }),
+            Request::Traders => self.traders_list(),
+            Request::Add(traders) => self.traders_add(traders),
+            Request::Remove(id) => self.traders_remove(&id),
         };
         self.control_costs.record(kind, started.elapsed());
         let _ = req.reply.send(answer);

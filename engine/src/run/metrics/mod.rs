@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::control::{ControlRequest, Handed, ask_loop};
+use super::control::{ControlRequest, Handed, Request, ask_loop};
 
 /// Connections answered at once.
 pub const SERVERS: usize = 2;
@@ -234,9 +234,9 @@ fn answer(
             "read-only: GET /metrics or /status (changes go through the control socket)\n",
         );
     }
-    let request = match path {
-        "/metrics" => "metrics",
-        "/status" => "status",
+    let metrics = match path {
+        "/metrics" => true,
+        "/status" => false,
         _ => {
             return respond(
                 stream,
@@ -245,6 +245,11 @@ fn answer(
                 "not here: GET /metrics (OpenMetrics text) or /status (JSON)\n",
             );
         }
+    };
+    let request = if metrics {
+        Request::Metrics
+    } else {
+        Request::Status
     };
     let value = ask_loop(request, requests);
     if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
@@ -255,10 +260,10 @@ fn answer(
             &format!("{error}\n"),
         );
     }
-    match request {
+    match metrics {
         // Prometheus asks for OpenMetrics; anything else gets the classic
         // text format.
-        "metrics" => match encode::exposition(value) {
+        true => match encode::exposition(value) {
             Ok(text) if openmetrics => respond(
                 stream,
                 "200 OK",
@@ -278,7 +283,7 @@ fn answer(
                 "the metrics could not be encoded\n",
             ),
         },
-        _ => respond(stream, "200 OK", "application/json", &format!("{value}\n")),
+        false => respond(stream, "200 OK", "application/json", &format!("{value}\n")),
     }
 }
 
