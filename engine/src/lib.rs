@@ -12,6 +12,7 @@
 //! * [`run`]: `shmkline run`, the coordinator, and its control socket.
 //! * [`backtest`]: the same traders over the same feed in one process: the oracle.
 //! * [`traders`]: trader files (JSON, TOML) and the built-in set.
+//! * [`input`]: files a user names, read through a bound (no FIFO or device hangs).
 //! * [`signal_line`]: the JSON line of a signal, as stdout and files get it.
 //! * [`chaos`]: random worker kills and freezes against a run, checked against the oracle.
 
@@ -23,6 +24,7 @@ pub mod feed;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod hold;
+pub mod input;
 pub mod instance;
 pub mod locked;
 pub mod nats;

@@ -50,8 +50,8 @@ fn run(cli: Cli, argv: Vec<OsString>) -> Result<()> {
 fn main() -> ExitCode {
     engine::cli::remember_parent();
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let cli = match config::parse(argv.clone()) {
-        Ok(cli) => cli,
+    let (cli, argv) = match config::parse(argv) {
+        Ok(parsed) => parsed,
         Err(config::ParseError::Clap(e)) => e.exit(),
         Err(config::ParseError::Config(e)) => {
             eprintln!("error: {e}");

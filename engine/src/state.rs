@@ -14,6 +14,9 @@ use protocol::InstanceName;
 use protocol::trader::TraderSpec;
 
 const TRADERS: &str = "traders.json";
+/// Largest file read from the state directory: far past the trader set of
+/// 64 full workers or the watermarks of their series; a bound on a mistake.
+pub const MAX_STATE_FILE: u64 = 1 << 30;
 
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -157,16 +160,28 @@ impl StateDir {
         self.write_atomically(TRADERS, &text)
     }
 
-    /// The bytes of file `name` kept here, if it exists.
+    /// The bytes of file `name` kept here, if it exists: a regular file of
+    /// at most [`MAX_STATE_FILE`] bytes (a FIFO or a device put in its place
+    /// is refused, never waited on or read without end).
     pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
         let path = self.dir.join(name);
-        match std::fs::read(&path) {
+        match crate::input::read_bounded(
+            &path,
+            MAX_STATE_FILE,
+            "state file",
+            crate::input::Accept::Files,
+            ": not a file this engine wrote; move it away",
+        ) {
             Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError::Io {
+            Err(crate::input::InputError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(StateError::Io {
                 path: path.display().to_string(),
                 what: "reading it",
-                source,
+                source: std::io::Error::other(e.to_string()),
             }),
         }
     }
@@ -180,10 +195,16 @@ impl StateDir {
             let path = target.display().to_string();
             move |source| StateError::Io { path, what, source }
         };
+        // A new file each time: whatever was left under the temporary name
+        // (a FIFO would block the open) is removed first.
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing a leftover temporary file")(e)),
+        }
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(io("creating its temporary file"))?;

@@ -67,19 +67,18 @@ pub fn defaults() -> Vec<TraderSpec> {
 /// 64 workers of 10,000 traders each hold, and bounded memory for a mistake.
 pub const MAX_TRADER_FILE: u64 = 64 << 20;
 
-/// Reads and checks a trader file.
+/// Reads and checks a trader file (a regular file, or a pipe such as a
+/// shell's `<(...)`), through [`MAX_TRADER_FILE`].
 pub fn load(path: &Path) -> Result<Vec<TraderSpec>> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading trader file {}", path.display()))?
-        .len();
-    if len > MAX_TRADER_FILE {
-        bail!(
-            "trader file {} is {len} bytes, over the limit of {MAX_TRADER_FILE} bytes (64 MiB): split it",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading trader file {}", path.display()))?;
+    let bytes = crate::input::read_bounded(
+        path,
+        MAX_TRADER_FILE,
+        "trader file",
+        crate::input::Accept::FilesAndPipes,
+        " (64 MiB): split it",
+    )?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("trader file {}: not UTF-8 text", path.display()))?;
     let is_toml = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("toml"));

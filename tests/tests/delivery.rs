@@ -562,3 +562,60 @@ fn a_file_sink_on_a_read_only_filesystem_is_a_clear_start_up_error() {
     );
     assert_nothing_left(&inst);
 }
+
+/// Two `--sink file:` paths to one file (a symlink, a hard link, the same
+/// path written another way) are refused as one file given twice, before
+/// a signal is written: compared by device and inode, not by text.
+#[test]
+fn one_file_reached_by_two_paths_is_refused_as_two_sinks() {
+    let inst = TestInstance::new("samefile");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let x = dir.path().join("x.jsonl");
+    std::fs::write(&x, "").expect("create x");
+    let symlink = dir.path().join("y.jsonl");
+    std::os::unix::fs::symlink(&x, &symlink).expect("symlink");
+    let hard = dir.path().join("z.jsonl");
+    std::fs::hard_link(&x, &hard).expect("hard link");
+    std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+    let dotted = dir.path().join("sub/../x.jsonl");
+    for other in [&symlink, &hard, &dotted] {
+        let out = inst
+            .command("shmkline")
+            .args(["run", "--candles", "50", "--rate", "1000"])
+            .arg(format!("--sink=file:{}", x.display()))
+            .arg(format!("--sink=file:{}", other.display()))
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}: {stderr}", other.display());
+        assert!(
+            stderr.contains("are the same file") && stderr.contains(&other.display().to_string()),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&x).expect("x").len(),
+            0,
+            "a signal was written"
+        );
+        assert_nothing_left(&inst);
+    }
+    // Two different files are two sinks, each with every signal once.
+    let other = dir.path().join("w.jsonl");
+    let out = inst
+        .command("shmkline")
+        .args(["run", "--candles", "50", "--rate", "1000"])
+        .arg(format!("--sink=file:{}", x.display()))
+        .arg(format!("--sink=file:{}", other.display()))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = harness::normalized_signals(&std::fs::read(&x).expect("x"));
+    let b = harness::normalized_signals(&std::fs::read(&other).expect("w"));
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    assert_nothing_left(&inst);
+}

@@ -38,6 +38,10 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is not one a config can be read from (a device, a
+    /// directory, a silent pipe).
+    #[error(transparent)]
+    Input(crate::input::InputError),
     /// The file is over [`MAX_CONFIG_BYTES`].
     #[error("the config file {} is over the limit of {MAX_CONFIG_BYTES} bytes: is it the right file?", path.display())]
     TooLarge {
@@ -84,11 +88,13 @@ impl From<clap::Error> for ParseError {
 }
 
 /// Parses `argv` with the config file (`--config` of `run` or `config
-/// show`) merged under it.
-pub fn parse(argv: Vec<OsString>) -> Result<Cli, ParseError> {
+/// show`) merged under it; also returns that merged command line, which
+/// [`show`] prints from: the file is read once (a FIFO or `<(...)` can be
+/// read only once).
+pub fn parse(argv: Vec<OsString>) -> Result<(Cli, Vec<OsString>), ParseError> {
     let argv = with_config(argv)?;
     let matches = Cli::command().try_get_matches_from(&argv)?;
-    Ok(Cli::from_arg_matches(&matches)?)
+    Ok((Cli::from_arg_matches(&matches)?, argv))
 }
 
 /// `argv` with the config file's flags appended (those the command line
@@ -141,20 +147,22 @@ fn flags_from_file(path: &Path, given: &clap::ArgMatches) -> Result<Vec<OsString
         path: path.to_owned(),
         source,
     };
-    // Through `take`: a FIFO or a device has no length to check first.
-    let file = std::fs::File::open(path).map_err(read)?;
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(file, MAX_CONFIG_BYTES + 1),
-        &mut bytes,
+    // Read once, through a bound: a FIFO or a pipe (`<(...)`) is read
+    // whole here and never opened again; a device is refused.
+    let bytes = crate::input::read_bounded(
+        path,
+        MAX_CONFIG_BYTES,
+        "config file",
+        crate::input::Accept::FilesAndPipes,
+        ": is it the right file?",
     )
-    .map_err(read)?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(ConfigError::TooLarge {
+    .map_err(|e| match e {
+        crate::input::InputError::TooLarge { .. } => ConfigError::TooLarge {
             path: path.to_owned(),
-            len: bytes.len() as u64,
-        });
-    }
+            len: MAX_CONFIG_BYTES + 1,
+        },
+        e => ConfigError::Input(e),
+    })?;
     let text = String::from_utf8(bytes).map_err(|_| {
         read(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -323,8 +331,8 @@ fn to_flags(arg: &clap::Arg, long: &str, value: &toml::Value) -> Result<Vec<OsSt
 
 /// The effective configuration of a parsed `config show`, as TOML: every
 /// setting that has a value, named and written so `--config` reads it back.
+/// `argv` is the command line [`parse`] merged with the config file.
 pub fn show(argv: Vec<OsString>) -> Result<String, ParseError> {
-    let argv = with_config(argv)?;
     let matches = Cli::command().try_get_matches_from(&argv)?;
     let Some(m) = run_matches(&matches) else {
         return Ok(String::new());

@@ -49,6 +49,9 @@ pub enum ReplayError {
         #[source]
         source: std::io::Error,
     },
+    /// Not a file a replay can read (a FIFO, a device, a directory).
+    #[error(transparent)]
+    Input(Box<crate::input::InputError>),
     /// A CSV file whose symbol and interval are unknown.
     #[error(
         "{path}: cannot tell the symbol and interval: name the file as Binance does (BTCUSDT-1m-2024-01.csv) or pass --symbol and --interval"
@@ -191,7 +194,14 @@ impl Replay {
                 path: display.clone(),
                 source,
             };
-            let file = File::open(path).map_err(io)?;
+            // Regular files only: the loop reads them a batch at a time and
+            // must never wait on a FIFO or read a device without end.
+            let file = crate::input::open_regular(
+                path,
+                "replay file",
+                "a replay reads kline dumps from files; write the candles to a file first, or stream them with --feed nats://",
+            )
+            .map_err(|e| ReplayError::Input(Box::new(e)))?;
             total_bytes += file.metadata().map_err(io)?.len();
             let ext = path
                 .extension()

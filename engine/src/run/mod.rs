@@ -184,11 +184,23 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         None => ureq::tls::TlsConfig::default(),
     };
     let mut durable = Vec::new();
+    // Files by identity: two paths to one file (a symlink, a hard link,
+    // `./x` and `x`) would be two sinks writing every signal twice.
+    let mut files: Vec<((u64, u64), &std::path::Path)> = Vec::new();
     for spec in &opts.sinks {
         match spec {
             sink::SinkSpec::Stdout => {}
             sink::SinkSpec::File(path) => {
                 let file = sink::FileSink::open(path)?;
+                let id = file.identity()?;
+                if let Some((_, first)) = files.iter().find(|(other, _)| *other == id) {
+                    bail!(
+                        "--sink file:{} and --sink file:{} are the same file (a link to it, or the same path written another way): give each file once",
+                        first.display(),
+                        path.display()
+                    );
+                }
+                files.push((id, path));
                 tracing::info!(path = %path.display(), lines = file.held, series = file.dedup.len(),
                     "file sink: appending what it does not hold yet");
                 durable.push(Durable::File(file));

@@ -224,7 +224,15 @@ pub fn trust_only_named(
 ) -> Result<(Option<Arc<rustls::ClientConfig>>, ureq::tls::TlsConfig)> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let pem = std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))?;
+    // Certificates: far under 1 MiB; a pipe is read, a device refused.
+    let pem = crate::input::read_bounded(
+        path,
+        1 << 20,
+        "certificate file",
+        crate::input::Accept::FilesAndPipes,
+        ": give a PEM file of CA certificates",
+    )
+    .with_context(|| flag.to_owned())?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{flag} {}: not PEM certificates", path.display()))?;

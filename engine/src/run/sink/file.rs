@@ -123,6 +123,17 @@ impl FileSink {
         })
     }
 
+    /// The file's identity (device, inode): the same for every path to it.
+    pub fn identity(&self) -> Result<(u64, u64), SinkError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = self.file.metadata().map_err(|source| SinkError::Io {
+            path: self.path.display().to_string(),
+            what: "reading what it is",
+            source,
+        })?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
     /// The writer thread: each batch written and fsynced, then counted as
     /// delivered. A failed write is counted as lost (the run ends in error).
     pub fn spawn(
