@@ -165,7 +165,8 @@ pub struct RunArgs {
     pub candles: Option<u64>,
     #[command(flatten)]
     pub pace: PaceArgs,
-    /// Milliseconds the workers get to answer CLEANUP before they are killed.
+    /// Milliseconds a stop gives the workers to judge what was published and
+    /// answer CLEANUP before they are killed (also bounds the drain).
     #[arg(long, default_value_t = 1000)]
     pub shutdown_timeout: u64,
     /// Milliseconds between PINGs to each worker.
@@ -234,9 +235,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = crate::run::sink::DEFAULT_SINK_QUEUE,
         value_parser = clap::value_parser!(u64).range(crate::run::sink::MIN_SINK_QUEUE..=10_000_000))]
     pub sink_queue: u64,
-    /// Milliseconds a file or webhook sink gets at shutdown to deliver what
-    /// is queued (a webhook keeps retrying until then); what is left is
-    /// counted, the run exits in error, and the next start re-sends it.
+    /// Milliseconds stdout or a sink may go without delivering at the end of
+    /// a run before it is given up (one that keeps delivering is waited
+    /// for); after a signal, the most the whole drain may take. What is left
+    /// is counted, the run exits in error, and the next start re-sends it.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub drain_timeout: u64,
     /// Milliseconds a webhook request may take (connect, send, answer)

@@ -274,7 +274,7 @@ impl CandlePublisher {
     /// Waits until everything tapped is acknowledged, or until `timeout`
     /// passes with nothing acknowledged; the taps must be dropped first
     /// (their channel ends the thread).
-    pub fn finish(mut self, timeout: Duration) -> bool {
+    pub fn finish(mut self, timeout: Duration, mut stop: impl FnMut() -> bool) -> bool {
         let Some(thread) = self.thread.take() else {
             return true;
         };
@@ -284,7 +284,7 @@ impl CandlePublisher {
             std::time::Instant::now(),
             self.counters.published.load(Ordering::Acquire),
         );
-        while !thread.is_finished() && moved.0.elapsed() < timeout {
+        while !thread.is_finished() && moved.0.elapsed() < timeout && !stop() {
             std::thread::sleep(Duration::from_millis(10));
             let now = self.counters.published.load(Ordering::Acquire);
             if now != moved.1 {

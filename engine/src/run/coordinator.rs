@@ -103,6 +103,10 @@ pub(super) struct Coordinator {
     pub(super) control_costs: super::status::ControlCosts,
 }
 
+/// CLEANUP's time at least, when the drain before it used up
+/// `--shutdown-timeout`.
+const CLEANUP_AT_LEAST: Duration = Duration::from_millis(250);
+
 /// SIGINT and SIGTERM counts, kept by the signal thread in atomics so that a
 /// full event queue can never swallow one.
 #[derive(Debug, Default)]
@@ -538,8 +542,8 @@ pub(super) fn drive(
             .os_signals
             .sigterm
             .load(std::sync::atomic::Ordering::SeqCst);
-        if sigints >= 2 {
-            tracing::warn!("second SIGINT: killing the workers without waiting");
+        if sigints + sigterms >= 2 {
+            tracing::warn!("a second signal: killing the workers without waiting");
             return Ok(());
         }
         if sigints + sigterms > 0 {
@@ -571,7 +575,12 @@ pub(super) fn drive(
             if coord.shutdown_complete() {
                 return Ok(());
             }
-            if since.elapsed() >= coord.opts.shutdown_timeout {
+            // One --shutdown-timeout for the whole stop: what the drain
+            // used is not given again to CLEANUP (which still gets a
+            // moment: a worker answers it in microseconds).
+            let began = coord.draining.map_or(since, |(at, _, _)| at);
+            let by = (began + coord.opts.shutdown_timeout).max(since + CLEANUP_AT_LEAST);
+            if Instant::now() >= by {
                 return Ok(()); // stragglers are killed by the caller
             }
             continue;

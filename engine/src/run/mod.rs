@@ -42,6 +42,7 @@ pub mod sink;
 mod slot;
 pub mod spawn;
 mod status;
+mod stopping;
 mod supervise;
 mod threads;
 
@@ -310,13 +311,18 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
 
     // Teardown, whatever happened: the live feed stopped (the store no
     // longer changes), every worker killed and reaped, then the threads
-    // (whose channels close with the workers), then the files.
+    // (whose channels close with the workers), then the files. The signal
+    // thread lives to the end: a signal now still bounds every wait for
+    // the outputs, a second ends them (`stopping`).
+    let mut stopping = stopping::Stopping::new(signal_thread.counts(), coord.opts.drain_timeout);
     if let Some(mut live) = coord.live.take() {
         live.stop();
     }
     // Reader threads waiting on a stdout nobody reads must not keep the
     // process alive (their threads are joined below).
-    coord.emitter.give_up_after(OUTPUT_DRAIN);
+    coord
+        .emitter
+        .give_up_after(stopping.left(Instant::now(), OUTPUT_DRAIN));
     coord.kill_stragglers();
     drop(events_rx);
     for slot in &mut coord.slots {
@@ -332,14 +338,14 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     drop(spawner);
     drop(control);
     drop(metrics);
-    drop(signal_thread);
     // Let the output thread write what is queued, as long as stdout keeps
-    // taking it: a slow reader is waited for, one that stopped reading is
-    // given up on after the drain time (the thread dies with the process).
+    // taking it: a slow reader is waited for (within --drain-timeout of a
+    // signal), one that stopped reading is given up on after the drain
+    // time (the thread dies with the process).
     coord.emitter.close_output();
-    let drain_from = Instant::now();
+    stopping.phase();
     while !output_thread.is_finished()
-        && drain_from.max(output.last_moved()).elapsed() < OUTPUT_DRAIN
+        && !stopping.left(output.last_moved(), OUTPUT_DRAIN).is_zero()
     {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -347,11 +353,20 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         let _ = output_thread.join();
     }
     // Durable sinks deliver what is queued: a file writes and fsyncs it (a
-    // full disk fails fast); a webhook retries until --drain-timeout, then
-    // gives up (what it did not confirm is re-sent at the next start).
-    let drain_by = Instant::now() + coord.opts.drain_timeout;
-    for (counted, t) in sink_threads {
-        counted.stop_by(drain_by);
+    // full disk fails fast); a webhook or NATS sink retries while it makes
+    // progress, and is given up after --drain-timeout without any (or at
+    // the signal's deadline; what it did not confirm is re-sent at the next
+    // start).
+    stopping.phase();
+    while sink_threads.iter().any(|(_, t)| !t.is_finished()) {
+        for (counted, t) in &sink_threads {
+            if !t.is_finished() && counted.deadline().is_none() && stopping.give_up(counted) {
+                counted.stop_by(Instant::now());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (_, t) in sink_threads {
         let _ = t.join();
     }
     // The candles written reach the candle stream: the writers' taps go
@@ -362,9 +377,11 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     if let Some(publisher) = coord.publisher.take() {
         let stream = publisher.stream.clone();
         let dropped = publisher.dropped();
-        if !publisher.finish(coord.opts.drain_timeout) {
+        if !publisher.finish(coord.opts.drain_timeout, || {
+            stopping.look().is_some_and(|d| Instant::now() >= d)
+        }) {
             unpublished = Some(format!(
-                "candles were still unpublished to {stream} after --drain-timeout without progress"
+                "candles were still unpublished to {stream} after --drain-timeout without progress (or a signal's deadline)"
             ));
         } else if dropped > 0 {
             unpublished = Some(format!(
@@ -372,6 +389,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             ));
         }
     }
+    drop(signal_thread);
     result?;
     if let Some(why) = unpublished {
         bail!("{why}: engines reading the stream miss them until an ingest publishes them again");

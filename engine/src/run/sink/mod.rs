@@ -387,12 +387,18 @@ impl Output {
         *lock(&self.stop_by)
     }
 
-    /// Waits `wait` before a retry, but not past teardown's drain time.
+    /// Waits `wait` before a retry, but not past teardown's drain time,
+    /// read again every few milliseconds: teardown may set or move it
+    /// during the pause (a `Retry-After` of minutes must not hold a stop).
     pub fn pause(&self, wait: Duration) {
         let until = Instant::now() + wait;
-        let until = self.deadline().map_or(until, |d| d.min(until));
-        while Instant::now() < until {
-            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        loop {
+            let until = self.deadline().map_or(until, |d| d.min(until));
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(20)));
         }
     }
 
