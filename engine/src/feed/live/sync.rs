@@ -173,6 +173,8 @@ impl Sync {
     pub(super) fn run(mut self) {
         let threads = match self.start() {
             Ok(t) => t,
+            // Stopped while it asked for the symbols: nothing went wrong.
+            Err(_) if self.stopped() => return,
             Err(e) => {
                 tracing::error!(error = %e, "the live feed cannot start");
                 *lock(&self.health.fatal) = Some(e);
