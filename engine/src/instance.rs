@@ -64,7 +64,7 @@ impl Instance {
             "store created"
         );
         Ok(Self {
-            store: SharedStore(Arc::new(Mutex::new(store))),
+            store: store.into(),
             runtime,
         })
     }
@@ -75,6 +75,12 @@ impl Instance {
 /// time: the lock is held for one message or one batch, never across network I/O.
 #[derive(Debug, Clone)]
 pub struct SharedStore(Arc<Mutex<StoreWriter>>);
+
+impl From<StoreWriter> for SharedStore {
+    fn from(store: StoreWriter) -> Self {
+        Self(Arc::new(Mutex::new(store)))
+    }
+}
 
 impl SharedStore {
     /// The writer. A panic while it was held cannot leave the segment torn

@@ -1,11 +1,11 @@
 //! The live feed against a stand-in as unkind as Binance (issue 14): 429
 //! storms and 418 bans, server errors, unknown and refused symbols, 2,000
-//! series at once, dropped and late closes, `serverShutdown`, a 13th REST
-//! column, a 40-hour outage and a queue driven past its bound. Each test
+//! series at once, `serverShutdown`, a 40-hour outage and a queue driven
+//! past its bound (lost and late closes: `closes.rs`). Each test
 //! shows the fault happened (the stand-in's own counters) and that the store
 //! ended equal to the stand-in's candles.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use engine::feed::mock::{Behavior, End, Episode, MockBinance, timeline};
@@ -18,41 +18,11 @@ use serde_json::Value;
 mod support;
 use support::*;
 
-/// Room for 4 symbols of 2,048 candles (PINGs at the default interval: the
-/// suite runs tests side by side, and a loaded machine must not look like a
-/// hung worker).
-const RING_2048: [&str; 4] = ["--max-symbols", "4", "--candles-per-series", "2048"];
-
-fn status(inst: &TestInstance) -> Value {
-    inst.status_when(WAIT, |_| true)
-}
-
-/// One trader that never fires: these tests are about the candles.
-fn quiet_traders(dir: &Path) -> PathBuf {
-    let path = dir.join("quiet.json");
-    let traders = serde_json::json!([
-        {"id": "never", "symbols": "*", "interval": "1m", "rule": "close < 0"},
-    ]);
-    std::fs::write(&path, traders.to_string()).expect("write traders");
-    path
-}
-
 fn klines_requests(mock: &MockBinance) -> Vec<String> {
     mock.rest_log()
         .into_iter()
         .filter(|t| t.starts_with("/api/v3/klines"))
         .collect()
-}
-
-/// Ends the run; no worker was faulted meanwhile (a paused REST or a
-/// backfill must not look like a stuck worker).
-fn stop(inst: &TestInstance, child: harness::ChildGuard) -> (Vec<u8>, String) {
-    let s = status(inst);
-    assert_eq!(s["supervision"]["faults"], 0, "{}", s["supervision"]);
-    child.signal(Signal::SIGTERM);
-    let (exit, stdout, stderr) = child.wait_output(WAIT);
-    assert!(exit.success(), "run failed: {stderr}");
-    (stdout, stderr)
 }
 
 /// A fresh start of `names` whose backfill takes two pages per series (1,400
@@ -374,60 +344,6 @@ fn two_thousand_series_backfill_within_the_budget_and_go_live() {
     );
     assert!(feed["peak_used_weight"].as_u64() > Some(0), "{feed}");
     stop(&inst, child);
-    inst.assert_clean();
-}
-
-/// Dropped and late `x: true` and a 13th REST column: each candle closed by
-/// its successor is repaired (from REST, or by the late close with its final
-/// values), none stays provisional, and the store equals the stand-in.
-#[test]
-fn dropped_and_late_closes_are_repaired_and_a_13th_column_is_read() {
-    let inst = TestInstance::new("bclose");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let traders = traders_file(dir.path());
-    let behavior = Behavior {
-        drop_close_every: 5,
-        delay_close_every: 7,
-        extra_column: true,
-        ..Behavior::default()
-    };
-    // 50 + 61 candles: the last one (111th) is neither dropped nor late.
-    let stream = Episode {
-        pause: Duration::from_millis(15),
-        ..episode(0, 61, false, End::Idle)
-    };
-    let mock = MockBinance::start_behaving(
-        timeline(&["BTCUSDT", "ETHUSDT"], 200).expect("timeline"),
-        50,
-        vec![stream],
-        behavior,
-    )
-    .expect("mock");
-    let child = live_command(&inst, &mock, "BTCUSDT,ETHUSDT", &traders, &RING_2048);
-    wait_in_sync(&inst, &mock, &child);
-    let feed = inst.status_when(WAIT, |s| s["feed"]["series"]["repairing"] == 0)["feed"].clone();
-    assert_store_equals_server(&inst, &mock);
-    let n = |k: &str| feed[k].as_u64().unwrap_or_else(|| panic!("{k}: {feed}"));
-    assert!(
-        n("repaired_closes") > 0,
-        "no close repaired from REST: {feed}"
-    );
-    assert!(n("late_closes") > 0, "no late close: {feed}");
-    assert_eq!(n("provisional_closes"), 0, "{feed}");
-    assert_eq!(
-        n("missing_closes"),
-        n("repaired_closes") + n("late_closes"),
-        "{feed}"
-    );
-    // Candles 50..111 with (k + 1) a multiple of 5 or 7, per symbol.
-    let faulty = (50..111)
-        .filter(|k: &usize| (k + 1).is_multiple_of(5) || (k + 1).is_multiple_of(7))
-        .count() as u64;
-    assert_eq!(n("missing_closes"), 2 * faulty, "{feed}");
-    assert!(n("backfilled") > 0, "13-column rows not read: {feed}");
-    let (stdout, _) = stop(&inst, child);
-    let oracle = oracle(&inst, &mock, dir.path(), &traders);
-    assert_eq!(normalized_signals(&stdout), oracle);
     inst.assert_clean();
 }
 

@@ -338,7 +338,7 @@ fn tls_streams_and_backfills_and_an_untrusted_server_is_refused() {
     assert!(mock.ws_url.starts_with("wss://") && mock.rest_url.starts_with("https://"));
 
     // Without the test CA the server is not trusted: no connection, and
-    // the status says why.
+    // the status says why (a refused handshake is no server error).
     let untrusting = live_run(
         &inst,
         &mock,
@@ -353,14 +353,22 @@ fn tls_streams_and_backfills_and_an_untrusted_server_is_refused() {
         .unwrap_or_default()
         .to_owned();
     assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert_eq!(status["feed"]["never_connected"], true, "{status}");
+    assert_eq!(status["feed"]["server_errors"], 0, "{status}");
     assert_eq!(
         mock.clock(),
         20,
         "nothing was streamed to an untrusting client"
     );
+    // Stopped without the feed ever connecting: a failure, saying why.
     untrusting.signal(Signal::SIGTERM);
     let (exit, _, stderr) = untrusting.wait_output(WAIT);
-    assert!(exit.success(), "{stderr}");
+    assert!(!exit.success(), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default().to_lowercase();
+    assert!(
+        last.contains("never connected") && last.contains("certificate"),
+        "{last}"
+    );
 
     let ca = fixture("ca.pem");
     let child = live_run(
@@ -513,4 +521,84 @@ fn a_fresh_live_start_backfills_each_series_to_its_traders_need() {
         );
     }
     inst.assert_clean();
+}
+
+/// A live feed whose exchange cannot be reached: a host that never
+/// resolves (`.invalid`, RFC 6761: no network needed) and a closed loopback
+/// port. It retries; `status` says plainly that it never connected and why
+/// (the last connection error, naming the host), counted as connect
+/// errors, not server errors, with no "never ago"; the log says so too;
+/// and a Ctrl-C then ends the run non-zero naming the reason, leaving
+/// nothing behind.
+#[test]
+fn a_feed_that_never_connects_says_why_and_its_run_fails() {
+    let closed = format!("127.0.0.1:{}", harness::free_port());
+    for (tag, host, endpoint) in [
+        (
+            "live-nohost",
+            "nohost.invalid",
+            "ws://nohost.invalid:9/ws,http://nohost.invalid:9".to_owned(),
+        ),
+        (
+            "live-refused",
+            closed.as_str(),
+            format!("ws://{closed},http://{closed}"),
+        ),
+    ] {
+        let inst = TestInstance::new(tag);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let traders = traders_file(dir.path());
+        let mut cmd = inst.command("shmkline");
+        cmd.args(["run", "--feed", "binance", "--symbols", "btcusdt"])
+            .args(["--intervals", "1m", "--endpoint", &endpoint])
+            .args(["--max-symbols", "1", "--candles-per-series", "1440"])
+            .args(["--reconnect-min", "5", "--reconnect-max", "50"])
+            .arg("--traders")
+            .arg(&traders);
+        let child = ChildGuard::spawn(&mut cmd);
+        // The symbol check's REST requests fail first, then the WebSocket's
+        // attempts (the connection opens after the check).
+        let status = inst.status_when(WAIT, |s| {
+            s["feed"]["reconnects"].as_u64() >= Some(2)
+                && s["feed"]["connect_error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("WebSocket"))
+        });
+        let feed = &status["feed"];
+        assert!(feed["connect_errors"].as_u64() >= Some(3), "{host}: {feed}");
+        assert_eq!(feed["never_connected"], true, "{host}: {feed}");
+        assert_eq!(feed["connections"], 0, "{host}: {feed}");
+        assert_eq!(feed["messages"], 0, "{host}: {feed}");
+        let why = feed["connect_error"].as_str().unwrap_or_default();
+        assert!(why.contains(host), "{host}: the reason names it: {feed}");
+        assert_eq!(
+            feed["server_errors"], 0,
+            "{host}: an unreachable host is no server error: {feed}"
+        );
+        let text = inst.shmkline(&["status"]);
+        assert!(text.status.success());
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(!text.contains("never ago"), "{host}:\n{text}");
+        assert!(text.contains("no message yet"), "{host}:\n{text}");
+        assert!(
+            text.contains("never connected") && text.contains(host),
+            "{host}: the text says it never connected, and why:\n{text}"
+        );
+        child.signal(Signal::SIGINT);
+        let (exit, stderr) = child.wait(WAIT);
+        assert!(
+            !exit.success(),
+            "{host}: a run whose feed never delivered a message exited 0:\n{stderr}"
+        );
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.contains("never connected") && last.contains(host),
+            "{host}: the error says the feed never connected, and why: {last}\n{stderr}"
+        );
+        assert!(
+            stderr.contains("has never connected"),
+            "{host}: the log says so while it retries:\n{stderr}"
+        );
+        inst.assert_clean();
+    }
 }

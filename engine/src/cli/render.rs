@@ -83,18 +83,28 @@ pub fn print_status(status: &serde_json::Value) {
     let n = |k: &str| feed[k].as_u64().unwrap_or(0);
     if feed["kind"] == "binance" {
         println!(
-            "feed     binance: {}/{} connections up, {} reconnects, last message {} ago, {} candles written ({} backfilled), {} bad messages, {} gaps",
+            "feed     binance: {}/{} connections up, {} reconnects, {} connect errors, {}, {} candles written ({} backfilled), {} bad messages, {} gaps",
             n("connected"),
             n("connections_planned"),
             n("reconnects"),
-            feed["last_message_age_ms"]
-                .as_u64()
-                .map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms")),
+            n("connect_errors"),
+            feed["last_message_age_ms"].as_u64().map_or_else(
+                || "no message yet".to_owned(),
+                |ms| format!("last message {ms} ms ago")
+            ),
             n("candles_written"),
             n("backfilled"),
             n("bad_messages"),
             n("gaps"),
         );
+        if feed["never_connected"] == true {
+            // Plainly, under the feed line: nothing below means much yet.
+            println!(
+                "         never connected: {} connection attempts failed; the last: {}",
+                n("connect_errors"),
+                feed["connect_error"].as_str().unwrap_or("none failed yet")
+            );
+        }
         let series = &feed["series"];
         let s = |k: &str| series[k].as_u64().unwrap_or(0);
         println!(

@@ -20,7 +20,7 @@ use super::link::{Budget, FromWorker, Link};
 use super::options::RunOptions;
 use super::slot::{Incarnation, Purpose, Slot, State};
 use super::spawn::{Spawned, Spawner};
-use crate::feed::live::LiveFeed;
+use crate::feed::live::{LiveFeed, LiveHealth};
 use crate::feed::pump::Pump;
 use crate::feed::{FeedConfig, Source};
 use crate::instance::Instance;
@@ -56,6 +56,9 @@ pub(super) struct Coordinator {
     pub(super) pump: Option<Pump>,
     /// The live feed, written by its own thread.
     pub(super) live: Option<LiveFeed>,
+    /// Its counters, kept after the feed is stopped: a run whose feed never
+    /// delivered a message fails at the end, saying why.
+    pub(super) live_health: Option<Arc<LiveHealth>>,
     /// `--publish-candles`: the publisher, and the tap the live feed's
     /// writer gets when it starts (the pump's has it already).
     pub(super) publisher: Option<crate::nats::candles::CandlePublisher>,
@@ -163,6 +166,7 @@ impl Coordinator {
             events_tx,
             pump,
             live: None,
+            live_health: None,
             publisher: None,
             candle_tap: None,
             last_heartbeat: Instant::now(),
@@ -603,12 +607,14 @@ pub(super) fn drive(
                 pump.start();
             }
             if let FeedConfig::Binance(live) = &coord.opts.feed {
-                coord.live = Some(LiveFeed::start(
+                let feed = LiveFeed::start(
                     live.clone(),
                     coord.inst.store.clone(),
                     &coord.opts.store.intervals(),
                     coord.candle_tap.clone(),
-                )?);
+                )?;
+                coord.live_health = Some(Arc::clone(feed.health()));
+                coord.live = Some(feed);
             }
         }
         if coord.draining.is_none() {

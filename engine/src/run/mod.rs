@@ -400,6 +400,12 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
 /// What a run that ended in order amounts to: an error if anything it was
 /// asked to do was not done, else its summary.
 fn outcome(coord: &Coordinator, output: &sink::Output) -> Result<RunSummary> {
+    // A live run stopped before its feed delivered anything did nothing it
+    // was started for: most likely a wrong --endpoint, or no route to the
+    // exchange. Exit 0 would pass that off as an orderly day.
+    if let Some(why) = coord.live_health.as_ref().and_then(|h| h.never_delivered()) {
+        bail!("{why}; check --endpoint and the network");
+    }
     let mut failed = Vec::new();
     for (spec, emitted, out, behind, lost_traders) in coord.emitter.sink_delivery() {
         if !lost_traders.is_empty() {

@@ -1,6 +1,7 @@
-//! What the live-feed test binaries (`live.rs`, `binance.rs`) share: a run
-//! against the loopback stand-in, the store read back, the wait for the
-//! store to equal the stand-in's candles, and the backtest oracle's input.
+//! What the live-feed test binaries (`live.rs`, `binance.rs`, `closes.rs`)
+//! share: a run against the loopback stand-in, the store read back, the
+//! wait for the store to equal the stand-in's candles, and the backtest
+//! oracle's input.
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
 
@@ -9,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use engine::feed::mock::{End, Episode, MockBinance, dump_csv};
 use harness::{ChildGuard, TestInstance};
+use nix::sys::signal::Signal;
 use protocol::store::StoreReader;
 use protocol::{Candle, Interval, SymbolName};
+use serde_json::Value;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -65,6 +68,37 @@ pub fn live_run(
     ];
     flags.extend_from_slice(extra);
     live_command(inst, mock, symbols, traders, &flags)
+}
+
+/// Room for 4 symbols of 2,048 candles (PINGs at the default interval: the
+/// suite runs tests side by side, and a loaded machine must not look like a
+/// hung worker).
+pub const RING_2048: [&str; 4] = ["--max-symbols", "4", "--candles-per-series", "2048"];
+
+/// `status --json` once the instance answers.
+pub fn status(inst: &TestInstance) -> Value {
+    inst.status_when(WAIT, |_| true)
+}
+
+/// One trader that never fires: these tests are about the candles.
+pub fn quiet_traders(dir: &Path) -> PathBuf {
+    let path = dir.join("quiet.json");
+    let traders = serde_json::json!([
+        {"id": "never", "symbols": "*", "interval": "1m", "rule": "close < 0"},
+    ]);
+    std::fs::write(&path, traders.to_string()).expect("write traders");
+    path
+}
+
+/// Ends the run; no worker was faulted meanwhile (a paused REST or a
+/// backfill must not look like a stuck worker).
+pub fn stop(inst: &TestInstance, child: ChildGuard) -> (Vec<u8>, String) {
+    let s = status(inst);
+    assert_eq!(s["supervision"]["faults"], 0, "{}", s["supervision"]);
+    child.signal(Signal::SIGTERM);
+    let (exit, stdout, stderr) = child.wait_output(WAIT);
+    assert!(exit.success(), "run failed: {stderr}");
+    (stdout, stderr)
 }
 
 pub fn traders_file(dir: &Path) -> PathBuf {
@@ -171,6 +205,30 @@ pub fn assert_store_equals_server(inst: &TestInstance, mock: &MockBinance) {
             assert!(*closed, "{symbol} candle {k} not closed");
         }
     }
+}
+
+/// The stored closed candles (closed, or closed by a successor: what the
+/// traders judge) that differ from the stand-in's final ones, a close
+/// taken from a partial event say, each named with both values.
+pub fn wrong_closes(inst: &TestInstance, mock: &MockBinance) -> Vec<String> {
+    let reader = StoreReader::open(&inst.name).expect("store");
+    let mut wrong = Vec::new();
+    for (symbol, candles) in mock.closed() {
+        let got = stored_in(&reader, symbol.as_str());
+        let newest = got.len().saturating_sub(1);
+        for (k, (index, c, closed)) in got.into_iter().enumerate() {
+            let Some(want) = candles.iter().find(|w| w.open_time == c.open_time) else {
+                continue;
+            };
+            if (closed || k < newest) && c != *want {
+                wrong.push(format!(
+                    "{symbol} candle {index} (open {}): stored close {} volume {}, final close {} volume {}",
+                    c.open_time, c.close, c.volume, want.close, want.volume
+                ));
+            }
+        }
+    }
+    wrong
 }
 
 pub fn write_csv(dir: &Path, symbol: &SymbolName, candles: &[Candle]) -> String {

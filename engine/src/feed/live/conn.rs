@@ -195,6 +195,8 @@ enum Ended {
     Silent,
     Closed,
     Failed(String),
+    /// It could not be opened (name not resolved, refused, handshake failed).
+    NotOpened(String),
 }
 
 /// One group's thread.
@@ -256,8 +258,16 @@ impl Worker {
                     self.shared.health.connected.fetch_sub(1, Ordering::Relaxed);
                     (ended, conn.data)
                 }
-                Err(e) => (Ended::Failed(format!("connect: {e:#}")), false),
+                Err(e) => {
+                    let e = format!("connect: {e:#}");
+                    self.shared.health.connect_failed("WebSocket", &e);
+                    (Ended::NotOpened(e), false)
+                }
             };
+            if data {
+                delay = opts.reconnect_min;
+            }
+            let jittered = delay.mul_f64(0.5 + 0.5 * self.rng.unit());
             match &ended {
                 Ended::Stopped => break,
                 Ended::Silent => tracing::warn!(
@@ -272,11 +282,22 @@ impl Worker {
                     tracing::warn!(group = self.group.index, error = %e, "connection failed");
                     self.shared.health.error(e.clone());
                 }
+                Ended::NotOpened(e) => {
+                    let health = &self.shared.health;
+                    let retry_ms = jittered.as_millis() as u64;
+                    // Said plainly while nothing ever came: a wrong
+                    // --endpoint or no route to the exchange is not an
+                    // outage of a feed that worked.
+                    if health.connections.load(Ordering::Relaxed) == 0 {
+                        tracing::warn!(group = self.group.index, error = %e, retry_ms,
+                            "the live feed has never connected: its connection could not be opened (retrying)");
+                    } else {
+                        tracing::warn!(group = self.group.index, error = %e, retry_ms,
+                            "connection could not be opened (retrying)");
+                    }
+                    health.error(e.clone());
+                }
             }
-            if data {
-                delay = opts.reconnect_min;
-            }
-            let jittered = delay.mul_f64(0.5 + 0.5 * self.rng.unit());
             self.sleep(jittered);
             delay = (delay * 2).min(opts.reconnect_max);
         }

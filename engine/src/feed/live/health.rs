@@ -26,6 +26,10 @@ pub enum Pause {
     WeightCeiling,
     /// Server errors or timeouts: backing off.
     ServerTrouble,
+    /// No connection to the exchange could be made (its name not resolved,
+    /// the connection refused or unreachable, the TLS handshake failed):
+    /// backing off.
+    NoConnection,
     /// This client's own budget (`--rest-weight-per-minute`).
     Budget,
 }
@@ -39,6 +43,9 @@ impl std::fmt::Display for Pause {
                 "the exchange's used weight is near its limit: waiting for the next minute"
             }
             Self::ServerTrouble => "server errors or timeouts: backing off",
+            Self::NoConnection => {
+                "no connection to the exchange could be made (name not resolved, refused, unreachable, TLS handshake failed): backing off"
+            }
             Self::Budget => "the --rest-weight-per-minute budget is spent",
         })
     }
@@ -91,6 +98,11 @@ pub struct LiveHealth {
     pub(super) rate_limited: AtomicU64,
     pub(super) bans: AtomicU64,
     pub(super) server_errors: AtomicU64,
+    /// Connections (WebSocket) that could not be opened and REST requests
+    /// that could not reach the host.
+    pub(super) connect_errors: AtomicU64,
+    /// The last of those, saying where.
+    pub(super) connect_error: Mutex<Option<String>>,
     pub(super) used_weight: AtomicU64,
     pub(super) peak_used_weight: AtomicU64,
     /// Until when (wall ms) and why REST was last paused.
@@ -139,8 +151,18 @@ pub struct LiveStatus {
     pub rate_limited: u64,
     /// REST answers 418 (IP bans).
     pub bans: u64,
-    /// REST server errors and timeouts.
+    /// REST server errors and timeouts (answers the exchange's servers
+    /// gave, or did not give in time).
     pub server_errors: u64,
+    /// No WebSocket connection has opened yet: the feed has never been
+    /// connected (`connect_error` says why).
+    pub never_connected: bool,
+    /// Attempts that never reached the exchange: WebSocket connections that
+    /// could not be opened (name not resolved, refused, unreachable, TLS or
+    /// WebSocket handshake failed) and REST requests that could not connect.
+    pub connect_errors: u64,
+    /// The last of those, saying where (WebSocket or REST) and naming the host.
+    pub connect_error: Option<String>,
     /// The exchange's count of weight used this minute, last answer.
     pub used_weight: u64,
     /// The highest such count seen.
@@ -216,6 +238,9 @@ impl LiveHealth {
             rate_limited: g(&self.rate_limited),
             bans: g(&self.bans),
             server_errors: g(&self.server_errors),
+            never_connected: g(&self.connections) == 0,
+            connect_errors: g(&self.connect_errors),
+            connect_error: lock(&self.connect_error).clone(),
             used_weight: g(&self.used_weight),
             peak_used_weight: g(&self.peak_used_weight),
             rest_paused_ms: pause.map(|(until, _)| until - now_ms),
@@ -268,6 +293,38 @@ impl LiveHealth {
         lock(&self.fatal).clone()
     }
 
+    /// A connection attempt that never reached the exchange (`what`: the
+    /// WebSocket or REST); `error` names the host.
+    pub(super) fn connect_failed(&self, what: &str, error: &str) {
+        self.connect_errors.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.connect_error) = Some(format!("{what}: {error}"));
+    }
+
+    /// If the feed never delivered anything, no message on a connection
+    /// (not even a ping) and no candle over REST: why, for a run that ends
+    /// so to fail with. (A run stopped right after its start-up backfill
+    /// may have had no message yet: its candles count.)
+    pub fn never_delivered(&self) -> Option<String> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        if g(&self.messages) > 0 || g(&self.backfilled) > 0 {
+            return None;
+        }
+        let attempts = self.connect_errors.load(Ordering::Relaxed);
+        let last = lock(&self.connect_error)
+            .clone()
+            .or_else(|| lock(&self.last_error).clone())
+            .unwrap_or_else(|| "no attempt failed yet".into());
+        Some(if self.connections.load(Ordering::Relaxed) == 0 {
+            format!(
+                "the live feed never connected to the exchange ({attempts} connection attempts failed, WebSocket and REST; the last: {last})"
+            )
+        } else {
+            format!(
+                "the live feed connected but never delivered a message, not even a ping (last error: {last})"
+            )
+        })
+    }
+
     pub(super) fn bad(&self, reason: &BadLine) {
         let n = self.bad_messages.fetch_add(1, Ordering::Relaxed) + 1;
         // Every one counted; the log is thinned past the first hundred.
@@ -308,6 +365,11 @@ impl LiveHealth {
             Pause::ServerTrouble => {
                 self.server_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(wait_ms = ms, "REST server error or timeout: backing off");
+            }
+            // Counted by `connect_failed`, with the error.
+            Pause::NoConnection => {
+                let error = lock(&self.connect_error).clone().unwrap_or_default();
+                tracing::warn!(wait_ms = ms, %error, "REST could not connect to the exchange: backing off");
             }
             Pause::Budget => {}
         }

@@ -5,10 +5,14 @@
 //! after a 429, so the [`Gate`] is shut, for everyone, by: a 429 (for its
 //! `Retry-After`, longer after repeated ones), a 418 (for the ban's
 //! length), the exchange's own count of used weight
-//! (`X-MBX-USED-WEIGHT-1M`) near its limit (until the minute turns), and
-//! server errors or timeouts (a capped backoff). Below that, a token bucket
-//! spends at most `--rest-weight-per-minute`. A request the gate refuses is
-//! never sent: the caller gets [`RestError::Paused`] and comes back later.
+//! (`X-MBX-USED-WEIGHT-1M`) near its limit (until the minute turns), and,
+//! for a capped backoff, server errors or timeouts and a connection that
+//! could not be made (a name that does not resolve, a connection refused,
+//! a TLS handshake refused: counted apart, as connect errors, since no
+//! server was ever asked). Below that, a
+//! token bucket spends at most `--rest-weight-per-minute`. A request the
+//! gate refuses is never sent: the caller gets [`RestError::Paused`] and
+//! comes back later.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -145,6 +149,9 @@ pub struct Gate {
 pub struct Answer {
     /// HTTP status; `None`: no answer (timeout, connection refused).
     pub status: Option<u16>,
+    /// With no answer: no connection could be made at all (see
+    /// [`no_connection`]), rather than a server failing to answer in time.
+    pub no_connection: bool,
     /// `Retry-After`, seconds.
     pub retry_after: Option<u64>,
     /// `X-MBX-USED-WEIGHT-1M`.
@@ -218,7 +225,12 @@ impl Gate {
             }
             None => {
                 self.server_backoff = backoff(self.server_backoff, SERVER_BACKOFF);
-                Some((now + self.server_backoff, Pause::ServerTrouble))
+                let why = if a.no_connection {
+                    Pause::NoConnection
+                } else {
+                    Pause::ServerTrouble
+                };
+                Some((now + self.server_backoff, why))
             }
             Some(_) => {
                 self.server_backoff = Duration::ZERO;
@@ -240,6 +252,43 @@ impl Gate {
         }
         pause
     }
+}
+
+/// Whether a request failed before any server could answer it: the host's
+/// name did not resolve, no connection to it could be made, or its TLS
+/// handshake failed (an untrusted certificate). A timeout or a connection
+/// cut mid-answer is the server's trouble instead.
+fn no_connection(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind;
+    use ureq::Timeout;
+    match e {
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_)
+        | ureq::Error::Timeout(Timeout::Resolve | Timeout::Connect) => true,
+        ureq::Error::Io(io) => {
+            matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            )
+            // The handshake's refusal comes wrapped in an I/O error.
+            || io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+            // A name that does not resolve: std reports getaddrinfo's
+            // failure with no stable `ErrorKind`, only this message.
+            || io.to_string().contains("failed to lookup address information")
+        }
+        _ => false,
+    }
+}
+
+/// The `host[:port]` of a base URL, for messages.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest)
 }
 
 /// Which rows a klines request asks for.
@@ -401,6 +450,7 @@ impl Rest {
             Ok((status, retry_after, used_weight, body, date)) => (
                 Answer {
                     status: Some(status),
+                    no_connection: false,
                     retry_after,
                     used_weight,
                     minute_ms,
@@ -410,6 +460,7 @@ impl Rest {
             Err(e) => (
                 Answer {
                     status: None,
+                    no_connection: no_connection(&e),
                     retry_after: None,
                     used_weight: None,
                     minute_ms,
@@ -420,12 +471,28 @@ impl Rest {
         if let Some(w) = answer.used_weight {
             self.health.used_weight(w);
         }
+        let failure = match &result {
+            Err(e) if answer.no_connection => Some(format!(
+                "GET {path} ({what}): no connection to {}: {e}",
+                host_of(&self.base)
+            )),
+            Err(e) => Some(format!("GET {path} ({what}): no answer: {e}")),
+            Ok(_) => None,
+        };
+        if answer.no_connection
+            && let Some(f) = &failure
+        {
+            // Before the pause, whose log line names it.
+            self.health.connect_failed("REST", f);
+        }
         let paused = self.gate.learn(answer, Instant::now());
         if let Some((until, why)) = paused {
             self.health.pause(until, why);
         }
-        let (status, body, date) = result
-            .map_err(|e| RestError::Exchange(format!("GET {path} ({what}): no answer: {e}")))?;
+        let (status, body, date) = match (result, failure) {
+            (Ok(r), _) => r,
+            (Err(_), f) => return Err(RestError::Exchange(f.unwrap_or_default())),
+        };
         let excerpt = || body.chars().take(200).collect::<String>();
         match status {
             200..=299 => Ok((body, date)),
@@ -453,6 +520,7 @@ mod tests {
     fn answer(status: u16, retry_after: Option<u64>, used: Option<u32>) -> Answer {
         Answer {
             status: Some(status),
+            no_connection: false,
             retry_after,
             used_weight: used,
             minute_ms: 30_000,

@@ -43,6 +43,8 @@ use crate::locked::lock;
 
 mod repair;
 mod summary;
+#[cfg(test)]
+mod tests;
 
 use repair::Repair;
 use summary::SUMMARY_EVERY;
@@ -171,6 +173,8 @@ impl Sync {
     pub(super) fn run(mut self) {
         let threads = match self.start() {
             Ok(t) => t,
+            // Stopped while it asked for the symbols: nothing went wrong.
+            Err(_) if self.stopped() => return,
             Err(e) => {
                 tracing::error!(error = %e, "the live feed cannot start");
                 *lock(&self.health.fatal) = Some(e);
@@ -213,6 +217,33 @@ impl Sync {
     /// connection group.
     fn start(&mut self) -> Result<Vec<JoinHandle<()>>, String> {
         let symbols = self.check_symbols()?;
+        let groups = self.lay_out(&symbols);
+        let tx = self.tx.take().ok_or("started twice")?;
+        let mut threads = Vec::with_capacity(groups.len());
+        for g in groups {
+            let name = format!("live-conn-{}", g.index);
+            let worker =
+                conn::Worker::new(g, Arc::clone(&self.shared), tx.clone(), self.rng.next_u64());
+            match std::thread::Builder::new()
+                .name(name)
+                .spawn(move || worker.run())
+            {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.shared.stop.store(true, Ordering::Release);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(format!("starting a live connection thread: {e}"));
+                }
+            }
+        }
+        Ok(threads)
+    }
+
+    /// A series per (symbol, interval), in connection groups, each waiting
+    /// for its connection.
+    fn lay_out(&mut self, symbols: &[protocol::SymbolName]) -> Vec<conn::Group> {
         let streams: Vec<Stream> = symbols
             .iter()
             .flat_map(|s| self.opts.intervals.iter().map(move |&i| (s.clone(), i)))
@@ -241,27 +272,7 @@ impl Sync {
             connections = groups.len(),
             "live feed: streams split over connections"
         );
-        let tx = self.tx.take().ok_or("started twice")?;
-        let mut threads = Vec::with_capacity(groups.len());
-        for g in groups {
-            let name = format!("live-conn-{}", g.index);
-            let worker =
-                conn::Worker::new(g, Arc::clone(&self.shared), tx.clone(), self.rng.next_u64());
-            match std::thread::Builder::new()
-                .name(name)
-                .spawn(move || worker.run())
-            {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    self.shared.stop.store(true, Ordering::Release);
-                    for t in threads {
-                        let _ = t.join();
-                    }
-                    return Err(format!("starting a live connection thread: {e}"));
-                }
-            }
-        }
-        Ok(threads)
+        groups
     }
 
     /// The symbols to subscribe: those the exchange trades. Unknown or
@@ -616,10 +627,7 @@ impl Sync {
         // What streamed meanwhile; should it skip ahead, the series falls
         // behind again and the rest waits for that backfill.
         for kline in f.stash.into_values() {
-            match self.series[k].phase {
-                Phase::Live => self.live(k, kline, None),
-                _ => hold(&mut self.series[k].early, kline),
-            }
+            self.resume(k, kline);
         }
     }
 }

@@ -85,6 +85,12 @@ pub struct Behavior {
     pub pong_timeout: Duration,
     /// Leave out the `x: true` of every n-th 1m candle (0: never).
     pub drop_close_every: usize,
+    /// Klines requests asking from a `startTime`, counted from 1: every
+    /// n-th of them, m times, answered 429 with `Retry-After:
+    /// retry_after_s` ((n, m); None: never). A client asks so for the one
+    /// candle whose close it lacks: the pause lands on its repair while the
+    /// stream goes on (losing more closes, with `drop_close_every`).
+    pub repair_429: Option<(u64, u64)>,
     /// Send the `x: true` of every n-th 1m candle only after the next
     /// candle's first event (0: never).
     pub delay_close_every: usize,
@@ -124,6 +130,7 @@ impl Default for Behavior {
             ping_every: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(60),
             drop_close_every: 0,
+            repair_429: None,
             delay_close_every: 0,
             weight_limit: 6_000,
             storm: None,
@@ -176,6 +183,33 @@ struct RestCounters {
     /// Requests that arrived while a `Retry-After` or a ban was running.
     violations: AtomicU64,
     peak_weight: AtomicU64,
+    /// Klines requests asking from a `startTime` (repairs).
+    from_requests: AtomicU64,
+}
+
+/// The `x: true` events the stand-in left out (`drop_close_every`).
+#[derive(Debug, Default)]
+struct DropCounters {
+    all: AtomicU64,
+    /// Of those, while a 429's `Retry-After` was running.
+    in_pauses: AtomicU64,
+    /// The most candles of a series left without one during one
+    /// `Retry-After`.
+    most_in_one_pause: AtomicU64,
+}
+
+/// The `x: true` events the stand-in left out so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DroppedCloses {
+    /// Every one (every 1m series loses the same candles' closes).
+    pub all: u64,
+    /// Of those, while a 429's `Retry-After` was running (REST paused for
+    /// the client: no repair could end meanwhile).
+    pub in_pauses: u64,
+    /// The most candles of one series left without it during one
+    /// `Retry-After`: past one, the client's repair of the first held the
+    /// events of the others.
+    pub most_in_one_pause: u64,
 }
 
 #[derive(Debug)]
@@ -191,6 +225,7 @@ struct Shared {
     /// Connections cut for not answering pings.
     pong_timeouts: AtomicU64,
     rest: RestCounters,
+    dropped: DropCounters,
     limits: Mutex<rest::Limits>,
     /// An episode is being streamed.
     streaming: AtomicBool,
@@ -298,6 +333,7 @@ impl MockBinance {
             pongs: AtomicU64::new(0),
             pong_timeouts: AtomicU64::new(0),
             rest: RestCounters::default(),
+            dropped: DropCounters::default(),
             limits: Mutex::new(rest::Limits::default()),
             streaming: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
@@ -405,6 +441,17 @@ impl MockBinance {
     /// (each would bring a real IP closer to a ban).
     pub fn violations(&self) -> u64 {
         self.shared.rest.violations.load(Ordering::Relaxed)
+    }
+
+    /// The `x: true` events left out so far, and how many of them during
+    /// a 429's `Retry-After`.
+    pub fn dropped_closes(&self) -> DroppedCloses {
+        let d = &self.shared.dropped;
+        DroppedCloses {
+            all: d.all.load(Ordering::Relaxed),
+            in_pauses: d.in_pauses.load(Ordering::Relaxed),
+            most_in_one_pause: d.most_in_one_pause.load(Ordering::Relaxed),
+        }
     }
 
     /// The most weight used in one minute.

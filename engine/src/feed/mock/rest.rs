@@ -3,7 +3,7 @@
 //! wall-clock minute reported in `X-MBX-USED-WEIGHT-1M` (past the limit:
 //! 429), `Retry-After` on every 429 and 418, and an IP banned (418) once it
 //! keeps asking during a `Retry-After`. [`super::Behavior`] adds storms of
-//! 429, bans, 503s and a 13th column.
+//! 429 (by request number, or on repairs), bans, 503s and a 13th column.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -32,6 +32,24 @@ pub(super) struct Limits {
     penalty_violations: u64,
     /// A 418 ban runs until then.
     banned_until: Option<Instant>,
+    /// Candles whose `x: true` was left out since the last 429 began its
+    /// window.
+    dropped_this_penalty: u64,
+}
+
+/// Counts the `x: true` of one candle left out on every one of `series`,
+/// and whether a 429's `Retry-After` was running then (the client's
+/// repairs could not end).
+pub(super) fn closes_dropped(shared: &Shared, series: u64) {
+    let d = &shared.dropped;
+    d.all.fetch_add(series, Ordering::Relaxed);
+    let mut lim = lock(&shared.limits);
+    if lim.penalty_until.is_some_and(|u| u > Instant::now()) {
+        lim.dropped_this_penalty += 1;
+        d.in_pauses.fetch_add(series, Ordering::Relaxed);
+        d.most_in_one_pause
+            .fetch_max(lim.dropped_this_penalty, Ordering::Relaxed);
+    }
 }
 
 /// One answer: status line, `Retry-After` (seconds), body.
@@ -169,6 +187,7 @@ fn answer(target: &str, shared: &Shared) -> (Reply, u32) {
         c.rate_limited.fetch_add(1, Ordering::Relaxed);
         lim.penalty_until = Some(now + Duration::from_secs(secs));
         lim.penalty_violations = 0;
+        lim.dropped_this_penalty = 0;
         Reply {
             status: "429 Too Many Requests",
             retry_after: Some(secs),
@@ -217,6 +236,16 @@ fn answer(target: &str, shared: &Shared) -> (Reply, u32) {
     {
         let used = lim.used;
         return (rate_limited(&mut lim, b.retry_after_s), used);
+    }
+    if let Some((every, times)) = b.repair_429
+        && target.starts_with("/api/v3/klines?")
+        && target.contains("startTime=")
+    {
+        let k = c.from_requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if every > 0 && k.is_multiple_of(every) && k / every <= times {
+            let used = lim.used;
+            return (rate_limited(&mut lim, b.retry_after_s), used);
+        }
     }
     if b.server_error_every > 0 && n.is_multiple_of(b.server_error_every) {
         c.server_errors.fetch_add(1, Ordering::Relaxed);

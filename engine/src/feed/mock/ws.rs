@@ -378,6 +378,9 @@ fn candle_messages(
             messages.push(close);
         }
     }
+    if nth(b.drop_close_every) && !nth(b.delay_close_every) {
+        super::rest::closes_dropped(shared, st.series.len() as u64);
+    }
     // Last candle's late closes go after this candle's first event of
     // their stream.
     for (stream, text, last) in held {

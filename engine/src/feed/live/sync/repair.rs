@@ -3,6 +3,12 @@
 //! events wait while the close is fetched from REST; a late `x: true` that
 //! comes first wins; past the wait the candle stays as last streamed
 //! (provisional). Every case is counted for `status`.
+//!
+//! The events held meanwhile are streamed ones like any other: when the
+//! repair ends they go through the same checks (`Sync::live`), in order. A
+//! REST pause (a 429) can hold a repair for seconds while the stream loses
+//! more closes; one of the held candles then lacks its `x: true` too, and
+//! its successor starts a repair of it, which holds the rest.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -10,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::super::super::binance::Kline;
 use super::super::rest::{Page, RestError};
-use super::{Sync, hold};
+use super::{Phase, Sync, hold};
 
 /// Longest a successor's events are held while the close of the candle
 /// before it is fetched; then that candle stays as last streamed
@@ -24,6 +30,15 @@ pub(super) struct Repair {
     pub(super) due: Instant,
     pub(super) deadline: Instant,
     held: BTreeMap<i64, Kline>,
+}
+
+/// How a repair ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// The candle has its final values (from REST, or its late `x: true`).
+    Closed,
+    /// Given up: the candle stays as last streamed, closed by its successor.
+    Provisional,
 }
 
 impl Sync {
@@ -54,7 +69,7 @@ impl Sync {
             // The close came after all, late.
             self.health.late_closes.fetch_add(1, Ordering::Relaxed);
             self.write(&kline, received);
-            self.release(k);
+            self.release(k, Ended::Closed);
         } else if open > repairing {
             if let Some(r) = self.series[k].repair.as_mut() {
                 hold(&mut r.held, kline);
@@ -64,11 +79,36 @@ impl Sync {
         }
     }
 
-    /// Ends series `k`'s repair: its held events are written.
-    pub(super) fn release(&mut self, k: usize) {
-        if let Some(r) = self.series[k].repair.take() {
-            for kline in r.held.into_values() {
-                self.write(&kline, None);
+    /// Ends series `k`'s repair: its held events, oldest first, are taken
+    /// as if they streamed now. Written straight, a held candle whose own
+    /// `x: true` was lost would be closed by its successor with its partial
+    /// values, uncounted; through [`Sync::resume`] its successor starts its
+    /// repair, and the events after it wait in that one, in order.
+    pub(super) fn release(&mut self, k: usize, ended: Ended) {
+        let Some(r) = self.series[k].repair.take() else {
+            return;
+        };
+        let mut held = r.held.into_values();
+        if ended == Ended::Provisional
+            && let Some(successor) = held.next()
+        {
+            // Given up: the successor closes the candle as it stands
+            // (through `live` it would start the same repair again).
+            self.write(&successor, None);
+        }
+        for kline in held {
+            self.resume(k, kline);
+        }
+    }
+
+    /// An event held while series `k` waited (a repair, a backfill), taken
+    /// now: checked as a streamed one while the series is live, else kept
+    /// for its backfill.
+    pub(super) fn resume(&mut self, k: usize, kline: Kline) {
+        match self.series[k].phase {
+            Phase::Live => self.live(k, kline, None),
+            Phase::Behind { .. } | Phase::Unsubscribed => {
+                hold(&mut self.series[k].early, kline);
             }
         }
     }
@@ -87,7 +127,7 @@ impl Sync {
                 let (symbol, interval) = &self.series[k].stream;
                 tracing::warn!(%symbol, %interval,
                     "a candle's close could not be fetched in time: it stays as last streamed (provisional)");
-                self.release(k);
+                self.release(k, Ended::Provisional);
             }
         }
     }
@@ -104,7 +144,7 @@ impl Sync {
                 Some(row) if row.closed => {
                     self.health.repaired_closes.fetch_add(1, Ordering::Relaxed);
                     self.write(&row, None);
-                    self.release(k);
+                    self.release(k, Ended::Closed);
                 }
                 // The exchange is still finishing it: ask again soon.
                 Some(_) => self.set_repair_due(k, retry),
@@ -112,7 +152,7 @@ impl Sync {
                     self.health
                         .provisional_closes
                         .fetch_add(1, Ordering::Relaxed);
-                    self.release(k);
+                    self.release(k, Ended::Provisional);
                 }
             },
             Err(RestError::Paused { .. }) => {}
@@ -122,7 +162,7 @@ impl Sync {
                 self.health
                     .provisional_closes
                     .fetch_add(1, Ordering::Relaxed);
-                self.release(k);
+                self.release(k, Ended::Provisional);
             }
         }
     }
