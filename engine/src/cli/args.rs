@@ -400,7 +400,9 @@ pub struct SoakArgs {
     /// at least 30 s.
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub warmup: Option<u64>,
-    /// Growth of any process's private memory, MB/h, past which it fails.
+    /// Growth of any process's private memory, MB/h, past which it fails;
+    /// judged only on a fit of at least 5 minutes (shorter ones measure
+    /// the allocator settling: reported without a verdict).
     #[arg(long, default_value_t = 1.0)]
     pub threshold: f64,
     /// Seed of the fault schedule.
