@@ -4,7 +4,9 @@
 # sink with outages, random worker SIGKILLs and SIGSTOPs, trader churn.
 # Prints the report (per-process growth in MB/h after the warm-up; fds,
 # threads, zombies, /dev/shm) and exits non-zero past the threshold
-# (default 1 MB/h) or with anything left behind.
+# (default 1 MB/h; judged only on a fit of 5 minutes or more, so a soak
+# of under about 6 minutes reports figures without a verdict) or with
+# anything left behind.
 #   scripts/soak.sh [--minutes N] [--threshold MB_PER_H] [--json]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -80,7 +80,7 @@ pub fn backtest(opts: &BacktestOptions, out: &mut impl Write) -> Result<u64> {
                 continue;
             }
             if let Symbols::List(list) = &spec.symbols
-                && !list.contains(&symbol)
+                && !list.contains(&series.symbol)
             {
                 continue;
             }

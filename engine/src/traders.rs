@@ -7,16 +7,17 @@
 //!   "rule": "crosses_above(close, sma(close, 20))", "cooldown": 3,
 //!   "labels": {"desk": "demo"}}]
 //! ```
-//! `symbols` is a list or `"*"`; `cooldown`, `labels` and `version` are
-//! optional. Every spec is checked before anything starts: an invalid one is
-//! refused with the file, the trader and what to write instead.
+//! `symbols` is a list or `"*"`; each listed symbol must be one an exchange
+//! could list ([`protocol::SymbolName`]). `cooldown`, `labels` and `version`
+//! are optional. Every spec is checked before anything starts: an invalid
+//! one is refused with the file, the trader and what to write instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use protocol::Interval;
 use protocol::trader::{Symbols, TraderSpec};
+use protocol::{Interval, SymbolName};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -141,7 +142,13 @@ pub fn parse(text: &str, is_toml: bool, origin: &str) -> Result<Vec<TraderSpec>>
                 origin,
                 e.id
             ),
-            SymbolsEntry::List(list) => Symbols::List(list),
+            // Read as text, so the error names the file and the trader.
+            SymbolsEntry::List(list) => Symbols::List(
+                list.iter()
+                    .map(|s| SymbolName::new(s))
+                    .collect::<Result<_, _>>()
+                    .map_err(|err| anyhow::anyhow!("{origin}: trader {}: symbols: {err}", e.id))?,
+            ),
         };
         let spec = TraderSpec {
             id: e.id,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::candle::Interval;
+use crate::names::SymbolName;
 use crate::rule::Expr;
 
 /// Longest trader id.
@@ -26,8 +27,9 @@ pub const MAX_TRADERS_PER_WORKER: usize = 10_000;
 pub enum Symbols {
     /// Every symbol the feed has (`"*"` in spec files).
     All,
-    /// These symbols.
-    List(Vec<String>),
+    /// These symbols (valid names by construction: a spec naming one no
+    /// exchange could list never decodes).
+    List(Vec<SymbolName>),
 }
 
 /// One trader, as sent to a worker.

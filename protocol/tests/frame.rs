@@ -7,16 +7,25 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use protocol::Interval;
 use protocol::frame::{
     FrameError, HEADER_LEN, MAGIC, MAX_FRAME, MAX_SIGNAL, PROTOCOL_VERSION, SignalTooLarge, decode,
     encode, encode_signals, signal_len,
 };
 use protocol::message::{Init, Kind, Message, Pong, Ready, Released, RequestId, Signal};
 use protocol::trader::{Symbols, TraderSpec};
+use protocol::{Interval, SymbolName};
 
 fn interval() -> impl Strategy<Value = Interval> {
     proptest::sample::select(Interval::ALL.to_vec())
+}
+
+fn name(s: &str) -> SymbolName {
+    SymbolName::new(s).expect("a valid symbol")
+}
+
+/// Any symbol name an exchange could list.
+fn symbol_name() -> impl Strategy<Value = SymbolName> {
+    "[A-Z0-9]{2,20}".prop_map(|s| name(&s))
 }
 
 fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
@@ -37,7 +46,7 @@ fn message() -> impl Strategy<Value = Message> {
         (
             ".{0,64}",
             any::<u32>(),
-            proptest::option::of(proptest::collection::vec("[A-Z]{1,10}", 0..5)),
+            proptest::option::of(proptest::collection::vec(symbol_name(), 0..5)),
             interval(),
             ".{0,80}",
             any::<u32>(),
@@ -188,7 +197,7 @@ fn large_message() -> impl Strategy<Value = Message> {
             spec: TraderSpec {
                 id: "big".into(),
                 version: 1,
-                symbols: Symbols::List((0..n).map(|k| format!("S{k}")).collect()),
+                symbols: Symbols::List((0..n).map(|k| name(&format!("S{k}"))).collect()),
                 interval: Interval::M1,
                 rule: "close > 1".into(),
                 cooldown: 0,

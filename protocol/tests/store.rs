@@ -134,8 +134,8 @@ fn ring_wraps_and_keeps_absolute_indices() {
 fn changed_since_returns_what_later_batches_wrote() {
     let name = Name::new();
     let mut w = StoreWriter::create(&name.0, &config(2, 4)).expect("create");
-    let s = series(&mut w, "A", Interval::M1);
-    let other = series(&mut w, "B", Interval::M1);
+    let s = series(&mut w, "AA", Interval::M1);
+    let other = series(&mut w, "BB", Interval::M1);
     w.upsert(s, &candle(0, 1.0)).expect("write");
     w.upsert(s, &candle(60_000, 2.0)).expect("write");
     let p1 = w.publish();
@@ -196,21 +196,21 @@ fn all_intervals_of_a_symbol() {
 fn full_symbol_table_is_an_error_not_a_drop() {
     let name = Name::new();
     let mut w = StoreWriter::create(&name.0, &config(2, 4)).expect("create");
-    let a = w.register_symbol(&sym("A")).expect("first");
-    w.register_symbol(&sym("B")).expect("second");
+    let a = w.register_symbol(&sym("AA")).expect("first");
+    w.register_symbol(&sym("BB")).expect("second");
     assert_eq!(
-        w.register_symbol(&sym("A")),
+        w.register_symbol(&sym("AA")),
         Ok(a),
         "re-registering is idempotent"
     );
-    let err = w.register_symbol(&sym("C")).expect_err("table is full");
+    let err = w.register_symbol(&sym("CC")).expect_err("table is full");
     assert!(matches!(
         err,
         WriteError::SymbolTableFull { capacity: 2, .. }
     ));
     assert!(err.to_string().contains("--max-symbols"), "{err}");
     let r = StoreReader::open(&name.0).expect("open");
-    assert_eq!(r.symbols(), vec!["A".to_owned(), "B".to_owned()]);
+    assert_eq!(r.symbols(), vec!["AA".to_owned(), "BB".to_owned()]);
 }
 
 /// Needs the `testing` feature's fault injection (the workspace's tests
@@ -220,7 +220,7 @@ fn full_symbol_table_is_an_error_not_a_drop() {
 fn reader_gives_up_on_a_slot_left_mid_write() {
     let name = Name::new();
     let mut w = StoreWriter::create(&name.0, &config(1, 4)).expect("create");
-    let s = series(&mut w, "X", Interval::M1);
+    let s = series(&mut w, "XX", Interval::M1);
     w.upsert(s, &candle(0, 1.0)).expect("write");
     w.publish();
     w.simulate_death_mid_write(s, 0);
@@ -359,9 +359,9 @@ fn each_interval_keeps_its_own_ring() {
         rings: vec![(Interval::M1, 8), (Interval::H1, 40)],
     };
     let mut w = StoreWriter::create(&name.0, &config).expect("create");
-    let m1 = series(&mut w, "A", Interval::M1);
-    let h1 = series(&mut w, "A", Interval::H1);
-    let b1 = series(&mut w, "B", Interval::M1);
+    let m1 = series(&mut w, "AA", Interval::M1);
+    let h1 = series(&mut w, "AA", Interval::H1);
+    let b1 = series(&mut w, "BB", Interval::M1);
     for k in 0..50 {
         w.upsert(m1, &candle(k * 60_000, k as f64)).expect("m1");
         w.upsert(h1, &candle(k * 3_600_000, k as f64)).expect("h1");

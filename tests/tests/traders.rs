@@ -276,6 +276,78 @@ fn a_trader_removed_and_added_again_runs_again() {
     inst.assert_clean();
 }
 
+/// The exchange's rule for a symbol, as every refusal says it.
+const SYMBOL_RULE: &str =
+    "an exchange symbol is 2 to 20 characters from A-Z and 0-9, upper-cased first";
+
+/// Symbols no exchange lists (a path, a dot pair, an emoji, an underscore)
+/// used to be taken from a trader file and from the live feed's
+/// `--symbols`. Now a trader file naming one is refused at load (exit 1,
+/// as any bad trader file: nothing starts, nothing printed) with the file,
+/// the trader, the symbol and the rule; `run --feed binance --symbols`
+/// with one is a bad command line (exit 2) refused before any connection
+/// to the exchange, naming the flag, the symbol and the rule.
+#[test]
+fn symbols_no_exchange_has_are_refused_where_they_enter() {
+    let inst = TestInstance::new("badsym");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (k, symbol) in ["BAD/SYM", "..", "\u{1F680}", "BTC_USDT"]
+        .iter()
+        .enumerate()
+    {
+        let file = dir.path().join(format!("odd{k}.json"));
+        std::fs::write(
+            &file,
+            serde_json::json!([
+                {"id": "fine", "symbols": ["SYN000"], "interval": "1m", "rule": "close > 1"},
+                {"id": "odd", "symbols": ["SYN001", symbol], "interval": "1m", "rule": "close > 1"},
+            ])
+            .to_string(),
+        )
+        .expect("write");
+        let path = file.to_string_lossy();
+        for command in ["run", "backtest"] {
+            let out = inst.shmkline(&[command, "--candles", "50", "--traders", &path]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command} {symbol:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("odd{k}.json"))
+                    && stderr.contains("trader odd")
+                    && stderr.contains(&format!("{symbol:?}"))
+                    && stderr.contains(SYMBOL_RULE),
+                "{command} {symbol:?}: {stderr}"
+            );
+            assert!(out.stdout.is_empty(), "{command} {symbol:?} ran");
+        }
+    }
+    inst.assert_clean();
+
+    // The exchange stand-in: a listener no one may connect to.
+    let exchange = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    exchange.set_nonblocking(true).expect("nonblocking");
+    let at = exchange.local_addr().expect("addr");
+    let endpoint = format!("ws://{at},http://{at}");
+    for symbols in ["bad/sym", "btcusdt,..", "btc_usdt"] {
+        let mut cmd = inst.command("shmkline");
+        cmd.args(["run", "--feed", "binance", "--symbols", symbols])
+            .args(["--endpoint", &endpoint]);
+        let run = ChildGuard::spawn(&mut cmd);
+        let (status, stderr) = run.wait(WAIT);
+        assert_eq!(status.code(), Some(2), "--symbols {symbols}: {stderr}");
+        assert!(
+            stderr.contains("--symbols") && stderr.contains(SYMBOL_RULE),
+            "--symbols {symbols}: {stderr}"
+        );
+        let named = symbols.rsplit(',').next().unwrap_or_default();
+        assert!(stderr.contains(&format!("{named:?}")), "{stderr}");
+        assert!(
+            matches!(exchange.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "--symbols {symbols}: the exchange was contacted"
+        );
+    }
+    inst.assert_clean();
+}
+
 /// Writes `n` traders with ids `prefix0..` (each its own SMA length, so
 /// their rules differ) as one JSON file.
 fn many_traders(dir: &std::path::Path, prefix: &str, n: usize) -> std::path::PathBuf {

@@ -215,7 +215,7 @@ impl Trader {
         let mut unreported = 0;
         for (id, symbol) in symbols {
             if let Symbols::List(list) = &self.spec.symbols
-                && !list.contains(symbol)
+                && !list.iter().any(|s| s.as_str() == symbol)
             {
                 continue;
             }

@@ -294,8 +294,9 @@ pub struct FeedArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Synthetic feed: how many symbols (SYN000, SYN001, ...). Live feed: which
-    /// symbols, comma-separated (btcusdt,ethusdt).
-    #[arg(long, default_value = "4")]
+    /// symbols, comma-separated (btcusdt,ethusdt), each 2 to 20 characters
+    /// from A-Z and 0-9 once upper-cased.
+    #[arg(long, default_value = "4", value_parser = symbols_value)]
     pub symbols: String,
     /// Replay: the symbol of every CSV file (default: from each file's name,
     /// as Binance names them: BTCUSDT-1m-2024-01.csv).
@@ -402,7 +403,9 @@ pub struct SoakArgs {
     /// at least 30 s.
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub warmup: Option<u64>,
-    /// Growth of any process's private memory, MB/h, past which it fails.
+    /// Growth of any process's private memory, MB/h, past which it fails;
+    /// judged only on a fit of at least 5 minutes (shorter ones measure
+    /// the allocator settling: reported without a verdict).
     #[arg(long, default_value_t = 1.0)]
     pub threshold: f64,
     /// Seed of the fault schedule.
@@ -588,4 +591,16 @@ fn stream_name(s: &str) -> Result<String, String> {
 /// A `--log-level`: a level or a list of filter directives.
 fn log_level(s: &str) -> Result<String, String> {
     protocol::exit::check_log_filter(s).map(|()| s.to_owned())
+}
+
+/// `--symbols`: a count (the synthetic feed), or symbols an exchange could
+/// list (the live feed), checked here so that a bad one is a bad command
+/// line, refused before anything starts or connects.
+fn symbols_value(s: &str) -> Result<String, String> {
+    if s.trim().parse::<u64>().is_err() {
+        for symbol in s.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            SymbolName::new(symbol).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(s.to_owned())
 }

@@ -60,8 +60,7 @@ impl FeedArgs {
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
                 {
-                    let name = SymbolName::new(&s.to_ascii_uppercase())
-                        .map_err(|e| anyhow::anyhow!("--symbols: {e}"))?;
+                    let name = SymbolName::new(s).map_err(|e| anyhow::anyhow!("--symbols: {e}"))?;
                     if !symbols.contains(&name) {
                         symbols.push(name);
                     }

@@ -60,6 +60,14 @@ pub enum ReplayError {
         /// The file.
         path: String,
     },
+    /// A CSV file named as a dump, whose symbol no exchange could list.
+    #[error("{path}: the file name's symbol: {error}: rename the file or pass --symbol")]
+    Symbol {
+        /// The file.
+        path: String,
+        /// What is wrong with the symbol.
+        error: protocol::names::NameError,
+    },
     /// A compressed dump.
     #[error("{path}: a zip archive: unzip it first (Binance ships each month's CSV in a zip)")]
     Zip {
@@ -406,11 +414,18 @@ impl Replay {
 
 fn csv_file(path: &Path, opts: &ReplayOptions, display: &str) -> Result<CsvFile, ReplayError> {
     let named = binance::parse_file_name(path);
-    let symbol = opts
-        .symbol
-        .clone()
-        .or_else(|| named.as_ref().map(|n| n.0.clone()));
     let interval = opts.interval.or_else(|| named.as_ref().map(|n| n.1));
+    let symbol = match (&opts.symbol, named) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some((Ok(s), _))) => Some(s),
+        (None, Some((Err(error), _))) => {
+            return Err(ReplayError::Symbol {
+                path: display.to_owned(),
+                error,
+            });
+        }
+        (None, None) => None,
+    };
     match (symbol, interval) {
         (Some(s), Some(i)) => Ok(CsvFile::new(s, i)),
         _ => Err(ReplayError::Unnamed {
@@ -530,6 +545,23 @@ mod tests {
             Replay::open(&opts(vec![z])),
             Err(ReplayError::Zip { .. })
         ));
+        // Named as a dump, with a symbol no exchange lists: refused naming
+        // the file, the symbol and the rule; --symbol overrides the name.
+        let odd = write(dir.path(), "BTC_USDT-1m-2024-01.csv", "");
+        let err = Replay::open(&opts(vec![odd.clone()]))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("BTC_USDT-1m-2024-01.csv")
+                && err.contains("invalid symbol name \"BTC_USDT\"")
+                && err.contains("2 to 20 characters from A-Z and 0-9"),
+            "{err}"
+        );
+        let flagged = ReplayOptions {
+            symbol: Some(SymbolName::new("BTCUSDT").expect("valid")),
+            ..opts(vec![odd])
+        };
+        assert!(Replay::open(&flagged).is_ok());
         let missing = dir.path().join("nope.csv");
         let err = Replay::open(&opts(vec![missing]))
             .expect_err("missing")

@@ -275,7 +275,7 @@ fn rule(data: &[u8]) {
     let spec = TraderSpec {
         id: "fuzz".to_owned(),
         version: 1,
-        symbols: Symbols::List(vec!["BTCUSDT".to_owned()]),
+        symbols: Symbols::List(SymbolName::new("BTCUSDT").into_iter().collect()),
         interval: Interval::M1,
         rule: text(data).into_owned(),
         cooldown: 0,

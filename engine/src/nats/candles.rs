@@ -433,7 +433,7 @@ mod tests {
 
     fn kline(closed: bool) -> Kline {
         Kline {
-            symbol: SymbolName::new("BTC.X").expect("symbol"),
+            symbol: SymbolName::new("BTCUSDT").expect("symbol"),
             interval: Interval::M1,
             candle: Candle {
                 open_time: 1_613_692_800_000,
@@ -451,8 +451,11 @@ mod tests {
     #[test]
     fn a_candle_round_trips_with_its_subject_and_id() {
         let m = CandleMessage::of(&kline(true));
-        assert_eq!(m.subject("p"), "p.candles.BTC%2EX.1m");
-        assert_eq!(m.msg_id().as_deref(), Some("BTC.X|1m|1613692800000|closed"));
+        assert_eq!(m.subject("p"), "p.candles.BTCUSDT.1m");
+        assert_eq!(
+            m.msg_id().as_deref(),
+            Some("BTCUSDT|1m|1613692800000|closed")
+        );
         assert_eq!(CandleMessage::of(&kline(false)).msg_id(), None);
         let wire = serde_json::to_vec(&m).expect("json");
         let (back, sent) = CandleMessage::parse(&wire).expect("parses");

@@ -6,8 +6,9 @@
 //! Subjects: `<prefix>.signals.<SYMBOL>.<interval>.<trader>` and
 //! `<prefix>.candles.<SYMBOL>.<interval>`, so a consumer filters by symbol
 //! (`shmkline.signals.BTCUSDT.>`), interval or trader
-//! (`shmkline.signals.*.*.rsi_low`). A `.` inside a symbol or trader id
-//! (both allow it) is written `%2E`, which neither can contain.
+//! (`shmkline.signals.*.*.rsi_low`). A `.` inside a trader id (which
+//! allows it; a symbol never has one) is written `%2E`, which no id can
+//! contain.
 
 pub mod candles;
 pub mod server;

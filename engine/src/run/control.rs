@@ -12,9 +12,10 @@
 //! - a connection idle (between requests) for [`IDLE_TIMEOUT`] is closed;
 //! - a request line must be complete [`LINE_TIMEOUT`] after its first byte
 //!   (a client trickling bytes is answered with an error and closed);
-//! - a request line is at most [`MAX_REQUEST`] bytes: longer ones are refused
-//!   with an error naming the limit, by the client before it connects and
-//!   by the server if one arrives anyway;
+//! - a request line is at most [`MAX_REQUEST`] bytes, its newline not
+//!   counted: longer ones are refused with an error naming their length and
+//!   the limit, by the client before it connects and by the server if one
+//!   arrives anyway (both apply [`within_limit`]);
 //! - the loop has [`REQUEST_TIMEOUT`] to answer a request that only reads,
 //!   and requests wait in the loop's bounded event channel: when it is full
 //!   the answer says the coordinator is busy, instead of queueing without
@@ -44,7 +45,8 @@ pub const SOCKET: &str = "control.sock";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client waits for an answer: the loop's time, and as much again.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
-/// Longest request line: a large trader file's specs fit; memory stays bounded.
+/// Longest request line, its newline not counted: a large trader file's
+/// specs fit; memory stays bounded.
 pub const MAX_REQUEST: usize = 1 << 20;
 /// Connections served at once. Each costs a thread with a small stack and
 /// at most one request line ([`MAX_REQUEST`]) of memory.
@@ -54,11 +56,32 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request line must be complete this long after its first byte.
 pub const LINE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The error for a request over [`MAX_REQUEST`].
-fn too_long(len: usize) -> String {
+/// Whether a request line of `len` bytes (its newline not counted) may be
+/// sent: the one check the client makes before sending and the server on
+/// what arrives, so that they never disagree on a line at the limit.
+fn within_limit(len: usize) -> bool {
+    len <= MAX_REQUEST
+}
+
+/// The error for a request of `len` bytes, over [`MAX_REQUEST`]; `whole`:
+/// the line ended there (a server that stopped reading knows a lower bound).
+fn too_long(len: usize, whole: bool) -> String {
+    let size = if whole {
+        format!("{len} bytes")
+    } else {
+        format!("at least {len} bytes (its end was not read)")
+    };
     format!(
-        "the request is {len} bytes, over the control socket's limit of {MAX_REQUEST} bytes (1 MiB): split the trader file and add the parts one by one"
+        "the request is {size}, over the control socket's limit of {MAX_REQUEST} bytes (1 MiB, the line without its newline): split the trader file and add the parts one by one"
     )
+}
+
+/// The client's side of [`within_limit`]: a request refused before it is sent.
+fn check_request(request: &str) -> Result<()> {
+    if !within_limit(request.len()) {
+        bail!("{}", too_long(request.len(), true));
+    }
+    Ok(())
 }
 
 /// The error a client past [`MAX_CLIENTS`] gets.
@@ -316,15 +339,24 @@ enum Line {
     Request(Vec<u8>),
     /// The client closed the connection (or was idle too long).
     Closed,
-    /// Over [`MAX_REQUEST`]: this many bytes, counted to the newline.
-    TooLong(usize),
+    /// Over [`MAX_REQUEST`]: this many bytes before the newline (`whole`),
+    /// or at least this many when the newline was not reached in time.
+    TooLong {
+        /// Bytes of the line, its newline not counted.
+        len: usize,
+        /// Whether the newline was read.
+        whole: bool,
+    },
     /// Not complete within [`LINE_TIMEOUT`] of its first byte.
     Slow,
 }
 
-/// Reads one request line within the idle and line timeouts.
+/// Reads one request line within the idle and line timeouts: its bytes
+/// without the newline, kept only while within [`MAX_REQUEST`].
 fn read_line(reader: &mut BufReader<&UnixStream>) -> Result<Line> {
     let mut line = Vec::new();
+    // The line's length so far, newline not counted, kept or not.
+    let mut len = 0usize;
     let idle_until = Instant::now() + IDLE_TIMEOUT;
     let mut line_until: Option<Instant> = None;
     loop {
@@ -355,25 +387,26 @@ fn read_line(reader: &mut BufReader<&UnixStream>) -> Result<Line> {
             return Ok(Line::Closed);
         }
         line_until.get_or_insert_with(|| Instant::now() + LINE_TIMEOUT);
-        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (buf.len(), false),
+        // The bytes up to the newline, and the newline itself.
+        let (content, take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, i + 1, true),
+            None => (buf.len(), buf.len(), false),
         };
-        if line.len() <= MAX_REQUEST {
-            line.extend_from_slice(&buf[..take.min(MAX_REQUEST + 1 - line.len())]);
+        len += content;
+        if within_limit(len) {
+            line.extend_from_slice(&buf[..content]);
         }
-        let counted = line.len().max(take);
         reader.consume(take);
         if done {
-            if line.len() > MAX_REQUEST {
-                return Ok(Line::TooLong(counted));
+            if !within_limit(len) {
+                return Ok(Line::TooLong { len, whole: true });
             }
             return Ok(Line::Request(line));
         }
-        if line.len() > MAX_REQUEST {
+        if !within_limit(len) {
             // Drain the rest (bounded by the line timeout), so the client
             // gets the answer instead of a broken pipe.
-            let mut len = line.len();
+            let mut whole = false;
             let mut sink = [0u8; 64 * 1024];
             while len < 64 * MAX_REQUEST {
                 let left = line_until.map_or(LINE_TIMEOUT, |u| {
@@ -386,13 +419,15 @@ fn read_line(reader: &mut BufReader<&UnixStream>) -> Result<Line> {
                 match reader.read(&mut sink) {
                     Ok(n) if n > 0 && !sink[..n].contains(&b'\n') => len += n,
                     Ok(n) => {
-                        len += sink[..n].iter().position(|&b| b == b'\n').unwrap_or(n);
+                        let end = sink[..n].iter().position(|&b| b == b'\n');
+                        whole = end.is_some();
+                        len += end.unwrap_or(n);
                         break;
                     }
                     Err(_) => break,
                 }
             }
-            return Ok(Line::TooLong(len));
+            return Ok(Line::TooLong { len, whole });
         }
     }
 }
@@ -408,10 +443,10 @@ pub(crate) fn serve(
     loop {
         let answer = match read_line(&mut reader)? {
             Line::Closed => return Ok(()),
-            Line::TooLong(len) => {
+            Line::TooLong { len, whole } => {
                 reply(
                     stream,
-                    &serde_json::json!({ "error": too_long(len) }).to_string(),
+                    &serde_json::json!({ "error": too_long(len, whole) }).to_string(),
                 )?;
                 return Ok(());
             }
@@ -537,9 +572,7 @@ impl ControlClient {
     /// Sends `request` and returns the JSON answer; an answer with an
     /// `error` is an error.
     pub fn ask(&mut self, request: &str) -> Result<serde_json::Value> {
-        if request.len() > MAX_REQUEST {
-            bail!("{}", too_long(request.len()));
-        }
+        check_request(request)?;
         let line = format!("{request}\n");
         if let Err(e) = self.reader.get_mut().write_all(line.as_bytes()) {
             // The server closed this connection (idle too long, or it
@@ -618,8 +651,10 @@ impl ControlClient {
 /// Sends `request` to the instance whose runtime directory is `dir` and
 /// returns the JSON answer.
 pub fn ask(dir: &Path, request: &str) -> Result<serde_json::Value> {
-    if request.len() > MAX_REQUEST {
-        bail!("{}", too_long(request.len()));
-    }
+    check_request(request)?;
     ControlClient::connect(dir)?.ask(request)
 }
+
+#[cfg(test)]
+#[path = "control_tests.rs"]
+mod tests;

@@ -33,7 +33,7 @@ impl Coordinator {
                     .iter()
                     .filter(|(symbol, _)| match &t.symbols {
                         Symbols::All => true,
-                        Symbols::List(l) => l.iter().any(|s| s == symbol.as_str()),
+                        Symbols::List(l) => l.contains(symbol),
                     })
                     .map(|(symbol, n)| {
                         serde_json::json!({

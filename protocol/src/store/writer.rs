@@ -239,7 +239,10 @@ impl StoreWriter {
         }
         let mut entry = [0u8; DIR_ENTRY_WORDS * 8];
         let bytes = symbol.as_str().as_bytes();
-        entry[0] = bytes.len() as u8; // SymbolName guarantees <= 31
+        // A SymbolName is at most MAX_SYMBOL_LEN bytes: it fits the entry
+        // after its length byte.
+        const _: () = assert!(crate::names::MAX_SYMBOL_LEN < DIR_ENTRY_WORDS * 8);
+        entry[0] = bytes.len() as u8;
         entry[1..=bytes.len()].copy_from_slice(bytes);
         let base = self.layout.dir_base + count * DIR_ENTRY_WORDS;
         let w = self.words();

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use protocol::names::{NameError, SYMBOL_RULE};
 use protocol::{Candle, Interval, SymbolName};
 use serde::Deserialize;
 use thiserror::Error;
@@ -100,8 +101,8 @@ pub enum BadLine {
     /// Not JSON, or JSON of another shape.
     #[error("not a kline payload: {0}")]
     Json(String),
-    /// A symbol the store cannot name.
-    #[error("symbol {0:?} is not a valid symbol name")]
+    /// A symbol no exchange could list ([`SymbolName`]).
+    #[error("symbol {0:?} is not an exchange symbol: {SYMBOL_RULE}")]
     Symbol(String),
     /// An interval that is not one of Binance's.
     #[error("interval {0:?} is not one of Binance's")]
@@ -171,13 +172,16 @@ impl TimeUnit {
     }
 }
 
-/// What a dump file's name says: `BTCUSDT-1m-2024-01.csv` names BTCUSDT and 1m.
-pub fn parse_file_name(path: &Path) -> Option<(SymbolName, Interval)> {
+/// What a dump file's name says: `BTCUSDT-1m-2024-01.csv` names BTCUSDT and
+/// 1m. None when the name is not of that shape (no interval second); the
+/// symbol's error when the shape is there but the symbol is not one an
+/// exchange could list (`BTC_USDT-1m-2024-01.csv`).
+pub fn parse_file_name(path: &Path) -> Option<(Result<SymbolName, NameError>, Interval)> {
     let name = path.file_name()?.to_str()?;
     let mut parts = name.split('-');
-    let symbol = SymbolName::new(&parts.next()?.to_ascii_uppercase()).ok()?;
+    let symbol = parts.next()?;
     let interval = parts.next()?.parse().ok()?;
-    Some((symbol, interval))
+    Some((SymbolName::new(symbol), interval))
 }
 
 /// The per-file state of a dump being parsed: its unit is fixed by its first

@@ -147,13 +147,21 @@ fn wild_timestamps_and_values_are_bad_lines_not_panics() {
 fn file_names_name_symbol_and_interval() {
     assert_eq!(
         parse_file_name(Path::new("/d/BTCUSDT-1m-2024-01.csv")),
-        Some((SymbolName::new("BTCUSDT").expect("valid"), Interval::M1))
+        Some((SymbolName::new("BTCUSDT"), Interval::M1))
     );
     assert_eq!(
         parse_file_name(Path::new("ethusdt-4h-2024-01-02.csv")),
-        Some((SymbolName::new("ETHUSDT").expect("valid"), Interval::H4))
+        Some((SymbolName::new("ETHUSDT"), Interval::H4))
     );
     assert_eq!(parse_file_name(Path::new("candles.csv")), None);
+    // The shape of a dump's name, with a symbol no exchange lists.
+    let (symbol, interval) =
+        parse_file_name(Path::new("BTC_USDT-1m-2024-01.csv")).expect("a dump's name");
+    assert_eq!(interval, Interval::M1);
+    assert_eq!(
+        symbol,
+        Err(protocol::names::NameError::Symbol("BTC_USDT".into()))
+    );
 }
 
 #[test]

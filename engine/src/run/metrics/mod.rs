@@ -9,7 +9,8 @@
 //! encoding happens on the endpoint's threads. Bounds: [`SERVERS`]
 //! connections answered at once and [`QUEUED`] waiting (one more is
 //! answered 503), a request head of at most [`MAX_HEAD`] bytes (431),
-//! complete within [`HEAD_TIMEOUT`] (408); one request per connection.
+//! complete within [`HEAD_TIMEOUT`] of its accept, time in the queue
+//! included (408); one request per connection.
 
 pub mod encode;
 
@@ -30,7 +31,11 @@ pub const SERVERS: usize = 2;
 pub const QUEUED: usize = 16;
 /// Longest request head (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
-/// A request head must be complete this long after the connection opens.
+/// A request head must be complete this long after the connection is
+/// accepted. Counted from the accept, not from when a server takes the
+/// connection: otherwise each of [`QUEUED`] idle connections would hold a
+/// server for this long in turn, and a handful of them deny the endpoint
+/// for [`QUEUED`] / [`SERVERS`] times as long.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The endpoint; dropping it stops its threads.
@@ -93,7 +98,9 @@ fn serve<F>(listener: &TcpListener, stop: &AtomicBool, requests: &Arc<F>)
 where
     F: Fn(ControlRequest) -> Handed + Send + Sync + 'static,
 {
-    let (queue, queued) = std::sync::mpsc::sync_channel::<TcpStream>(QUEUED);
+    // Each connection carries the instant it was accepted: its head
+    // deadline runs from then, in the queue too.
+    let (queue, queued) = std::sync::mpsc::sync_channel::<(TcpStream, Instant)>(QUEUED);
     let queued = Arc::new(std::sync::Mutex::new(queued));
     let stopping = Arc::new(AtomicBool::new(false));
     let servers: Vec<JoinHandle<()>> = (0..SERVERS)
@@ -107,12 +114,12 @@ where
                     loop {
                         // The lock is held only to take the next connection.
                         let next = crate::locked::lock(&queued).recv();
-                        let Ok(stream) = next else { return };
+                        let Ok((stream, accepted)) = next else { return };
                         // Stopping: what waits is dropped, not answered.
                         if stopping.load(Ordering::Acquire) {
                             continue;
                         }
-                        if let Err(e) = answer(&stream, &*requests, &stopping) {
+                        if let Err(e) = answer(&stream, accepted, &*requests, &stopping) {
                             tracing::debug!(error = %format!("{e:#}"), "metrics request failed");
                         }
                     }
@@ -124,7 +131,9 @@ where
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
-                if let Err(std::sync::mpsc::TrySendError::Full(stream)) = queue.try_send(stream) {
+                if let Err(std::sync::mpsc::TrySendError::Full((stream, _))) =
+                    queue.try_send((stream, Instant::now()))
+                {
                     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
                     let _ = respond(
                         &stream,
@@ -155,9 +164,15 @@ where
     }
 }
 
-/// Reads the request head: what it asks for, or the status to refuse it with.
-fn read_head(stream: &TcpStream, stopping: &AtomicBool) -> Result<Result<Asked, &'static str>> {
-    let until = Instant::now() + HEAD_TIMEOUT;
+/// Reads the request head, due [`HEAD_TIMEOUT`] after `accepted`: what it
+/// asks for, or the status to refuse it with. A connection whose deadline
+/// passed while it was queued is refused at once, unread.
+fn read_head(
+    stream: &TcpStream,
+    accepted: Instant,
+    stopping: &AtomicBool,
+) -> Result<Result<Asked, &'static str>> {
+    let until = accepted + HEAD_TIMEOUT;
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
@@ -212,19 +227,25 @@ struct Asked {
 
 fn answer(
     stream: &TcpStream,
+    accepted: Instant,
     requests: &impl Fn(ControlRequest) -> Handed,
     stopping: &AtomicBool,
 ) -> Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(HEAD_TIMEOUT))?;
     let Asked {
         method,
         target,
         openmetrics,
-    } = match read_head(stream, stopping)? {
+    } = match read_head(stream, accepted, stopping)? {
         Ok(asked) => asked,
-        Err(status) => return respond(stream, status, "text/plain", &format!("{status}\n")),
+        Err(status) => {
+            // A refusal is a few bytes into an empty socket buffer: it
+            // must not hold the server as long as a real answer may.
+            stream.set_write_timeout(Some(Duration::from_millis(200)))?;
+            return respond(stream, status, "text/plain", &format!("{status}\n"));
+        }
     };
+    stream.set_write_timeout(Some(HEAD_TIMEOUT))?;
     let path = target.split('?').next().unwrap_or_default();
     if method != "GET" {
         return respond(
