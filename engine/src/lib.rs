@@ -12,6 +12,7 @@
 //! * [`run`]: `shmkline run`, the coordinator, and its control socket.
 //! * [`backtest`]: the same traders over the same feed in one process: the oracle.
 //! * [`traders`]: trader files (JSON, TOML) and the built-in set.
+//! * [`redact`]: secrets (URL credentials, query strings) kept out of what is shown.
 //! * [`input`]: files a user names, read through a bound (no FIFO or device hangs).
 //! * [`signal_line`]: the JSON line of a signal, as stdout and files get it.
 //! * [`chaos`]: random worker kills and freezes against a run, checked against the oracle.
@@ -29,6 +30,7 @@ pub mod instance;
 pub mod locked;
 pub mod nats;
 pub mod process;
+pub mod redact;
 pub mod run;
 pub mod runtime;
 pub mod signal_line;

@@ -339,7 +339,7 @@ pub fn show(argv: Vec<OsString>) -> Result<String, ParseError> {
     };
     let run = run_command();
     let mut out = String::from(
-        "# The effective configuration of `shmkline run` (command line, then\n# environment, then config file, then defaults). Read back with --config.\n",
+        "# The effective configuration of `shmkline run` (command line, then\n# environment, then config file, then defaults). Read back with --config;\n# a URL's credentials and query are shown as user:*** and ?…: put them back first.\n",
     );
     for arg in run.get_arguments() {
         let Some(long) = arg.get_long() else {
@@ -359,7 +359,10 @@ pub fn show(argv: Vec<OsString>) -> Result<String, ParseError> {
             }
             continue;
         };
-        let values: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
+        // A URL's credentials and query (a webhook's token) are hidden.
+        let values: Vec<String> = raw
+            .map(|v| crate::redact::text(&v.to_string_lossy()))
+            .collect();
         let value = match (arg.get_action(), values.as_slice()) {
             (ArgAction::SetTrue, [v]) => toml::Value::Boolean(v == "true"),
             (ArgAction::Append, _) => toml::Value::Array(values.iter().map(|v| typed(v)).collect()),

@@ -167,6 +167,26 @@ pub fn print_status(status: &serde_json::Value) {
         "signals  {} emitted, {} duplicates dropped",
         status["signals"]["emitted"], status["signals"]["duplicates_dropped"]
     );
+    for sink in status["sinks"].as_array().into_iter().flatten() {
+        let n = |k: &str| sink[k].as_u64().unwrap_or(0);
+        let mut line = format!(
+            "sink     {}: {} handed, {} delivered, {} queued, {} lost, {} rejected, {} retries",
+            s(&sink["spec"]),
+            n("emitted"),
+            n("delivered"),
+            n("queued"),
+            n("lost"),
+            n("rejected"),
+            n("retries"),
+        );
+        if sink["is_behind"] == true {
+            line.push_str(", behind");
+        }
+        if let Some(e) = sink["last_error"].as_str() {
+            line.push_str(&format!(", last error: {e}"));
+        }
+        println!("{line}");
+    }
     println!(
         "{:>3} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
         "id", "pid", "state", "traders", "rtt_us", "pong_ms", "retries"

@@ -47,8 +47,10 @@ pub struct NatsAddr {
 impl std::str::FromStr for NatsAddr {
     type Err = String;
 
-    fn from_str(addr: &str) -> Result<Self, String> {
-        let rest = addr
+    fn from_str(given: &str) -> Result<Self, String> {
+        // Echoed in errors as it may be shown.
+        let addr = crate::redact::url(given);
+        let rest = given
             .strip_prefix("nats://")
             .ok_or_else(|| format!("{addr:?}: a NATS address is nats://HOST:PORT[/PREFIX]"))?;
         let (server, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -87,13 +89,27 @@ impl std::str::FromStr for NatsAddr {
     }
 }
 
+/// As it may be shown: credentials in the server hidden (`user:***@`).
 impl std::fmt::Display for NatsAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "nats://{}/{}", self.server, self.prefix)
+        f.write_str(&crate::redact::url(&self.key()))
     }
 }
 
 impl NatsAddr {
+    /// The whole address, credentials included: what keys a position in
+    /// the state directory. Never shown.
+    pub fn key(&self) -> String {
+        format!("nats://{}/{}", self.server, self.prefix)
+    }
+
+    /// The server as it may be shown (credentials hidden).
+    pub fn shown_server(&self) -> String {
+        crate::redact::url(&format!("nats://{}", self.server))
+            .trim_start_matches("nats://")
+            .to_owned()
+    }
+
     /// The default name of the stream of `what` (`SIGNALS`, `CANDLES`):
     /// the prefix upper-cased, `.` and `-` as `_`, then `_` and `what`.
     pub fn stream_name(&self, what: &str) -> String {
@@ -300,7 +316,7 @@ impl Nats {
         settings: &NatsSettings,
     ) -> Result<jetstream::stream::Stream, NatsError> {
         let err = |why: String| NatsError::Stream {
-            server: self.addr.server.clone(),
+            server: self.addr.shown_server(),
             stream: name.to_owned(),
             why,
         };
@@ -353,7 +369,7 @@ async fn connect(
     let mut attempt = 0u32;
     loop {
         let events = health.clone();
-        let server = addr.server.clone();
+        let server = addr.shown_server();
         let options = async_nats::ConnectOptions::new()
             .name(format!("shmkline {}", std::process::id()))
             .connection_timeout(Duration::from_secs(2))
@@ -371,7 +387,7 @@ async fn connect(
             Err(e) if Instant::now() + pause < until => {
                 attempt += 1;
                 if attempt.is_power_of_two() {
-                    tracing::warn!(server = %addr.server, error = %e, attempt,
+                    tracing::warn!(server = %addr.shown_server(), error = %e, attempt,
                         "no NATS server yet: waiting (--nats-wait)");
                 }
                 tokio::time::sleep(pause).await;
@@ -379,7 +395,7 @@ async fn connect(
             }
             Err(e) => {
                 return Err(NatsError::Unreachable {
-                    server: addr.server.clone(),
+                    server: addr.shown_server(),
                     why: e.to_string(),
                 });
             }

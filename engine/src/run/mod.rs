@@ -207,7 +207,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 durable.push(Durable::File(file));
             }
             sink::SinkSpec::Webhook { url, batch } => {
-                let marks = sink::marks::MarksFile::new(opts.state.clone(), &spec.to_string());
+                let marks = sink::marks::MarksFile::new(opts.state.clone(), &spec.key());
                 let confirmed = marks.load()?;
                 tracing::info!(sink = %spec, series = confirmed.len(), state = marks.name(),
                     "webhook sink: sending what it has not confirmed yet");
@@ -225,7 +225,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 ));
             }
             sink::SinkSpec::Nats(addr) => {
-                let marks = sink::marks::MarksFile::new(opts.state.clone(), &spec.to_string());
+                let marks = sink::marks::MarksFile::new(opts.state.clone(), &spec.key());
                 let (sink, confirmed) = sink::nats::NatsSink::open(addr, &opts.nats, marks)
                     .with_context(|| format!("sink {spec}"))?;
                 durable.push(Durable::Nats(spec.clone(), Box::new(sink), confirmed));
@@ -417,8 +417,19 @@ fn outcome(coord: &Coordinator, output: &sink::Output) -> Result<RunSummary> {
         let rejected = out.rejected.load(std::sync::atomic::Ordering::Acquire);
         let undelivered = emitted.saturating_sub(out.written() + rejected);
         if undelivered > 0 {
+            // What the next start does: it resumes from the sink's saved
+            // position, so what an earlier run had confirmed is not sent
+            // again (a run with --signals-from all handed those anyway).
+            let covered = out.covered().min(undelivered);
+            let next = match (undelivered - covered, covered) {
+                (_, 0) => "the next start delivers them".to_owned(),
+                (0, _) => "the next start does not send them again: an earlier run had them confirmed (start with --signals-from all to send them anyway)".to_owned(),
+                (again, covered) => format!(
+                    "the next start delivers {again} of them; the other {covered} an earlier run had confirmed, and are not sent again (--signals-from all sends them anyway)"
+                ),
+            };
             failed.push(format!(
-                "{spec}: {undelivered} of {emitted} signals not confirmed (a write failed or --drain-timeout ran out; see the log); the next start delivers them"
+                "{spec}: {undelivered} of {emitted} signals not confirmed (a write failed or --drain-timeout ran out; see the log); {next}"
             ));
         }
         if behind {

@@ -39,7 +39,7 @@ const OUTPUT_RETRY: Duration = Duration::from_millis(1);
 /// Counters for `status` and the run's summary.
 #[derive(Debug, Clone, Default)]
 pub struct Figures {
-    /// Signals printed.
+    /// Signals found this run (each once, whatever outputs got it).
     pub emitted: u64,
     /// Repeats dropped.
     pub duplicates: u64,
@@ -86,7 +86,10 @@ struct Inner {
     latency: Samples,
     /// The same, every signal since the start (the metrics' histogram).
     latency_histogram: Log2Histogram,
+    /// Signals found this run, each once, whatever outputs got it.
     emitted: u64,
+    /// Signals handed to stdout.
+    printed: u64,
     /// Signals handed to at least one sink, per trader held (a trader no
     /// slot holds any more leaves: bounded by the trader set).
     by_trader: HashMap<String, u64>,
@@ -121,6 +124,7 @@ impl Emitter {
             latency: Samples::new(LATENCY_SAMPLES),
             latency_histogram: Log2Histogram::default(),
             emitted: 0,
+            printed: 0,
             by_trader: HashMap::new(),
             out: Some(out),
             resumed: None,
@@ -297,7 +301,10 @@ impl Emitter {
                         share.closes_at = share.closes_at.max(closes_at);
                     }
                 }
-                let printed = inner.stdout && inner.dedup.first(signal);
+                // Counted once per run whatever the outputs: stdout, sinks
+                // or both (the run's own watermarks; stdout prints by them).
+                let new = inner.dedup.first(signal);
+                let printed = inner.stdout && new;
                 if printed || fresh {
                     match inner.by_trader.get_mut(&signal.trader) {
                         Some(n) => *n += 1,
@@ -306,7 +313,7 @@ impl Emitter {
                         }
                     }
                 }
-                if !printed {
+                if !new {
                     continue;
                 }
                 // The candle became visible with the first publish whose
@@ -320,6 +327,10 @@ impl Emitter {
                     inner.latency_histogram.observe(u64::from(us));
                 }
                 inner.emitted += 1;
+                if !printed {
+                    continue;
+                }
+                inner.printed += 1;
                 count += 1;
                 if line.is_empty() {
                     SignalLine::new(signal, Some(s as u32)).write_to(&mut line);
@@ -426,9 +437,9 @@ impl Emitter {
         self.output.closed()
     }
 
-    /// Signals handed to the output so far, and what became of them.
+    /// Signals handed to stdout so far, and what became of them.
     pub fn delivery(&self) -> (u64, &Output) {
-        (self.lock().emitted, &self.output)
+        (self.lock().printed, &self.output)
     }
 
     /// One signal: [`Emitter::signals`].

@@ -223,7 +223,7 @@ impl Emitter {
                 serde_json::json!({
                     "kind": "stdout",
                     "spec": "stdout",
-                    "emitted": inner.emitted,
+                    "emitted": inner.printed,
                     "closed": self.output.closed(),
                     "series": inner.dedup.len(),
                 }),

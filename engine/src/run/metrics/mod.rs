@@ -68,6 +68,10 @@ impl MetricsServer {
             .spawn(move || serve(&listener, &flag, &requests))
             .context("starting the metrics thread")?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics, status at http://{addr}/status");
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr,
+                "--metrics listens beyond this host: /metrics and /status (traders, sinks, workers) are served to anyone who can reach it, without authentication; bind 127.0.0.1 and put an authenticating proxy in front, or firewall the port");
+        }
         Ok(Self {
             stop,
             thread: Some(thread),

@@ -89,7 +89,8 @@ impl MarksFile {
         if saved.spec != self.spec {
             return Err(corrupt(format!(
                 "it belongs to sink {:?}, not {:?}",
-                saved.spec, self.spec
+                crate::redact::text(&saved.spec),
+                crate::redact::text(&self.spec)
             )));
         }
         let mut dedup = Dedup::default();
@@ -159,6 +160,12 @@ impl Position {
             what,
             stream_seq: 0,
         }
+    }
+
+    /// Whether the position already covers `key` (an earlier run had it
+    /// confirmed): a start that resumes from it does not send it again.
+    pub fn covers(&self, key: &super::Key) -> bool {
+        !self.confirmed.is_new(&key.as_signal())
     }
 
     /// The receiver confirmed `key`.

@@ -76,12 +76,16 @@ impl std::str::FromStr for SinkSpec {
                     .strip_prefix("http://")
                     .or_else(|| url.strip_prefix("https://"))
                     .ok_or_else(|| {
-                        format!("{spec:?}: a webhook's URL starts with http:// or https://")
+                        format!(
+                            "{:?}: a webhook's URL starts with http:// or https://",
+                            crate::redact::text(spec)
+                        )
                     })?;
                 let host = rest.split(['/', '?', '#']).next().unwrap_or("");
                 if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     return Err(format!(
-                        "{spec:?}: a webhook's URL needs a host and no spaces"
+                        "{:?}: a webhook's URL needs a host and no spaces",
+                        crate::redact::text(spec)
                     ));
                 }
                 Ok(Self::Webhook {
@@ -91,25 +95,38 @@ impl std::str::FromStr for SinkSpec {
             }
             Some(("nats", _)) => spec.parse().map(Self::Nats),
             _ => Err(format!(
-                "{spec:?}: a sink is stdout, file:PATH, webhook:URL, webhook-batch:URL or nats://HOST:PORT[/PREFIX]"
+                "{:?}: a sink is stdout, file:PATH, webhook:URL, webhook-batch:URL or nats://HOST:PORT[/PREFIX]",
+                crate::redact::text(spec)
             )),
         }
     }
 }
 
+/// As it may be shown (logs, `status`, errors): a URL's credentials and
+/// query hidden ([`crate::redact`]). [`SinkSpec::key`] is the whole spec.
 impl std::fmt::Display for SinkSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Stdout => f.write_str("stdout"),
-            Self::File(p) => write!(f, "file:{}", p.display()),
-            Self::Webhook { url, batch: false } => write!(f, "webhook:{url}"),
-            Self::Webhook { url, batch: true } => write!(f, "webhook-batch:{url}"),
+            Self::Webhook { .. } => f.write_str(&crate::redact::text(&self.key())),
             Self::Nats(addr) => addr.fmt(f),
+            _ => f.write_str(&self.key()),
         }
     }
 }
 
 impl SinkSpec {
+    /// The whole spec, secrets included: what keys the sink's position in
+    /// the state directory. Never shown (that is [`Display`](std::fmt::Display)).
+    pub fn key(&self) -> String {
+        match self {
+            Self::Stdout => "stdout".to_owned(),
+            Self::File(p) => format!("file:{}", p.display()),
+            Self::Webhook { url, batch: false } => format!("webhook:{url}"),
+            Self::Webhook { url, batch: true } => format!("webhook-batch:{url}"),
+            Self::Nats(addr) => addr.key(),
+        }
+    }
+
     /// The kind, as `status` names it.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -229,6 +246,10 @@ pub struct Output {
     /// Lines that could not be delivered and will not be this run (stdout
     /// closed, a file that cannot be written, a drain time run out).
     lost: AtomicU64,
+    /// Of the lines lost, those the sink's saved position already covers
+    /// (an earlier run had them confirmed): the next start that resumes
+    /// does not send them again.
+    covered: AtomicU64,
     /// Lines a webhook refused with a 4xx other than 429 (not retried).
     pub rejected: AtomicU64,
     /// Requests made again (connection errors, timeouts, 429, 5xx).
@@ -263,6 +284,7 @@ impl Default for Output {
             queued_total: AtomicU64::new(0),
             written: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -318,6 +340,16 @@ impl Output {
         let counter = if delivered { &self.written } else { &self.lost };
         counter.fetch_add(lines, Ordering::AcqRel);
         self.moved();
+    }
+
+    /// Of lines just counted lost, `n` are covered by the saved position.
+    pub fn lost_but_covered(&self, n: u64) {
+        self.covered.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Lost lines the saved position covers (not sent again by a resume).
+    pub fn covered(&self) -> u64 {
+        self.covered.load(Ordering::Acquire)
     }
 
     /// Counts `lines` handed to the queue.

@@ -70,7 +70,7 @@ impl NatsSink {
         let read = nats
             .block_on(read_tail(&handle, &subjects, after, &mut confirmed))
             .map_err(|why| crate::nats::NatsError::Stream {
-                server: addr.server.clone(),
+                server: addr.shown_server(),
                 stream: stream.clone(),
                 why: format!("reading what it holds: {why}"),
             })?;
@@ -120,6 +120,10 @@ impl Delivers for NatsSink {
         while !remaining.is_empty() {
             if output.out_of_time() {
                 output.count(remaining.len() as u64, false);
+                let covered = remaining
+                    .iter()
+                    .filter(|&&k| self.position.covers(&lines[k].0));
+                output.lost_but_covered(covered.count() as u64);
                 return;
             }
             let js = self.nats.js.clone();

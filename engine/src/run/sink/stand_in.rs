@@ -35,6 +35,10 @@ pub enum Reply {
 /// One request as received.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// Its target: path and query.
+    pub target: String,
+    /// Its `Authorization`, if any.
+    pub authorization: Option<String>,
     /// Its `Idempotency-Key`, if any.
     pub key: Option<String>,
     /// Its body.
@@ -254,11 +258,20 @@ fn request_bounds(pending: &[u8]) -> Option<(usize, usize)> {
 
 /// Answers one request; false if the connection is to close.
 fn answer(stream: &mut impl Write, head: &str, body: String, shared: &Shared) -> bool {
-    let key = head
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let key = header("idempotency-key");
+    let authorization = header("authorization");
+    let target = head
         .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("idempotency-key"))
-        .map(|(_, v)| v.trim().to_owned());
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_default()
+        .to_owned();
     let delay = *lock(&shared.delay);
     if !delay.is_zero() {
         std::thread::sleep(delay);
@@ -280,6 +293,8 @@ fn answer(stream: &mut impl Write, head: &str, body: String, shared: &Shared) ->
         Reply::Drop | Reply::Stall(_) => None,
     };
     lock(&shared.log).push(Request {
+        target,
+        authorization,
         key,
         body,
         status,

@@ -80,9 +80,31 @@ pub(super) fn backoff(attempt: u32, draw: f64) -> Duration {
     full.mul_f64(0.5 + draw / 2.0)
 }
 
+/// `url` without its `user:password@`, and that user information.
+fn split_userinfo(url: &str) -> (String, Option<String>) {
+    let Some(at) = url.find("://") else {
+        return (url.to_owned(), None);
+    };
+    let rest = &url[at + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(i) => (
+            format!("{}{}", &url[..at + 3], &rest[i + 1..]),
+            Some(authority[..i].to_owned()),
+        ),
+        None => (url.to_owned(), None),
+    }
+}
+
 /// A webhook sink and its thread's state.
 pub struct WebhookSink {
+    /// The URL requested: credentials taken out into `authorization`.
     url: String,
+    /// The URL as logs show it (credentials and query hidden).
+    shown: String,
+    /// `Basic ...` from the URL's `user:password@` (HTTP clients do not
+    /// send a URL's credentials on their own).
+    authorization: Option<String>,
     batch: bool,
     agent: ureq::Agent,
     /// What the receiver has confirmed (or finally refused), and its saves.
@@ -109,8 +131,17 @@ impl WebhookSink {
             .max_redirects(0)
             .build()
             .into();
+        let (bare, userinfo) = split_userinfo(url);
         Self {
-            url: url.to_owned(),
+            shown: crate::redact::url(url),
+            url: bare,
+            authorization: userinfo.map(|u| {
+                use base64::Engine;
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(u.as_bytes())
+                )
+            }),
             batch,
             agent,
             position: Position::new(confirmed, marks, "webhook"),
@@ -159,15 +190,18 @@ impl Delivers for WebhookSink {
                     output.count(n, true);
                 }
                 Some(Answer::Rejected(status, excerpt)) => {
-                    tracing::warn!(url = %self.url, status, body = %excerpt, signals = n,
+                    tracing::warn!(url = %self.shown, status, body = %excerpt, signals = n,
                         key = key.as_deref().unwrap_or("(a batch)"),
                         "the webhook refused signals: not retried (a 4xx other than 408 and 429 is final)");
                     output.error(format!("HTTP {status}: {excerpt}"));
                     output.rejected.fetch_add(n, Ordering::AcqRel);
                 }
                 Some(Answer::Retry(..)) | None => {
-                    // Out of drain time: not confirmed, so re-sent at the next start.
+                    // Out of drain time: not confirmed, so re-sent at the
+                    // next start, unless the position already covers them.
                     output.count(n, false);
+                    let covered = part.iter().filter(|(k, _)| self.position.covers(k));
+                    output.lost_but_covered(covered.count() as u64);
                     continue;
                 }
             }
@@ -196,6 +230,9 @@ impl WebhookSink {
             if let Some(key) = key {
                 req = req.header("Idempotency-Key", key);
             }
+            if let Some(auth) = &self.authorization {
+                req = req.header("Authorization", auth);
+            }
             let answer = match req.send(body) {
                 Ok(mut resp) => {
                     let status = resp.status().as_u16();
@@ -223,7 +260,7 @@ impl WebhookSink {
             output.retries.fetch_add(1, Ordering::AcqRel);
             let wait = backoff(attempt, self.jitter.draw()).max(after.unwrap_or_default());
             if attempt == 0 || attempt.is_power_of_two() {
-                tracing::warn!(url = %self.url, error = %why, attempt = attempt + 1,
+                tracing::warn!(url = %self.shown, error = %why, attempt = attempt + 1,
                     retry_in_ms = wait.as_millis() as u64, "webhook delivery failed: retrying");
             }
             output.error(why);
@@ -279,6 +316,18 @@ mod tests {
         let past = crate::feed::binance::http_date(0);
         assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("later"), None);
+    }
+
+    #[test]
+    fn credentials_leave_the_url_for_a_basic_authorization() {
+        assert_eq!(
+            split_userinfo("https://user:pw@h:1/p?t=1"),
+            ("https://h:1/p?t=1".to_owned(), Some("user:pw".to_owned()))
+        );
+        assert_eq!(
+            split_userinfo("http://h/a@b"),
+            ("http://h/a@b".to_owned(), None)
+        );
     }
 
     #[test]
