@@ -6,10 +6,10 @@
 # merged signal stream, read with nats-py, and each shard's symbols.
 # Everything it starts is stopped, and its directory removed, on exit.
 #
-#   scripts/nats-demo.sh [CSV]     (default: ../shared/data/BTCUSDT-1m-2021-02-19_25.csv)
+#   scripts/nats-demo.sh [CSV]     (default: tests/data/BTCUSDT-1m-2021-02-19_25.csv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=${1:-../shared/data/BTCUSDT-1m-2021-02-19_25.csv}
+data=${1:-tests/data/BTCUSDT-1m-2021-02-19_25.csv}
 [ -f "$data" ] || { echo "error: $data not found: pass a Binance 1m kline CSV" >&2; exit 1; }
 
 if ! command -v nats-server >/dev/null 2>&1 || ! python3 -c "import nats" 2>/dev/null; then

@@ -459,23 +459,16 @@ impl TestInstance {
     }
 }
 
-/// A file of `../shared/data/` (real Binance candles; `$SHMKLINE_DATA_DIR`
-/// overrides the directory). Missing: a failure when
-/// CI=true is set, else `None` after a printed notice (the test then skips).
-pub fn data_file(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("SHMKLINE_DATA_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
-        PathBuf::from,
-    );
-    let path = dir.join(name);
-    if path.is_file() {
-        return Some(path);
-    }
+/// A file of `tests/data/` (real Binance candles, kept in the repository):
+/// its path. A missing one fails the test (nothing is skipped).
+pub fn data_file(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(name);
     assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing: the test data must be present in CI",
+        path.is_file(),
+        "{} is missing: the test data is part of the repository (tests/data/)",
         path.display()
     );
-    eprintln!("SKIPPED: {} is missing", path.display());
-    None
+    path
 }

@@ -124,9 +124,7 @@ fn a_reader_gone_before_any_signal_ends_a_quiet_run() {
 /// torn line.
 #[test]
 fn a_file_sink_is_exactly_once_across_ten_sigkills() {
-    let Some(data) = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv") else {
-        return;
-    };
+    let data = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv");
     let inst = TestInstance::new("fsink");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("signals.jsonl");
@@ -356,9 +354,7 @@ fn an_unusable_state_directory_is_refused_naming_it() {
 /// write left and appends exactly what the file lacks.
 #[test]
 fn a_file_sink_on_a_full_disk_fails_loudly_and_the_next_start_completes_it() {
-    let Some(data) = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv") else {
-        return;
-    };
+    let data = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv");
     let inst = TestInstance::new("fullfs");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("signals.jsonl");

@@ -63,9 +63,7 @@ fn faults(status: &serde_json::Value) -> u64 {
 /// crash-looped. Now every signal arrives, equal to the backtest.
 #[test]
 fn bursts_larger_than_a_frame_reach_stdout_whole() {
-    let Some(data) = data_file("BTCUSDT-1m-2021-02-19_25.csv") else {
-        return;
-    };
+    let data = data_file("BTCUSDT-1m-2021-02-19_25.csv");
     let dir = tempfile::tempdir().expect("tempdir");
     let traders: Vec<_> = (2..10)
         .map(|n| {

@@ -61,9 +61,7 @@ fn stream_signals(server: &NatsServer, stream: &str, prefix: &str) -> (Vec<Strin
 /// once: nothing lost, nothing duplicated.
 #[test]
 fn signals_are_exactly_once_in_the_stream_across_sigkills_and_a_broker_restart() {
-    let Some(data) = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv") else {
-        return;
-    };
+    let data = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv");
     let Some(mut server) = server() else {
         return;
     };
@@ -272,8 +270,8 @@ fn assert_stream_becomes(server: &NatsServer, want: &[String]) -> usize {
 
 /// The week of real BTCUSDT minutes and five more symbols made from it
 /// (prices scaled), written as Binance CSV files into `dir`; the feed spec.
-fn six_symbol_replay(dir: &std::path::Path) -> Option<String> {
-    let data = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv")?;
+fn six_symbol_replay(dir: &std::path::Path) -> String {
+    let data = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv");
     let text = std::fs::read_to_string(&data).expect("the data file");
     let mut paths = vec![data.display().to_string()];
     for (k, symbol) in ["ETHUSDT", "XRPUSDT", "ADAUSDT", "SOLUSDT", "LTCUSDT"]
@@ -296,7 +294,7 @@ fn six_symbol_replay(dir: &std::path::Path) -> Option<String> {
         std::fs::write(&path, lines.join("\n") + "\n").expect("write");
         paths.push(path.display().to_string());
     }
-    Some(format!("replay:{}", paths.join(",")))
+    format!("replay:{}", paths.join(","))
 }
 
 /// An ingest coordinator replaying `feed` (paced) onto the candle stream at
@@ -342,9 +340,7 @@ fn engine(inst: &TestInstance, url: &str, shard: &str) -> harness::ChildGuard {
 #[test]
 fn an_ingest_and_two_engine_shards_are_exactly_once_through_kills_and_a_broker_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(feed) = six_symbol_replay(dir.path()) else {
-        return;
-    };
+    let feed = six_symbol_replay(dir.path());
     let Some(mut server) = server() else {
         return;
     };
@@ -604,9 +600,7 @@ impl Drop for Relay {
 #[test]
 fn an_engine_cut_from_the_broker_and_one_frozen_behind_lose_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(feed) = six_symbol_replay(dir.path()) else {
-        return;
-    };
+    let feed = six_symbol_replay(dir.path());
     let Some(server) = server() else {
         return;
     };

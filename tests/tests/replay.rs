@@ -1,4 +1,4 @@
-//! Replay of real Binance candles (`../shared/data/`) through `shmkline run`
+//! Replay of real Binance candles (`tests/data/`) through `shmkline run`
 //! and `shmkline backtest`: identical signals, the store holding exactly the
 //! file's candles and independently aggregated higher intervals, every
 //! format variant parsed to the same candles, bad lines reported and skipped.
@@ -108,7 +108,7 @@ fn run_and_inspect(
 
 #[test]
 fn the_real_file_replayed_by_run_and_backtest_gives_the_same_signals_and_candles() {
-    let Some(path) = data_file(BTC) else { return };
+    let path = data_file(BTC);
     let inst = TestInstance::new("replay-real");
     let dir = tempfile::tempdir().expect("tempdir");
     let traders = traders_file(dir.path());
@@ -210,7 +210,7 @@ fn variants(src: &Path, dir: &Path, n: usize) -> Vec<PathBuf> {
 
 #[test]
 fn milliseconds_microseconds_headers_and_websocket_recordings_replay_identically() {
-    let Some(path) = data_file(BTC) else { return };
+    let path = data_file(BTC);
     let inst = TestInstance::new("replay-formats");
     let dir = tempfile::tempdir().expect("tempdir");
     let traders = traders_file(dir.path());
@@ -257,7 +257,7 @@ fn milliseconds_microseconds_headers_and_websocket_recordings_replay_identically
 
 #[test]
 fn bad_lines_are_reported_by_line_and_skipped_and_strict_stops_at_the_first() {
-    let Some(path) = data_file(BTC) else { return };
+    let path = data_file(BTC);
     let inst = TestInstance::new("replay-bad");
     let dir = tempfile::tempdir().expect("tempdir");
     let traders = traders_file(dir.path());
@@ -379,7 +379,7 @@ fn paced_run(inst: &TestInstance, file: &Path, pace: &[&str]) -> Duration {
 
 #[test]
 fn speed_and_rate_pace_a_replay() {
-    let Some(path) = data_file(BTC) else { return };
+    let path = data_file(BTC);
     let inst = TestInstance::new("replay-pace");
     let dir = tempfile::tempdir().expect("tempdir");
     let text = std::fs::read_to_string(&path).expect("read");
@@ -417,7 +417,7 @@ fn speed_and_rate_pace_a_replay() {
 
 #[test]
 fn a_small_ring_replayed_as_fast_as_possible_loses_nothing() {
-    let Some(path) = data_file(BTC) else { return };
+    let path = data_file(BTC);
     let inst = TestInstance::new("replay-small-ring");
     let dir = tempfile::tempdir().expect("tempdir");
     let traders = dir.path().join("traders.json");
@@ -457,7 +457,7 @@ fn a_small_ring_replayed_as_fast_as_possible_loses_nothing() {
 
 #[test]
 fn twenty_traders_of_the_rule_language_agree_between_run_and_backtest() {
-    let Some(path) = data_file(BTC) else { return };
+    let path = data_file(BTC);
     let inst = TestInstance::new("replay-rules");
     let dir = tempfile::tempdir().expect("tempdir");
     let rules = [

@@ -48,9 +48,7 @@ fn assert_keys_match_bodies(hook: &Receiver) {
 /// backtest's signals.
 #[test]
 fn a_webhook_is_exactly_once_by_key_across_sigkills_and_failures() {
-    let Some(data) = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv") else {
-        return;
-    };
+    let data = harness::data_file("BTCUSDT-1m-2021-02-19_25.csv");
     let inst = TestInstance::new("hook");
     let hook = Receiver::start().expect("receiver");
     let feed = format!("replay:{}", data.display());
