@@ -19,14 +19,14 @@ pub const PIPE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// Opening or reading failed.
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}: {error}", path.display())]
     Io {
         /// What the file is to the command (`trader file`, ...).
         what: &'static str,
         /// The path as given.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (shown in this error's message, so not chained after it).
+        error: std::io::Error,
     },
     /// Not something this input can be read from.
     #[error("{what} {}: {why}", path.display())]
@@ -52,6 +52,18 @@ pub enum InputError {
     },
 }
 
+impl InputError {
+    /// What is wrong, without the file's name (for a message that names
+    /// the file its own way).
+    pub fn cause(&self) -> String {
+        match self {
+            Self::Io { error, .. } => error.to_string(),
+            Self::Kind { why, .. } => why.clone(),
+            Self::TooLarge { limit, hint, .. } => format!("over the limit of {limit} bytes{hint}"),
+        }
+    }
+}
+
 /// What may be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accept {
@@ -72,14 +84,14 @@ pub fn open_regular(path: &Path, what: &'static str, instead: &str) -> Result<Fi
         .map_err(|source| InputError::Io {
             what,
             path: path.to_owned(),
-            source,
+            error: source,
         })?;
     let file_type = file
         .metadata()
-        .map_err(|source| InputError::Io {
+        .map_err(|error| InputError::Io {
             what,
             path: path.to_owned(),
-            source,
+            error,
         })?
         .file_type();
     if file_type.is_file() {
@@ -108,10 +120,10 @@ pub fn read_bounded(
     accept: Accept,
     hint: &'static str,
 ) -> Result<Vec<u8>, InputError> {
-    let io = |source| InputError::Io {
+    let io = |error| InputError::Io {
         what,
         path: path.to_owned(),
-        source,
+        error,
     };
     let kind = |why: String| InputError::Kind {
         what,

@@ -173,15 +173,15 @@ impl StateDir {
             ": not a file this engine wrote; move it away",
         ) {
             Ok(t) => Ok(Some(t)),
-            Err(crate::input::InputError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
+            Err(crate::input::InputError::Io { error, .. })
+                if error.kind() == std::io::ErrorKind::NotFound =>
             {
                 Ok(None)
             }
             Err(e) => Err(StateError::Io {
                 path: path.display().to_string(),
                 what: "reading it",
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::other(e.cause()),
             }),
         }
     }

@@ -161,13 +161,7 @@ pub fn init_logging(format: Option<LogFormat>, level: Option<&str>) {
 /// Reports `err` on stderr with its chain of causes (`error: what: why`)
 /// and gives the exit code for it.
 pub fn report(err: &(dyn std::error::Error + 'static)) -> ExitCode {
-    let mut message = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        message.push_str(": ");
-        message.push_str(&c.to_string());
-        cause = c.source();
-    }
+    let message = chain(err);
     if log_settings().format == LogFormat::Json {
         // Every stderr line stays one JSON object.
         tracing::error!(error = %message, "exiting");
@@ -175,4 +169,46 @@ pub fn report(err: &(dyn std::error::Error + 'static)) -> ExitCode {
         eprintln!("error: {message}");
     }
     ExitCode::from(code_for(err))
+}
+
+/// `err` and its causes, `: `-separated; a cause the message before it
+/// already ends with (an error whose text includes its source) once.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !message.ends_with(&said) {
+            message.push_str(": ");
+            message.push_str(&said);
+        }
+        cause = c.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading x: {source}")]
+    struct Says {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting")]
+    struct Wraps(#[source] Says);
+
+    #[test]
+    fn a_cause_already_said_is_said_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(
+            super::chain(&Says { source: io() }),
+            "reading x: entity not found"
+        );
+        assert_eq!(
+            super::chain(&Wraps(Says { source: io() })),
+            "starting: reading x: entity not found"
+        );
+    }
 }

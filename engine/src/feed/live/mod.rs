@@ -232,7 +232,7 @@ pub fn trust_only_named(
         crate::input::Accept::FilesAndPipes,
         ": give a PEM file of CA certificates",
     )
-    .with_context(|| flag.to_owned())?;
+    .map_err(|e| anyhow::anyhow!("{flag} {}: {}", path.display(), e.cause()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{flag} {}: not PEM certificates", path.display()))?;
