@@ -898,8 +898,9 @@ fn top_in_a_real_terminal_kills_a_worker_and_quits_cleanly() {
     // The trader list, and back.
     tmux.keys(&["t"]);
     tmux.screen_when(Duration::from_secs(10), |s| s.contains("sma10-up"));
-    tmux.keys(&["t"]);
-    tmux.keys(&["q"]);
+    // Back, and quit, typed together: top reads every key it is given at
+    // once (the `q` used to wait in crossterm's buffer until another key).
+    tmux.keys(&["t", "q"]);
     assert_eq!(tmux.exit_status(), "0", "top exits 0 on q");
     assert_eq!(
         tmux.pane("#{alternate_on}"),

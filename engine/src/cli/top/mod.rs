@@ -132,22 +132,25 @@ fn run(
             Input::None => continue,
             Input::Ready => {}
         }
-        if !event::poll(Duration::ZERO).context("reading keys")? {
-            continue;
-        }
-        match event::read().context("reading keys")? {
-            Event::Key(key) if key.kind != KeyEventKind::Release => {
-                let ctrl_c =
-                    key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
-                if ctrl_c || (state.confirm.is_none() && key.code == KeyCode::Char('q')) {
-                    return Ok(Ended::Quit);
+        // Every event crossterm has: it reads what the terminal holds in
+        // one go and hands it out one event at a time, so keys typed
+        // together (`t t q`) would otherwise wait in its buffer, unseen by
+        // the wait on stdin above, until the next key.
+        while event::poll(Duration::ZERO).context("reading keys")? {
+            match event::read().context("reading keys")? {
+                Event::Key(key) if key.kind != KeyEventKind::Release => {
+                    let ctrl_c = key.code == KeyCode::Char('c')
+                        && key.modifiers.contains(KeyModifiers::CONTROL);
+                    if ctrl_c || (state.confirm.is_none() && key.code == KeyCode::Char('q')) {
+                        return Ok(Ended::Quit);
+                    }
+                    key_pressed(key.code, &mut state, &mut client);
+                    // Show the effect of a key at once.
+                    next = Instant::now();
                 }
-                key_pressed(key.code, &mut state, &mut client);
-                // Show the effect of a key at once.
-                next = Instant::now();
+                Event::Resize(..) => next = Instant::now(),
+                _ => {}
             }
-            Event::Resize(..) => next = Instant::now(),
-            _ => {}
         }
     }
 }
