@@ -13,9 +13,8 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use protocol::Interval;
 use protocol::message::Signal;
-use protocol::trader::{Symbols, TraderSpec};
-use worker::point::Memo;
-use worker::verdict::{signals_with, values_with};
+use protocol::trader::TraderSpec;
+use worker::judge::{Judge, Trader};
 
 use crate::feed::FeedConfig;
 use crate::feed::writer::{FeedWriter, MemorySink};
@@ -58,55 +57,33 @@ pub fn load(opts: &BacktestOptions) -> Result<MemorySink> {
     Ok(sink)
 }
 
-/// (Indicator, series) slots a backtest's memo keeps per series.
-const BACKTEST_MEMO_SLOTS: usize = 1 << 14;
-
 /// Writes every signal as a JSON line to `out`; returns how many.
 pub fn backtest(opts: &BacktestOptions, out: &mut impl Write) -> Result<u64> {
-    let compiled = opts
-        .traders
-        .iter()
-        .map(|t| protocol::admit::admit(t).map(|rule| (t, rule)))
-        .collect::<Result<Vec<_>, _>>()?;
+    // The worker's evaluator, with every trader: one graph, its nodes shared.
+    let mut judge = Judge::default();
+    for spec in &opts.traders {
+        let rule = protocol::admit::admit(spec)?;
+        judge.add(Trader::new(spec.clone(), rule, 0))?;
+    }
     let sink = load(opts)?;
     let mut emitted = 0;
+    let mut hits: Vec<Signal> = Vec::new();
     for series in &sink.series {
-        let symbol = series.symbol.to_string();
-        let candles = series.closed();
-        // One memo per series, shared by its traders as in a worker.
-        let mut memo = Memo::new(BACKTEST_MEMO_SLOTS);
-        for (spec, rule) in &compiled {
-            if spec.interval != series.interval {
-                continue;
-            }
-            if let Symbols::List(list) = &spec.symbols
-                && !list.contains(&series.symbol)
-            {
-                continue;
-            }
-            let window = rule.lookback() + spec.cooldown as usize;
-            for end in window..=candles.len() {
-                // The candles' absolute indices, as a worker reads them from
-                // the ring: recursive indicators are anchored on them.
-                let (w, base) = (&candles[end - window..end], (end - window) as u64);
-                if signals_with(rule, spec.cooldown as usize, w, base, &mut memo) {
-                    let candle = candles[end - 1];
-                    let signal = Signal {
-                        trader: spec.id.clone(),
-                        symbol: symbol.clone(),
-                        interval: spec.interval,
-                        open_time: candle.open_time,
-                        close: candle.close,
-                        labels: spec.labels.clone(),
-                        values: values_with(rule, w, base, &mut memo),
-                    };
-                    let mut line = Vec::with_capacity(256);
-                    SignalLine::new(&signal, None).write_to(&mut line);
-                    line.push(b'\n');
-                    out.write_all(&line).context("writing a signal")?;
-                    emitted += 1;
-                }
-            }
+        hits.clear();
+        // The candles' absolute indices are their positions, as a worker
+        // reads them from the ring: recursive indicators are anchored on them.
+        judge.backtest_series(
+            series.symbol.as_str(),
+            series.interval,
+            &series.closed(),
+            &mut hits,
+        );
+        for signal in &hits {
+            let mut line = Vec::with_capacity(256);
+            SignalLine::new(signal, None).write_to(&mut line);
+            line.push(b'\n');
+            out.write_all(&line).context("writing a signal")?;
+            emitted += 1;
         }
     }
     out.flush().context("writing signals")?;

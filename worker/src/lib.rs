@@ -3,14 +3,21 @@
 //! rules, which `shmkline backtest` also uses in-process, so `run` and
 //! `backtest` agree bit for bit.
 //!
-//! * [`point`]: an expression's value at a candle, with a memo of values and
-//!   recursive states shared by the traders of a series.
+//! * [`graph`]: the evaluation graph: every distinct indicator a node,
+//!   computed once per series and candle, rules as flat programs over them.
+//! * [`judge`]: traders over the store's series (or a backtest's), pass
+//!   after pass, on the graph.
 //! * [`kernel`]: the recursive indicators as state machines, after TA-Lib.
-//! * [`verdict`]: a trader's verdict, cooldown and signal `values` on a window.
-//! * [`eval`]: a trader over the store's series, pass after pass.
+//! * [`point`]: an expression's value at a candle, computed on its own from
+//!   a window: the definition the graph's values equal bit for bit (its
+//!   tests and the `rule` fuzz target compare the two), and the kernels'
+//!   home.
+//! * [`verdict`]: a trader's verdict, cooldown and values on a window, by
+//!   [`point`]: the reference the graph is checked against.
 //! * [`runtime`]: the worker process as the coordinator runs it.
 
-pub mod eval;
+pub mod graph;
+pub mod judge;
 pub mod kernel;
 mod knobs;
 pub mod point;

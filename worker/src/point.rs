@@ -45,7 +45,7 @@ const RECENT_BUDGET: usize = 1 << 22;
 
 /// A recursive indicator's state between candles.
 #[derive(Debug, Clone, Copy)]
-enum State {
+pub(crate) enum State {
     Ema(kernel::Ema),
     Rsi(kernel::Rsi),
     Atr(kernel::Atr),
@@ -54,7 +54,7 @@ enum State {
 
 impl State {
     /// A fresh state for `kind` (None: not recursive).
-    fn new(kind: &Indicator) -> Option<Self> {
+    pub(crate) fn new(kind: &Indicator) -> Option<Self> {
         Some(match kind {
             Indicator::Ema(_, n) => State::Ema(kernel::Ema::new(*n)),
             Indicator::Rsi(_, n) => State::Rsi(kernel::Rsi::new(*n)),
@@ -73,12 +73,24 @@ impl State {
 
 /// A recursive indicator fed from `anchor` up to `next - 1`.
 #[derive(Debug, Clone, Copy)]
-struct Running {
-    anchor: u64,
-    next: u64,
-    state: State,
+pub(crate) struct Running {
+    pub(crate) anchor: u64,
+    pub(crate) next: u64,
+    pub(crate) state: State,
     /// The value at `next - 1`.
-    last: f64,
+    pub(crate) last: f64,
+}
+
+impl Running {
+    /// `state`, to be fed from `anchor` on.
+    pub(crate) fn fresh(anchor: u64, state: State) -> Self {
+        Self {
+            anchor,
+            next: anchor,
+            state,
+            last: f64::NAN,
+        }
+    }
 }
 
 /// What a memo lookup finds.
@@ -296,7 +308,7 @@ fn truth(b: bool) -> f64 {
     if b { 1.0 } else { 0.0 }
 }
 
-fn field(c: &Candle, f: Field) -> f64 {
+pub(crate) fn field(c: &Candle, f: Field) -> f64 {
     match f {
         Field::Open => c.open,
         Field::High => c.high,
@@ -526,7 +538,7 @@ impl<'a> Point<'a> {
 }
 
 /// A window indicator's kernel over `x(0..=span)`.
-fn window_kernel(kind: &Indicator, x: impl Fn(usize) -> f64) -> f64 {
+pub(crate) fn window_kernel(kind: &Indicator, x: impl Fn(usize) -> f64) -> f64 {
     match kind {
         Indicator::Sma(_, n) => window::sma(*n, x),
         Indicator::Wma(_, n) => window::wma(*n, x),

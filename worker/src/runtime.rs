@@ -33,7 +33,7 @@ use protocol::shm::scratch::SharedWords;
 use protocol::store::{StoreReader, Wait};
 use protocol::trader::{MAX_TRADERS_PER_WORKER, black_box_name, trader_hash};
 
-use crate::eval::{Scratch, Trader};
+use crate::judge::{Judge, Pass, Trader};
 use crate::knobs::Knobs;
 
 /// How long the evaluation thread sleeps on the publish futex before it
@@ -213,6 +213,59 @@ struct Evaluation {
     /// Ids and versions of the traders held or queued: the request loop's
     /// own view, so it answers without asking the evaluation thread.
     registry: BTreeMap<String, u32>,
+    /// The graph's nodes the traders held or queued make, as the
+    /// evaluation thread's graph makes them: an ADD past the node bound is
+    /// refused here, before it is acknowledged.
+    nodes: NodeCount,
+}
+
+/// The nodes of the traders held, by canonical text, with how many traders
+/// read each.
+#[derive(Default)]
+struct NodeCount {
+    readers: std::collections::HashMap<String, u32>,
+    by_trader: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl NodeCount {
+    /// Trader `id`'s rule's nodes counted, unless that passes the bound
+    /// (a trader of the same id it replaces is not counted against it).
+    fn add(&mut self, id: &str, rule: &protocol::trader::Rule) -> Result<(), String> {
+        let texts = rule
+            .compiled()
+            .map(|c| protocol::rule::node_texts(&c.expr))
+            .unwrap_or_default();
+        // As the graph counts: a replaced trader's nodes go only after the
+        // new one's are made.
+        let adding = texts
+            .iter()
+            .filter(|t| !self.readers.contains_key(*t))
+            .count();
+        let live = self.readers.len();
+        if live + adding > protocol::rule::NODE_BOUND {
+            return Err(format!(
+                "trader {id}: this worker's evaluation graph holds {live} distinct indicators and computed series, the rule adds {adding}, past the limit of {}: more --workers, or rules that share indicators",
+                protocol::rule::NODE_BOUND
+            ));
+        }
+        for t in &texts {
+            *self.readers.entry(t.clone()).or_default() += 1;
+        }
+        self.remove(id);
+        self.by_trader.insert(id.to_owned(), texts);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: &str) {
+        for t in self.by_trader.remove(id).unwrap_or_default() {
+            if let Some(n) = self.readers.get_mut(&t) {
+                *n -= 1;
+                if *n == 0 {
+                    self.readers.remove(&t);
+                }
+            }
+        }
+    }
 }
 
 /// Runs until CLEANUP (exit 0) or until the coordinator goes away.
@@ -297,6 +350,7 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
                             store: reader,
                             thread,
                             registry: BTreeMap::new(),
+                            nodes: NodeCount::default(),
                         });
                     }
                     knobs.after_ready(&out.0)?;
@@ -317,6 +371,7 @@ pub fn serve(bootstrap: &str, coordinator_pid: i32, worker_id: u32) -> Result<()
                 // gone (a retry too: it queues behind the first).
                 Some(eval) if shared.changes().queue.len() < QUEUE_BOUND => {
                     eval.registry.remove(&trader);
+                    eval.nodes.remove(&trader);
                     shared.queue(Change::Remove {
                         id: trader,
                         request: id,
@@ -433,6 +488,9 @@ fn add_trader(
             reason: format!("{QUEUE_BOUND} trader changes are waiting: try again"),
         };
     }
+    if let Err(reason) = eval.nodes.add(&spec.id, &rule) {
+        return Message::Nack { reason };
+    }
     tracing::info!(trader = %spec.id, version = spec.version, rule = %rule, resume_after, "trader added");
     eval.registry.insert(spec.id.clone(), spec.version);
     shared.queue(Change::Add(Box::new(Trader::new(spec, rule, resume_after))));
@@ -498,8 +556,7 @@ struct Evaluator<'a> {
     shared: &'a Shared,
     out: &'a Outbox,
     black_box: Option<&'a SharedWords>,
-    traders: Vec<Trader>,
-    scratch: Scratch,
+    judge: Judge,
     hits: Vec<Signal>,
     next_signal: u64,
     /// The publish counter the last complete pass covered.
@@ -518,8 +575,7 @@ impl<'a> Evaluator<'a> {
             shared,
             out,
             black_box,
-            traders: Vec::new(),
-            scratch: Scratch::default(),
+            judge: Judge::default(),
             hits: Vec::new(),
             next_signal: 0,
             last_publish: 0,
@@ -537,10 +593,10 @@ impl<'a> Evaluator<'a> {
     /// Passes until stopped; returns the evaluation cursors it dropped.
     fn run(mut self) -> Result<u32> {
         let mut seen = 0;
-        let mut symbols = Vec::new();
         let mut pass_times = PassTimes(Samples::new(PASS_SAMPLES));
         // A pass that left work for the next one (a budget ran out, a read
-        // was refused for the moment): the next pass starts at once.
+        // was refused for the moment, trader changes cut it short): the
+        // next pass starts at once.
         let mut unfinished = false;
         while !self.shared.stop.load(Ordering::Acquire) {
             // Left work: look again almost at once (a read refused for the
@@ -551,100 +607,70 @@ impl<'a> Evaluator<'a> {
                 EVAL_TICK
             };
             let changed = matches!(self.reader.wait_for_change(seen, tick)?, Wait::Changed(_));
-            let (applied, _) = self.apply_changes(0)?;
+            let applied = self.apply_changes()?;
             if !changed && !applied && !unfinished {
                 continue;
             }
             let pass_started = Instant::now();
-            // Everything published up to here gets evaluated in this pass.
+            // Everything published up to here gets judged in this pass.
             let published = self.reader.publish_counter();
-            // Append-only directory: re-read it only when it grew.
-            if self.reader.symbol_count() != symbols.len() {
-                symbols = self.reader.symbols_with_ids();
-            }
-            unfinished = false;
-            let mut gaps = 0;
-            let mut k = 0;
-            while k < self.traders.len() {
-                if self.shared.stop.load(Ordering::Acquire) {
-                    break;
-                }
-                let trader = &mut self.traders[k];
-                let _span = tracing::debug_span!("trader", id = %trader.spec.id).entered();
-                if let Some(word) = self.black_box.and_then(|b| b.word(0)) {
-                    word.store(trader_hash(&trader.spec.id), Ordering::Relaxed);
-                }
-                let judged = trader.evaluate(
-                    self.reader,
-                    &symbols,
-                    &mut self.scratch,
-                    &mut self.hits,
-                    &self.shared.judged,
-                )?;
-                gaps += judged.gaps;
-                if judged.complete {
-                    trader.covered_to(published);
-                } else {
-                    unfinished = true;
-                }
-                k += 1;
-                // Between traders: changes queued meanwhile.
-                if self.shared.changed.load(Ordering::Acquire) {
-                    let (_, next) = self.apply_changes(k)?;
-                    // A trader replaced before `next` waits for the next pass.
-                    unfinished = true;
-                    k = next;
-                }
-            }
+            let black_box = self.black_box;
+            let shared = self.shared;
+            let mut pass = Pass {
+                hits: &mut self.hits,
+                progress: &shared.judged,
+                mark: &|id: &str| {
+                    if let Some(word) = black_box.and_then(|b| b.word(0)) {
+                        word.store(trader_hash(id), Ordering::Relaxed);
+                    }
+                },
+                interrupt: &|| {
+                    shared.stop.load(Ordering::Acquire) || shared.changed.load(Ordering::Acquire)
+                },
+            };
+            let judged = self.judge.pass(self.reader, published, &mut pass)?;
+            unfinished = !judged.complete;
             self.flush()?;
             self.mark(0);
-            self.shared.gaps.fetch_add(gaps, Ordering::Relaxed);
+            self.shared.gaps.fetch_add(judged.gaps, Ordering::Relaxed);
             self.last_publish = published;
             // After the signals: a PONG carrying this progress proves they were sent.
             self.publish_progress();
             seen = published;
             pass_times.record(pass_started.elapsed(), self.shared);
         }
-        Ok(self.traders.iter().map(|t| t.cursors() as u32).sum())
+        Ok(self.judge.held().1 as u32)
     }
 
-    /// Applies the queued changes; true if there were any, and where the
-    /// pass that was at trader `cursor` goes on (a removal before it shifts
-    /// the rest down; an added trader goes last). A removal first sends the
-    /// signals found so far, then acknowledges: nothing of the removed
-    /// trader follows its ACK.
-    fn apply_changes(&mut self, mut cursor: usize) -> Result<(bool, usize)> {
+    /// Applies the queued changes; true if there were any. A removal
+    /// first sends the signals found so far, then acknowledges: nothing of
+    /// the removed trader follows its ACK.
+    fn apply_changes(&mut self) -> Result<bool> {
         if !self.shared.changed.swap(false, Ordering::AcqRel) {
-            return Ok((false, cursor));
+            return Ok(false);
         }
         let queued: Vec<Change> = self.shared.changes().queue.drain(..).collect();
         for change in queued {
             match change {
                 Change::Add(trader) => {
-                    match self
-                        .traders
-                        .iter()
-                        .position(|t| t.spec.id == trader.spec.id)
-                    {
-                        Some(k) => self.traders[k] = *trader,
-                        None => self.traders.push(*trader),
+                    let id = trader.spec.id.clone();
+                    // The request loop counted its nodes against the bound
+                    // before it acknowledged: this cannot fail unless the
+                    // two counts disagree, which is a bug.
+                    if let Err(e) = self.judge.add(*trader) {
+                        bail!("trader {id} acknowledged but refused by the graph: {e}");
                     }
                 }
                 Change::Remove { id, request } => {
                     self.flush()?;
-                    if let Some(k) = self.traders.iter().position(|t| t.spec.id == id) {
-                        self.traders.remove(k);
-                        if k < cursor {
-                            cursor -= 1;
-                        }
-                    }
+                    self.judge.remove(&id);
                     self.out.send(request, &Message::Ack)?;
                     tracing::info!(trader = %id, "trader removed");
                 }
             }
         }
         self.publish_progress();
-        Ok((true, cursor))
+        Ok(true)
     }
 
     /// Sends the signals found so far. One too large for a frame is pinned
@@ -673,9 +699,9 @@ impl<'a> Evaluator<'a> {
     fn publish_progress(&self) {
         let changes = self.shared.changes();
         let progress = self
-            .traders
-            .iter()
-            .map(Trader::covered)
+            .judge
+            .covered()
+            .into_iter()
             .chain(changes.queue.iter().filter_map(|c| match c {
                 Change::Add(t) => Some(t.covered()),
                 Change::Remove { .. } => None,

@@ -291,12 +291,42 @@ fn rule(data: &[u8]) {
         return;
     }
     let candles = wave(lookback + 40);
+    // Differential: the evaluation graph (what workers and backtest run)
+    // and the pointwise definition give the same bits at every candle.
+    use worker::graph::program::Values;
+    let Some(expr) = rule.compiled().map(|c| c.expr.clone()) else {
+        return;
+    };
+    let mut graph = worker::graph::Graph::default();
+    let Ok(compiled) = graph.add(&expr) else {
+        return;
+    };
+    graph.plan(std::iter::once((&compiled, 0)));
+    let nodes = graph.closure(&compiled.direct);
+    let mut state = worker::graph::series::SeriesState::new(&graph, &nodes, 0);
     let mut memo = worker::point::Memo::new(64);
-    for end in lookback..=candles.len() {
+    for (i, c) in candles.iter().enumerate() {
+        state.push(&graph, i as u64, *c);
+        let end = i + 1;
+        if end < lookback {
+            continue;
+        }
         let start = end - lookback;
         let window = &candles[start..end];
-        worker::verdict::signals_with(&rule, 0, window, start as u64, &mut memo);
-        worker::verdict::values_with(&rule, window, start as u64, &mut memo);
+        let want = worker::verdict::signals_with(&rule, 0, window, start as u64, &mut memo);
+        let got = compiled.program.eval(&state, i as u64) == 1.0;
+        assert_eq!(
+            got, want,
+            "the graph's verdict at {i} differs from the definition's"
+        );
+        let values = worker::verdict::values_with(&rule, window, start as u64, &mut memo);
+        for (text, node) in &compiled.values {
+            let (got, want) = (state.node(*node, i as u64), values.get(text).copied());
+            assert!(
+                want.is_some_and(|w| w.to_bits() == got.to_bits() || w.is_nan() && got.is_nan()),
+                "{text} at {i}: graph {got}, definition {want:?}"
+            );
+        }
     }
 }
 

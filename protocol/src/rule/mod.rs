@@ -445,6 +445,54 @@ impl fmt::Display for Expr {
     }
 }
 
+/// Distinct nodes (computations shared by every trader that uses them:
+/// see [`node_texts`]) one worker's evaluation graph holds at most: far
+/// past the few hundred distinct indicators thousands of screener rules
+/// use; each is a few hundred bytes per series it is computed on.
+pub const NODE_BOUND: usize = 16_384;
+
+/// The nodes an evaluation graph makes of `e`, by canonical text: every
+/// indicator, and every indicator's source that is neither a candle field
+/// nor an indicator (`close - open` in `sma(close - open, 10)`), each once.
+/// The coordinator counts them against [`NODE_BOUND`] where traders enter;
+/// a worker makes exactly these.
+pub fn node_texts(e: &Expr) -> Vec<String> {
+    fn walk(e: &Expr, out: &mut Vec<String>) {
+        match e {
+            Expr::Num(_) | Expr::Field(_) => {}
+            Expr::Back(x, _) | Expr::Neg(x) | Expr::Not(x) => walk(x, out),
+            Expr::Arith(_, a, b)
+            | Expr::Cmp(_, a, b)
+            | Expr::And(a, b)
+            | Expr::Or(a, b)
+            | Expr::Cross(_, a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+            Expr::Ind(ind) => {
+                let text = e.to_string();
+                if !out.contains(&text) {
+                    out.push(text);
+                }
+                match ind.kind.source() {
+                    None | Some(Expr::Field(_)) => {}
+                    Some(src @ Expr::Ind(_)) => walk(src, out),
+                    Some(src) => {
+                        let text = src.to_string();
+                        if !out.contains(&text) {
+                            out.push(text);
+                        }
+                        walk(src, out);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(e, &mut out);
+    out
+}
+
 /// FNV-1a, 64 bits: the digest of an indicator's canonical text (its memo
 /// key) and of a trader id (its black-box mark).
 pub fn fnv1a(text: &str) -> u64 {

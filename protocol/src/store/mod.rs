@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::candle::Candle;
 
 /// A symbol's position in the directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct SymbolId(pub(crate) u32);
 
 impl SymbolId {
