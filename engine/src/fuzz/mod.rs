@@ -457,10 +457,11 @@ fn control_stream(data: &[u8]) {
         let _ = reader.read_to_end(&mut answers);
         answers
     });
+    // Each request answered with its kind (a refusal is the one answer
+    // that carries words).
     let answer = |req: ControlRequest| {
-        let _ = req
-            .reply
-            .send(serde_json::json!({ "kind": req.request.kind() }));
+        let kind = format!("{:?}", req.request.kind());
+        let _ = req.reply.send(protocol::control::Answer::refused(kind));
         Handed::Queued
     };
     let _ = serve(&server, &answer);

@@ -15,7 +15,7 @@ use protocol::trader::{TraderSpec, black_box_name};
 
 use super::control::ControlRequest;
 use super::emit::Emitter;
-use super::faults::{FaultKind, SupervisionEvent};
+use super::faults::{FaultKind, FaultLog};
 use super::link::{Budget, FromWorker, Link};
 use super::options::RunOptions;
 use super::slot::{Incarnation, Purpose, Slot, State};
@@ -81,7 +81,7 @@ pub(super) struct Coordinator {
     /// store's publish count then, why) before CLEANUP.
     pub(super) draining: Option<(Instant, u64, &'static str)>,
     pub(super) budget: Budget,
-    pub(super) events: VecDeque<SupervisionEvent>,
+    pub(super) events: FaultLog,
     /// Links of dead incarnations whose reader threads are finishing.
     pub(super) graveyard: Vec<Link>,
     /// Set when a slot exhausted its restart intensity.
@@ -179,8 +179,7 @@ impl Coordinator {
             catching_up_to: None,
             draining: None,
             budget: Budget::from_system(),
-            // At its bound from the start: no doubling copies while it fills.
-            events: VecDeque::with_capacity(super::supervise::EVENTS_KEPT),
+            events: FaultLog::default(),
             graveyard: Vec::new(),
             failed: None,
             refused: Vec::new(),

@@ -174,7 +174,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             needed = p.needed,
             traders = p.traders,
             bytes_per_symbol = p.ring_bytes,
-            sized_by = p.sized_by,
+            sized_by = p.sized_by.name(),
             "ring plan"
         );
     }

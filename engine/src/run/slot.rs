@@ -5,16 +5,15 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use protocol::control::{Worker, WorkerState};
 use protocol::message::Pong;
 use protocol::trader::TraderSpec;
-use serde::Serialize;
 
 use super::emit::Emitter;
-use super::faults::FaultKind;
+use super::faults::{Cause, FaultId, FaultKind};
 use super::link::{Budget, Link};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
     /// INIT sent, no READY yet.
     Starting,
@@ -52,7 +51,7 @@ pub(super) struct Pending {
 
 /// Log2 buckets of round-trip times in microseconds: bucket k holds
 /// [2^k, 2^(k+1)) us. Fixed size, so it never grows.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct RttHistogram {
     pub(super) buckets: [u64; 24],
 }
@@ -90,8 +89,8 @@ pub(super) struct Incarnation {
     pub(super) sent: (u64, u64),
     /// Frames and bytes the worker has provably read.
     pub(super) read: (u64, u64),
-    /// Index into the supervision events, once faulty.
-    pub(super) fault: Option<usize>,
+    /// Its fault in the log, once faulty.
+    pub(super) fault: Option<FaultId>,
     /// Whether the process was stopped (state T) when its fault was detected.
     pub(super) stopped: bool,
     /// READY was received.
@@ -180,7 +179,7 @@ pub(super) struct Slot {
     pub(super) failed_starts: u32,
     pub(super) restart_at: Option<Instant>,
     /// The fault being recovered from, if any.
-    pub(super) recovering: Option<usize>,
+    pub(super) recovering: Option<FaultId>,
     // Totals over the slot's incarnations.
     /// Gap events reported by its workers (dead ones included).
     pub(super) gaps: u64,
@@ -196,7 +195,7 @@ pub(super) struct Slot {
     pub(super) passes_retired: protocol::histogram::Log2Histogram,
     /// Restarts by cause (`outside`, `self_inflicted`, `planned`), over
     /// the slot's life.
-    pub(super) restarts_by_cause: BTreeMap<&'static str, u64>,
+    pub(super) restarts_by_cause: BTreeMap<Cause, u64>,
 }
 
 impl Slot {
@@ -259,6 +258,57 @@ impl Slot {
             inc.unsent.push_back(t.id.clone());
         }
         self.traders.insert(t.id.clone(), t);
+    }
+
+    /// Where its worker is in its life; `recovering`: the fault it
+    /// recovers from is still in the log.
+    pub(super) fn state(&self, recovering: bool) -> WorkerState {
+        match self.live.as_ref().map(|i| i.state) {
+            Some(State::Starting) => WorkerState::Starting,
+            Some(State::Syncing) => WorkerState::Syncing,
+            // Ready, but the PONG confirming its recovery is still to come.
+            Some(State::Ready) if recovering => WorkerState::Recovering,
+            Some(State::Ready) => WorkerState::Ready,
+            Some(State::Cleaning) => WorkerState::Cleaning,
+            Some(State::Exited) => WorkerState::Exited,
+            Some(State::Dead) => WorkerState::Dead,
+            None if self.spawning => WorkerState::Spawning,
+            None if self.restart_at.is_some() => WorkerState::Backoff,
+            None => WorkerState::Down,
+        }
+    }
+
+    /// The slot as `status` shows it: `state` from [`Self::state`],
+    /// `signals` received from its workers.
+    pub(super) fn status(&self, state: WorkerState, signals: u64) -> Worker {
+        let inc = self.live.as_ref();
+        let pong = inc.and_then(|i| i.last_pong.as_ref());
+        let reported = |f: fn(&Pong) -> u64| pong.map(|(_, p)| f(p));
+        Worker {
+            id: self.id,
+            pid: inc.map_or(0, |i| i.pid),
+            state,
+            traders: inc.map_or(0, |i| i.acked.len() as u64),
+            trader_ids: self.traders.keys().cloned().collect(),
+            restarts: self.restarts,
+            rtt_us: inc.and_then(|i| i.rtt).map(|d| d.as_micros() as u64),
+            last_pong_age_ms: pong.map(|(at, _)| at.elapsed().as_millis() as u64),
+            retries: self.retries,
+            malformed_frames: self.malformed,
+            undecodable_frames: self.undecodable,
+            signals,
+            rss_bytes: reported(|p| p.rss_bytes),
+            last_publish: reported(|p| p.last_publish),
+            confirmed_publish: self.confirmed,
+            gaps: reported(|p| p.gaps),
+            judged: reported(|p| p.judged),
+            signal_frames: reported(|p| p.signal_frames),
+            largest_signal_frame_bytes: reported(|p| p.largest_signal_frame),
+            passes: reported(|p| p.passes),
+            pass_p50_us: reported(|p| p.pass_p50_us),
+            pass_p99_us: reported(|p| p.pass_p99_us),
+            rtt_histogram_log2_us: self.rtt_hist.buckets.to_vec(),
+        }
     }
 
     /// Stops holding trader `id` (refused, quarantined or removed): its

@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal as OsSignal, kill};
 use nix::unistd::Pid;
-use protocol::clock::now_ms;
 use protocol::trader::trader_hash;
 
 use super::coordinator::Coordinator;
-use super::faults::{Cause, FaultKind, SupervisionEvent};
+use super::faults::{Cause, FaultKind};
 use super::slot::State;
 use super::spawn::Spawner;
 use crate::process::kill_and_reap;
@@ -23,9 +22,6 @@ pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Longest delay before a restart.
 pub const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(5);
-
-/// Supervision events kept for `status` (the oldest is dropped first).
-pub const EVENTS_KEPT: usize = 1024;
 
 /// How long a worker whose channel closed may take to exit before it is killed.
 pub(super) const CRASH_GRACE: Duration = Duration::from_millis(100);
@@ -100,33 +96,7 @@ impl Coordinator {
         }
         inc.state = State::Dead;
         inc.pending.clear();
-        if self.events.len() >= EVENTS_KEPT {
-            self.events.pop_front();
-            // Indices into the deque shift by one.
-            for slot in &mut self.slots {
-                slot.recovering = slot.recovering.and_then(|i| i.checked_sub(1));
-                if let Some(inc) = slot.live.as_mut() {
-                    inc.fault = inc.fault.and_then(|i| i.checked_sub(1));
-                }
-            }
-        }
-        let slot = &mut self.slots[s];
-        let inc = slot.live.as_mut().map(|inc| (inc.pid, inc));
-        if let Some((pid, inc)) = inc {
-            self.events.push_back(SupervisionEvent {
-                slot: slot.id,
-                pid,
-                kind,
-                cause: None,
-                reason: why,
-                exit: None,
-                detected_at_ms: now_ms(),
-                recovered_at_ms: None,
-                recovery_ms: None,
-                detected: Instant::now(),
-            });
-            inc.fault = Some(self.events.len() - 1);
-        }
+        inc.fault = Some(self.events.record(slot.id, inc.pid, kind, why));
     }
 
     /// A failure the worker caused (or a failed start): counts against the
@@ -211,7 +181,8 @@ impl Coordinator {
             }
             // Why did it go?
             let ev = inc.fault;
-            let cause = match ev.and_then(|i| self.events.get(i)).map(|e| e.kind) {
+            let event = ev.and_then(|id| self.events.get(id));
+            let cause = match event.map(|e| e.kind) {
                 Some(FaultKind::CatchUp) => Cause::Planned,
                 _ if inc.stopped => Cause::Outside,
                 Some(FaultKind::Hang | FaultKind::Stall | FaultKind::Protocol) => {
@@ -219,10 +190,14 @@ impl Coordinator {
                 }
                 _ => classify(&status),
             };
+            // Only a crash can be pinned on the trader being evaluated;
+            // a hang or a protocol fault says nothing about it.
+            let blamed =
+                event.is_some_and(|e| matches!(e.kind, FaultKind::Crash | FaultKind::Stall));
+            let why = event.map_or_else(String::new, |e| e.reason.clone());
             let never_ready = !inc.reached_ready;
-            if let Some(event) = ev.and_then(|i| self.events.get_mut(i)) {
-                event.cause = Some(cause);
-                event.exit = Some(status.to_string());
+            if let Some(id) = ev {
+                self.events.reaped(id, cause, status.to_string());
             }
             let slot = &mut self.slots[s];
             if never_ready && cause == Cause::SelfInflicted {
@@ -233,29 +208,15 @@ impl Coordinator {
                 self.graveyard.push(link);
             }
             slot.restarts += 1;
-            *slot.restarts_by_cause.entry(cause.name()).or_default() += 1;
+            *slot.restarts_by_cause.entry(cause).or_default() += 1;
             slot.recovering = ev;
             match cause {
                 Cause::Outside | Cause::Planned => slot.restart_at = Some(Instant::now()),
-                Cause::SelfInflicted
-                    if ev
-                        .and_then(|i| self.events.get(i))
-                        .is_some_and(|e| matches!(e.kind, FaultKind::Crash | FaultKind::Stall)) =>
-                {
-                    let why = ev
-                        .and_then(|i| self.events.get(i))
-                        .map_or_else(String::new, |e| e.reason.clone());
-                    // Only a crash can be pinned on the trader being evaluated;
-                    // a hang or a protocol fault says nothing about it.
+                Cause::SelfInflicted if blamed => {
                     self.blame(s);
                     self.self_inflicted(s, why);
                 }
-                Cause::SelfInflicted => {
-                    let why = ev
-                        .and_then(|i| self.events.get(i))
-                        .map_or_else(String::new, |e| e.reason.clone());
-                    self.self_inflicted(s, why);
-                }
+                Cause::SelfInflicted => self.self_inflicted(s, why),
             }
         }
         // Reader threads of dead workers end once their process is gone.
