@@ -425,12 +425,12 @@ fn control_request(data: &[u8]) {
 }
 
 fn control_seeds() -> Vec<Vec<u8>> {
-    let add = serde_json::json!({ "cmd": "add", "traders": crate::traders::defaults() });
+    let add = crate::run::control::Request::Add(crate::traders::defaults());
     vec![
         b"status".to_vec(),
         b"traders".to_vec(),
         br#"{"cmd":"remove","id":"t1"}"#.to_vec(),
-        add.to_string().into_bytes(),
+        add.to_line().into_bytes(),
     ]
 }
 
