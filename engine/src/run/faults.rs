@@ -1,7 +1,7 @@
-//! What can go wrong with a worker (the kinds of fault and who caused one,
-//! shared with `status` through the control protocol) and the log of
+//! What can go wrong: with a worker (the kinds of fault and who caused
+//! one, shared with `status` through the control protocol), the log of
 //! faults and their recoveries that `status`, `events` and the chaos
-//! report read.
+//! report read, and the failures that end a run in error.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -118,6 +118,50 @@ impl FaultLog {
     /// Every fault kept, oldest first (`events`).
     pub(super) fn all(&self) -> Vec<FaultEvent> {
         self.events.iter().map(|(e, _)| e.clone()).collect()
+    }
+}
+
+/// What ends the run in error: at once (fatal), or at its end.
+#[derive(Debug, Default)]
+pub(super) struct Failures {
+    /// The run cannot go on (a slot out of restarts, a thread gone): the
+    /// loop stops with it.
+    fatal: Option<String>,
+    /// Traders a worker refused, with the reason.
+    refused: Vec<String>,
+    /// The first frame of this build's protocol that did not decode.
+    undecodable: Option<String>,
+}
+
+impl Failures {
+    /// The run cannot go on, and why (the latest reason is the one told).
+    pub(super) fn fatal(&mut self, why: String) {
+        self.fatal = Some(why);
+    }
+
+    /// Why the run cannot go on, once.
+    pub(super) fn take_fatal(&mut self) -> Option<String> {
+        self.fatal.take()
+    }
+
+    /// A worker refused a trader for good: the run ends naming it.
+    pub(super) fn refused(&mut self, what: String) {
+        self.refused.push(what);
+    }
+
+    /// A frame of this build's protocol did not decode: the first is told.
+    pub(super) fn undecodable(&mut self, what: impl FnOnce() -> String) {
+        self.undecodable.get_or_insert_with(what);
+    }
+
+    /// The first undecodable frame, if any.
+    pub(super) fn first_undecodable(&self) -> Option<&str> {
+        self.undecodable.as_deref()
+    }
+
+    /// The traders refused, with the reasons.
+    pub(super) fn refusals(&self) -> &[String] {
+        &self.refused
     }
 }
 

@@ -6,8 +6,8 @@ use protocol::trader::Symbols;
 use protocol::{Interval, SymbolName};
 
 use protocol::control::{
-    Added, AddedTrader, Answer, HeldTrader, QuarantinedTrader, Removed, RemovedFrom, SeriesWarmth,
-    TraderList, TraderRow, WasQuarantined,
+    Added, AddedTrader, Answer, HeldTrader, Removed, RemovedFrom, SeriesWarmth, TraderList,
+    TraderRow, WasQuarantined,
 };
 use protocol::message::Message;
 use protocol::trader::{MAX_TRADERS_PER_WORKER, TraderSpec};
@@ -65,24 +65,19 @@ impl Coordinator {
                 });
             }
         }
-        for (t, slot) in &self.quarantined {
-            list.push(TraderRow::Quarantined(QuarantinedTrader {
-                id: t.clone(),
-                slot: *slot,
-            }));
-        }
+        list.extend(self.quarantine.rows());
         TraderList { traders: list }
     }
 
     /// Adds traders to a running engine, all or none. Each was checked
     /// (spec, rule, window, interval) on the client's thread
-    /// (`control::forward_to`); here what needs the loop's state: no id
+    /// (`events::forward_to`); here what needs the loop's state: no id
     /// taken, room in the workers. The new set is kept in the state
     /// directory before anything changes: a set that cannot be kept is
     /// not applied, and the answer says so. Each goes to the slot with the
     /// fewest traders and starts with the candles written after this moment.
     pub(super) fn traders_add(&mut self, traders: Vec<TraderSpec>) -> Answer {
-        if self.shutting_down.is_some() {
+        if self.stage.shutting_down() {
             return Answer::refused("the engine is shutting down: nothing was added");
         }
         #[cfg(feature = "testing")]
@@ -91,7 +86,7 @@ impl Coordinator {
             .slots
             .iter()
             .flat_map(|s| s.traders.keys().map(String::as_str))
-            .chain(self.quarantined.iter().map(|(t, _)| t.as_str()))
+            .chain(self.quarantine.ids())
             .collect();
         let removing: BTreeSet<&String> = self
             .slots
@@ -174,7 +169,7 @@ impl Coordinator {
         Answer::Added(Added {
             added,
             from_publish,
-            last_batch_at: self.last_batch_at(),
+            last_batch_at: self.feeding.last_batch_at(),
             persisted: true,
         })
     }
@@ -183,7 +178,7 @@ impl Coordinator {
     /// without it is kept in the state directory first: if that fails,
     /// nothing is removed and the answer says so.
     pub(super) fn traders_remove(&mut self, id: &str) -> Answer {
-        let quarantined = self.quarantined.iter().any(|(t, _)| t == id);
+        let quarantined = self.quarantine.holds(id);
         let slot = self.slots.iter().position(|s| s.traders.contains_key(id));
         if !quarantined && slot.is_none() {
             return Answer::refused(format!(
@@ -203,8 +198,7 @@ impl Coordinator {
             ));
         }
         if quarantined {
-            self.quarantined.retain(|(t, _)| t != id);
-            self.strikes.remove(id);
+            self.quarantine.release(id);
             return Answer::Removed(Removed {
                 removed: id.to_owned(),
                 from: RemovedFrom::Quarantine {
@@ -231,7 +225,7 @@ impl Coordinator {
             None => false,
         };
         // A fixed trader re-added under the same id starts with a clean record.
-        self.strikes.remove(id);
+        self.quarantine.forgive(id);
         if live {
             self.request(
                 s,
@@ -244,15 +238,10 @@ impl Coordinator {
             removed: id.to_owned(),
             from: RemovedFrom::Slot {
                 slot: s as u32,
-                last_batch_at: self.last_batch_at(),
+                last_batch_at: self.feeding.last_batch_at(),
             },
             persisted: true,
         })
-    }
-
-    /// The delivery time (ms) of the last batch a finite feed wrote.
-    pub(super) fn last_batch_at(&self) -> Option<i64> {
-        self.pump.as_ref().and_then(|p| p.last_at())
     }
 }
 

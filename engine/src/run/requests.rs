@@ -87,7 +87,7 @@ impl Coordinator {
                     format!("could not send {kind}: {}", failure.why()),
                 ),
                 None => {
-                    self.failed = Some(format!(
+                    self.failures.fatal(format!(
                         "could not encode a {kind} request: {} (a bug in shmkline, please report it)",
                         failure.why()
                     ));
@@ -158,7 +158,7 @@ impl Coordinator {
                     slot.confirmed = slot.confirmed.max(pong.last_publish);
                     self.emitter.confirmed(s, slot.confirmed);
                     if let Some(ev) = slot.recovering.take()
-                        && let Some(recovery_ms) = self.events.recovered(ev)
+                        && let Some(recovery_ms) = self.faults.recovered(ev)
                     {
                         tracing::info!(slot = slot.id, recovery_ms, "slot recovered");
                     }
@@ -194,8 +194,8 @@ impl Coordinator {
                         // Refused for good: the slot stops expecting it, and the
                         // run will end with an error naming it.
                         slot.drop_trader(&t, &self.emitter);
-                        self.refused
-                            .push(format!("{t} (worker {}: {reason})", slot.id));
+                        self.failures
+                            .refused(format!("{t} (worker {}: {reason})", slot.id));
                         let held = slot.traders.len();
                         if slot
                             .live

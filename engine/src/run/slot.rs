@@ -29,6 +29,13 @@ pub(super) enum State {
     Dead,
 }
 
+/// First delay before restarting a slot after a self-inflicted failure;
+/// doubled per failure within the intensity period, up to [`RESTART_BACKOFF_CAP`].
+pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longest delay before a restart.
+pub const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(5);
+
 /// What a pending request was for, to act on its answer.
 #[derive(Debug, Clone)]
 pub(super) enum Purpose {
@@ -135,6 +142,34 @@ impl SendFailure {
 }
 
 impl Incarnation {
+    /// Worker process `pid`, incarnation `no` of its slot, just spawned:
+    /// `link` its channels; INIT is still to be sent.
+    pub(super) fn new(no: u64, pid: u32, child: Child, link: Link) -> Self {
+        Self {
+            no,
+            pid,
+            child: Some(child),
+            link: Some(link),
+            state: State::Starting,
+            pending: BTreeMap::new(),
+            next_id: 0,
+            acked: BTreeSet::new(),
+            unsent: VecDeque::new(),
+            removing: BTreeSet::new(),
+            synced_at: None,
+            last_pong: None,
+            rtt: None,
+            sent: (0, 0),
+            read: (0, 0),
+            fault: None,
+            stopped: false,
+            reached_ready: false,
+            progress: None,
+            behind_since: None,
+            kill_at: None,
+        }
+    }
+
     /// Sends one frame unless that would leave more than `budget` unread.
     pub(super) fn transmit(
         &mut self,
@@ -258,6 +293,55 @@ impl Slot {
             inc.unsent.push_back(t.id.clone());
         }
         self.traders.insert(t.id.clone(), t);
+    }
+
+    /// Its worker failed by its own doing (or could not start), `why`: the
+    /// restart policy. At most `limit` such failures within `period`, and
+    /// `limit` failed starts in a row; within them the restart waits a
+    /// backoff that doubles per failure. Past them, why the run cannot go
+    /// on.
+    pub(super) fn failed_itself(
+        &mut self,
+        why: &str,
+        period: Duration,
+        limit: u32,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        self.self_failures.push_back(now);
+        while self
+            .self_failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > period)
+        {
+            self.self_failures.pop_front();
+        }
+        let n = self.self_failures.len() as u32;
+        if n > limit {
+            return Err(format!(
+                "worker slot {} failed {n} times within {period:?} (limit {limit}); last: {why}",
+                self.id
+            ));
+        }
+        // A slot that cannot start at all gives up once the limit is reached,
+        // however slowly its attempts fail (a start can take the connect timeout).
+        if self.failed_starts > limit {
+            return Err(format!(
+                "worker slot {} could not start {} times in a row (limit {limit}); last: {why}",
+                self.id, self.failed_starts
+            ));
+        }
+        let delay = RESTART_BACKOFF
+            .saturating_mul(1 << (n.saturating_sub(1)).min(16))
+            .min(RESTART_BACKOFF_CAP);
+        tracing::warn!(
+            slot = self.id,
+            failures = n,
+            limit,
+            ?delay,
+            "self-inflicted failure: restarting after a backoff"
+        );
+        self.restart_at = Some(now + delay);
+        Ok(())
     }
 
     /// Where its worker is in its life; `recovering`: the fault it

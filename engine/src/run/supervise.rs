@@ -8,20 +8,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal as OsSignal, kill};
 use nix::unistd::Pid;
-use protocol::trader::trader_hash;
 
 use super::coordinator::Coordinator;
 use super::faults::{Cause, FaultKind};
 use super::slot::State;
 use super::spawn::Spawner;
 use crate::process::kill_and_reap;
-
-/// First delay before restarting a slot after a self-inflicted failure;
-/// doubled per failure within the intensity period, up to [`RESTART_BACKOFF_CAP`].
-pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Longest delay before a restart.
-pub const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// How long a worker whose channel closed may take to exit before it is killed.
 pub(super) const CRASH_GRACE: Duration = Duration::from_millis(100);
@@ -96,52 +88,17 @@ impl Coordinator {
         }
         inc.state = State::Dead;
         inc.pending.clear();
-        inc.fault = Some(self.events.record(slot.id, inc.pid, kind, why));
+        inc.fault = Some(self.faults.record(slot.id, inc.pid, kind, why));
     }
 
     /// A failure the worker caused (or a failed start): counts against the
-    /// slot's restart intensity and delays the restart.
+    /// slot's restart intensity and delays the restart; past the limit the
+    /// run cannot go on.
     pub(super) fn self_inflicted(&mut self, s: usize, why: String) {
-        let now = Instant::now();
-        let period = self.opts.restart_period;
-        let limit = self.opts.restart_limit;
-        let slot = &mut self.slots[s];
-        slot.self_failures.push_back(now);
-        while slot
-            .self_failures
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > period)
-        {
-            slot.self_failures.pop_front();
+        let (period, limit) = (self.opts.restart_period, self.opts.restart_limit);
+        if let Err(fatal) = self.slots[s].failed_itself(&why, period, limit) {
+            self.failures.fatal(fatal);
         }
-        let n = slot.self_failures.len() as u32;
-        if n > limit {
-            self.failed = Some(format!(
-                "worker slot {} failed {n} times within {:?} (limit {limit}); last: {why}",
-                slot.id, period
-            ));
-            return;
-        }
-        // A slot that cannot start at all gives up once the limit is reached,
-        // however slowly its attempts fail (a start can take the connect timeout).
-        if slot.failed_starts > limit {
-            self.failed = Some(format!(
-                "worker slot {} could not start {} times in a row (limit {limit}); last: {why}",
-                slot.id, slot.failed_starts
-            ));
-            return;
-        }
-        let delay = RESTART_BACKOFF
-            .saturating_mul(1 << (n.saturating_sub(1)).min(16))
-            .min(RESTART_BACKOFF_CAP);
-        tracing::warn!(
-            slot = slot.id,
-            failures = n,
-            limit,
-            ?delay,
-            "self-inflicted failure: restarting after a backoff"
-        );
-        slot.restart_at = Some(now + delay);
     }
 
     /// Reaps exited workers, records why each went, and schedules replacements.
@@ -181,7 +138,7 @@ impl Coordinator {
             }
             // Why did it go?
             let ev = inc.fault;
-            let event = ev.and_then(|id| self.events.get(id));
+            let event = ev.and_then(|id| self.faults.get(id));
             let cause = match event.map(|e| e.kind) {
                 Some(FaultKind::CatchUp) => Cause::Planned,
                 _ if inc.stopped => Cause::Outside,
@@ -197,7 +154,7 @@ impl Coordinator {
             let why = event.map_or_else(String::new, |e| e.reason.clone());
             let never_ready = !inc.reached_ready;
             if let Some(id) = ev {
-                self.events.reaped(id, cause, status.to_string());
+                self.faults.reaped(id, cause, status.to_string());
             }
             let slot = &mut self.slots[s];
             if never_ready && cause == Cause::SelfInflicted {
@@ -213,7 +170,9 @@ impl Coordinator {
             match cause {
                 Cause::Outside | Cause::Planned => slot.restart_at = Some(Instant::now()),
                 Cause::SelfInflicted if blamed => {
-                    self.blame(s);
+                    let limit = self.opts.quarantine_after;
+                    self.quarantine
+                        .blame(&mut self.slots[s], &self.emitter, limit);
                     self.self_inflicted(s, why);
                 }
                 Cause::SelfInflicted => self.self_inflicted(s, why),
@@ -227,43 +186,6 @@ impl Coordinator {
             } else {
                 i += 1;
             }
-        }
-    }
-
-    /// After a self-inflicted crash: the trader the worker was evaluating, as
-    /// its black box says, gets a strike; at `quarantine_after` strikes it is
-    /// taken out of its slot, and the others keep running.
-    pub(super) fn blame(&mut self, s: usize) {
-        let Some(word) = self
-            .black_boxes
-            .get(s)
-            .and_then(|b| b.as_ref())
-            .and_then(|b| b.word(0))
-        else {
-            return;
-        };
-        let hash = word.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if hash == 0 {
-            return;
-        }
-        let slot = &mut self.slots[s];
-        let Some(trader) = slot
-            .traders
-            .keys()
-            .find(|id| trader_hash(id) == hash)
-            .cloned()
-        else {
-            return;
-        };
-        let strikes = self.strikes.entry(trader.clone()).or_default();
-        *strikes += 1;
-        tracing::warn!(slot = slot.id, %trader, strikes = *strikes, limit = self.opts.quarantine_after, "the worker crashed while evaluating this trader");
-        if *strikes >= self.opts.quarantine_after {
-            tracing::error!(slot = slot.id, %trader, strikes = *strikes, "trader quarantined: it keeps crashing its workers; the others keep running");
-            slot.drop_trader(&trader, &self.emitter);
-            self.quarantined.push((trader, slot.id));
-            // The crashes were the trader's, not the slot's.
-            slot.self_failures.clear();
         }
     }
 

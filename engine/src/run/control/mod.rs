@@ -32,7 +32,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,6 +43,7 @@ use protocol::control::{Answer, within_limit};
 use crate::locked::lock;
 
 mod client;
+pub(super) mod costs;
 
 pub use client::{ControlClient, ask, call};
 /// The request type, where the fuzzing targets and their tests find it.
@@ -401,30 +402,6 @@ fn reply(mut stream: &UnixStream, answer: &str) -> Result<()> {
     stream.write_all(answer.as_bytes())?;
     stream.write_all(b"\n")?;
     Ok(())
-}
-
-/// Forwards control requests into the loop's bounded event channel. Traders
-/// to add are checked here first, on the client's thread (compiling
-/// thousands of rules takes a while): the loop is left only what needs its
-/// state (ids taken, room in the workers).
-pub fn forward_to(
-    events: SyncSender<super::Event>,
-    store: protocol::store::StoreConfig,
-) -> impl Fn(ControlRequest) -> Handed + Send + Sync + 'static {
-    move |req| {
-        if let Request::Add(traders) = &req.request
-            && let Err(e) = traders
-                .iter()
-                .try_for_each(|t| super::options::check_trader(&store, t))
-        {
-            return Handed::Answered(Answer::refused(format!("{e:#}; nothing was added")));
-        }
-        match events.try_send(super::Event::Control(req)) {
-            Ok(()) => Handed::Queued,
-            Err(TrySendError::Full(_)) => Handed::Busy,
-            Err(TrySendError::Disconnected(_)) => Handed::Gone,
-        }
-    }
 }
 
 #[cfg(test)]
