@@ -230,7 +230,8 @@ pub fn trust_only_named(
         crate::input::Accept::FilesAndPipes,
         ": give a PEM file of CA certificates",
     )
-    .with_context(|| flag.to_owned())?;
+    // The flag and its value first, like the other refusals below.
+    .with_context(|| format!("{flag} {}", path.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{flag} {}: not PEM certificates", path.display()))?;
