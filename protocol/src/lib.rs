@@ -15,6 +15,8 @@
 //! * [`names`] and [`candle`]: the validated names and the value types both
 //!   sides agree on.
 //! * [`bootstrap`]: the channel handshake of a new worker.
+//! * [`control`]: the control socket's requests and their typed answers
+//!   (`status`, the trader list...), shared by the coordinator and its clients.
 //! * [`samples`]: bounded rings of measurements and their quantiles.
 //! * [`exit`]: exit codes both binaries map errors to.
 //! * [`clock`] and [`splitmix`]: the one wall clock and the one seeded
@@ -35,6 +37,8 @@ pub mod bootstrap;
 pub mod candle;
 #[cfg(not(loom))]
 pub mod clock;
+#[cfg(not(loom))]
+pub mod control;
 #[cfg(not(loom))]
 pub mod exit;
 #[cfg(not(loom))]

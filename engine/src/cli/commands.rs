@@ -8,7 +8,7 @@ use protocol::InstanceName;
 use protocol::store::StoreConfig;
 
 use super::args::{BacktestArgs, BenchCommand, ChaosArgs, ChildCommand, RunArgs, StoreCommand};
-use super::render::emit;
+use super::report::emit;
 use super::{parent_at_start, worker_bin_or_default};
 use crate::bench::child;
 use crate::bench::store as store_bench;

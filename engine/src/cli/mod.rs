@@ -1,7 +1,8 @@
 //! The `shmkline` command line, as a library the thin `main.rs` drives:
 //! [`args`] (what clap parses), [`options`] (from flags to engine options),
 //! [`commands`] (run, backtest, chaos, bench, store), [`client`] (status,
-//! traders, kill-worker over the control socket), [`render`] (what they print).
+//! traders, kill-worker over the control socket), [`render`] (their
+//! answers for a human), [`report`] (what the tools print), [`top`].
 
 pub mod args;
 pub mod bench_args;
@@ -10,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod options;
 pub mod render;
+pub mod report;
 pub mod top;
 
 use std::path::PathBuf;

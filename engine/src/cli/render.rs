@@ -1,188 +1,51 @@
-//! What the commands print: reports as aligned `key value` lines or one
-//! JSON line, and `status` for a human.
+//! The control answers for a human: `status` and `traders list`.
 
-use anyhow::Result;
-use serde::Serialize;
+use protocol::control::{Feed, LiveFeed, LiveFigures, Sink, Status, TraderList};
 
-/// Prints `report` as one JSON line, or as aligned `key value` lines.
-pub fn emit<T: Serialize>(report: &T, json: bool) -> Result<()> {
-    let value = serde_json::to_value(report)?;
-    if json {
-        println!("{}", serde_json::to_string(&value)?);
-        return Ok(());
-    }
-    pub fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
-        match v {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&key, v, out);
-                }
-            }
-            serde_json::Value::Array(items) => {
-                for (i, v) in items.iter().enumerate() {
-                    // Targets read best as "name  value (limit) met".
-                    if let Some(name) = v.get("name").and_then(|n| n.as_str()) {
-                        let met = if v["met"] == true { "met" } else { "NOT MET" };
-                        out.push((format!("{prefix}: {name}"), format!("{} {met}", v["value"])));
-                    } else {
-                        walk(&format!("{prefix}.{i}"), v, out);
-                    }
-                }
-            }
-            other => out.push((prefix.to_owned(), other.to_string())),
-        }
-    }
-    let mut rows = Vec::new();
-    walk("", &value, &mut rows);
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (k, v) in rows {
-        println!("{k:width$}  {v}");
-    }
-    Ok(())
-}
-
-pub fn print_status(status: &serde_json::Value) {
-    let s = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+/// `status` for a human: a few lines about the instance, its segment,
+/// feed and sinks, then a row per worker.
+pub fn print_status(status: &Status) {
     println!(
         "instance {} (pid {}), {}, up {} ms",
-        s(&status["instance"]),
-        status["pid"],
-        s(&status["state"]),
-        status["uptime_ms"]
+        status.instance, status.pid, status.state, status.uptime_ms
     );
+    let segment = &status.segment;
     println!(
         "segment  {} ({} bytes, generation {})",
-        s(&status["segment"]["name"]),
-        status["segment"]["size_bytes"],
-        status["segment"]["generation"]
+        segment.name, segment.size_bytes, segment.generation
     );
-    let rings: Vec<String> = status["segment"]["rings"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            format!(
-                "{} {} (needs {})",
-                s(&r["interval"]),
-                r["candles"],
-                r["needed"]
-            )
-        })
+    let rings: Vec<String> = segment
+        .rings
+        .iter()
+        .map(|r| format!("{} {} (needs {})", r.interval, r.candles, r.needed))
         .collect();
     println!(
         "rings    {}; {} bytes touched",
         rings.join(", "),
-        status["segment"]["touched_bytes"]
+        segment.touched_bytes
     );
-    let feed = &status["feed"];
-    let n = |k: &str| feed[k].as_u64().unwrap_or(0);
-    if feed["kind"] == "binance" {
-        println!(
-            "feed     binance: {}/{} connections up, {} reconnects, {} connect errors, {}, {} candles written ({} backfilled), {} bad messages, {} gaps",
-            n("connected"),
-            n("connections_planned"),
-            n("reconnects"),
-            n("connect_errors"),
-            feed["last_message_age_ms"].as_u64().map_or_else(
-                || "no message yet".to_owned(),
-                |ms| format!("last message {ms} ms ago")
-            ),
-            n("candles_written"),
-            n("backfilled"),
-            n("bad_messages"),
-            n("gaps"),
-        );
-        if feed["never_connected"] == true {
-            // Plainly, under the feed line: nothing below means much yet.
-            println!(
-                "         never connected: {} connection attempts failed; the last: {}",
-                n("connect_errors"),
-                feed["connect_error"].as_str().unwrap_or("none failed yet")
-            );
-        }
-        let series = &feed["series"];
-        let s = |k: &str| series[k].as_u64().unwrap_or(0);
-        println!(
-            "series   {} live, {} behind ({} failing), {} closes repairing; closes: {} missing, {} from REST, {} late, {} provisional",
-            s("live"),
-            s("behind"),
-            s("failing"),
-            s("repairing"),
-            n("missing_closes"),
-            n("repaired_closes"),
-            n("late_closes"),
-            n("provisional_closes"),
-        );
-        println!(
-            "rest     {} requests, weight used {} (peak {}), {} rate limited, {} bans, {} server errors{}",
-            n("rest_requests"),
-            n("used_weight"),
-            n("peak_used_weight"),
-            n("rate_limited"),
-            n("bans"),
-            n("server_errors"),
-            match (feed["rest_pause"].as_str(), feed["rest_paused_ms"].as_u64()) {
-                (Some(why), Some(ms)) => format!("; PAUSED {ms} ms more: {why}"),
-                _ => String::new(),
-            }
-        );
-        for (title, key) in [("failing", "failing_series"), ("gap", "gaps")] {
-            for note in series[key].as_array().into_iter().flatten() {
-                println!(
-                    "         {title}: {} ({}): {}",
-                    note["series"].as_str().unwrap_or("?"),
-                    note["count"],
-                    note["detail"].as_str().unwrap_or("")
-                );
-            }
-        }
-        for skipped in series["skipped_symbols"].as_array().into_iter().flatten() {
-            println!("         skipped: {}", skipped.as_str().unwrap_or("?"));
-        }
-        if let Some(e) = feed["last_error"].as_str() {
-            println!("         last error: {e}");
-        }
-    } else {
-        let read = match (feed["bytes_read"].as_u64(), feed["bytes_total"].as_u64()) {
-            (Some(r), Some(t)) if t > 0 => format!(", {:.0}% read", 100.0 * r as f64 / t as f64),
-            _ => String::new(),
-        };
-        println!(
-            "feed     {}: {} candles written (+{} aggregated), {} bad lines, {} gaps ({} candles missing){read}, finished: {}",
-            s(&feed["kind"]),
-            n("candles_written"),
-            n("aggregated_written"),
-            n("bad_lines"),
-            n("gaps"),
-            n("missing_candles"),
-            feed["finished"]
-        );
+    match &status.feed {
+        Feed::Binance(live) => print_live(live),
+        finite => print_finite(finite),
     }
     println!(
         "signals  {} emitted, {} duplicates dropped",
-        status["signals"]["emitted"], status["signals"]["duplicates_dropped"]
+        status.signals.emitted, status.signals.duplicates_dropped
     );
-    for sink in status["sinks"].as_array().into_iter().flatten() {
-        let n = |k: &str| sink[k].as_u64().unwrap_or(0);
+    for sink in &status.sinks {
+        let (spec, d) = sink.spec_and_delivery();
+        let emitted = match sink {
+            Sink::Stdout(s) => s.emitted,
+            _ => sink.durable().map_or(0, |d| d.emitted),
+        };
         let mut line = format!(
-            "sink     {}: {} handed, {} delivered, {} queued, {} lost, {} rejected, {} retries",
-            s(&sink["spec"]),
-            n("emitted"),
-            n("delivered"),
-            n("queued"),
-            n("lost"),
-            n("rejected"),
-            n("retries"),
+            "sink     {spec}: {emitted} handed, {} delivered, {} queued, {} lost, {} rejected, {} retries",
+            d.delivered, d.queued, d.lost, d.rejected, d.retries,
         );
-        if sink["is_behind"] == true {
+        if sink.durable().is_some_and(|d| d.is_behind) {
             line.push_str(", behind");
         }
-        if let Some(e) = sink["last_error"].as_str() {
+        if let Some(e) = &d.last_error {
             line.push_str(&format!(", last error: {e}"));
         }
         println!("{line}");
@@ -191,38 +54,141 @@ pub fn print_status(status: &serde_json::Value) {
         "{:>3} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
         "id", "pid", "state", "traders", "rtt_us", "pong_ms", "retries"
     );
-    for w in status["workers"].as_array().into_iter().flatten() {
+    let or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    for w in &status.workers {
         println!(
             "{:>3} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
-            s(&w["id"]),
-            s(&w["pid"]),
-            s(&w["state"]),
-            s(&w["traders"]),
-            s(&w["rtt_us"]),
-            s(&w["last_pong_age_ms"]),
-            s(&w["retries"])
+            w.id,
+            w.pid,
+            w.state.name(),
+            w.traders,
+            or_dash(w.rtt_us),
+            or_dash(w.last_pong_age_ms),
+            w.retries
         );
     }
 }
 
+/// The live feed's lines: connections, series, REST, what is named.
+fn print_live(live: &LiveFeed) {
+    let not_started = LiveFigures::default();
+    let f = match live {
+        LiveFeed::Started(f) => f.as_ref(),
+        LiveFeed::NotStarted { .. } => &not_started,
+    };
+    println!(
+        "feed     binance: {}/{} connections up, {} reconnects, {} connect errors, {}, {} candles written ({} backfilled), {} bad messages, {} gaps",
+        f.connected,
+        f.connections_planned,
+        f.reconnects,
+        f.connect_errors,
+        f.last_message_age_ms.map_or_else(
+            || "no message yet".to_owned(),
+            |ms| format!("last message {ms} ms ago")
+        ),
+        f.counters.candles_written,
+        f.backfilled,
+        f.bad_messages,
+        f.counters.gaps,
+    );
+    if f.never_connected {
+        // Plainly, under the feed line: nothing below means much yet.
+        println!(
+            "         never connected: {} connection attempts failed; the last: {}",
+            f.connect_errors,
+            f.connect_error.as_deref().unwrap_or("none failed yet")
+        );
+    }
+    let series = &f.series;
+    println!(
+        "series   {} live, {} behind ({} failing), {} closes repairing; closes: {} missing, {} from REST, {} late, {} provisional",
+        series.live,
+        series.behind,
+        series.failing,
+        series.repairing,
+        f.missing_closes,
+        f.repaired_closes,
+        f.late_closes,
+        f.provisional_closes,
+    );
+    println!(
+        "rest     {} requests, weight used {} (peak {}), {} rate limited, {} bans, {} server errors{}",
+        f.rest_requests,
+        f.used_weight,
+        f.peak_used_weight,
+        f.rate_limited,
+        f.bans,
+        f.server_errors,
+        match (&f.rest_pause, f.rest_paused_ms) {
+            (Some(why), Some(ms)) => format!("; PAUSED {ms} ms more: {why}"),
+            _ => String::new(),
+        }
+    );
+    for (title, notes) in [("failing", &series.failing_series), ("gap", &series.gaps)] {
+        for note in notes {
+            println!(
+                "         {title}: {} ({}): {}",
+                note.series, note.count, note.detail
+            );
+        }
+    }
+    for skipped in &series.skipped_symbols {
+        println!("         skipped: {skipped}");
+    }
+    if let Some(e) = &f.last_error {
+        println!("         last error: {e}");
+    }
+}
+
+/// A finite feed's line: what it wrote, and how far it read.
+fn print_finite(feed: &Feed) {
+    let (finite, bad_lines, read) = match feed {
+        Feed::Synthetic(f) => (f, 0, String::new()),
+        Feed::Replay(r) => {
+            let read = if r.bytes_total > 0 {
+                format!(
+                    ", {:.0}% read",
+                    100.0 * r.bytes_read as f64 / r.bytes_total as f64
+                )
+            } else {
+                String::new()
+            };
+            (&r.feed, r.bad_lines, read)
+        }
+        Feed::Nats(n) => (&n.feed, 0, String::new()),
+        Feed::Binance(_) => return,
+    };
+    let w = &finite.written;
+    println!(
+        "feed     {}: {} candles written (+{} aggregated), {bad_lines} bad lines, {} gaps ({} candles missing){read}, finished: {}",
+        feed.kind(),
+        w.candles_written,
+        w.aggregated_written,
+        w.gaps,
+        w.missing_candles,
+        finite.finished
+    );
+}
+
 /// `traders list` for a human: one row per trader.
-pub fn print_traders(answer: &serde_json::Value) {
+pub fn print_traders(list: &TraderList) {
     println!(
         "{:<24} {:>4} {:<11} {:>8}  rule",
         "id", "slot", "state", "interval"
     );
-    for t in answer["traders"].as_array().into_iter().flatten() {
-        let s = |k: &str| {
-            t[k].as_str()
-                .map_or_else(|| t[k].to_string(), str::to_owned)
-        };
+    for t in &list.traders {
+        // A quarantined trader shows no interval or rule.
+        let (interval, rule) = t.held().map_or_else(
+            || ("-".to_owned(), "-"),
+            |h| (h.interval.to_string(), h.rule.as_str()),
+        );
         println!(
             "{:<24} {:>4} {:<11} {:>8}  {}",
-            s("id"),
-            t["slot"],
-            s("state"),
-            s("interval"),
-            s("rule")
+            t.id(),
+            t.slot(),
+            t.state(),
+            interval,
+            rule
         );
     }
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures_util::StreamExt;
+use protocol::control;
 use serde::{Deserialize, Serialize};
 
 use super::binance::Kline;
@@ -324,22 +325,22 @@ impl NatsSource {
     }
 
     /// For `status`.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> control::NatsSource {
         let c = &self.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Acquire);
-        serde_json::json!({
-            "stream": self.stream,
-            "shard": self.shard.to_string(),
-            "received": g(&c.received),
-            "bad_messages": g(&c.bad),
-            "other_shard": g(&c.other_shard),
-            "last_seq": g(&c.last_seq),
-            "judged_seq": g(&c.judged_seq),
-            "consumer_restarts": g(&c.consumer_restarts),
-            "sent_to_visible_p50_us": self.latency.quantile(0.5),
-            "sent_to_visible_p99_us": self.latency.quantile(0.99),
-            "connection": self.nats.health.status(),
-        })
+        control::NatsSource {
+            stream: self.stream.clone(),
+            shard: self.shard.to_string(),
+            received: g(&c.received),
+            bad_messages: g(&c.bad),
+            other_shard: g(&c.other_shard),
+            last_seq: g(&c.last_seq),
+            judged_seq: g(&c.judged_seq),
+            consumer_restarts: g(&c.consumer_restarts),
+            sent_to_visible_p50_us: self.latency.quantile(0.5),
+            sent_to_visible_p99_us: self.latency.quantile(0.99),
+            connection: self.nats.health.status(),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 use anyhow::{Result, bail};
 use protocol::Interval;
+use protocol::control::{self, Feed, FiniteFeed, NatsFeed, ReplayFeed};
 use protocol::store::{SeriesId, StoreWriter, WriterStats};
 
 use super::progress::Progress;
@@ -194,44 +195,36 @@ impl Pump {
         }
     }
 
-    /// The feed's part of `status`, for a feed of `kind`.
-    pub fn status(
-        &self,
-        kind: &str,
-        finished: bool,
-        evaluated: bool,
-        stats: &WriterStats,
-    ) -> serde_json::Value {
-        let counters = self.writer.counters();
-        let replay = self.source.as_replay();
-        serde_json::json!({
-            "kind": kind,
-            "connected": serde_json::Value::Null,
-            "pace": match self.pacer.pace {
-                Pace::Rate(r) => serde_json::json!({ "rate": r }),
-                Pace::Speed(x) => serde_json::json!({ "speed": x }),
-                Pace::Fast => serde_json::json!("fast"),
+    /// The feed's part of `status`: `finished` once its last batch is
+    /// written, `evaluated` once every worker judged it.
+    pub fn status(&self, finished: bool, evaluated: bool, stats: &WriterStats) -> Feed {
+        let feed = FiniteFeed {
+            pace: match self.pacer.pace {
+                Pace::Rate(r) => control::Pace::Rate(r),
+                Pace::Speed(x) => control::Pace::Speed(x),
+                Pace::Fast => control::Pace::Fast,
             },
-            "batches": self.pacer.batches,
-            "candles_written": counters.candles_written,
-            "closed_written": counters.closed_written,
-            "aggregated_written": counters.aggregated_written,
-            "repeats": counters.repeats,
-            "gaps": counters.gaps,
-            "missing_candles": counters.missing_candles,
-            "bad_lines": replay.map_or(0, |r| r.bad_lines().total),
-            "bytes_read": replay.map(|r| r.bytes_read()),
-            "bytes_total": replay.map(|r| r.total_bytes()),
-            "store_appended": stats.appended,
-            "publishes": stats.publishes,
-            "rejected": stats.rejected_stale + stats.rejected_invalid,
-            "finished": finished,
-            "evaluated": evaluated,
-            "nats": match &self.source {
-                Source::Nats(n) => Some(n.status()),
-                _ => None,
-            },
-        })
+            batches: self.pacer.batches,
+            written: self.writer.counters(),
+            store_appended: stats.appended,
+            publishes: stats.publishes,
+            rejected: stats.rejected_stale + stats.rejected_invalid,
+            finished,
+            evaluated,
+        };
+        match &self.source {
+            Source::Synthetic { .. } => Feed::Synthetic(feed),
+            Source::Replay(replay) => Feed::Replay(ReplayFeed {
+                feed,
+                bad_lines: replay.bad_lines().total,
+                bytes_read: replay.bytes_read(),
+                bytes_total: replay.total_bytes(),
+            }),
+            Source::Nats(nats) => Feed::Nats(NatsFeed {
+                feed,
+                nats: nats.status(),
+            }),
+        }
     }
 }
 

@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 
+use protocol::control::WriterCounters;
 use protocol::store::{StoreWriter, UpsertError, WriteError};
 use protocol::{Candle, Interval, SymbolName};
-use serde::Serialize;
 
 use super::aggregate::Aggregator;
 use super::binance::{BadLine, Kline};
@@ -166,26 +166,6 @@ pub enum Applied {
     Repeat,
 }
 
-/// A feed's counters, as `status` shows them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct FeedCounters {
-    /// Candles written as they came from the feed (updates included).
-    pub candles_written: u64,
-    /// Of those, closed candles.
-    pub closed_written: u64,
-    /// Candles written by aggregation into higher intervals.
-    pub aggregated_written: u64,
-    /// Closed candles the series already held (skipped).
-    pub repeats: u64,
-    /// Holes in the data: each jump over missing candles counts once.
-    pub gaps: u64,
-    /// Candles missing in those holes (never invented).
-    pub missing_candles: u64,
-    /// Closed candles that arrived again, closed, with other values (the
-    /// newer values are kept; a trader may have judged the older ones).
-    pub corrections: u64,
-}
-
 #[derive(Debug, Clone, Copy)]
 struct SeriesState<T> {
     id: T,
@@ -207,7 +187,7 @@ pub struct FeedWriter<T> {
     aggregate: Vec<Interval>,
     /// Bounded by the sink's symbol capacity: a symbol it refuses is not added.
     symbols: HashMap<SymbolName, SymbolState<T>>,
-    counters: FeedCounters,
+    counters: WriterCounters,
     /// Every candle written is also handed here (`--publish-candles`).
     tap: Option<crate::nats::candles::CandleTap>,
 }
@@ -243,7 +223,7 @@ impl<T: Copy> FeedWriter<T> {
                 .filter(|i| *i != Interval::M1 && kept.contains(i))
                 .collect(),
             symbols: HashMap::new(),
-            counters: FeedCounters::default(),
+            counters: WriterCounters::default(),
             tap: None,
         }
     }
@@ -263,7 +243,7 @@ impl<T: Copy> FeedWriter<T> {
     }
 
     /// The counters so far.
-    pub fn counters(&self) -> FeedCounters {
+    pub fn counters(&self) -> WriterCounters {
         self.counters
     }
 

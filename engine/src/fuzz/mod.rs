@@ -455,12 +455,12 @@ fn control_request(data: &[u8]) {
 }
 
 fn control_seeds() -> Vec<Vec<u8>> {
-    let add = serde_json::json!({ "cmd": "add", "traders": crate::traders::defaults() });
+    let add = crate::run::control::Request::Add(crate::traders::defaults());
     vec![
         b"status".to_vec(),
         b"traders".to_vec(),
         br#"{"cmd":"remove","id":"t1"}"#.to_vec(),
-        add.to_string().into_bytes(),
+        add.to_line().into_bytes(),
     ]
 }
 
@@ -487,10 +487,11 @@ fn control_stream(data: &[u8]) {
         let _ = reader.read_to_end(&mut answers);
         answers
     });
+    // Each request answered with its kind (a refusal is the one answer
+    // that carries words).
     let answer = |req: ControlRequest| {
-        let _ = req
-            .reply
-            .send(serde_json::json!({ "kind": req.request.kind() }));
+        let kind = format!("{:?}", req.request.kind());
+        let _ = req.reply.send(protocol::control::Answer::refused(kind));
         Handed::Queued
     };
     let _ = serve(&server, &answer);

@@ -26,6 +26,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishAckFuture;
+use protocol::control::CandlePublishing;
 use protocol::{Candle, Interval, SymbolName};
 use serde::{Deserialize, Serialize};
 
@@ -254,16 +255,17 @@ impl CandlePublisher {
     }
 
     /// For `status`.
-    pub fn status(&self) -> serde_json::Value {
-        serde_json::json!({
-            "stream": self.stream,
-            "published": self.counters.published.load(Ordering::Acquire),
-            "duplicates": self.counters.duplicates.load(Ordering::Acquire),
-            "retries": self.counters.retries.load(Ordering::Acquire),
-            "queued": self.counters.queued.load(Ordering::Acquire),
-            "dropped": self.counters.dropped.load(Ordering::Acquire),
-            "connection": self.health.status(),
-        })
+    pub fn status(&self) -> CandlePublishing {
+        let c = &self.counters;
+        CandlePublishing {
+            stream: self.stream.clone(),
+            published: c.published.load(Ordering::Acquire),
+            duplicates: c.duplicates.load(Ordering::Acquire),
+            retries: c.retries.load(Ordering::Acquire),
+            queued: c.queued.load(Ordering::Acquire),
+            dropped: c.dropped.load(Ordering::Acquire),
+            connection: self.health.status(),
+        }
     }
 
     /// Live candles that found the queue full.

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use protocol::control::NatsConnection;
 
 use crate::locked::lock;
 
@@ -244,14 +245,14 @@ impl NatsHealth {
     }
 
     /// For `status`.
-    pub fn status(&self) -> serde_json::Value {
-        serde_json::json!({
-            "connected": self.connected(),
-            "disconnects": self.disconnects.load(Ordering::Acquire),
-            "reconnects": self.reconnects.load(Ordering::Acquire),
-            "slow_consumer": self.slow_consumer.load(Ordering::Acquire),
-            "last_event": *lock(&self.last_event),
-        })
+    pub fn status(&self) -> NatsConnection {
+        NatsConnection {
+            connected: self.connected(),
+            disconnects: self.disconnects.load(Ordering::Acquire),
+            reconnects: self.reconnects.load(Ordering::Acquire),
+            slow_consumer: self.slow_consumer.load(Ordering::Acquire),
+            last_event: lock(&self.last_event).clone(),
+        }
     }
 }
 

@@ -5,6 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use protocol::trader::Symbols;
 use protocol::{Interval, SymbolName};
 
+use protocol::control::{
+    Added, AddedTrader, Answer, HeldTrader, Removed, RemovedFrom, SeriesWarmth, TraderList,
+    TraderRow, WasQuarantined,
+};
 use protocol::message::Message;
 use protocol::trader::{MAX_TRADERS_PER_WORKER, TraderSpec};
 
@@ -17,7 +21,7 @@ impl Coordinator {
     /// warm-up and its cooldown) and, per series it watches, whether the
     /// store holds that many yet (`warm`): a trader gives verdicts on a
     /// series from its first warm candle on.
-    pub(super) fn traders_list(&self) -> serde_json::Value {
+    pub(super) fn traders_list(&self) -> TraderList {
         let mut list = Vec::new();
         let mut held: BTreeMap<Interval, Vec<(SymbolName, u64)>> = BTreeMap::new();
         for slot in &self.slots {
@@ -29,44 +33,52 @@ impl Coordinator {
                 let series = held
                     .entry(t.interval)
                     .or_insert_with(|| self.inst.store.lock().held(t.interval));
-                let watched: Vec<serde_json::Value> = series
+                let watched = series
                     .iter()
                     .filter(|(symbol, _)| match &t.symbols {
                         Symbols::All => true,
                         Symbols::List(l) => l.contains(symbol),
                     })
-                    .map(|(symbol, n)| {
-                        serde_json::json!({
-                            "symbol": symbol.as_str(), "held": n, "needed": window, "warm": *n >= window,
-                        })
+                    .map(|(symbol, n)| SeriesWarmth {
+                        symbol: symbol.as_str().to_owned(),
+                        held: *n,
+                        needed: window,
+                        warm: *n >= window,
                     })
                     .collect();
-                list.push(serde_json::json!({
-                    "id": t.id, "slot": slot.id, "interval": t.interval, "symbols": t.symbols,
-                    "rule": t.rule, "cooldown": t.cooldown, "labels": t.labels,
-                    "state": if acked.is_some_and(|a| a.contains(&t.id)) { "running" } else { "pending" },
-                    "added_at_publish": slot.starts.get(&t.id),
-                    "window": window,
-                    "series": watched,
-                }));
+                let held = HeldTrader {
+                    id: t.id.clone(),
+                    slot: slot.id,
+                    interval: t.interval,
+                    symbols: t.symbols.clone(),
+                    rule: t.rule.clone(),
+                    cooldown: t.cooldown,
+                    labels: t.labels.clone(),
+                    added_at_publish: slot.starts.get(&t.id).copied(),
+                    window,
+                    series: watched,
+                };
+                list.push(if acked.is_some_and(|a| a.contains(&t.id)) {
+                    TraderRow::Running(held)
+                } else {
+                    TraderRow::Pending(held)
+                });
             }
         }
-        for (t, slot) in &self.quarantined {
-            list.push(serde_json::json!({ "id": t, "slot": slot, "state": "quarantined" }));
-        }
-        serde_json::json!({ "traders": list })
+        list.extend(self.quarantine.rows());
+        TraderList { traders: list }
     }
 
     /// Adds traders to a running engine, all or none. Each was checked
     /// (spec, rule, window, interval) on the client's thread
-    /// (`control::forward_to`); here what needs the loop's state: no id
+    /// (`events::forward_to`); here what needs the loop's state: no id
     /// taken, room in the workers. The new set is kept in the state
     /// directory before anything changes: a set that cannot be kept is
     /// not applied, and the answer says so. Each goes to the slot with the
     /// fewest traders and starts with the candles written after this moment.
-    pub(super) fn traders_add(&mut self, traders: Vec<TraderSpec>) -> serde_json::Value {
-        if self.shutting_down.is_some() {
-            return serde_json::json!({ "error": "the engine is shutting down: nothing was added" });
+    pub(super) fn traders_add(&mut self, traders: Vec<TraderSpec>) -> Answer {
+        if self.stage.shutting_down() {
+            return Answer::refused("the engine is shutting down: nothing was added");
         }
         #[cfg(feature = "testing")]
         test_delay();
@@ -74,7 +86,7 @@ impl Coordinator {
             .slots
             .iter()
             .flat_map(|s| s.traders.keys().map(String::as_str))
-            .chain(self.quarantined.iter().map(|(t, _)| t.as_str()))
+            .chain(self.quarantine.ids())
             .collect();
         let removing: BTreeSet<&String> = self
             .slots
@@ -84,24 +96,31 @@ impl Coordinator {
             .collect();
         for t in &traders {
             if removing.contains(&t.id) {
-                return serde_json::json!({ "error": format!("trader {} is still being removed from its worker: try again in a moment; nothing was added", t.id) });
+                return Answer::refused(format!(
+                    "trader {} is still being removed from its worker: try again in a moment; nothing was added",
+                    t.id
+                ));
             }
             if !taken.insert(&t.id) {
-                return serde_json::json!({ "error": format!("trader {} already exists (or appears twice): remove it first; nothing was added", t.id) });
+                return Answer::refused(format!(
+                    "trader {} already exists (or appears twice): remove it first; nothing was added",
+                    t.id
+                ));
             }
         }
         if traders.is_empty() {
-            return serde_json::json!({ "error": "no traders to add" });
+            return Answer::refused("no traders to add");
         }
         // Placed on the slot with the fewest, so no worker passes its limit
         // while the total stays within all of theirs.
         let held: usize = self.slots.iter().map(|s| s.traders.len()).sum();
         let capacity = self.slots.len() * MAX_TRADERS_PER_WORKER;
         if held + traders.len() > capacity {
-            return serde_json::json!({ "error": format!(
+            return Answer::refused(format!(
                 "adding {} trader(s) to the {held} held would pass the limit of {MAX_TRADERS_PER_WORKER} per worker ({capacity} over {} workers): restart with more --workers; nothing was added",
-                traders.len(), self.slots.len()
-            ) });
+                traders.len(),
+                self.slots.len()
+            ));
         }
         let kept: Vec<&TraderSpec> = self
             .slots
@@ -111,9 +130,9 @@ impl Coordinator {
             .collect();
         if let Err(e) = self.opts.state.save_traders(&kept) {
             tracing::error!(error = %e, "traders not added: the new trader set could not be kept");
-            return serde_json::json!({ "error": format!(
+            return Answer::refused(format!(
                 "the new trader set could not be kept ({e}): nothing was added; free space or fix the state directory and try again"
-            ) });
+            ));
         }
         let from_publish = self.inst.store.lock().stats().publishes;
         let mut counts: Vec<usize> = self.slots.iter().map(|s| s.traders.len()).collect();
@@ -124,7 +143,10 @@ impl Coordinator {
             counts[s] += 1;
             touched.insert(s);
             tracing::debug!(trader = %t.id, slot = s, from_publish, "trader added");
-            added.push(serde_json::json!({ "id": t.id, "slot": s }));
+            added.push(AddedTrader {
+                id: t.id.clone(),
+                slot: s as u32,
+            });
             self.slots[s].add_trader(t, from_publish);
         }
         tracing::info!(
@@ -144,17 +166,24 @@ impl Coordinator {
                 self.send_traders(s);
             }
         }
-        serde_json::json!({ "added": added, "from_publish": from_publish, "last_batch_at": self.last_batch_at(), "persisted": true })
+        Answer::Added(Added {
+            added,
+            from_publish,
+            last_batch_at: self.feeding.last_batch_at(),
+            persisted: true,
+        })
     }
 
     /// Removes a trader; its worker stops evaluating it at once. The set
     /// without it is kept in the state directory first: if that fails,
     /// nothing is removed and the answer says so.
-    pub(super) fn traders_remove(&mut self, id: &str) -> serde_json::Value {
-        let quarantined = self.quarantined.iter().any(|(t, _)| t == id);
+    pub(super) fn traders_remove(&mut self, id: &str) -> Answer {
+        let quarantined = self.quarantine.holds(id);
         let slot = self.slots.iter().position(|s| s.traders.contains_key(id));
         if !quarantined && slot.is_none() {
-            return serde_json::json!({ "error": format!("no trader {id}: `shmkline traders list` shows them") });
+            return Answer::refused(format!(
+                "no trader {id}: `shmkline traders list` shows them"
+            ));
         }
         let kept: Vec<&TraderSpec> = self
             .slots
@@ -164,17 +193,22 @@ impl Coordinator {
             .collect();
         if let Err(e) = self.opts.state.save_traders(&kept) {
             tracing::error!(error = %e, trader = id, "trader not removed: the new trader set could not be kept");
-            return serde_json::json!({ "error": format!(
+            return Answer::refused(format!(
                 "the trader set without {id} could not be kept ({e}): nothing was removed; free space or fix the state directory and try again"
-            ) });
+            ));
         }
         if quarantined {
-            self.quarantined.retain(|(t, _)| t != id);
-            self.strikes.remove(id);
-            return serde_json::json!({ "removed": id, "was": "quarantined", "persisted": true });
+            self.quarantine.release(id);
+            return Answer::Removed(Removed {
+                removed: id.to_owned(),
+                from: RemovedFrom::Quarantine {
+                    was: WasQuarantined::Quarantined,
+                },
+                persisted: true,
+            });
         }
         let Some(s) = slot else {
-            return serde_json::json!({ "error": format!("no trader {id}") });
+            return Answer::refused(format!("no trader {id}"));
         };
         let slot = &mut self.slots[s];
         slot.drop_trader(id, &self.emitter);
@@ -191,7 +225,7 @@ impl Coordinator {
             None => false,
         };
         // A fixed trader re-added under the same id starts with a clean record.
-        self.strikes.remove(id);
+        self.quarantine.forgive(id);
         if live {
             self.request(
                 s,
@@ -200,12 +234,14 @@ impl Coordinator {
             );
         }
         tracing::info!(trader = id, slot = s, "trader removed from its slot");
-        serde_json::json!({ "removed": id, "slot": s, "last_batch_at": self.last_batch_at(), "persisted": true })
-    }
-
-    /// The delivery time (ms) of the last batch a finite feed wrote.
-    pub(super) fn last_batch_at(&self) -> Option<i64> {
-        self.pump.as_ref().and_then(|p| p.last_at())
+        Answer::Removed(Removed {
+            removed: id.to_owned(),
+            from: RemovedFrom::Slot {
+                slot: s as u32,
+                last_batch_at: self.feeding.last_batch_at(),
+            },
+            persisted: true,
+        })
     }
 }
 

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use protocol::control::{Memory, ProcessMemory};
 
 /// Samples kept per process, at most: the window is cut to this many
 /// periods, so memory stays fixed whatever the flags say.
@@ -71,27 +71,6 @@ impl Series {
     }
 }
 
-/// What `status` and the metrics show of one process.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessMemory {
-    /// `coordinator` or `worker N` (the slot).
-    pub process: String,
-    /// Its pid.
-    pub pid: u32,
-    /// Resident anonymous memory, bytes (the last sample).
-    pub private_bytes: Option<u64>,
-    /// Whole resident set, bytes (the last sample).
-    pub rss_bytes: Option<u64>,
-    /// Fitted growth over the window, MB/h (10^6 bytes); none during the
-    /// warm-up and until half a window of samples is in (the alarm waits
-    /// for a whole window).
-    pub growth_mb_per_h: Option<f64>,
-    /// Samples in the window.
-    pub samples: usize,
-    /// Times its growth crossed the alert.
-    pub alarms: u64,
-}
-
 /// The monitor: the coordinator's series and one per worker slot.
 #[derive(Debug)]
 pub struct MemoryWatch {
@@ -111,11 +90,6 @@ impl MemoryWatch {
             coordinator: Series::new(std::process::id(), now),
             workers: (0..slots).map(|_| None).collect(),
         }
-    }
-
-    /// The settings.
-    pub fn settings(&self) -> MemorySettings {
-        self.settings
     }
 
     /// Samples when a period is due: the coordinator, and each slot's live
@@ -146,15 +120,26 @@ impl MemoryWatch {
         }
     }
 
+    /// What `status` shows: the settings, and every process's figures.
+    pub fn status(&self) -> Memory {
+        Memory {
+            alert_mb_per_h: self.settings.alert_mb_per_h,
+            sample_interval_ms: self.settings.every.as_millis() as u64,
+            warmup_s: self.settings.warmup.as_secs(),
+            window_s: self.settings.window.as_secs(),
+            processes: self.processes(),
+        }
+    }
+
     /// Every process's figures: the coordinator first, then the workers.
-    pub fn processes(&self) -> Vec<ProcessMemory> {
+    fn processes(&self) -> Vec<ProcessMemory> {
         let show = |name: String, s: &Series| ProcessMemory {
             process: name,
             pid: s.pid,
             private_bytes: s.private,
             rss_bytes: s.rss,
             growth_mb_per_h: s.growth.map(|g| (g * 1000.0).round() / 1000.0),
-            samples: s.samples.len(),
+            samples: s.samples.len() as u64,
             alarms: s.alarms,
         };
         let mut all = vec![show("coordinator".to_owned(), &self.coordinator)];

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use protocol::store::StoreConfig;
-use protocol::trader::TraderSpec;
+use protocol::trader::{MAX_TRADERS_PER_WORKER, TraderSpec};
 use protocol::{InstanceName, Interval};
 
 use crate::feed::{FeedConfig, Pace};
@@ -88,6 +88,30 @@ pub struct RunOptions {
     pub backpressure: bool,
 }
 
+/// Refuses what cannot run, before anything starts: the feed, the number
+/// of traders for the workers, each trader, the worker binary.
+pub(super) fn check(opts: &RunOptions) -> Result<()> {
+    check_feed(opts)?;
+    let capacity = opts.workers as usize * MAX_TRADERS_PER_WORKER;
+    if opts.traders.len() > capacity {
+        bail!(
+            "{} traders need at least {} workers (a worker holds at most {MAX_TRADERS_PER_WORKER}): raise --workers",
+            opts.traders.len(),
+            opts.traders.len().div_ceil(MAX_TRADERS_PER_WORKER)
+        );
+    }
+    for t in &opts.traders {
+        check_trader(&opts.store, t)?;
+    }
+    if !opts.worker_bin.exists() {
+        bail!(
+            "worker binary {} not found: build it (cargo build) or pass --worker-bin",
+            opts.worker_bin.display()
+        );
+    }
+    Ok(())
+}
+
 /// Refuses a trader this store cannot run: a bad spec or rule, a window
 /// longer than half the ring, an interval the store does not keep.
 pub(super) fn check_trader(store: &StoreConfig, t: &TraderSpec) -> Result<()> {
@@ -115,7 +139,7 @@ pub(super) fn check_trader(store: &StoreConfig, t: &TraderSpec) -> Result<()> {
 }
 
 /// Refuses a feed configuration that cannot run, saying which flag to fix.
-pub(super) fn check_feed(opts: &RunOptions) -> Result<()> {
+fn check_feed(opts: &RunOptions) -> Result<()> {
     if let FeedConfig::Synthetic {
         symbols, candles, ..
     } = &opts.feed

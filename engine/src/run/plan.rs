@@ -7,9 +7,9 @@ use std::str::FromStr;
 
 use anyhow::{Result, bail};
 use protocol::Interval;
+use protocol::control::{Ring, SizedBy};
 use protocol::store::{DEFAULT_RING, StoreConfig, ring_bytes};
 use protocol::trader::TraderSpec;
-use serde::Serialize;
 
 /// The least headroom: the feed runs up to half a ring ahead of the slowest
 /// worker, so a ring must hold at least twice the longest window.
@@ -59,7 +59,7 @@ impl FromStr for RingSpec {
 }
 
 /// One interval's line of the plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RingPlan {
     /// The interval.
     pub interval: Interval,
@@ -71,9 +71,23 @@ pub struct RingPlan {
     pub traders: usize,
     /// Bytes of one ring.
     pub ring_bytes: u64,
-    /// What set the size: `flag`, `traders` (headroom x the need) or
-    /// `default` (the need is small).
-    pub sized_by: &'static str,
+    /// What set the size: the flag, the traders (headroom x the need) or
+    /// the default (the need is small).
+    pub sized_by: SizedBy,
+}
+
+impl RingPlan {
+    /// Its line in `status`.
+    pub fn status(&self) -> Ring {
+        Ring {
+            interval: self.interval,
+            candles: self.candles,
+            needed: self.needed,
+            traders: self.traders as u64,
+            ring_bytes: self.ring_bytes,
+            sized_by: self.sized_by,
+        }
+    }
 }
 
 /// Sizes the ring of each of `intervals`: what `spec` says, else the larger
@@ -109,9 +123,9 @@ pub fn plan(
             let (need, traders) = needed.get(&interval).copied().unwrap_or_default();
             let wanted = (f64::from(need) * headroom).ceil().min(f64::from(u32::MAX)) as u32;
             let (candles, sized_by) = match spec.per.get(&interval).or(spec.all.as_ref()) {
-                Some(&n) => (n, "flag"),
-                None if wanted > DEFAULT_RING => (wanted, "traders"),
-                None => (DEFAULT_RING, "default"),
+                Some(&n) => (n, SizedBy::Flag),
+                None if wanted > DEFAULT_RING => (wanted, SizedBy::Traders),
+                None => (DEFAULT_RING, SizedBy::Default),
             };
             RingPlan {
                 interval,
@@ -185,10 +199,10 @@ mod tests {
         let ema200 = traders[0].compile().expect("valid").lookback() as u32;
         assert!(ema200 > 2500, "{ema200}");
         assert_eq!((plan[0].needed, plan[0].candles), (ema200, 2 * ema200));
-        assert_eq!((plan[0].traders, plan[0].sized_by), (2, "traders"));
+        assert_eq!((plan[0].traders, plan[0].sized_by), (2, SizedBy::Traders));
         assert_eq!(
             (plan[1].candles, plan[1].sized_by),
-            (DEFAULT_RING, "default")
+            (DEFAULT_RING, SizedBy::Default)
         );
         assert!(
             plan[2].candles >= 2 * (ema200 + 1),
@@ -198,7 +212,10 @@ mod tests {
         // What the flag names, it sets; the rest is planned.
         let spec: RingSpec = "1h=100000".parse().expect("valid");
         let flagged = super::plan(&intervals, &spec, 3.0, &traders).expect("plan");
-        assert_eq!((flagged[2].candles, flagged[2].sized_by), (100_000, "flag"));
+        assert_eq!(
+            (flagged[2].candles, flagged[2].sized_by),
+            (100_000, SizedBy::Flag)
+        );
         assert_eq!(flagged[0].candles, 3 * ema200);
         let config = store_config(10, &flagged);
         assert_eq!(config.ring(Interval::H1), Some(100_000));

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use protocol::clock::now_ms;
 use protocol::frame;
 use protocol::message::{Message, RequestId};
 use protocol::splitmix::SplitMix64;
@@ -88,7 +87,7 @@ impl Coordinator {
                     format!("could not send {kind}: {}", failure.why()),
                 ),
                 None => {
-                    self.failed = Some(format!(
+                    self.failures.fatal(format!(
                         "could not encode a {kind} request: {} (a bug in shmkline, please report it)",
                         failure.why()
                     ));
@@ -159,15 +158,9 @@ impl Coordinator {
                     slot.confirmed = slot.confirmed.max(pong.last_publish);
                     self.emitter.confirmed(s, slot.confirmed);
                     if let Some(ev) = slot.recovering.take()
-                        && let Some(event) = self.events.get_mut(ev)
+                        && let Some(recovery_ms) = self.faults.recovered(ev)
                     {
-                        event.recovered_at_ms = Some(now_ms());
-                        event.recovery_ms = Some(event.detected.elapsed().as_secs_f64() * 1e3);
-                        tracing::info!(
-                            slot = slot.id,
-                            recovery_ms = event.recovery_ms,
-                            "slot recovered"
-                        );
+                        tracing::info!(slot = slot.id, recovery_ms, "slot recovered");
                     }
                 }
                 if pong.gaps > slot.live_gaps {
@@ -201,8 +194,8 @@ impl Coordinator {
                         // Refused for good: the slot stops expecting it, and the
                         // run will end with an error naming it.
                         slot.drop_trader(&t, &self.emitter);
-                        self.refused
-                            .push(format!("{t} (worker {}: {reason})", slot.id));
+                        self.failures
+                            .refused(format!("{t} (worker {}: {reason})", slot.id));
                         let held = slot.traders.len();
                         if slot
                             .live

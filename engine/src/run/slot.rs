@@ -5,16 +5,15 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use protocol::control::{Worker, WorkerState};
 use protocol::message::Pong;
 use protocol::trader::TraderSpec;
-use serde::Serialize;
 
 use super::emit::Emitter;
-use super::faults::FaultKind;
+use super::faults::{Cause, FaultId, FaultKind};
 use super::link::{Budget, Link};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
     /// INIT sent, no READY yet.
     Starting,
@@ -29,6 +28,13 @@ pub(super) enum State {
     /// Faulty: killed, waiting to be reaped and replaced.
     Dead,
 }
+
+/// First delay before restarting a slot after a self-inflicted failure;
+/// doubled per failure within the intensity period, up to [`RESTART_BACKOFF_CAP`].
+pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longest delay before a restart.
+pub const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// What a pending request was for, to act on its answer.
 #[derive(Debug, Clone)]
@@ -52,7 +58,7 @@ pub(super) struct Pending {
 
 /// Log2 buckets of round-trip times in microseconds: bucket k holds
 /// [2^k, 2^(k+1)) us. Fixed size, so it never grows.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct RttHistogram {
     pub(super) buckets: [u64; 24],
 }
@@ -90,8 +96,8 @@ pub(super) struct Incarnation {
     pub(super) sent: (u64, u64),
     /// Frames and bytes the worker has provably read.
     pub(super) read: (u64, u64),
-    /// Index into the supervision events, once faulty.
-    pub(super) fault: Option<usize>,
+    /// Its fault in the log, once faulty.
+    pub(super) fault: Option<FaultId>,
     /// Whether the process was stopped (state T) when its fault was detected.
     pub(super) stopped: bool,
     /// READY was received.
@@ -136,6 +142,34 @@ impl SendFailure {
 }
 
 impl Incarnation {
+    /// Worker process `pid`, incarnation `no` of its slot, just spawned:
+    /// `link` its channels; INIT is still to be sent.
+    pub(super) fn new(no: u64, pid: u32, child: Child, link: Link) -> Self {
+        Self {
+            no,
+            pid,
+            child: Some(child),
+            link: Some(link),
+            state: State::Starting,
+            pending: BTreeMap::new(),
+            next_id: 0,
+            acked: BTreeSet::new(),
+            unsent: VecDeque::new(),
+            removing: BTreeSet::new(),
+            synced_at: None,
+            last_pong: None,
+            rtt: None,
+            sent: (0, 0),
+            read: (0, 0),
+            fault: None,
+            stopped: false,
+            reached_ready: false,
+            progress: None,
+            behind_since: None,
+            kill_at: None,
+        }
+    }
+
     /// Sends one frame unless that would leave more than `budget` unread.
     pub(super) fn transmit(
         &mut self,
@@ -180,7 +214,7 @@ pub(super) struct Slot {
     pub(super) failed_starts: u32,
     pub(super) restart_at: Option<Instant>,
     /// The fault being recovered from, if any.
-    pub(super) recovering: Option<usize>,
+    pub(super) recovering: Option<FaultId>,
     // Totals over the slot's incarnations.
     /// Gap events reported by its workers (dead ones included).
     pub(super) gaps: u64,
@@ -196,7 +230,7 @@ pub(super) struct Slot {
     pub(super) passes_retired: protocol::histogram::Log2Histogram,
     /// Restarts by cause (`outside`, `self_inflicted`, `planned`), over
     /// the slot's life.
-    pub(super) restarts_by_cause: BTreeMap<&'static str, u64>,
+    pub(super) restarts_by_cause: BTreeMap<Cause, u64>,
 }
 
 impl Slot {
@@ -259,6 +293,106 @@ impl Slot {
             inc.unsent.push_back(t.id.clone());
         }
         self.traders.insert(t.id.clone(), t);
+    }
+
+    /// Its worker failed by its own doing (or could not start), `why`: the
+    /// restart policy. At most `limit` such failures within `period`, and
+    /// `limit` failed starts in a row; within them the restart waits a
+    /// backoff that doubles per failure. Past them, why the run cannot go
+    /// on.
+    pub(super) fn failed_itself(
+        &mut self,
+        why: &str,
+        period: Duration,
+        limit: u32,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        self.self_failures.push_back(now);
+        while self
+            .self_failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > period)
+        {
+            self.self_failures.pop_front();
+        }
+        let n = self.self_failures.len() as u32;
+        if n > limit {
+            return Err(format!(
+                "worker slot {} failed {n} times within {period:?} (limit {limit}); last: {why}",
+                self.id
+            ));
+        }
+        // A slot that cannot start at all gives up once the limit is reached,
+        // however slowly its attempts fail (a start can take the connect timeout).
+        if self.failed_starts > limit {
+            return Err(format!(
+                "worker slot {} could not start {} times in a row (limit {limit}); last: {why}",
+                self.id, self.failed_starts
+            ));
+        }
+        let delay = RESTART_BACKOFF
+            .saturating_mul(1 << (n.saturating_sub(1)).min(16))
+            .min(RESTART_BACKOFF_CAP);
+        tracing::warn!(
+            slot = self.id,
+            failures = n,
+            limit,
+            ?delay,
+            "self-inflicted failure: restarting after a backoff"
+        );
+        self.restart_at = Some(now + delay);
+        Ok(())
+    }
+
+    /// Where its worker is in its life; `recovering`: the fault it
+    /// recovers from is still in the log.
+    pub(super) fn state(&self, recovering: bool) -> WorkerState {
+        match self.live.as_ref().map(|i| i.state) {
+            Some(State::Starting) => WorkerState::Starting,
+            Some(State::Syncing) => WorkerState::Syncing,
+            // Ready, but the PONG confirming its recovery is still to come.
+            Some(State::Ready) if recovering => WorkerState::Recovering,
+            Some(State::Ready) => WorkerState::Ready,
+            Some(State::Cleaning) => WorkerState::Cleaning,
+            Some(State::Exited) => WorkerState::Exited,
+            Some(State::Dead) => WorkerState::Dead,
+            None if self.spawning => WorkerState::Spawning,
+            None if self.restart_at.is_some() => WorkerState::Backoff,
+            None => WorkerState::Down,
+        }
+    }
+
+    /// The slot as `status` shows it: `state` from [`Self::state`],
+    /// `signals` received from its workers.
+    pub(super) fn status(&self, state: WorkerState, signals: u64) -> Worker {
+        let inc = self.live.as_ref();
+        let pong = inc.and_then(|i| i.last_pong.as_ref());
+        let reported = |f: fn(&Pong) -> u64| pong.map(|(_, p)| f(p));
+        Worker {
+            id: self.id,
+            pid: inc.map_or(0, |i| i.pid),
+            state,
+            traders: inc.map_or(0, |i| i.acked.len() as u64),
+            trader_ids: self.traders.keys().cloned().collect(),
+            restarts: self.restarts,
+            rtt_us: inc.and_then(|i| i.rtt).map(|d| d.as_micros() as u64),
+            last_pong_age_ms: pong.map(|(at, _)| at.elapsed().as_millis() as u64),
+            retries: self.retries,
+            malformed_frames: self.malformed,
+            undecodable_frames: self.undecodable,
+            signals,
+            rss_bytes: reported(|p| p.rss_bytes),
+            last_publish: reported(|p| p.last_publish),
+            confirmed_publish: self.confirmed,
+            gaps: reported(|p| p.gaps),
+            judged: reported(|p| p.judged),
+            signal_frames: reported(|p| p.signal_frames),
+            largest_signal_frame_bytes: reported(|p| p.largest_signal_frame),
+            passes: reported(|p| p.passes),
+            pass_p50_us: reported(|p| p.pass_p50_us),
+            pass_p99_us: reported(|p| p.pass_p99_us),
+            rtt_histogram_log2_us: self.rtt_hist.buckets.to_vec(),
+        }
     }
 
     /// Stops holding trader `id` (refused, quarantined or removed): its

@@ -9,11 +9,10 @@
 //! signal is never ignored while the process still runs.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::coordinator::OsSignals;
 use super::sink::Output;
+use super::threads::OsSignals;
 
 /// Teardown's clock: the signals seen, and the deadline they set.
 pub(super) struct Stopping {
@@ -50,7 +49,8 @@ impl Stopping {
 
     /// SIGINTs and SIGTERMs so far.
     fn count(&self) -> u32 {
-        self.signals.sigint.load(Ordering::SeqCst) + self.signals.sigterm.load(Ordering::SeqCst)
+        let (sigints, sigterms) = self.signals.counts();
+        sigints + sigterms
     }
 
     /// Looks at the signals: the deadline they set, if any.
@@ -89,6 +89,7 @@ impl Stopping {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn signals(sigint: u32, sigterm: u32) -> Arc<OsSignals> {
         let s = Arc::new(OsSignals::default());

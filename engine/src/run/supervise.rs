@@ -8,24 +8,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal as OsSignal, kill};
 use nix::unistd::Pid;
-use protocol::clock::now_ms;
-use protocol::trader::trader_hash;
 
 use super::coordinator::Coordinator;
-use super::faults::{Cause, FaultKind, SupervisionEvent};
+use super::faults::{Cause, FaultKind};
 use super::slot::State;
 use super::spawn::Spawner;
 use crate::process::kill_and_reap;
-
-/// First delay before restarting a slot after a self-inflicted failure;
-/// doubled per failure within the intensity period, up to [`RESTART_BACKOFF_CAP`].
-pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Longest delay before a restart.
-pub const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(5);
-
-/// Supervision events kept for `status` (the oldest is dropped first).
-pub const EVENTS_KEPT: usize = 1024;
 
 /// How long a worker whose channel closed may take to exit before it is killed.
 pub(super) const CRASH_GRACE: Duration = Duration::from_millis(100);
@@ -100,78 +88,17 @@ impl Coordinator {
         }
         inc.state = State::Dead;
         inc.pending.clear();
-        if self.events.len() >= EVENTS_KEPT {
-            self.events.pop_front();
-            // Indices into the deque shift by one.
-            for slot in &mut self.slots {
-                slot.recovering = slot.recovering.and_then(|i| i.checked_sub(1));
-                if let Some(inc) = slot.live.as_mut() {
-                    inc.fault = inc.fault.and_then(|i| i.checked_sub(1));
-                }
-            }
-        }
-        let slot = &mut self.slots[s];
-        let inc = slot.live.as_mut().map(|inc| (inc.pid, inc));
-        if let Some((pid, inc)) = inc {
-            self.events.push_back(SupervisionEvent {
-                slot: slot.id,
-                pid,
-                kind,
-                cause: None,
-                reason: why,
-                exit: None,
-                detected_at_ms: now_ms(),
-                recovered_at_ms: None,
-                recovery_ms: None,
-                detected: Instant::now(),
-            });
-            inc.fault = Some(self.events.len() - 1);
-        }
+        inc.fault = Some(self.faults.record(slot.id, inc.pid, kind, why));
     }
 
     /// A failure the worker caused (or a failed start): counts against the
-    /// slot's restart intensity and delays the restart.
+    /// slot's restart intensity and delays the restart; past the limit the
+    /// run cannot go on.
     pub(super) fn self_inflicted(&mut self, s: usize, why: String) {
-        let now = Instant::now();
-        let period = self.opts.restart_period;
-        let limit = self.opts.restart_limit;
-        let slot = &mut self.slots[s];
-        slot.self_failures.push_back(now);
-        while slot
-            .self_failures
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > period)
-        {
-            slot.self_failures.pop_front();
+        let (period, limit) = (self.opts.restart_period, self.opts.restart_limit);
+        if let Err(fatal) = self.slots[s].failed_itself(&why, period, limit) {
+            self.failures.fatal(fatal);
         }
-        let n = slot.self_failures.len() as u32;
-        if n > limit {
-            self.failed = Some(format!(
-                "worker slot {} failed {n} times within {:?} (limit {limit}); last: {why}",
-                slot.id, period
-            ));
-            return;
-        }
-        // A slot that cannot start at all gives up once the limit is reached,
-        // however slowly its attempts fail (a start can take the connect timeout).
-        if slot.failed_starts > limit {
-            self.failed = Some(format!(
-                "worker slot {} could not start {} times in a row (limit {limit}); last: {why}",
-                slot.id, slot.failed_starts
-            ));
-            return;
-        }
-        let delay = RESTART_BACKOFF
-            .saturating_mul(1 << (n.saturating_sub(1)).min(16))
-            .min(RESTART_BACKOFF_CAP);
-        tracing::warn!(
-            slot = slot.id,
-            failures = n,
-            limit,
-            ?delay,
-            "self-inflicted failure: restarting after a backoff"
-        );
-        slot.restart_at = Some(now + delay);
     }
 
     /// Reaps exited workers, records why each went, and schedules replacements.
@@ -211,7 +138,8 @@ impl Coordinator {
             }
             // Why did it go?
             let ev = inc.fault;
-            let cause = match ev.and_then(|i| self.events.get(i)).map(|e| e.kind) {
+            let event = ev.and_then(|id| self.faults.get(id));
+            let cause = match event.map(|e| e.kind) {
                 Some(FaultKind::CatchUp) => Cause::Planned,
                 _ if inc.stopped => Cause::Outside,
                 Some(FaultKind::Hang | FaultKind::Stall | FaultKind::Protocol) => {
@@ -219,10 +147,14 @@ impl Coordinator {
                 }
                 _ => classify(&status),
             };
+            // Only a crash can be pinned on the trader being evaluated;
+            // a hang or a protocol fault says nothing about it.
+            let blamed =
+                event.is_some_and(|e| matches!(e.kind, FaultKind::Crash | FaultKind::Stall));
+            let why = event.map_or_else(String::new, |e| e.reason.clone());
             let never_ready = !inc.reached_ready;
-            if let Some(event) = ev.and_then(|i| self.events.get_mut(i)) {
-                event.cause = Some(cause);
-                event.exit = Some(status.to_string());
+            if let Some(id) = ev {
+                self.faults.reaped(id, cause, status.to_string());
             }
             let slot = &mut self.slots[s];
             if never_ready && cause == Cause::SelfInflicted {
@@ -233,29 +165,17 @@ impl Coordinator {
                 self.graveyard.push(link);
             }
             slot.restarts += 1;
-            *slot.restarts_by_cause.entry(cause.name()).or_default() += 1;
+            *slot.restarts_by_cause.entry(cause).or_default() += 1;
             slot.recovering = ev;
             match cause {
                 Cause::Outside | Cause::Planned => slot.restart_at = Some(Instant::now()),
-                Cause::SelfInflicted
-                    if ev
-                        .and_then(|i| self.events.get(i))
-                        .is_some_and(|e| matches!(e.kind, FaultKind::Crash | FaultKind::Stall)) =>
-                {
-                    let why = ev
-                        .and_then(|i| self.events.get(i))
-                        .map_or_else(String::new, |e| e.reason.clone());
-                    // Only a crash can be pinned on the trader being evaluated;
-                    // a hang or a protocol fault says nothing about it.
-                    self.blame(s);
+                Cause::SelfInflicted if blamed => {
+                    let limit = self.opts.quarantine_after;
+                    self.quarantine
+                        .blame(&mut self.slots[s], &self.emitter, limit);
                     self.self_inflicted(s, why);
                 }
-                Cause::SelfInflicted => {
-                    let why = ev
-                        .and_then(|i| self.events.get(i))
-                        .map_or_else(String::new, |e| e.reason.clone());
-                    self.self_inflicted(s, why);
-                }
+                Cause::SelfInflicted => self.self_inflicted(s, why),
             }
         }
         // Reader threads of dead workers end once their process is gone.
@@ -266,43 +186,6 @@ impl Coordinator {
             } else {
                 i += 1;
             }
-        }
-    }
-
-    /// After a self-inflicted crash: the trader the worker was evaluating, as
-    /// its black box says, gets a strike; at `quarantine_after` strikes it is
-    /// taken out of its slot, and the others keep running.
-    pub(super) fn blame(&mut self, s: usize) {
-        let Some(word) = self
-            .black_boxes
-            .get(s)
-            .and_then(|b| b.as_ref())
-            .and_then(|b| b.word(0))
-        else {
-            return;
-        };
-        let hash = word.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if hash == 0 {
-            return;
-        }
-        let slot = &mut self.slots[s];
-        let Some(trader) = slot
-            .traders
-            .keys()
-            .find(|id| trader_hash(id) == hash)
-            .cloned()
-        else {
-            return;
-        };
-        let strikes = self.strikes.entry(trader.clone()).or_default();
-        *strikes += 1;
-        tracing::warn!(slot = slot.id, %trader, strikes = *strikes, limit = self.opts.quarantine_after, "the worker crashed while evaluating this trader");
-        if *strikes >= self.opts.quarantine_after {
-            tracing::error!(slot = slot.id, %trader, strikes = *strikes, "trader quarantined: it keeps crashing its workers; the others keep running");
-            slot.drop_trader(&trader, &self.emitter);
-            self.quarantined.push((trader, slot.id));
-            // The crashes were the trader's, not the slot's.
-            slot.self_failures.clear();
         }
     }
 

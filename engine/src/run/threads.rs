@@ -3,7 +3,7 @@
 //! its guard drops.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 
@@ -11,7 +11,25 @@ use anyhow::{Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 
-use super::coordinator::{Event, OsSignals};
+use super::events::Event;
+
+/// SIGINT and SIGTERM counts, kept by the signal thread in atomics so that a
+/// full event queue can never swallow one.
+#[derive(Debug, Default)]
+pub struct OsSignals {
+    pub(super) sigint: AtomicU32,
+    pub(super) sigterm: AtomicU32,
+}
+
+impl OsSignals {
+    /// SIGINTs and SIGTERMs so far.
+    pub(super) fn counts(&self) -> (u32, u32) {
+        (
+            self.sigint.load(Ordering::SeqCst),
+            self.sigterm.load(Ordering::SeqCst),
+        )
+    }
+}
 
 /// SIGINT and SIGTERM caught, not yet served by a thread: installed first
 /// thing, so a Ctrl-C during start-up is not lost.
@@ -44,7 +62,7 @@ impl Caught {
                     counter.fetch_add(1, Ordering::SeqCst);
                     // Only a wake-up: the count above is what the loop acts
                     // on, so a full queue cannot swallow a signal.
-                    let _ = events.try_send(Event::OsSignal(sig));
+                    let _ = events.try_send(Event::OsSignal);
                 }
             })
             .context("starting the signal thread")?;

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use protocol::InstanceName;
+use protocol::control::{Request, Status, TraderList};
 use ratatui::DefaultTerminal;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
-use serde_json::Value;
 
 use crate::run::control::ControlClient;
 
@@ -55,7 +55,7 @@ pub fn top(instance: &InstanceName, every: Duration) -> Result<()> {
     let dir = crate::runtime::base_dir().join(instance.as_str());
     // Fails before the screen changes if the instance is not running.
     let mut client = ControlClient::connect(&dir)?;
-    client.ask("status")?;
+    client.call::<Status>(&Request::Status)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGTERM,
@@ -87,10 +87,10 @@ pub fn top(instance: &InstanceName, every: Duration) -> Result<()> {
 
 /// What the loop keeps between refreshes (only the last answer).
 struct State {
-    status: Value,
+    status: Status,
     screen: view::Screen,
     /// A kill asked for and not yet confirmed: (slot, pid).
-    confirm: Option<(u64, u64)>,
+    confirm: Option<(u32, u32)>,
     /// The previous refresh's signal count, for the rate.
     last_count: Option<(Instant, u64)>,
 }
@@ -103,7 +103,7 @@ fn run(
     stop: &AtomicBool,
 ) -> Result<Ended> {
     let mut state = State {
-        status: Value::Null,
+        status: Status::default(),
         screen: view::Screen::default(),
         confirm: None,
         last_count: None,
@@ -236,19 +236,21 @@ fn refresh(
     dir: &std::path::Path,
     state: &mut State,
 ) -> Result<(), String> {
-    let status = match client.ask("status") {
+    let status: Status = match client.call(&Request::Status) {
         Ok(s) => s,
         // The server closes connections it considers idle, and one that
         // broke: try a new one once before giving up.
         Err(_) => {
             *client = ControlClient::connect(dir).map_err(|e| format!("{e:#}"))?;
-            client.ask("status").map_err(|e| format!("{e:#}"))?
+            client
+                .call(&Request::Status)
+                .map_err(|e| format!("{e:#}"))?
         }
     };
     if state.screen.traders.is_some() {
-        state.screen.traders = client.ask("traders").ok();
+        state.screen.traders = client.call::<TraderList>(&Request::Traders).ok();
     }
-    let count = status["signals"]["emitted"].as_u64().unwrap_or(0);
+    let count = status.signals.emitted;
     let now = Instant::now();
     if let Some((at, before)) = state.last_count {
         let dt = now.duration_since(at).as_secs_f64();
@@ -257,7 +259,7 @@ fn refresh(
         }
     }
     state.last_count = Some((now, count));
-    let workers = status["workers"].as_array().map_or(0, Vec::len);
+    let workers = status.workers.len();
     state.screen.selected = state.screen.selected.min(workers.saturating_sub(1));
     state.status = status;
     Ok(())
@@ -270,13 +272,10 @@ fn key_pressed(code: KeyCode, state: &mut State, client: &mut ControlClient) {
         } else {
             // The answer may come long after the question: kill only the
             // process the slot still runs (a pid can be reused).
-            let now = client.ask("status").ok().and_then(|s| {
-                s["workers"]
-                    .as_array()?
-                    .iter()
-                    .find(|w| w["id"].as_u64() == Some(slot))?["pid"]
-                    .as_u64()
-            });
+            let now = client
+                .call::<Status>(&Request::Status)
+                .ok()
+                .and_then(|s| Some(s.workers.iter().find(|w| w.id == slot)?.pid));
             if now != Some(pid) {
                 format!("worker {slot} is no longer pid {pid} (replaced meanwhile): not killed")
             } else {
@@ -291,7 +290,7 @@ fn key_pressed(code: KeyCode, state: &mut State, client: &mut ControlClient) {
         return;
     }
     state.screen.message = None;
-    let workers = state.status["workers"].as_array().map_or(0, Vec::len);
+    let workers = state.status.workers.len();
     match code {
         KeyCode::Up => state.screen.selected = state.screen.selected.saturating_sub(1),
         KeyCode::Down => {
@@ -300,13 +299,13 @@ fn key_pressed(code: KeyCode, state: &mut State, client: &mut ControlClient) {
         KeyCode::Char('t') => {
             state.screen.traders = match state.screen.traders {
                 Some(_) => None,
-                None => Some(Value::Null),
+                None => Some(TraderList::default()),
             };
         }
         KeyCode::Char('k') => {
-            let worker = &state.status["workers"][state.screen.selected];
-            match (worker["id"].as_u64(), worker["pid"].as_u64()) {
-                (Some(slot), Some(pid)) if pid > 0 => {
+            let worker = state.status.workers.get(state.screen.selected);
+            match worker.map(|w| (w.id, w.pid)) {
+                Some((slot, pid)) if pid > 0 => {
                     state.confirm = Some((slot, pid));
                     state.screen.message = Some(format!(
                         "kill worker {slot} (pid {pid})? y to confirm, any other key to keep it"

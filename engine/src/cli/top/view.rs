@@ -2,12 +2,12 @@
 //! when it is shown): a pure function of its inputs, so it can be drawn
 //! into a test backend.
 
+use protocol::control::{Feed, LiveFeed, Status, TraderList};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table, TableState};
-use serde_json::Value;
 
 /// What the screen shows besides the status itself.
 #[derive(Debug, Default)]
@@ -16,14 +16,10 @@ pub struct Screen {
     pub selected: usize,
     /// Signals per second since the previous refresh.
     pub signals_per_s: Option<f64>,
-    /// The trader list (`t`), when shown.
-    pub traders: Option<Value>,
+    /// The trader list (`t`), when shown (empty until the next refresh).
+    pub traders: Option<TraderList>,
     /// The bottom line: a question (kill?) or what happened.
     pub message: Option<String>,
-}
-
-fn n(v: &Value) -> Option<u64> {
-    v.as_u64()
 }
 
 /// `ms` as a short age: 850ms, 12s, 5m03s, 2h10m, 3d04h.
@@ -60,62 +56,48 @@ fn growth(mb_per_h: Option<f64>, alert: f64) -> Span<'static> {
     }
 }
 
-/// The memory figures of `process` (`coordinator`, `worker N`).
-fn memory_of<'a>(status: &'a Value, process: &str) -> Option<&'a Value> {
-    status["memory"]["processes"]
-        .as_array()?
-        .iter()
-        .find(|p| p["process"] == process)
-}
-
-fn header(status: &Value, screen: &Screen) -> Vec<Line<'static>> {
-    let feed = &status["feed"];
-    let kind = feed["kind"].as_str().unwrap_or("?").to_owned();
-    let connected = if kind == "binance" {
-        format!("{} connected", n(&feed["connected"]).unwrap_or(0))
-    } else if feed["nats"].is_object() {
-        if feed["nats"]["connected"] == true {
-            "connected".to_owned()
-        } else {
-            "DISCONNECTED".to_owned()
-        }
-    } else {
-        "local".to_owned()
+fn header(status: &Status, screen: &Screen) -> Vec<Line<'static>> {
+    let feed = &status.feed;
+    let kind = feed.kind();
+    let live = match feed {
+        Feed::Binance(LiveFeed::Started(live)) => Some(live.as_ref()),
+        _ => None,
     };
-    let reconnects = n(&feed["reconnects"])
-        .or_else(|| n(&feed["nats"]["reconnects"]))
-        .unwrap_or(0);
-    let last = n(&feed["last_message_age_ms"]).map_or_else(|| "-".to_owned(), age);
-    let lag = feed["latency_p99_ns"]
-        .as_u64()
-        .map(|ns| format!("{:.1}ms", ns as f64 / 1e6))
-        .or_else(|| {
-            feed["sent_to_visible_p99_us"]
-                .as_u64()
-                .map(|us| format!("{:.1}ms", us as f64 / 1e3))
-        })
-        .unwrap_or_else(|| "-".to_owned());
-    let gaps = n(&feed["gaps"]).unwrap_or(0) + n(&status["gaps"]).unwrap_or(0);
+    let connected = match feed {
+        Feed::Binance(_) => format!("{} connected", live.map_or(0, |l| l.connected)),
+        Feed::Nats(n) if n.nats.connection.connected => "connected".to_owned(),
+        Feed::Nats(_) => "DISCONNECTED".to_owned(),
+        Feed::Synthetic(_) | Feed::Replay(_) => "local".to_owned(),
+    };
+    let (_, reconnects) = feed.connection();
+    let last = live
+        .and_then(|l| l.last_message_age_ms)
+        .map_or_else(|| "-".to_owned(), age);
+    let lag = match feed {
+        Feed::Nats(n) => n
+            .nats
+            .sent_to_visible_p99_us
+            .map(|us| format!("{:.1}ms", f64::from(us) / 1e3)),
+        _ => live
+            .and_then(|l| l.latency_p99_ns)
+            .map(|ns| format!("{:.1}ms", f64::from(ns) / 1e6)),
+    }
+    .unwrap_or_else(|| "-".to_owned());
+    let gaps = feed.written().map_or(0, |w| w.gaps) + status.gaps;
     let rate = screen
         .signals_per_s
         .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"));
-    let alert = status["memory"]["alert_mb_per_h"].as_f64().unwrap_or(0.0);
-    let me = memory_of(status, "coordinator");
+    let alert = status.memory.alert_mb_per_h;
+    let me = status.memory.of("coordinator");
     let bold = Style::default().add_modifier(Modifier::BOLD);
     vec![
         Line::from(vec![
-            Span::styled(
-                format!(
-                    "shmkline top  {}",
-                    status["instance"].as_str().unwrap_or("?")
-                ),
-                bold,
-            ),
+            Span::styled(format!("shmkline top  {}", status.instance), bold),
             Span::raw(format!(
                 "  pid {}  up {}  {}",
-                status["pid"],
-                age(n(&status["uptime_ms"]).unwrap_or(0)),
-                status["state"].as_str().unwrap_or("?")
+                status.pid,
+                age(status.uptime_ms),
+                status.state
             )),
         ]),
         Line::from(format!(
@@ -124,56 +106,45 @@ fn header(status: &Value, screen: &Screen) -> Vec<Line<'static>> {
         Line::from(vec![
             Span::raw(format!(
                 "signals {rate}/s ({} total, {} dup)  coordinator {} MB ",
-                n(&status["signals"]["emitted"]).unwrap_or(0),
-                n(&status["signals"]["duplicates_dropped"]).unwrap_or(0),
-                mb(me.and_then(|m| n(&m["private_bytes"]))),
+                status.signals.emitted,
+                status.signals.duplicates_dropped,
+                mb(me.and_then(|m| m.private_bytes)),
             )),
-            growth(me.and_then(|m| m["growth_mb_per_h"].as_f64()), alert),
+            growth(me.and_then(|m| m.growth_mb_per_h), alert),
             Span::raw(" MB/h"),
         ]),
     ]
 }
 
-fn workers_table(status: &Value) -> Table<'static> {
-    let alert = status["memory"]["alert_mb_per_h"].as_f64().unwrap_or(0.0);
-    let faults: Vec<&Value> = status["supervision"]["recent"]
-        .as_array()
-        .map(|r| r.iter().collect())
-        .unwrap_or_default();
-    let rows: Vec<Row> = status["workers"]
-        .as_array()
-        .map(|ws| ws.as_slice())
-        .unwrap_or_default()
+fn workers_table(status: &Status) -> Table<'static> {
+    let alert = status.memory.alert_mb_per_h;
+    let rows: Vec<Row> = status
+        .workers
         .iter()
         .map(|w| {
-            let slot = n(&w["id"]).unwrap_or(0);
-            let mem = memory_of(status, &format!("worker {slot}"));
+            let mem = status.memory.of(&format!("worker {}", w.id));
             // `recent` is newest first.
-            let fault = faults
+            let fault = status
+                .supervision
+                .recent
                 .iter()
-                .find(|f| n(&f["slot"]) == Some(slot))
+                .find(|f| f.slot == w.id)
                 .map(|f| {
-                    format!(
-                        "{} ({})",
-                        f["kind"].as_str().unwrap_or("?"),
-                        f["cause"].as_str().unwrap_or("?")
-                    )
+                    let cause = f.cause.map_or("?", |c| c.name());
+                    format!("{} ({cause})", f.kind.name())
                 })
                 .unwrap_or_else(|| "-".to_owned());
-            let us = |v: &Value| n(v).map_or_else(|| "-".to_owned(), |x| x.to_string());
+            let us = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |x| x.to_string());
             Row::new(vec![
-                Line::from(slot.to_string()),
-                Line::from(n(&w["pid"]).unwrap_or(0).to_string()),
-                Line::from(w["state"].as_str().unwrap_or("?").to_owned()),
-                Line::from(n(&w["traders"]).unwrap_or(0).to_string()),
-                Line::from(mb(n(&w["rss_bytes"]))),
-                Line::from(growth(
-                    mem.and_then(|m| m["growth_mb_per_h"].as_f64()),
-                    alert,
-                )),
-                Line::from(us(&w["rtt_us"])),
-                Line::from(us(&w["pass_p99_us"])),
-                Line::from(n(&w["restarts"]).unwrap_or(0).to_string()),
+                Line::from(w.id.to_string()),
+                Line::from(w.pid.to_string()),
+                Line::from(w.state.name()),
+                Line::from(w.traders.to_string()),
+                Line::from(mb(w.rss_bytes)),
+                Line::from(growth(mem.and_then(|m| m.growth_mb_per_h), alert)),
+                Line::from(us(w.rtt_us)),
+                Line::from(us(w.pass_p99_us)),
+                Line::from(w.restarts.to_string()),
                 Line::from(fault),
             ])
         })
@@ -212,21 +183,20 @@ fn workers_table(status: &Value) -> Table<'static> {
     .block(Block::default().borders(Borders::TOP).title(" workers "))
 }
 
-fn sinks_table(status: &Value) -> Table<'static> {
-    let rows: Vec<Row> = status["sinks"]
-        .as_array()
-        .map(|s| s.as_slice())
-        .unwrap_or_default()
+fn sinks_table(status: &Status) -> Table<'static> {
+    let rows: Vec<Row> = status
+        .sinks
         .iter()
         .map(|s| {
-            let num = |v: &Value| n(v).map_or_else(|| "-".to_owned(), |x| x.to_string());
+            let (spec, d) = s.spec_and_delivery();
             Row::new(vec![
-                s["spec"].as_str().unwrap_or("?").to_owned(),
-                num(&s["queued"]),
-                num(&s["delivered"]),
-                num(&s["retries"]),
-                num(&s["rejected"]),
-                n(&s["lag_ms"]).map_or_else(|| "-".to_owned(), age),
+                spec.to_owned(),
+                d.queued.to_string(),
+                d.delivered.to_string(),
+                d.retries.to_string(),
+                d.rejected.to_string(),
+                d.lag_ms
+                    .map_or_else(|| "-".to_owned(), |ms| age(ms.max(0) as u64)),
             ])
         })
         .collect();
@@ -248,19 +218,21 @@ fn sinks_table(status: &Value) -> Table<'static> {
     .block(Block::default().borders(Borders::TOP).title(" sinks "))
 }
 
-fn traders_table(traders: &Value) -> Table<'static> {
-    let rows: Vec<Row> = traders["traders"]
-        .as_array()
-        .map(|t| t.as_slice())
-        .unwrap_or_default()
+fn traders_table(traders: &TraderList) -> Table<'static> {
+    let rows: Vec<Row> = traders
+        .traders
         .iter()
         .map(|t| {
+            let (interval, rule) = t.held().map_or_else(
+                || ("-".to_owned(), "-".to_owned()),
+                |h| (h.interval.to_string(), h.rule.clone()),
+            );
             Row::new(vec![
-                t["id"].as_str().unwrap_or("?").to_owned(),
-                t["slot"].to_string(),
-                t["state"].as_str().unwrap_or("?").to_owned(),
-                t["interval"].as_str().unwrap_or("?").to_owned(),
-                t["rule"].as_str().unwrap_or("?").to_owned(),
+                t.id().to_owned(),
+                t.slot().to_string(),
+                t.state().to_owned(),
+                interval,
+                rule,
             ])
         })
         .collect();
@@ -286,8 +258,8 @@ fn traders_table(traders: &Value) -> Table<'static> {
 }
 
 /// Draws the whole screen.
-pub fn draw(frame: &mut Frame, status: &Value, screen: &Screen) {
-    let sinks = status["sinks"].as_array().map_or(0, Vec::len) as u16;
+pub fn draw(frame: &mut Frame, status: &Status, screen: &Screen) {
+    let sinks = status.sinks.len() as u16;
     let [head, body, lower, footer] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Min(4),
@@ -321,26 +293,78 @@ fn footer_line(frame: &mut Frame, area: Rect, screen: &Screen) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::control::{
+        Cause, Delivery, FaultEvent, FaultKind, Memory, ProcessMemory, RunState, Signals, Sink,
+        StdoutSink, Supervision, Worker, WorkerState,
+    };
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
 
-    fn sample() -> Value {
-        serde_json::json!({
-            "instance": "demo", "pid": 42, "state": "running", "uptime_ms": 3_723_000,
-            "feed": { "kind": "synthetic", "gaps": 0 },
-            "gaps": 0,
-            "signals": { "emitted": 100, "duplicates_dropped": 2 },
-            "memory": { "alert_mb_per_h": 10.0, "processes": [
-                { "process": "coordinator", "private_bytes": 3_500_000, "growth_mb_per_h": 0.4 },
-                { "process": "worker 1", "private_bytes": 900_000, "growth_mb_per_h": 25.0 },
-            ]},
-            "supervision": { "recent": [ { "slot": 1, "kind": "crash", "cause": "outside" } ] },
-            "workers": [
-                { "id": 0, "pid": 1001, "state": "ready", "traders": 2, "rss_bytes": 8_000_000, "rtt_us": 80, "pass_p99_us": 120, "restarts": 0 },
-                { "id": 1, "pid": 1002, "state": "ready", "traders": 2, "rss_bytes": 8_100_000, "rtt_us": 90, "pass_p99_us": 130, "restarts": 3 },
+    fn sample() -> Status {
+        let worker =
+            |id: u32, pid: u32, rss_bytes: u64, rtt_us: u64, pass_p99_us: u64, restarts| Worker {
+                id,
+                pid,
+                state: WorkerState::Ready,
+                traders: 2,
+                rss_bytes: Some(rss_bytes),
+                rtt_us: Some(rtt_us),
+                pass_p99_us: Some(pass_p99_us),
+                restarts,
+                ..Worker::default()
+            };
+        let process = |process: &str, private_bytes: u64, growth: f64| ProcessMemory {
+            process: process.into(),
+            private_bytes: Some(private_bytes),
+            growth_mb_per_h: Some(growth),
+            ..ProcessMemory::default()
+        };
+        Status {
+            instance: "demo".into(),
+            pid: 42,
+            state: RunState::Running,
+            uptime_ms: 3_723_000,
+            signals: Signals {
+                emitted: 100,
+                duplicates_dropped: 2,
+                ..Signals::default()
+            },
+            memory: Memory {
+                alert_mb_per_h: 10.0,
+                processes: vec![
+                    process("coordinator", 3_500_000, 0.4),
+                    process("worker 1", 900_000, 25.0),
+                ],
+                ..Memory::default()
+            },
+            supervision: Supervision {
+                recent: vec![FaultEvent {
+                    slot: 1,
+                    pid: 1000,
+                    kind: FaultKind::Crash,
+                    cause: Some(Cause::Outside),
+                    reason: "exited".into(),
+                    exit: None,
+                    detected_at_ms: 0,
+                    recovered_at_ms: None,
+                    recovery_ms: None,
+                }],
+                ..Supervision::default()
+            },
+            workers: vec![
+                worker(0, 1001, 8_000_000, 80, 120, 0),
+                worker(1, 1002, 8_100_000, 90, 130, 3),
             ],
-            "sinks": [ { "spec": "stdout", "queued": 0, "delivered": 100 } ],
-        })
+            sinks: vec![Sink::Stdout(StdoutSink {
+                spec: "stdout".into(),
+                delivery: Delivery {
+                    delivered: 100,
+                    ..Delivery::default()
+                },
+                ..StdoutSink::default()
+            })],
+            ..Status::default()
+        }
     }
 
     fn text(terminal: &Terminal<TestBackend>) -> String {

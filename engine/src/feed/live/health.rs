@@ -5,11 +5,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use protocol::control::{LiveFigures, SeriesSummary, WriterCounters};
 use protocol::samples::Samples;
-use serde::Serialize;
 
 use super::super::binance::BadLine;
-use super::super::writer::FeedCounters;
 use crate::locked::lock;
 
 /// Latency samples kept for `status` and `bench feed`.
@@ -54,38 +53,6 @@ impl std::fmt::Display for Pause {
 /// Series listed by name in `status` (failing ones, ones with gaps), at most.
 pub const LISTED: usize = 32;
 
-/// A series named in `status`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct SeriesNote {
-    /// `SYMBOL interval`.
-    pub series: String,
-    /// Failed backfills in a row, or candles missing.
-    pub count: u64,
-    /// The last error, or where the gap is.
-    pub detail: String,
-}
-
-/// The series, as `status` shows them.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct SeriesSummary {
-    /// Series written as streamed.
-    pub live: usize,
-    /// Series waiting for (or in) a backfill.
-    pub behind: usize,
-    /// Of those, ones whose last backfill was refused (retried on their
-    /// own schedule).
-    pub failing: usize,
-    /// Closes being repaired now.
-    pub repairing: usize,
-    /// Up to 32 (`LISTED`) failing series with their last error.
-    pub failing_series: Vec<SeriesNote>,
-    /// Up to 32 (`LISTED`) series whose backfills left a gap (outages
-    /// longer than the ring's need), with the candles missing.
-    pub gaps: Vec<SeriesNote>,
-    /// Symbols left out at start (`--skip-unknown`): not listed, or not trading.
-    pub skipped_symbols: Vec<String>,
-}
-
 /// Shared counters: written by the feed thread, read by `status`.
 #[derive(Debug, Default)]
 pub struct LiveHealth {
@@ -123,92 +90,12 @@ pub struct LiveHealth {
     pub(super) backfilled: AtomicU64,
     pub(super) backfill_failures: AtomicU64,
     pub(super) rest_requests: AtomicU64,
-    pub(super) counters: Mutex<FeedCounters>,
+    pub(super) counters: Mutex<WriterCounters>,
     /// The last [`LATENCY_SAMPLES`] message-received-to-published times, ns.
     pub(super) latency: Mutex<Option<Samples>>,
     pub(super) last_error: Mutex<Option<String>>,
     pub(super) receipts: Mutex<Vec<(i64, Instant)>>,
     pub(super) planned: AtomicU64,
-}
-
-/// What `status` shows of a live feed.
-#[derive(Debug, Clone, Serialize)]
-pub struct LiveStatus {
-    /// Connections open now.
-    pub connected: u64,
-    /// Connections the streams are split over.
-    pub connections_planned: usize,
-    /// Connections opened.
-    pub connections: u64,
-    /// Connections replaced by a new one opened first (the 24 h cut,
-    /// `serverShutdown`): no gap, no backfill.
-    pub replacements: u64,
-    /// `serverShutdown` notices received.
-    pub shutdown_notices: u64,
-    /// Events dropped at the queue's bound (their series backfilled again).
-    pub overflowed: u64,
-    /// REST answers 429 (each paused REST for its `Retry-After`).
-    pub rate_limited: u64,
-    /// REST answers 418 (IP bans).
-    pub bans: u64,
-    /// REST server errors and timeouts (answers the exchange's servers
-    /// gave, or did not give in time).
-    pub server_errors: u64,
-    /// No WebSocket connection has opened yet: the feed has never been
-    /// connected (`connect_error` says why).
-    pub never_connected: bool,
-    /// Attempts that never reached the exchange: WebSocket connections that
-    /// could not be opened (name not resolved, refused, unreachable, TLS or
-    /// WebSocket handshake failed) and REST requests that could not connect.
-    pub connect_errors: u64,
-    /// The last of those, saying where (WebSocket or REST) and naming the host.
-    pub connect_error: Option<String>,
-    /// The exchange's count of weight used this minute, last answer.
-    pub used_weight: u64,
-    /// The highest such count seen.
-    pub peak_used_weight: u64,
-    /// While REST is paused: for how much longer, ms, and why.
-    pub rest_paused_ms: Option<u64>,
-    /// Why REST is paused.
-    pub rest_pause: Option<String>,
-    /// Candles whose successor came before their `x: true`.
-    pub missing_closes: u64,
-    /// Of those, closed from REST.
-    pub repaired_closes: u64,
-    /// Of those, closed by an `x: true` that came late.
-    pub late_closes: u64,
-    /// Of those, left as last streamed (REST could not tell in time).
-    pub provisional_closes: u64,
-    /// The series: live, behind, failing ones named, gaps left.
-    pub series: SeriesSummary,
-    /// Reconnects (connections after the first, failed attempts included).
-    pub reconnects: u64,
-    /// Since the last message, ping or pong, ms; `None` before the first.
-    pub last_message_age_ms: Option<u64>,
-    /// Messages received.
-    pub messages: u64,
-    /// Messages that were not valid kline events (skipped).
-    pub bad_messages: u64,
-    /// Events older than the stored candle (normal after a backfill).
-    pub stale: u64,
-    /// Events that came while their series waited for a backfill: the
-    /// newest `sync::HELD` per series are applied after it.
-    pub deferred: u64,
-    /// Candles written from REST.
-    pub backfilled: u64,
-    /// REST requests made (backfills, repairs, the symbol check).
-    pub rest_requests: u64,
-    /// Backfill requests that failed.
-    pub backfill_failures: u64,
-    /// The writer's counters (candles written, gaps...).
-    #[serde(flatten)]
-    pub counters: FeedCounters,
-    /// Received-to-published latency over the recent samples, ns.
-    pub latency_p50_ns: Option<u32>,
-    /// p99 of the same.
-    pub latency_p99_ns: Option<u32>,
-    /// The last connection error.
-    pub last_error: Option<String>,
 }
 
 impl LiveHealth {
@@ -221,14 +108,14 @@ impl LiveHealth {
     }
 
     /// A snapshot for `status`.
-    pub fn status(&self) -> LiveStatus {
+    pub fn status(&self) -> LiveFigures {
         let last = self.last_message_ms.load(Ordering::Relaxed);
         let lat = lock(&self.latency).clone();
         let q = |p: f64| lat.as_ref().and_then(|s| s.quantile(p));
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let now_ms = protocol::clock::now_ms() as u64;
         let pause = (*lock(&self.rest_pause)).filter(|(until, _)| *until > now_ms);
-        LiveStatus {
+        LiveFigures {
             connected: g(&self.connected),
             connections_planned: self.planned.load(Ordering::Relaxed) as usize,
             connections: g(&self.connections),

@@ -40,9 +40,7 @@ mod rest;
 mod sync;
 
 pub use conn::{MAX_CONNECTIONS, MAX_STREAMS, MAX_URL, OPENS_PER_WINDOW};
-pub use health::{
-    LATENCY_SAMPLES, LISTED, LiveHealth, LiveStatus, Pause, SeriesNote, SeriesSummary,
-};
+pub use health::{LATENCY_SAMPLES, LISTED, LiveHealth, Pause};
 pub use options::{
     BINANCE_REST, BINANCE_WS, DEFAULT_QUEUED_BYTES, LiveOptions, MAX_MESSAGE, MAX_REST_BODY,
     REST_PAGE, backfill_for_ring,

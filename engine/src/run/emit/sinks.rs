@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
+use protocol::control::{DurableSink, NatsSink, Sink, StdoutSink};
+
 use super::super::dedup::Dedup;
 use super::super::sink::{Batch, Output, SinkSpec};
 use super::Emitter;
@@ -210,48 +212,54 @@ impl Emitter {
     /// it delivered (written; for a file, fsynced; for a webhook, answered
     /// 2xx), what waits, failed or was refused, how far its confirmed
     /// position trails, and how many series it holds a watermark for.
-    pub fn sinks_status(&self) -> Vec<serde_json::Value> {
+    pub fn sinks_status(&self) -> Vec<Sink> {
         let inner = self.lock();
-        let with = |mut v: serde_json::Value, extra: serde_json::Value| {
-            if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
-                v.extend(extra);
-            }
-            v
-        };
         let stdout = inner.stdout.then(|| {
-            let mut v = with(
-                serde_json::json!({
-                    "kind": "stdout",
-                    "spec": "stdout",
-                    "emitted": inner.printed,
-                    "closed": self.output.closed(),
-                    "series": inner.dedup.len(),
-                }),
-                self.output.status(),
-            );
+            let mut delivery = self.output.status();
             // Stdout's latency ends where its line is handed to its thread.
-            v["latency_p50_us"] = inner.latency.quantile(0.5).into();
-            v["latency_p99_us"] = inner.latency.quantile(0.99).into();
-            v
+            delivery.latency_p50_us = inner.latency.quantile(0.5);
+            delivery.latency_p99_us = inner.latency.quantile(0.99);
+            Sink::Stdout(StdoutSink {
+                spec: SinkSpec::Stdout.to_string(),
+                emitted: inner.printed,
+                closed: self.output.closed(),
+                series: inner.dedup.len() as u64,
+                delivery,
+            })
         });
         stdout
             .into_iter()
             .chain(inner.sinks.iter().map(|f| {
-                with(
-                    serde_json::json!({
-                        "kind": f.spec.kind(),
-                        "spec": f.spec.to_string(),
-                        "emitted": f.emitted,
-                        "series": f.dedup.len(),
-                        "queue_bound": f.bound,
-                        "is_behind": f.behind.is_some() || f.catching,
-                        "catching_up": f.catching,
-                        "catch_ups": f.catch_ups,
-                        "lost_traders": f.lost_traders,
-                        "out_of_reach": f.out_of_reach,
+                let sink = DurableSink {
+                    spec: f.spec.to_string(),
+                    emitted: f.emitted,
+                    series: f.dedup.len() as u64,
+                    queue_bound: f.bound,
+                    is_behind: f.behind.is_some() || f.catching,
+                    catching_up: f.catching,
+                    catch_ups: f.catch_ups,
+                    lost_traders: f.lost_traders.clone(),
+                    out_of_reach: f.out_of_reach.clone(),
+                    delivery: f.output.status(),
+                };
+                match &f.spec {
+                    SinkSpec::File(_) => Sink::File(sink),
+                    SinkSpec::Webhook { batch: false, .. } => Sink::Webhook(sink),
+                    SinkSpec::Webhook { batch: true, .. } => Sink::WebhookBatch(sink),
+                    SinkSpec::Nats(_) => Sink::Nats(NatsSink {
+                        sink,
+                        connection: f.output.connection().unwrap_or_default(),
                     }),
-                    f.output.status(),
-                )
+                    // Never a durable sink (the run prints to it itself);
+                    // shown as what it is, should it ever be one.
+                    SinkSpec::Stdout => Sink::Stdout(StdoutSink {
+                        spec: sink.spec,
+                        emitted: sink.emitted,
+                        closed: f.output.closed(),
+                        series: sink.series,
+                        delivery: sink.delivery,
+                    }),
+                }
             }))
             .collect()
     }

@@ -12,20 +12,12 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use protocol::control::{Delivery, MetricsSnapshot, WorkerState};
 use protocol::histogram::Log2Histogram;
-use serde_json::Value;
 
 /// The snapshot of one scrape.
 #[derive(Debug)]
-struct Snapshot(Value);
-
-/// `value` as a u64 (0 when absent).
-fn n(value: &Value) -> u64 {
-    value
-        .as_u64()
-        .or_else(|| value.as_bool().map(u64::from))
-        .unwrap_or(0)
-}
+struct Snapshot(MetricsSnapshot);
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -92,21 +84,16 @@ fn one(w: Write) -> Vec<(Labels, Write)> {
 impl Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = &self.0;
-        let status = &snap["status"];
-        let empty = Vec::new();
-        let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+        let status = &snap.status;
 
         family(
             &mut e,
             "shmkline_signals",
             "Signals handed to at least one sink, per trader held now.",
             MetricType::Counter,
-            list(&snap["signals_by_trader"])
+            snap.signals_by_trader
                 .iter()
-                .map(|pair| {
-                    let trader = pair[0].as_str().unwrap_or_default().to_owned();
-                    (vec![("trader", trader)], counter(n(&pair[1])))
-                })
+                .map(|(trader, n)| (vec![("trader", trader.clone())], counter(*n)))
                 .collect(),
         )?;
         family(
@@ -114,29 +101,23 @@ impl Collector for Snapshot {
             "shmkline_signals_duplicate",
             "Repeated signals dropped (a replacement worker judging again).",
             MetricType::Counter,
-            one(counter(n(&status["signals"]["duplicates_dropped"]))),
+            one(counter(status.signals.duplicates_dropped)),
         )?;
-        let latency: Log2Histogram =
-            serde_json::from_value(snap["signal_latency"].clone()).unwrap_or_default();
         family(
             &mut e,
             "shmkline_signal_latency_seconds",
             "Candle published in the store to its signal handed to stdout.",
             MetricType::Histogram,
-            one(hist(latency)),
+            one(hist(snap.signal_latency)),
         )?;
         family(
             &mut e,
             "shmkline_eval_pass_seconds",
             "Evaluation passes of each slot's workers (dead ones included).",
             MetricType::Histogram,
-            list(&snap["passes"])
+            snap.passes
                 .iter()
-                .map(|p| {
-                    let h: Log2Histogram =
-                        serde_json::from_value(p["histogram"].clone()).unwrap_or_default();
-                    (vec![("slot", n(&p["slot"]).to_string())], hist(h))
-                })
+                .map(|p| (vec![("slot", p.slot.to_string())], hist(p.histogram)))
                 .collect(),
         )?;
         family(
@@ -144,32 +125,26 @@ impl Collector for Snapshot {
             "shmkline_worker_restarts",
             "Worker replacements per slot and cause (outside: a signal from someone else; self_inflicted: its own fault; planned: a sink's catch-up).",
             MetricType::Counter,
-            list(&snap["restarts"])
+            snap.restarts
                 .iter()
                 .map(|r| {
                     let labels = vec![
-                        ("slot", n(&r["slot"]).to_string()),
-                        ("cause", r["cause"].as_str().unwrap_or_default().to_owned()),
+                        ("slot", r.slot.to_string()),
+                        ("cause", r.cause.name().to_owned()),
                     ];
-                    (labels, counter(n(&r["count"])))
+                    (labels, counter(r.count))
                 })
                 .collect(),
         )?;
-        let workers = status["workers"].as_array().unwrap_or(&empty);
         family(
             &mut e,
             "shmkline_worker_rss_bytes",
             "Resident set of each slot's live worker, bytes (its last PONG).",
             MetricType::Gauge,
-            workers
+            status
+                .workers
                 .iter()
-                .filter(|w| w["rss_bytes"].is_u64())
-                .map(|w| {
-                    (
-                        vec![("slot", n(&w["id"]).to_string())],
-                        gauge_u(n(&w["rss_bytes"])),
-                    )
-                })
+                .filter_map(|w| Some((vec![("slot", w.id.to_string())], gauge_u(w.rss_bytes?))))
                 .collect(),
         )?;
         family(
@@ -177,15 +152,16 @@ impl Collector for Snapshot {
             "shmkline_worker_up",
             "1 when the slot's worker is ready, else 0.",
             MetricType::Gauge,
-            workers
+            status
+                .workers
                 .iter()
                 .map(|w| {
-                    let up = u64::from(w["state"] == "ready");
-                    (vec![("slot", n(&w["id"]).to_string())], gauge_u(up))
+                    let up = u64::from(w.state == WorkerState::Ready);
+                    (vec![("slot", w.id.to_string())], gauge_u(up))
                 })
                 .collect(),
         )?;
-        let processes = status["memory"]["processes"].as_array().unwrap_or(&empty);
+        let processes = &status.memory.processes;
         family(
             &mut e,
             "shmkline_process_memory_growth_bytes_per_hour",
@@ -194,9 +170,8 @@ impl Collector for Snapshot {
             processes
                 .iter()
                 .filter_map(|p| {
-                    let mb = p["growth_mb_per_h"].as_f64()?;
-                    let name = p["process"].as_str().unwrap_or_default().to_owned();
-                    Some((vec![("process", name)], gauge_f(mb * 1e6)))
+                    let mb = p.growth_mb_per_h?;
+                    Some((vec![("process", p.process.clone())], gauge_f(mb * 1e6)))
                 })
                 .collect(),
         )?;
@@ -207,31 +182,19 @@ impl Collector for Snapshot {
             MetricType::Gauge,
             processes
                 .iter()
-                .filter(|p| p["private_bytes"].is_u64())
-                .map(|p| {
-                    let name = p["process"].as_str().unwrap_or_default().to_owned();
-                    (vec![("process", name)], gauge_u(n(&p["private_bytes"])))
+                .filter_map(|p| {
+                    let bytes = p.private_bytes?;
+                    Some((vec![("process", p.process.clone())], gauge_u(bytes)))
                 })
                 .collect(),
         )?;
-        let feed = &status["feed"];
-        let (connected, reconnects) = if feed["kind"] == "binance" {
-            (u64::from(n(&feed["connected"]) > 0), n(&feed["reconnects"]))
-        } else if feed["nats"].is_object() {
-            (
-                n(&feed["nats"]["connected"]),
-                n(&feed["nats"]["reconnects"]),
-            )
-        } else {
-            // A local feed (synthetic, replay) has no connection to lose.
-            (1, 0)
-        };
+        let (connected, reconnects) = status.feed.connection();
         family(
             &mut e,
             "shmkline_feed_connected",
             "1 while the feed is connected (a local feed always is).",
             MetricType::Gauge,
-            one(gauge_u(connected)),
+            one(gauge_u(u64::from(connected))),
         )?;
         family(
             &mut e,
@@ -245,32 +208,28 @@ impl Collector for Snapshot {
             "shmkline_feed_gaps",
             "Gaps in the feed: candles that never came.",
             MetricType::Counter,
-            one(counter(n(&feed["gaps"]))),
+            one(counter(status.feed.written().map_or(0, |w| w.gaps))),
         )?;
         family(
             &mut e,
             "shmkline_candles_written",
             "Candles appended to the store, per interval.",
             MetricType::Counter,
-            snap["candles_written"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(i, v)| (vec![("interval", i.clone())], counter(n(v))))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            snap.candles_written
+                .iter()
+                .map(|(i, n)| (vec![("interval", i.to_string())], counter(*n)))
+                .collect(),
         )?;
-        let sinks = status["sinks"].as_array().unwrap_or(&empty);
-        let per_sink = |field: fn(&Value) -> u64, gauge: bool| -> Vec<(Labels, Write)> {
-            sinks
+        let per_sink = |field: fn(&Delivery) -> u64, gauge: bool| -> Vec<(Labels, Write)> {
+            status
+                .sinks
                 .iter()
                 .enumerate()
                 .map(|(k, s)| {
-                    let spec = redacted(s["spec"].as_str().unwrap_or_default());
-                    let v = field(s);
+                    let (spec, delivery) = s.spec_and_delivery();
+                    let v = field(delivery);
                     (
-                        vec![("sink", spec), ("index", k.to_string())],
+                        vec![("sink", redacted(spec)), ("index", k.to_string())],
                         if gauge { gauge_u(v) } else { counter(v) },
                     )
                 })
@@ -281,28 +240,28 @@ impl Collector for Snapshot {
             "shmkline_sink_queued",
             "Signals handed to each sink and not yet confirmed.",
             MetricType::Gauge,
-            per_sink(|s| n(&s["queued"]), true),
+            per_sink(|d| d.queued, true),
         )?;
         family(
             &mut e,
             "shmkline_sink_delivered",
             "Signals each sink confirmed.",
             MetricType::Counter,
-            per_sink(|s| n(&s["delivered"]), false),
+            per_sink(|d| d.delivered, false),
         )?;
         family(
             &mut e,
             "shmkline_sink_errors",
             "Failed deliveries per sink: attempts retried, and signals refused for good.",
             MetricType::Counter,
-            per_sink(|s| n(&s["retries"]) + n(&s["rejected"]), false),
+            per_sink(|d| d.retries + d.rejected, false),
         )?;
         family(
             &mut e,
             "shmkline_uptime_seconds",
             "Seconds since the coordinator started.",
             MetricType::Gauge,
-            one(gauge_f(n(&status["uptime_ms"]) as f64 / 1e3)),
+            one(gauge_f(status.uptime_ms as f64 / 1e3)),
         )?;
         Ok(())
     }
@@ -321,7 +280,7 @@ fn redacted(spec: &str) -> String {
 }
 
 /// The OpenMetrics text of a `metrics` snapshot.
-pub fn exposition(snapshot: Value) -> Result<String, std::fmt::Error> {
+pub fn exposition(snapshot: MetricsSnapshot) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot(snapshot)));
     let mut text = String::new();
@@ -363,27 +322,63 @@ pub fn classic(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::control::{
+        Cause, Memory, ProcessMemory, Signals, Sink, SlotPasses, SlotRestarts, Status, StdoutSink,
+        Worker,
+    };
 
     #[test]
     fn a_snapshot_becomes_openmetrics_text() {
         let mut passes = Log2Histogram::default();
         passes.observe(3);
         passes.observe(900);
-        let snap = serde_json::json!({
-            "status": {
-                "signals": { "duplicates_dropped": 2 },
-                "workers": [{ "id": 0, "state": "ready", "rss_bytes": 4096 }],
-                "memory": { "processes": [{ "process": "worker 0", "growth_mb_per_h": 1.5, "private_bytes": 100 }] },
-                "feed": { "kind": "synthetic", "gaps": 0 },
-                "sinks": [{ "spec": "stdout", "queued": 1, "delivered": 9 }],
-                "uptime_ms": 1500,
+        let status = Status {
+            signals: Signals {
+                duplicates_dropped: 2,
+                ..Signals::default()
             },
-            "signals_by_trader": [["sma10-up", 7]],
-            "signal_latency": Log2Histogram::default(),
-            "passes": [{ "slot": 0, "histogram": passes }],
-            "restarts": [{ "slot": 0, "cause": "outside", "count": 3 }],
-            "candles_written": { "1m": 120 },
-        });
+            workers: vec![Worker {
+                id: 0,
+                state: WorkerState::Ready,
+                rss_bytes: Some(4096),
+                ..Worker::default()
+            }],
+            memory: Memory {
+                processes: vec![ProcessMemory {
+                    process: "worker 0".into(),
+                    growth_mb_per_h: Some(1.5),
+                    private_bytes: Some(100),
+                    ..ProcessMemory::default()
+                }],
+                ..Memory::default()
+            },
+            sinks: vec![Sink::Stdout(StdoutSink {
+                spec: "stdout".into(),
+                delivery: Delivery {
+                    queued: 1,
+                    delivered: 9,
+                    ..Delivery::default()
+                },
+                ..StdoutSink::default()
+            })],
+            uptime_ms: 1500,
+            ..Status::default()
+        };
+        let snap = MetricsSnapshot {
+            status,
+            signals_by_trader: vec![("sma10-up".into(), 7)],
+            signal_latency: Log2Histogram::default(),
+            passes: vec![SlotPasses {
+                slot: 0,
+                histogram: passes,
+            }],
+            restarts: vec![SlotRestarts {
+                slot: 0,
+                cause: Cause::Outside,
+                count: 3,
+            }],
+            candles_written: [(protocol::Interval::M1, 120)].into(),
+        };
         let text = exposition(snap).expect("encodes");
         for line in [
             "# TYPE shmkline_signals counter",

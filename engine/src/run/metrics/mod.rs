@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use protocol::control::Answer;
 
 use super::control::{ControlRequest, Handed, Request, ask_loop};
 
@@ -276,19 +277,10 @@ fn answer(
     } else {
         Request::Status
     };
-    let value = ask_loop(request, requests);
-    if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
-        return respond(
-            stream,
-            "503 Service Unavailable",
-            "text/plain",
-            &format!("{error}\n"),
-        );
-    }
-    match metrics {
+    match ask_loop(request, requests) {
         // Prometheus asks for OpenMetrics; anything else gets the classic
         // text format.
-        true => match encode::exposition(value) {
+        Answer::Metrics(snapshot) => match encode::exposition(*snapshot) {
             Ok(text) if openmetrics => respond(
                 stream,
                 "200 OK",
@@ -308,7 +300,18 @@ fn answer(
                 "the metrics could not be encoded\n",
             ),
         },
-        false => respond(stream, "200 OK", "application/json", &format!("{value}\n")),
+        Answer::Refused(refusal) => respond(
+            stream,
+            "503 Service Unavailable",
+            "text/plain",
+            &format!("{}\n", refusal.error),
+        ),
+        answer => respond(
+            stream,
+            "200 OK",
+            "application/json",
+            &format!("{}\n", answer.to_line()),
+        ),
     }
 }
 

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use protocol::Interval;
+use protocol::control::{Delivery, NatsConnection};
 use protocol::samples::{Samples, saturate};
 use serde::Deserialize;
 
@@ -434,23 +435,27 @@ impl Output {
         }
     }
 
-    /// The counters as `status` shows them.
-    pub fn status(&self) -> serde_json::Value {
+    /// What `status` shows of the output's deliveries.
+    pub fn status(&self) -> Delivery {
         let (p50, p99) = self.latency_us();
-        serde_json::json!({
-            "latency_p50_us": p50,
-            "latency_p99_us": p99,
-            "delivered": self.written(),
-            "queued": self.queued(),
-            "lost": self.lost(),
-            "rejected": self.rejected.load(Ordering::Acquire),
-            "retries": self.retries.load(Ordering::Acquire),
-            "broker_duplicates": self.duplicates.load(Ordering::Acquire),
-            "behind": self.behind(),
-            "lag_ms": self.lag_ms(),
-            "last_error": *lock(&self.last_error),
-            "connection": self.connection.get().map(|c| c.status()),
-        })
+        Delivery {
+            latency_p50_us: p50,
+            latency_p99_us: p99,
+            delivered: self.written(),
+            queued: self.queued(),
+            lost: self.lost(),
+            rejected: self.rejected.load(Ordering::Acquire),
+            retries: self.retries.load(Ordering::Acquire),
+            broker_duplicates: self.duplicates.load(Ordering::Acquire),
+            behind: self.behind(),
+            lag_ms: self.lag_ms(),
+            last_error: lock(&self.last_error).clone(),
+        }
+    }
+
+    /// Its broker connection (a NATS sink's), for `status`.
+    pub fn connection(&self) -> Option<NatsConnection> {
+        self.connection.get().map(|c| c.status())
     }
 }
 

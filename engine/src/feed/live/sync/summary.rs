@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::super::health::{LISTED, SeriesNote, SeriesSummary};
+use protocol::control::{SeriesNote, SeriesSummary};
+
+use super::super::health::LISTED;
 use super::{Phase, Sync};
 use crate::locked::lock;
 

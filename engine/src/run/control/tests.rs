@@ -3,6 +3,7 @@
 //! more, naming its length.
 
 use super::*;
+use protocol::control::{Removed, RemovedFrom};
 use std::sync::atomic::AtomicUsize;
 
 /// `{"cmd":"remove","id":""}`: a request line without its id.
@@ -15,17 +16,29 @@ fn request(len: usize) -> String {
 }
 
 /// A stand-in for the coordinator's loop: answers each request (a removal)
-/// with its length, and counts the requests that reached it.
+/// naming the trader removed, and counts the requests that reached it.
 fn stand_in(reached: &AtomicUsize) -> impl Fn(ControlRequest) -> Handed + Sync + '_ {
     move |req: ControlRequest| {
         reached.fetch_add(1, Ordering::Relaxed);
-        let len = match &req.request {
-            Request::Remove(id) => id.len() + REMOVE,
-            _ => 0,
+        let removed = match req.request {
+            Request::Remove(id) => id,
+            _ => String::new(),
         };
-        let _ = req.reply.send(serde_json::json!({ "len": len }));
+        let _ = req.reply.send(Answer::Removed(Removed {
+            removed,
+            from: RemovedFrom::Slot {
+                slot: 0,
+                last_batch_at: None,
+            },
+            persisted: true,
+        }));
         Handed::Queued
     }
+}
+
+/// The length of the request a stand-in answer is for.
+fn len_of(answer: &serde_json::Value) -> Option<usize> {
+    answer["removed"].as_str().map(|id| id.len() + REMOVE)
 }
 
 /// Sends `bytes` on one end of a socket pair served by [`serve`] with
@@ -66,7 +79,8 @@ fn line(len: usize) -> Vec<u8> {
 fn the_server_takes_a_line_of_max_request_bytes_and_refuses_one_more() {
     // Exactly the limit, its newline not counted: the loop answers it.
     let (answers, reached) = served(line(MAX_REQUEST));
-    assert_eq!(answers, [serde_json::json!({ "len": MAX_REQUEST })]);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(len_of(&answers[0]), Some(MAX_REQUEST));
     assert_eq!(reached, 1);
     // One byte more: refused with the request's own length, unseen by
     // the loop.
@@ -108,8 +122,8 @@ fn the_client_checks_the_same_limit_as_the_server() {
     });
     // At the limit: sent, and answered by the loop.
     assert_eq!(
-        at.expect("a request of MAX_REQUEST bytes is taken"),
-        serde_json::json!({ "len": MAX_REQUEST })
+        len_of(&at.expect("a request of MAX_REQUEST bytes is taken")),
+        Some(MAX_REQUEST)
     );
     // One more: refused by the client itself, naming its length; the
     // server never saw it.

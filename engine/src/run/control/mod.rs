@@ -3,10 +3,12 @@
 //! `status`), each on its own thread, each request answered by the
 //! coordinator's loop so every answer is a consistent snapshot.
 //!
-//! A connection carries request lines (`status`, `events`, `traders`, the
-//! JSON trader commands `{"cmd":"add",...}` and `{"cmd":"remove",...}`),
-//! one JSON line answering each, until the client closes it. Bounds, so
-//! that no client can hold the others or the coordinator:
+//! A connection carries request lines ([`Request`]: `status`, `events`,
+//! `traders`, the JSON trader changes `{"cmd":"add",...}` and
+//! `{"cmd":"remove",...}`), one JSON line answering each ([`Answer`]), until
+//! the client closes it; the requests and answers are the control
+//! protocol's types (`protocol::control`), and `client` the other end.
+//! Bounds, so that no client can hold the others or the coordinator:
 //! - at most [`MAX_CLIENTS`] connections are served at once; one more gets
 //!   an error line naming the limit and is closed;
 //! - a connection idle (between requests) for [`IDLE_TIMEOUT`] is closed;
@@ -15,7 +17,7 @@
 //! - a request line is at most [`MAX_REQUEST`] bytes, its newline not
 //!   counted: longer ones are refused with an error naming their length and
 //!   the limit, by the client before it connects and by the server if one
-//!   arrives anyway (both apply [`within_limit`]);
+//!   arrives anyway (both apply the protocol's `within_limit`);
 //! - the loop has [`REQUEST_TIMEOUT`] to answer a request that only reads,
 //!   and requests wait in the loop's bounded event channel: when it is full
 //!   the answer says the coordinator is busy, instead of queueing without
@@ -30,14 +32,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use protocol::control::{Answer, within_limit};
 
 use crate::locked::lock;
+
+mod client;
+pub(super) mod costs;
+
+pub use client::{ControlClient, ask, call};
+/// The request type, where the fuzzing targets and their tests find it.
+pub use protocol::control::Request;
+pub use protocol::control::{MAX_REQUEST, TooLong};
 
 /// The socket's file name in the instance's runtime directory.
 pub const SOCKET: &str = "control.sock";
@@ -45,9 +56,6 @@ pub const SOCKET: &str = "control.sock";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client waits for an answer: the loop's time, and as much again.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
-/// Longest request line, its newline not counted: a large trader file's
-/// specs fit; memory stays bounded.
-pub const MAX_REQUEST: usize = 1 << 20;
 /// Connections served at once. Each costs a thread with a small stack and
 /// at most one request line ([`MAX_REQUEST`]) of memory.
 pub const MAX_CLIENTS: usize = 64;
@@ -55,34 +63,6 @@ pub const MAX_CLIENTS: usize = 64;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request line must be complete this long after its first byte.
 pub const LINE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Whether a request line of `len` bytes (its newline not counted) may be
-/// sent: the one check the client makes before sending and the server on
-/// what arrives, so that they never disagree on a line at the limit.
-fn within_limit(len: usize) -> bool {
-    len <= MAX_REQUEST
-}
-
-/// The error for a request of `len` bytes, over [`MAX_REQUEST`]; `whole`:
-/// the line ended there (a server that stopped reading knows a lower bound).
-fn too_long(len: usize, whole: bool) -> String {
-    let size = if whole {
-        format!("{len} bytes")
-    } else {
-        format!("at least {len} bytes (its end was not read)")
-    };
-    format!(
-        "the request is {size}, over the control socket's limit of {MAX_REQUEST} bytes (1 MiB, the line without its newline): split the trader file and add the parts one by one"
-    )
-}
-
-/// The client's side of [`within_limit`]: a request refused before it is sent.
-fn check_request(request: &str) -> Result<()> {
-    if !within_limit(request.len()) {
-        bail!("{}", too_long(request.len(), true));
-    }
-    Ok(())
-}
 
 /// The error a client past [`MAX_CLIENTS`] gets.
 fn too_many() -> String {
@@ -92,97 +72,13 @@ fn too_many() -> String {
     )
 }
 
-/// A request the loop answers: one line of the socket, parsed.
-#[derive(Debug)]
-pub enum Request {
-    /// `ping`: the loop is alive.
-    Ping,
-    /// `status`.
-    Status,
-    /// `metrics`: the snapshot the metrics endpoint encodes.
-    Metrics,
-    /// `events`: the supervision log.
-    Events,
-    /// `traders`: the trader list.
-    Traders,
-    /// `{"cmd":"add","traders":[...]}` (`shmkline traders add`).
-    Add(Vec<protocol::trader::TraderSpec>),
-    /// `{"cmd":"remove","id":...}` (`shmkline traders remove`).
-    Remove(String),
-}
-
-/// The JSON trader commands.
-#[derive(Debug, serde::Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-enum TradersCommand {
-    Add {
-        traders: Vec<protocol::trader::TraderSpec>,
-    },
-    Remove {
-        id: String,
-    },
-}
-
-impl Request {
-    /// Parses one request line (without its newline): the error is the
-    /// answer the client gets.
-    pub fn parse(line: &str) -> Result<Self, String> {
-        Ok(match line {
-            "ping" => Self::Ping,
-            "status" => Self::Status,
-            "metrics" => Self::Metrics,
-            "events" => Self::Events,
-            "traders" => Self::Traders,
-            line if line.starts_with('{') => match serde_json::from_str::<TradersCommand>(line) {
-                Ok(TradersCommand::Add { traders }) => Self::Add(traders),
-                Ok(TradersCommand::Remove { id }) => Self::Remove(id),
-                Err(e) => {
-                    return Err(format!(
-                        "a request the coordinator does not understand: {e}"
-                    ));
-                }
-            },
-            other => {
-                // Bounded: the error echoes the first 80 characters of a
-                // line of up to 1 MiB, and says when it cut.
-                let mut shown: String = other.chars().take(80).collect();
-                if shown.len() < other.len() {
-                    shown.push('…');
-                }
-                return Err(format!(
-                    "unknown request {shown:?}: try status, metrics, events or traders"
-                ));
-            }
-        })
-    }
-
-    /// Whether it changes the instance: its client waits for the loop's
-    /// real answer however long the change takes, since a timeout would
-    /// hide whether it was applied.
-    pub fn changes(&self) -> bool {
-        matches!(self, Self::Add(_) | Self::Remove(_))
-    }
-
-    /// Its kind, for the loop-time figures.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Ping => "ping",
-            Self::Status => "status",
-            Self::Metrics => "metrics",
-            Self::Events => "events",
-            Self::Traders => "traders",
-            Self::Add(_) | Self::Remove(_) => "other",
-        }
-    }
-}
-
 /// A request for the coordinator's loop and where to send the answer.
 pub struct ControlRequest {
     /// The request, parsed (and a trader to add checked) on the client's
     /// thread: that work never holds the loop.
     pub request: Request,
     /// The answer, serialised by the client's thread, not the loop.
-    pub reply: mpsc::Sender<serde_json::Value>,
+    pub reply: mpsc::Sender<Answer>,
 }
 
 /// Whether the loop took a request.
@@ -195,7 +91,7 @@ pub enum Handed {
     Gone,
     /// Answered without the loop: a request refused by checks that need
     /// none of its state (a trader whose rule does not compile).
-    Answered(serde_json::Value),
+    Answered(Answer),
 }
 
 /// Connections being served: a clone of each stream, so that stopping can
@@ -301,7 +197,7 @@ where
         drop(guard);
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-        let answer = serde_json::json!({ "error": too_many() });
+        let answer = Answer::refused(too_many()).to_line();
         let _ = (&stream).write_all(format!("{answer}\n").as_bytes());
         tracing::warn!(
             limit = MAX_CLIENTS,
@@ -444,10 +340,8 @@ pub(crate) fn serve(
         let answer = match read_line(&mut reader)? {
             Line::Closed => return Ok(()),
             Line::TooLong { len, whole } => {
-                reply(
-                    stream,
-                    &serde_json::json!({ "error": too_long(len, whole) }).to_string(),
-                )?;
+                let error = TooLong { len, whole }.to_string();
+                reply(stream, &Answer::refused(error).to_line())?;
                 return Ok(());
             }
             Line::Slow => {
@@ -455,18 +349,18 @@ pub(crate) fn serve(
                     "the request line did not end within {} s of its first byte: send it whole, ending in a newline",
                     LINE_TIMEOUT.as_secs()
                 );
-                reply(stream, &serde_json::json!({ "error": error }).to_string())?;
+                reply(stream, &Answer::refused(error).to_line())?;
                 return Ok(());
             }
             Line::Request(line) => match String::from_utf8(line) {
                 Ok(line) => match Request::parse(line.trim()) {
                     Ok(request) => ask_loop(request, requests),
-                    Err(error) => serde_json::json!({ "error": error }),
+                    Err(error) => Answer::refused(error.to_string()),
                 },
-                Err(_) => serde_json::json!({ "error": "the request is not UTF-8" }),
+                Err(_) => Answer::refused("the request is not UTF-8"),
             },
         };
-        reply(stream, &answer.to_string())?;
+        reply(stream, &answer.to_line())?;
     }
 }
 
@@ -474,10 +368,7 @@ pub(crate) fn serve(
 /// answer when the loop is busy or gone). A request that changes the
 /// instance waits for the loop's real answer, however long: an answer
 /// always says what happened.
-pub(super) fn ask_loop(
-    request: Request,
-    requests: &impl Fn(ControlRequest) -> Handed,
-) -> serde_json::Value {
+pub(super) fn ask_loop(request: Request, requests: &impl Fn(ControlRequest) -> Handed) -> Answer {
     let changes = request.changes();
     let (reply, answer) = mpsc::channel();
     let error = match requests(ControlRequest { request, reply }) {
@@ -504,7 +395,7 @@ pub(super) fn ask_loop(
         Handed::Gone => "the coordinator is shutting down".to_owned(),
         Handed::Answered(answer) => return answer,
     };
-    serde_json::json!({ "error": error })
+    Answer::refused(error)
 }
 
 fn reply(mut stream: &UnixStream, answer: &str) -> Result<()> {
@@ -513,148 +404,5 @@ fn reply(mut stream: &UnixStream, answer: &str) -> Result<()> {
     Ok(())
 }
 
-/// Forwards control requests into the loop's bounded event channel. Traders
-/// to add are checked here first, on the client's thread (compiling
-/// thousands of rules takes a while): the loop is left only what needs its
-/// state (ids taken, room in the workers).
-pub fn forward_to(
-    events: SyncSender<super::Event>,
-    store: protocol::store::StoreConfig,
-) -> impl Fn(ControlRequest) -> Handed + Send + Sync + 'static {
-    move |req| {
-        if let Request::Add(traders) = &req.request
-            && let Err(e) = traders
-                .iter()
-                .try_for_each(|t| super::options::check_trader(&store, t))
-        {
-            return Handed::Answered(
-                serde_json::json!({ "error": format!("{e:#}; nothing was added") }),
-            );
-        }
-        match events.try_send(super::Event::Control(req)) {
-            Ok(()) => Handed::Queued,
-            Err(TrySendError::Full(_)) => Handed::Busy,
-            Err(TrySendError::Disconnected(_)) => Handed::Gone,
-        }
-    }
-}
-
-/// A connection to an instance's control socket, for several requests.
-pub struct ControlClient {
-    reader: BufReader<UnixStream>,
-    path: PathBuf,
-}
-
-impl ControlClient {
-    /// Connects to the instance whose runtime directory is `dir`.
-    pub fn connect(dir: &Path) -> Result<Self> {
-        let path = dir.join(SOCKET);
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) => s,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                return Err(protocol::exit::NotRunning(path).into());
-            }
-            Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
-        };
-        stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-        stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
-        Ok(Self {
-            reader: BufReader::new(stream),
-            path,
-        })
-    }
-
-    /// Sends `request` and returns the JSON answer; an answer with an
-    /// `error` is an error.
-    pub fn ask(&mut self, request: &str) -> Result<serde_json::Value> {
-        check_request(request)?;
-        let line = format!("{request}\n");
-        if let Err(e) = self.reader.get_mut().write_all(line.as_bytes()) {
-            // The server closed this connection (idle too long, or it
-            // restarted): the request never went out, so a new connection
-            // may send it, once.
-            if !matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::NotConnected
-            ) {
-                return Err(e)
-                    .with_context(|| format!("sending the request to {}", self.path.display()));
-            }
-            // It may have said why before it closed (a client past the limit).
-            let mut said = String::new();
-            if self.reader.read_line(&mut said).is_ok()
-                && let Ok(value) = serde_json::from_str::<serde_json::Value>(said.trim())
-                && let Some(err) = value.get("error").and_then(|e| e.as_str())
-            {
-                bail!("the coordinator refused: {err}");
-            }
-            let dir = self.path.parent().unwrap_or(Path::new("/")).to_owned();
-            *self = Self::connect(&dir)?;
-            self.reader
-                .get_mut()
-                .write_all(line.as_bytes())
-                .with_context(|| format!("sending the request to {}", self.path.display()))?;
-        }
-        // The JSON requests (traders add and remove) change the instance:
-        // the server answers them when the loop has (or says why nothing
-        // changed), so their answer is waited for without a timeout; a
-        // timeout here could not say whether the change was applied.
-        let changes = request.starts_with('{');
-        if changes {
-            self.reader.get_ref().set_read_timeout(None)?;
-        }
-        let mut line = String::new();
-        let read = self.reader.read_line(&mut line);
-        if changes {
-            self.reader
-                .get_ref()
-                .set_read_timeout(Some(ANSWER_TIMEOUT))?;
-        }
-        match read {
-            Ok(0) if changes => bail!(
-                "the coordinator closed the connection without answering: it stopped before it took the change, so nothing was changed"
-            ),
-            Ok(0) => bail!(
-                "the coordinator closed the connection without answering (it is stopping, or this connection was idle for {} s)",
-                IDLE_TIMEOUT.as_secs()
-            ),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                bail!(
-                    "no answer from the coordinator within {} s: it is busy or stopped (is its process running? its log says why)",
-                    ANSWER_TIMEOUT.as_secs()
-                )
-            }
-            Err(e) => return Err(e).context("reading the answer"),
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(line.trim()).context("the answer is not JSON")?;
-        if let Some(err) = value.get("error").and_then(|e| e.as_str()) {
-            bail!("the coordinator refused: {err}");
-        }
-        Ok(value)
-    }
-}
-
-/// Sends `request` to the instance whose runtime directory is `dir` and
-/// returns the JSON answer.
-pub fn ask(dir: &Path, request: &str) -> Result<serde_json::Value> {
-    check_request(request)?;
-    ControlClient::connect(dir)?.ask(request)
-}
-
 #[cfg(test)]
-#[path = "control_tests.rs"]
 mod tests;
