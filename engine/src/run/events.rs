@@ -36,11 +36,18 @@ pub(super) fn forward_to(
     events: SyncSender<Event>,
     store: StoreConfig,
 ) -> impl Fn(ControlRequest) -> Handed + Send + Sync + 'static {
-    move |req| {
-        if let Request::Add(traders) = &req.request
-            && let Err(e) = traders.iter().try_for_each(|t| check_trader(&store, t))
-        {
-            return Handed::Answered(Answer::refused(format!("{e:#}; nothing was added")));
+    move |mut req| {
+        if let Request::Add(traders) = &req.request {
+            match traders
+                .iter()
+                .map(|t| check_trader(&store, t))
+                .collect::<anyhow::Result<Vec<u64>>>()
+            {
+                Ok(windows) => req.windows = windows,
+                Err(e) => {
+                    return Handed::Answered(Answer::refused(format!("{e:#}; nothing was added")));
+                }
+            }
         }
         match events.try_send(Event::Control(req)) {
             Ok(()) => Handed::Queued,

@@ -27,9 +27,11 @@ impl Coordinator {
         for slot in &self.slots {
             let acked = slot.live.as_ref().map(|i| &i.acked);
             for t in slot.traders.values() {
-                let window = t
-                    .compile()
-                    .map_or(0, |r| (r.lookback() + t.cooldown as usize) as u64);
+                let window = slot
+                    .windows
+                    .get(&t.id)
+                    .copied()
+                    .unwrap_or_else(|| super::slot::window_of(t));
                 let series = held
                     .entry(t.interval)
                     .or_insert_with(|| self.inst.store.lock().held(t.interval));
@@ -76,7 +78,7 @@ impl Coordinator {
     /// directory before anything changes: a set that cannot be kept is
     /// not applied, and the answer says so. Each goes to the slot with the
     /// fewest traders and starts with the candles written after this moment.
-    pub(super) fn traders_add(&mut self, traders: Vec<TraderSpec>) -> Answer {
+    pub(super) fn traders_add(&mut self, traders: Vec<TraderSpec>, windows: &[u64]) -> Answer {
         if self.stage.shutting_down() {
             return Answer::refused("the engine is shutting down: nothing was added");
         }
@@ -138,7 +140,7 @@ impl Coordinator {
         let mut counts: Vec<usize> = self.slots.iter().map(|s| s.traders.len()).collect();
         let mut touched = BTreeSet::new();
         let mut added = Vec::with_capacity(traders.len());
-        for t in traders {
+        for (k, t) in traders.into_iter().enumerate() {
             let s = (0..counts.len()).min_by_key(|&s| counts[s]).unwrap_or(0);
             counts[s] += 1;
             touched.insert(s);
@@ -147,7 +149,7 @@ impl Coordinator {
                 id: t.id.clone(),
                 slot: s as u32,
             });
-            self.slots[s].add_trader(t, from_publish);
+            self.slots[s].add_trader(t, from_publish, windows.get(k).copied());
         }
         tracing::info!(
             traders = added.len(),

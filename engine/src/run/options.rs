@@ -114,7 +114,7 @@ pub(super) fn check(opts: &RunOptions) -> Result<()> {
 
 /// Refuses a trader this store cannot run: a bad spec or rule, a window
 /// longer than half the ring, an interval the store does not keep.
-pub(super) fn check_trader(store: &StoreConfig, t: &TraderSpec) -> Result<()> {
+pub(super) fn check_trader(store: &StoreConfig, t: &TraderSpec) -> Result<u64> {
     let window = protocol::admit::admit(t)?.lookback() + t.cooldown as usize;
     let Some(ring) = store.ring(t.interval) else {
         bail!(
@@ -135,7 +135,7 @@ pub(super) fn check_trader(store: &StoreConfig, t: &TraderSpec) -> Result<()> {
             2 * window
         );
     }
-    Ok(())
+    Ok(window as u64)
 }
 
 /// Refuses a feed configuration that cannot run, saying which flag to fix.

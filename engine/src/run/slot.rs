@@ -199,6 +199,8 @@ pub(super) struct Slot {
     pub(super) id: u32,
     /// Its traders, by id.
     pub(super) traders: BTreeMap<String, TraderSpec>,
+    /// Each trader's window (candles a verdict reads), for `traders list`.
+    pub(super) windows: std::collections::HashMap<String, u64>,
     /// Traders added while running: the publish counter at which each was
     /// added; its evaluation starts with the candles written after it.
     pub(super) starts: BTreeMap<String, u64>,
@@ -236,9 +238,15 @@ pub(super) struct Slot {
 impl Slot {
     /// Slot `id` holding `traders`, with no worker yet.
     pub(super) fn new(id: u32, traders: BTreeMap<String, TraderSpec>) -> Self {
+        // Worked out once, before the loop runs (the rules were checked).
+        let windows = traders
+            .values()
+            .map(|t| (t.id.clone(), window_of(t)))
+            .collect();
         Self {
             id,
             traders,
+            windows,
             starts: BTreeMap::new(),
             confirmed: 0,
             incarnations: 0,
@@ -287,8 +295,10 @@ impl Slot {
 
     /// Holds `t` from publish `from_publish` on; the caller tells the
     /// emitter ([`Self::tell_holds`]) once it has added them all.
-    pub(super) fn add_trader(&mut self, t: TraderSpec, from_publish: u64) {
+    pub(super) fn add_trader(&mut self, t: TraderSpec, from_publish: u64, window: Option<u64>) {
         self.starts.insert(t.id.clone(), from_publish);
+        let window = window.unwrap_or_else(|| window_of(&t));
+        self.windows.insert(t.id.clone(), window);
         if let Some(inc) = self.live.as_mut() {
             inc.unsent.push_back(t.id.clone());
         }
@@ -399,7 +409,15 @@ impl Slot {
     /// signals are dropped from now on, even ones already in flight.
     pub(super) fn drop_trader(&mut self, id: &str, emitter: &Emitter) {
         self.traders.remove(id);
+        self.windows.remove(id);
         self.starts.remove(id);
         self.tell_holds(emitter);
     }
+}
+
+/// A trader's window: its rule's warm-up and its cooldown (0 if the rule
+/// does not compile, which a checked trader's always does).
+pub(super) fn window_of(t: &TraderSpec) -> u64 {
+    t.compile()
+        .map_or(0, |r| (r.lookback() + t.cooldown as usize) as u64)
 }

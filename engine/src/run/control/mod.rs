@@ -77,6 +77,10 @@ pub struct ControlRequest {
     /// The request, parsed (and a trader to add checked) on the client's
     /// thread: that work never holds the loop.
     pub request: Request,
+    /// For traders to add: each one's window (candles a verdict reads),
+    /// worked out with its checks on the client's thread, so listing
+    /// thousands of traders never compiles their rules on the loop.
+    pub windows: Vec<u64>,
     /// The answer, serialised by the client's thread, not the loop.
     pub reply: mpsc::Sender<Answer>,
 }
@@ -371,7 +375,11 @@ pub(crate) fn serve(
 pub(super) fn ask_loop(request: Request, requests: &impl Fn(ControlRequest) -> Handed) -> Answer {
     let changes = request.changes();
     let (reply, answer) = mpsc::channel();
-    let error = match requests(ControlRequest { request, reply }) {
+    let error = match requests(ControlRequest {
+        request,
+        windows: Vec::new(),
+        reply,
+    }) {
         Handed::Queued if changes => match answer.recv() {
             Ok(answer) => return answer,
             // The loop dropped the request unread (it stopped first).
