@@ -31,7 +31,7 @@ use crate::message::{Kind, Message, RequestId, Signal};
 /// "SKF1".
 pub const MAGIC: [u8; 4] = *b"SKF1";
 /// Bumped on any incompatible change to the header or the messages.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 16;
 /// Largest frame accepted or produced.

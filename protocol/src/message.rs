@@ -58,6 +58,11 @@ pub enum Message {
     /// Several verdicts of one evaluation pass, in the order found: one
     /// frame (and one wake-up of the coordinator's reader) for a burst.
     Signals(Vec<Signal>),
+    /// Sent by the worker when a pass ends (after its signals): how far
+    /// every trader it holds has judged. The feed's backpressure and a
+    /// replacement's resume point move at the speed of evaluation, not of
+    /// the PING timer.
+    Progress(Progress),
 }
 
 /// The wire code of each message kind, carried in the frame header.
@@ -88,6 +93,8 @@ pub enum Kind {
     Signal = 11,
     /// [`Message::Signals`]
     Signals = 12,
+    /// [`Message::Progress`]
+    Progress = 13,
 }
 
 impl Kind {
@@ -107,6 +114,7 @@ impl Kind {
             CleanupComplete,
             Signal,
             Signals,
+            Progress,
         ]
         .into_iter()
         .find(|k| *k as u16 == code)
@@ -127,12 +135,13 @@ impl Kind {
             Kind::CleanupComplete => "CLEANUP_COMPLETE",
             Kind::Signal => "SIGNAL",
             Kind::Signals => "SIGNALS",
+            Kind::Progress => "PROGRESS",
         }
     }
 
     /// The kind named `name` (`ADD_TRADER` or `add_trader`).
     pub fn from_name(name: &str) -> Option<Kind> {
-        (1..=12)
+        (1..=13)
             .filter_map(Kind::from_code)
             .find(|k| k.name().eq_ignore_ascii_case(name))
     }
@@ -154,6 +163,7 @@ impl Message {
             Message::CleanupComplete(_) => Kind::CleanupComplete,
             Message::Signal(_) => Kind::Signal,
             Message::Signals(_) => Kind::Signals,
+            Message::Progress(_) => Kind::Progress,
         }
     }
 }
@@ -176,6 +186,16 @@ pub struct Ready {
     pub worker_id: u32,
     /// Its process id.
     pub pid: u32,
+}
+
+/// PROGRESS's body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The publish counter up to which every trader it holds (or has
+    /// queued) has judged every closed candle, as PONG's `last_publish`.
+    pub last_publish: u64,
+    /// Closed candles judged so far (PONG's `judged`).
+    pub judged: u64,
 }
 
 /// PONG's body: the worker's statistics.

@@ -219,13 +219,10 @@ struct Evaluation {
     nodes: NodeCount,
 }
 
-/// The nodes of the traders held, by canonical text, with how many traders
-/// read each.
+/// The graph's nodes of the traders held or queued, counted the way the
+/// evaluation thread's graph makes them.
 #[derive(Default)]
-struct NodeCount {
-    readers: std::collections::HashMap<String, u32>,
-    by_trader: std::collections::HashMap<String, Vec<String>>,
-}
+struct NodeCount(protocol::rule::NodeCount);
 
 impl NodeCount {
     /// Trader `id`'s rule's nodes counted, unless that passes the bound
@@ -235,36 +232,19 @@ impl NodeCount {
             .compiled()
             .map(|c| protocol::rule::node_texts(&c.expr))
             .unwrap_or_default();
-        // As the graph counts: a replaced trader's nodes go only after the
-        // new one's are made.
-        let adding = texts
-            .iter()
-            .filter(|t| !self.readers.contains_key(*t))
-            .count();
-        let live = self.readers.len();
+        let (live, adding) = (self.0.len(), self.0.adding(&texts));
         if live + adding > protocol::rule::NODE_BOUND {
             return Err(format!(
                 "trader {id}: this worker's evaluation graph holds {live} distinct indicators and computed series, the rule adds {adding}, past the limit of {}: more --workers, or rules that share indicators",
                 protocol::rule::NODE_BOUND
             ));
         }
-        for t in &texts {
-            *self.readers.entry(t.clone()).or_default() += 1;
-        }
-        self.remove(id);
-        self.by_trader.insert(id.to_owned(), texts);
+        self.0.add(id, texts);
         Ok(())
     }
 
     fn remove(&mut self, id: &str) {
-        for t in self.by_trader.remove(id).unwrap_or_default() {
-            if let Some(n) = self.readers.get_mut(&t) {
-                *n -= 1;
-                if *n == 0 {
-                    self.readers.remove(&t);
-                }
-            }
-        }
+        self.0.remove(id);
     }
 }
 
@@ -561,6 +541,8 @@ struct Evaluator<'a> {
     next_signal: u64,
     /// The publish counter the last complete pass covered.
     last_publish: u64,
+    /// The progress last told in a PROGRESS frame.
+    progress_sent: u64,
 }
 
 impl<'a> Evaluator<'a> {
@@ -579,6 +561,7 @@ impl<'a> Evaluator<'a> {
             hits: Vec::new(),
             next_signal: 0,
             last_publish: 0,
+            progress_sent: 0,
         }
     }
 
@@ -696,7 +679,7 @@ impl<'a> Evaluator<'a> {
     /// held and queued (a trader counts from where it resumes), or the last
     /// pass's counter when there is none. Under the queue's lock, as the
     /// request loop's lowering of it is.
-    fn publish_progress(&self) {
+    fn publish_progress(&mut self) {
         let changes = self.shared.changes();
         let progress = self
             .judge
@@ -709,5 +692,20 @@ impl<'a> Evaluator<'a> {
             .min()
             .map_or(self.last_publish, |m| m.min(self.last_publish));
         self.shared.progress.store(progress, Ordering::Release);
+        // Told at once (the feed's backpressure waits on it), once per
+        // change. Sent under the queue's lock: an ADD queued meanwhile is
+        // acknowledged after this frame, so the coordinator never takes it
+        // as covering a trader it had not been acknowledged.
+        if progress != self.progress_sent {
+            let told = Message::Progress(protocol::message::Progress {
+                last_publish: progress,
+                judged: self.shared.judged.load(Ordering::Relaxed),
+            });
+            // The coordinator gone: the request loop sees it too and exits.
+            if self.out.send(RequestId(0), &told).is_ok() {
+                self.progress_sent = progress;
+            }
+        }
+        drop(changes);
     }
 }

@@ -277,6 +277,7 @@ impl Coordinator {
                     format!("sent a malformed frame: {error}"),
                 );
             }
+            FromWorker::Frame(_, Message::Progress(p)) => self.progressed(s, p),
             // Signals never get here: the reader thread emits them.
             FromWorker::Frame(id, message) => self.answer(s, id, message),
         }

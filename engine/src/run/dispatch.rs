@@ -20,7 +20,7 @@ impl Coordinator {
                 events: self.faults.all(),
             }),
             Request::Traders => Answer::Traders(self.traders_list()),
-            Request::Add(traders) => self.traders_add(traders, &req.windows),
+            Request::Add(traders) => self.traders_add(traders, req.checked),
             Request::Remove(id) => self.traders_remove(&id),
         };
         self.control_costs.record(kind, started.elapsed());

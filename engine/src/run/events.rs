@@ -40,10 +40,10 @@ pub(super) fn forward_to(
         if let Request::Add(traders) = &req.request {
             match traders
                 .iter()
-                .map(|t| check_trader(&store, t))
-                .collect::<anyhow::Result<Vec<u64>>>()
+                .map(|t| check_trader(&store, t).map(|w| (w, super::slot::nodes_of(t))))
+                .collect::<anyhow::Result<Vec<_>>>()
             {
-                Ok(windows) => req.windows = windows,
+                Ok(checked) => req.checked = checked,
                 Err(e) => {
                     return Handed::Answered(Answer::refused(format!("{e:#}; nothing was added")));
                 }

@@ -78,7 +78,11 @@ impl Coordinator {
     /// directory before anything changes: a set that cannot be kept is
     /// not applied, and the answer says so. Each goes to the slot with the
     /// fewest traders and starts with the candles written after this moment.
-    pub(super) fn traders_add(&mut self, traders: Vec<TraderSpec>, windows: &[u64]) -> Answer {
+    pub(super) fn traders_add(
+        &mut self,
+        traders: Vec<TraderSpec>,
+        checked: Vec<(u64, Vec<String>)>,
+    ) -> Answer {
         if self.stage.shutting_down() {
             return Answer::refused("the engine is shutting down: nothing was added");
         }
@@ -124,6 +128,36 @@ impl Coordinator {
                 self.slots.len()
             ));
         }
+        // Where each goes (the slot with the fewest), and every worker's
+        // evaluation graph within its bound once they are there.
+        let mut counts: Vec<usize> = self.slots.iter().map(|s| s.traders.len()).collect();
+        let placement: Vec<usize> = traders
+            .iter()
+            .map(|_| {
+                let s = (0..counts.len()).min_by_key(|&s| counts[s]).unwrap_or(0);
+                counts[s] += 1;
+                s
+            })
+            .collect();
+        let nodes_of = |k: usize| -> Vec<String> {
+            checked
+                .get(k)
+                .map_or_else(|| super::slot::nodes_of(&traders[k]), |c| c.1.clone())
+        };
+        for (s, slot) in self.slots.iter().enumerate() {
+            let texts: Vec<String> = (0..traders.len())
+                .filter(|&k| placement[k] == s)
+                .flat_map(nodes_of)
+                .collect();
+            let adding = slot.nodes.adding(&texts);
+            if slot.nodes.len() + adding > protocol::rule::NODE_BOUND {
+                return Answer::refused(format!(
+                    "adding these traders would give worker {s} {} distinct indicators and computed series to compute, past the limit of {} per worker: restart with more --workers, or use fewer distinct indicators; nothing was added",
+                    slot.nodes.len() + adding,
+                    protocol::rule::NODE_BOUND
+                ));
+            }
+        }
         let kept: Vec<&TraderSpec> = self
             .slots
             .iter()
@@ -137,19 +171,19 @@ impl Coordinator {
             ));
         }
         let from_publish = self.inst.store.lock().stats().publishes;
-        let mut counts: Vec<usize> = self.slots.iter().map(|s| s.traders.len()).collect();
         let mut touched = BTreeSet::new();
         let mut added = Vec::with_capacity(traders.len());
+        let mut checked = checked.into_iter();
         for (k, t) in traders.into_iter().enumerate() {
-            let s = (0..counts.len()).min_by_key(|&s| counts[s]).unwrap_or(0);
-            counts[s] += 1;
+            let s = placement[k];
             touched.insert(s);
             tracing::debug!(trader = %t.id, slot = s, from_publish, "trader added");
             added.push(AddedTrader {
                 id: t.id.clone(),
                 slot: s as u32,
             });
-            self.slots[s].add_trader(t, from_publish, windows.get(k).copied());
+            let (window, nodes) = checked.next().unzip();
+            self.slots[s].add_trader(t, from_publish, super::slot::Checked { window, nodes });
         }
         tracing::info!(
             traders = added.len(),

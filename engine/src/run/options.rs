@@ -103,6 +103,24 @@ pub(super) fn check(opts: &RunOptions) -> Result<()> {
     for t in &opts.traders {
         check_trader(&opts.store, t)?;
     }
+    // Spread as the coordinator spreads them (round robin): each worker's
+    // evaluation graph within its bound.
+    let workers = opts.workers.max(1) as usize;
+    let mut graphs = vec![protocol::rule::NodeCount::default(); workers];
+    for (k, t) in opts.traders.iter().enumerate() {
+        graphs[k % workers].add(&t.id, super::slot::nodes_of(t));
+    }
+    if let Some((s, g)) = graphs
+        .iter()
+        .enumerate()
+        .find(|(_, g)| g.len() > protocol::rule::NODE_BOUND)
+    {
+        bail!(
+            "the traders give worker {s} {} distinct indicators and computed series to compute, past the limit of {} per worker: raise --workers (traders are spread over them), or use fewer distinct indicators",
+            g.len(),
+            protocol::rule::NODE_BOUND
+        );
+    }
     if !opts.worker_bin.exists() {
         bail!(
             "worker binary {} not found: build it (cargo build) or pass --worker-bin",

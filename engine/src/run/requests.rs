@@ -96,6 +96,33 @@ impl Coordinator {
         }
     }
 
+    /// A worker's PROGRESS (sent when a pass ends, after its signals): its
+    /// slot's confirmed publish moves as soon as the worker judged, so the
+    /// feed's backpressure follows evaluation, not the PING timer. Taken
+    /// once every trader of the slot is acknowledged (the worker sends it
+    /// before acknowledging a trader queued meanwhile, and its figure
+    /// already counts one queued before).
+    pub(super) fn progressed(&mut self, s: usize, p: protocol::message::Progress) {
+        let slot = &mut self.slots[s];
+        let Some(inc) = slot.live.as_mut() else {
+            return;
+        };
+        // Before that, its figure may be of no traders at all (a
+        // replacement's first passes): taken, it would hide a stall.
+        if inc.state != State::Ready {
+            return;
+        }
+        slot.confirmed = slot.confirmed.max(p.last_publish);
+        self.emitter.confirmed(s, slot.confirmed);
+        let now = (p.last_publish, p.judged);
+        if inc
+            .progress
+            .is_none_or(|((publish, judged), _)| now.0 > publish || now.1 > judged)
+        {
+            inc.progress = Some((now, Instant::now()));
+        }
+    }
+
     pub(super) fn answer(&mut self, s: usize, id: RequestId, message: Message) {
         let slot = &mut self.slots[s];
         let Some(inc) = slot.live.as_mut() else {

@@ -201,6 +201,9 @@ pub(super) struct Slot {
     pub(super) traders: BTreeMap<String, TraderSpec>,
     /// Each trader's window (candles a verdict reads), for `traders list`.
     pub(super) windows: std::collections::HashMap<String, u64>,
+    /// The evaluation graph's nodes its traders make, counted as its worker
+    /// counts them against the bound.
+    pub(super) nodes: protocol::rule::NodeCount,
     /// Traders added while running: the publish counter at which each was
     /// added; its evaluation starts with the candles written after it.
     pub(super) starts: BTreeMap<String, u64>,
@@ -243,10 +246,15 @@ impl Slot {
             .values()
             .map(|t| (t.id.clone(), window_of(t)))
             .collect();
+        let mut nodes = protocol::rule::NodeCount::default();
+        for t in traders.values() {
+            nodes.add(&t.id, nodes_of(t));
+        }
         Self {
             id,
             traders,
             windows,
+            nodes,
             starts: BTreeMap::new(),
             confirmed: 0,
             incarnations: 0,
@@ -295,10 +303,12 @@ impl Slot {
 
     /// Holds `t` from publish `from_publish` on; the caller tells the
     /// emitter ([`Self::tell_holds`]) once it has added them all.
-    pub(super) fn add_trader(&mut self, t: TraderSpec, from_publish: u64, window: Option<u64>) {
+    pub(super) fn add_trader(&mut self, t: TraderSpec, from_publish: u64, checked: Checked) {
         self.starts.insert(t.id.clone(), from_publish);
-        let window = window.unwrap_or_else(|| window_of(&t));
+        let window = checked.window.unwrap_or_else(|| window_of(&t));
         self.windows.insert(t.id.clone(), window);
+        let nodes = checked.nodes.unwrap_or_else(|| nodes_of(&t));
+        self.nodes.add(&t.id, nodes);
         if let Some(inc) = self.live.as_mut() {
             inc.unsent.push_back(t.id.clone());
         }
@@ -410,6 +420,7 @@ impl Slot {
     pub(super) fn drop_trader(&mut self, id: &str, emitter: &Emitter) {
         self.traders.remove(id);
         self.windows.remove(id);
+        self.nodes.remove(id);
         self.starts.remove(id);
         self.tell_holds(emitter);
     }
@@ -420,4 +431,23 @@ impl Slot {
 pub(super) fn window_of(t: &TraderSpec) -> u64 {
     t.compile()
         .map_or(0, |r| (r.lookback() + t.cooldown as usize) as u64)
+}
+
+/// The evaluation graph's nodes a trader's rule makes (none if it does not
+/// compile, which a checked trader's always does).
+pub(super) fn nodes_of(t: &TraderSpec) -> Vec<String> {
+    t.compile()
+        .ok()
+        .and_then(|r| r.compiled().map(|c| protocol::rule::node_texts(&c.expr)))
+        .unwrap_or_default()
+}
+
+/// What the checks on a client's thread worked out about a trader to add,
+/// so the loop compiles no rule.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Checked {
+    /// Its window.
+    pub(super) window: Option<u64>,
+    /// Its graph nodes.
+    pub(super) nodes: Option<Vec<String>>,
 }

@@ -493,6 +493,60 @@ pub fn node_texts(e: &Expr) -> Vec<String> {
     out
 }
 
+/// The nodes a worker's traders make (see [`node_texts`]), each with how
+/// many traders read it: what the coordinator and a worker count against
+/// [`NODE_BOUND`], the same way.
+#[derive(Debug, Default, Clone)]
+pub struct NodeCount {
+    readers: std::collections::HashMap<String, u32>,
+    by_trader: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl NodeCount {
+    /// Distinct nodes held.
+    pub fn len(&self) -> usize {
+        self.readers.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.readers.is_empty()
+    }
+
+    /// Nodes of `texts` not held yet.
+    pub fn adding<'a>(&self, texts: impl IntoIterator<Item = &'a String>) -> usize {
+        let mut new: Vec<&String> = texts
+            .into_iter()
+            .filter(|t| !self.readers.contains_key(*t))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        new.len()
+    }
+
+    /// Counts trader `id`'s nodes `texts` (replacing what it counted before:
+    /// as a graph does, the new ones are made before the old ones go).
+    pub fn add(&mut self, id: &str, texts: Vec<String>) {
+        for t in &texts {
+            *self.readers.entry(t.clone()).or_default() += 1;
+        }
+        self.remove(id);
+        self.by_trader.insert(id.to_owned(), texts);
+    }
+
+    /// Stops counting trader `id`'s nodes.
+    pub fn remove(&mut self, id: &str) {
+        for t in self.by_trader.remove(id).unwrap_or_default() {
+            if let Some(n) = self.readers.get_mut(&t) {
+                *n -= 1;
+                if *n == 0 {
+                    self.readers.remove(&t);
+                }
+            }
+        }
+    }
+}
+
 /// FNV-1a, 64 bits: the digest of an indicator's canonical text (its memo
 /// key) and of a trader id (its black-box mark).
 pub fn fnv1a(text: &str) -> u64 {

@@ -77,10 +77,10 @@ pub struct ControlRequest {
     /// The request, parsed (and a trader to add checked) on the client's
     /// thread: that work never holds the loop.
     pub request: Request,
-    /// For traders to add: each one's window (candles a verdict reads),
-    /// worked out with its checks on the client's thread, so listing
-    /// thousands of traders never compiles their rules on the loop.
-    pub windows: Vec<u64>,
+    /// For traders to add: each one's window (candles a verdict reads) and
+    /// evaluation graph nodes, worked out with its checks on the client's
+    /// thread, so the loop never compiles a rule.
+    pub checked: Vec<(u64, Vec<String>)>,
     /// The answer, serialised by the client's thread, not the loop.
     pub reply: mpsc::Sender<Answer>,
 }
@@ -377,7 +377,7 @@ pub(super) fn ask_loop(request: Request, requests: &impl Fn(ControlRequest) -> H
     let (reply, answer) = mpsc::channel();
     let error = match requests(ControlRequest {
         request,
-        windows: Vec::new(),
+        checked: Vec::new(),
         reply,
     }) {
         Handed::Queued if changes => match answer.recv() {
