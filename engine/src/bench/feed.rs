@@ -23,13 +23,14 @@ use protocol::{Candle, InstanceName, Interval, SymbolName};
 use serde::Serialize;
 
 use super::{Percentiles, Target, median, ratio};
-use crate::feed::binance::{Kline, RowFormat, format_row};
+use crate::feed::binance::{RowFormat, format_row};
 use crate::feed::live::{LiveFeed, LiveOptions};
 use crate::feed::mock::{End, Episode, MockBinance, timeline};
 use crate::feed::replay::{Replay, ReplayOptions};
 use crate::feed::synthetic::SymbolStream;
 use crate::feed::writer::FeedWriter;
 use crate::instance::Instance;
+use crate::kline::Kline;
 
 /// Target: replay parsing and writing, candles per second.
 pub const TARGET_CANDLES_PER_S: f64 = 1_000_000.0;

@@ -30,9 +30,9 @@ use std::time::Instant;
 
 use protocol::Interval;
 
-use self::binance::{BadLine, Kline};
 use self::replay::{Replay, ReplayError, ReplayOptions};
 use self::synthetic::SymbolStream;
+use crate::kline::{BadLine, Kline};
 
 /// The `--feed` flag.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use async_nats::jetstream;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::binance::Kline;
+use crate::kline::Kline;
 use crate::nats::candles::CandleMessage;
 use crate::nats::{Nats, NatsAddr, NatsSettings, Shard};
 use crate::state::StateDir;

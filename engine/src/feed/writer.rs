@@ -11,7 +11,7 @@ use protocol::{Candle, Interval, SymbolName};
 use serde::Serialize;
 
 use super::aggregate::Aggregator;
-use super::binance::{BadLine, Kline};
+use crate::kline::{BadLine, Kline};
 
 /// Where candles are written.
 pub trait Sink {

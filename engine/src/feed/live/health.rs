@@ -8,8 +8,8 @@ use std::time::Instant;
 use protocol::samples::Samples;
 use serde::Serialize;
 
-use super::super::binance::BadLine;
 use super::super::writer::FeedCounters;
+use crate::kline::BadLine;
 use crate::locked::lock;
 
 /// Latency samples kept for `status` and `bench feed`.

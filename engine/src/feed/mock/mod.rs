@@ -537,7 +537,7 @@ fn buckets(minutes: &[Candle], interval: Interval) -> Vec<Candle> {
     minutes
         .chunks_exact(ratio)
         .filter_map(|m| {
-            let at = super::binance::bucket_start(m[0].open_time, interval);
+            let at = crate::kline::bucket_start(m[0].open_time, interval);
             fold(m.iter().copied(), at)
         })
         .collect()

@@ -129,7 +129,7 @@ fn session(mut stream: impl Read + Write, shared: &Shared) {
         let out = format!(
             "HTTP/1.1 {}\r\nDate: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-MBX-USED-WEIGHT-1M: {used}\r\n{retry}Connection: keep-alive\r\n\r\n{}",
             reply.status,
-            super::super::binance::http_date(date),
+            crate::http_date::http_date(date),
             reply.body.len(),
             reply.body
         );
@@ -364,7 +364,7 @@ fn klines(query: &str, shared: &Shared) -> Reply {
             .iter()
             .copied()
             .chain([super::partial(now, 0.5)]);
-        let at = super::super::binance::bucket_start(now.open_time, interval);
+        let at = crate::kline::bucket_start(now.open_time, interval);
         visible.extend(super::fold(part, at));
     }
     let closed = &visible[..];
