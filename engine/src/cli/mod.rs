@@ -1,15 +1,16 @@
 //! The `shmkline` command line, as a library the thin `main.rs` drives:
 //! [`args`] (what clap parses), [`options`] (from flags to engine options),
-//! [`commands`] (run, backtest, chaos, bench, store), [`client`] (status,
-//! traders, kill-worker over the control socket), [`render`] (what they print).
+//! [`commands`] (run, backtest, store), [`client`] (status, traders,
+//! kill-worker over the control socket), [`render`] (what they print),
+//! [`tools`] (bench, chaos and soak, handed to `shmkline-tools`).
 
 pub mod args;
-pub mod bench_args;
 pub mod client;
 pub mod commands;
 pub mod config;
 pub mod options;
 pub mod render;
+pub mod tools;
 pub mod top;
 
 use std::path::PathBuf;
@@ -38,15 +39,6 @@ pub fn instance_or_default(given: Option<InstanceName>) -> Result<InstanceName> 
     Ok(match given {
         Some(name) => name,
         None => InstanceName::from_env_or("default")?,
-    })
-}
-
-/// `--instance`, else `$SHMKLINE_INSTANCE`, else a private `bench-<pid>`
-/// (never `default`, so a benchmark does not collide with a running engine).
-pub fn bench_instance(given: Option<InstanceName>) -> Result<InstanceName> {
-    Ok(match given {
-        Some(name) => name,
-        None => InstanceName::from_env_or(&format!("bench-{}", std::process::id()))?,
     })
 }
 

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::Percentiles;
 use super::traders::{RunGuard, write_traders};
-use crate::run::control;
+use engine::run::control;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -122,7 +122,7 @@ pub(super) fn status_when(
     within: Duration,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> Result<serde_json::Value> {
-    let dir = crate::runtime::base_dir().join(instance.as_str());
+    let dir = engine::runtime::base_dir().join(instance.as_str());
     let deadline = Instant::now() + within;
     loop {
         if let Ok(Some(exit)) = run.0.try_wait() {

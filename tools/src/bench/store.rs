@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::child::{STRESS_SYMBOL, TornCounts, stress_candle};
 use super::{BenchChild, Target, median, ratio};
-use crate::instance::Instance;
+use engine::instance::Instance;
 
 /// Series written round-robin by the upsert benchmark.
 const WRITE_SERIES: usize = 64;

@@ -18,9 +18,9 @@ use protocol::{InstanceName, Interval, SymbolName};
 use serde::Serialize;
 
 use super::{Target, ratio};
-use crate::feed::live::{self, LiveFeed, LiveOptions};
-use crate::feed::mock::{MockBinance, timeline};
-use crate::instance::Instance;
+use engine::feed::live::{self, LiveFeed, LiveOptions};
+use engine::feed::mock::{MockBinance, timeline};
+use engine::instance::Instance;
 
 /// The ring of each series: the default plan's least.
 const RING: usize = 1440;

@@ -22,7 +22,7 @@ use super::child::{
     ACK, PING, STAMP, WAKE_SYMBOL, WARMUP, WakeMode, spin_until_changed, wait_scratch,
 };
 use super::{BenchChild, Percentiles, Target, mono_ns, ratio};
-use crate::instance::Instance;
+use engine::instance::Instance;
 
 /// Pause before each blocking-mode write, so the reader is parked in the kernel.
 pub const PARK_GAP: Duration = Duration::from_micros(100);

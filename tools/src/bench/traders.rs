@@ -13,8 +13,8 @@ use protocol::InstanceName;
 use serde::Serialize;
 
 use super::{Percentiles, Target};
-use crate::process::kill_and_reap;
-use crate::run::control;
+use engine::process::kill_and_reap;
+use engine::run::control;
 
 /// Wake-ups measured for the latency baseline.
 const WAKE_BASELINE_SAMPLES: usize = 4000;
@@ -185,7 +185,7 @@ impl Drop for RunGuard {
     }
 }
 
-/// Runs the benchmark as instance `instance` with this binary.
+/// Runs the benchmark as instance `instance` with the `shmkline` binary given.
 pub fn run(
     instance: &InstanceName,
     shmkline: &std::path::Path,
@@ -230,7 +230,7 @@ pub fn run(
         let _ = stdout.read_to_end(&mut sink);
         sink.iter().filter(|&&b| b == b'\n').count()
     });
-    let dir = crate::runtime::base_dir().join(instance.as_str());
+    let dir = engine::runtime::base_dir().join(instance.as_str());
     let budget =
         Duration::from_secs_f64(opts.candles as f64 / opts.rate) + Duration::from_secs(120);
     let deadline = Instant::now() + budget;

@@ -16,10 +16,10 @@ use protocol::store::StoreConfig;
 use serde::Serialize;
 
 use super::{BenchChild, Percentiles, Target, ratio};
-use crate::instance::Instance;
-use crate::process::kill_and_reap;
-use crate::run::link::{FromWorker, Link};
-use crate::run::spawn::{Spawned, Spawner};
+use engine::instance::Instance;
+use engine::process::kill_and_reap;
+use engine::run::link::{FromWorker, Link};
+use engine::run::spawn::{Spawned, Spawner};
 
 /// Round trips discarded before measuring.
 const WARMUP: usize = 200;
