@@ -10,18 +10,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::backtest::{BacktestOptions, backtest};
+use engine::process::kill_and_reap;
+use engine::run::control;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use protocol::InstanceName;
+use protocol::splitmix::SplitMix64;
+use protocol::store::StoreConfig;
 use protocol::trader::TraderSpec;
 use serde::Serialize;
 
 use crate::bench::Percentiles;
-use engine::backtest::{BacktestOptions, backtest};
-use engine::process::kill_and_reap;
-use engine::run::control;
-use protocol::splitmix::SplitMix64;
-use protocol::store::StoreConfig;
 
 /// What to run and what to inject.
 #[derive(Debug, Clone)]

@@ -20,17 +20,17 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::process::kill_and_reap;
+use engine::run::control;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use protocol::InstanceName;
 use protocol::splitmix::SplitMix64;
 use serde::Serialize;
+use testkit::exchange::{End, Episode, MockBinance, timeline};
+use testkit::webhook::{Receiver, Reply};
 
 use crate::chaos::{fd_count, shm_entries, status_kib, workers_alive, zombies_of};
-use engine::feed::mock::{End, Episode, MockBinance, timeline};
-use engine::process::kill_and_reap;
-use engine::run::control;
-use engine::run::sink::stand_in::{Receiver, Reply};
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -17,13 +17,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::run::control;
 use protocol::InstanceName;
 use protocol::store::{StoreReader, Wait};
 use serde::Serialize;
 
 use super::Percentiles;
 use super::traders::{RunGuard, write_traders};
-use engine::run::control;
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::instance::Instance;
 use ipc_channel::ipc::{self, IpcBytesSender, IpcOneShotServer, IpcSender};
 use protocol::bootstrap::Bootstrap;
 use protocol::store::{StoreConfig, StoreReader, Wait};
@@ -22,7 +23,6 @@ use protocol::{Candle, InstanceName, Interval, SymbolName};
 use serde::{Deserialize, Serialize};
 
 use super::{BenchChild, Percentiles, mono_ns, ratio};
-use engine::instance::Instance;
 
 /// Batches a worker reports nothing for (start-up, caches).
 const WARMUP: usize = 20;

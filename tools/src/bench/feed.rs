@@ -18,19 +18,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use protocol::store::{StoreConfig, StoreReader};
-use protocol::{Candle, InstanceName, Interval, SymbolName};
-use serde::Serialize;
-
-use super::{Percentiles, Target, median, ratio};
-use engine::feed::binance::{RowFormat, format_row};
 use engine::feed::live::{LiveFeed, LiveOptions};
-use engine::feed::mock::{End, Episode, MockBinance, timeline};
 use engine::feed::replay::{Replay, ReplayOptions};
 use engine::feed::synthetic::SymbolStream;
 use engine::feed::writer::FeedWriter;
 use engine::instance::Instance;
 use engine::kline::Kline;
+use protocol::store::{StoreConfig, StoreReader};
+use protocol::{Candle, InstanceName, Interval, SymbolName};
+use serde::Serialize;
+use testkit::exchange::{End, Episode, MockBinance, timeline};
+use testkit::rows::{RowFormat, format_row};
+
+use super::{Percentiles, Target, median, ratio};
 
 /// Target: replay parsing and writing, candles per second.
 pub const TARGET_CANDLES_PER_S: f64 = 1_000_000.0;

@@ -18,11 +18,10 @@ pub mod wake;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
+use engine::process::kill_and_reap;
 use nix::time::{ClockId, clock_gettime};
 use protocol::samples::quantile;
 use serde::Serialize;
-
-use engine::process::kill_and_reap;
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one machine.
 pub fn mono_ns() -> u64 {

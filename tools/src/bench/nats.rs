@@ -20,12 +20,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use protocol::InstanceName;
 use serde::Serialize;
+use testkit::nats_server::{NatsServer, find_binary};
 
 use super::burst::status_when;
 use super::sinks::{SinksBench, sink_of, throughput, trader_file};
 use super::traders::RunGuard;
 use super::{Percentiles, ratio};
-use engine::nats::server::{NatsServer, find_binary};
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -13,11 +13,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::run::control::{self, ControlClient};
 use protocol::InstanceName;
 use serde::Serialize;
 
 use super::traders::{RunGuard, trader_set, write_traders};
-use engine::run::control::{self, ControlClient};
 
 /// The target: a refresh or a scrape costs the loop under 1 ms (p99).
 pub const TARGET_LOOP_US: u64 = 1000;

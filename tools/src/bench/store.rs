@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
+use engine::instance::Instance;
 use protocol::store::{ReadError, SeriesId, StoreConfig, StoreReader, StoreWriter, StoredCandle};
 use protocol::{Candle, InstanceName, Interval, SymbolName};
 use serde::Serialize;
 
 use super::child::{STRESS_SYMBOL, TornCounts, stress_candle};
 use super::{BenchChild, Target, median, ratio};
-use engine::instance::Instance;
 
 /// Series written round-robin by the upsert benchmark.
 const WRITE_SERIES: usize = 64;

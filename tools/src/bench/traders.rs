@@ -9,12 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::process::kill_and_reap;
+use engine::run::control;
 use protocol::InstanceName;
 use serde::Serialize;
 
 use super::{Percentiles, Target};
-use engine::process::kill_and_reap;
-use engine::run::control;
 
 /// Wake-ups measured for the latency baseline.
 const WAKE_BASELINE_SAMPLES: usize = 4000;

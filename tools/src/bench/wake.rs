@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use engine::instance::Instance;
 use protocol::shm::scratch::SharedWords;
 use protocol::store::StoreConfig;
 use protocol::{Candle, InstanceName, Interval, SymbolName};
@@ -22,7 +23,6 @@ use super::child::{
     ACK, PING, STAMP, WAKE_SYMBOL, WARMUP, WakeMode, spin_until_changed, wait_scratch,
 };
 use super::{BenchChild, Percentiles, Target, mono_ns, ratio};
-use engine::instance::Instance;
 
 /// Pause before each blocking-mode write, so the reader is parked in the kernel.
 pub const PARK_GAP: Duration = Duration::from_micros(100);

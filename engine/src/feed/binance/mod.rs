@@ -428,54 +428,5 @@ pub fn parse_rest(
     Ok((out, bad))
 }
 
-/// One of Binance's row formats, to write a candle in (the inverse of the
-/// parsers above): the loopback stand-in, benchmarks and tests use them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RowFormat {
-    /// The first 7 columns of a dump, millisecond times.
-    Dump7,
-    /// All 12 columns of a spot dump, microsecond times (2025 on).
-    Dump12Micros,
-    /// A `/api/v3/klines` row: a JSON array, prices and volumes as strings.
-    Rest,
-}
-
-/// `c`, an `interval` candle, as one row in `format` (no line end). The
-/// columns Binance has and shmkline does not keep are made up consistently:
-/// quote volume = volume x close, 1,234 trades, half of it taker-bought.
-pub fn format_row(c: &Candle, interval: Interval, format: RowFormat) -> String {
-    let close_time = c.open_time + interval.millis() as i64 - 1;
-    match format {
-        RowFormat::Dump7 => format!(
-            "{},{},{},{},{},{},{close_time}",
-            c.open_time, c.open, c.high, c.low, c.close, c.volume
-        ),
-        RowFormat::Dump12Micros => format!(
-            "{}000,{},{},{},{},{},{close_time}999,{},1234,{},{},0",
-            c.open_time,
-            c.open,
-            c.high,
-            c.low,
-            c.close,
-            c.volume,
-            c.volume * c.close,
-            c.volume / 2.0,
-            c.volume * c.close / 2.0
-        ),
-        RowFormat::Rest => format!(
-            r#"[{},"{}","{}","{}","{}","{}",{close_time},"{}",1234,"{}","{}","0"]"#,
-            c.open_time,
-            c.open,
-            c.high,
-            c.low,
-            c.close,
-            c.volume,
-            c.volume * c.close,
-            c.volume / 2.0,
-            c.volume * c.close / 2.0
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests;

@@ -392,7 +392,7 @@ mod tests {
     /// honoured), a 400 final, the key stable, the position saved.
     #[test]
     fn delivers_through_failures_refuses_on_4xx_and_saves_its_position() {
-        use super::super::stand_in::{Receiver, Reply};
+        use testkit::webhook::{Receiver, Reply};
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = crate::state::StateDir::open(&tmp.path().join("s")).expect("state");
         let hook = Receiver::start().expect("receiver");
@@ -474,7 +474,7 @@ mod tests {
 
     #[test]
     fn batches_go_as_arrays_and_the_drain_time_ends_retries() {
-        use super::super::stand_in::{Receiver, Reply};
+        use testkit::webhook::{Receiver, Reply};
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = crate::state::StateDir::open(&tmp.path().join("s")).expect("state");
         let hook = Receiver::start().expect("receiver");

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use protocol::store::{StoreConfig, StoreReader, StoreWriter};
 use protocol::{Candle, InstanceName, Interval, SymbolName};
+use testkit::exchange::{MockBinance, timeline};
 
 use super::super::conn::{self, Opener};
 use super::super::health::LiveHealth;
 use super::super::options::{DEFAULT_QUEUED_BYTES, LiveOptions};
 use super::super::rest::{DEFAULT_WEIGHT_PER_MINUTE, Rest};
 use super::{Phase, Sync};
-use crate::feed::mock::{MockBinance, timeline};
 use crate::feed::writer::FeedWriter;
 use crate::kline::Kline;
 
