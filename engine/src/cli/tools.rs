@@ -14,7 +14,7 @@ use clap::CommandFactory;
 use super::args::Cli;
 
 /// The tools binary, looked for next to this executable.
-pub const TOOLS_BIN: &str = "shmkline-tools";
+const TOOLS_BIN: &str = "shmkline-tools";
 
 /// The commands it runs for `shmkline`.
 pub const TOOL_COMMANDS: [&str; 4] = ["bench", "chaos", "soak", "bench-child"];
@@ -57,7 +57,7 @@ pub fn named(argv: &[OsString]) -> Option<&str> {
 }
 
 /// `shmkline-tools` next to this executable.
-pub fn tools_bin() -> anyhow::Result<PathBuf> {
+fn tools_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the shmkline executable")?;
     exe.parent()
         .map(|dir| dir.join(TOOLS_BIN))

@@ -288,7 +288,7 @@ pub fn run(
     })
 }
 
-/// Both figures of the issue: the evaluation pass with `opts` (100 traders
+/// Both figures: the evaluation pass with `opts` (100 traders
 /// x 100 symbols: 10,000 trader-series pairs), and the signal latency with
 /// the same traders on one symbol (the pass is then short, so the latency
 /// is the path's: wake, evaluation, IPC, the coordinator).

@@ -48,7 +48,7 @@ pub struct WakeReport {
     pub futex_p50_vs_raw: f64,
     /// store_spin p50 / raw_spin p50 (target <= 3).
     pub spin_p50_vs_raw: f64,
-    /// The targets for these figures.
+    /// The targets for these figures.
     pub targets: Vec<Target>,
 }
 
