@@ -5,8 +5,9 @@
 //!   private runtime directory.
 //! * [`instance`]: a running instance's owned resources, released in order.
 //! * [`process`]: killing and reaping children.
-//! * [`bench`]: `shmkline bench ...`, figures with in-run baselines.
 //! * [`hold`]: `shmkline store hold|inspect`, the store from a shell.
+//! * [`kline`]: one candle as every feed delivers it, the checks it passes,
+//!   why one is not taken, where an interval's candles start.
 //! * [`feed`]: where candles come from: synthetic, replayed files, live Binance.
 //! * [`nats`]: NATS JetStream between hosts: addresses, streams, the connection, shards.
 //! * [`run`]: `shmkline run`, the coordinator, and its control socket.
@@ -14,19 +15,19 @@
 //! * [`traders`]: trader files (JSON, TOML) and the built-in set.
 //! * [`redact`]: secrets (URL credentials, query strings) kept out of what is shown.
 //! * [`input`]: files a user names, read through a bound (no FIFO or device hangs).
+//! * [`http_date`]: HTTP dates, an exchange's clock and a webhook's `Retry-After`.
 //! * [`signal_line`]: the JSON line of a signal, as stdout and files get it.
-//! * [`chaos`]: random worker kills and freezes against a run, checked against the oracle.
 
 pub mod backtest;
-pub mod bench;
-pub mod chaos;
 pub mod cli;
 pub mod feed;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod hold;
+pub mod http_date;
 pub mod input;
 pub mod instance;
+pub mod kline;
 pub mod locked;
 pub mod nats;
 pub mod process;
@@ -34,6 +35,5 @@ pub mod redact;
 pub mod run;
 pub mod runtime;
 pub mod signal_line;
-pub mod soak;
 pub mod state;
 pub mod traders;

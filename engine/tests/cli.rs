@@ -79,3 +79,45 @@ fn impossible_capacity_is_refused_before_anything_is_created() {
     );
     let _ = std::fs::remove_dir_all(&rt);
 }
+
+/// `shmkline bench|chaos|soak` are `shmkline-tools`' commands: without it
+/// next to `shmkline`, each says how to build it, and `--help` still lists
+/// them.
+#[test]
+fn a_tool_command_without_the_tools_binary_says_how_to_build_it() {
+    let dir = runtime("tools");
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let alone = dir.join("shmkline");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_shmkline"), &alone).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_shmkline"), &alone).expect("a copy of shmkline");
+    }
+    for words in [
+        &["bench", "store"][..],
+        &["--instance", "x", "chaos", "--kills", "1"],
+        &["soak", "--help"],
+        &["help", "bench"],
+    ] {
+        let out = Command::new(&alone)
+            .env("SHMKLINE_RUNTIME_DIR", &dir)
+            .args(words)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{words:?}: {stderr}");
+        assert!(
+            stderr.contains("shmkline-tools")
+                && stderr.contains("cargo build --release -p shmkline-tools"),
+            "{words:?}: {stderr}"
+        );
+    }
+    let help = Command::new(&alone).arg("--help").output().expect("run");
+    let listed = String::from_utf8_lossy(&help.stdout);
+    for tool in ["bench", "chaos", "soak"] {
+        assert!(
+            listed.lines().any(|l| l.trim_start().starts_with(tool)),
+            "{tool} listed: {listed}"
+        );
+    }
+    assert!(!listed.contains("bench-child"), "hidden: {listed}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

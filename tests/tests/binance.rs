@@ -8,12 +8,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use engine::feed::mock::{Behavior, End, Episode, MockBinance, timeline};
 use harness::{TestInstance, normalized_signals};
 use nix::sys::signal::Signal;
 use protocol::Candle;
 use protocol::store::StoreReader;
 use serde_json::Value;
+use testkit::exchange::{Behavior, End, Episode, MockBinance, timeline};
 
 mod support;
 use support::*;

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use engine::feed::mock::{Behavior, End, Episode, MockBinance, timeline};
 use harness::{TestInstance, normalized_signals};
+use testkit::exchange::{Behavior, End, Episode, MockBinance, timeline};
 
 mod support;
 use support::*;

@@ -469,7 +469,7 @@ fn a_million_signals_leave_the_coordinators_memory_flat() {
         line.expect("a line");
         lines += 1;
         if lines == 200_000 {
-            early = engine::chaos::status_kib(pid, "RssAnon");
+            early = tools::chaos::status_kib(pid, "RssAnon");
         }
         if lines == 1_000_000 {
             break;
@@ -479,7 +479,7 @@ fn a_million_signals_leave_the_coordinators_memory_flat() {
     let status = inst.status_when(Duration::from_secs(120), |s| {
         s["sinks"][1]["delivered"].as_u64() == Some(1_000_000)
     });
-    let late = engine::chaos::status_kib(pid, "RssAnon");
+    let late = tools::chaos::status_kib(pid, "RssAnon");
     eprintln!("coordinator RssAnon: {early} KiB at 200,000 signals, {late} KiB at 1,000,000");
     assert!(early > 0 && late > 0);
     // Measured here: +3.2 MiB, in steps (the allocator keeping freed batch

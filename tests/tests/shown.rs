@@ -7,9 +7,9 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use engine::run::sink::stand_in::{Receiver, Reply};
 use harness::{ChildGuard, TestInstance, live_processes_mentioning};
 use nix::sys::signal::Signal;
+use testkit::webhook::{Receiver, Reply};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Planted in the webhook URL: its password and its token.

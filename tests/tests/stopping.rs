@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use engine::run::sink::stand_in::{Receiver, Reply};
 use harness::{ChildGuard, TestInstance, firing_traders, live_processes_mentioning};
 use nix::sys::signal::Signal;
+use testkit::webhook::{Receiver, Reply};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// What a stop may take beyond its timeouts on a loaded machine.

@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use engine::run::sink::stand_in::{Receiver, Reply};
 use harness::{TestInstance, live_processes_mentioning, normalized_signals};
 use nix::sys::signal::Signal;
+use testkit::webhook::{Receiver, Reply};
 
 fn assert_nothing_left(inst: &TestInstance) {
     let left = live_processes_mentioning(&format!("--instance {} ", inst.name));
@@ -453,7 +453,7 @@ fn a_malformed_sink_is_refused_naming_it() {
 #[test]
 fn an_https_webhook_trusts_the_ca_it_is_given_and_only_that() {
     let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
-    let identity = engine::feed::mock::tls_config(&tls.join("server.pem"), &tls.join("server.key"))
+    let identity = testkit::tls::tls_config(&tls.join("server.pem"), &tls.join("server.key"))
         .expect("identity");
     let hook = Receiver::start_tls(identity).expect("receiver");
     assert!(hook.base.starts_with("https://"));

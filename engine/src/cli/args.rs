@@ -1,12 +1,11 @@
 //! The command line's types: every command, flag and default, as clap
-//! parses them. Turning them into engine options is [`super::options`].
+//! parses them. Turning them into engine options is [`super::options`]; the
+//! tools' commands are only named here (their flags are `shmkline-tools`').
 
 use clap::{Args, Parser, Subcommand};
 use protocol::{InstanceName, Interval, SymbolName};
 
 use crate::feed::FeedKind;
-
-pub use super::bench_args::{BenchCommand, ChildCommand};
 
 /// `shmkline` and its global flag.
 #[derive(Debug, Parser)]
@@ -16,6 +15,17 @@ pub use super::bench_args::{BenchCommand, ChildCommand};
     about = "Shared-memory kline engine: a coordinator writes candles into shared memory, workers read them"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The flags every command takes, wherever they stand on the line:
+/// `shmkline-tools` flattens the same ones, so a forwarded command reads
+/// them as `shmkline` would.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
     /// Instance name, [A-Za-z0-9_-]{1,32}. Default: $SHMKLINE_INSTANCE, else "default"
     /// (benchmarks: a private "bench-<pid>").
     #[arg(long, global = true)]
@@ -29,8 +39,6 @@ pub struct Cli {
     /// `info,engine::feed=debug`. Default: $SHMKLINE_LOG, else info.
     #[arg(long, global = true, value_name = "LEVEL", value_parser = log_level)]
     pub log_level: Option<String>,
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,17 +48,19 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// The same traders over the same feed in one process (no workers, no
     /// shared memory), printing the same signal lines: the oracle for `run`.
-    Backtest(BacktestArgs),
+    Backtest(Box<BacktestArgs>),
     /// Chaos test: run a paced finite feed, SIGKILL and SIGSTOP random workers
     /// from outside, then compare the signals with the backtest and check for
     /// leaks. Exits non-zero if anything was lost, duplicated, unexpected or leaked.
-    Chaos(ChaosArgs),
+    #[command(disable_help_flag = true)]
+    Chaos(ToolArgs),
     /// Soak: a live run on the loopback stand-in exchange under chaos for
     /// minutes (worker SIGKILLs and SIGSTOPs, feed cuts, trader churn, webhook
     /// outages), every process's private memory sampled; per-process growth
     /// in MB/h as a report; exits non-zero past --threshold or with anything
     /// left behind. `scripts/soak.sh` wraps it.
-    Soak(SoakArgs),
+    #[command(disable_help_flag = true)]
+    Soak(ToolArgs),
     /// Send a signal to one worker of a running instance (by slot id).
     KillWorker {
         /// The worker slot, as `status` lists it.
@@ -78,8 +88,8 @@ pub enum Command {
         json: bool,
     },
     /// Measure the store against baselines taken in the same run.
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    #[command(disable_help_flag = true)]
+    Bench(ToolArgs),
     /// Create, hold and inspect a store segment from a shell.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -87,8 +97,17 @@ pub enum Command {
     #[command(subcommand)]
     Config(Box<ConfigCommand>),
     /// The reader side of cross-process benchmarks (internal).
-    #[command(subcommand, hide = true)]
-    BenchChild(ChildCommand),
+    #[command(hide = true, disable_help_flag = true)]
+    BenchChild(ToolArgs),
+}
+
+/// A command `shmkline-tools` runs: its words are not parsed here but
+/// handed on whole (`super::tools`), so its flags live in one place.
+#[derive(Debug, Args)]
+pub struct ToolArgs {
+    /// The words after the command.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub words: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -385,69 +404,6 @@ pub struct BacktestArgs {
     pub pace: PaceArgs,
     #[command(flatten)]
     pub capacity: CapacityArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct SoakArgs {
-    /// Print the report as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    /// How long, in minutes.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_080))]
-    pub minutes: u64,
-    /// Seconds between samples.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub sample_every: u64,
-    /// Seconds of each process's life not counted (start-up allocations;
-    /// a replaced worker warms up again). Default: a tenth of the soak,
-    /// at least 30 s.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=86_400))]
-    pub warmup: Option<u64>,
-    /// Growth of any process's private memory, MB/h, past which it fails;
-    /// judged only on a fit of at least 5 minutes (shorter ones measure
-    /// the allocator settling: reported without a verdict).
-    #[arg(long, default_value_t = 1.0)]
-    pub threshold: f64,
-    /// Seed of the fault schedule.
-    #[arg(long, default_value_t = 7)]
-    pub seed: u64,
-}
-
-#[derive(Debug, Args)]
-pub struct ChaosArgs {
-    /// Print the report as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    /// SIGKILLs to send.
-    #[arg(long, default_value_t = 50)]
-    pub kills: u32,
-    /// SIGSTOPs to send.
-    #[arg(long, default_value_t = 5)]
-    pub stops: u32,
-    /// Worker processes.
-    #[arg(long, default_value_t = 3)]
-    pub workers: u32,
-    #[command(flatten)]
-    pub feed: FeedArgs,
-    /// Closed candles per symbol (the run's length with --rate).
-    #[arg(long, default_value_t = 1200)]
-    pub candles: u64,
-    /// Candles per second per symbol.
-    #[arg(long, default_value_t = 40.0)]
-    pub rate: f64,
-    /// Milliseconds between faults. Default: the faults spread evenly over the
-    /// first 70% of the feed (--candles / --rate seconds).
-    #[arg(long)]
-    pub fault_interval: Option<u64>,
-    /// Fault schedule seed (which worker, which kind, in which order).
-    #[arg(long, default_value_t = 7)]
-    pub chaos_seed: u64,
-    /// PING interval of the run, in ms.
-    #[arg(long, default_value_t = 100)]
-    pub ping_interval: u64,
-    /// PING deadline of the run, in ms. Default: the run's (twice the interval).
-    #[arg(long)]
-    pub ping_deadline: Option<u64>,
 }
 
 /// Store capacities: memory is fixed by them at start.

@@ -1,17 +1,17 @@
 //! The `shmkline` command line, as a library the thin `main.rs` drives:
 //! [`args`] (what clap parses), [`options`] (from flags to engine options),
-//! [`commands`] (run, backtest, chaos, bench, store), [`client`] (status,
-//! traders, kill-worker over the control socket), [`render`] (their
-//! answers for a human), [`report`] (what the tools print), [`top`].
+//! [`commands`] (run, backtest, store), [`client`] (status, traders,
+//! kill-worker over the control socket), [`render`] (their typed answers
+//! for a human), [`tools`] (bench, chaos and soak, handed to
+//! `shmkline-tools`).
 
 pub mod args;
-pub mod bench_args;
 pub mod client;
 pub mod commands;
 pub mod config;
 pub mod options;
 pub mod render;
-pub mod report;
+pub mod tools;
 pub mod top;
 
 use std::path::PathBuf;
@@ -40,15 +40,6 @@ pub fn instance_or_default(given: Option<InstanceName>) -> Result<InstanceName> 
     Ok(match given {
         Some(name) => name,
         None => InstanceName::from_env_or("default")?,
-    })
-}
-
-/// `--instance`, else `$SHMKLINE_INSTANCE`, else a private `bench-<pid>`
-/// (never `default`, so a benchmark does not collide with a running engine).
-pub fn bench_instance(given: Option<InstanceName>) -> Result<InstanceName> {
-    Ok(match given {
-        Some(name) => name,
-        None => InstanceName::from_env_or(&format!("bench-{}", std::process::id()))?,
     })
 }
 

@@ -7,7 +7,7 @@
 
 use protocol::{Candle, Interval};
 
-use super::binance::bucket_start;
+use crate::kline::bucket_start;
 
 const MINUTE: i64 = 60_000;
 

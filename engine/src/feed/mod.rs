@@ -7,7 +7,6 @@
 //! * [`writer`]: checks, gap accounting and higher-interval aggregation,
 //!   over the shared-memory store or an in-memory copy.
 //! * [`aggregate`]: one higher-interval bucket.
-//! * [`mock`]: a loopback stand-in for Binance's servers (tests and `bench feed`).
 //!
 //! `run` and `backtest` drive a finite feed through the same [`Source`] and
 //! [`writer::FeedWriter`], so the candles they see are identical.
@@ -15,7 +14,6 @@
 pub mod aggregate;
 pub mod binance;
 pub mod live;
-pub mod mock;
 pub mod nats;
 
 pub mod progress;
@@ -30,9 +28,9 @@ use std::time::Instant;
 
 use protocol::Interval;
 
-use self::binance::{BadLine, Kline};
 use self::replay::{Replay, ReplayError, ReplayOptions};
 use self::synthetic::SymbolStream;
+use crate::kline::{BadLine, Kline};
 
 /// The `--feed` flag.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use protocol::control;
 use serde::{Deserialize, Serialize};
 
-use super::binance::Kline;
+use crate::kline::Kline;
 use crate::nats::candles::CandleMessage;
 use crate::nats::{Nats, NatsAddr, NatsSettings, Shard};
 use crate::state::StateDir;

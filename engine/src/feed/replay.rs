@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use protocol::{Interval, SymbolName};
 use thiserror::Error;
 
-use super::binance::{self, BadLine, CsvFile, Kline, Message};
+use super::binance::{self, CsvFile, Message};
+use crate::kline::{BadLine, Kline};
 
 /// Longest line read: a file without newlines (a binary, a corrupt
 /// download) costs this much memory, not its size.

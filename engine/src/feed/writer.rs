@@ -11,7 +11,7 @@ use protocol::store::{StoreWriter, UpsertError, WriteError};
 use protocol::{Candle, Interval, SymbolName};
 
 use super::aggregate::Aggregator;
-use super::binance::{BadLine, Kline};
+use crate::kline::{BadLine, Kline};
 
 /// Where candles are written.
 pub trait Sink {

@@ -31,7 +31,7 @@ use protocol::{Candle, Interval, SymbolName};
 use serde::{Deserialize, Serialize};
 
 use super::{Nats, NatsAddr, NatsSettings, token};
-use crate::feed::binance::Kline;
+use crate::kline::Kline;
 
 /// Candle updates queued for the publisher, at most (about 10 MB).
 pub const TAP_BOUND: usize = 65_536;
@@ -142,7 +142,7 @@ impl CandleMessage {
             close: m.close,
             volume: m.volume,
         };
-        crate::feed::binance::check(&candle, m.interval).map_err(|e| e.to_string())?;
+        crate::kline::check(&candle, m.interval).map_err(|e| e.to_string())?;
         let kline = Kline {
             symbol,
             interval: m.interval,

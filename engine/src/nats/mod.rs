@@ -11,7 +11,6 @@
 //! contain.
 
 pub mod candles;
-pub mod server;
 pub mod shard;
 
 use std::sync::Arc;

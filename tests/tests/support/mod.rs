@@ -8,12 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use engine::feed::mock::{End, Episode, MockBinance, dump_csv};
 use harness::{ChildGuard, TestInstance};
 use nix::sys::signal::Signal;
 use protocol::store::StoreReader;
 use protocol::{Candle, Interval, SymbolName};
 use serde_json::Value;
+use testkit::exchange::{End, Episode, MockBinance};
+use testkit::rows::dump_csv;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 

@@ -232,29 +232,3 @@ fn buckets_follow_the_exchange() {
         1_613_692_800_000
     );
 }
-
-#[test]
-fn every_row_format_parses_back_to_the_candle_written() {
-    let symbol = SymbolName::new("BTCUSDT").expect("valid");
-    let c = Candle {
-        open_time: 1_736_000_040_000,
-        open: 97_000.5,
-        high: 97_100.25,
-        low: 96_900.125,
-        close: 97_050.0,
-        volume: 12.5,
-    };
-    for format in [RowFormat::Dump7, RowFormat::Dump12Micros] {
-        let mut file = CsvFile::new(symbol.clone(), Interval::M1);
-        let k = file
-            .parse_line(&format_row(&c, Interval::M1, format))
-            .expect("parses")
-            .expect("a candle");
-        assert_eq!(k.candle, c, "{format:?}");
-    }
-    let body = format!("[{}]", format_row(&c, Interval::M1, RowFormat::Rest));
-    let (rows, bad) =
-        parse_rest(&body, &symbol, Interval::M1, c.open_time + 3_600_000).expect("parses");
-    assert!(bad.is_empty(), "{bad:?}");
-    assert_eq!(rows[0].candle, c);
-}

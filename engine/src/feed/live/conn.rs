@@ -29,9 +29,10 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message as WsMessage, WebSocket};
 
-use super::super::binance::{self, BadLine, Kline, Message};
+use super::super::binance::{self, Message};
 use super::health::LiveHealth;
 use super::options::{LiveOptions, MAX_MESSAGE, POLL};
+use crate::kline::{BadLine, Kline};
 use crate::locked::lock;
 use protocol::splitmix::SplitMix64;
 

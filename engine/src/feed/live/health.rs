@@ -8,7 +8,7 @@ use std::time::Instant;
 use protocol::control::{LiveFigures, SeriesSummary, WriterCounters};
 use protocol::samples::Samples;
 
-use super::super::binance::BadLine;
+use crate::kline::BadLine;
 use crate::locked::lock;
 
 /// Latency samples kept for `status` and `bench feed`.

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use super::super::binance;
 use super::health::{LiveHealth, Pause};
 use super::options::{LiveOptions, MAX_REST_BODY};
+use crate::kline::Kline;
 
 /// Weight of one `/api/v3/klines` request (any limit up to 1,000).
 pub const KLINES_WEIGHT: u32 = 2;
@@ -353,7 +354,7 @@ impl Rest {
         interval: Interval,
         page: Page,
         limit: usize,
-    ) -> Result<Vec<binance::Kline>, RestError> {
+    ) -> Result<Vec<Kline>, RestError> {
         let mut query = vec![
             ("symbol", symbol.as_str().to_owned()),
             ("interval", interval.as_str().to_owned()),
@@ -436,7 +437,7 @@ impl Rest {
                 .headers()
                 .get("date")
                 .and_then(|v| v.to_str().ok())
-                .and_then(binance::http_date_ms);
+                .and_then(crate::http_date::http_date_ms);
             let used = header("x-mbx-used-weight-1m").map(|w| w.min(u64::from(u32::MAX)) as u32);
             let body = resp
                 .body_mut()

@@ -32,13 +32,13 @@ use protocol::samples::{Samples, saturate};
 use protocol::splitmix::SplitMix64;
 use protocol::store::SeriesId;
 
-use super::super::binance::{BadLine, Kline};
 use super::super::writer::{Applied, FeedWriter, Refused};
 use super::conn::{self, EVENT_BYTES, Event, Stream, plan_groups};
 use super::health::{LATENCY_SAMPLES, LiveHealth};
 use super::options::{LiveOptions, POLL, REST_PAGE};
 use super::rest::{KLINES_WEIGHT, Page, Rest, RestError};
 use crate::instance::SharedStore;
+use crate::kline::{BadLine, Kline};
 use crate::locked::lock;
 
 mod repair;

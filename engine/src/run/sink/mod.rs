@@ -19,7 +19,6 @@
 pub mod file;
 pub mod marks;
 pub mod nats;
-pub mod stand_in;
 pub mod stdout;
 pub mod webhook;
 

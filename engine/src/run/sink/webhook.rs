@@ -64,7 +64,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     let wait = match value.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
-            let at = crate::feed::binance::http_date_ms(value)?;
+            let at = crate::http_date::http_date_ms(value)?;
             Duration::from_millis((at - protocol::clock::now_ms()).max(0) as u64)
         }
     };
@@ -307,13 +307,13 @@ mod tests {
     fn retry_after_is_seconds_or_a_date_and_capped() {
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("86400"), Some(MAX_RETRY_AFTER));
-        let in_a_minute = crate::feed::binance::http_date(protocol::clock::now_ms() + 60_000);
+        let in_a_minute = crate::http_date::http_date(protocol::clock::now_ms() + 60_000);
         let wait = parse_retry_after(&in_a_minute).expect("a date");
         assert!(
             wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
             "{wait:?}"
         );
-        let past = crate::feed::binance::http_date(0);
+        let past = crate::http_date::http_date(0);
         assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("later"), None);
     }
@@ -392,7 +392,7 @@ mod tests {
     /// honoured), a 400 final, the key stable, the position saved.
     #[test]
     fn delivers_through_failures_refuses_on_4xx_and_saves_its_position() {
-        use super::super::stand_in::{Receiver, Reply};
+        use testkit::webhook::{Receiver, Reply};
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = crate::state::StateDir::open(&tmp.path().join("s")).expect("state");
         let hook = Receiver::start().expect("receiver");
@@ -474,7 +474,7 @@ mod tests {
 
     #[test]
     fn batches_go_as_arrays_and_the_drain_time_ends_retries() {
-        use super::super::stand_in::{Receiver, Reply};
+        use testkit::webhook::{Receiver, Reply};
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = crate::state::StateDir::open(&tmp.path().join("s")).expect("state");
         let hook = Receiver::start().expect("receiver");

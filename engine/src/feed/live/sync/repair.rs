@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::super::super::binance::Kline;
 use super::super::rest::{Page, RestError};
 use super::{Phase, Sync, hold};
+use crate::kline::Kline;
 
 /// Longest a successor's events are held while the close of the candle
 /// before it is fetched; then that candle stays as last streamed

@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 
 use protocol::store::{StoreConfig, StoreReader, StoreWriter};
 use protocol::{Candle, InstanceName, Interval, SymbolName};
+use testkit::exchange::{MockBinance, timeline};
 
 use super::super::conn::{self, Opener};
 use super::super::health::LiveHealth;
 use super::super::options::{DEFAULT_QUEUED_BYTES, LiveOptions};
 use super::super::rest::{DEFAULT_WEIGHT_PER_MINUTE, Rest};
 use super::{Phase, Sync};
-use crate::feed::binance::Kline;
-use crate::feed::mock::{MockBinance, timeline};
 use crate::feed::writer::FeedWriter;
+use crate::kline::Kline;
 
 /// A sync thread's state for BTCUSDT 1m, live, over an empty store, its
 /// REST the stand-in's (12 candles closed), and the stand-in's candles.

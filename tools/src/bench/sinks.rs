@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use protocol::InstanceName;
 use serde::Serialize;
+use testkit::exchange::{MockBinance, timeline};
+use testkit::webhook::Receiver;
 
 use super::burst::status_when;
 use super::traders::RunGuard;
 use super::{Percentiles, ratio};
-use crate::feed::mock::{MockBinance, timeline};
-use crate::run::sink::stand_in::Receiver;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -164,7 +164,7 @@ pub(super) fn throughput(
         spec,
         "--sink-queue",
         &(expected + 1)
-            .max(crate::run::sink::MIN_SINK_QUEUE)
+            .max(engine::run::sink::MIN_SINK_QUEUE)
             .to_string(),
         "--stay",
     ]
@@ -343,7 +343,7 @@ fn replay_restarts(instance: &InstanceName, shmkline: &Path, rounds: usize) -> R
     let traders = trader_file(dir.path(), 1)?;
     let candles = timeline(&["BTCUSDT"], 400_000)?;
     let csv = dir.path().join("BTCUSDT-1m-bench.csv");
-    std::fs::write(&csv, crate::feed::mock::dump_csv(&candles[0].1))?;
+    std::fs::write(&csv, testkit::rows::dump_csv(&candles[0].1))?;
     let args = [
         "--feed",
         &format!("replay:{}", csv.display()),

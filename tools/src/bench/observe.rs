@@ -13,11 +13,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::run::control::{self, ControlClient};
 use protocol::InstanceName;
 use serde::Serialize;
 
 use super::traders::{RunGuard, trader_set, write_traders};
-use crate::run::control::{self, ControlClient};
 
 /// The target: a refresh or a scrape costs the loop under 1 ms (p99).
 pub const TARGET_LOOP_US: u64 = 1000;
@@ -94,10 +94,10 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
 
 fn private_of(status: &serde_json::Value) -> u64 {
     let pid = status["pid"].as_u64().unwrap_or(0) as u32;
-    crate::run::memory::read_memory(pid).map_or(0, |(private, _)| private)
+    engine::run::memory::read_memory(pid).map_or(0, |(private, _)| private)
 }
 
-/// Runs the benchmark as instance `instance` with this binary.
+/// Runs the benchmark as instance `instance` with the `shmkline` binary given.
 pub fn run(
     instance: &InstanceName,
     shmkline: &std::path::Path,
@@ -122,7 +122,7 @@ pub fn run(
         .spawn()
         .context("starting shmkline run")?;
     let mut guard = RunGuard(child);
-    let runtime = crate::runtime::base_dir().join(instance.as_str());
+    let runtime = engine::runtime::base_dir().join(instance.as_str());
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Ok(Some(exit)) = guard.0.try_wait() {

@@ -1,4 +1,4 @@
-//! The other side of cross-process benchmarks: `shmkline bench-child ...`
+//! The other side of cross-process benchmarks: `shmkline-tools bench-child ...`
 //! runs in a separate process, maps the store read-only and reports one JSON
 //! object on stdout. Not meant to be run by hand.
 

@@ -86,8 +86,8 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         history: u64,
         /// The client's REST budget, weight per minute (Binance allows 6,000).
-        #[arg(long, default_value_t = crate::feed::live::DEFAULT_WEIGHT_PER_MINUTE,
-            value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::feed::live::EXCHANGE_WEIGHT_LIMIT)))]
+        #[arg(long, default_value_t = engine::feed::live::DEFAULT_WEIGHT_PER_MINUTE,
+            value_parser = clap::value_parser!(u32).range(1..=i64::from(engine::feed::live::EXCHANGE_WEIGHT_LIMIT)))]
         rest_weight_per_minute: u32,
         /// A candle closes this often while the backfill runs, ms.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]

@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
+use engine::instance::Instance;
 use protocol::store::{ReadError, SeriesId, StoreConfig, StoreReader, StoreWriter, StoredCandle};
 use protocol::{Candle, InstanceName, Interval, SymbolName};
 use serde::Serialize;
 
 use super::child::{STRESS_SYMBOL, TornCounts, stress_candle};
 use super::{BenchChild, Target, median, ratio};
-use crate::instance::Instance;
 
 /// Series written round-robin by the upsert benchmark.
 const WRITE_SERIES: usize = 64;
@@ -21,7 +21,7 @@ const WRITE_OPS: usize = WRITE_SERIES * 1024;
 const APPEND_EVERY: usize = 4;
 /// Slices per timed read round.
 const READ_SLICES: usize = 2_000;
-/// Candles per slice, as in the target.
+/// Candles per slice, as the read target counts them.
 const SLICE: usize = 100;
 
 /// Knobs for `bench store` / `bench torn`.
@@ -71,7 +71,7 @@ pub struct StoreReport {
     pub torn_accepted: u64,
     /// Rejected torn reads (must be > 0: proof the race was exercised).
     pub torn_rejected: u64,
-    /// The targets for these figures.
+    /// The targets for these figures.
     pub targets: Vec<Target>,
 }
 

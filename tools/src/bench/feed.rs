@@ -18,18 +18,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::feed::live::{LiveFeed, LiveOptions};
+use engine::feed::replay::{Replay, ReplayOptions};
+use engine::feed::synthetic::SymbolStream;
+use engine::feed::writer::FeedWriter;
+use engine::instance::Instance;
+use engine::kline::Kline;
 use protocol::store::{StoreConfig, StoreReader};
 use protocol::{Candle, InstanceName, Interval, SymbolName};
 use serde::Serialize;
+use testkit::exchange::{End, Episode, MockBinance, timeline};
+use testkit::rows::{RowFormat, format_row};
 
 use super::{Percentiles, Target, median, ratio};
-use crate::feed::binance::{Kline, RowFormat, format_row};
-use crate::feed::live::{LiveFeed, LiveOptions};
-use crate::feed::mock::{End, Episode, MockBinance, timeline};
-use crate::feed::replay::{Replay, ReplayOptions};
-use crate::feed::synthetic::SymbolStream;
-use crate::feed::writer::FeedWriter;
-use crate::instance::Instance;
 
 /// Target: replay parsing and writing, candles per second.
 pub const TARGET_CANDLES_PER_S: f64 = 1_000_000.0;
@@ -222,12 +223,12 @@ pub fn run(
             let started = Instant::now();
             // As `run` writes a replay going as fast as it can: a publish
             // every FAST_BATCHES_PER_PUBLISH batches.
-            let mut source = crate::feed::Source::replay(&replay_opts(&path))?;
+            let mut source = engine::feed::Source::replay(&replay_opts(&path))?;
             let mut writer = FeedWriter::new(&config.intervals(), &aggregate);
             let mut batches = 0u64;
-            while crate::feed::write_batch(&mut source, &mut writer, &mut *store)?.is_some() {
+            while engine::feed::write_batch(&mut source, &mut writer, &mut *store)?.is_some() {
                 batches += 1;
-                if batches.is_multiple_of(crate::feed::pump::FAST_BATCHES_PER_PUBLISH) {
+                if batches.is_multiple_of(engine::feed::pump::FAST_BATCHES_PER_PUBLISH) {
                     store.publish();
                 }
             }
@@ -396,10 +397,10 @@ fn live_pass(base: &InstanceName, n: usize, with_reader: bool) -> Result<Pass> {
             backfill: [(Interval::M1, LIVE_RING)].into(),
             ca_file: None,
             trace: true,
-            rest_weight_per_minute: crate::feed::live::DEFAULT_WEIGHT_PER_MINUTE,
+            rest_weight_per_minute: engine::feed::live::DEFAULT_WEIGHT_PER_MINUTE,
             skip_unknown: false,
-            max_queued_bytes: crate::feed::live::DEFAULT_QUEUED_BYTES,
-            opens_per_window: crate::feed::live::OPENS_PER_WINDOW,
+            max_queued_bytes: engine::feed::live::DEFAULT_QUEUED_BYTES,
+            opens_per_window: engine::feed::live::OPENS_PER_WINDOW,
         },
         inst.store.clone(),
         &config.intervals(),

@@ -6,6 +6,10 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::instance::Instance;
+use engine::process::kill_and_reap;
+use engine::run::link::{FromWorker, Link};
+use engine::run::spawn::{Spawned, Spawner};
 use ipc_channel::ipc::{self, IpcOneShotServer, IpcSender};
 use protocol::InstanceName;
 use protocol::Interval;
@@ -16,10 +20,6 @@ use protocol::store::StoreConfig;
 use serde::Serialize;
 
 use super::{BenchChild, Percentiles, Target, ratio};
-use crate::instance::Instance;
-use crate::process::kill_and_reap;
-use crate::run::link::{FromWorker, Link};
-use crate::run::spawn::{Spawned, Spawner};
 
 /// Round trips discarded before measuring.
 const WARMUP: usize = 200;

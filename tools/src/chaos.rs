@@ -10,18 +10,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::backtest::{BacktestOptions, backtest};
+use engine::process::kill_and_reap;
+use engine::run::control;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use protocol::InstanceName;
+use protocol::splitmix::SplitMix64;
+use protocol::store::StoreConfig;
 use protocol::trader::TraderSpec;
 use serde::Serialize;
 
-use crate::backtest::{BacktestOptions, backtest};
 use crate::bench::Percentiles;
-use crate::process::kill_and_reap;
-use crate::run::control;
-use protocol::splitmix::SplitMix64;
-use protocol::store::StoreConfig;
 
 /// What to run and what to inject.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct ChaosOptions {
     pub instance: InstanceName,
     /// Where the instance's runtime directory lives.
     pub runtime_base: PathBuf,
-    /// This binary (to start `run`).
+    /// The `shmkline` binary (to start `run`).
     pub shmkline: PathBuf,
     /// Trader file, or the built-in set.
     pub traders_file: Option<PathBuf>,
@@ -432,7 +432,7 @@ pub fn run(opts: &ChaosOptions) -> Result<ChaosReport> {
     backtest(
         &BacktestOptions {
             traders: opts.traders.clone(),
-            feed: crate::feed::FeedConfig::Synthetic {
+            feed: engine::feed::FeedConfig::Synthetic {
                 seed: opts.seed,
                 symbols: opts.symbols,
                 candles: Some(opts.candles),

@@ -20,12 +20,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use protocol::InstanceName;
 use serde::Serialize;
+use testkit::nats_server::{NatsServer, find_binary};
 
 use super::burst::status_when;
 use super::sinks::{SinksBench, sink_of, throughput, trader_file};
 use super::traders::RunGuard;
 use super::{Percentiles, ratio};
-use crate::nats::server::{NatsServer, find_binary};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -187,7 +187,7 @@ pub fn run(base: &InstanceName, shmkline: &Path, opts: &NatsBench) -> Result<Nat
         stdout_signals_per_second: stdout_rate.round(),
         nats_signals_per_second: nats_rate.round(),
         nats_vs_stdout: ratio(nats_rate, stdout_rate),
-        in_flight_window: crate::nats::DEFAULT_IN_FLIGHT,
+        in_flight_window: engine::nats::DEFAULT_IN_FLIGHT,
         signal_published_to_acked: acked,
     })
 }

@@ -18,11 +18,10 @@ pub mod wake;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
+use engine::process::kill_and_reap;
 use nix::time::{ClockId, clock_gettime};
 use protocol::samples::quantile;
 use serde::Serialize;
-
-use crate::process::kill_and_reap;
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one machine.
 pub fn mono_ns() -> u64 {
@@ -115,16 +114,16 @@ pub fn ratio(value: f64, baseline: f64) -> f64 {
     }
 }
 
-/// A child process of this binary (`shmkline bench-child ...`) that is killed
+/// A child process of this binary (`shmkline-tools bench-child ...`) that is killed
 /// and reaped when dropped, so a failed benchmark leaves no process behind.
 pub struct BenchChild {
     child: Option<Child>,
 }
 
 impl BenchChild {
-    /// Starts `shmkline bench-child <args>` with stdout piped.
+    /// Starts `shmkline-tools bench-child <args>` with stdout piped.
     pub fn spawn(args: &[String]) -> Result<Self> {
-        let exe = std::env::current_exe().context("locating the shmkline executable")?;
+        let exe = std::env::current_exe().context("locating the shmkline-tools executable")?;
         let child = Command::new(exe)
             .arg("bench-child")
             .args(args)

@@ -30,10 +30,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use engine::locked::lock;
 use protocol::{Candle, Interval, SymbolName};
-
-use super::binance::{RowFormat, format_row};
-use crate::locked::lock;
 
 mod rest;
 mod ws;
@@ -274,7 +272,7 @@ impl MockBinance {
     }
 
     /// [`start`](Self::start) over TLS (`wss://localhost:PORT`,
-    /// `https://localhost:PORT`) with `tls` (see [`tls_config`]).
+    /// `https://localhost:PORT`) with `tls` (see [`crate::tls::tls_config`]).
     pub fn start_tls(
         series: Vec<(SymbolName, Vec<Candle>)>,
         history: usize,
@@ -537,7 +535,7 @@ fn buckets(minutes: &[Candle], interval: Interval) -> Vec<Candle> {
     minutes
         .chunks_exact(ratio)
         .filter_map(|m| {
-            let at = super::binance::bucket_start(m[0].open_time, interval);
+            let at = engine::kline::bucket_start(m[0].open_time, interval);
             fold(m.iter().copied(), at)
         })
         .collect()
@@ -582,36 +580,6 @@ fn timeline_now(st: &State) -> i64 {
         })
 }
 
-/// A TLS server configuration from PEM files: a certificate chain and its
-/// private key (the tests' are in `tests/fixtures/tls/`).
-pub fn tls_config(
-    cert_chain: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<Arc<rustls::ServerConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert_chain)
-        .with_context(|| format!("reading {}", cert_chain.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cert_chain.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("the certificate and key do not form a server identity")?;
-    Ok(Arc::new(config))
-}
-
-/// `candles` as the 7-column CSV of a Binance dump (what a backtest of the
-/// server's candle set replays).
-pub fn dump_csv(candles: &[Candle]) -> String {
-    candles
-        .iter()
-        .map(|c| format_row(c, Interval::M1, RowFormat::Dump7) + "\n")
-        .collect()
-}
-
 /// A deterministic 1-minute timeline for `symbols`, `len` candles each,
 /// starting at 2024-01-01 (so every candle is in the past: REST rows are final).
 pub fn timeline(symbols: &[&str], len: usize) -> Result<Vec<(SymbolName, Vec<Candle>)>> {
@@ -619,7 +587,7 @@ pub fn timeline(symbols: &[&str], len: usize) -> Result<Vec<(SymbolName, Vec<Can
         .iter()
         .enumerate()
         .map(|(k, s)| {
-            let mut stream = super::synthetic::SymbolStream::new(42, k);
+            let mut stream = engine::feed::synthetic::SymbolStream::new(42, k);
             Ok((
                 SymbolName::new(s)?,
                 (0..len).map(|_| stream.next_candle()).collect(),

@@ -13,14 +13,14 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use engine::feed::live::{self, LiveFeed, LiveOptions};
+use engine::instance::Instance;
 use protocol::store::{StoreConfig, StoreReader};
 use protocol::{InstanceName, Interval, SymbolName};
 use serde::Serialize;
+use testkit::exchange::{MockBinance, timeline};
 
 use super::{Target, ratio};
-use crate::feed::live::{self, LiveFeed, LiveOptions};
-use crate::feed::mock::{MockBinance, timeline};
-use crate::instance::Instance;
 
 /// The ring of each series: the default plan's least.
 const RING: usize = 1440;

@@ -1,6 +1,7 @@
 //! HTTP dates (`Date: Tue, 01 Dec 2026 23:33:16 GMT`, RFC 9110's
-//! IMF-fixdate): the exchange's clock as it answered, read by the REST client
-//! and written by the stand-in.
+//! IMF-fixdate): the exchange's clock as it answered and a webhook's
+//! `Retry-After`, read by the REST client and the webhook sink, written by
+//! the stand-ins.
 
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

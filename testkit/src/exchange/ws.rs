@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use engine::locked::lock;
 use protocol::{Candle, Interval, SymbolName};
 use tungstenite::handshake::server::{Request, Response};
 use tungstenite::{Message, WebSocket};
 
 use super::{End, Episode, Shared};
-use crate::locked::lock;
 
 /// Messages waiting for one connection, at most; past it the connection
 /// is cut (Binance drops a client that does not keep up).

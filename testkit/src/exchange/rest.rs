@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use engine::locked::lock;
 use protocol::{Candle, Interval};
 
-use super::super::binance::{RowFormat, format_row};
 use super::{REST_LOG, Shared};
-use crate::locked::lock;
+use crate::rows::{RowFormat, format_row};
 
 /// An idle keep-alive connection is closed after this long.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -129,7 +129,7 @@ fn session(mut stream: impl Read + Write, shared: &Shared) {
         let out = format!(
             "HTTP/1.1 {}\r\nDate: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-MBX-USED-WEIGHT-1M: {used}\r\n{retry}Connection: keep-alive\r\n\r\n{}",
             reply.status,
-            super::super::binance::http_date(date),
+            engine::http_date::http_date(date),
             reply.body.len(),
             reply.body
         );
@@ -364,7 +364,7 @@ fn klines(query: &str, shared: &Shared) -> Reply {
             .iter()
             .copied()
             .chain([super::partial(now, 0.5)]);
-        let at = super::super::binance::bucket_start(now.open_time, interval);
+        let at = engine::kline::bucket_start(now.open_time, interval);
         visible.extend(super::fold(part, at));
     }
     let closed = &visible[..];

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use engine::instance::Instance;
 use protocol::shm::scratch::SharedWords;
 use protocol::store::StoreConfig;
 use protocol::{Candle, InstanceName, Interval, SymbolName};
@@ -22,7 +23,6 @@ use super::child::{
     ACK, PING, STAMP, WAKE_SYMBOL, WARMUP, WakeMode, spin_until_changed, wait_scratch,
 };
 use super::{BenchChild, Percentiles, Target, mono_ns, ratio};
-use crate::instance::Instance;
 
 /// Pause before each blocking-mode write, so the reader is parked in the kernel.
 pub const PARK_GAP: Duration = Duration::from_micros(100);
@@ -48,7 +48,7 @@ pub struct WakeReport {
     pub futex_p50_vs_raw: f64,
     /// store_spin p50 / raw_spin p50 (target <= 3).
     pub spin_p50_vs_raw: f64,
-    /// The targets for these figures.
+    /// The targets for these figures.
     pub targets: Vec<Target>,
 }
 

@@ -13,8 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-
-use crate::locked::lock;
+use engine::locked::lock;
 
 /// Connections served at once, at most (more are closed unanswered).
 const MAX_SESSIONS: usize = 32;
@@ -80,7 +79,7 @@ impl Receiver {
     }
 
     /// Starts an HTTPS receiver with this identity (see
-    /// [`crate::feed::mock::tls_config`]).
+    /// [`crate::tls::tls_config`]).
     pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> Result<Self> {
         Self::start_with(Some(tls))
     }

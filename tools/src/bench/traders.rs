@@ -9,12 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::process::kill_and_reap;
+use engine::run::control;
 use protocol::InstanceName;
 use serde::Serialize;
 
 use super::{Percentiles, Target};
-use crate::process::kill_and_reap;
-use crate::run::control;
 
 /// Wake-ups measured for the latency baseline.
 const WAKE_BASELINE_SAMPLES: usize = 4000;
@@ -185,7 +185,7 @@ impl Drop for RunGuard {
     }
 }
 
-/// Runs the benchmark as instance `instance` with this binary.
+/// Runs the benchmark as instance `instance` with the `shmkline` binary given.
 pub fn run(
     instance: &InstanceName,
     shmkline: &std::path::Path,
@@ -230,7 +230,7 @@ pub fn run(
         let _ = stdout.read_to_end(&mut sink);
         sink.iter().filter(|&&b| b == b'\n').count()
     });
-    let dir = crate::runtime::base_dir().join(instance.as_str());
+    let dir = engine::runtime::base_dir().join(instance.as_str());
     let budget =
         Duration::from_secs_f64(opts.candles as f64 / opts.rate) + Duration::from_secs(120);
     let deadline = Instant::now() + budget;
@@ -288,7 +288,7 @@ pub fn run(
     })
 }
 
-/// Both figures of the issue: the evaluation pass with `opts` (100 traders
+/// Both figures: the evaluation pass with `opts` (100 traders
 /// x 100 symbols: 10,000 trader-series pairs), and the signal latency with
 /// the same traders on one symbol (the pass is then short, so the latency
 /// is the path's: wake, evaluation, IPC, the coordinator).

@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::instance::Instance;
 use ipc_channel::ipc::{self, IpcBytesSender, IpcOneShotServer, IpcSender};
 use protocol::bootstrap::Bootstrap;
 use protocol::store::{StoreConfig, StoreReader, Wait};
@@ -22,7 +23,6 @@ use protocol::{Candle, InstanceName, Interval, SymbolName};
 use serde::{Deserialize, Serialize};
 
 use super::{BenchChild, Percentiles, mono_ns, ratio};
-use crate::instance::Instance;
 
 /// Batches a worker reports nothing for (start-up, caches).
 const WARMUP: usize = 20;
@@ -125,7 +125,7 @@ fn cpu_ns(clock: nix::time::ClockId) -> u64 {
 }
 
 fn own_memory() -> (u64, u64) {
-    crate::run::memory::read_memory(std::process::id()).unwrap_or((0, 0))
+    engine::run::memory::read_memory(std::process::id()).unwrap_or((0, 0))
 }
 
 /// The candles of batch `b`, stamped (in `volume`) with `stamp`.

@@ -1,5 +1,5 @@
-//! What the tools print (benchmarks, chaos, store inspection): a report
-//! as one JSON line, or as aligned `key value` lines.
+//! How a tool prints its report: aligned `key value` lines (a target as
+//! `name  value met`), or one JSON line with `--json`.
 
 use anyhow::Result;
 use serde::Serialize;

@@ -17,13 +17,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::run::control;
 use protocol::InstanceName;
 use protocol::store::{StoreReader, Wait};
 use serde::Serialize;
 
 use super::Percentiles;
 use super::traders::{RunGuard, write_traders};
-use crate::run::control;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -122,7 +122,7 @@ pub(super) fn status_when(
     within: Duration,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> Result<serde_json::Value> {
-    let dir = crate::runtime::base_dir().join(instance.as_str());
+    let dir = engine::runtime::base_dir().join(instance.as_str());
     let deadline = Instant::now() + within;
     loop {
         if let Ok(Some(exit)) = run.0.try_wait() {

@@ -20,24 +20,24 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use engine::process::kill_and_reap;
+use engine::run::control;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use protocol::InstanceName;
 use protocol::splitmix::SplitMix64;
 use serde::Serialize;
+use testkit::exchange::{End, Episode, MockBinance, timeline};
+use testkit::webhook::{Receiver, Reply};
 
 use crate::chaos::{fd_count, shm_entries, status_kib, workers_alive, zombies_of};
-use crate::feed::mock::{End, Episode, MockBinance, timeline};
-use crate::process::kill_and_reap;
-use crate::run::control;
-use crate::run::sink::stand_in::{Receiver, Reply};
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct SoakOptions {
     /// Instance for the run.
     pub instance: InstanceName,
-    /// This binary.
+    /// The `shmkline` binary (to start `run`).
     pub shmkline: PathBuf,
     /// How long.
     pub duration: Duration,
@@ -341,7 +341,7 @@ fn soak(
     hook: &Receiver,
     extra: &std::path::Path,
 ) -> Result<SoakReport> {
-    let runtime = crate::runtime::base_dir().join(opts.instance.as_str());
+    let runtime = engine::runtime::base_dir().join(opts.instance.as_str());
     let coordinator = child.id();
     let started = Instant::now();
     // Ready: every worker up and the feed live.
@@ -451,7 +451,7 @@ fn soak(
                         let t = serde_json::json!({ "id": "soak-churn", "symbols": "*",
                             "interval": "1m", "rule": "close > sma(close, 5)" });
                         std::fs::write(extra, serde_json::json!([t]).to_string())?;
-                        let specs = crate::traders::load(extra)?;
+                        let specs = engine::traders::load(extra)?;
                         serde_json::json!({ "cmd": "add", "traders": specs })
                     };
                     // Only a change the coordinator made counts (and flips
